@@ -1,0 +1,656 @@
+//! The Envoy glue: proxy-wasm root and HTTP contexts that feed request facts to
+//! [`crate::policy`] and [`crate::store`] and turn their verdicts into hostcalls.
+//!
+//! Only this file talks to the host. Hostcalls go through `proxy_wasm::hostcalls` directly,
+//! never through the SDK's trait helpers, which panic on unexpected host answers and on
+//! non-UTF-8 header values.
+
+use crate::config::Config;
+use crate::message::{json_outcome, Outcome, SseScanner};
+use crate::metrics::{self, Event};
+use crate::policy::{
+    self, HeadVerdict, RequestHead, SessionVerdict, SessionlessBody, UninitializedBody,
+};
+use crate::record::MAX_UPSTREAM_ID;
+use crate::rejection::{Reason, Rejection};
+use crate::session_id::{SessionId, SECRET_LEN};
+use crate::store::{Ended, Limits, Lookup, SharedData, Store, WriteError};
+use log::{debug, error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+const EXPOSE_HEADER: &str = "access-control-expose-headers";
+/// How often each worker's root context considers a sweep step.
+const TICK: Duration = Duration::from_millis(1000);
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root::default()));
+}}
+
+/// Shared data through hostcalls.
+#[derive(Clone, Copy)]
+struct HostShared;
+
+impl SharedData for HostShared {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(WriteError::CasMismatch),
+            Err(_) => Err(WriteError::Host),
+        }
+    }
+}
+
+/// Metric ids in this VM.
+struct Metrics {
+    counters: HashMap<Event, u32>,
+    live: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        let mut counters = HashMap::new();
+        let mut define =
+            |event, name: &str| match hostcalls::define_metric(MetricType::Counter, name) {
+                Ok(id) => {
+                    counters.insert(event, id);
+                }
+                Err(status) => warn!("cannot define stat {name}: {status:?}"),
+            };
+        define(Event::Created, metrics::CREATED);
+        define(Event::Terminated, metrics::TERMINATED);
+        define(Event::Expired, metrics::EXPIRED);
+        define(Event::Sessionless, metrics::PASSTHROUGH_SESSIONLESS);
+        for reason in Reason::ALL {
+            define(Event::Rejected(reason), &metrics::rejected(reason));
+        }
+        let live = hostcalls::define_metric(MetricType::Gauge, metrics::LIVE).ok();
+        Metrics { counters, live }
+    }
+
+    fn count(&self, event: Event, n: u32) {
+        if n == 0 {
+            return;
+        }
+        if let Some(id) = self.counters.get(&event) {
+            let _ = hostcalls::increment_metric(*id, i64::from(n));
+        }
+        // The live gauge follows the lifecycle counters.
+        let delta = match event {
+            Event::Created => i64::from(n),
+            Event::Terminated | Event::Expired => -i64::from(n),
+            _ => 0,
+        };
+        if let (Some(id), true) = (self.live, delta != 0) {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
+    }
+}
+
+/// What every context of this VM shares.
+struct Plugin {
+    config: Config,
+    limits: Limits,
+    metrics: Metrics,
+    /// xorshift state for probe positions (not for secrets: those come from the CSPRNG).
+    probe_state: Cell<u64>,
+}
+
+impl Plugin {
+    fn store(&self) -> Store<HostShared> {
+        Store::new(HostShared, self.limits)
+    }
+
+    fn next_probe(&self) -> u32 {
+        let mut x = self.probe_state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.probe_state.set(x);
+        (x >> 32) as u32
+    }
+
+    fn reject(&self, rejection: &Rejection) {
+        self.metrics.count(Event::Rejected(rejection.reason), 1);
+        let body = rejection.body();
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(rejection.headers.iter().copied());
+        if let Err(status) = hostcalls::send_http_response(rejection.status, headers, Some(&body)) {
+            error!("cannot send local reply: {status:?}");
+        }
+    }
+}
+
+#[derive(Default)]
+struct Root {
+    plugin: Option<Rc<Plugin>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let config = match Config::parse(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                error!("mcp-session-filter: configuration refused: {e}");
+                return false;
+            }
+        };
+        let limits = Limits {
+            idle_ms: config.idle_timeout_ms,
+            lifetime_ms: config.max_lifetime_ms,
+            max_sessions: config.max_sessions,
+            bind_identity: config.identity_header.is_some(),
+        };
+        let mut seed = [0u8; 8];
+        if getrandom::fill(&mut seed).is_err() {
+            error!("mcp-session-filter: the host has no random source");
+            return false;
+        }
+        info!(
+            "mcp-session-filter: configured (idle {} s, lifetime {} s, max {} sessions, stateless: {})",
+            config.idle_timeout_ms / 1000,
+            config.max_lifetime_ms / 1000,
+            config.max_sessions,
+            config.stateless
+        );
+        self.plugin = Some(Rc::new(Plugin {
+            config,
+            limits,
+            metrics: Metrics::define(),
+            probe_state: Cell::new(u64::from_le_bytes(seed) | 1),
+        }));
+        if let Err(status) = hostcalls::set_tick_period(TICK) {
+            warn!("cannot set the sweep tick: {status:?}");
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(plugin) = &self.plugin else { return };
+        if plugin.config.stateless {
+            return;
+        }
+        let report = plugin.store().sweep(now_ms());
+        plugin.metrics.count(Event::Expired, report.expired);
+        if report.expired > 0 || report.stale_pending > 0 {
+            info!(
+                "sweep: {} sessions expired, {} stale initializes freed ({} slots read)",
+                report.expired, report.stale_pending, report.scanned
+            );
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let plugin = self.plugin.clone()?;
+        Some(Box::new(Stream {
+            plugin,
+            phase: Phase::Pass,
+            session: None,
+            mapped: false,
+            initialize: None,
+            mark_initialized: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// What the request side is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing: the body flows.
+    Pass,
+    /// The body of a POST without a session.
+    SessionlessBody,
+    /// The body of a POST on a session waiting for `notifications/initialized`.
+    UninitializedBody(SessionId),
+    /// A local reply was sent.
+    Replied,
+}
+
+/// An `initialize` in flight: its reserved session and how its answer is being read.
+struct Initialize {
+    id: SessionId,
+    upstream_id: Option<String>,
+    answer: Answer,
+}
+
+enum Answer {
+    /// Response headers not seen yet.
+    Awaiting,
+    /// Reading a JSON body (bounded by `max_body_bytes`).
+    Json(Vec<u8>),
+    /// Reading an SSE stream; the count is the bytes seen so far.
+    Sse(SseScanner, usize),
+}
+
+struct Stream {
+    plugin: Rc<Plugin>,
+    phase: Phase,
+    /// The session this request uses, once validated.
+    session: Option<SessionId>,
+    /// The session maps to an upstream session ID.
+    mapped: bool,
+    initialize: Option<Initialize>,
+    /// Mark the session initialized when the upstream accepts this request.
+    mark_initialized: bool,
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let plugin = Rc::clone(&self.plugin);
+        let cfg = &plugin.config;
+        let method = request_header(":method").unwrap_or_default();
+        let path = if cfg.paths.is_some() {
+            request_header(":path").unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let session_id = request_header(SESSION_HEADER);
+        let protocol_version = request_header(VERSION_HEADER);
+        let content_type = if method == "POST" && session_id.is_none() {
+            request_header("content-type")
+        } else {
+            None
+        };
+        let head = RequestHead {
+            method: &method,
+            path: &path,
+            session_id: session_id.as_deref(),
+            protocol_version: protocol_version.as_deref(),
+            content_type: content_type.as_deref(),
+        };
+        match policy::on_request_headers(cfg, &head) {
+            HeadVerdict::Ignore => Action::Continue,
+            HeadVerdict::Sessionless => {
+                plugin.metrics.count(Event::Sessionless, 1);
+                Action::Continue
+            }
+            HeadVerdict::Reject(rejection) => self.reply(&rejection),
+            HeadVerdict::ReadSessionlessBody => {
+                // Headers go on now (holding them would stop body callbacks on hosts without
+                // allow_on_headers_stop_iteration); the body is held until it is complete.
+                self.phase = Phase::SessionlessBody;
+                if end_of_stream {
+                    return self.on_complete_body(&[]);
+                }
+                Action::Continue
+            }
+            HeadVerdict::Session { id } => self.on_session_headers(&method, id, end_of_stream),
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self.phase {
+            Phase::SessionlessBody | Phase::UninitializedBody(_) => {}
+            Phase::Pass | Phase::Replied => return Action::Continue,
+        }
+        let limit = self.plugin.config.max_body_bytes;
+        if body_size > limit {
+            return self.reply(&Rejection::body_too_large(limit));
+        }
+        if !end_of_stream {
+            return Action::Pause; // buffer until the whole body is here
+        }
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        self.on_complete_body(&body)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.phase == Phase::Replied {
+            return Action::Continue;
+        }
+        if self.initialize.is_some() {
+            self.on_initialize_response(end_of_stream);
+            return Action::Continue;
+        }
+        let Some(id) = self.session else {
+            return Action::Continue;
+        };
+        if !self.mapped && !self.mark_initialized {
+            return Action::Continue; // the hot path: nothing to do
+        }
+        let status = response_status();
+        if self.mark_initialized && (200..300).contains(&status) {
+            self.plugin.store().mark_initialized(&id, now_ms());
+        }
+        if self.mapped {
+            if status == 404 {
+                // The upstream lost its session: ours is useless now.
+                if let Ended::Ended(_) = self.plugin.store().end(&id, now_ms()) {
+                    self.plugin.metrics.count(Event::Terminated, 1);
+                    info!("session {} ended: the upstream answered 404", id.short());
+                }
+            } else {
+                // Never show the client the upstream's own ID.
+                set_response_header(SESSION_HEADER, Some(&id.encode()));
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(init) = &mut self.initialize else {
+            return Action::Continue;
+        };
+        let limit = self.plugin.config.max_body_bytes;
+        let chunk = || {
+            hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        let outcome = match &mut init.answer {
+            Answer::Awaiting => return Action::Continue,
+            Answer::Json(buffer) => {
+                buffer.extend_from_slice(&chunk());
+                if buffer.len() > limit {
+                    Some(Outcome::Result) // too big to read: give it the benefit of the doubt
+                } else if end_of_stream {
+                    Some(json_outcome(buffer).unwrap_or(Outcome::Error))
+                } else {
+                    None
+                }
+            }
+            Answer::Sse(scanner, seen) => {
+                let bytes = chunk();
+                *seen += bytes.len();
+                match scanner.feed(&bytes) {
+                    Some(outcome) => Some(outcome),
+                    None if *seen > limit => Some(Outcome::Result),
+                    None if end_of_stream => Some(Outcome::Error),
+                    None => None,
+                }
+            }
+        };
+        if let Some(outcome) = outcome {
+            self.decide_initialize(outcome);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // A stream that ended before the initialize was answered leaves no reservation.
+        if self.initialize.is_some() {
+            self.decide_initialize(Outcome::Error);
+        }
+    }
+}
+
+impl Stream {
+    fn reply(&mut self, rejection: &Rejection) -> Action {
+        debug!(
+            "rejected: {} {} ({})",
+            rejection.status,
+            rejection.message,
+            rejection.reason.name()
+        );
+        self.phase = Phase::Replied;
+        self.plugin.reject(rejection);
+        Action::Pause
+    }
+
+    fn on_session_headers(&mut self, method: &str, id: SessionId, end_of_stream: bool) -> Action {
+        let plugin = Rc::clone(&self.plugin);
+        let store = plugin.store();
+        let now = now_ms();
+        let identity = match &plugin.config.identity_header {
+            Some(name) => hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        let (record, cas) = match store.lookup(&id, now, identity.as_deref()) {
+            Lookup::Live(record, cas) => (record, cas),
+            Lookup::Expired => {
+                plugin.metrics.count(Event::Expired, 1);
+                info!("session {} expired", id.short());
+                return self.reply(&Rejection::session_not_found());
+            }
+            Lookup::NotFound => return self.reply(&Rejection::session_not_found()),
+        };
+        store.touch(&id, &record, cas, now);
+        self.session = Some(id);
+        self.mapped = record.upstream_id.is_some();
+        if let Some(upstream) = &record.upstream_id {
+            set_request_header(SESSION_HEADER, upstream);
+        }
+        match policy::on_session(&plugin.config, method, &record) {
+            SessionVerdict::Forward => Action::Continue,
+            SessionVerdict::ReadUninitializedBody => {
+                self.phase = Phase::UninitializedBody(id);
+                if end_of_stream {
+                    return self.on_complete_body(&[]);
+                }
+                Action::Continue
+            }
+            SessionVerdict::End => match store.end(&id, now) {
+                Ended::Ended(record) => {
+                    plugin.metrics.count(Event::Terminated, 1);
+                    info!("session {} ended by the client", id.short());
+                    if record.upstream_id.is_some() {
+                        // The upstream ends its own session; its answer goes to the client.
+                        self.mapped = false;
+                        Action::Continue
+                    } else {
+                        self.phase = Phase::Replied;
+                        if let Err(status) = hostcalls::send_http_response(204, vec![], None) {
+                            error!("cannot send local reply: {status:?}");
+                        }
+                        Action::Pause
+                    }
+                }
+                Ended::Expired => {
+                    plugin.metrics.count(Event::Expired, 1);
+                    self.reply(&Rejection::session_not_found())
+                }
+                Ended::NotFound => self.reply(&Rejection::session_not_found()),
+            },
+        }
+    }
+
+    fn on_complete_body(&mut self, body: &[u8]) -> Action {
+        match self.phase {
+            Phase::SessionlessBody => match policy::on_sessionless_body(body) {
+                SessionlessBody::Initialize => self.reserve(),
+                SessionlessBody::Reject(rejection) => self.reply(&rejection),
+            },
+            Phase::UninitializedBody(_) => match policy::on_uninitialized_body(body) {
+                UninitializedBody::Forward { initialized } => {
+                    self.mark_initialized = initialized;
+                    self.phase = Phase::Pass;
+                    Action::Continue
+                }
+                UninitializedBody::Reject(rejection) => self.reply(&rejection),
+            },
+            Phase::Pass | Phase::Replied => Action::Continue,
+        }
+    }
+
+    fn reserve(&mut self) -> Action {
+        let plugin = Rc::clone(&self.plugin);
+        let mut secret = [0u8; SECRET_LEN];
+        if getrandom::fill(&mut secret).is_err() {
+            error!("the host random source failed; refusing initialize");
+            return self.reply(&Rejection::capacity());
+        }
+        let identity = match &plugin.config.identity_header {
+            Some(name) => hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        let mut probe = || plugin.next_probe();
+        match plugin
+            .store()
+            .reserve(now_ms(), secret, identity.as_deref(), &mut probe)
+        {
+            Some(reservation) => {
+                plugin.metrics.count(Event::Expired, reservation.expired);
+                self.initialize = Some(Initialize {
+                    id: reservation.id,
+                    upstream_id: None,
+                    answer: Answer::Awaiting,
+                });
+                self.phase = Phase::Pass;
+                Action::Continue
+            }
+            None => {
+                warn!(
+                    "initialize refused: {} sessions open",
+                    plugin.config.max_sessions
+                );
+                self.reply(&Rejection::capacity())
+            }
+        }
+    }
+
+    fn on_initialize_response(&mut self, end_of_stream: bool) {
+        let status = response_status();
+        let upstream_id = response_header(SESSION_HEADER);
+        let Some(init) = &mut self.initialize else {
+            return;
+        };
+        if !(200..300).contains(&status) {
+            set_response_header(SESSION_HEADER, None);
+            self.decide_initialize(Outcome::Error);
+            return;
+        }
+        if let Some(upstream) = &upstream_id {
+            let valid = !upstream.is_empty()
+                && upstream.len() <= MAX_UPSTREAM_ID
+                && upstream.bytes().all(|b| (0x21..=0x7e).contains(&b));
+            if !valid {
+                warn!("the upstream's session ID is not storable; initialize fails");
+                set_response_header(SESSION_HEADER, None);
+                self.decide_initialize(Outcome::Error);
+                return;
+            }
+        }
+        init.upstream_id = upstream_id;
+        set_response_header(SESSION_HEADER, Some(&init.id.encode()));
+        let expose = response_header(EXPOSE_HEADER);
+        match expose {
+            Some(list) if list.to_ascii_lowercase().contains(SESSION_HEADER) => {}
+            Some(list) if !list.trim().is_empty() => {
+                set_response_header(EXPOSE_HEADER, Some(&format!("{list}, {SESSION_HEADER}")))
+            }
+            _ => set_response_header(EXPOSE_HEADER, Some(SESSION_HEADER)),
+        }
+        let content_type = response_header("content-type").unwrap_or_default();
+        init.answer = if content_type
+            .to_ascii_lowercase()
+            .starts_with("text/event-stream")
+        {
+            Answer::Sse(SseScanner::default(), 0)
+        } else {
+            Answer::Json(Vec::new())
+        };
+        if end_of_stream {
+            // A 2xx with no body carries no result.
+            self.decide_initialize(Outcome::Error);
+        }
+    }
+
+    /// Activates or releases the reservation of the `initialize` in flight, once.
+    fn decide_initialize(&mut self, outcome: Outcome) {
+        let Some(init) = self.initialize.take() else {
+            return;
+        };
+        let store = self.plugin.store();
+        match outcome {
+            Outcome::Result => {
+                if store.activate(&init.id, now_ms(), init.upstream_id.as_deref()) {
+                    self.plugin.metrics.count(Event::Created, 1);
+                    info!(
+                        "session {} created{}",
+                        init.id.short(),
+                        if init.upstream_id.is_some() {
+                            " (upstream session mapped)"
+                        } else {
+                            ""
+                        }
+                    );
+                } else {
+                    warn!("session {} could not be activated", init.id.short());
+                }
+            }
+            Outcome::Error => {
+                if store.release(&init.id) {
+                    debug!(
+                        "initialize failed; reservation {} released",
+                        init.id.short()
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A request header as text; invalid UTF-8 becomes U+FFFD, which no check accepts.
+fn request_header(name: &str) -> Option<String> {
+    header(MapType::HttpRequestHeaders, name)
+}
+
+fn response_header(name: &str) -> Option<String> {
+    header(MapType::HttpResponseHeaders, name)
+}
+
+fn header(map: MapType, name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(map, name)
+        .ok()
+        .flatten()
+        .map(|bytes| match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+}
+
+fn response_status() -> u32 {
+    response_header(":status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn set_request_header(name: &str, value: &str) {
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+}
+
+fn set_response_header(name: &str, value: Option<&str>) {
+    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+}

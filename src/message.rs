@@ -1,0 +1,441 @@
+//! MCP message inspection: what a JSON-RPC body is, read without building a full JSON tree.
+//!
+//! The filter reads bodies in two places only: sessionless POSTs (is this an `initialize`?)
+//! and POSTs on a session still waiting for `notifications/initialized`; and, on the way
+//! back, the upstream's answer to `initialize` (a result, or an error?), which may be plain
+//! JSON or a Server-Sent Events stream.
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+use std::fmt;
+
+/// The method that opens a session.
+pub const INITIALIZE: &str = "initialize";
+/// The notification that ends the handshake.
+pub const INITIALIZED: &str = "notifications/initialized";
+/// The one request allowed before the handshake ends.
+pub const PING: &str = "ping";
+
+/// One JSON-RPC message, reduced to what session handling needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// A request: it has a method and an id.
+    Request {
+        /// The method name.
+        method: String,
+        /// The id, as sent (a string or a number).
+        id: Value,
+    },
+    /// A notification: a method and no id.
+    Notification {
+        /// The method name.
+        method: String,
+    },
+    /// A response: no method; `error` says whether it carries an error instead of a result.
+    Response {
+        /// True for an error response.
+        error: bool,
+    },
+    /// A JSON value that is not a JSON-RPC message (a number, a string, a method that is not
+    /// a string...).
+    Invalid,
+}
+
+impl Message {
+    /// The method, for requests and notifications.
+    pub fn method(&self) -> Option<&str> {
+        match self {
+            Message::Request { method, .. } | Message::Notification { method } => Some(method),
+            _ => None,
+        }
+    }
+}
+
+/// A request body: one message, or a batch (a JSON array, 2025-03-26 only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Body {
+    /// True when the body was a JSON array.
+    pub batch: bool,
+    /// The messages, in order.
+    pub messages: Vec<Message>,
+}
+
+impl Body {
+    /// The id to echo in an error reply: the id of the single request, else null.
+    pub fn reply_id(&self) -> Value {
+        match self.messages.as_slice() {
+            [Message::Request { id, .. }] if !self.batch => id.clone(),
+            _ => Value::Null,
+        }
+    }
+
+    /// True when any message is an `initialize` request or notification.
+    pub fn has_initialize(&self) -> bool {
+        self.messages.iter().any(|m| m.method() == Some(INITIALIZE))
+    }
+}
+
+/// Why a body could not be read as JSON-RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not JSON at all (syntax, encoding, nesting deeper than serde_json's limit of 128).
+    NotJson,
+    /// JSON, but not a JSON-RPC message or batch of them (e.g. `42`, `[]`).
+    NotJsonRpc,
+}
+
+/// Reads a request body.
+pub fn parse_body(bytes: &[u8]) -> Result<Body, BodyError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let messages: Vec<Message> =
+            serde_json::from_slice(bytes).map_err(|_| BodyError::NotJson)?;
+        if messages.is_empty() || messages.contains(&Message::Invalid) {
+            return Err(BodyError::NotJsonRpc);
+        }
+        Ok(Body {
+            batch: true,
+            messages,
+        })
+    } else {
+        let message: Message = serde_json::from_slice(bytes).map_err(|_| BodyError::NotJson)?;
+        if message == Message::Invalid {
+            return Err(BodyError::NotJsonRpc);
+        }
+        Ok(Body {
+            batch: false,
+            messages: vec![message],
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MessageVisitor)
+    }
+}
+
+struct MessageVisitor;
+
+impl<'de> Visitor<'de> for MessageVisitor {
+    type Value = Message;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC message")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+        let mut method: Option<Value> = None;
+        let mut id: Option<Value> = None;
+        let mut error = false;
+        let mut result = false;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "method" => method = Some(map.next_value()?),
+                "id" => id = Some(map.next_value()?),
+                "error" => {
+                    error = true;
+                    map.next_value::<IgnoredAny>()?;
+                }
+                "result" => {
+                    result = true;
+                    map.next_value::<IgnoredAny>()?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(match (method, id) {
+            (Some(Value::String(method)), Some(id @ (Value::String(_) | Value::Number(_)))) => {
+                Message::Request { method, id }
+            }
+            (Some(Value::String(method)), None | Some(Value::Null)) => {
+                Message::Notification { method }
+            }
+            (None, _) if error || result => Message::Response { error },
+            _ => Message::Invalid,
+        })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Message, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Message::Invalid)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Message, E> {
+        Ok(Message::Invalid)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Message, E> {
+        Ok(Message::Invalid)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Message, E> {
+        Ok(Message::Invalid)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Message, E> {
+        Ok(Message::Invalid)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Message, E> {
+        Ok(Message::Invalid)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Message, E> {
+        Ok(Message::Invalid)
+    }
+}
+
+/// How the upstream answered `initialize`, once the answer has been seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A JSON-RPC result: the session is good.
+    Result,
+    /// A JSON-RPC error: no session.
+    Error,
+}
+
+/// The first response in a complete JSON response body, if the body is one.
+pub fn json_outcome(body: &[u8]) -> Option<Outcome> {
+    match parse_body(body) {
+        Ok(Body {
+            batch: false,
+            messages,
+        }) => messages.first().and_then(outcome_of),
+        _ => None,
+    }
+}
+
+fn outcome_of(message: &Message) -> Option<Outcome> {
+    match message {
+        Message::Response { error: false } => Some(Outcome::Result),
+        Message::Response { error: true } => Some(Outcome::Error),
+        _ => None,
+    }
+}
+
+/// Finds the first JSON-RPC response in a Server-Sent Events stream fed chunk by chunk,
+/// skipping notifications and requests the server sends before it. Holds at most one
+/// unfinished event; the caller bounds the total it feeds.
+#[derive(Debug, Default)]
+pub struct SseScanner {
+    line: Vec<u8>,
+    data: Vec<u8>,
+    after_cr: bool,
+}
+
+impl SseScanner {
+    /// Feeds the next chunk; returns the outcome once a response event is complete.
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<Outcome> {
+        for &byte in chunk {
+            // Lines end in CRLF, LF or CR (the SSE grammar); a LF right after a CR is the
+            // second half of one line ending.
+            let after_cr = std::mem::replace(&mut self.after_cr, byte == b'\r');
+            match byte {
+                b'\n' if after_cr => {}
+                b'\n' | b'\r' => {
+                    if let Some(outcome) = self.end_line() {
+                        return Some(outcome);
+                    }
+                }
+                _ => self.line.push(byte),
+            }
+        }
+        None
+    }
+
+    fn end_line(&mut self) -> Option<Outcome> {
+        let line = std::mem::take(&mut self.line);
+        if line.is_empty() {
+            // A blank line dispatches the event.
+            let data = std::mem::take(&mut self.data);
+            return json_outcome(&data);
+        }
+        if let Some(value) = line.strip_prefix(b"data") {
+            if value.is_empty() || value.first() == Some(&b':') {
+                let value = value.get(1..).unwrap_or_default();
+                let value = value.strip_prefix(b" ").unwrap_or(value);
+                if !self.data.is_empty() {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(value);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(method: &str, id: Value) -> Message {
+        Message::Request {
+            method: method.into(),
+            id,
+        }
+    }
+
+    #[test]
+    fn reads_single_messages() {
+        let cases: Vec<(&str, Message)> = vec![
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#,
+                request("initialize", json!(1)),
+            ),
+            (r#"{"method":"ping","id":"a"}"#, request("ping", json!("a"))),
+            (
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                Message::Notification {
+                    method: INITIALIZED.into(),
+                },
+            ),
+            (
+                r#"{"method":"x","id":null}"#,
+                Message::Notification { method: "x".into() },
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+                Message::Response { error: false },
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":null}"#,
+                Message::Response { error: false },
+            ),
+            (
+                r#"{"id":1,"error":{"code":-1,"message":"m"}}"#,
+                Message::Response { error: true },
+            ),
+            (
+                r#"  {"params":[1,[2,{"a":[]}]],"method":"tools/call","id":7} "#,
+                request("tools/call", json!(7)),
+            ),
+        ];
+        for (text, want) in cases {
+            let body = parse_body(text.as_bytes()).unwrap();
+            assert!(!body.batch, "{text}");
+            assert_eq!(body.messages, vec![want], "{text}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_json_rpc() {
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        let very_deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        let very_deep_object = "{\"a\":".repeat(100_000) + "1" + &"}".repeat(100_000);
+        let deep_params = format!(
+            r#"{{"method":"x","params":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let cases: Vec<(&[u8], BodyError)> = vec![
+            (b"", BodyError::NotJson),
+            (b"{", BodyError::NotJson),
+            (b"{\"method\":\"initialize\",\"id\":1", BodyError::NotJson),
+            (b"\xff\xfe", BodyError::NotJson),
+            (b"{\"method\":\"\xff\",\"id\":1}", BodyError::NotJson),
+            (b"nul", BodyError::NotJson),
+            (b"42", BodyError::NotJsonRpc),
+            (b"\"initialize\"", BodyError::NotJsonRpc),
+            (b"null", BodyError::NotJsonRpc),
+            (b"[]", BodyError::NotJsonRpc),
+            (b"[1]", BodyError::NotJsonRpc),
+            (b"{}", BodyError::NotJsonRpc),
+            (b"{\"method\":5,\"id\":1}", BodyError::NotJsonRpc),
+            (b"{\"method\":\"x\",\"id\":{}}", BodyError::NotJsonRpc),
+            (deep.as_bytes(), BodyError::NotJsonRpc),
+            (very_deep.as_bytes(), BodyError::NotJsonRpc),
+            (very_deep_object.as_bytes(), BodyError::NotJsonRpc),
+        ];
+        for (bytes, want) in cases {
+            let shown: String = String::from_utf8_lossy(bytes).chars().take(60).collect();
+            assert_eq!(
+                parse_body(bytes),
+                Err(want),
+                "{shown:?} ({} bytes)",
+                bytes.len()
+            );
+        }
+        // Nesting inside ignored members is skipped without recursion: no stack to exhaust.
+        let body = parse_body(deep_params.as_bytes()).unwrap();
+        assert_eq!(
+            body.messages,
+            vec![Message::Notification { method: "x".into() }]
+        );
+    }
+
+    #[test]
+    fn reads_batches() {
+        let body = parse_body(
+            br#"[{"method":"notifications/initialized"},{"method":"initialize","id":2},{"id":3,"result":{}}]"#,
+        )
+        .unwrap();
+        assert!(body.batch);
+        assert!(body.has_initialize());
+        assert_eq!(body.reply_id(), Value::Null);
+        assert_eq!(body.messages.len(), 3);
+    }
+
+    #[test]
+    fn reply_id_is_the_single_requests_id() {
+        let body = parse_body(br#"{"method":"tools/list","id":"x-1"}"#).unwrap();
+        assert_eq!(body.reply_id(), json!("x-1"));
+        let body = parse_body(br#"{"method":"notifications/x"}"#).unwrap();
+        assert_eq!(body.reply_id(), Value::Null);
+    }
+
+    #[test]
+    fn json_outcomes() {
+        assert_eq!(
+            json_outcome(br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25"}}"#),
+            Some(Outcome::Result)
+        );
+        assert_eq!(
+            json_outcome(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"bad"}}"#),
+            Some(Outcome::Error)
+        );
+        assert_eq!(json_outcome(b"not json"), None);
+        assert_eq!(json_outcome(br#"{"method":"x"}"#), None);
+    }
+
+    #[test]
+    fn sse_scanner_finds_the_response_in_any_chunking() {
+        let stream = "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\r\n\r\n\
+                      : comment\n\
+                      id: 7\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\ndata: \"result\":{}}\n\n";
+        let bytes = stream.as_bytes();
+        for split in 0..bytes.len() {
+            let mut scanner = SseScanner::default();
+            let (a, b) = bytes.split_at(split);
+            let got = scanner.feed(a).or_else(|| scanner.feed(b));
+            assert_eq!(got, Some(Outcome::Result), "split at {split}");
+        }
+        // One byte at a time.
+        let mut scanner = SseScanner::default();
+        let got = bytes
+            .iter()
+            .find_map(|b| scanner.feed(std::slice::from_ref(b)));
+        assert_eq!(got, Some(Outcome::Result));
+    }
+
+    #[test]
+    fn sse_scanner_sees_errors_and_cr_line_endings() {
+        let mut scanner = SseScanner::default();
+        assert_eq!(
+            scanner.feed(b"data:{\"id\":1,\"error\":{\"code\":1,\"message\":\"x\"}}\r\r"),
+            Some(Outcome::Error)
+        );
+        let mut scanner = SseScanner::default();
+        assert_eq!(
+            scanner.feed(b"data: {\"id\":1,\"result\":{}}\n"),
+            None,
+            "event not finished"
+        );
+        assert_eq!(scanner.feed(b"\n"), Some(Outcome::Result));
+        let mut scanner = SseScanner::default();
+        assert_eq!(
+            scanner.feed(b"dataX: {\"id\":1,\"result\":{}}\n\n"),
+            None,
+            "not a data field"
+        );
+    }
+}

@@ -1,0 +1,48 @@
+//! The stats the filter reports. Names are constants defined once; the glue registers them
+//! with Envoy (`define_metric`), which lists them under `wasmcustom.` in `/stats`.
+
+use crate::rejection::Reason;
+
+/// Sessions that went live (initialize answered with a result).
+pub const CREATED: &str = "mcp_session.created";
+/// Sessions ended by DELETE or by the upstream answering 404.
+pub const TERMINATED: &str = "mcp_session.terminated";
+/// Sessions ended by idle or absolute expiry.
+pub const EXPIRED: &str = "mcp_session.expired";
+/// Sessionless-era requests passed through.
+pub const PASSTHROUGH_SESSIONLESS: &str = "mcp_session.passthrough.sessionless";
+/// Gauge: live sessions in this Envoy.
+pub const LIVE: &str = "mcp_session.live";
+
+/// The counter name for a rejection reason.
+pub fn rejected(reason: Reason) -> String {
+    format!("mcp_session.rejected.{}", reason.name())
+}
+
+/// Something the filter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// A session went live.
+    Created,
+    /// A session was ended by a client or the upstream.
+    Terminated,
+    /// Sessions expired (count).
+    Expired,
+    /// A sessionless-era request passed.
+    Sessionless,
+    /// A request was refused.
+    Rejected(Reason),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_share_the_prefix() {
+        for name in [CREATED, TERMINATED, EXPIRED, PASSTHROUGH_SESSIONLESS, LIVE] {
+            assert!(name.starts_with("mcp_session."), "{name}");
+        }
+        assert_eq!(rejected(Reason::Capacity), "mcp_session.rejected.capacity");
+    }
+}

@@ -1,0 +1,478 @@
+//! The allow / reject decisions, as pure functions of what the request shows.
+//!
+//! A request is a small state machine driven by the glue: [`on_request_headers`] says what to
+//! do with the headers; when it asks for the body, [`on_sessionless_body`] or
+//! [`on_uninitialized_body`] decides once the body is complete. Nothing here touches the host.
+
+use crate::config::Config;
+use crate::message::{self, parse_body, BodyError, Message};
+use crate::protocol::{self, Era};
+use crate::record::Record;
+use crate::rejection::Rejection;
+use crate::session_id::SessionId;
+use serde_json::Value;
+
+/// What the filter needs to know of a request's headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestHead<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`, query included.
+    pub path: &'a str,
+    /// `mcp-session-id`.
+    pub session_id: Option<&'a str>,
+    /// `mcp-protocol-version`.
+    pub protocol_version: Option<&'a str>,
+    /// `content-type`.
+    pub content_type: Option<&'a str>,
+}
+
+/// The decision on a request's headers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadVerdict {
+    /// Not session traffic (other path, OPTIONS, other methods, stateless mode): untouched.
+    Ignore,
+    /// A sessionless-era request: untouched, and counted.
+    Sessionless,
+    /// Refuse now.
+    Reject(Rejection),
+    /// A POST without a session: read the body, then call [`on_sessionless_body`].
+    ReadSessionlessBody,
+    /// A request on a session: look it up in the store, then call [`on_session`].
+    Session {
+        /// The parsed ID.
+        id: SessionId,
+    },
+}
+
+/// Decides on a request's headers.
+pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> HeadVerdict {
+    if cfg.stateless || !cfg.guards(head.path) {
+        return HeadVerdict::Ignore;
+    }
+    let method = HttpMethod::of(head.method);
+    if method == HttpMethod::Other {
+        return HeadVerdict::Ignore;
+    }
+    match protocol::classify(head.protocol_version) {
+        Era::Sessionless => return HeadVerdict::Sessionless,
+        Era::Unsupported => return HeadVerdict::Reject(Rejection::unsupported_version()),
+        Era::Unstated | Era::Handshake => {}
+    }
+    if method == HttpMethod::Delete && !cfg.allow_delete {
+        return HeadVerdict::Reject(Rejection::delete_not_allowed());
+    }
+    match head.session_id {
+        None => match method {
+            HttpMethod::Post if is_json(head.content_type) => HeadVerdict::ReadSessionlessBody,
+            HttpMethod::Post => HeadVerdict::Reject(Rejection::unsupported_media_type()),
+            _ => HeadVerdict::Reject(Rejection::missing_session()),
+        },
+        Some(value) => match SessionId::parse(value) {
+            Some(id) => HeadVerdict::Session { id },
+            None => HeadVerdict::Reject(Rejection::session_not_found()),
+        },
+    }
+}
+
+/// The decision on a request for a live session the caller may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionVerdict {
+    /// Forward it untouched (but for the session header); do not read the body.
+    Forward,
+    /// Read the body, then call [`on_uninitialized_body`].
+    ReadUninitializedBody,
+    /// End the session (DELETE).
+    End,
+}
+
+/// Decides on a request whose session was found live.
+pub fn on_session(cfg: &Config, method: &str, record: &Record) -> SessionVerdict {
+    match HttpMethod::of(method) {
+        HttpMethod::Delete => SessionVerdict::End,
+        HttpMethod::Post if cfg.enforce_initialized && !record.initialized => {
+            SessionVerdict::ReadUninitializedBody
+        }
+        _ => SessionVerdict::Forward,
+    }
+}
+
+/// The decision on the body of a POST without a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionlessBody {
+    /// An `initialize`: reserve a session and forward it.
+    Initialize,
+    /// Refuse.
+    Reject(Rejection),
+}
+
+/// Decides on the complete body of a POST without a session.
+pub fn on_sessionless_body(body: &[u8]) -> SessionlessBody {
+    let parsed = match parse_body(body) {
+        Ok(parsed) => parsed,
+        Err(BodyError::NotJson) => return SessionlessBody::Reject(Rejection::parse_error()),
+        Err(BodyError::NotJsonRpc) => return SessionlessBody::Reject(Rejection::not_json_rpc()),
+    };
+    if parsed.batch && parsed.has_initialize() {
+        return SessionlessBody::Reject(Rejection::initialize_in_batch());
+    }
+    match parsed.messages.as_slice() {
+        [Message::Request { method, .. }] if method == message::INITIALIZE => {
+            SessionlessBody::Initialize
+        }
+        _ => SessionlessBody::Reject(Rejection::missing_session().with_id(parsed.reply_id())),
+    }
+}
+
+/// The decision on a POST on a session that has not seen `notifications/initialized`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UninitializedBody {
+    /// Forward; `initialized` is true when it carries `notifications/initialized`.
+    Forward {
+        /// Mark the session initialized once the upstream accepts this.
+        initialized: bool,
+    },
+    /// Refuse: a request other than `ping`.
+    Reject(Rejection),
+}
+
+/// Decides on the complete body of a POST on an uninitialized session. Requests other than
+/// `ping` are refused; notifications and responses pass. A body that is not JSON-RPC is left
+/// for the upstream to refuse: it is not a request.
+pub fn on_uninitialized_body(body: &[u8]) -> UninitializedBody {
+    let Ok(parsed) = parse_body(body) else {
+        return UninitializedBody::Forward { initialized: false };
+    };
+    let mut initialized = false;
+    for m in &parsed.messages {
+        match m {
+            Message::Request { method, id } if method != message::PING => {
+                let id = if parsed.batch {
+                    Value::Null
+                } else {
+                    id.clone()
+                };
+                return UninitializedBody::Reject(Rejection::not_initialized().with_id(id));
+            }
+            Message::Notification { method } if method == message::INITIALIZED => {
+                initialized = true;
+            }
+            _ => {}
+        }
+    }
+    UninitializedBody::Forward { initialized }
+}
+
+/// Whether a content type is JSON (`application/json`, any parameters, any case). A missing
+/// content type is given the benefit of the doubt: the body check decides.
+fn is_json(content_type: Option<&str>) -> bool {
+    let Some(value) = content_type else {
+        return true;
+    };
+    let media = value.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("application/json")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HttpMethod {
+    Post,
+    Get,
+    Delete,
+    Other,
+}
+
+impl HttpMethod {
+    fn of(method: &str) -> HttpMethod {
+        match method {
+            "POST" => HttpMethod::Post,
+            "GET" => HttpMethod::Get,
+            "DELETE" => HttpMethod::Delete,
+            _ => HttpMethod::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::State;
+    use crate::rejection::Reason;
+
+    const ID: &str = "0000000100112233445566778899aabbccddeeff";
+
+    fn cfg(json: &str) -> Config {
+        Config::parse(json.as_bytes()).unwrap()
+    }
+
+    fn head<'a>(
+        method: &'a str,
+        session: Option<&'a str>,
+        version: Option<&'a str>,
+    ) -> RequestHead<'a> {
+        RequestHead {
+            method,
+            path: "/mcp",
+            session_id: session,
+            protocol_version: version,
+            content_type: Some("application/json"),
+        }
+    }
+
+    fn reason(v: &HeadVerdict) -> Option<(u32, Reason)> {
+        match v {
+            HeadVerdict::Reject(r) => Some((r.status, r.reason)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn header_decisions() {
+        let c = cfg("{}");
+        let cases: Vec<(&str, RequestHead<'_>, Result<HeadVerdict, (u32, Reason)>)> = vec![
+            (
+                "initialize-shaped POST",
+                head("POST", None, None),
+                Ok(HeadVerdict::ReadSessionlessBody),
+            ),
+            (
+                "POST with a known version",
+                head("POST", None, Some("2025-06-18")),
+                Ok(HeadVerdict::ReadSessionlessBody),
+            ),
+            (
+                "GET without session",
+                head("GET", None, None),
+                Err((400, Reason::Missing)),
+            ),
+            (
+                "DELETE without session",
+                head("DELETE", None, None),
+                Err((400, Reason::Missing)),
+            ),
+            (
+                "session request",
+                head("POST", Some(ID), None),
+                Ok(HeadVerdict::Session {
+                    id: SessionId::parse(ID).unwrap(),
+                }),
+            ),
+            (
+                "malformed session",
+                head("POST", Some("nope"), None),
+                Err((404, Reason::Unknown)),
+            ),
+            (
+                "empty session header",
+                head("GET", Some(""), None),
+                Err((404, Reason::Unknown)),
+            ),
+            (
+                "sessionless era",
+                head("POST", None, Some("2026-07-28")),
+                Ok(HeadVerdict::Sessionless),
+            ),
+            (
+                "sessionless era ignores session",
+                head("DELETE", Some("junk"), Some("2026-07-28")),
+                Ok(HeadVerdict::Sessionless),
+            ),
+            (
+                "unknown version",
+                head("POST", Some(ID), Some("2024-11-05")),
+                Err((400, Reason::Version)),
+            ),
+            (
+                "unknown version, no session",
+                head("POST", None, Some("1.0")),
+                Err((400, Reason::Version)),
+            ),
+            (
+                "OPTIONS",
+                head("OPTIONS", None, None),
+                Ok(HeadVerdict::Ignore),
+            ),
+            ("PUT", head("PUT", None, None), Ok(HeadVerdict::Ignore)),
+            (
+                "lowercase method is not POST",
+                head("post", None, None),
+                Ok(HeadVerdict::Ignore),
+            ),
+        ];
+        for (name, h, want) in cases {
+            let got = on_request_headers(&c, &h);
+            match want {
+                Ok(v) => assert_eq!(got, v, "{name}"),
+                Err(r) => assert_eq!(reason(&got), Some(r), "{name}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        let c = cfg("{}");
+        for (ct, ok) in [
+            (Some("application/json"), true),
+            (Some("Application/JSON; charset=utf-8"), true),
+            (None, true),
+            (Some("text/plain"), false),
+            (Some("application/json-seq"), false),
+            (Some("multipart/form-data"), false),
+        ] {
+            let mut h = head("POST", None, None);
+            h.content_type = ct;
+            let got = on_request_headers(&c, &h);
+            if ok {
+                assert_eq!(got, HeadVerdict::ReadSessionlessBody, "{ct:?}");
+            } else {
+                assert_eq!(reason(&got), Some((415, Reason::Body)), "{ct:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn paths_stateless_and_delete_switches() {
+        let only = cfg(r#"{"paths":["/mcp"]}"#);
+        let mut h = head("GET", None, None);
+        h.path = "/health";
+        assert_eq!(on_request_headers(&only, &h), HeadVerdict::Ignore);
+        h.path = "/mcp?x=1";
+        assert_eq!(
+            reason(&on_request_headers(&only, &h)),
+            Some((400, Reason::Missing))
+        );
+
+        let stateless = cfg(r#"{"stateless":true}"#);
+        assert_eq!(
+            on_request_headers(&stateless, &head("GET", None, None)),
+            HeadVerdict::Ignore
+        );
+
+        let no_delete = cfg(r#"{"allow_delete":false}"#);
+        let got = on_request_headers(&no_delete, &head("DELETE", Some(ID), None));
+        let HeadVerdict::Reject(r) = got else {
+            panic!()
+        };
+        assert_eq!((r.status, r.reason), (405, Reason::Method));
+        assert_eq!(r.headers, vec![("allow", "GET, POST")]);
+    }
+
+    #[test]
+    fn sessionless_bodies() {
+        let init = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+        assert_eq!(on_sessionless_body(init), SessionlessBody::Initialize);
+        let cases: Vec<(&[u8], u32, i64)> = vec![
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+                400,
+                -32000,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                400,
+                -32000,
+            ),
+            (br#"{"jsonrpc":"2.0","method":"initialize"}"#, 400, -32000),
+            (
+                br#"[{"jsonrpc":"2.0","id":1,"method":"initialize"}]"#,
+                400,
+                -32600,
+            ),
+            (
+                br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+                400,
+                -32000,
+            ),
+            (b"{oops", 400, -32700),
+            (b"", 400, -32700),
+            (b"17", 400, -32600),
+        ];
+        for (body, status, code) in cases {
+            let SessionlessBody::Reject(r) = on_sessionless_body(body) else {
+                panic!("{:?} accepted", String::from_utf8_lossy(body));
+            };
+            assert_eq!(
+                (r.status, r.code),
+                (status, code),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let SessionlessBody::Reject(r) =
+            on_sessionless_body(br#"{"id":"q","method":"tools/list"}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(r.id, serde_json::json!("q"), "the request id is echoed");
+    }
+
+    #[test]
+    fn uninitialized_sessions_accept_only_ping_and_notifications() {
+        let record = Record {
+            state: State::Live,
+            initialized: false,
+            secret: [0; 16],
+            created_ms: 0,
+            last_seen_ms: 0,
+            identity: None,
+            upstream_id: None,
+        };
+        let c = cfg("{}");
+        assert_eq!(
+            on_session(&c, "POST", &record),
+            SessionVerdict::ReadUninitializedBody
+        );
+        assert_eq!(on_session(&c, "GET", &record), SessionVerdict::Forward);
+        assert_eq!(on_session(&c, "DELETE", &record), SessionVerdict::End);
+        let lax = cfg(r#"{"enforce_initialized":false}"#);
+        assert_eq!(on_session(&lax, "POST", &record), SessionVerdict::Forward);
+        let mut done = record.clone();
+        done.initialized = true;
+        assert_eq!(on_session(&c, "POST", &done), SessionVerdict::Forward);
+
+        let cases: Vec<(&[u8], UninitializedBody)> = vec![
+            (
+                br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                UninitializedBody::Forward { initialized: true },
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#,
+                UninitializedBody::Forward { initialized: false },
+            ),
+            (
+                br#"{"jsonrpc":"2.0","method":"notifications/cancelled"}"#,
+                UninitializedBody::Forward { initialized: false },
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":5,"result":{}}"#,
+                UninitializedBody::Forward { initialized: false },
+            ),
+            (
+                b"garbage",
+                UninitializedBody::Forward { initialized: false },
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#,
+                UninitializedBody::Reject(
+                    Rejection::not_initialized().with_id(serde_json::json!(5)),
+                ),
+            ),
+            (
+                br#"[{"method":"notifications/initialized"},{"id":1,"method":"tools/list"}]"#,
+                UninitializedBody::Reject(Rejection::not_initialized()),
+            ),
+            (
+                br#"[{"method":"notifications/initialized"},{"id":1,"method":"ping"}]"#,
+                UninitializedBody::Forward { initialized: true },
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(
+                on_uninitialized_body(body),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}

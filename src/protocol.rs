@@ -1,0 +1,82 @@
+//! MCP protocol revisions and the two eras they belong to.
+//!
+//! Handshake-era revisions (2025-03-26 to 2025-11-25) open a session with `initialize`;
+//! sessionless-era revisions (2026-07-28 on) carry `MCP-Protocol-Version` on every request and
+//! have no sessions at all, so the filter lets them through untouched.
+
+/// The handshake-era revisions the filter knows, oldest first.
+pub const HANDSHAKE_REVISIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// The first sessionless-era revision (SEP-2567, SEP-2575).
+pub const FIRST_SESSIONLESS_REVISION: &str = "2026-07-28";
+
+/// What a request's `MCP-Protocol-Version` header says about how to treat it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// No header: a handshake-era request (servers assume 2025-03-26 when it is missing).
+    Unstated,
+    /// A handshake-era revision the filter knows: sessions apply.
+    Handshake,
+    /// 2026-07-28 or later: no sessions; pass the request through untouched.
+    Sessionless,
+    /// Anything else: an unsupported revision, rejected with 400 on session traffic.
+    Unsupported,
+}
+
+/// Classifies the value of an `MCP-Protocol-Version` header (`None` when absent).
+///
+/// Revisions are `YYYY-MM-DD` dates, so later revisions compare greater as strings; any
+/// well-formed date from [`FIRST_SESSIONLESS_REVISION`] on counts as sessionless, which keeps
+/// future revisions working without a filter update.
+pub fn classify(header: Option<&str>) -> Era {
+    let Some(value) = header else {
+        return Era::Unstated;
+    };
+    let value = value.trim();
+    if HANDSHAKE_REVISIONS.contains(&value) {
+        Era::Handshake
+    } else if is_revision_date(value) && value >= FIRST_SESSIONLESS_REVISION {
+        Era::Sessionless
+    } else {
+        Era::Unsupported
+    }
+}
+
+/// True when `value` has the shape of a revision: `YYYY-MM-DD`, digits and dashes.
+fn is_revision_date(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    bytes.len() == 10
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            4 | 7 => *b == b'-',
+            _ => b.is_ascii_digit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_revisions() {
+        let cases: &[(Option<&str>, Era)] = &[
+            (None, Era::Unstated),
+            (Some("2025-03-26"), Era::Handshake),
+            (Some("2025-06-18"), Era::Handshake),
+            (Some("2025-11-25"), Era::Handshake),
+            (Some(" 2025-11-25 "), Era::Handshake),
+            (Some("2026-07-28"), Era::Sessionless),
+            (Some("2027-01-01"), Era::Sessionless),
+            (Some("2024-11-05"), Era::Unsupported),
+            (Some("2026-01-01"), Era::Unsupported),
+            (Some("2026-7-28"), Era::Unsupported),
+            (Some("2026-07-28x"), Era::Unsupported),
+            (Some("9999-99-99"), Era::Sessionless),
+            (Some(""), Era::Unsupported),
+            (Some("latest"), Era::Unsupported),
+            (Some("2026/07/28"), Era::Unsupported),
+        ];
+        for (header, want) in cases {
+            assert_eq!(classify(*header), *want, "header {header:?}");
+        }
+    }
+}

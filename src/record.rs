@@ -1,0 +1,266 @@
+//! The session record kept in shared data, and its compact binary encoding.
+//!
+//! Every session costs one shared-data value, so the encoding is small and fixed-layout (see
+//! docs/DESIGN.md): 36 bytes, plus 16 for an identity digest and the upstream's own session ID
+//! when there is one.
+
+use crate::session_id::{constant_time_eq, SECRET_LEN};
+use crate::sha256;
+
+const FORMAT_VERSION: u8 = 1;
+const FLAG_INITIALIZED: u8 = 1;
+const FLAG_IDENTITY: u8 = 2;
+/// Bytes of identity digest kept (128 bits of SHA-256).
+pub const DIGEST_LEN: usize = 16;
+/// Longest upstream session ID the record can hold.
+pub const MAX_UPSTREAM_ID: usize = 255;
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// The slot is held for an `initialize` whose answer has not been seen yet.
+    Pending,
+    /// The upstream answered `initialize` with a result: the session is usable.
+    Live,
+}
+
+/// One session.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Pending or live.
+    pub state: State,
+    /// `notifications/initialized` has been accepted by the upstream.
+    pub initialized: bool,
+    /// The secret half of the session ID.
+    pub secret: [u8; SECRET_LEN],
+    /// When the slot was taken, ms since the epoch.
+    pub created_ms: u64,
+    /// When the session was last used (at touch granularity), ms since the epoch.
+    pub last_seen_ms: u64,
+    /// Digest of the identity header, when identity binding is on.
+    pub identity: Option<[u8; DIGEST_LEN]>,
+    /// The upstream's own `Mcp-Session-Id`, when it issued one.
+    pub upstream_id: Option<String>,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("state", &self.state)
+            .field("initialized", &self.initialized)
+            .field("created_ms", &self.created_ms)
+            .field("last_seen_ms", &self.last_seen_ms)
+            .field("identity", &self.identity.is_some())
+            .field("upstream_id", &self.upstream_id.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Record {
+    /// Serialises the record.
+    pub fn encode(&self) -> Vec<u8> {
+        let upstream = self.upstream_id.as_deref().unwrap_or("").as_bytes();
+        let upstream = upstream.get(..MAX_UPSTREAM_ID).unwrap_or(upstream);
+        let mut out = Vec::with_capacity(36 + DIGEST_LEN + 1 + upstream.len());
+        out.push(FORMAT_VERSION);
+        out.push(match self.state {
+            State::Pending => 1,
+            State::Live => 2,
+        });
+        let mut flags = 0;
+        if self.initialized {
+            flags |= FLAG_INITIALIZED;
+        }
+        if self.identity.is_some() {
+            flags |= FLAG_IDENTITY;
+        }
+        out.push(flags);
+        out.extend_from_slice(&self.secret);
+        out.extend_from_slice(&self.created_ms.to_le_bytes());
+        out.extend_from_slice(&self.last_seen_ms.to_le_bytes());
+        if let Some(digest) = &self.identity {
+            out.extend_from_slice(digest);
+        }
+        // Bounded to MAX_UPSTREAM_ID above, so the length fits a byte.
+        out.push(u8::try_from(upstream.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(upstream);
+        out
+    }
+
+    /// Reads a record; `None` for an empty (free) slot or bytes in no known format.
+    pub fn decode(bytes: &[u8]) -> Option<Record> {
+        let mut r = Reader(bytes);
+        if r.byte()? != FORMAT_VERSION {
+            return None;
+        }
+        let state = match r.byte()? {
+            1 => State::Pending,
+            2 => State::Live,
+            _ => return None,
+        };
+        let flags = r.byte()?;
+        let secret = r.array::<SECRET_LEN>()?;
+        let created_ms = u64::from_le_bytes(r.array::<8>()?);
+        let last_seen_ms = u64::from_le_bytes(r.array::<8>()?);
+        let identity = if flags & FLAG_IDENTITY != 0 {
+            Some(r.array::<DIGEST_LEN>()?)
+        } else {
+            None
+        };
+        let len = usize::from(r.byte()?);
+        let upstream = r.take(len)?;
+        if !r.0.is_empty() {
+            return None;
+        }
+        let upstream_id = match upstream {
+            [] => None,
+            bytes => Some(String::from_utf8(bytes.to_vec()).ok()?),
+        };
+        Some(Record {
+            state,
+            initialized: flags & FLAG_INITIALIZED != 0,
+            secret,
+            created_ms,
+            last_seen_ms,
+            identity,
+            upstream_id,
+        })
+    }
+
+    /// Whether the session has passed its idle or absolute limit at `now_ms`.
+    pub fn expired(&self, now_ms: u64, idle_ms: u64, lifetime_ms: u64) -> bool {
+        now_ms.saturating_sub(self.last_seen_ms) >= idle_ms
+            || (lifetime_ms > 0 && now_ms.saturating_sub(self.created_ms) >= lifetime_ms)
+    }
+
+    /// Whether `secret` is this session's, in constant time.
+    pub fn secret_matches(&self, secret: &[u8; SECRET_LEN]) -> bool {
+        constant_time_eq(&self.secret, secret)
+    }
+}
+
+/// Digest of an identity header value, salted with the session secret so equal identities
+/// give unrelated digests across sessions. An absent header is an identity too (distinct from
+/// every present value, the empty one included).
+pub fn identity_digest(secret: &[u8; SECRET_LEN], value: Option<&[u8]>) -> [u8; DIGEST_LEN] {
+    let full = match value {
+        None => sha256::digest(&[secret, b"\x00"]),
+        Some(v) => sha256::digest(&[secret, b"\x01", v]),
+    };
+    let mut out = [0u8; DIGEST_LEN];
+    out.copy_from_slice(full.get(..DIGEST_LEN).unwrap_or(&[0u8; DIGEST_LEN]));
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1)?.first().copied()
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live() -> Record {
+        Record {
+            state: State::Live,
+            initialized: true,
+            secret: [9; SECRET_LEN],
+            created_ms: 1_700_000_000_000,
+            last_seen_ms: 1_700_000_005_000,
+            identity: None,
+            upstream_id: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_every_shape() {
+        let mut bound = live();
+        bound.identity = Some(identity_digest(&bound.secret, Some(b"alice")));
+        let mut mapped = live();
+        mapped.upstream_id = Some("f3a9c2-upstream".into());
+        mapped.state = State::Pending;
+        mapped.initialized = false;
+        let mut both = bound.clone();
+        both.upstream_id = Some("x".repeat(MAX_UPSTREAM_ID));
+        for record in [live(), bound, mapped, both] {
+            let bytes = record.encode();
+            assert_eq!(Record::decode(&bytes), Some(record.clone()), "{record:?}");
+        }
+        assert_eq!(live().encode().len(), 36, "the base record stays small");
+    }
+
+    #[test]
+    fn refuses_free_and_corrupt_slots() {
+        let good = live().encode();
+        let mut wrong_version = good.clone();
+        wrong_version[0] = 9;
+        let mut wrong_state = good.clone();
+        wrong_state[1] = 0;
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("truncated", good[..20].to_vec()),
+            ("missing upstream length", good[..34].to_vec()),
+            ("wrong version", wrong_version),
+            ("wrong state", wrong_state),
+            ("trailing bytes", trailing),
+        ];
+        for (name, bytes) in cases {
+            assert_eq!(Record::decode(&bytes), None, "{name}");
+        }
+        for len in 0..good.len() {
+            assert_eq!(Record::decode(&good[..len]), None, "prefix {len}");
+        }
+    }
+
+    #[test]
+    fn expiry_is_idle_or_absolute() {
+        let r = live();
+        let idle = 10_000;
+        let life = 60_000;
+        assert!(!r.expired(r.last_seen_ms + idle - 1, idle, life));
+        assert!(r.expired(r.last_seen_ms + idle, idle, life));
+        assert!(r.expired(r.created_ms + life, 1_000_000, life));
+        assert!(
+            !r.expired(r.created_ms + life, 1_000_000, 0),
+            "0 means no lifetime"
+        );
+        assert!(
+            !r.expired(0, idle, life),
+            "a clock going back never expires a session"
+        );
+    }
+
+    #[test]
+    fn identity_digests_differ_by_value_and_secret() {
+        let s1 = [1u8; SECRET_LEN];
+        let s2 = [2u8; SECRET_LEN];
+        let alice = identity_digest(&s1, Some(b"alice"));
+        assert_eq!(alice, identity_digest(&s1, Some(b"alice")));
+        assert_ne!(alice, identity_digest(&s1, Some(b"bob")));
+        assert_ne!(alice, identity_digest(&s2, Some(b"alice")));
+        assert_ne!(identity_digest(&s1, None), identity_digest(&s1, Some(b"")));
+    }
+
+    #[test]
+    fn debug_hides_secret_and_identity() {
+        let text = format!("{:?}", live());
+        assert!(!text.contains("secret"), "{text}");
+    }
+}

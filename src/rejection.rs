@@ -1,0 +1,267 @@
+//! Every way the filter refuses a request: the HTTP status, the JSON-RPC error it answers
+//! with, and the stat that counts it. One table, so status, body and counter cannot drift.
+
+use serde_json::{json, Value};
+
+/// Why a request was refused; each reason has its own counter
+/// (`mcp_session.rejected.<reason>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No `Mcp-Session-Id` where one is required.
+    Missing,
+    /// The session ID is unknown, expired, ended, malformed or another caller's.
+    Unknown,
+    /// `max_sessions` live sessions already.
+    Capacity,
+    /// An `MCP-Protocol-Version` the filter does not know.
+    Version,
+    /// A request before `notifications/initialized`.
+    Lifecycle,
+    /// A sessionless body that is too large, not JSON, not JSON-RPC, a batch with
+    /// `initialize`, or of another content type.
+    Body,
+    /// DELETE while `allow_delete` is false.
+    Method,
+}
+
+impl Reason {
+    /// Every reason, for defining the counters.
+    pub const ALL: [Reason; 7] = [
+        Reason::Missing,
+        Reason::Unknown,
+        Reason::Capacity,
+        Reason::Version,
+        Reason::Lifecycle,
+        Reason::Body,
+        Reason::Method,
+    ];
+
+    /// The last part of the counter's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Unknown => "unknown",
+            Reason::Capacity => "capacity",
+            Reason::Version => "version",
+            Reason::Lifecycle => "lifecycle",
+            Reason::Body => "body",
+            Reason::Method => "method",
+        }
+    }
+}
+
+/// JSON-RPC error codes used in rejections (the TypeScript SDK's choices).
+pub mod code {
+    /// Invalid JSON.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Valid JSON that is not an acceptable request.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// Generic transport-level bad request.
+    pub const BAD_REQUEST: i64 = -32000;
+    /// Session not found.
+    pub const SESSION_NOT_FOUND: i64 = -32001;
+}
+
+/// A refusal, ready to be sent as a local reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// HTTP status.
+    pub status: u32,
+    /// JSON-RPC error code.
+    pub code: i64,
+    /// JSON-RPC error message.
+    pub message: String,
+    /// The request id to echo, or null.
+    pub id: Value,
+    /// The counter it increments.
+    pub reason: Reason,
+    /// Extra response headers (e.g. `allow` on a 405).
+    pub headers: Vec<(&'static str, &'static str)>,
+}
+
+impl Rejection {
+    fn new(status: u32, code: i64, message: impl Into<String>, reason: Reason) -> Rejection {
+        Rejection {
+            status,
+            code,
+            message: message.into(),
+            id: Value::Null,
+            reason,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Echo this request id in the error body.
+    pub fn with_id(mut self, id: Value) -> Rejection {
+        self.id = id;
+        self
+    }
+
+    /// 400: the session header is required here.
+    pub fn missing_session() -> Rejection {
+        Rejection::new(
+            400,
+            code::BAD_REQUEST,
+            "Bad Request: Mcp-Session-Id header is required",
+            Reason::Missing,
+        )
+    }
+
+    /// 404: the same answer for every session the caller cannot use.
+    pub fn session_not_found() -> Rejection {
+        Rejection::new(
+            404,
+            code::SESSION_NOT_FOUND,
+            "Session not found",
+            Reason::Unknown,
+        )
+    }
+
+    /// 503: the store is full.
+    pub fn capacity() -> Rejection {
+        Rejection::new(
+            503,
+            code::BAD_REQUEST,
+            "Service Unavailable: too many open sessions",
+            Reason::Capacity,
+        )
+    }
+
+    /// 400: unsupported `MCP-Protocol-Version`. The header's value is not echoed.
+    pub fn unsupported_version() -> Rejection {
+        Rejection::new(
+            400,
+            code::BAD_REQUEST,
+            "Bad Request: Unsupported protocol version (supported versions: 2025-03-26, 2025-06-18, 2025-11-25)",
+            Reason::Version,
+        )
+    }
+
+    /// 400: a request other than ping before the handshake finished.
+    pub fn not_initialized() -> Rejection {
+        Rejection::new(
+            400,
+            code::BAD_REQUEST,
+            "Bad Request: Session not initialized: send notifications/initialized first",
+            Reason::Lifecycle,
+        )
+    }
+
+    /// 413: sessionless body over `max_body_bytes`.
+    pub fn body_too_large(limit: usize) -> Rejection {
+        Rejection::new(
+            413,
+            code::BAD_REQUEST,
+            format!("Payload Too Large: request body exceeds {limit} bytes"),
+            Reason::Body,
+        )
+    }
+
+    /// 400 -32700: not JSON.
+    pub fn parse_error() -> Rejection {
+        Rejection::new(
+            400,
+            code::PARSE_ERROR,
+            "Parse error: request body is not valid JSON",
+            Reason::Body,
+        )
+    }
+
+    /// 400 -32600: JSON, but not JSON-RPC.
+    pub fn not_json_rpc() -> Rejection {
+        Rejection::new(
+            400,
+            code::INVALID_REQUEST,
+            "Invalid Request: body is not a JSON-RPC message",
+            Reason::Body,
+        )
+    }
+
+    /// 400 -32600: `initialize` inside a batch.
+    pub fn initialize_in_batch() -> Rejection {
+        Rejection::new(
+            400,
+            code::INVALID_REQUEST,
+            "Invalid Request: initialize must not be part of a JSON-RPC batch",
+            Reason::Body,
+        )
+    }
+
+    /// 415: a sessionless POST that is not JSON.
+    pub fn unsupported_media_type() -> Rejection {
+        Rejection::new(
+            415,
+            code::BAD_REQUEST,
+            "Unsupported Media Type: Content-Type must be application/json",
+            Reason::Body,
+        )
+    }
+
+    /// 405: clients may not end sessions.
+    pub fn delete_not_allowed() -> Rejection {
+        let mut r = Rejection::new(
+            405,
+            code::BAD_REQUEST,
+            "Method Not Allowed: sessions cannot be ended by the client",
+            Reason::Method,
+        );
+        r.headers.push(("allow", "GET, POST"));
+        r
+    }
+
+    /// The JSON-RPC 2.0 error body.
+    pub fn body(&self) -> Vec<u8> {
+        json!({
+            "jsonrpc": "2.0",
+            "error": { "code": self.code, "message": self.message },
+            "id": self.id,
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rejection_has_a_json_rpc_body() {
+        let all = [
+            Rejection::missing_session(),
+            Rejection::session_not_found(),
+            Rejection::capacity(),
+            Rejection::unsupported_version(),
+            Rejection::not_initialized(),
+            Rejection::body_too_large(10),
+            Rejection::parse_error(),
+            Rejection::not_json_rpc(),
+            Rejection::initialize_in_batch(),
+            Rejection::unsupported_media_type(),
+            Rejection::delete_not_allowed(),
+        ];
+        for r in all {
+            let body: Value = serde_json::from_slice(&r.body()).unwrap();
+            assert_eq!(body["jsonrpc"], "2.0");
+            assert_eq!(body["error"]["code"], r.code);
+            assert_eq!(body["error"]["message"], r.message.as_str());
+            assert!(body["id"].is_null());
+            assert!((400..600).contains(&r.status));
+        }
+    }
+
+    #[test]
+    fn echoes_the_request_id() {
+        let r = Rejection::not_initialized().with_id(json!("abc"));
+        let body: Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(body["id"], "abc");
+    }
+
+    #[test]
+    fn reason_names_are_distinct() {
+        let mut names: Vec<_> = Reason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Reason::ALL.len());
+    }
+}

@@ -1,0 +1,163 @@
+//! The session ID the filter mints and checks.
+//!
+//! Format: 40 lowercase hex characters, `<8: slot><32: secret>`. The slot names the shared-data
+//! record; the 128-bit secret, drawn from the host CSPRNG and compared in constant time, proves
+//! the caller holds the session. Everything is visible ASCII, as the spec requires.
+
+use std::fmt;
+
+/// Bytes of secret in a session ID (128 bits).
+pub const SECRET_LEN: usize = 16;
+
+/// Characters in an encoded session ID.
+pub const ENCODED_LEN: usize = 8 + 2 * SECRET_LEN;
+
+/// A parsed session ID.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SessionId {
+    /// Index of the shared-data slot holding the session record.
+    pub slot: u32,
+    /// The random part, compared against the record's copy.
+    pub secret: [u8; SECRET_LEN],
+}
+
+impl SessionId {
+    /// Parses a header value; `None` for anything not exactly in the minted format.
+    pub fn parse(value: &str) -> Option<SessionId> {
+        let bytes = value.as_bytes();
+        if bytes.len() != ENCODED_LEN {
+            return None;
+        }
+        let (slot_hex, secret_hex) = bytes.split_at(8);
+        let mut slot_bytes = [0u8; 4];
+        decode_hex(slot_hex, &mut slot_bytes)?;
+        let mut secret = [0u8; SECRET_LEN];
+        decode_hex(secret_hex, &mut secret)?;
+        Some(SessionId {
+            slot: u32::from_be_bytes(slot_bytes),
+            secret,
+        })
+    }
+
+    /// The header value for this ID.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(ENCODED_LEN);
+        push_hex(&mut out, &self.slot.to_be_bytes());
+        push_hex(&mut out, &self.secret);
+        out
+    }
+
+    /// A short form safe for logs: the slot and the first 2 bytes of the secret.
+    pub fn short(&self) -> String {
+        let mut out = format!("{:08x}:", self.slot);
+        push_hex(&mut out, self.secret.get(..2).unwrap_or_default());
+        out.push('…');
+        out
+    }
+}
+
+/// Never prints the secret in full, so an ID cannot leak through a `{:?}` in a log line.
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({})", self.short())
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // black_box keeps the optimiser from turning the fold into an early-exit comparison.
+    std::hint::black_box(diff) == 0
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    let digit = |n: u8| char::from_digit(u32::from(n), 16).unwrap_or('0');
+    for b in bytes {
+        out.push(digit(b >> 4));
+        out.push(digit(b & 0x0f));
+    }
+}
+
+/// Decodes lowercase hex into `out` (exactly twice as many digits as bytes).
+fn decode_hex(digits: &[u8], out: &mut [u8]) -> Option<()> {
+    if digits.len() != out.len() * 2 {
+        return None;
+    }
+    for (pair, byte) in digits.chunks_exact(2).zip(out.iter_mut()) {
+        let (hi, lo) = match pair {
+            [hi, lo] => (hex_value(*hi)?, hex_value(*lo)?),
+            _ => return None,
+        };
+        *byte = (hi << 4) | lo;
+    }
+    Some(())
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SessionId {
+        SessionId {
+            slot: 0x0102_a0ff,
+            secret: [
+                0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0xfe, 0xff,
+            ],
+        }
+    }
+
+    #[test]
+    fn encodes_and_parses_round_trip() {
+        let id = sample();
+        let text = id.encode();
+        assert_eq!(text, "0102a0ffdeadbeef00010203040506070809feff");
+        assert_eq!(text.len(), ENCODED_LEN);
+        assert!(text.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+        assert_eq!(SessionId::parse(&text), Some(id));
+    }
+
+    #[test]
+    fn rejects_anything_else() {
+        let good = sample().encode();
+        let cases: Vec<(&str, String)> = vec![
+            ("empty", String::new()),
+            ("short", good[..39].to_string()),
+            ("long", format!("{good}0")),
+            ("uppercase", good.to_uppercase()),
+            ("non-hex", format!("{}g", &good[..39])),
+            ("space", format!(" {}", &good[1..])),
+            ("uuid", "550e8400-e29b-41d4-a716-446655440000".to_string()),
+            ("multibyte", format!("{}é", &good[..38])),
+        ];
+        for (name, value) in cases {
+            assert_eq!(SessionId::parse(&value), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn debug_and_short_never_show_the_whole_secret() {
+        let id = sample();
+        assert_eq!(id.short(), "0102a0ff:dead…");
+        let debug = format!("{id:?}");
+        assert!(!debug.contains("beef"), "{debug}");
+    }
+
+    #[test]
+    fn constant_time_eq_compares_bytes() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

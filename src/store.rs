@@ -1,0 +1,824 @@
+//! The session store: sessions in Envoy shared data, so every worker agrees.
+//!
+//! Envoy can neither delete nor list shared-data keys, so the store keeps a table of slots
+//! that grows to the peak number of concurrent sessions (never past `max_sessions`) and
+//! reuses them; a free slot holds an empty value. The layout and the write protocol are in
+//! docs/DESIGN.md. Every read-modify-write is a compare-and-swap, retried a bounded number of
+//! times, so no update is lost whichever worker runs it.
+//!
+//! The store speaks to the host only through [`SharedData`], which keeps it testable on the
+//! host and leaves room for a second, distributed backend.
+
+use crate::record::{identity_digest, Record, State};
+use crate::session_id::{SessionId, SECRET_LEN};
+
+/// A write that did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteError {
+    /// The key changed since it was read (or, for a create-only write, it exists).
+    CasMismatch,
+    /// The host refused the write for another reason.
+    Host,
+}
+
+/// The host's shared key-value store, with Envoy's semantics:
+/// - `get` returns the value (`None` when missing or empty) and the cas (`None` when missing);
+/// - `set` with `cas: None` writes unconditionally; with `Some(c)` it fails with
+///   [`WriteError::CasMismatch`] unless the key is missing or its cas is `c`.
+pub trait SharedData {
+    /// Reads a key.
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Writes a key.
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError>;
+}
+
+/// The cas for a create-only write: a missing key accepts any cas, and an existing key's cas
+/// is a counter that starts at 1 and would have to reach 2^32-1 to match.
+const CREATE_ONLY: Option<u32> = Some(u32::MAX);
+/// Attempts at one compare-and-swap before giving up.
+const CAS_ATTEMPTS: usize = 32;
+/// Random slots probed for a free one before the table grows.
+const PROBES: usize = 8;
+/// Time between two sweep steps, across all workers.
+pub const SWEEP_PERIOD_MS: u64 = 1000;
+/// Smallest sweep step, in slots.
+const SWEEP_MIN_CHUNK: u32 = 1024;
+/// A full pass over the table takes at most this many sweep steps.
+const SWEEP_STEPS_PER_PASS: u32 = 30;
+
+const HIGH_WATER_KEY: &str = "mcps/hw";
+const SWEEP_KEY: &str = "mcps/sw";
+
+/// The shared-data key of a slot.
+pub fn slot_key(slot: u32) -> String {
+    format!("mcps/{slot:08x}")
+}
+
+/// The store's limits, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Idle timeout, ms.
+    pub idle_ms: u64,
+    /// Absolute lifetime, ms; 0 = none.
+    pub lifetime_ms: u64,
+    /// Most slots in use at once.
+    pub max_sessions: u32,
+    /// Whether sessions are bound to an identity header.
+    pub bind_identity: bool,
+}
+
+impl Limits {
+    /// How stale `last_seen` may get before a request rewrites it: at most 1 s, so a session
+    /// can expire at most 1 s early and is never kept past its idle timeout.
+    pub fn touch_interval_ms(&self) -> u64 {
+        (self.idle_ms / 64).min(1000)
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A live session the caller may use, with the cas it was read at.
+    Live(Record, u32),
+    /// Nothing the caller may use: unknown, ended, pending, or another identity's.
+    NotFound,
+    /// The session had expired; this lookup reclaimed it (count it once).
+    Expired,
+}
+
+/// What ending a session found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The session was live and is now ended; its last record.
+    Ended(Record),
+    /// Nothing to end.
+    NotFound,
+    /// It had expired; reclaimed now (count it as expired, not terminated).
+    Expired,
+}
+
+/// The result of a slot reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The new session's ID.
+    pub id: SessionId,
+    /// Live sessions found expired and reclaimed on the way.
+    pub expired: u32,
+}
+
+/// What a sweep step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Slots read.
+    pub scanned: u32,
+    /// Live sessions found expired and reclaimed.
+    pub expired: u32,
+    /// Pending reservations found stale and freed.
+    pub stale_pending: u32,
+}
+
+/// The session store.
+pub struct Store<S> {
+    shared: S,
+    limits: Limits,
+}
+
+impl<S: SharedData> Store<S> {
+    /// A store over `shared` with `limits`.
+    pub fn new(shared: S, limits: Limits) -> Store<S> {
+        Store { shared, limits }
+    }
+
+    /// The backend.
+    pub fn shared(&self) -> &S {
+        &self.shared
+    }
+
+    /// Number of slots ever created.
+    pub fn high_water(&self) -> u32 {
+        read_u32(&self.shared.get(HIGH_WATER_KEY).0)
+    }
+
+    /// Takes a free slot for an `initialize` in flight. `secret` is the new session's secret
+    /// (from the host CSPRNG), `identity` the identity header's value, `random` a cheap source
+    /// of probe positions. `None`: the store is full.
+    pub fn reserve(
+        &self,
+        now_ms: u64,
+        secret: [u8; SECRET_LEN],
+        identity: Option<&[u8]>,
+        random: &mut dyn FnMut() -> u32,
+    ) -> Option<Reservation> {
+        let record = Record {
+            state: State::Pending,
+            initialized: false,
+            secret,
+            created_ms: now_ms,
+            last_seen_ms: now_ms,
+            identity: self
+                .limits
+                .bind_identity
+                .then(|| identity_digest(&secret, identity)),
+            upstream_id: None,
+        };
+        let encoded = record.encode();
+        let mut expired = 0;
+        let reserved = |slot, expired| Reservation {
+            id: SessionId { slot, secret },
+            expired,
+        };
+
+        // 1. A few random slots below the high-water mark.
+        let (high, _) = self.read_high_water();
+        let usable = high.min(self.limits.max_sessions);
+        if usable > 0 {
+            for _ in 0..PROBES {
+                let slot = random() % usable;
+                match self.try_claim(slot, now_ms, &encoded) {
+                    Claim::Taken { was_live } => {
+                        expired += u32::from(was_live);
+                        return Some(reserved(slot, expired));
+                    }
+                    Claim::Busy => {}
+                }
+            }
+        }
+        // 2. A new slot at the top, while below the limit.
+        for _ in 0..CAS_ATTEMPTS {
+            let (high, cas) = self.read_high_water();
+            if high >= self.limits.max_sessions {
+                break;
+            }
+            let Some(next) = high.checked_add(1) else {
+                break;
+            };
+            let cas = cas.or(CREATE_ONLY);
+            if self
+                .shared
+                .set(HIGH_WATER_KEY, &next.to_le_bytes(), cas)
+                .is_ok()
+            {
+                // This worker alone moved the mark past `high`, so slot `high` is ours.
+                if self
+                    .shared
+                    .set(&slot_key(high), &encoded, CREATE_ONLY)
+                    .is_ok()
+                {
+                    return Some(reserved(high, expired));
+                }
+                break;
+            }
+        }
+        // 3. At the limit: look at every slot, from a random start.
+        let (high, _) = self.read_high_water();
+        let usable = high.min(self.limits.max_sessions);
+        if usable == 0 {
+            return None;
+        }
+        let start = random() % usable;
+        for offset in 0..usable {
+            let slot = start.wrapping_add(offset) % usable;
+            if let Claim::Taken { was_live } = self.try_claim(slot, now_ms, &encoded) {
+                expired += u32::from(was_live);
+                return Some(reserved(slot, expired));
+            }
+        }
+        None
+    }
+
+    /// Turns a reservation into a live session once the upstream answered `initialize` with a
+    /// result, remembering the upstream's own session ID. False if the reservation is gone.
+    pub fn activate(&self, id: &SessionId, now_ms: u64, upstream_id: Option<&str>) -> bool {
+        self.update(id, |record| {
+            if record.state != State::Pending {
+                return None;
+            }
+            record.state = State::Live;
+            record.last_seen_ms = now_ms;
+            record.upstream_id = upstream_id.map(str::to_owned);
+            Some(())
+        })
+        .is_some()
+    }
+
+    /// Frees a reservation whose `initialize` failed. False if it was not pending.
+    pub fn release(&self, id: &SessionId) -> bool {
+        self.free_if(id, |record| record.state == State::Pending)
+            .is_some()
+    }
+
+    /// Finds the live session `id` for a caller presenting `identity`; reclaims it if expired.
+    pub fn lookup(&self, id: &SessionId, now_ms: u64, identity: Option<&[u8]>) -> Lookup {
+        let key = slot_key(id.slot);
+        let (Some(bytes), Some(cas)) = self.shared.get(&key) else {
+            return Lookup::NotFound;
+        };
+        let Some(record) = Record::decode(&bytes) else {
+            return Lookup::NotFound;
+        };
+        if !record.secret_matches(&id.secret) || record.state != State::Live {
+            return Lookup::NotFound;
+        }
+        if self.is_expired(&record, now_ms) {
+            // Whoever wins this write counts the expiry; a loser reports not found.
+            return match self.shared.set(&key, &[], Some(cas)) {
+                Ok(()) => Lookup::Expired,
+                Err(_) => Lookup::NotFound,
+            };
+        }
+        if !self.identity_matches(&record, identity) {
+            return Lookup::NotFound;
+        }
+        Lookup::Live(record, cas)
+    }
+
+    /// Restarts the idle clock of a session just looked up, writing only when `last_seen` is
+    /// older than the touch interval. A lost race is fine: the winner wrote a newer time or
+    /// ended the session.
+    pub fn touch(&self, id: &SessionId, record: &Record, cas: u32, now_ms: u64) -> bool {
+        if now_ms.saturating_sub(record.last_seen_ms) < self.limits.touch_interval_ms() {
+            return false;
+        }
+        let mut fresh = record.clone();
+        fresh.last_seen_ms = now_ms;
+        self.shared
+            .set(&slot_key(id.slot), &fresh.encode(), Some(cas))
+            .is_ok()
+    }
+
+    /// Records that the upstream accepted `notifications/initialized`.
+    pub fn mark_initialized(&self, id: &SessionId, now_ms: u64) -> bool {
+        self.update(id, |record| {
+            if record.state != State::Live {
+                return None;
+            }
+            record.initialized = true;
+            record.last_seen_ms = record.last_seen_ms.max(now_ms);
+            Some(())
+        })
+        .is_some()
+    }
+
+    /// Ends a live session, for every worker at once.
+    pub fn end(&self, id: &SessionId, now_ms: u64) -> Ended {
+        let mut was_expired = false;
+        let freed = self.free_if(id, |record| {
+            was_expired = self.is_expired(record, now_ms);
+            record.state == State::Live
+        });
+        match freed {
+            Some(_) if was_expired => Ended::Expired,
+            Some(record) => Ended::Ended(record),
+            None => Ended::NotFound,
+        }
+    }
+
+    /// One sweep step, if it is this worker's turn: the worker that advances the shared
+    /// cursor by compare-and-swap reclaims expired sessions in the next chunk of slots.
+    pub fn sweep(&self, now_ms: u64) -> Sweep {
+        let mut report = Sweep::default();
+        let (bytes, cas) = self.shared.get(SWEEP_KEY);
+        let (cursor, last_ms) = read_sweep(bytes.as_deref());
+        if cas.is_some() && now_ms.saturating_sub(last_ms) < SWEEP_PERIOD_MS {
+            return report;
+        }
+        let high = self.high_water();
+        let chunk = (high / SWEEP_STEPS_PER_PASS).max(SWEEP_MIN_CHUNK).min(high);
+        let start = if high == 0 { 0 } else { cursor % high };
+        let next = if high == 0 {
+            0
+        } else {
+            start.wrapping_add(chunk) % high
+        };
+        let value = encode_sweep(next, now_ms);
+        if self
+            .shared
+            .set(SWEEP_KEY, &value, cas.or(CREATE_ONLY))
+            .is_err()
+        {
+            return report; // another worker took this step
+        }
+        for offset in 0..chunk {
+            let slot = start.wrapping_add(offset) % high;
+            report.scanned += 1;
+            let key = slot_key(slot);
+            let (Some(bytes), Some(cas)) = self.shared.get(&key) else {
+                continue;
+            };
+            let Some(record) = Record::decode(&bytes) else {
+                continue;
+            };
+            if self.is_expired(&record, now_ms) && self.shared.set(&key, &[], Some(cas)).is_ok() {
+                match record.state {
+                    State::Live => report.expired += 1,
+                    State::Pending => report.stale_pending += 1,
+                }
+            }
+        }
+        report
+    }
+
+    fn is_expired(&self, record: &Record, now_ms: u64) -> bool {
+        record.expired(now_ms, self.limits.idle_ms, self.limits.lifetime_ms)
+    }
+
+    fn identity_matches(&self, record: &Record, identity: Option<&[u8]>) -> bool {
+        if !self.limits.bind_identity {
+            return true;
+        }
+        let want = identity_digest(&record.secret, identity);
+        match &record.identity {
+            Some(have) => crate::session_id::constant_time_eq(have, &want),
+            None => false, // created before binding was switched on
+        }
+    }
+
+    fn read_high_water(&self) -> (u32, Option<u32>) {
+        let (bytes, cas) = self.shared.get(HIGH_WATER_KEY);
+        (read_u32(&bytes), cas)
+    }
+
+    /// Claims `slot` for `encoded` if it is free or holds an expired session.
+    fn try_claim(&self, slot: u32, now_ms: u64, encoded: &[u8]) -> Claim {
+        let key = slot_key(slot);
+        let (bytes, Some(cas)) = self.shared.get(&key) else {
+            return Claim::Busy; // never created: only the high-water protocol creates slots
+        };
+        let was_live = match bytes.as_deref().and_then(Record::decode) {
+            None => false,
+            Some(record) if self.is_expired(&record, now_ms) => record.state == State::Live,
+            Some(_) => return Claim::Busy,
+        };
+        match self.shared.set(&key, encoded, Some(cas)) {
+            Ok(()) => Claim::Taken { was_live },
+            Err(_) => Claim::Busy,
+        }
+    }
+
+    /// Read-modify-write of the record `id` names; `change` returns `None` to leave it alone.
+    fn update(
+        &self,
+        id: &SessionId,
+        mut change: impl FnMut(&mut Record) -> Option<()>,
+    ) -> Option<()> {
+        let key = slot_key(id.slot);
+        for _ in 0..CAS_ATTEMPTS {
+            let (Some(bytes), Some(cas)) = self.shared.get(&key) else {
+                return None;
+            };
+            let mut record = Record::decode(&bytes)?;
+            if !record.secret_matches(&id.secret) {
+                return None;
+            }
+            change(&mut record)?;
+            match self.shared.set(&key, &record.encode(), Some(cas)) {
+                Ok(()) => return Some(()),
+                Err(WriteError::CasMismatch) => continue,
+                Err(WriteError::Host) => return None,
+            }
+        }
+        None
+    }
+
+    /// Empties the slot `id` names when `keep_going` approves its record; returns the record.
+    fn free_if(&self, id: &SessionId, mut approve: impl FnMut(&Record) -> bool) -> Option<Record> {
+        let key = slot_key(id.slot);
+        for _ in 0..CAS_ATTEMPTS {
+            let (Some(bytes), Some(cas)) = self.shared.get(&key) else {
+                return None;
+            };
+            let record = Record::decode(&bytes)?;
+            if !record.secret_matches(&id.secret) || !approve(&record) {
+                return None;
+            }
+            match self.shared.set(&key, &[], Some(cas)) {
+                Ok(()) => return Some(record),
+                Err(WriteError::CasMismatch) => continue,
+                Err(WriteError::Host) => return None,
+            }
+        }
+        None
+    }
+}
+
+enum Claim {
+    Taken { was_live: bool },
+    Busy,
+}
+
+fn read_u32(bytes: &Option<Vec<u8>>) -> u32 {
+    bytes
+        .as_deref()
+        .and_then(|b| b.get(..4))
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
+}
+
+fn read_sweep(bytes: Option<&[u8]>) -> (u32, u64) {
+    let Some(bytes) = bytes else {
+        return (0, 0);
+    };
+    let cursor = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes);
+    let last = bytes
+        .get(4..12)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes);
+    (cursor, last)
+}
+
+fn encode_sweep(cursor: u32, now_ms: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12);
+    out.extend_from_slice(&cursor.to_le_bytes());
+    out.extend_from_slice(&now_ms.to_le_bytes());
+    out
+}
+
+/// An in-memory [`SharedData`] with Envoy's exact semantics (cas counter from 1, writes to
+/// missing keys accept any cas, empty values kept as present keys), for tests and fuzzing.
+pub mod fake {
+    use super::{SharedData, WriteError};
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    /// The fake host store.
+    #[derive(Debug, Default)]
+    pub struct FakeShared {
+        inner: RefCell<Inner>,
+    }
+
+    #[derive(Debug, Default)]
+    struct Inner {
+        map: HashMap<String, (Vec<u8>, u32)>,
+        next_cas: u32,
+    }
+
+    impl FakeShared {
+        /// Number of keys ever created (the host never deletes one).
+        pub fn key_count(&self) -> usize {
+            self.inner.borrow().map.len()
+        }
+        /// Total bytes held in values.
+        pub fn value_bytes(&self) -> usize {
+            self.inner.borrow().map.values().map(|(v, _)| v.len()).sum()
+        }
+    }
+
+    impl SharedData for FakeShared {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            match self.inner.borrow().map.get(key) {
+                None => (None, None),
+                Some((v, cas)) if v.is_empty() => (None, Some(*cas)),
+                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            }
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+            let mut inner = self.inner.borrow_mut();
+            let current = inner.map.get(key).map(|(_, c)| *c);
+            if let (Some(have), Some(want)) = (current, cas) {
+                if want != 0 && want != have {
+                    return Err(WriteError::CasMismatch);
+                }
+            }
+            inner.next_cas = inner.next_cas.wrapping_add(1).max(1);
+            let next = inner.next_cas;
+            inner.map.insert(key.to_string(), (value.to_vec(), next));
+            Ok(())
+        }
+    }
+
+    impl<T: SharedData> SharedData for &T {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            (**self).get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+            (**self).set(key, value, cas)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeShared;
+    use super::*;
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn limits() -> Limits {
+        Limits {
+            idle_ms: 10_000,
+            lifetime_ms: 60_000,
+            max_sessions: 4,
+            bind_identity: false,
+        }
+    }
+
+    struct Rng(u32);
+    impl Rng {
+        fn next(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 17;
+            self.0 ^= self.0 << 5;
+            self.0
+        }
+    }
+
+    fn secret(n: u8) -> [u8; SECRET_LEN] {
+        [n; SECRET_LEN]
+    }
+
+    fn open(store: &Store<&FakeShared>, n: u8, now: u64) -> SessionId {
+        let mut rng = Rng(u32::from(n) + 7);
+        let r = store
+            .reserve(now, secret(n), None, &mut || rng.next())
+            .unwrap();
+        assert!(store.activate(&r.id, now, None));
+        r.id
+    }
+
+    #[test]
+    fn session_lifecycle() {
+        let shared = FakeShared::default();
+        let store = Store::new(&shared, limits());
+        let mut rng = Rng(1);
+        let r = store
+            .reserve(T0, secret(1), None, &mut || rng.next())
+            .unwrap();
+        assert_eq!(
+            store.lookup(&r.id, T0, None),
+            Lookup::NotFound,
+            "pending is not usable"
+        );
+        assert!(store.activate(&r.id, T0, Some("up-1")));
+        assert!(!store.activate(&r.id, T0, None), "activates once");
+        let Lookup::Live(record, _) = store.lookup(&r.id, T0 + 1, None) else {
+            panic!("live session not found");
+        };
+        assert_eq!(record.upstream_id.as_deref(), Some("up-1"));
+        assert!(!record.initialized);
+        assert!(store.mark_initialized(&r.id, T0 + 2));
+        let Lookup::Live(record, _) = store.lookup(&r.id, T0 + 3, None) else {
+            panic!();
+        };
+        assert!(record.initialized);
+        assert!(matches!(store.end(&r.id, T0 + 4), Ended::Ended(_)));
+        assert_eq!(store.end(&r.id, T0 + 5), Ended::NotFound, "second DELETE");
+        assert_eq!(store.lookup(&r.id, T0 + 6, None), Lookup::NotFound);
+    }
+
+    #[test]
+    fn wrong_secret_or_slot_is_not_found() {
+        let shared = FakeShared::default();
+        let store = Store::new(&shared, limits());
+        let id = open(&store, 1, T0);
+        let mut guess = id;
+        guess.secret[15] ^= 1;
+        assert_eq!(store.lookup(&guess, T0, None), Lookup::NotFound);
+        assert_eq!(store.end(&guess, T0), Ended::NotFound);
+        let mut other_slot = id;
+        other_slot.slot = 3;
+        assert_eq!(store.lookup(&other_slot, T0, None), Lookup::NotFound);
+        other_slot.slot = u32::MAX;
+        assert_eq!(store.lookup(&other_slot, T0, None), Lookup::NotFound);
+        assert!(
+            matches!(store.lookup(&id, T0, None), Lookup::Live(..)),
+            "still there"
+        );
+    }
+
+    #[test]
+    fn capacity_is_enforced_and_slots_are_reused() {
+        let shared = FakeShared::default();
+        let store = Store::new(&shared, limits());
+        let ids: Vec<_> = (1..=4).map(|n| open(&store, n, T0)).collect();
+        let mut rng = Rng(99);
+        assert_eq!(
+            store.reserve(T0, secret(9), None, &mut || rng.next()),
+            None,
+            "full"
+        );
+        assert!(matches!(store.end(&ids[2], T0), Ended::Ended(_)));
+        let r = store
+            .reserve(T0, secret(9), None, &mut || rng.next())
+            .unwrap();
+        assert_eq!(r.id.slot, ids[2].slot, "the freed slot is reused");
+        assert_eq!(store.high_water(), 4);
+        assert_eq!(shared.key_count(), 4 + 1, "4 slots and the high-water mark");
+    }
+
+    #[test]
+    fn expired_sessions_are_refused_then_reclaimed_once() {
+        let shared = FakeShared::default();
+        let store = Store::new(&shared, limits());
+        let id = open(&store, 1, T0);
+        assert!(matches!(
+            store.lookup(&id, T0 + 9_999, None),
+            Lookup::Live(..)
+        ));
+        assert_eq!(store.lookup(&id, T0 + 10_000, None), Lookup::Expired);
+        assert_eq!(
+            store.lookup(&id, T0 + 10_001, None),
+            Lookup::NotFound,
+            "counted once"
+        );
+    }
+
+    #[test]
+    fn touch_restarts_the_idle_clock_but_not_on_every_request() {
+        let shared = FakeShared::default();
+        let store = Store::new(&shared, limits());
+        let id = open(&store, 1, T0);
+        let Lookup::Live(r, cas) = store.lookup(&id, T0 + 100, None) else {
+            panic!()
+        };
+        assert!(
+            !store.touch(&id, &r, cas, T0 + 100),
+            "within the touch interval: no write"
+        );
+        let Lookup::Live(r, cas) = store.lookup(&id, T0 + 9_000, None) else {
+            panic!()
+        };
+        assert!(store.touch(&id, &r, cas, T0 + 9_000));
+        assert!(matches!(
+            store.lookup(&id, T0 + 18_999, None),
+            Lookup::Live(..)
+        ));
+        assert_eq!(store.lookup(&id, T0 + 19_000, None), Lookup::Expired);
+    }
+
+    #[test]
+    fn absolute_lifetime_ends_even_busy_sessions() {
+        let shared = FakeShared::default();
+        let store = Store::new(&shared, limits());
+        let id = open(&store, 1, T0);
+        let mut now = T0;
+        while now + 5_000 < T0 + 60_000 {
+            now += 5_000;
+            let Lookup::Live(r, cas) = store.lookup(&id, now, None) else {
+                panic!("at {now}")
+            };
+            store.touch(&id, &r, cas, now);
+        }
+        assert_eq!(store.lookup(&id, T0 + 60_000, None), Lookup::Expired);
+    }
+
+    #[test]
+    fn identity_binding() {
+        let shared = FakeShared::default();
+        let mut l = limits();
+        l.bind_identity = true;
+        let store = Store::new(&shared, l);
+        let mut rng = Rng(5);
+        let r = store
+            .reserve(T0, secret(1), Some(b"alice"), &mut || rng.next())
+            .unwrap();
+        store.activate(&r.id, T0, None);
+        assert!(matches!(
+            store.lookup(&r.id, T0, Some(b"alice")),
+            Lookup::Live(..)
+        ));
+        assert_eq!(store.lookup(&r.id, T0, Some(b"bob")), Lookup::NotFound);
+        assert_eq!(store.lookup(&r.id, T0, None), Lookup::NotFound);
+        let raw = shared.get(&slot_key(r.id.slot)).0.unwrap();
+        assert!(
+            !raw.windows(5).any(|w| w == b"alice"),
+            "the value itself is never stored"
+        );
+    }
+
+    #[test]
+    fn release_frees_only_pending_reservations() {
+        let shared = FakeShared::default();
+        let store = Store::new(&shared, limits());
+        let mut rng = Rng(3);
+        let r = store
+            .reserve(T0, secret(1), None, &mut || rng.next())
+            .unwrap();
+        assert!(store.release(&r.id));
+        assert!(
+            !store.activate(&r.id, T0, None),
+            "released reservations cannot go live"
+        );
+        let live = open(&store, 2, T0);
+        assert!(!store.release(&live), "a live session is not released");
+    }
+
+    #[test]
+    fn sweep_reclaims_expired_sessions_one_step_per_period() {
+        let shared = FakeShared::default();
+        let store = Store::new(&shared, limits());
+        let a = open(&store, 1, T0);
+        let _b = open(&store, 2, T0 + 5_000);
+        let mut rng = Rng(8);
+        let _pending = store
+            .reserve(T0, secret(3), None, &mut || rng.next())
+            .unwrap();
+        let first = store.sweep(T0 + 10_000);
+        assert_eq!(
+            first,
+            Sweep {
+                scanned: 3,
+                expired: 1,
+                stale_pending: 1
+            }
+        );
+        assert_eq!(
+            store.sweep(T0 + 10_500),
+            Sweep::default(),
+            "not this period"
+        );
+        assert_eq!(
+            store.lookup(&a, T0 + 10_600, None),
+            Lookup::NotFound,
+            "already reclaimed"
+        );
+        let later = store.sweep(T0 + 16_000);
+        assert_eq!(later.expired, 1);
+        assert_eq!(
+            shared.value_bytes(),
+            4 + 12,
+            "only the meta keys hold bytes"
+        );
+    }
+
+    #[test]
+    fn keys_track_peak_sessions_not_sessions_ever_created() {
+        let shared = FakeShared::default();
+        let mut l = limits();
+        l.max_sessions = 1000;
+        let store = Store::new(&shared, l);
+        let mut rng = Rng(11);
+        let mut open_ids = Vec::new();
+        for round in 0..20_000u64 {
+            let now = T0 + round;
+            let r = store
+                .reserve(now, secret((round % 250) as u8), None, &mut || rng.next())
+                .unwrap();
+            store.activate(&r.id, now, None);
+            open_ids.push(r.id);
+            if open_ids.len() > 50 {
+                let old = open_ids.remove(0);
+                assert!(matches!(store.end(&old, now), Ended::Ended(_)));
+            }
+        }
+        let keys = shared.key_count();
+        assert!(keys < 200, "{keys} keys for a peak of 51 live sessions");
+    }
+
+    #[test]
+    fn create_only_write_cannot_overwrite_an_existing_key() {
+        let shared = FakeShared::default();
+        assert!(
+            shared.set("k", b"a", CREATE_ONLY).is_ok(),
+            "missing key: created"
+        );
+        assert_eq!(
+            shared.set("k", b"b", CREATE_ONLY),
+            Err(WriteError::CasMismatch)
+        );
+        assert_eq!(shared.get("k").0.as_deref(), Some(&b"a"[..]));
+    }
+}
