@@ -1,0 +1,601 @@
+"""End-to-end harness: real Envoy (from .venv) with the built wasm filter, real MCP servers.
+
+Reusable pieces, no pytest in here:
+
+- `render_bootstrap()`: the reference `envoy/envoy.yaml` with the ports, the upstream, the wasm
+  path and the plugin configuration replaced (or the filter left out), as a dict.
+- `Envoy`: writes a bootstrap, starts `envoy --concurrency 2`, waits for the admin `/ready`,
+  finds the listener's port, reads stats and the log, checks the log for wasm errors, stops.
+- `McpServer`: the demo MCP server (`tests/servers/demo_server.py`) on a socket bound here
+  (port 0, so no free-port race), restartable on the same port, with its request record.
+- small MCP-over-HTTP helpers: one request per fresh connection, JSON and SSE bodies.
+
+Everything waits for readiness (a file, an admin endpoint, a health route) with a deadline
+and fails with the process's log when it does not come; nothing sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+ENVOY_BIN = VENV_BIN / "envoy"
+PYTHON = VENV_BIN / "python" if (VENV_BIN / "python").exists() else Path(sys.executable)
+WASM = REPO / "target" / "wasm32-wasip1" / "release" / "mcp_session_filter.wasm"
+REFERENCE_CONFIG = REPO / "envoy" / "envoy.yaml"
+DEMO_SERVER = REPO / "tests" / "servers" / "demo_server.py"
+
+MCP_PATH = "/mcp"
+WASM_FILTER_NAME = "mcp_session"
+STATS_PREFIX = "wasmcustom.mcp_session."
+
+PROTOCOL_VERSION = "2025-11-25"
+MODERN_PROTOCOL_VERSION = "2026-07-28"
+ACCEPT_BOTH = "application/json, text/event-stream"
+
+# A session ID minted by the filter: 8 hex (slot) + 32 hex (secret).
+SESSION_ID_RE = re.compile(r"^[0-9a-f]{40}$")
+
+# What a clean Envoy log must not contain: a Rust panic (the filter's panic hook logs it at
+# critical; an abort shows as a wasm runtime error), or any error / critical line from the
+# wasm component (VM failures, failed callbacks, on_configure refusing the config).
+LOG_PROBLEM_RES = (
+    re.compile(r"panic", re.IGNORECASE),
+    re.compile(r"\[(?:error|critical)\]\[wasm\]"),
+)
+
+READY_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 15.0
+
+
+class HarnessError(RuntimeError):
+    """A process of the harness did not start or stop as it should."""
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def render_bootstrap(
+    *,
+    upstream_port: int,
+    filter_config: Mapping[str, Any] | str | None = None,
+    with_filter: bool = True,
+    wasm_path: Path = WASM,
+    listener_port: int = 0,
+    admin_port: int = 0,
+    vm_id: str | None = None,
+) -> dict[str, Any]:
+    """The reference bootstrap with this test's ports, upstream, wasm and plugin configuration.
+
+    `filter_config`: a mapping is serialised to JSON; a string is passed verbatim (to test
+    malformed configurations); None keeps the reference file's configuration.
+    `with_filter=False` removes the wasm filter (Envoy and the upstream alone).
+    """
+    bootstrap = yaml.safe_load(REFERENCE_CONFIG.read_text())
+    bootstrap = copy.deepcopy(bootstrap)
+    bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
+
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    listener["address"]["socket_address"]["port_value"] = listener_port
+    hcm = _http_connection_manager(listener)
+    filters = hcm["http_filters"]
+    (wasm_filter,) = [f for f in filters if f["name"] == WASM_FILTER_NAME]
+    if with_filter:
+        plugin = wasm_filter["typed_config"]["config"]
+        plugin["vm_config"]["code"]["local"]["filename"] = str(wasm_path)
+        if vm_id is not None:
+            plugin["vm_config"]["vm_id"] = vm_id
+        if filter_config is not None:
+            value = filter_config if isinstance(filter_config, str) else json.dumps(filter_config)
+            plugin["configuration"]["value"] = value
+    else:
+        filters.remove(wasm_filter)
+
+    (cluster,) = bootstrap["static_resources"]["clusters"]
+    (locality,) = cluster["load_assignment"]["endpoints"]
+    (endpoint,) = locality["lb_endpoints"]
+    endpoint["endpoint"]["address"]["socket_address"]["port_value"] = upstream_port
+    return bootstrap
+
+
+def _http_connection_manager(listener: dict[str, Any]) -> dict[str, Any]:
+    (chain,) = listener["filter_chains"]
+    (hcm,) = chain["filters"]
+    return hcm["typed_config"]
+
+
+def plugin_configuration(bootstrap: Mapping[str, Any]) -> str | None:
+    """The plugin configuration string of a rendered bootstrap (None without the filter)."""
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    for f in _http_connection_manager(dict(listener))["http_filters"]:
+        if f["name"] == WASM_FILTER_NAME:
+            return f["typed_config"]["config"]["configuration"]["value"]
+    return None
+
+
+def write_bootstrap(bootstrap: Mapping[str, Any], path: Path) -> Path:
+    path.write_text(yaml.safe_dump(dict(bootstrap), sort_keys=False))
+    return path
+
+
+def validate_bootstrap(bootstrap: Mapping[str, Any], workdir: Path) -> subprocess.CompletedProcess[str]:
+    """`envoy --mode validate`: loads the config (and the wasm, running on_configure) and exits."""
+    path = write_bootstrap(bootstrap, workdir / f"validate-{uuid.uuid4().hex[:8]}.yaml")
+    return subprocess.run(
+        [str(ENVOY_BIN), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "info"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _wait_until(what: str, check, timeout: float, alive=None, describe=None) -> Any:
+    """Poll `check()` until it returns a truthy value; fail when the deadline passes or the
+    process behind it died. Polling an explicit readiness signal is not sleep-and-hope."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if alive is not None and not alive():
+            raise HarnessError(f"{what}: the process exited\n{describe() if describe else ''}")
+        if time.monotonic() > deadline:
+            raise HarnessError(f"{what}: not ready after {timeout:.0f}s\n{describe() if describe else ''}")
+        time.sleep(0.05)
+
+
+def _terminate(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait(timeout=grace)
+
+
+class Envoy:
+    """One Envoy process with 2 workers, its admin API, stats and log."""
+
+    def __init__(self, bootstrap: Mapping[str, Any], workdir: Path, name: str = "envoy", concurrency: int = 2):
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.name = name
+        self.concurrency = concurrency
+        self.config_path = workdir / f"{name}.yaml"
+        self.log_path = workdir / f"{name}.log"
+        self.admin_address_path = workdir / f"{name}.admin"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.admin_url = ""
+        self.port = 0
+
+    # lifecycle
+
+    def start(self) -> Envoy:
+        write_bootstrap(self.bootstrap, self.config_path)
+        self.admin_address_path.unlink(missing_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [
+                str(ENVOY_BIN),
+                "-c",
+                str(self.config_path),
+                "--concurrency",
+                str(self.concurrency),
+                "--disable-hot-restart",
+                "--admin-address-path",
+                str(self.admin_address_path),
+                "-l",
+                "info",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        alive = lambda: self.proc is not None and self.proc.poll() is None  # noqa: E731
+        address = _wait_until(
+            f"{self.name}: admin address file",
+            lambda: self.admin_address_path.exists() and self.admin_address_path.read_text().strip(),
+            READY_TIMEOUT,
+            alive,
+            self.log_tail,
+        )
+        self.admin_url = f"http://{address}"
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{self.admin_url}/ready", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        _wait_until(f"{self.name}: admin /ready", ready, READY_TIMEOUT, alive, self.log_tail)
+        listeners = httpx.get(f"{self.admin_url}/listeners?format=json", timeout=5).json()
+        (status,) = listeners["listener_statuses"]
+        self.port = int(status["local_address"]["socket_address"]["port_value"])
+
+    def stop(self) -> int | None:
+        code = None
+        if self.proc is not None:
+            code = _terminate(self.proc)
+            self.proc = None
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def __enter__(self) -> Envoy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # addresses
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str = MCP_PATH) -> str:
+        return f"{self.base_url}{path}"
+
+    # admin
+
+    def admin_get(self, path: str) -> httpx.Response:
+        response = httpx.get(f"{self.admin_url}{path}", timeout=5)
+        response.raise_for_status()
+        return response
+
+    def stats(self) -> dict[str, int]:
+        """The filter's stats, names without the `wasmcustom.mcp_session.` prefix."""
+        out: dict[str, int] = {}
+        for line in self.admin_get("/stats?filter=mcp_session").text.splitlines():
+            name, sep, value = line.partition(": ")
+            if sep and name.startswith(STATS_PREFIX) and value.strip().lstrip("-").isdigit():
+                out[name[len(STATS_PREFIX) :]] = int(value)
+        return out
+
+    def worker_connections(self) -> dict[str, int]:
+        """Downstream connections accepted per worker on the MCP listener."""
+        pattern = re.compile(r"^listener\.127\.0\.0\.1_\d+\.(worker_\d+)\.downstream_cx_total: (\d+)$")
+        out: dict[str, int] = {}
+        for line in self.admin_get("/stats?filter=downstream_cx_total").text.splitlines():
+            if m := pattern.match(line):
+                out[m.group(1)] = int(m.group(2))
+        return out
+
+    # log
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def log_problems(self) -> list[str]:
+        return log_problems(self.log_text())
+
+
+def log_problems(text: str) -> list[str]:
+    return [line for line in text.splitlines() if any(r.search(line) for r in LOG_PROBLEM_RES)]
+
+
+@dataclass
+class McpServer:
+    """The demo MCP server in a child process, on a socket this process keeps.
+
+    The listening socket is bound here (port 0) and inherited by the child, so the port is
+    known before the server starts, and a restart serves the same port.
+    """
+
+    workdir: Path
+    stateful: bool = False
+    sse: bool = False
+    name: str = "upstream"
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    sock: socket.socket | None = field(default=None, init=False)
+    restarts: int = field(default=0, init=False)
+
+    @property
+    def port(self) -> int:
+        assert self.sock is not None
+        return self.sock.getsockname()[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def start(self) -> McpServer:
+        if self.sock is None:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(("127.0.0.1", 0))
+            self.sock.listen(128)
+        fd = self.sock.fileno()
+        args = [
+            str(PYTHON),
+            str(DEMO_SERVER),
+            "--fd",
+            str(fd),
+            "--stateful" if self.stateful else "--stateless",
+            "--sse" if self.sse else "--json",
+            "--record",
+            "--name",
+            self.name,
+        ]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                args, pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        try:
+            _wait_until(
+                f"{self.name}: /healthz", healthy, READY_TIMEOUT, lambda: self.proc.poll() is None, self.log_tail
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def restart(self) -> None:
+        """Stop the process and start a new one on the same socket: all SDK sessions are gone."""
+        if self.proc is not None:
+            _terminate(self.proc)
+        self.restarts += 1
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _terminate(self.proc)
+            self.proc = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # the request record
+
+    def requests(self, tag: str | None = None) -> list[dict[str, Any]]:
+        """What reached this server (see demo_server.Recorder), optionally only one test's tag."""
+        entries = httpx.get(f"{self.base_url}/debug/requests", timeout=5).json()
+        if tag is not None:
+            entries = [e for e in entries if e["headers"].get(TAG_HEADER) == tag]
+        return entries
+
+
+# --------------------------------------------------------------------------- MCP over HTTP
+
+TAG_HEADER = "x-test-tag"
+
+
+def new_tag() -> str:
+    """A value for the `x-test-tag` header, to find a test's requests in the upstream record."""
+    return uuid.uuid4().hex
+
+
+def request(
+    method: str,
+    url: str,
+    *,
+    session: str | None = None,
+    body: Any = None,
+    content: bytes | str | None = None,
+    headers: Mapping[str, str] | None = None,
+    protocol_version: str | None = None,
+    content_type: str | None = "application/json",
+    accept: str | None = ACCEPT_BOTH,
+    timeout: float = REQUEST_TIMEOUT,
+) -> httpx.Response:
+    """One HTTP request on a fresh connection (a new client each time, so requests spread over
+    Envoy's workers). `body` is JSON-encoded; `content` is sent as is."""
+    h: dict[str, str] = {}
+    if accept is not None:
+        h["accept"] = accept
+    if session is not None:
+        h["mcp-session-id"] = session
+    if protocol_version is not None:
+        h["mcp-protocol-version"] = protocol_version
+    if body is not None or content is not None:
+        if content_type is not None:
+            h["content-type"] = content_type
+        if content is None:
+            content = json.dumps(body)
+    h.update(headers or {})
+    with httpx.Client(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        return client.request(method, url, content=content, headers=h)
+
+
+def post(url: str, body: Any = None, **kwargs: Any) -> httpx.Response:
+    return request("POST", url, body=body, **kwargs)
+
+
+def initialize_body(request_id: Any = 1, protocol_version: str = PROTOCOL_VERSION, **params: Any) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": protocol_version,
+            "capabilities": {},
+            "clientInfo": {"name": "e2e", "version": "1.0.0"},
+            **params,
+        },
+    }
+
+
+def rpc(method: str, request_id: Any = None, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON-RPC request (or a notification when `request_id` is None)."""
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if request_id is not None:
+        message["id"] = request_id
+    if params is not None:
+        message["params"] = dict(params)
+    return message
+
+
+INITIALIZED = rpc("notifications/initialized")
+
+
+def tool_call(name: str, arguments: Mapping[str, Any], request_id: Any = 1, **meta: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": name, "arguments": dict(arguments)}
+    if meta:
+        params["_meta"] = meta
+    return rpc("tools/call", request_id, params)
+
+
+def initialize(url: str, **kwargs: Any) -> httpx.Response:
+    body = kwargs.pop("body", None) or initialize_body()
+    return post(url, body, **kwargs)
+
+
+def open_session(url: str, *, initialized: bool = True, headers: Mapping[str, str] | None = None) -> str:
+    """initialize (+ notifications/initialized): the filter's session ID."""
+    response = initialize(url, headers=headers)
+    assert response.status_code == 200, describe(response)
+    assert "result" in first_message(response), describe(response)
+    session = response.headers.get("mcp-session-id")
+    assert session is not None and SESSION_ID_RE.match(session), describe(response)
+    if initialized:
+        ack = post(url, INITIALIZED, session=session, protocol_version=PROTOCOL_VERSION, headers=headers)
+        assert ack.status_code == 202, describe(ack)
+    return session
+
+
+def messages(response: httpx.Response) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of a JSON or SSE (`text/event-stream`) response body."""
+    content_type = response.headers.get("content-type", "")
+    if content_type.startswith("text/event-stream"):
+        out = []
+        for event in sse_events(response.text):
+            if event.get("data"):
+                out.append(json.loads(event["data"]))
+        return out
+    if not response.content:
+        return []
+    data = response.json()
+    return data if isinstance(data, list) else [data]
+
+
+def first_message(response: httpx.Response) -> dict[str, Any]:
+    """The response message (the one with an `id` and a result or error) of a JSON or SSE body."""
+    for message in messages(response):
+        if "result" in message or "error" in message:
+            return message
+    raise AssertionError(f"no JSON-RPC response in the body\n{describe(response)}")
+
+
+def sse_events(text: str) -> Iterator[dict[str, str]]:
+    """Parse an SSE body into events ({'event': ..., 'data': ..., 'id': ...})."""
+    event: dict[str, str] = {}
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if not line:
+            if event:
+                yield event
+            event = {}
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        event[name] = f"{event[name]}\n{value}" if name == "data" and name in event else value
+    if event:
+        yield event
+
+
+def describe(response: httpx.Response) -> str:
+    """A response as text, for assertion messages."""
+    headers = "\n".join(f"  {k}: {v}" for k, v in response.headers.items())
+    request = response.request
+    req_headers = "\n".join(f"  {k}: {v}" for k, v in request.headers.items())
+    body = request.content[:2000].decode(errors="replace") if request.content else ""
+    return (
+        f"request: {request.method} {request.url}\n{req_headers}\n  {body}\n"
+        f"response: {response.status_code}\n{headers}\n  {response.text[:2000]}"
+    )
+
+
+def assert_rejection(
+    response: httpx.Response,
+    status: int,
+    code: int,
+    message: str | None = None,
+    request_id: Any = None,
+) -> dict[str, Any]:
+    """A filter rejection: the status, `content-type: application/json`, and a JSON-RPC 2.0
+    error body with the exact code (and message, and id: null unless the body was read)."""
+    info = describe(response)
+    assert response.status_code == status, info
+    assert response.headers.get("content-type", "").split(";")[0].strip() == "application/json", info
+    body = response.json()
+    assert body.get("jsonrpc") == "2.0", info
+    assert "id" in body and body["id"] == request_id, info
+    assert "result" not in body, info
+    error = body.get("error")
+    assert isinstance(error, dict), info
+    assert error.get("code") == code, info
+    assert isinstance(error.get("message"), str), info
+    if message is not None:
+        assert error["message"] == message, info
+    return body
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def stats_changes(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    """The stats whose value changed, and by how much."""
+    names = set(before) | set(after)
+    return {n: after.get(n, 0) - before.get(n, 0) for n in sorted(names) if after.get(n, 0) != before.get(n, 0)}
+
+
+@contextmanager
+def expect_stats(envoy: Envoy, expected: Mapping[str, int]) -> Iterator[None]:
+    """Assert that the block changes the filter's stats by exactly `expected` (name: delta),
+    every other mcp_session stat unchanged."""
+    before = envoy.stats()
+    yield
+    after = envoy.stats()
+    assert stats_changes(before, after) == dict(expected), f"before={before}\nafter={after}"
+
