@@ -457,8 +457,8 @@ impl Stream {
                     plugin.metrics.count(Event::Terminated, 1);
                     info!("session {} ended by the client", id.short());
                     if record.upstream_id.is_some() {
-                        // The upstream ends its own session; its answer goes to the client.
-                        self.mapped = false;
+                        // The upstream ends its own session; its answer goes to the client,
+                        // with the upstream's ID replaced like on every mapped response.
                         Action::Continue
                     } else {
                         self.phase = Phase::Replied;

@@ -1,7 +1,8 @@
 //! Every way the filter refuses a request: the HTTP status, the JSON-RPC error it answers
 //! with, and the stat that counts it. One table, so status, body and counter cannot drift.
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 /// Why a request was refused; each reason has its own counter
 /// (`mcp_session.rejected.<reason>`).
@@ -209,15 +210,30 @@ impl Rejection {
         r
     }
 
-    /// The JSON-RPC 2.0 error body.
+    /// The JSON-RPC 2.0 error body, members in the order the spec lists them.
     pub fn body(&self) -> Vec<u8> {
-        json!({
-            "jsonrpc": "2.0",
-            "error": { "code": self.code, "message": self.message },
-            "id": self.id,
-        })
-        .to_string()
-        .into_bytes()
+        #[derive(Serialize)]
+        struct Body<'a> {
+            jsonrpc: &'static str,
+            error: Error<'a>,
+            id: &'a Value,
+        }
+        #[derive(Serialize)]
+        struct Error<'a> {
+            code: i64,
+            message: &'a str,
+        }
+        let body = Body {
+            jsonrpc: "2.0",
+            error: Error {
+                code: self.code,
+                message: &self.message,
+            },
+            id: &self.id,
+        };
+        // Serialising plain strings and numbers cannot fail; an empty body would still be
+        // better than a panic.
+        serde_json::to_vec(&body).unwrap_or_default()
     }
 }
 
@@ -251,8 +267,17 @@ mod tests {
     }
 
     #[test]
+    fn body_reads_like_the_spec() {
+        let text = String::from_utf8(Rejection::session_not_found().body()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"jsonrpc":"2.0","error":{"code":-32001,"message":"Session not found"},"id":null}"#
+        );
+    }
+
+    #[test]
     fn echoes_the_request_id() {
-        let r = Rejection::not_initialized().with_id(json!("abc"));
+        let r = Rejection::not_initialized().with_id(serde_json::json!("abc"));
         let body: Value = serde_json::from_slice(&r.body()).unwrap();
         assert_eq!(body["id"], "abc");
     }
