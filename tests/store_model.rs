@@ -1,0 +1,383 @@
+//! Model test of the session store under interleaved workers.
+//!
+//! Envoy runs one VM per worker over one shared-data map. Here, simulated workers run store
+//! operations over [`FakeShared`] (the host's exact CAS semantics, including "a write to a
+//! missing key succeeds whatever the cas"); before any host call of one operation, another
+//! worker may run a whole operation of its own, which is exactly the window a real race
+//! opens. A reference model of which sessions exist is checked after every step, over
+//! thousands of seeded random schedules.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+use mcp_session_filter::record::Record;
+use mcp_session_filter::session_id::SessionId;
+use mcp_session_filter::store::fake::FakeShared;
+use mcp_session_filter::store::{slot_key, Ended, Limits, Lookup, SharedData, Store, WriteError};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+const IDLE: u64 = 2_000;
+const LIFETIME: u64 = 7_000;
+const MAX: u32 = 6;
+const T0: u64 = 1_900_000_000_000;
+
+fn limits() -> Limits {
+    Limits {
+        idle_ms: IDLE,
+        lifetime_ms: LIFETIME,
+        max_sessions: MAX,
+        bind_identity: false,
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What the reference model knows of a session.
+#[derive(Debug, Clone)]
+struct Known {
+    created: u64,
+    last_use: u64,
+    state: KnownState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KnownState {
+    Pending,
+    Live,
+    /// Ended or expired: must never be found live again.
+    Gone,
+}
+
+struct World {
+    shared: FakeShared,
+    now: Cell<u64>,
+    rng: RefCell<Rng>,
+    model: RefCell<BTreeMap<[u8; 16], (SessionId, Known)>>,
+    /// created - terminated - expired, as the filter would count them.
+    live_gauge: Cell<i64>,
+    /// Preemption depth: a nested operation runs to completion without being preempted.
+    depth: Cell<u32>,
+    preempt_percent: u64,
+}
+
+/// The shared data as one worker sees it: before each host call, another worker may run.
+struct Worker<'a>(&'a Rc<World>);
+
+impl SharedData for Worker<'_> {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        maybe_preempt(self.0);
+        self.0.shared.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+        maybe_preempt(self.0);
+        self.0.shared.set(key, value, cas)
+    }
+}
+
+fn maybe_preempt(world: &Rc<World>) {
+    if world.depth.get() > 0 {
+        return;
+    }
+    let roll = world.rng.borrow_mut().below(100);
+    if roll < world.preempt_percent {
+        world.depth.set(1);
+        step(world);
+        world.depth.set(0);
+    }
+}
+
+fn store(world: &Rc<World>) -> Store<Worker<'_>> {
+    Store::new(Worker(world), limits())
+}
+
+fn pick(world: &Rc<World>) -> Option<(SessionId, Known)> {
+    let model = world.model.borrow();
+    if model.is_empty() {
+        return None;
+    }
+    let n = world.rng.borrow_mut().below(model.len() as u64) as usize;
+    model.values().nth(n).cloned()
+}
+
+/// True when the store may legitimately have expired `k` by `now` (it refreshes last-seen
+/// at most once per touch interval, so it can expire up to that much early, never late).
+fn may_be_expired(k: &Known, now: u64) -> bool {
+    let slack = limits().touch_interval_ms();
+    now.saturating_sub(k.last_use) + slack >= IDLE || now.saturating_sub(k.created) >= LIFETIME
+}
+
+fn must_be_expired(k: &Known, now: u64) -> bool {
+    now.saturating_sub(k.last_use) >= IDLE || now.saturating_sub(k.created) >= LIFETIME
+}
+
+/// The model's view of a session now (another worker may have changed it meanwhile).
+fn current(world: &Rc<World>, id: &SessionId) -> Known {
+    world.model.borrow().get(&id.secret).unwrap().1.clone()
+}
+
+fn set_state(world: &Rc<World>, id: &SessionId, state: KnownState) {
+    if let Some((_, k)) = world.model.borrow_mut().get_mut(&id.secret) {
+        k.state = state;
+    }
+}
+
+/// One operation by some worker.
+fn step(world: &Rc<World>) {
+    let op = world.rng.borrow_mut().below(100);
+    let now = world.now.get();
+    let s = store(world);
+    match op {
+        0..=24 => {
+            // initialize: reserve, and (usually) activate at once.
+            let mut secret = [0u8; 16];
+            for b in &mut secret {
+                *b = world.rng.borrow_mut().below(256) as u8;
+            }
+            let seed = world.rng.borrow_mut().next();
+            let mut probe_rng = Rng(seed | 1);
+            let Some(r) = s.reserve(now, secret, None, &mut || probe_rng.next() as u32) else {
+                return;
+            };
+            world
+                .live_gauge
+                .set(world.live_gauge.get() - i64::from(r.expired));
+            // Whatever held this slot before must have been gone or legitimately expired.
+            let mut model = world.model.borrow_mut();
+            let prior: Vec<_> = model
+                .values()
+                .filter(|(id, k)| id.slot == r.id.slot && k.state != KnownState::Gone)
+                .map(|(id, k)| (*id, k.clone()))
+                .collect();
+            // A nested operation may have freed the old holder at a later time than this
+            // one's `now`: judge by the latest time any worker has seen.
+            let latest = world.now.get();
+            for (id, k) in prior {
+                assert!(
+                    k.state == KnownState::Pending && latest.saturating_sub(k.last_use) >= IDLE
+                        || may_be_expired(&k, latest),
+                    "slot {} reused while {:?} still valid at {now}; store now {:?}; reservation {:?}",
+                    r.id.slot,
+                    k,
+                    world.shared.get(&slot_key(r.id.slot)).0.and_then(|b| Record::decode(&b)),
+                    r
+                );
+                model.get_mut(&id.secret).unwrap().1.state = KnownState::Gone;
+            }
+            model.insert(
+                secret,
+                (
+                    r.id,
+                    Known {
+                        created: now,
+                        last_use: now,
+                        state: KnownState::Pending,
+                    },
+                ),
+            );
+        }
+        25..=34 => {
+            // the initialize is answered: activate (or, sometimes, it failed: release).
+            let Some((id, k)) = pick(world) else { return };
+            if k.state != KnownState::Pending {
+                return;
+            }
+            if world.rng.borrow_mut().below(5) == 0 {
+                if s.release(&id) {
+                    set_state(world, &id, KnownState::Gone);
+                }
+            } else if s.activate(&id, now, None) {
+                world.live_gauge.set(world.live_gauge.get() + 1);
+                let mut model = world.model.borrow_mut();
+                let k = &mut model.get_mut(&id.secret).unwrap().1;
+                k.state = KnownState::Live;
+                k.last_use = now;
+            } else {
+                // Only a stale reservation, reclaimed by a sweep or a later initialize, can
+                // fail to activate.
+                // (The model lets two workers answer one initialize; the loser fails here.)
+                let latest = world.now.get();
+                let k = world.model.borrow().get(&id.secret).unwrap().1.clone();
+                match k.state {
+                    KnownState::Live | KnownState::Gone => {}
+                    KnownState::Pending => {
+                        assert!(
+                            may_be_expired(&k, latest),
+                            "activate failed for {k:?} at {latest}"
+                        );
+                        set_state(world, &id, KnownState::Gone);
+                    }
+                }
+            }
+        }
+        35..=69 => {
+            // a request on a session: look up, touch.
+            let Some((id, _)) = pick(world) else { return };
+            match s.lookup(&id, now, None) {
+                Lookup::Live(record, cas) => {
+                    let k = current(world, &id);
+                    assert_eq!(k.state, KnownState::Live, "found {k:?} live at {now}");
+                    assert!(
+                        !must_be_expired(&k, now),
+                        "found {k:?} live at {now}, after expiry"
+                    );
+                    s.touch(&id, &record, cas, now);
+                    if let Some((_, k)) = world.model.borrow_mut().get_mut(&id.secret) {
+                        k.last_use = k.last_use.max(now);
+                    }
+                }
+                Lookup::Expired => {
+                    let k = current(world, &id);
+                    assert!(
+                        k.state == KnownState::Live && may_be_expired(&k, now),
+                        "{k:?}"
+                    );
+                    world.live_gauge.set(world.live_gauge.get() - 1);
+                    set_state(world, &id, KnownState::Gone);
+                }
+                Lookup::NotFound => {
+                    let k = current(world, &id);
+                    assert!(
+                        k.state != KnownState::Live || may_be_expired(&k, world.now.get()),
+                        "live session {k:?} not found at {now}"
+                    );
+                    if k.state == KnownState::Live {
+                        // Someone else reclaimed it as expired (counted there).
+                        set_state(world, &id, KnownState::Gone);
+                    }
+                }
+            }
+        }
+        70..=79 => {
+            // DELETE.
+            let Some((id, k)) = pick(world) else { return };
+            match s.end(&id, now) {
+                Ended::Ended(_) => {
+                    assert_eq!(current(world, &id).state, KnownState::Live, "{k:?}");
+                    world.live_gauge.set(world.live_gauge.get() - 1);
+                    set_state(world, &id, KnownState::Gone);
+                }
+                Ended::Expired => {
+                    let k = current(world, &id);
+                    assert!(
+                        k.state == KnownState::Live && may_be_expired(&k, now),
+                        "{k:?}"
+                    );
+                    world.live_gauge.set(world.live_gauge.get() - 1);
+                    set_state(world, &id, KnownState::Gone);
+                }
+                Ended::NotFound => {
+                    let k = current(world, &id);
+                    let latest = world.now.get();
+                    assert!(
+                        k.state != KnownState::Live || may_be_expired(&k, latest),
+                        "{k:?}"
+                    );
+                    if k.state == KnownState::Live {
+                        set_state(world, &id, KnownState::Gone);
+                    }
+                }
+            }
+        }
+        80..=84 => {
+            let Some((id, k)) = pick(world) else { return };
+            if s.mark_initialized(&id, now) {
+                assert_eq!(current(world, &id).state, KnownState::Live, "{k:?}");
+                // The upstream's answer to a request is a use of the session too.
+                if let Some((_, k)) = world.model.borrow_mut().get_mut(&id.secret) {
+                    k.last_use = k.last_use.max(now);
+                }
+            }
+        }
+        85..=92 => {
+            let report = s.sweep(now);
+            world
+                .live_gauge
+                .set(world.live_gauge.get() - i64::from(report.expired));
+        }
+        _ => {
+            // Time moves between operations, not inside one: a real worker's host calls
+            // are microseconds apart, so a preempting worker sees the same clock.
+            if world.depth.get() == 0 {
+                let dt = world.rng.borrow_mut().below(900);
+                world.now.set(now + dt);
+            }
+        }
+    }
+}
+
+/// Live records actually in the store.
+fn live_records(shared: &FakeShared, high: u32) -> i64 {
+    (0..high)
+        .filter_map(|slot| shared.get(&slot_key(slot)).0)
+        .filter_map(|bytes| Record::decode(&bytes))
+        .filter(|r| r.state == mcp_session_filter::record::State::Live)
+        .count() as i64
+}
+
+fn run(seed: u64, steps: usize, preempt_percent: u64) {
+    let world = Rc::new(World {
+        shared: FakeShared::default(),
+        now: Cell::new(T0),
+        rng: RefCell::new(Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)),
+        model: RefCell::new(BTreeMap::new()),
+        live_gauge: Cell::new(0),
+        depth: Cell::new(0),
+        preempt_percent,
+    });
+    for _ in 0..steps {
+        step(&world);
+    }
+    let high = store(&world).high_water();
+    assert!(high <= MAX, "seed {seed}: {high} slots for max {MAX}");
+    assert!(
+        world.shared.key_count() <= MAX as usize + 2,
+        "seed {seed}: keys leak"
+    );
+    assert_eq!(
+        world.live_gauge.get(),
+        live_records(&world.shared, high),
+        "seed {seed}: the live gauge drifted from the store"
+    );
+    // Far in the future, sweeps reclaim everything and the gauge returns to zero.
+    world.depth.set(1);
+    let s = store(&world);
+    let mut later = world.now.get() + LIFETIME + IDLE;
+    for _ in 0..4 {
+        later += 1_000;
+        let report = s.sweep(later);
+        world
+            .live_gauge
+            .set(world.live_gauge.get() - i64::from(report.expired));
+    }
+    assert_eq!(
+        world.live_gauge.get(),
+        0,
+        "seed {seed}: gauge after the final sweeps"
+    );
+    assert_eq!(live_records(&world.shared, high), 0, "seed {seed}");
+}
+
+#[test]
+fn random_schedules_keep_the_store_consistent() {
+    let mut schedules = 0;
+    for seed in 1..=3_000u64 {
+        run(seed, 300, 30);
+        schedules += 1;
+    }
+    for seed in 10_000..10_500u64 {
+        run(seed, 300, 90); // nearly every host call preempted
+        schedules += 1;
+    }
+    println!("{schedules} schedules run");
+}
