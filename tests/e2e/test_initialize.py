@@ -1,0 +1,88 @@
+"""Behaviour 2: initialize mints a session on a 2xx result; a failed initialize leaves none."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import (
+    INITIALIZED,
+    PROTOCOL_VERSION,
+    SESSION_ID_RE,
+    TAG_HEADER,
+    assert_rejection,
+    describe,
+    expect_stats,
+    first_message,
+    initialize,
+    initialize_body,
+    new_tag,
+    post,
+    rpc,
+    stats_changes,
+)
+
+
+@pytest.mark.parametrize("kind", ["json", "sse"])
+def test_initialize_mints_a_session(envoy_for, upstreams, kind: str) -> None:
+    envoy = envoy_for(kind)
+    tag = new_tag()
+    with expect_stats(envoy, {"created": 1, "live": 1}):
+        response = initialize(envoy.url(), headers={TAG_HEADER: tag})
+    info = describe(response)
+    assert response.status_code == 200, info
+    expected_type = "text/event-stream" if kind == "sse" else "application/json"
+    assert response.headers["content-type"].startswith(expected_type), info
+    assert first_message(response)["result"]["protocolVersion"] == PROTOCOL_VERSION, info
+    session = response.headers.get("mcp-session-id")
+    assert session is not None and SESSION_ID_RE.match(session), info
+    exposed = [h.strip().lower() for h in response.headers.get("access-control-expose-headers", "").split(",")]
+    assert "mcp-session-id" in exposed, info
+
+    (seen,) = upstreams.get(kind).requests(tag)
+    assert "mcp-session-id" not in seen["headers"]
+
+    # The session works.
+    ack = post(envoy.url(), INITIALIZED, session=session, protocol_version=PROTOCOL_VERSION)
+    assert ack.status_code == 202, describe(ack)
+    listed = post(envoy.url(), rpc("tools/list", 2), session=session, protocol_version=PROTOCOL_VERSION)
+    assert listed.status_code == 200, describe(listed)
+    assert {t["name"] for t in first_message(listed)["result"]["tools"]} >= {"echo", "add", "sleep"}
+
+
+@pytest.mark.parametrize("kind", ["json", "sse"])
+def test_initialize_answered_with_a_jsonrpc_error_leaves_no_usable_session(envoy_for, kind: str) -> None:
+    """The real SDK answers an initialize with bad params 200 + a JSON-RPC error (-32602)."""
+    envoy = envoy_for(kind)
+    before = envoy.stats()
+    response = initialize(envoy.url(), body=rpc("initialize", 1, {"bogus": True}))
+    info = describe(response)
+    assert response.status_code == 200, info
+    assert first_message(response)["error"]["code"] == -32602, info
+    changes = stats_changes(before, envoy.stats())
+    # The header may already have gone out with the 2xx headers, but the session must not be
+    # live: no live session counted, and its ID, if any, is unknown.
+    assert changes.get("live", 0) == 0, changes
+    assert set(changes) <= {"created"}, changes
+
+    session = response.headers.get("mcp-session-id")
+    if session is not None:
+        reply = post(envoy.url(), rpc("tools/list", 2), session=session, protocol_version=PROTOCOL_VERSION)
+        assert_rejection(reply, 404, -32001, "Session not found")
+
+
+def test_initialize_answered_non_2xx_leaves_no_session(envoy_for) -> None:
+    """The real SDK (SSE mode) answers 406 when the client does not accept text/event-stream."""
+    envoy = envoy_for("sse")
+    with expect_stats(envoy, {}):
+        response = initialize(envoy.url(), accept="application/json")
+    assert response.status_code == 406, describe(response)
+    assert "mcp-session-id" not in response.headers, describe(response)
+
+
+def test_initialize_with_a_string_id_and_extra_params(envoy) -> None:
+    body = initialize_body(request_id="init-1")
+    body["params"]["_meta"] = {"progressToken": "x"}
+    response = initialize(envoy.url(), body=body)
+    assert response.status_code == 200, describe(response)
+    assert first_message(response)["id"] == "init-1"
+    assert SESSION_ID_RE.match(response.headers.get("mcp-session-id", "")), describe(response)
