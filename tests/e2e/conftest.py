@@ -120,17 +120,19 @@ def envoys(workdir: Path) -> Iterator[Envoys]:
     pool = Envoys(workdir)
     yield pool
     pool.stop_all()
+    # Shutdown too must be clean.
+    problems = pool.new_problems()
+    if problems:
+        pytest.fail("Envoy logged wasm errors or a panic at shutdown:\n" + "\n".join(problems), pytrace=False)
 
 
 @pytest.fixture(autouse=True)
-def envoy_log_is_clean(envoys: Envoys, request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each test: no new wasm error or panic line in any Envoy's log.
-
-    Tests that expect Envoy to refuse a configuration mark themselves `expect_wasm_errors`
-    (their Envoys are not in the pool anyway)."""
+def envoy_log_is_clean(envoys: Envoys) -> Iterator[None]:
+    """After each test: no new wasm error or panic line in any Envoy's log. (Envoys that are
+    meant to refuse a bad configuration are not in the pool.)"""
     yield
     problems = envoys.new_problems()
-    if problems and request.node.get_closest_marker("expect_wasm_errors") is None:
+    if problems:
         pytest.fail("Envoy logged wasm errors or a panic:\n" + "\n".join(problems), pytrace=False)
 
 
@@ -161,7 +163,3 @@ def upstream(upstreams: Upstreams) -> McpServer:
 def envoy(envoy_for: Callable[..., Envoy]) -> Envoy:
     """The main Envoy: MAIN_CONFIG in front of the stateless JSON demo server."""
     return envoy_for("json", MAIN_CONFIG)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "expect_wasm_errors: the test makes Envoy log wasm errors on purpose")

@@ -116,6 +116,39 @@ def render_bootstrap(
     return bootstrap
 
 
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+
+
+def make_listener_dynamic(bootstrap: dict[str, Any], lds_path: Path) -> dict[str, Any]:
+    """Move the bootstrap's listener to a file-based LDS source (`lds_path`, watched), so a
+    test can update the filter's configuration in a running Envoy. Returns the listener."""
+    (listener,) = bootstrap["static_resources"].pop("listeners")
+    bootstrap.setdefault("node", {"id": "e2e", "cluster": "e2e"})
+    bootstrap["dynamic_resources"] = {
+        "lds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": str(lds_path), "watched_directory": {"path": str(lds_path.parent)}},
+        }
+    }
+    write_lds(listener, lds_path)
+    return listener
+
+
+def write_lds(listener: Mapping[str, Any], lds_path: Path) -> None:
+    """Replace the LDS file atomically (a rename is what the directory watch reacts to)."""
+    staging = lds_path.with_name(f".{lds_path.name}.{uuid.uuid4().hex[:8]}")
+    staging.write_text(yaml.safe_dump({"resources": [{"@type": LISTENER_TYPE, **listener}]}, sort_keys=False))
+    os.replace(staging, lds_path)
+
+
+def set_plugin_configuration(listener: dict[str, Any], filter_config: Mapping[str, Any]) -> None:
+    for f in _http_connection_manager(listener)["http_filters"]:
+        if f["name"] == WASM_FILTER_NAME:
+            f["typed_config"]["config"]["configuration"]["value"] = json.dumps(filter_config)
+            return
+    raise KeyError(WASM_FILTER_NAME)
+
+
 def _http_connection_manager(listener: dict[str, Any]) -> dict[str, Any]:
     (chain,) = listener["filter_chains"]
     (hcm,) = chain["filters"]
@@ -239,9 +272,7 @@ class Envoy:
                 return False
 
         _wait_until(f"{self.name}: admin /ready", ready, READY_TIMEOUT, alive, self.log_tail)
-        listeners = httpx.get(f"{self.admin_url}/listeners?format=json", timeout=5).json()
-        (status,) = listeners["listener_statuses"]
-        self.port = int(status["local_address"]["socket_address"]["port_value"])
+        self.refresh_port()
 
     def stop(self) -> int | None:
         code = None
@@ -283,6 +314,20 @@ class Envoy:
             if sep and name.startswith(STATS_PREFIX) and value.strip().lstrip("-").isdigit():
                 out[name[len(STATS_PREFIX) :]] = int(value)
         return out
+
+    def server_stats(self, filter_regex: str) -> dict[str, int]:
+        """Any of Envoy's own counters and gauges matching a /stats filter."""
+        out: dict[str, int] = {}
+        for line in self.admin_get(f"/stats?filter={filter_regex}").text.splitlines():
+            name, sep, value = line.partition(": ")
+            if sep and value.strip().isdigit():
+                out[name] = int(value)
+        return out
+
+    def refresh_port(self) -> None:
+        listeners = httpx.get(f"{self.admin_url}/listeners?format=json", timeout=5).json()
+        (status,) = listeners["listener_statuses"]
+        self.port = int(status["local_address"]["socket_address"]["port_value"])
 
     def worker_connections(self) -> dict[str, int]:
         """Downstream connections accepted per worker on the MCP listener."""

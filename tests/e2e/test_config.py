@@ -45,7 +45,6 @@ def test_good_configuration_validates(workdir, config) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.expect_wasm_errors
 @pytest.mark.parametrize(("config", "names"), BAD)
 def test_bad_configuration_is_refused_at_startup(workdir, upstream, config, names) -> None:
     bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config=config)
@@ -59,7 +58,6 @@ def test_bad_configuration_is_refused_at_startup(workdir, upstream, config, name
         assert any(names in line for line in refusal), "\n".join(refusal)
 
 
-@pytest.mark.expect_wasm_errors
 @pytest.mark.parametrize(("config", "names"), BAD[:2])
 def test_bad_configuration_fails_validation(workdir, config, names) -> None:
     bootstrap = render_bootstrap(upstream_port=8000, filter_config=config)

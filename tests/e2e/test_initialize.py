@@ -18,7 +18,6 @@ from harness import (
     new_tag,
     post,
     rpc,
-    stats_changes,
 )
 
 
@@ -53,16 +52,13 @@ def test_initialize_mints_a_session(envoy_for, upstreams, kind: str) -> None:
 def test_initialize_answered_with_a_jsonrpc_error_leaves_no_usable_session(envoy_for, kind: str) -> None:
     """The real SDK answers an initialize with bad params 200 + a JSON-RPC error (-32602)."""
     envoy = envoy_for(kind)
-    before = envoy.stats()
-    response = initialize(envoy.url(), body=rpc("initialize", 1, {"bogus": True}))
+    with expect_stats(envoy, {}):  # nothing created, nothing live
+        response = initialize(envoy.url(), body=rpc("initialize", 1, {"bogus": True}))
     info = describe(response)
     assert response.status_code == 200, info
     assert first_message(response)["error"]["code"] == -32602, info
-    changes = stats_changes(before, envoy.stats())
-    # The header may already have gone out with the 2xx headers, but the session must not be
-    # live: no live session counted, and its ID, if any, is unknown.
-    assert changes.get("live", 0) == 0, changes
-    assert set(changes) <= {"created"}, changes
+    # The ID may already have gone out with the 2xx headers (they leave before the body is
+    # seen), but it must not be usable.
 
     session = response.headers.get("mcp-session-id")
     if session is not None:
