@@ -19,6 +19,7 @@ from harness import (
     new_tag,
     open_session,
     post,
+    request,
     sse_events,
     tool_call,
 )
@@ -100,3 +101,22 @@ def test_get_stream_is_forwarded(envoy, upstream) -> None:
             assert response.headers["content-type"].startswith("text/event-stream")
     (seen,) = upstream.requests(tag)
     assert seen["method"] == "GET"
+
+
+def test_session_request_body_is_not_size_limited(envoy) -> None:
+    """max_body_bytes (4096 here) is for the sessionless bodies the filter reads; a session's
+    requests are streamed through, whatever their size."""
+    session = open_session(envoy.url())
+    text = "y" * 100_000
+    response = post(envoy.url(), tool_call("echo", {"text": text}, request_id=8), session=session)
+    assert response.status_code == 200, describe(response)
+    assert first_message(response)["result"]["structuredContent"] == {"result": text}
+
+
+def test_session_ids_are_never_logged_in_full(envoy) -> None:
+    session = open_session(envoy.url())
+    assert post(envoy.url(), tool_call("add", {"a": 1, "b": 1}), session=session).status_code == 200
+    assert request("DELETE", envoy.url(), session=session).status_code == 204
+    log = envoy.log_text()
+    assert session not in log
+    assert session[12:] not in log, "the secret part of a session ID is in the log"

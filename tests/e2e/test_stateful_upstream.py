@@ -70,6 +70,8 @@ def test_client_sees_only_the_filter_id_and_requests_are_mapped(envoy_for, upstr
     seen = server.requests(tag)
     assert [r["headers"].get("mcp-session-id") for r in seen] == [None, theirs, theirs]
     assert [r["status"] for r in seen] == [200, 202, 200]
+    log = envoy.log_text()
+    assert ours not in log and theirs not in log, "a full session ID is in the Envoy log"
 
 
 def test_get_stream_is_mapped(envoy_for, upstreams) -> None:
