@@ -103,8 +103,7 @@ impl Config {
         if text.trim().is_empty() {
             return Config::try_from(empty_raw());
         }
-        let raw: RawConfig = serde_json::from_str(text)
-            .map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| blame(text, &e))?;
         Config::try_from(raw)
     }
 
@@ -116,6 +115,22 @@ impl Config {
             Some(paths) => paths.iter().any(|p| p == bare),
         }
     }
+}
+
+/// Turns a serde error into one that names the offending key: serde's own message for a
+/// wrong type gives only a line and column. Each key is re-read on its own (all others take
+/// their defaults), and the first that fails is the one named.
+fn blame(text: &str, error: &serde_json::Error) -> ConfigError {
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(text) {
+        for (key, value) in map {
+            let mut alone = serde_json::Map::new();
+            alone.insert(key.clone(), value);
+            if let Err(e) = serde_json::from_value::<RawConfig>(serde_json::Value::Object(alone)) {
+                return ConfigError(format!("`{key}`: {e}"));
+            }
+        }
+    }
+    ConfigError(format!("invalid configuration: {error}"))
 }
 
 fn empty_raw() -> RawConfig {
@@ -238,25 +253,29 @@ mod tests {
     #[test]
     fn bad_configs_name_the_key() {
         let cases: &[(&str, &str)] = &[
-            (r#"{"idle_timeout":5}"#, "idle_timeout"),
-            (r#"{"idle_timeout_seconds":0}"#, "idle_timeout_seconds"),
-            (r#"{"idle_timeout_seconds":-1}"#, "invalid configuration"),
-            (r#"{"idle_timeout_seconds":"5"}"#, "invalid configuration"),
+            (r#"{"idle_timeout":5}"#, "`idle_timeout`"),
+            (r#"{"idle_timeout_seconds":0}"#, "`idle_timeout_seconds`"),
+            (r#"{"idle_timeout_seconds":-1}"#, "`idle_timeout_seconds`"),
+            (r#"{"idle_timeout_seconds":"5"}"#, "`idle_timeout_seconds`"),
+            (r#"{"idle_timeout_seconds":1.5}"#, "`idle_timeout_seconds`"),
             (
                 r#"{"max_lifetime_seconds":99999999999}"#,
-                "max_lifetime_seconds",
+                "`max_lifetime_seconds`",
             ),
-            (r#"{"max_sessions":0}"#, "max_sessions"),
-            (r#"{"max_sessions":4294967296}"#, "invalid configuration"),
-            (r#"{"max_body_bytes":0}"#, "max_body_bytes"),
-            (r#"{"paths":[]}"#, "paths"),
-            (r#"{"paths":["mcp"]}"#, "paths"),
-            (r#"{"paths":["/mcp?x=1"]}"#, "paths"),
-            (r#"{"paths":"/mcp"}"#, "invalid configuration"),
-            (r#"{"identity_header":""}"#, "identity_header"),
-            (r#"{"identity_header":"x user"}"#, "identity_header"),
-            (r#"{"identity_header":":authority"}"#, "identity_header"),
-            (r#"{"allow_delete":"no"}"#, "invalid configuration"),
+            (r#"{"max_sessions":0}"#, "`max_sessions`"),
+            (r#"{"max_sessions":-1}"#, "`max_sessions`"),
+            (r#"{"max_sessions":4294967296}"#, "`max_sessions`"),
+            (r#"{"max_body_bytes":0}"#, "`max_body_bytes`"),
+            (r#"{"paths":[]}"#, "`paths`"),
+            (r#"{"paths":["mcp"]}"#, "`paths`"),
+            (r#"{"paths":["/mcp?x=1"]}"#, "`paths`"),
+            (r#"{"paths":"/mcp"}"#, "`paths`"),
+            (r#"{"identity_header":""}"#, "`identity_header`"),
+            (r#"{"identity_header":"x user"}"#, "`identity_header`"),
+            (r#"{"identity_header":":authority"}"#, "`identity_header`"),
+            (r#"{"identity_header":5}"#, "`identity_header`"),
+            (r#"{"allow_delete":"no"}"#, "`allow_delete`"),
+            (r#"{"max_sessions":5,"stateless":"yes"}"#, "`stateless`"),
             ("[1,2]", "invalid configuration"),
             ("{", "invalid configuration"),
         ];

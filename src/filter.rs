@@ -19,6 +19,7 @@ use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use serde_json::Value;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -210,6 +211,7 @@ impl RootContext for Root {
             mapped: false,
             initialize: None,
             mark_initialized: false,
+            identity: None,
         }))
     }
 
@@ -257,6 +259,9 @@ struct Stream {
     initialize: Option<Initialize>,
     /// Mark the session initialized when the upstream accepts this request.
     mark_initialized: bool,
+    /// The identity header's value, read with the request headers: Envoy refuses header
+    /// reads from body callbacks (and the SDK panics on that refusal).
+    identity: Option<Vec<u8>>,
 }
 
 impl Context for Stream {}
@@ -278,6 +283,11 @@ impl HttpContext for Stream {
         } else {
             None
         };
+        if let Some(name) = &cfg.identity_header {
+            self.identity = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+                .ok()
+                .flatten();
+        }
         let head = RequestHead {
             method: &method,
             path: &path,
@@ -422,13 +432,7 @@ impl Stream {
         let plugin = Rc::clone(&self.plugin);
         let store = plugin.store();
         let now = now_ms();
-        let identity = match &plugin.config.identity_header {
-            Some(name) => hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-                .ok()
-                .flatten(),
-            None => None,
-        };
-        let (record, cas) = match store.lookup(&id, now, identity.as_deref()) {
+        let (record, cas) = match store.lookup(&id, now, self.identity.as_deref()) {
             Lookup::Live(record, cas) => (record, cas),
             Lookup::Expired => {
                 plugin.metrics.count(Event::Expired, 1);
@@ -480,7 +484,7 @@ impl Stream {
     fn on_complete_body(&mut self, body: &[u8]) -> Action {
         match self.phase {
             Phase::SessionlessBody => match policy::on_sessionless_body(body) {
-                SessionlessBody::Initialize => self.reserve(),
+                SessionlessBody::Initialize { id } => self.reserve(id),
                 SessionlessBody::Reject(rejection) => self.reply(&rejection),
             },
             Phase::UninitializedBody(_) => match policy::on_uninitialized_body(body) {
@@ -495,23 +499,17 @@ impl Stream {
         }
     }
 
-    fn reserve(&mut self) -> Action {
+    fn reserve(&mut self, request_id: Value) -> Action {
         let plugin = Rc::clone(&self.plugin);
         let mut secret = [0u8; SECRET_LEN];
         if getrandom::fill(&mut secret).is_err() {
             error!("the host random source failed; refusing initialize");
-            return self.reply(&Rejection::capacity());
+            return self.reply(&Rejection::capacity().with_id(request_id));
         }
-        let identity = match &plugin.config.identity_header {
-            Some(name) => hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-                .ok()
-                .flatten(),
-            None => None,
-        };
         let mut probe = || plugin.next_probe();
         match plugin
             .store()
-            .reserve(now_ms(), secret, identity.as_deref(), &mut probe)
+            .reserve(now_ms(), secret, self.identity.as_deref(), &mut probe)
         {
             Some(reservation) => {
                 plugin.metrics.count(Event::Expired, reservation.expired);
@@ -528,7 +526,7 @@ impl Stream {
                     "initialize refused: {} sessions open",
                     plugin.config.max_sessions
                 );
-                self.reply(&Rejection::capacity())
+                self.reply(&Rejection::capacity().with_id(request_id))
             }
         }
     }

@@ -101,7 +101,10 @@ pub fn on_session(cfg: &Config, method: &str, record: &Record) -> SessionVerdict
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionlessBody {
     /// An `initialize`: reserve a session and forward it.
-    Initialize,
+    Initialize {
+        /// The request id, for a rejection after all (capacity).
+        id: Value,
+    },
     /// Refuse.
     Reject(Rejection),
 }
@@ -117,8 +120,8 @@ pub fn on_sessionless_body(body: &[u8]) -> SessionlessBody {
         return SessionlessBody::Reject(Rejection::initialize_in_batch());
     }
     match parsed.messages.as_slice() {
-        [Message::Request { method, .. }] if method == message::INITIALIZE => {
-            SessionlessBody::Initialize
+        [Message::Request { method, id }] if method == message::INITIALIZE => {
+            SessionlessBody::Initialize { id: id.clone() }
         }
         _ => SessionlessBody::Reject(Rejection::missing_session().with_id(parsed.reply_id())),
     }
@@ -360,7 +363,12 @@ mod tests {
     #[test]
     fn sessionless_bodies() {
         let init = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
-        assert_eq!(on_sessionless_body(init), SessionlessBody::Initialize);
+        assert_eq!(
+            on_sessionless_body(init),
+            SessionlessBody::Initialize {
+                id: serde_json::json!(1)
+            }
+        );
         let cases: Vec<(&[u8], u32, i64)> = vec![
             (
                 br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,

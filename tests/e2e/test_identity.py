@@ -46,7 +46,7 @@ def test_other_identity_gets_the_unknown_session_404(envoy_for, upstreams) -> No
     assert_rejection(unknown, 404, -32001, "Session not found")
 
     tag = new_tag()
-    for user in ("bob", "Alice", "alice ", ""):
+    for user in ("bob", "Alice", "alice2", ""):
         with expect_stats(envoy, {"rejected.unknown": 1}):
             response = _list(envoy, session, user, **{TAG_HEADER: tag})
         assert _observable(response) == _observable(unknown), f"user {user!r}\n{describe(response)}"
