@@ -102,7 +102,7 @@ pub enum Ended {
 pub struct Reservation {
     /// The new session's ID.
     pub id: SessionId,
-    /// Live sessions found expired and reclaimed on the way.
+    /// Live sessions found expired and reclaimed on the way (0 or 1: the slot taken).
     pub expired: u32,
 }
 
@@ -162,10 +162,9 @@ impl<S: SharedData> Store<S> {
             upstream_id: None,
         };
         let encoded = record.encode();
-        let mut expired = 0;
-        let reserved = |slot, expired| Reservation {
+        let reserved = |slot, was_live: bool| Reservation {
             id: SessionId { slot, secret },
-            expired,
+            expired: u32::from(was_live),
         };
 
         // 1. A few random slots below the high-water mark.
@@ -174,12 +173,8 @@ impl<S: SharedData> Store<S> {
         if usable > 0 {
             for _ in 0..PROBES {
                 let slot = random() % usable;
-                match self.try_claim(slot, now_ms, &encoded) {
-                    Claim::Taken { was_live } => {
-                        expired += u32::from(was_live);
-                        return Some(reserved(slot, expired));
-                    }
-                    Claim::Busy => {}
+                if let Claim::Taken { was_live } = self.try_claim(slot, now_ms, &encoded) {
+                    return Some(reserved(slot, was_live));
                 }
             }
         }
@@ -204,7 +199,7 @@ impl<S: SharedData> Store<S> {
                     .set(&slot_key(high), &encoded, CREATE_ONLY)
                     .is_ok()
                 {
-                    return Some(reserved(high, expired));
+                    return Some(reserved(high, false));
                 }
                 break;
             }
@@ -219,8 +214,7 @@ impl<S: SharedData> Store<S> {
         for offset in 0..usable {
             let slot = start.wrapping_add(offset) % usable;
             if let Claim::Taken { was_live } = self.try_claim(slot, now_ms, &encoded) {
-                expired += u32::from(was_live);
-                return Some(reserved(slot, expired));
+                return Some(reserved(slot, was_live));
             }
         }
         None
@@ -401,37 +395,38 @@ impl<S: SharedData> Store<S> {
         id: &SessionId,
         mut change: impl FnMut(&mut Record) -> Option<()>,
     ) -> Option<()> {
-        let key = slot_key(id.slot);
-        for _ in 0..CAS_ATTEMPTS {
-            let (Some(bytes), Some(cas)) = self.shared.get(&key) else {
-                return None;
-            };
-            let mut record = Record::decode(&bytes)?;
-            if !record.secret_matches(&id.secret) {
-                return None;
-            }
-            change(&mut record)?;
-            match self.shared.set(&key, &record.encode(), Some(cas)) {
-                Ok(()) => return Some(()),
-                Err(WriteError::CasMismatch) => continue,
-                Err(WriteError::Host) => return None,
-            }
-        }
-        None
+        self.rewrite(id, |record| {
+            let mut changed = record.clone();
+            change(&mut changed)?;
+            Some(changed.encode())
+        })
+        .map(|_| ())
     }
 
-    /// Empties the slot `id` names when `keep_going` approves its record; returns the record.
+    /// Empties the slot `id` names when `approve` accepts its record; returns the record.
     fn free_if(&self, id: &SessionId, mut approve: impl FnMut(&Record) -> bool) -> Option<Record> {
+        self.rewrite(id, |record| approve(record).then(Vec::new))
+    }
+
+    /// The compare-and-swap loop under `update` and `free_if`: reads the record `id` names
+    /// (its secret must match), asks `next` for the bytes to write in its place (`None`: leave
+    /// it), and retries when another worker wrote first. Returns the record that was replaced.
+    fn rewrite(
+        &self,
+        id: &SessionId,
+        mut next: impl FnMut(&Record) -> Option<Vec<u8>>,
+    ) -> Option<Record> {
         let key = slot_key(id.slot);
         for _ in 0..CAS_ATTEMPTS {
             let (Some(bytes), Some(cas)) = self.shared.get(&key) else {
                 return None;
             };
             let record = Record::decode(&bytes)?;
-            if !record.secret_matches(&id.secret) || !approve(&record) {
+            if !record.secret_matches(&id.secret) {
                 return None;
             }
-            match self.shared.set(&key, &[], Some(cas)) {
+            let value = next(&record)?;
+            match self.shared.set(&key, &value, Some(cas)) {
                 Ok(()) => return Some(record),
                 Err(WriteError::CasMismatch) => continue,
                 Err(WriteError::Host) => return None,
