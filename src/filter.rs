@@ -270,6 +270,12 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let plugin = Rc::clone(&self.plugin);
         let cfg = &plugin.config;
+        // Test builds only (`--features fault-injection`): a way to make the VM fail at
+        // runtime, to prove the failure policy recovers. Never in the released module.
+        #[cfg(feature = "fault-injection")]
+        if request_header("x-mcp-session-filter-trap").is_some() {
+            core::arch::wasm32::unreachable();
+        }
         let method = request_header(":method").unwrap_or_default();
         let path = if cfg.paths.is_some() {
             request_header(":path").unwrap_or_default()
