@@ -369,6 +369,8 @@ class McpServer:
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     sock: socket.socket | None = field(default=None, init=False)
     restarts: int = field(default=0, init=False)
+    # Set by `down()`: the port the next `start()` binds again.
+    rebind_port: int = field(default=0, init=False)
 
     @property
     def port(self) -> int:
@@ -387,7 +389,8 @@ class McpServer:
         if self.sock is None:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind(("127.0.0.1", 0))
+            self.sock.bind(("127.0.0.1", self.rebind_port))
+            self.rebind_port = 0
             self.sock.listen(128)
         fd = self.sock.fileno()
         args = [
@@ -427,6 +430,13 @@ class McpServer:
             _terminate(self.proc)
         self.restarts += 1
         self.start()
+
+    def down(self) -> None:
+        """Stop the process and close the listening socket: connections to the port are refused
+        (a crashed or stopped server) until `start()` binds the same port again."""
+        port = self.port
+        self.stop()
+        self.rebind_port = port
 
     def stop(self) -> None:
         if self.proc is not None:
