@@ -1,0 +1,260 @@
+"""Every configuration the project ships, checked without the platforms they are for.
+
+No Docker engine or Kubernetes cluster runs here, so:
+
+- every Envoy configuration shipped in `envoy/` or `deploy/` (found by its shape, so a new one is
+  picked up) passes `envoy --mode validate` with its wasm path pointed at the built module;
+  validation loads the module and runs the filter's configuration (a missing module fails it);
+- `envoy/docker-compose.yaml` parses, mounts that Envoy config and the built wasm, and pins the
+  Envoy and MCP SDK versions the tests run;
+- the Istio `WasmPlugin` and the Envoy Gateway `EnvoyExtensionPolicy` parse, and the plugin
+  configuration each embeds is accepted by the filter: `envoy --mode validate`, then a real
+  Envoy (2 workers) with it serves a session.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness import (
+    ENVOY_BIN,
+    REPO,
+    WASM,
+    assert_rejection,
+    log_problems,
+    open_session,
+    post,
+    render_bootstrap,
+    request,
+    rpc,
+    stats_changes,
+    validate_bootstrap,
+)
+
+ENVOY_DIR = REPO / "envoy"
+DEPLOY_DIR = REPO / "deploy"
+COMPOSE_FILE = ENVOY_DIR / "docker-compose.yaml"
+CONFIGURED_RE = re.compile(r"mcp-session-filter: configured \((.*)\)")
+
+
+def shipped_yaml_files() -> list[Path]:
+    files = [*ENVOY_DIR.glob("*.y*ml"), *DEPLOY_DIR.rglob("*.y*ml")]
+    return sorted(f for f in files if f.suffix in (".yaml", ".yml"))
+
+
+def documents(path: Path) -> list[Any]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def kind_of(doc: Any) -> str:
+    """envoy (a bootstrap), compose, k8s (a manifest), or unknown."""
+    if not isinstance(doc, dict):
+        return "unknown"
+    if "apiVersion" in doc and "kind" in doc:
+        return "k8s"
+    if "services" in doc:
+        return "compose"
+    if "static_resources" in doc or "dynamic_resources" in doc:
+        return "envoy"
+    return "unknown"
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(REPO))
+
+
+def envoy_configs() -> list[Path]:
+    return [f for f in shipped_yaml_files() if any(kind_of(d) == "envoy" for d in documents(f))]
+
+
+def manifests(kind: str) -> list[tuple[Path, dict[str, Any]]]:
+    return [(f, d) for f in shipped_yaml_files() for d in documents(f) if kind_of(d) == "k8s" and d["kind"] == kind]
+
+
+def wasm_files(node: Any) -> Iterator[dict[str, Any]]:
+    """Every `vm_config.code.local` (the object holding `filename`) in a bootstrap."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            local = value.get("code", {}).get("local") if key == "vm_config" and isinstance(value, dict) else None
+            if isinstance(local, dict) and "filename" in local:
+                yield local
+            else:
+                yield from wasm_files(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from wasm_files(value)
+
+
+def with_wasm(bootstrap: dict[str, Any], path: Path) -> dict[str, Any]:
+    locals_ = list(wasm_files(bootstrap))
+    assert locals_, "no wasm module in this Envoy config"
+    for local in locals_:
+        local["filename"] = str(path)
+    return bootstrap
+
+
+def configured_lines(output: str) -> list[str]:
+    return [m.group(1) for m in CONFIGURED_RE.finditer(output)]
+
+
+@pytest.fixture(autouse=True)
+def _wasm_built() -> None:
+    if not WASM.exists():
+        pytest.fail(f"the filter is not built: {WASM} is missing (run `make build`)", pytrace=False)
+
+
+# --------------------------------------------------------------------------- what is shipped
+
+
+def test_the_shipped_files_are_found() -> None:
+    names = {rel(f) for f in shipped_yaml_files()}
+    assert {
+        "envoy/envoy.yaml",
+        "envoy/envoy.compose.yaml",
+        "envoy/docker-compose.yaml",
+        "deploy/istio/wasmplugin.yaml",
+        "deploy/envoy-gateway/extension-policy.yaml",
+    } <= names, names
+    assert {rel(f) for f in envoy_configs()} >= {"envoy/envoy.yaml", "envoy/envoy.compose.yaml"}
+
+
+@pytest.mark.parametrize("path", shipped_yaml_files(), ids=rel)
+def test_every_shipped_yaml_parses_and_is_known(path: Path) -> None:
+    """Each document is an Envoy bootstrap, a compose file or a Kubernetes manifest: a new kind
+    of file needs a check here."""
+    docs = documents(path)
+    assert docs, f"{rel(path)} is empty"
+    for doc in docs:
+        assert kind_of(doc) != "unknown", f"{rel(path)}: a document of unknown kind: {list(doc)[:10]}"
+        if kind_of(doc) == "k8s":
+            assert isinstance(doc.get("metadata", {}).get("name"), str), doc
+            assert isinstance(doc.get("spec"), dict), doc
+
+
+# --------------------------------------------------------------------------- Envoy configs
+
+
+@pytest.mark.parametrize("path", envoy_configs(), ids=rel)
+def test_shipped_envoy_config_validates(workdir, path: Path) -> None:
+    (bootstrap,) = [d for d in documents(path) if kind_of(d) == "envoy"]
+    result = validate_bootstrap(with_wasm(bootstrap, WASM), workdir)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert re.search(r"configuration '.*' OK", output), output[-4000:]
+    # The module was loaded and accepted its plugin configuration (on_configure ran).
+    assert configured_lines(output), output[-4000:]
+    assert log_problems(output) == [], output[-4000:]
+
+
+@pytest.mark.parametrize("path", envoy_configs(), ids=rel)
+def test_shipped_envoy_config_with_a_missing_wasm_fails_validation(workdir, path: Path) -> None:
+    """The control for the test above: validation really looks at the module."""
+    (bootstrap,) = [d for d in documents(path) if kind_of(d) == "envoy"]
+    missing = workdir / "no-such-module.wasm"
+    result = validate_bootstrap(with_wasm(bootstrap, missing), workdir)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-4000:]
+    assert str(missing) in output, output[-4000:]
+
+
+# --------------------------------------------------------------------------- Docker Compose
+
+
+def envoy_version() -> str:
+    out = subprocess.run([str(ENVOY_BIN), "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
+    m = re.search(r"/(\d+\.\d+\.\d+)/", out)
+    assert m, out
+    return m.group(1)
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path (resolved against the compose file's folder)."""
+    out = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        out[target] = (COMPOSE_FILE.parent / source).resolve()
+    return out
+
+
+def test_docker_compose_runs_the_tested_envoy_with_the_built_wasm() -> None:
+    (compose,) = documents(COMPOSE_FILE)
+    services = compose["services"]
+    assert {"envoy", "mcp-server"} <= set(services), services
+    envoy = services["envoy"]
+    assert envoy["image"] == f"envoyproxy/envoy:v{envoy_version()}", envoy["image"]
+
+    # The command's -c names a mounted file, which is a shipped Envoy config (validated above).
+    command = envoy["command"]
+    config_target = command[command.index("-c") + 1]
+    mounted = mounts(envoy)
+    assert config_target in mounted, (command, mounted)
+    config_source = mounted[config_target]
+    assert config_source.exists() and config_source in envoy_configs(), config_source
+    # Every wasm module that config loads is the built one, mounted.
+    (bootstrap,) = [d for d in documents(config_source) if kind_of(d) == "envoy"]
+    wasm_targets = {local["filename"] for local in wasm_files(bootstrap)}
+    assert wasm_targets, bootstrap
+    for target in wasm_targets:
+        assert mounted.get(target) == WASM.resolve(), (target, mounted)
+
+    # The demo server installs the MCP SDK the tests run.
+    server = services["mcp-server"]
+    pinned = dict(re.findall(r"\b(mcp|uvicorn)==(\S+)", json.dumps(server["command"])))
+    required = dict(re.findall(r"^(mcp|uvicorn)==(\S+)", (REPO / "tests" / "requirements.txt").read_text(), re.M))
+    assert pinned and pinned == required, (pinned, required)
+    assert mounts(server).get("/app") == (REPO / "tests" / "servers").resolve(), mounts(server)
+
+
+# --------------------------------------------------------------------------- Istio, Envoy Gateway
+
+
+def embedded_plugin_configs() -> list[tuple[str, dict[str, Any]]]:
+    """(where, configuration) for each plugin configuration in the Kubernetes manifests."""
+    out = []
+    for path, doc in manifests("WasmPlugin"):
+        out.append((f"{rel(path)} WasmPlugin/{doc['metadata']['name']}", doc["spec"]["pluginConfig"]))
+    for path, doc in manifests("EnvoyExtensionPolicy"):
+        for wasm in doc["spec"]["wasm"]:
+            out.append((f"{rel(path)} EnvoyExtensionPolicy/{doc['metadata']['name']} {wasm['name']}", wasm["config"]))
+    return out
+
+
+def test_the_manifests_embed_plugin_configurations() -> None:
+    where = [w for w, _ in embedded_plugin_configs()]
+    assert any(w.startswith("deploy/istio/") for w in where), where
+    assert any(w.startswith("deploy/envoy-gateway/") for w in where), where
+
+
+@pytest.mark.parametrize(("where", "config"), embedded_plugin_configs(), ids=[w for w, _ in embedded_plugin_configs()])
+def test_embedded_plugin_configuration_is_accepted_by_the_filter(workdir, envoy_for, where: str, config) -> None:
+    # Istio and Envoy Gateway hand the filter this mapping as a JSON string.
+    assert isinstance(config, dict) and config, config
+    bootstrap = render_bootstrap(upstream_port=8000, filter_config=config, listener_port=10000, admin_port=9901)
+    result = validate_bootstrap(bootstrap, workdir)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    lines = configured_lines(output)
+    assert lines, output[-4000:]
+    if "max_sessions" in config:
+        assert all(f"max {config['max_sessions']} sessions" in line for line in lines), lines
+
+    # And a running Envoy with it serves a session on the configured path.
+    envoy = envoy_for("json", config)
+    path = config.get("paths", ["/mcp"])[0]
+    before = envoy.stats()
+    session = open_session(envoy.url(path))
+    listed = post(envoy.url(path), rpc("tools/list", 2), session=session, protocol_version="2025-11-25")
+    assert listed.status_code == 200, listed.text
+    assert request("DELETE", envoy.url(path), session=session).status_code == 204
+    gone = post(envoy.url(path), rpc("tools/list", 3), session=session, protocol_version="2025-11-25")
+    assert_rejection(gone, 404, -32001, "Session not found")
+    changes = stats_changes(before, envoy.stats())
+    assert changes == {"created": 1, "terminated": 1, "rejected.unknown": 1}, changes
