@@ -17,6 +17,7 @@ and fails with the process's log when it does not come; nothing sleeps and hopes
 from __future__ import annotations
 
 import copy
+import http.client
 import json
 import os
 import re
@@ -500,6 +501,57 @@ def request(
     h.update(headers or {})
     with httpx.Client(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         return client.request(method, url, content=content, headers=h)
+
+
+@dataclass
+class Timed:
+    """A response read by `timed_request`, with the client's monotonic clock around it."""
+
+    status: int
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+    sent: float  # just before connecting
+    received: float  # after the whole body was read
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def timed_request(
+    port: int,
+    method: str,
+    body: Any = None,
+    *,
+    session: str | None = None,
+    protocol_version: str | None = PROTOCOL_VERSION,
+    path: str = MCP_PATH,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = REQUEST_TIMEOUT,
+) -> Timed:
+    """One request on a fresh connection to 127.0.0.1:`port` with the standard library's
+    http.client: a few hundred microseconds of client work (an httpx client costs far more to
+    build), so load and timing tests measure Envoy, not the client. `body` is JSON-encoded;
+    `protocol_version` is sent with a session only."""
+    h = {"accept": ACCEPT_BOTH, "connection": "close"}
+    payload = None
+    if body is not None:
+        payload = json.dumps(body).encode()
+        h["content-type"] = "application/json"
+    if session is not None:
+        h["mcp-session-id"] = session
+        if protocol_version is not None:
+            h["mcp-protocol-version"] = protocol_version
+    h.update(headers or {})
+    sent = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=payload, headers=h)
+        response = conn.getresponse()
+        data = response.read()
+        got = {k.lower(): v for k, v in response.getheaders()}
+        return Timed(response.status, got, data, sent, time.monotonic())
+    finally:
+        conn.close()
 
 
 def post(url: str, body: Any = None, **kwargs: Any) -> httpx.Response:

@@ -14,7 +14,6 @@ answer pass as right.
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 import time
@@ -24,14 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import (
-    ACCEPT_BOTH,
     INITIALIZED,
-    PROTOCOL_VERSION,
     SESSION_ID_RE,
     Envoy,
     initialize_body,
     render_bootstrap,
     rpc,
+    timed_request,
     tool_call,
 )
 
@@ -76,25 +74,8 @@ def exchange(
     expect_result: Any = None,
 ) -> Exchange:
     """One request on a new connection (http.client: cheap enough for hundreds of threads)."""
-    headers = {"accept": ACCEPT_BOTH, "connection": "close"}
-    payload = None
-    if body is not None:
-        payload = json.dumps(body).encode()
-        headers["content-type"] = "application/json"
-    if session is not None:
-        headers["mcp-session-id"] = session
-        headers["mcp-protocol-version"] = PROTOCOL_VERSION
-    sent = time.monotonic()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, "/mcp", body=payload, headers=headers)
-        response = conn.getresponse()
-        data = response.read()
-        status = response.status
-        got = {k.lower(): v for k, v in response.getheaders()}
-    finally:
-        conn.close()
-    return Exchange(what, status, data, got, sent, time.monotonic(), expect_result)
+    t = timed_request(port, method, body, session=session, timeout=30)
+    return Exchange(what, t.status, t.body, t.headers, t.sent, t.received, expect_result)
 
 
 def is_not_found(x: Exchange) -> bool:
