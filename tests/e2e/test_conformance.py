@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from harness import REFERENCE_CONFIG, Envoy, plugin_configuration, render_bootstrap, stats_changes
+from harness import Envoy, plugin_configuration, render_bootstrap, stats_changes
 from peers import CONFORMANCE_CLI, REPO, ConformanceServer, NodePeers, node_peers  # noqa: F401 (fixture)
 
 MODES = ["stateful", "stateless"]
