@@ -17,7 +17,7 @@ setup:
 	bash scripts/setup_node.sh >/dev/null
 
 # Envoy with the filter in front of a demo MCP server on http://127.0.0.1:10000/mcp
-run: setup build
+run: build
 	bash scripts/run.sh
 
 # Host unit tests, lints, then end-to-end tests through real Envoy.

@@ -404,3 +404,221 @@ def test_initialize_timing_out_leaves_no_session(workdir, envoys, silent_upstrea
             hung = timed_request(envoy.port, "POST", initialize_body())
             assert hung.status == 504 and hung.body == b"upstream request timeout", (hung.status, hung.body)
             assert "mcp-session-id" not in hung.headers
+
+
+# --------------------------------------------------------------------------- a VM failure
+
+FAULT_TARGET_DIR = REPO / "target" / "fault-injection"
+FAULT_WASM = FAULT_TARGET_DIR / "wasm32-wasip1" / "release" / "mcp_session_filter.wasm"
+TRAP_HEADER = "x-mcp-session-filter-trap"
+# The one error line a trap leaves in Envoy's log (allowed in these tests only).
+TRAP_LOG_RE = re.compile(
+    r"\[error\]\[wasm\] .*Function: proxy_on_request_headers failed: Uncaught RuntimeError: unreachable$"
+)
+BUILD_TIMEOUT = 900
+
+
+@pytest.fixture(scope="module")
+def fault_injection_wasm() -> Path:
+    """The test-only module (`--features fault-injection`: a request header traps the VM), in
+    its own target directory so the released module is never replaced by it."""
+    command = [
+        "cargo", "build", "--locked", "--release", "--target", "wasm32-wasip1",
+        "--features", "fault-injection", "--target-dir", str(FAULT_TARGET_DIR),
+    ]  # fmt: skip
+    try:
+        built = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
+    except FileNotFoundError:
+        pytest.fail("cargo is not on PATH: cannot build the fault-injection module", pytrace=False)
+    if built.returncode != 0 or not FAULT_WASM.exists():
+        pytest.fail(f"building the fault-injection module failed:\n{built.stderr[-4000:]}", pytrace=False)
+    return FAULT_WASM
+
+
+def fault_envoy(workdir: Path, wasm: Path, upstream_port: int, config: dict[str, Any], name: str) -> Envoy:
+    """One worker, so "the worker that failed" is the one that serves every request. Outside
+    the shared pool: its log holds the trap's error line, which `log_problems_but_the_trap`
+    allows and nothing else."""
+    bootstrap = render_bootstrap(upstream_port=upstream_port, filter_config=config, wasm_path=wasm)
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    (wasm_filter,) = [f for f in listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"] if f["name"] == "mcp_session"]
+    assert wasm_filter["typed_config"]["config"]["failure_policy"] == "FAIL_RELOAD"  # as shipped
+    return Envoy(bootstrap, workdir, name=name, concurrency=1).start()
+
+
+def log_problems_but_the_trap(envoy: Envoy, traps: int) -> list[str]:
+    problems = envoy.log_problems()
+    expected = [line for line in problems if TRAP_LOG_RE.search(line)]
+    assert len(expected) == traps, f"expected {traps} trap line(s) in the log:\n" + "\n".join(problems)
+    return [line for line in problems if not TRAP_LOG_RE.search(line)]
+
+
+def trap(port: int) -> Timed:
+    return timed_request(port, "POST", rpc("ping", 99), session="0" * 40, headers={TRAP_HEADER: "1"})
+
+
+def through_the_backoff(port: int, attempt, timeout: float = 10.0) -> tuple[list[Timed], Timed]:
+    """After a failure Envoy refuses the worker's requests with an empty 503 until its reload
+    backoff (1 s to 1.5 s) has passed, then loads a new VM for the next one. Sends `attempt()`
+    every 50 ms until an answer is not that 503: (the 503s, the first other answer)."""
+    refused: list[Timed] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        t = attempt()
+        if not (t.status == 503 and t.body == b""):
+            return refused, t
+        refused.append(t)
+        assert time.monotonic() < deadline, f"no new VM within {timeout}s"
+        time.sleep(0.05)
+
+
+def reload_stats(envoy: Envoy) -> dict[str, int]:
+    stats = envoy.server_stats(r"wasm\.mcp_session\.vm_reload")
+    return {name.rsplit(".", 1)[-1]: value for name, value in stats.items()}
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 120)
+def test_a_vm_failure_under_fail_reload_is_recovered_with_the_sessions(workdir, upstreams, fault_injection_wasm) -> None:
+    server = upstreams.get("json")
+    envoy = fault_envoy(workdir, fault_injection_wasm, server.port, {"paths": ["/mcp"]}, "envoy-fail-reload")
+    try:
+        port = envoy.port
+        sessions = [open_session(envoy.url()) for _ in range(5)]
+        before = envoy.stats()
+
+        # A call in flight on the worker when its VM fails.
+        tag = new_tag()
+        inflight: dict[str, Timed] = {}
+        caller = threading.Thread(
+            target=lambda: inflight.setdefault(
+                "call", timed_request(port, "POST", tool_call("sleep", {"seconds": 1}), session=sessions[0], headers={TAG_HEADER: tag})
+            )
+        )
+        caller.start()
+        wait_for("the call reaches the upstream", lambda: server.requests(tag), 10)
+
+        failed = trap(port)
+        assert failed.status == 503, (failed.status, failed.body)
+        caller.join(timeout=30)
+        # What users lose: the in-flight request fails, although the upstream did the work.
+        assert inflight["call"].status == 503, (inflight["call"].status, inflight["call"].body)
+        assert [r["status"] for r in server.requests(tag)] == [200]
+
+        trapped_at = time.monotonic()
+        refused, recovered = through_the_backoff(port, lambda: add(port, sessions[1], 1, 2))
+        assert added(recovered, 1, 2), (recovered.status, recovered.body)
+        recovery = recovered.received - trapped_at
+        assert reload_stats(envoy) == {
+            "vm_reload": 0,
+            "vm_reload_backoff": len(refused),
+            "vm_reload_failure": 0,
+            "vm_reload_success": 1,
+        }, reload_stats(envoy)
+
+        # The sessions were in shared data, not in the VM: same IDs, all valid, stats intact.
+        assert all(added(add(port, session, 3, 4), 3, 4) for session in sessions)
+        assert stats_changes(before, envoy.stats()) == {}
+        with expect_stats(envoy, {"created": 1, "terminated": 1}):  # live: +1 - 1
+            extra = open_session(envoy.url())
+            assert timed_request(port, "DELETE", session=extra).status == 204
+        assert not (problems := log_problems_but_the_trap(envoy, traps=1)), "\n".join(problems)
+    finally:
+        envoy.stop()
+    assert not (problems := log_problems_but_the_trap(envoy, traps=1)), "\n".join(problems)
+    print(f"recovered {recovery:.2f}s after the trap; {len(refused)} requests refused during the backoff")
+
+
+class GatedUpstream:
+    """A minimal stateless MCP server (standard library) that holds every `initialize` until
+    `release` is set: an initialize in flight for as long as a test needs."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.initialize_arrived = threading.Event()
+        gated = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                message = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                if "id" not in message:
+                    self._send(202, b"")
+                    return
+                result: dict[str, Any] = {}
+                if message.get("method") == "initialize":
+                    gated.initialize_arrived.set()
+                    gated.release.wait(timeout=30)
+                    result = {
+                        "protocolVersion": PROTOCOL_VERSION,
+                        "capabilities": {},
+                        "serverInfo": {"name": "gated", "version": "1.0.0"},
+                    }
+                self._send(200, json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}).encode())
+
+            def _send(self, status: int, body: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # Envoy gave up on this request
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def gated_upstream() -> Iterator[GatedUpstream]:
+    upstream = GatedUpstream()
+    yield upstream
+    upstream.close()
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 120)
+def test_an_initialize_in_flight_when_the_vm_fails_holds_its_slot_until_it_expires(
+    workdir, gated_upstream, fault_injection_wasm
+) -> None:
+    """What else a VM failure costs: an `initialize` in flight on that worker fails (503), and
+    the slot it had reserved stays taken until it expires like an idle session (the new VM
+    knows nothing of it), then the sweep frees it. With max_sessions 1 that is visible."""
+    idle = 4
+    config = {"paths": ["/mcp"], "max_sessions": 1, "idle_timeout_seconds": idle}
+    envoy = fault_envoy(workdir, fault_injection_wasm, gated_upstream.port, config, "envoy-fail-reload-pending")
+    try:
+        port = envoy.port
+        pending: dict[str, Timed] = {}
+        opener = threading.Thread(target=lambda: pending.setdefault("init", timed_request(port, "POST", initialize_body())))
+        opener.start()
+        wait_for("the initialize reaches the upstream", gated_upstream.initialize_arrived.is_set, 10)
+        assert trap(port).status == 503
+        gated_upstream.release.set()
+        opener.join(timeout=30)
+        lost = pending["init"]
+        assert lost.status == 503 and "mcp-session-id" not in lost.headers, (lost.status, lost.headers, lost.body)
+
+        # The new VM refuses for capacity while the lost reservation is younger than the idle
+        # timeout (certainly so when this answer came less than `idle` after it was made).
+        _, answer = through_the_backoff(port, lambda: timed_request(port, "POST", initialize_body()))
+        if answer.received - lost.sent < idle - 0.01:
+            assert rejection(answer) == CAPACITY, (answer.status, answer.body)
+        # Then the sweep frees it and the slot serves a new session.
+        wait_for("the sweep frees the stale reservation", lambda: "1 stale initializes freed" in envoy.log_text(), idle + 10)
+        session = open_session(envoy.url())
+        assert SESSION_ID_RE.match(session)
+        stats = envoy.stats()
+        assert (stats["created"], stats["live"]) == (1, 1), stats
+        assert not (problems := log_problems_but_the_trap(envoy, traps=1)), "\n".join(problems)
+    finally:
+        envoy.stop()
