@@ -1,0 +1,49 @@
+#![no_main]
+//! `message::parse_body` on any bytes: never panics, and wherever serde_json can read the body
+//! as a plain JSON tree, the filter reads the same messages from it (duplicate keys included:
+//! the last one wins in both, as in the Python and TypeScript SDKs).
+use libfuzzer_sys::fuzz_target;
+use mcp_session_filter::message::{parse_body, BodyError, Message};
+use serde_json::Value;
+
+fuzz_target!(|data: &[u8]| {
+    let parsed = parse_body(data);
+    if let Ok(body) = &parsed {
+        assert!(!body.messages.is_empty() && (body.batch || body.messages.len() == 1));
+    }
+    if let Ok(tree) = serde_json::from_slice::<Value>(data) {
+        let want = match &tree {
+            Value::Array(items) if !items.is_empty() => items.iter().map(message).collect(),
+            Value::Array(_) => None,
+            single => message(single).map(|m| vec![m]),
+        };
+        match want {
+            Some(messages) => assert_eq!(parsed.map(|b| b.messages), Ok(messages)),
+            None => assert_eq!(parsed.map(|_| ()), Err(BodyError::NotJsonRpc)),
+        }
+    }
+});
+
+/// The JSON-RPC reading of one value, written independently of the filter's visitor.
+fn message(value: &Value) -> Option<Message> {
+    let Value::Object(map) = value else {
+        return None;
+    };
+    match (map.get("method"), map.get("id")) {
+        (Some(Value::String(method)), Some(id @ (Value::String(_) | Value::Number(_)))) => {
+            Some(Message::Request {
+                method: method.clone(),
+                id: id.clone(),
+            })
+        }
+        (Some(Value::String(method)), None | Some(Value::Null)) => Some(Message::Notification {
+            method: method.clone(),
+        }),
+        (None, _) if map.contains_key("error") || map.contains_key("result") => {
+            Some(Message::Response {
+                error: map.contains_key("error"),
+            })
+        }
+        _ => None,
+    }
+}

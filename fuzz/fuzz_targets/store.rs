@@ -1,0 +1,270 @@
+#![no_main]
+//! `store::Store` over `store::fake::FakeShared` (the host's CAS semantics), driven by a
+//! sequence of operations decoded from the input, with slots overwritten by junk now and then.
+//! Checks after every step: the table never passes `max_sessions`; a session ended, released
+//! or reported expired is never found (or counted) again; a live lookup is the caller's own
+//! live record, and only for its own identity; a guessed secret never finds anything; and the
+//! live count the filter keeps (created - terminated - expired) equals the live records held.
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use mcp_session_filter::record::{Record, State};
+use mcp_session_filter::session_id::SessionId;
+use mcp_session_filter::store::fake::FakeShared;
+use mcp_session_filter::store::{slot_key, Ended, Limits, Lookup, SharedData, Store};
+
+const T0: u64 = 1_900_000_000_000;
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    max_sessions: u8,
+    idle_s: u8,
+    lifetime_s: u8,
+    bind_identity: bool,
+    ops: Vec<Op>,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Reserve {
+        identity: Option<Vec<u8>>,
+        probe: u32,
+    },
+    Activate {
+        which: u8,
+        upstream: Option<String>,
+    },
+    Release {
+        which: u8,
+    },
+    Lookup {
+        which: u8,
+        other: Option<Option<Vec<u8>>>,
+    },
+    Touch {
+        which: u8,
+    },
+    MarkInitialized {
+        which: u8,
+    },
+    End {
+        which: u8,
+    },
+    Sweep,
+    Wait {
+        ms: u16,
+    },
+    Corrupt {
+        slot: u8,
+        bytes: Vec<u8>,
+    },
+    Guess {
+        slot: u8,
+        secret: [u8; 16],
+    },
+}
+
+struct Known {
+    id: SessionId,
+    created: u64,
+    identity: Option<Vec<u8>>,
+    activated: bool,
+    gone: bool,
+}
+
+fuzz_target!(|input: Input| {
+    let limits = Limits {
+        idle_ms: 1000 * (1 + u64::from(input.idle_s % 30)),
+        lifetime_ms: 1000 * u64::from(input.lifetime_s % 60),
+        max_sessions: 1 + u32::from(input.max_sessions % 8),
+        bind_identity: input.bind_identity,
+    };
+    let shared = FakeShared::default();
+    let store = Store::new(&shared, limits);
+    let mut now = T0;
+    let mut known: Vec<Known> = Vec::new();
+    let mut live_gauge: i64 = 0;
+    for op in input.ops {
+        let pick = |which: u8, known: &mut Vec<Known>| {
+            let n = known.len();
+            (n > 0).then(|| usize::from(which) % n)
+        };
+        match op {
+            Op::Reserve { identity, probe } => {
+                // Distinct secrets, as the CSPRNG gives them.
+                let n = known.len() as u128 + 1;
+                let secret = n
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+                    .to_le_bytes();
+                let mut probe = probe;
+                let mut random = || {
+                    probe = probe.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    probe >> 8
+                };
+                if let Some(r) = store.reserve(now, secret, identity.as_deref(), &mut random) {
+                    assert_eq!(r.id.secret, secret);
+                    live_gauge -= i64::from(r.expired);
+                    known.push(Known {
+                        id: r.id,
+                        created: now,
+                        identity,
+                        activated: false,
+                        gone: false,
+                    });
+                }
+            }
+            Op::Activate { which, upstream } => {
+                let Some(i) = pick(which, &mut known) else {
+                    continue;
+                };
+                // The glue stores only visible-ASCII upstream IDs of 1 to 255 bytes.
+                let upstream = upstream.filter(|u| {
+                    !u.is_empty() && u.len() <= 255 && u.bytes().all(|b| (0x21..=0x7e).contains(&b))
+                });
+                let k = &mut known[i];
+                if store.activate(&k.id, now, upstream.as_deref()) {
+                    assert!(!k.gone && !k.activated, "activated twice or after its end");
+                    k.activated = true;
+                    live_gauge += 1;
+                    // Usable at once, unless the answer came after the absolute lifetime.
+                    let own = k.identity.clone();
+                    match store.lookup(&k.id, now, own.as_deref()) {
+                        Lookup::Live(..) => {}
+                        Lookup::Expired
+                            if limits.lifetime_ms > 0 && now - k.created >= limits.lifetime_ms =>
+                        {
+                            k.gone = true;
+                            live_gauge -= 1;
+                        }
+                        other => panic!("a session just activated: {other:?}"),
+                    }
+                }
+            }
+            Op::Release { which } => {
+                let Some(i) = pick(which, &mut known) else {
+                    continue;
+                };
+                let k = &mut known[i];
+                if store.release(&k.id) {
+                    assert!(!k.gone && !k.activated, "released a live or ended session");
+                    k.gone = true;
+                }
+            }
+            Op::Lookup { which, other } => {
+                let Some(i) = pick(which, &mut known) else {
+                    continue;
+                };
+                let k = &mut known[i];
+                let presented = other.unwrap_or_else(|| k.identity.clone());
+                match store.lookup(&k.id, now, presented.as_deref()) {
+                    Lookup::Live(record, _) => {
+                        assert!(k.activated && !k.gone, "found a pending or ended session");
+                        assert!(record.secret == k.id.secret && record.state == State::Live);
+                        assert!(
+                            !limits.bind_identity || presented == k.identity,
+                            "other identity"
+                        );
+                    }
+                    Lookup::Expired => {
+                        assert!(k.activated && !k.gone, "expired counted twice");
+                        k.gone = true;
+                        live_gauge -= 1;
+                    }
+                    Lookup::NotFound => {}
+                }
+            }
+            Op::Touch { which } => {
+                let Some(i) = pick(which, &mut known) else {
+                    continue;
+                };
+                let k = &mut known[i];
+                match store.lookup(&k.id, now, k.identity.as_deref()) {
+                    Lookup::Live(record, cas) => {
+                        store.touch(&k.id, &record, cas, now);
+                    }
+                    Lookup::Expired => {
+                        assert!(k.activated && !k.gone, "expired counted twice");
+                        k.gone = true;
+                        live_gauge -= 1;
+                    }
+                    Lookup::NotFound => {}
+                }
+            }
+            Op::MarkInitialized { which } => {
+                let Some(i) = pick(which, &mut known) else {
+                    continue;
+                };
+                if store.mark_initialized(&known[i].id, now) {
+                    assert!(known[i].activated && !known[i].gone);
+                }
+            }
+            Op::End { which } => {
+                let Some(i) = pick(which, &mut known) else {
+                    continue;
+                };
+                let k = &mut known[i];
+                match store.end(&k.id, now) {
+                    Ended::Ended(record) => {
+                        assert!(k.activated && !k.gone && record.secret == k.id.secret);
+                        k.gone = true;
+                        live_gauge -= 1;
+                    }
+                    Ended::Expired => {
+                        assert!(k.activated && !k.gone, "ended twice");
+                        k.gone = true;
+                        live_gauge -= 1;
+                    }
+                    Ended::NotFound => {}
+                }
+            }
+            Op::Sweep => live_gauge -= i64::from(store.sweep(now).expired),
+            Op::Wait { ms } => now += u64::from(ms),
+            Op::Corrupt { slot, bytes } => {
+                let high = store.high_water();
+                if high == 0 || Record::decode(&bytes).is_some() {
+                    continue; // junk only: a forged record would be a forged session
+                }
+                let key = slot_key(u32::from(slot) % high);
+                let old = shared.get(&key).0.as_deref().and_then(Record::decode);
+                if old.is_some_and(|r| r.state == State::Live) {
+                    live_gauge -= 1; // destroyed without being counted by the store
+                }
+                shared.set(&key, &bytes, None).expect("unconditional write");
+            }
+            Op::Guess { slot, secret } => {
+                if known.iter().any(|k| k.id.secret == secret) {
+                    continue;
+                }
+                let id = SessionId {
+                    slot: u32::from(slot),
+                    secret,
+                };
+                assert_eq!(
+                    store.lookup(&id, now, None),
+                    Lookup::NotFound,
+                    "a guess hit"
+                );
+                assert_eq!(
+                    store.end(&id, now),
+                    Ended::NotFound,
+                    "a guess ended a session"
+                );
+            }
+        }
+        let high = store.high_water();
+        assert!(
+            high <= limits.max_sessions,
+            "{high} slots for {}",
+            limits.max_sessions
+        );
+        assert!(
+            shared.key_count() <= high as usize + 2,
+            "keys outside the slot table"
+        );
+        let held = (0..high)
+            .filter_map(|slot| shared.get(&slot_key(slot)).0)
+            .filter_map(|bytes| Record::decode(&bytes))
+            .filter(|r| r.state == State::Live)
+            .count();
+        assert_eq!(live_gauge, held as i64, "the live count drifted");
+    }
+});
