@@ -614,11 +614,16 @@ def test_an_initialize_in_flight_when_the_vm_fails_holds_its_slot_until_it_expir
         _, answer = through_the_backoff(port, lambda: timed_request(port, "POST", initialize_body()))
         if answer.received - lost.sent < idle - 0.01:
             assert rejection(answer) == CAPACITY, (answer.status, answer.body)
-        # Then the sweep frees it and the slot serves a new session.
-        freed = lambda: "1 stale initializes freed" in envoy.log_text()  # noqa: E731
-        wait_for("the sweep frees the stale reservation", freed, idle + 10)
-        session = open_session(envoy.url())
-        assert SESSION_ID_RE.match(session)
+        if rejection(answer) == CAPACITY:
+            # Then the sweep frees it and the slot serves a new session.
+            freed = lambda: "1 stale initializes freed" in envoy.log_text()  # noqa: E731
+            wait_for("the sweep frees the stale reservation", freed, idle + 10)
+            assert SESSION_ID_RE.match(open_session(envoy.url()))
+        else:
+            # A machine so slow that the reservation had already expired: the new initialize
+            # took its slot over, as an expired one may be.
+            assert answer.status == 200, (answer.status, answer.body)
+            assert SESSION_ID_RE.match(answer.headers.get("mcp-session-id", "")), answer.headers
         stats = envoy.stats()
         assert (stats["created"], stats["live"]) == (1, 1), stats
         assert not (problems := log_problems_but_the_trap(envoy, traps=1)), "\n".join(problems)

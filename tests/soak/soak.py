@@ -72,8 +72,9 @@ CANNED_RESULT = {
 def direct_upstream_bootstrap() -> dict[str, Any]:
     """An Envoy that answers every request, once it has read it, with 200 and a JSON-RPC
     result (no session filter)."""
+    hcm_type = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
     hcm = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": hcm_type,
         "stat_prefix": "direct",
         "route_config": {
             "virtual_hosts": [
@@ -115,7 +116,9 @@ def direct_upstream_bootstrap() -> dict[str, Any]:
                 {
                     "name": "direct",
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+                    "filter_chains": [
+                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+                    ],
                 }
             ]
         },
@@ -151,7 +154,10 @@ def churn(port: int, tally: Tally, stop: threading.Event, seed: int) -> None:
             continue
         tally.sessions += 1
         prev = init
-        steps = [("initialized", "POST", INITIALIZED, ack_ok), ("call", "POST", tool_call("echo", {"text": "x"}), (200,))]
+        steps = [
+            ("initialized", "POST", INITIALIZED, ack_ok),
+            ("call", "POST", tool_call("echo", {"text": "x"}), (200,)),
+        ]
         if rng.random() < 0.5:
             steps.append(("delete", "DELETE", None, (204,)))
         for what, method, body, ok in steps:
@@ -244,11 +250,15 @@ def run(envoy: Envoy) -> int:
     tallies = [Tally() for _ in range(CLIENTS)]
     stop = threading.Event()
     threads = [
-        threading.Thread(target=churn, args=(envoy.port, tally, stop, n), daemon=True) for n, tally in enumerate(tallies)
+        threading.Thread(target=churn, args=(envoy.port, tally, stop, n), daemon=True)
+        for n, tally in enumerate(tallies)
     ]
     started = time.monotonic()
     samples = [sample(envoy, started, tallies)]
-    print(f"{'t/s':>6} {'allocated':>9} {'heap':>7} {'rss':>7} (MiB) {'live':>6} {'created':>8} {'sessions/s':>10} {'req/s':>7}")
+    print(
+        f"{'t/s':>6} {'allocated':>9} {'heap':>7} {'rss':>7} (MiB) "
+        f"{'live':>6} {'created':>8} {'sessions/s':>10} {'req/s':>7}"
+    )
     for thread in threads:
         thread.start()
     next_at = started
@@ -305,7 +315,9 @@ def run(envoy: Envoy) -> int:
         mid_max = max(getattr(s, name) for s in middle)
         last_max = max(getattr(s, name) for s in last)
         growth = last_max / mid_max - 1
-        verdicts.append(f"{name}: middle third max {mib(mid_max)} MiB, last third max {mib(last_max)} MiB ({growth:+.1%})")
+        verdicts.append(
+            f"{name}: middle third max {mib(mid_max)} MiB, last third max {mib(last_max)} MiB ({growth:+.1%})"
+        )
         if growth > TOLERANCE:
             failures.append(f"{name} grew {growth:.1%} from the middle third to the last (allowed {TOLERANCE:.0%})")
 
@@ -315,11 +327,16 @@ def run(envoy: Envoy) -> int:
     live = [s.stats["live"] for s in samples[1:]]
     print()
     print(f"duration           {elapsed:.0f}s, {CLIENTS} clients, upstream {UPSTREAM}")
-    print(f"sessions created   {stats['created']} ({stats['created'] / elapsed:.0f}/s), requests {requests} ({requests / elapsed:.0f}/s)")
-    print(f"ended              {stats['terminated']} by DELETE, {stats['expired']} by expiry; clients deleted {deleted}, abandoned {abandoned}")
+    created = stats["created"]
+    print(f"sessions created   {created} ({created / elapsed:.0f}/s), requests {requests} ({requests / elapsed:.0f}/s)")
+    print(
+        f"ended              {stats['terminated']} by DELETE, {stats['expired']} by expiry; "
+        f"clients deleted {deleted}, abandoned {abandoned}"
+    )
     print(f"live gauge         min {min(live)}, max {max(live)} while churning; {stats['live']} at the end")
-    print(f"heap allocated     start {mib(samples[0].allocated)} MiB, end of churn {mib(samples[-1].allocated)} MiB, drained {mib(after.allocated)} MiB")
-    print(f"resident set       start {mib(samples[0].rss)} MiB, end of churn {mib(samples[-1].rss)} MiB, drained {mib(after.rss)} MiB")
+    for name, label in (("allocated", "heap allocated"), ("rss", "resident set")):
+        start, churned, drained = (getattr(s, name) for s in (samples[0], samples[-1], after))
+        print(f"{label:<18} start {mib(start)} MiB, end of churn {mib(churned)} MiB, drained {mib(drained)} MiB")
     for verdict in verdicts:
         print(f"flat?              {verdict}")
     if failures:
