@@ -1,0 +1,528 @@
+"""Hostile input through real Envoy and the filter (issue 5).
+
+Each rejection case is its own test: it asserts the exact status, `content-type:
+application/json`, the JSON-RPC error code and message (the rejection table of
+docs/DESIGN.md), the one counter it moves, and then that the worker still serves: a live
+session's request succeeds on several fresh connections (a panic would have killed the VM).
+
+Inputs that no HTTP client library will send (bytes outside UTF-8 in a header, whitespace
+around a value, `Transfer-Encoding: chunked` cut at chosen places) go over a raw socket.
+A few cases document what Envoy or the upstream answers instead of the filter, so that what a
+client sees is pinned down too.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import MAIN_CONFIG
+from harness import (
+    ACCEPT_BOTH,
+    PROTOCOL_VERSION,
+    REQUEST_TIMEOUT,
+    SESSION_ID_RE,
+    TAG_HEADER,
+    Envoy,
+    assert_rejection,
+    describe,
+    expect_stats,
+    first_message,
+    initialize_body,
+    new_tag,
+    open_session,
+    post,
+    request,
+    rpc,
+)
+
+MAIN_LIMIT = MAIN_CONFIG["max_body_bytes"]  # 4096
+# Room for bodies too deep to fit in 4 KiB. (Not the 4 MiB default: with the reference
+# listener's 8 MiB buffer, Envoy itself sometimes answers a body just over 4 MiB with a plain
+# text 413 before the filter sees it; see the issue-5 report.)
+BIG_LIMIT = 1024 * 1024
+BIG_CONFIG: dict[str, Any] = {"paths": ["/mcp"], "max_body_bytes": BIG_LIMIT}
+# The same configuration as test_identity.py, so the run shares one Envoy.
+IDENTITY_CONFIG: dict[str, Any] = {"paths": ["/mcp"], "identity_header": "x-user-id"}
+OWNER = "alice"
+
+PARSE = "Parse error: request body is not valid JSON"
+INVALID = "Invalid Request: body is not a JSON-RPC message"
+BATCH = "Invalid Request: initialize must not be part of a JSON-RPC batch"
+MISSING = "Bad Request: Mcp-Session-Id header is required"
+NOT_FOUND = "Session not found"
+MEDIA = "Unsupported Media Type: Content-Type must be application/json"
+VERSION = "Bad Request: Unsupported protocol version (supported versions: 2025-03-26, 2025-06-18, 2025-11-25)"
+
+
+def too_large(limit: int) -> str:
+    return f"Payload Too Large: request body exceeds {limit} bytes"
+
+
+INIT = json.dumps(initialize_body()).encode()
+TOOLS_LIST = json.dumps(rpc("tools/list", 1)).encode()
+
+
+# --------------------------------------------------------------------------- raw HTTP/1.1
+
+Header = tuple[str | bytes, str | bytes]
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def raw_request(
+    envoy: Envoy,
+    *,
+    method: str = "POST",
+    headers: Sequence[Header] = (),
+    body: bytes | None = None,
+    chunks: Sequence[bytes] | None = None,
+) -> httpx.Response:
+    """One request written byte for byte on a fresh connection (`connection: close`), its
+    response read to the end. `chunks` sends the body with `Transfer-Encoding: chunked`, one
+    write per chunk; `body` sends it with a `content-length`."""
+    head = [f"{method} /mcp HTTP/1.1".encode(), f"host: 127.0.0.1:{envoy.port}".encode(), b"connection: close"]
+    head += [_bytes(name) + b": " + _bytes(value) for name, value in headers]
+    if chunks is not None:
+        head.append(b"transfer-encoding: chunked")
+    elif body is not None:
+        head.append(f"content-length: {len(body)}".encode())
+    with socket.create_connection(("127.0.0.1", envoy.port), timeout=REQUEST_TIMEOUT) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"\r\n".join(head) + b"\r\n\r\n")
+        try:
+            if chunks is not None:
+                for chunk in chunks:
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sock.sendall(b"0\r\n\r\n")
+            elif body:
+                sock.sendall(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # Envoy answered (and closed) before the whole body was sent
+        # Read until the response is complete (not until Envoy closes: after a local reply it
+        # waits for the client to close first, up to its delayed-close timeout).
+        received = bytearray()
+        while (response := _parse_response(bytes(received))) is None:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                data = b""  # a reset after the response: what was read is the answer
+            if not data:
+                response = _parse_response(bytes(received), eof=True)
+                break
+            received += data
+    assert response is not None, f"no complete response: {bytes(received[:500])!r}"
+    status, response_headers, response_body = response
+    sent = body if chunks is None else b"".join(chunks)
+    req = httpx.Request(method, envoy.url(), headers=[(_bytes(n), _bytes(v)) for n, v in headers], content=sent)
+    return httpx.Response(status, headers=response_headers, content=response_body, request=req)
+
+
+def _parse_response(data: bytes, eof: bool = False) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    """(status, headers, body) once `data` holds a whole HTTP/1.1 response, else None."""
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        return None
+    status_line, *lines = head.split(b"\r\n")
+    status = int(status_line.split()[1])
+    headers = [(name.strip(), value.strip()) for name, _, value in (line.partition(b":") for line in lines)]
+    names = {name.lower(): value for name, value in headers}
+    if b"content-length" in names:
+        length = int(names[b"content-length"])
+        return (status, headers, rest[:length]) if len(rest) >= length else None
+    if names.get(b"transfer-encoding", b"").lower() == b"chunked":
+        body = bytearray()
+        while True:
+            size_line, sep, rest = rest.partition(b"\r\n")
+            if not sep:
+                return None
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                return status, headers, bytes(body)
+            if len(rest) < size + 2:
+                return None
+            body += rest[:size]
+            rest = rest[size + 2 :]
+    return (status, headers, rest) if eof else None
+
+
+JSON_HEADERS: tuple[Header, ...] = (("content-type", "application/json"), ("accept", ACCEPT_BOTH))
+
+
+def one_byte_chunks(body: bytes) -> list[bytes]:
+    return [body[i : i + 1] for i in range(len(body))]
+
+
+def split_at(body: bytes, *cuts: int) -> list[bytes]:
+    edges = [0, *cuts, len(body)]
+    return [body[a:b] for a, b in zip(edges, edges[1:]) if b > a]
+
+
+# --------------------------------------------------------------------------- live sessions
+
+_live: dict[tuple[str, str], str] = {}
+
+
+def live_session(envoy: Envoy, identity: str | None = None) -> str:
+    """One session per Envoy (and identity) for the whole module, opened on first use."""
+    key = (envoy.name, identity or "")
+    if key not in _live:
+        _live[key] = open_session(envoy.url(), headers={"x-user-id": identity} if identity else None)
+    return _live[key]
+
+
+def assert_still_serves(envoy: Envoy, session: str, identity: str | None = None, connections: int = 3) -> None:
+    """The worker(s) still answer a live session's request, each on a fresh connection."""
+    headers = [*JSON_HEADERS, ("mcp-session-id", session), ("mcp-protocol-version", PROTOCOL_VERSION)]
+    if identity:
+        headers.append(("x-user-id", identity))
+    for n in range(connections):
+        response = raw_request(envoy, headers=headers, body=json.dumps(rpc("tools/list", 100 + n)).encode())
+        assert response.status_code == 200, describe(response)
+        assert "tools" in first_message(response)["result"], describe(response)
+
+
+# --------------------------------------------------------------------------- the cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile request and the exact rejection it must get."""
+
+    name: str
+    send: Callable[[Envoy, str], httpx.Response]  # (envoy, a live session of the owner)
+    status: int
+    code: int
+    message: str
+    reason: str
+    request_id: Any = None
+    config: str = "main"  # main | big | identity
+
+
+def body_case(name: str, body: bytes, status: int, code: int, message: str, request_id: Any = None, **kw: Any) -> Case:
+    """A sessionless POST of `body` as application/json."""
+    reason = "missing" if message == MISSING else "body"
+    return Case(name, lambda envoy, _s: post(envoy.url(), content=body), status, code, message, reason, request_id, **kw)
+
+
+def session_case(name: str, *values: bytes | Callable[[str], bytes], method: str = "POST") -> Case:
+    """A request with these `mcp-session-id` headers (bytes, or derived from the live
+    session), sent raw."""
+
+    def send(envoy: Envoy, session: str) -> httpx.Response:
+        headers = [*JSON_HEADERS, *[("mcp-session-id", v(session) if callable(v) else v) for v in values]]
+        return raw_request(envoy, method=method, headers=headers, body=TOOLS_LIST if method == "POST" else None)
+
+    return Case(name, send, 404, -32001, NOT_FOUND, "unknown")
+
+
+def identity_case(name: str, *values: bytes) -> Case:
+    """The owner's live session used with these identity headers instead of the owner's."""
+
+    def send(envoy: Envoy, session: str) -> httpx.Response:
+        headers = [*JSON_HEADERS, ("mcp-session-id", session), *[("x-user-id", v) for v in values]]
+        return raw_request(envoy, headers=headers, body=TOOLS_LIST)
+
+    return Case(name, send, 404, -32001, NOT_FOUND, "unknown", config="identity")
+
+
+def deep(n: int, open_: str = "[", close: str = "]", inner: str = "") -> bytes:
+    return (open_ * n + inner + close * n).encode()
+
+
+def chunked(body: bytes, pieces: Callable[[bytes], list[bytes]]) -> Callable[[Envoy, str], httpx.Response]:
+    return lambda envoy, _s: raw_request(envoy, headers=JSON_HEADERS, chunks=pieces(body))
+
+
+def with_headers(*headers: Header, body: bytes = TOOLS_LIST) -> Callable[[Envoy, str], httpx.Response]:
+    return lambda envoy, _s: raw_request(envoy, headers=headers, body=body)
+
+
+HUGE_INT = 123456789012345678901234567890
+CASES: list[Case] = [
+    # Not JSON: 400 -32700.
+    body_case("malformed-open-brace", b"{", 400, -32700, PARSE),
+    body_case("truncated-initialize", INIT[: len(INIT) // 2], 400, -32700, PARSE),
+    body_case("truncated-after-last-byte", INIT[:-1], 400, -32700, PARSE),
+    body_case("trailing-garbage", INIT + b"x", 400, -32700, PARSE),
+    body_case("two-concatenated-messages", INIT + INIT, 400, -32700, PARSE),
+    body_case("empty-body", b"", 400, -32700, PARSE),
+    body_case("whitespace-only", b" \r\n\t ", 400, -32700, PARSE),
+    body_case("single-quotes", b"{'jsonrpc':'2.0','id':1,'method':'initialize'}", 400, -32700, PARSE),
+    body_case("nan-id", b'{"jsonrpc":"2.0","id":NaN,"method":"initialize"}', 400, -32700, PARSE),
+    body_case("comment", b'{"jsonrpc":"2.0", /* c */ "id":1,"method":"initialize"}', 400, -32700, PARSE),
+    body_case("utf8-bom", b"\xef\xbb\xbf" + INIT, 400, -32700, PARSE),
+    body_case("utf16-body", json.dumps(initialize_body()).encode("utf-16"), 400, -32700, PARSE),
+    body_case("non-utf8-bytes", b"\xff\xfe\x00\x01\x80", 400, -32700, PARSE),
+    body_case("non-utf8-in-method", b'{"jsonrpc":"2.0","id":1,"method":"initialize\xff"}', 400, -32700, PARSE),
+    body_case("lone-surrogate-in-method", b'{"jsonrpc":"2.0","id":1,"method":"initialize\\ud800"}', 400, -32700, PARSE),
+    # Valid JSON that serde_json will not hold as a value: answered as not JSON (see the report).
+    body_case("id-1e400", b'{"jsonrpc":"2.0","id":1e400,"method":"tools/list"}', 400, -32700, PARSE),
+    body_case("id-3000-digits", b'{"jsonrpc":"2.0","id":' + b"9" * 3000 + b',"method":"tools/list"}', 400, -32700, PARSE),
+    # Wrong types: 400 -32600.
+    body_case("method-number", b'{"jsonrpc":"2.0","id":1,"method":5}', 400, -32600, INVALID),
+    body_case("method-null", b'{"jsonrpc":"2.0","id":1,"method":null}', 400, -32600, INVALID),
+    body_case("method-object", b'{"jsonrpc":"2.0","id":1,"method":{"name":"initialize"}}', 400, -32600, INVALID),
+    body_case("method-array", b'{"jsonrpc":"2.0","id":1,"method":["initialize"]}', 400, -32600, INVALID),
+    body_case("id-object", b'{"jsonrpc":"2.0","id":{"n":1},"method":"initialize"}', 400, -32600, INVALID),
+    body_case("id-array", b'{"jsonrpc":"2.0","id":[1],"method":"initialize"}', 400, -32600, INVALID),
+    body_case("id-bool", b'{"jsonrpc":"2.0","id":true,"method":"initialize"}', 400, -32600, INVALID),
+    body_case("top-level-true", b"true", 400, -32600, INVALID),
+    body_case("empty-object", b"{}", 400, -32600, INVALID),
+    # JSON-RPC, but not an initialize request: 400 -32000, the request's id echoed.
+    body_case("params-string-on-tools-list", b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":"x"}', 400, -32000, MISSING, 1),
+    body_case("id-float", b'{"jsonrpc":"2.0","id":1.5,"method":"tools/list"}', 400, -32000, MISSING, 1.5),
+    body_case("id-huge-integer", b'{"jsonrpc":"2.0","id":%d,"method":"tools/list"}' % HUGE_INT, 400, -32000, MISSING, float(HUGE_INT)),
+    body_case("method-4000-chars", json.dumps(rpc("m" * 4000, 2)).encode(), 400, -32000, MISSING, 2),
+    body_case("id-4000-chars", json.dumps(rpc("tools/list", "i" * 4000)).encode(), 400, -32000, MISSING, "i" * 4000),
+    body_case("duplicate-method-last-wins", b'{"jsonrpc":"2.0","id":3,"method":"initialize","method":"tools/list"}', 400, -32000, MISSING, 3),
+    body_case("initialize-as-notification", b'{"jsonrpc":"2.0","method":"initialize"}', 400, -32000, MISSING),
+    body_case("response-without-session", b'{"jsonrpc":"2.0","id":1,"result":{}}', 400, -32000, MISSING),
+    # Batches.
+    body_case("batch-empty", b"[]", 400, -32600, INVALID),
+    body_case("batch-of-numbers", b"[1,2,3]", 400, -32600, INVALID),
+    body_case("batch-nested", b"[[" + INIT + b"]]", 400, -32600, INVALID),
+    body_case("batch-with-invalid-member", b'[{"jsonrpc":"2.0","method":"notifications/initialized"},5]', 400, -32600, INVALID),
+    body_case("batch-initialize-alone", b"[" + INIT + b"]", 400, -32600, BATCH),
+    body_case("batch-initialize-last", b"[" + TOOLS_LIST + b"," + INIT + b"]", 400, -32600, BATCH),
+    body_case("batch-initialize-notification", b'[{"jsonrpc":"2.0","method":"initialize"}]', 400, -32600, BATCH),
+    body_case("batch-without-initialize", b"[" + TOOLS_LIST + b',{"jsonrpc":"2.0","id":2,"method":"ping"}]', 400, -32000, MISSING),
+    # Deep nesting, under a 1 MiB limit.
+    body_case("nested-arrays-100k", deep(100_000), 400, -32600, INVALID, config="big"),
+    body_case("nested-objects-100k", deep(100_000, '{"a":', "}", "1"), 400, -32600, INVALID, config="big"),
+    body_case("nested-batch-100k", b"[" + deep(100_000) + b"]", 400, -32600, INVALID, config="big"),
+    body_case("unclosed-arrays-100k", b"[" * 100_000, 400, -32700, PARSE, config="big"),
+    body_case("nested-method-100k", b'{"jsonrpc":"2.0","id":1,"method":' + deep(100_000) + b"}", 400, -32700, PARSE, config="big"),
+    body_case("nested-params-100k-on-tools-list", b'{"jsonrpc":"2.0","id":4,"method":"tools/list","params":' + deep(100_000) + b"}", 400, -32000, MISSING, 4, config="big"),
+    body_case("string-1000KB-on-tools-list", json.dumps(rpc("tools/list", 5, {"s": "z" * 1_000_000})).encode(), 400, -32000, MISSING, 5, config="big"),
+    # Over the limit.
+    body_case("body-limit-plus-one", b" " * (MAIN_LIMIT - len(INIT) + 1) + INIT, 413, -32000, too_large(MAIN_LIMIT)),
+    body_case("body-1MiB", b" " * 2**20, 413, -32000, too_large(MAIN_LIMIT)),
+    body_case("body-1MiB-plus-one", b" " * (BIG_LIMIT + 1 - len(INIT)) + INIT, 413, -32000, too_large(BIG_LIMIT), config="big"),
+    Case("chunked-over-limit", chunked(b" " * (MAIN_LIMIT + 1000) + INIT, lambda b: split_at(b, *range(1000, len(b), 1000))), 413, -32000, too_large(MAIN_LIMIT), "body"),
+    # Chunked bodies are read whole before the decision.
+    Case("chunked-one-byte-truncated-initialize", chunked(INIT[:-1], one_byte_chunks), 400, -32700, PARSE, "body"),
+    Case("chunked-split-batch-with-initialize", chunked(b"[" + INIT + b"]", lambda b: split_at(b, 1, 2, len(b) // 2)), 400, -32600, BATCH, "body"),
+    # Content types other than JSON.
+    Case("content-type-empty", with_headers(("content-type", ""), body=INIT), 415, -32000, MEDIA, "body"),
+    Case("content-type-xml", with_headers(("content-type", "application/xml"), body=INIT), 415, -32000, MEDIA, "body"),
+    Case("content-type-event-stream", with_headers(("content-type", "text/event-stream"), body=INIT), 415, -32000, MEDIA, "body"),
+    Case("content-type-json-patch", with_headers(("content-type", "application/json-patch+json"), body=INIT), 415, -32000, MEDIA, "body"),
+    Case("content-type-non-utf8", with_headers(("content-type", b"application/json\xff"), body=INIT), 415, -32000, MEDIA, "body"),
+    # Session header values: all the unknown-session 404.
+    session_case("session-empty", b""),
+    session_case("session-duplicate-bogus-first", b"0" * 40, lambda s: s.encode()),
+    session_case("session-two-ids-comma-joined", lambda s: f"{s}, {s}".encode()),
+    session_case("session-8KiB", b"a" * 8192),
+    session_case("session-8KiB-starting-with-a-live-id", lambda s: s.encode() + b"0" * (8192 - 40)),
+    session_case("session-space-inside", lambda s: (s[:20] + " " + s[21:]).encode()),
+    session_case("session-tab-inside", lambda s: (s[:20] + "\t" + s[21:]).encode()),
+    session_case("session-non-utf8-bytes", b"\xff\xfe" * 20),
+    session_case("session-utf8-non-ascii", "é".encode() * 20),
+    session_case("session-uppercase-hex", lambda s: s.upper().encode()),
+    session_case("session-max-slot", lambda s: b"ffffffff" + s[8:].encode()),
+    session_case("session-get-8KiB", b"b" * 8192, method="GET"),
+    session_case("session-delete-empty", b"", method="DELETE"),
+    # Protocol version header.
+    Case("version-8KiB", with_headers(*JSON_HEADERS, ("mcp-protocol-version", "2" * 8192)), 400, -32000, VERSION, "version"),
+    Case("version-non-utf8", with_headers(*JSON_HEADERS, ("mcp-protocol-version", b"2025-11-25\xff")), 400, -32000, VERSION, "version"),
+    # Another identity's session (identity_header), and identity header oddities.
+    identity_case("identity-other-caller", b"mallory"),
+    identity_case("identity-absent"),
+    identity_case("identity-duplicate-other-first", b"mallory", OWNER.encode()),
+    identity_case("identity-owner-with-non-utf8-suffix", OWNER.encode() + b"\xff"),
+    identity_case("identity-8KiB", b"a" * 8192),
+]
+
+
+@pytest.fixture
+def envoy_named(envoy_for) -> Callable[[str], Envoy]:
+    configs = {"main": MAIN_CONFIG, "big": BIG_CONFIG, "identity": IDENTITY_CONFIG}
+    return lambda name: envoy_for("json", configs[name])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_hostile_request_is_rejected_and_the_worker_still_serves(envoy_named, upstream, case: Case) -> None:
+    envoy = envoy_named(case.config)
+    identity = OWNER if case.config == "identity" else None
+    session = live_session(envoy, identity)
+    with expect_stats(envoy, {f"rejected.{case.reason}": 1}):
+        response = case.send(envoy, session)
+    assert_rejection(response, case.status, case.code, case.message, request_id=case.request_id)
+    assert "mcp-session-id" not in response.headers, describe(response)
+    assert_still_serves(envoy, session, identity)
+
+
+def test_case_count() -> None:
+    """Issue 5 asks for at least 40 hostile cases, each its own test."""
+    names = [c.name for c in CASES]
+    assert len(set(names)) == len(names) >= 40
+
+
+# --------------------------------------------------------------------------- what passes
+
+
+@pytest.mark.parametrize(
+    "name, pieces",
+    [
+        ("one-byte-chunks", one_byte_chunks),
+        ("split-after-first-byte", lambda b: split_at(b, 1)),
+        ("split-before-last-byte", lambda b: split_at(b, len(b) - 1)),
+        ("split-in-the-middle", lambda b: split_at(b, len(b) // 2)),
+        ("split-inside-the-method-name", lambda b: split_at(b, b.index(b"initialize") + 4)),
+        ("split-at-three-places", lambda b: split_at(b, 7, 8, len(b) - 3)),
+    ],
+)
+def test_chunked_initialize_opens_a_session(envoy, name: str, pieces) -> None:
+    with expect_stats(envoy, {"created": 1, "live": 1}):
+        response = raw_request(envoy, headers=JSON_HEADERS, chunks=pieces(INIT))
+    assert response.status_code == 200, describe(response)
+    assert "result" in response.json(), describe(response)
+    session = response.headers.get("mcp-session-id", "")
+    assert SESSION_ID_RE.match(session), describe(response)
+    ack = post(envoy.url(), rpc("notifications/initialized"), session=session, protocol_version=PROTOCOL_VERSION)
+    assert ack.status_code == 202, describe(ack)
+    assert_still_serves(envoy, session, connections=2)
+    with expect_stats(envoy, {"terminated": 1, "live": -1}):
+        assert request("DELETE", envoy.url(), session=session).status_code == 204
+
+
+def test_chunked_initialize_split_at_every_boundary(envoy) -> None:
+    """Two chunks, cut at every byte boundary of the body: each one opens a session."""
+    body = json.dumps(initialize_body(clientInfo={"name": "c", "version": "1"})).encode()
+    with expect_stats(envoy, {"created": len(body) - 1, "terminated": len(body) - 1}):
+        with httpx.Client(timeout=REQUEST_TIMEOUT) as cleanup:
+            for cut in range(1, len(body)):
+                response = raw_request(envoy, headers=JSON_HEADERS, chunks=split_at(body, cut))
+                assert response.status_code == 200, f"cut at {cut}\n{describe(response)}"
+                session = response.headers.get("mcp-session-id", "")
+                assert SESSION_ID_RE.match(session), f"cut at {cut}\n{describe(response)}"
+                assert cleanup.delete(envoy.url(), headers={"mcp-session-id": session}).status_code == 204
+
+
+def test_duplicate_session_headers_first_value_wins(envoy, upstream) -> None:
+    """Envoy's header map gives the filter the first `mcp-session-id`: a live ID first is
+    served (the upstream gets both headers), a bogus one first is the 404."""
+    session = live_session(envoy)
+    tag = new_tag()
+    served = raw_request(
+        envoy,
+        headers=[*JSON_HEADERS, ("mcp-session-id", session), ("mcp-session-id", "0" * 40), (TAG_HEADER, tag)],
+        body=TOOLS_LIST,
+    )
+    assert served.status_code == 200, describe(served)
+    (seen,) = upstream.requests(tag)
+    assert seen["headers"]["mcp-session-id"] == f"{session}, {'0' * 40}"
+
+    with expect_stats(envoy, {"rejected.unknown": 1}):
+        refused = raw_request(
+            envoy, headers=[*JSON_HEADERS, ("mcp-session-id", "0" * 40), ("mcp-session-id", session)], body=TOOLS_LIST
+        )
+    assert_rejection(refused, 404, -32001, NOT_FOUND)
+    assert_still_serves(envoy, session)
+
+
+def test_whitespace_around_the_session_id_is_trimmed_by_envoy(envoy) -> None:
+    session = live_session(envoy)
+    response = raw_request(envoy, headers=[*JSON_HEADERS, ("mcp-session-id", f" \t{session} \t")], body=TOOLS_LIST)
+    assert response.status_code == 200, describe(response)
+
+
+@pytest.mark.parametrize("value", [b"a\x00b", b"a\x01b", b"a\x7fb\x0bc"], ids=["nul", "soh", "del-vt"])
+def test_control_bytes_in_a_header_are_refused_by_envoy_before_the_filter(envoy, value: bytes) -> None:
+    """Envoy's HTTP/1 codec answers these itself (plain text 400): the filter never runs."""
+    session = live_session(envoy)
+    with expect_stats(envoy, {}):
+        response = raw_request(envoy, headers=[*JSON_HEADERS, ("mcp-session-id", value)], body=TOOLS_LIST)
+    assert response.status_code == 400, describe(response)
+    assert response.headers.get("content-type") == "text/plain", describe(response)
+    assert_still_serves(envoy, session)
+
+
+def test_identity_is_compared_as_raw_bytes(envoy_for) -> None:
+    """A session bound to an identity that is not UTF-8 is served for exactly those bytes, not
+    for their U+FFFD replacement, and an identity Envoy trims is the trimmed value."""
+    envoy = envoy_for("json", IDENTITY_CONFIG)
+    identity = b"user-\xff\xfe-" + secrets.token_hex(4).encode()
+    response = raw_request(envoy, headers=[*JSON_HEADERS, ("x-user-id", identity)], body=INIT)
+    assert response.status_code == 200, describe(response)
+    session = response.headers["mcp-session-id"]
+    ack = raw_request(
+        envoy,
+        headers=[*JSON_HEADERS, ("mcp-session-id", session), ("x-user-id", identity)],
+        body=json.dumps(rpc("notifications/initialized")).encode(),
+    )
+    assert ack.status_code == 202, describe(ack)
+
+    def use(value: bytes) -> httpx.Response:
+        return raw_request(envoy, headers=[*JSON_HEADERS, ("mcp-session-id", session), ("x-user-id", value)], body=TOOLS_LIST)
+
+    assert use(identity).status_code == 200
+    assert use(b"  " + identity + b" ").status_code == 200
+    lossy = identity.decode("utf-8", errors="replace").encode()
+    assert_rejection(use(lossy), 404, -32001, NOT_FOUND)
+
+
+@pytest.mark.parametrize(
+    "name, body, code",
+    [
+        # The filter reads only `method` and `id`; the rest is the upstream's to judge.
+        ("non-utf8-in-params", b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"x":"\xff"}}', -32700),
+        ("params-string", b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":"x"}', -32602),
+        ("nested-params-100k", b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"x":' + deep(100_000) + b"}}", -32700),
+    ],
+)
+def test_initialize_the_upstream_refuses_leaves_no_session(envoy_for, upstream, name: str, body: bytes, code: int) -> None:
+    """An initialize the filter forwards (its method and id are fine) but the upstream
+    refuses: the client gets the upstream's error, and no session exists."""
+    envoy = envoy_for("json", BIG_CONFIG)
+    tag = new_tag()
+    with expect_stats(envoy, {}):
+        response = post(envoy.url(), content=body, headers={TAG_HEADER: tag})
+    (seen,) = upstream.requests(tag)
+    assert response.status_code == seen["status"] == 400, describe(response)
+    assert response.headers["content-type"].split(";")[0] == "application/json", describe(response)
+    assert response.json()["error"]["code"] == code, describe(response)
+    assert "mcp-session-id" not in response.headers, describe(response)
+    assert_still_serves(envoy, live_session(envoy))
+
+
+# --------------------------------------------------------------------------- guessing
+
+GUESSES = 3000
+
+
+def test_random_session_ids_never_hit_a_live_session(envoy, upstream) -> None:
+    """Thousands of well-formed random IDs, half of them aimed at the slots of live sessions
+    (the slot is not secret): every one is the 404, none reaches the upstream. The million-ID
+    version of this runs on the host (tests/guessing.rs)."""
+    sessions = [open_session(envoy.url()) for _ in range(8)]
+    slots = [s[:8] for s in sessions]
+    guesses = [
+        (slots[n % len(slots)] if n % 2 else secrets.token_hex(4)) + secrets.token_hex(16) for n in range(GUESSES)
+    ]
+    assert not set(guesses) & set(sessions)
+    tag = new_tag()
+    headers = {"accept": "text/event-stream", TAG_HEADER: tag}
+    statuses: dict[int, int] = {}
+    with expect_stats(envoy, {"rejected.unknown": GUESSES}):
+        with httpx.Client(timeout=REQUEST_TIMEOUT) as client:  # keep-alive: thousands of requests
+            for guess in guesses:
+                response = client.get(envoy.url(), headers={**headers, "mcp-session-id": guess})
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                if response.status_code != 404:
+                    assert_rejection(response, 404, -32001, NOT_FOUND)
+    assert statuses == {404: GUESSES}
+    assert upstream.requests(tag) == []
+    for session in sessions:
+        assert_still_serves(envoy, session, connections=1)
+        assert request("DELETE", envoy.url(), session=session).status_code == 204

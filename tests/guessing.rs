@@ -1,0 +1,110 @@
+//! Guessing session IDs: a million random, well-formed IDs never find a live session.
+//!
+//! The store is filled to capacity with live sessions whose secrets come from the same
+//! CSPRNG call the filter makes; every guess aims at an occupied slot (the slot half of an ID
+//! is no secret) with a random 128-bit secret, and goes through the steps of a request:
+//! `Store::lookup` (and `Store::end`, for DELETE), some through the header text and
+//! `SessionId::parse` first. None may
+//! be found, none may change the shared data, and every real session must still be there.
+//! (End to end, tests/e2e/test_hostile.py sends a few thousand guesses through Envoy.)
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+use mcp_session_filter::session_id::{SessionId, SECRET_LEN};
+use mcp_session_filter::store::fake::FakeShared;
+use mcp_session_filter::store::{slot_key, Ended, Limits, Lookup, SharedData, Store};
+
+const T0: u64 = 1_900_000_000_000;
+const LIVE_SESSIONS: u32 = 10_000;
+const GUESSES: u32 = 1_000_000;
+/// Guesses also sent as DELETE (each one a read and, if it matched, a write).
+const DELETE_GUESSES: u32 = 100_000;
+
+/// splitmix64: the guesses need to be many and reproducible, not secret.
+struct Guesser(u64);
+impl Guesser {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn secret(&mut self) -> [u8; SECRET_LEN] {
+        let mut secret = [0u8; SECRET_LEN];
+        secret[..8].copy_from_slice(&self.next().to_le_bytes());
+        secret[8..].copy_from_slice(&self.next().to_le_bytes());
+        secret
+    }
+}
+
+fn snapshot(shared: &FakeShared, slots: u32) -> Vec<(Option<Vec<u8>>, Option<u32>)> {
+    (0..slots).map(|slot| shared.get(&slot_key(slot))).collect()
+}
+
+#[test]
+fn a_million_random_ids_never_hit_a_live_session() {
+    let shared = FakeShared::default();
+    let limits = Limits {
+        idle_ms: 1_800_000,
+        lifetime_ms: 86_400_000,
+        max_sessions: LIVE_SESSIONS,
+        bind_identity: false,
+    };
+    let store = Store::new(&shared, limits);
+    let mut probe = Guesser(1);
+    let mut live = Vec::new();
+    for _ in 0..LIVE_SESSIONS {
+        let mut secret = [0u8; SECRET_LEN];
+        getrandom::fill(&mut secret).unwrap();
+        let r = store
+            .reserve(T0, secret, None, &mut || probe.next() as u32)
+            .unwrap();
+        assert!(store.activate(&r.id, T0, None));
+        live.push(r.id);
+    }
+    assert_eq!(
+        store.high_water(),
+        LIVE_SESSIONS,
+        "every slot holds a live session"
+    );
+    let before = snapshot(&shared, LIVE_SESSIONS);
+
+    let mut seed = [0u8; 8];
+    getrandom::fill(&mut seed).unwrap();
+    let seed = u64::from_le_bytes(seed);
+    let mut guesser = Guesser(seed);
+    let now = T0 + 1_000;
+    for n in 0..GUESSES {
+        let target = &live[(guesser.next() % u64::from(LIVE_SESSIONS)) as usize];
+        let guess = SessionId {
+            slot: target.slot,
+            secret: guesser.secret(),
+        };
+        // One guess in a hundred goes through the header text, as a request's would.
+        let parsed = if n % 100 == 0 {
+            SessionId::parse(&guess.encode()).unwrap()
+        } else {
+            guess
+        };
+        assert_eq!(
+            store.lookup(&parsed, now, None),
+            Lookup::NotFound,
+            "guess {n} (seed {seed:#x}) found a session"
+        );
+        if n < DELETE_GUESSES {
+            assert_eq!(
+                store.end(&parsed, now),
+                Ended::NotFound,
+                "guess {n} ended a session"
+            );
+        }
+    }
+
+    assert!(
+        before == snapshot(&shared, LIVE_SESSIONS),
+        "a guess changed the shared data"
+    );
+    for id in &live {
+        assert!(matches!(store.lookup(id, now, None), Lookup::Live(..)));
+    }
+}
