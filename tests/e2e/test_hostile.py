@@ -208,10 +208,46 @@ class Case:
     config: str = "main"  # main | big | identity
 
 
-def body_case(name: str, body: bytes, status: int, code: int, message: str, request_id: Any = None, **kw: Any) -> Case:
-    """A sessionless POST of `body` as application/json."""
-    reason = "missing" if message == MISSING else "body"
-    return Case(name, lambda envoy, _s: post(envoy.url(), content=body), status, code, message, reason, request_id, **kw)
+Send = Callable[[Envoy, str], httpx.Response]
+
+
+def rejected(
+    name: str, send: bytes | Send, status: int, code: int, message: str, request_id: Any = None, config: str = "main"
+) -> Case:
+    """A case: `send` is a sessionless POST body (application/json), or how to send the request."""
+    if isinstance(send, bytes):
+        body = send
+        send = lambda envoy, _s: post(envoy.url(), content=body)  # noqa: E731
+    reasons = {MISSING: "missing", NOT_FOUND: "unknown", VERSION: "version"}
+    return Case(name, send, status, code, message, reasons.get(message, "body"), request_id, config)
+
+
+def not_json(name: str, body: bytes | Send, config: str = "main") -> Case:
+    return rejected(name, body, 400, -32700, PARSE, config=config)
+
+
+def not_json_rpc(name: str, body: bytes, config: str = "main") -> Case:
+    return rejected(name, body, 400, -32600, INVALID, config=config)
+
+
+def no_session(name: str, body: bytes, request_id: Any = None, config: str = "main") -> Case:
+    return rejected(name, body, 400, -32000, MISSING, request_id, config)
+
+
+def in_batch(name: str, body: bytes | Send) -> Case:
+    return rejected(name, body, 400, -32600, BATCH)
+
+
+def over_limit(name: str, body: bytes | Send, limit: int = MAIN_LIMIT, config: str = "main") -> Case:
+    return rejected(name, body, 413, -32000, too_large(limit), config=config)
+
+
+def media_type(name: str, content_type: bytes) -> Case:
+    return rejected(name, with_headers(("content-type", content_type), body=INIT), 415, -32000, MEDIA)
+
+
+def bad_version(name: str, version: bytes) -> Case:
+    return rejected(name, with_headers(*JSON_HEADERS, ("mcp-protocol-version", version)), 400, -32000, VERSION)
 
 
 def session_case(name: str, *values: bytes | Callable[[str], bytes], method: str = "POST") -> Case:
@@ -222,7 +258,7 @@ def session_case(name: str, *values: bytes | Callable[[str], bytes], method: str
         headers = [*JSON_HEADERS, *[("mcp-session-id", v(session) if callable(v) else v) for v in values]]
         return raw_request(envoy, method=method, headers=headers, body=TOOLS_LIST if method == "POST" else None)
 
-    return Case(name, send, 404, -32001, NOT_FOUND, "unknown")
+    return rejected(name, send, 404, -32001, NOT_FOUND)
 
 
 def identity_case(name: str, *values: bytes) -> Case:
@@ -232,92 +268,97 @@ def identity_case(name: str, *values: bytes) -> Case:
         headers = [*JSON_HEADERS, ("mcp-session-id", session), *[("x-user-id", v) for v in values]]
         return raw_request(envoy, headers=headers, body=TOOLS_LIST)
 
-    return Case(name, send, 404, -32001, NOT_FOUND, "unknown", config="identity")
+    return rejected(name, send, 404, -32001, NOT_FOUND, config="identity")
 
 
 def deep(n: int, open_: str = "[", close: str = "]", inner: str = "") -> bytes:
     return (open_ * n + inner + close * n).encode()
 
 
-def chunked(body: bytes, pieces: Callable[[bytes], list[bytes]]) -> Callable[[Envoy, str], httpx.Response]:
+def msg(**fields: Any) -> bytes:
+    """A JSON-RPC 2.0 message with exactly these members (of any type)."""
+    return json.dumps({"jsonrpc": "2.0", **fields}).encode()
+
+
+def chunked(body: bytes, pieces: Callable[[bytes], list[bytes]]) -> Send:
     return lambda envoy, _s: raw_request(envoy, headers=JSON_HEADERS, chunks=pieces(body))
 
 
-def with_headers(*headers: Header, body: bytes = TOOLS_LIST) -> Callable[[Envoy, str], httpx.Response]:
+def with_headers(*headers: Header, body: bytes = TOOLS_LIST) -> Send:
     return lambda envoy, _s: raw_request(envoy, headers=headers, body=body)
 
 
 HUGE_INT = 123456789012345678901234567890
+DEEP = deep(100_000)
 CASES: list[Case] = [
     # Not JSON: 400 -32700.
-    body_case("malformed-open-brace", b"{", 400, -32700, PARSE),
-    body_case("truncated-initialize", INIT[: len(INIT) // 2], 400, -32700, PARSE),
-    body_case("truncated-after-last-byte", INIT[:-1], 400, -32700, PARSE),
-    body_case("trailing-garbage", INIT + b"x", 400, -32700, PARSE),
-    body_case("two-concatenated-messages", INIT + INIT, 400, -32700, PARSE),
-    body_case("empty-body", b"", 400, -32700, PARSE),
-    body_case("whitespace-only", b" \r\n\t ", 400, -32700, PARSE),
-    body_case("single-quotes", b"{'jsonrpc':'2.0','id':1,'method':'initialize'}", 400, -32700, PARSE),
-    body_case("nan-id", b'{"jsonrpc":"2.0","id":NaN,"method":"initialize"}', 400, -32700, PARSE),
-    body_case("comment", b'{"jsonrpc":"2.0", /* c */ "id":1,"method":"initialize"}', 400, -32700, PARSE),
-    body_case("utf8-bom", b"\xef\xbb\xbf" + INIT, 400, -32700, PARSE),
-    body_case("utf16-body", json.dumps(initialize_body()).encode("utf-16"), 400, -32700, PARSE),
-    body_case("non-utf8-bytes", b"\xff\xfe\x00\x01\x80", 400, -32700, PARSE),
-    body_case("non-utf8-in-method", b'{"jsonrpc":"2.0","id":1,"method":"initialize\xff"}', 400, -32700, PARSE),
-    body_case("lone-surrogate-in-method", b'{"jsonrpc":"2.0","id":1,"method":"initialize\\ud800"}', 400, -32700, PARSE),
-    # Valid JSON that serde_json will not hold as a value: answered as not JSON (see the report).
-    body_case("id-1e400", b'{"jsonrpc":"2.0","id":1e400,"method":"tools/list"}', 400, -32700, PARSE),
-    body_case("id-3000-digits", b'{"jsonrpc":"2.0","id":' + b"9" * 3000 + b',"method":"tools/list"}', 400, -32700, PARSE),
+    not_json("malformed-open-brace", b"{"),
+    not_json("truncated-initialize", INIT[: len(INIT) // 2]),
+    not_json("truncated-by-one-byte", INIT[:-1]),
+    not_json("trailing-garbage", INIT + b"x"),
+    not_json("two-concatenated-messages", INIT + INIT),
+    not_json("empty-body", b""),
+    not_json("whitespace-only", b" \r\n\t "),
+    not_json("single-quotes", b"{'jsonrpc':'2.0','id':1,'method':'initialize'}"),
+    not_json("nan-id", b'{"jsonrpc":"2.0","id":NaN,"method":"initialize"}'),
+    not_json("comment", b'{"jsonrpc":"2.0", /* c */ "id":1,"method":"initialize"}'),
+    not_json("utf8-bom", b"\xef\xbb\xbf" + INIT),
+    not_json("utf16-body", json.dumps(initialize_body()).encode("utf-16")),
+    not_json("non-utf8-bytes", b"\xff\xfe\x00\x01\x80"),
+    not_json("non-utf8-in-method", b'{"jsonrpc":"2.0","id":1,"method":"initialize\xff"}'),
+    not_json("lone-surrogate-in-method", b'{"jsonrpc":"2.0","id":1,"method":"initialize\\ud800"}'),
+    # Valid JSON whose id or method serde_json will not hold: answered as not JSON (see the report).
+    not_json("id-1e400", b'{"jsonrpc":"2.0","id":1e400,"method":"tools/list"}'),
+    not_json("id-3000-digits", b'{"jsonrpc":"2.0","id":' + b"9" * 3000 + b',"method":"tools/list"}'),
+    not_json("nested-method-100k", b'{"jsonrpc":"2.0","id":1,"method":' + DEEP + b"}", config="big"),
+    not_json("unclosed-arrays-100k", b"[" * 100_000, config="big"),
     # Wrong types: 400 -32600.
-    body_case("method-number", b'{"jsonrpc":"2.0","id":1,"method":5}', 400, -32600, INVALID),
-    body_case("method-null", b'{"jsonrpc":"2.0","id":1,"method":null}', 400, -32600, INVALID),
-    body_case("method-object", b'{"jsonrpc":"2.0","id":1,"method":{"name":"initialize"}}', 400, -32600, INVALID),
-    body_case("method-array", b'{"jsonrpc":"2.0","id":1,"method":["initialize"]}', 400, -32600, INVALID),
-    body_case("id-object", b'{"jsonrpc":"2.0","id":{"n":1},"method":"initialize"}', 400, -32600, INVALID),
-    body_case("id-array", b'{"jsonrpc":"2.0","id":[1],"method":"initialize"}', 400, -32600, INVALID),
-    body_case("id-bool", b'{"jsonrpc":"2.0","id":true,"method":"initialize"}', 400, -32600, INVALID),
-    body_case("top-level-true", b"true", 400, -32600, INVALID),
-    body_case("empty-object", b"{}", 400, -32600, INVALID),
-    # JSON-RPC, but not an initialize request: 400 -32000, the request's id echoed.
-    body_case("params-string-on-tools-list", b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":"x"}', 400, -32000, MISSING, 1),
-    body_case("id-float", b'{"jsonrpc":"2.0","id":1.5,"method":"tools/list"}', 400, -32000, MISSING, 1.5),
-    body_case("id-huge-integer", b'{"jsonrpc":"2.0","id":%d,"method":"tools/list"}' % HUGE_INT, 400, -32000, MISSING, float(HUGE_INT)),
-    body_case("method-4000-chars", json.dumps(rpc("m" * 4000, 2)).encode(), 400, -32000, MISSING, 2),
-    body_case("id-4000-chars", json.dumps(rpc("tools/list", "i" * 4000)).encode(), 400, -32000, MISSING, "i" * 4000),
-    body_case("duplicate-method-last-wins", b'{"jsonrpc":"2.0","id":3,"method":"initialize","method":"tools/list"}', 400, -32000, MISSING, 3),
-    body_case("initialize-as-notification", b'{"jsonrpc":"2.0","method":"initialize"}', 400, -32000, MISSING),
-    body_case("response-without-session", b'{"jsonrpc":"2.0","id":1,"result":{}}', 400, -32000, MISSING),
+    not_json_rpc("method-number", msg(id=1, method=5)),
+    not_json_rpc("method-null", msg(id=1, method=None)),
+    not_json_rpc("method-object", msg(id=1, method={"name": "initialize"})),
+    not_json_rpc("method-array", msg(id=1, method=["initialize"])),
+    not_json_rpc("id-object", msg(id={"n": 1}, method="initialize")),
+    not_json_rpc("id-array", msg(id=[1], method="initialize")),
+    not_json_rpc("id-bool", msg(id=True, method="initialize")),
+    not_json_rpc("top-level-true", b"true"),
+    not_json_rpc("empty-object", b"{}"),
+    not_json_rpc("nested-arrays-100k", DEEP, config="big"),
+    not_json_rpc("nested-objects-100k", deep(100_000, '{"a":', "}", "1"), config="big"),
+    not_json_rpc("nested-batch-100k", b"[" + DEEP + b"]", config="big"),
+    # JSON-RPC, but no initialize request: 400 -32000, the request's id echoed.
+    no_session("params-string-on-tools-list", msg(id=1, method="tools/list", params="x"), 1),
+    no_session("id-float", msg(id=1.5, method="tools/list"), 1.5),
+    no_session("id-huge-integer", msg(id=HUGE_INT, method="tools/list"), float(HUGE_INT)),
+    no_session("method-4000-chars", msg(id=2, method="m" * 4000), 2),
+    no_session("id-4000-chars", msg(id="i" * 4000, method="tools/list"), "i" * 4000),
+    no_session("duplicate-method-last-wins", b'{"jsonrpc":"2.0","id":3,"method":"initialize","method":"x"}', 3),
+    no_session("initialize-as-notification", msg(method="initialize")),
+    no_session("response-without-session", msg(id=1, result={})),
+    no_session("nested-params-100k", b'{"jsonrpc":"2.0","id":4,"method":"x","params":' + DEEP + b"}", 4, "big"),
+    no_session("string-1000KB", msg(id=5, method="tools/list", params={"s": "z" * 1_000_000}), 5, "big"),
     # Batches.
-    body_case("batch-empty", b"[]", 400, -32600, INVALID),
-    body_case("batch-of-numbers", b"[1,2,3]", 400, -32600, INVALID),
-    body_case("batch-nested", b"[[" + INIT + b"]]", 400, -32600, INVALID),
-    body_case("batch-with-invalid-member", b'[{"jsonrpc":"2.0","method":"notifications/initialized"},5]', 400, -32600, INVALID),
-    body_case("batch-initialize-alone", b"[" + INIT + b"]", 400, -32600, BATCH),
-    body_case("batch-initialize-last", b"[" + TOOLS_LIST + b"," + INIT + b"]", 400, -32600, BATCH),
-    body_case("batch-initialize-notification", b'[{"jsonrpc":"2.0","method":"initialize"}]', 400, -32600, BATCH),
-    body_case("batch-without-initialize", b"[" + TOOLS_LIST + b',{"jsonrpc":"2.0","id":2,"method":"ping"}]', 400, -32000, MISSING),
-    # Deep nesting, under a 1 MiB limit.
-    body_case("nested-arrays-100k", deep(100_000), 400, -32600, INVALID, config="big"),
-    body_case("nested-objects-100k", deep(100_000, '{"a":', "}", "1"), 400, -32600, INVALID, config="big"),
-    body_case("nested-batch-100k", b"[" + deep(100_000) + b"]", 400, -32600, INVALID, config="big"),
-    body_case("unclosed-arrays-100k", b"[" * 100_000, 400, -32700, PARSE, config="big"),
-    body_case("nested-method-100k", b'{"jsonrpc":"2.0","id":1,"method":' + deep(100_000) + b"}", 400, -32700, PARSE, config="big"),
-    body_case("nested-params-100k-on-tools-list", b'{"jsonrpc":"2.0","id":4,"method":"tools/list","params":' + deep(100_000) + b"}", 400, -32000, MISSING, 4, config="big"),
-    body_case("string-1000KB-on-tools-list", json.dumps(rpc("tools/list", 5, {"s": "z" * 1_000_000})).encode(), 400, -32000, MISSING, 5, config="big"),
+    not_json_rpc("batch-empty", b"[]"),
+    not_json_rpc("batch-of-numbers", b"[1,2,3]"),
+    not_json_rpc("batch-nested", b"[[" + INIT + b"]]"),
+    not_json_rpc("batch-with-invalid-member", b"[" + msg(method="notifications/initialized") + b",5]"),
+    in_batch("batch-initialize-alone", b"[" + INIT + b"]"),
+    in_batch("batch-initialize-last", b"[" + TOOLS_LIST + b"," + INIT + b"]"),
+    in_batch("batch-initialize-notification", b"[" + msg(method="initialize") + b"]"),
+    no_session("batch-without-initialize", b"[" + TOOLS_LIST + b"," + msg(id=2, method="ping") + b"]"),
     # Over the limit.
-    body_case("body-limit-plus-one", b" " * (MAIN_LIMIT - len(INIT) + 1) + INIT, 413, -32000, too_large(MAIN_LIMIT)),
-    body_case("body-1MiB", b" " * 2**20, 413, -32000, too_large(MAIN_LIMIT)),
-    body_case("body-1MiB-plus-one", b" " * (BIG_LIMIT + 1 - len(INIT)) + INIT, 413, -32000, too_large(BIG_LIMIT), config="big"),
-    Case("chunked-over-limit", chunked(b" " * (MAIN_LIMIT + 1000) + INIT, lambda b: split_at(b, *range(1000, len(b), 1000))), 413, -32000, too_large(MAIN_LIMIT), "body"),
+    over_limit("body-limit-plus-one", b" " * (MAIN_LIMIT - len(INIT) + 1) + INIT),
+    over_limit("body-1MiB", b" " * 2**20),
+    over_limit("body-1MiB-plus-one", b" " * (BIG_LIMIT + 1 - len(INIT)) + INIT, BIG_LIMIT, "big"),
     # Chunked bodies are read whole before the decision.
-    Case("chunked-one-byte-truncated-initialize", chunked(INIT[:-1], one_byte_chunks), 400, -32700, PARSE, "body"),
-    Case("chunked-split-batch-with-initialize", chunked(b"[" + INIT + b"]", lambda b: split_at(b, 1, 2, len(b) // 2)), 400, -32600, BATCH, "body"),
+    over_limit("chunked-over-limit", chunked(b" " * MAIN_LIMIT + INIT, lambda b: split_at(b, *range(99, len(b), 999)))),
+    not_json("chunked-one-byte-truncated-initialize", chunked(INIT[:-1], one_byte_chunks)),
+    in_batch("chunked-split-batch-with-initialize", chunked(b"[" + INIT + b"]", lambda b: split_at(b, 1, 2, 99))),
     # Content types other than JSON.
-    Case("content-type-empty", with_headers(("content-type", ""), body=INIT), 415, -32000, MEDIA, "body"),
-    Case("content-type-xml", with_headers(("content-type", "application/xml"), body=INIT), 415, -32000, MEDIA, "body"),
-    Case("content-type-event-stream", with_headers(("content-type", "text/event-stream"), body=INIT), 415, -32000, MEDIA, "body"),
-    Case("content-type-json-patch", with_headers(("content-type", "application/json-patch+json"), body=INIT), 415, -32000, MEDIA, "body"),
-    Case("content-type-non-utf8", with_headers(("content-type", b"application/json\xff"), body=INIT), 415, -32000, MEDIA, "body"),
+    media_type("content-type-empty", b""),
+    media_type("content-type-xml", b"application/xml"),
+    media_type("content-type-event-stream", b"text/event-stream"),
+    media_type("content-type-json-patch", b"application/json-patch+json"),
+    media_type("content-type-non-utf8", b"application/json\xff"),
     # Session header values: all the unknown-session 404.
     session_case("session-empty", b""),
     session_case("session-duplicate-bogus-first", b"0" * 40, lambda s: s.encode()),
@@ -333,8 +374,8 @@ CASES: list[Case] = [
     session_case("session-get-8KiB", b"b" * 8192, method="GET"),
     session_case("session-delete-empty", b"", method="DELETE"),
     # Protocol version header.
-    Case("version-8KiB", with_headers(*JSON_HEADERS, ("mcp-protocol-version", "2" * 8192)), 400, -32000, VERSION, "version"),
-    Case("version-non-utf8", with_headers(*JSON_HEADERS, ("mcp-protocol-version", b"2025-11-25\xff")), 400, -32000, VERSION, "version"),
+    bad_version("version-8KiB", b"2" * 8192),
+    bad_version("version-non-utf8", b"2025-11-25\xff"),
     # Another identity's session (identity_header), and identity header oddities.
     identity_case("identity-other-caller", b"mallory"),
     identity_case("identity-absent"),
@@ -464,7 +505,8 @@ def test_identity_is_compared_as_raw_bytes(envoy_for) -> None:
     assert ack.status_code == 202, describe(ack)
 
     def use(value: bytes) -> httpx.Response:
-        return raw_request(envoy, headers=[*JSON_HEADERS, ("mcp-session-id", session), ("x-user-id", value)], body=TOOLS_LIST)
+        headers = [*JSON_HEADERS, ("mcp-session-id", session), ("x-user-id", value)]
+        return raw_request(envoy, headers=headers, body=TOOLS_LIST)
 
     assert use(identity).status_code == 200
     assert use(b"  " + identity + b" ").status_code == 200
@@ -478,10 +520,10 @@ def test_identity_is_compared_as_raw_bytes(envoy_for) -> None:
         # The filter reads only `method` and `id`; the rest is the upstream's to judge.
         ("non-utf8-in-params", b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"x":"\xff"}}', -32700),
         ("params-string", b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":"x"}', -32602),
-        ("nested-params-100k", b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"x":' + deep(100_000) + b"}}", -32700),
+        ("nested-member-100k", INIT[:-1] + b',"deep":' + DEEP + b"}", -32700),
     ],
 )
-def test_initialize_the_upstream_refuses_leaves_no_session(envoy_for, upstream, name: str, body: bytes, code: int) -> None:
+def test_initialize_the_upstream_refuses_leaves_no_session(envoy_for, upstream, name, body: bytes, code: int) -> None:
     """An initialize the filter forwards (its method and id are fine) but the upstream
     refuses: the client gets the upstream's error, and no session exists."""
     envoy = envoy_for("json", BIG_CONFIG)
