@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # `make bench`: what the filter costs against Envoy without it (issue 4); results in
-# BENCHMARKS.md, bench/results.json and bench/results.svg. About 9 minutes on 2 cores.
+# BENCHMARKS.md, bench/results.json and bench/results.svg. 6 to 9 minutes on 2 cores.
 #
 #   bash bench/run.sh [bench.py flags]   the benchmark, e.g. --rounds 1 --duration 1 --skip-memory
 #   bash bench/run.sh profile [flags]    where the time goes: instructions per request and per
-#                                        hostcall under callgrind (bench/profile.py, ~5 minutes)
+#                                        hostcall under callgrind (bench/profile.py, 4-10 minutes)
 #
 # Installs what it needs and is missing: wrk and h2load (nghttp2-client) from Debian, valgrind
 # for the profile; builds the benchmark's own Wasm filters. Expects the venv (make setup) and
