@@ -2,7 +2,7 @@
 WASM := target/wasm32-wasip1/release/mcp_session_filter.wasm
 VENV := .venv
 
-.PHONY: build setup run test unit e2e lint fmt clean
+.PHONY: build setup run test unit e2e lint fuzz-quick fuzz bench bench-profile soak fmt clean
 
 build: $(WASM)
 
@@ -20,8 +20,9 @@ setup:
 run: build
 	bash scripts/run.sh
 
-# Host unit tests, lints, then end-to-end tests through real Envoy.
-test: setup build unit lint e2e
+# Host unit tests, lints, a few seconds of every fuzz target, then end-to-end tests
+# through real Envoy.
+test: setup build unit lint fuzz-quick e2e
 
 unit:
 	cargo test --locked
@@ -33,6 +34,25 @@ lint:
 
 e2e: setup build
 	$(VENV)/bin/python -m pytest tests/e2e -q
+
+# cargo-fuzz targets under fuzz/: 3 s each in `make test`, 120 s each here.
+fuzz-quick:
+	bash scripts/fuzz.sh 3
+
+fuzz:
+	bash scripts/fuzz.sh 120
+
+# The filter's cost against Envoy without it (BENCHMARKS.md); under 10 minutes.
+bench: setup build
+	bash bench/run.sh
+
+# Where the time goes: instructions per request and per hostcall under callgrind.
+bench-profile: setup build
+	bash bench/run.sh profile
+
+# Session churn through Envoy for SOAK_SECONDS (default 180); the heap must stay flat.
+soak: setup build
+	bash scripts/soak.sh
 
 fmt:
 	cargo fmt --all
