@@ -5,13 +5,15 @@
 //! never through the SDK's trait helpers, which panic on unexpected host answers and on
 //! non-UTF-8 header values.
 
+use crate::cache::SessionCache;
 use crate::config::Config;
+use crate::headers::{self, Header};
 use crate::message::{json_outcome, Outcome, SseScanner};
 use crate::metrics::{self, Event};
 use crate::policy::{
     self, HeadVerdict, RequestHead, SessionVerdict, SessionlessBody, UninitializedBody,
 };
-use crate::record::MAX_UPSTREAM_ID;
+use crate::record::{Record, MAX_UPSTREAM_ID};
 use crate::rejection::{Reason, Rejection};
 use crate::session_id::{SessionId, SECRET_LEN};
 use crate::store::{Ended, Limits, Lookup, SharedData, Store, WriteError};
@@ -20,7 +22,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use serde_json::Value;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -30,6 +32,8 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 const EXPOSE_HEADER: &str = "access-control-expose-headers";
 /// How often each worker's root context considers a sweep step.
 const TICK: Duration = Duration::from_millis(1000);
+/// Sessions each worker remembers having validated (src/cache.rs).
+const CACHE_CAPACITY: usize = 4096;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -58,6 +62,7 @@ impl SharedData for HostShared {
 struct Metrics {
     counters: HashMap<Event, u32>,
     live: Option<u32>,
+    epoch: Option<u32>,
 }
 
 impl Metrics {
@@ -78,7 +83,25 @@ impl Metrics {
             define(Event::Rejected(reason), &metrics::rejected(reason));
         }
         let live = hostcalls::define_metric(MetricType::Gauge, metrics::LIVE).ok();
-        Metrics { counters, live }
+        let epoch = hostcalls::define_metric(MetricType::Counter, metrics::EPOCH).ok();
+        // A new configuration moves the epoch, so a counter that still reads 0 afterwards is
+        // one Envoy does not keep (a stats matcher rejected it): the cache stays off then.
+        if let Some(id) = epoch {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+        Metrics {
+            counters,
+            live,
+            epoch,
+        }
+    }
+
+    /// The epoch (see src/cache.rs), or `None` when it cannot be trusted.
+    fn epoch(&self) -> Option<u64> {
+        let mut value: u64 = 0;
+        // SAFETY: the host writes one u64 through the pointer, which outlives the call.
+        let status = unsafe { proxy_get_metric(self.epoch?, &mut value) };
+        (status == 0 && value > 0).then_some(value)
     }
 
     fn count(&self, event: Event, n: u32) {
@@ -97,6 +120,10 @@ impl Metrics {
         if let (Some(id), true) = (self.live, delta != 0) {
             let _ = hostcalls::increment_metric(id, delta);
         }
+        // Announce every end before the request that caused it is answered.
+        if let (Some(id), true) = (self.epoch, delta < 0) {
+            let _ = hostcalls::increment_metric(id, -delta);
+        }
     }
 }
 
@@ -107,6 +134,8 @@ struct Plugin {
     metrics: Metrics,
     /// xorshift state for probe positions (not for secrets: those come from the CSPRNG).
     probe_state: Cell<u64>,
+    /// Sessions this worker validated a moment ago.
+    cache: RefCell<SessionCache>,
 }
 
 impl Plugin {
@@ -180,6 +209,7 @@ impl RootContext for Root {
             limits,
             metrics: Metrics::define(),
             probe_state: Cell::new(u64::from_le_bytes(seed) | 1),
+            cache: RefCell::new(SessionCache::new(CACHE_CAPACITY)),
         }));
         if let Err(status) = hostcalls::set_tick_period(TICK) {
             warn!("cannot set the sweep tick: {status:?}");
@@ -276,30 +306,31 @@ impl HttpContext for Stream {
         if request_header("x-mcp-session-filter-trap").is_some() {
             core::arch::wasm32::unreachable();
         }
-        let method = request_header(":method").unwrap_or_default();
-        let path = if cfg.paths.is_some() {
-            request_header(":path").unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let session_id = request_header(SESSION_HEADER);
-        let protocol_version = request_header(VERSION_HEADER);
-        let content_type = if method == "POST" && session_id.is_none() {
-            request_header("content-type")
-        } else {
-            None
-        };
-        if let Some(name) = &cfg.identity_header {
-            self.identity = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-                .ok()
-                .flatten();
-        }
+        // All the headers in one hostcall; each one read alone would cost a VM crossing.
+        let map = header_map(MapType::HttpRequestHeaders);
+        let identity_name = cfg.identity_header.as_deref().unwrap_or("");
+        let [method, path, session_id, protocol_version, content_type, identity] = headers::scan(
+            &map,
+            [
+                ":method",
+                ":path",
+                SESSION_HEADER,
+                VERSION_HEADER,
+                "content-type",
+                identity_name,
+            ],
+        )
+        .unwrap_or_default();
+        self.identity = identity.value.map(<[u8]>::to_vec);
+        let method = method.text().unwrap_or_default();
         let head = RequestHead {
-            method: &method,
-            path: &path,
-            session_id: session_id.as_deref(),
-            protocol_version: protocol_version.as_deref(),
-            content_type: content_type.as_deref(),
+            method,
+            path: path.text().unwrap_or_default(),
+            session_id: session_id.text(),
+            protocol_version: protocol_version.text(),
+            content_type: content_type.text(),
+            session_id_repeated: session_id.repeated(),
+            identity_repeated: identity.repeated(),
         };
         match policy::on_request_headers(cfg, &head) {
             HeadVerdict::Ignore => Action::Continue,
@@ -317,7 +348,7 @@ impl HttpContext for Stream {
                 }
                 Action::Continue
             }
-            HeadVerdict::Session { id } => self.on_session_headers(&method, id, end_of_stream),
+            HeadVerdict::Session { id } => self.on_session_headers(method, id, end_of_stream),
         }
     }
 
@@ -357,10 +388,12 @@ impl HttpContext for Stream {
         let status = response_status();
         if self.mark_initialized && (200..300).contains(&status) {
             self.plugin.store().mark_initialized(&id, now_ms());
+            self.forget(&id);
         }
         if self.mapped {
             if status == 404 {
                 // The upstream lost its session: ours is useless now.
+                self.forget(&id);
                 if let Ended::Ended(_) = self.plugin.store().end(&id, now_ms()) {
                     self.plugin.metrics.count(Event::Terminated, 1);
                     info!("session {} ended: the upstream answered 404", id.short());
@@ -436,18 +469,10 @@ impl Stream {
 
     fn on_session_headers(&mut self, method: &str, id: SessionId, end_of_stream: bool) -> Action {
         let plugin = Rc::clone(&self.plugin);
-        let store = plugin.store();
         let now = now_ms();
-        let (record, cas) = match store.lookup(&id, now, self.identity.as_deref()) {
-            Lookup::Live(record, cas) => (record, cas),
-            Lookup::Expired => {
-                plugin.metrics.count(Event::Expired, 1);
-                info!("session {} expired", id.short());
-                return self.reply(&Rejection::session_not_found());
-            }
-            Lookup::NotFound => return self.reply(&Rejection::session_not_found()),
+        let Some(record) = self.find_session(&id, now) else {
+            return Action::Pause; // answered
         };
-        store.touch(&id, &record, cas, now);
         self.session = Some(id);
         self.mapped = record.upstream_id.is_some();
         if let Some(upstream) = &record.upstream_id {
@@ -462,28 +487,88 @@ impl Stream {
                 }
                 Action::Continue
             }
-            SessionVerdict::End => match store.end(&id, now) {
-                Ended::Ended(record) => {
-                    plugin.metrics.count(Event::Terminated, 1);
-                    info!("session {} ended by the client", id.short());
-                    if record.upstream_id.is_some() {
-                        // The upstream ends its own session; its answer goes to the client,
-                        // with the upstream's ID replaced like on every mapped response.
-                        Action::Continue
-                    } else {
-                        self.phase = Phase::Replied;
-                        if let Err(status) = hostcalls::send_http_response(204, vec![], None) {
-                            error!("cannot send local reply: {status:?}");
-                        }
-                        Action::Pause
+            SessionVerdict::End => {
+                self.forget(&id);
+                self.end_session(&id, now)
+            }
+        }
+    }
+
+    /// DELETE on a live session: ends it for every worker and answers (or lets the upstream
+    /// answer, for a mapped session).
+    fn end_session(&mut self, id: &SessionId, now: u64) -> Action {
+        let plugin = Rc::clone(&self.plugin);
+        match plugin.store().end(id, now) {
+            Ended::Ended(record) => {
+                plugin.metrics.count(Event::Terminated, 1);
+                info!("session {} ended by the client", id.short());
+                if record.upstream_id.is_some() {
+                    // The upstream ends its own session; its answer goes to the client,
+                    // with the upstream's ID replaced like on every mapped response.
+                    Action::Continue
+                } else {
+                    self.phase = Phase::Replied;
+                    if let Err(status) = hostcalls::send_http_response(204, vec![], None) {
+                        error!("cannot send local reply: {status:?}");
                     }
+                    Action::Pause
                 }
-                Ended::Expired => {
-                    plugin.metrics.count(Event::Expired, 1);
-                    self.reply(&Rejection::session_not_found())
+            }
+            Ended::Expired => {
+                plugin.metrics.count(Event::Expired, 1);
+                self.reply(&Rejection::session_not_found())
+            }
+            Ended::NotFound => self.reply(&Rejection::session_not_found()),
+        }
+    }
+
+    /// The live record of session `id` for this caller: from the worker's cache when it may
+    /// serve (src/cache.rs), else from the store, whose idle clock it restarts. `None` when the
+    /// request was refused (404).
+    fn find_session(&mut self, id: &SessionId, now: u64) -> Option<Record> {
+        let plugin = Rc::clone(&self.plugin);
+        let identity = self.identity.as_deref();
+        // The epoch is read before the store, so an end between the two empties the cache.
+        let epoch = plugin.metrics.epoch();
+        let mut cache = plugin.cache.try_borrow_mut().ok();
+        if let (Some(epoch), Some(cache)) = (epoch, cache.as_mut()) {
+            if let Some(record) = cache.get(epoch, id, identity, now, &plugin.limits) {
+                return Some(record.clone());
+            }
+        }
+        let store = plugin.store();
+        match store.lookup(id, now, identity) {
+            Lookup::Live(mut record, cas) => {
+                if store.touch(id, &record, cas, now) {
+                    record.last_seen_ms = now;
                 }
-                Ended::NotFound => self.reply(&Rejection::session_not_found()),
-            },
+                // Only a record no request can change but by ending it: `initialized` is the
+                // one field a live session's record still changes in (without an end).
+                let settled = record.initialized || !plugin.config.enforce_initialized;
+                if let (Some(epoch), Some(cache), true) = (epoch, cache.as_mut(), settled) {
+                    cache.put(epoch, id.slot, record.clone());
+                }
+                Some(record)
+            }
+            Lookup::Expired => {
+                drop(cache);
+                plugin.metrics.count(Event::Expired, 1);
+                info!("session {} expired", id.short());
+                self.reply(&Rejection::session_not_found());
+                None
+            }
+            Lookup::NotFound => {
+                drop(cache);
+                self.reply(&Rejection::session_not_found());
+                None
+            }
+        }
+    }
+
+    /// Drops this worker's cached view of a session it changed or ended.
+    fn forget(&self, id: &SessionId) {
+        if let Ok(mut cache) = self.plugin.cache.try_borrow_mut() {
+            cache.forget(id.slot);
         }
     }
 
@@ -538,8 +623,14 @@ impl Stream {
     }
 
     fn on_initialize_response(&mut self, end_of_stream: bool) {
-        let status = response_status();
-        let upstream_id = response_header(SESSION_HEADER);
+        let map = header_map(MapType::HttpResponseHeaders);
+        let [status, upstream_id, expose, content_type] = headers::scan(
+            &map,
+            [":status", SESSION_HEADER, EXPOSE_HEADER, "content-type"],
+        )
+        .unwrap_or_default();
+        let status = parse_status(status);
+        let upstream_id = upstream_id.text().map(str::to_owned);
         let Some(init) = &mut self.initialize else {
             return;
         };
@@ -561,15 +652,14 @@ impl Stream {
         }
         init.upstream_id = upstream_id;
         set_response_header(SESSION_HEADER, Some(&init.id.encode()));
-        let expose = response_header(EXPOSE_HEADER);
-        match expose {
+        match expose.text() {
             Some(list) if list.to_ascii_lowercase().contains(SESSION_HEADER) => {}
             Some(list) if !list.trim().is_empty() => {
                 set_response_header(EXPOSE_HEADER, Some(&format!("{list}, {SESSION_HEADER}")))
             }
             _ => set_response_header(EXPOSE_HEADER, Some(SESSION_HEADER)),
         }
-        let content_type = response_header("content-type").unwrap_or_default();
+        let content_type = content_type.text().unwrap_or_default();
         init.answer = if content_type
             .to_ascii_lowercase()
             .starts_with("text/event-stream")
@@ -626,29 +716,54 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A request header as text; invalid UTF-8 becomes U+FFFD, which no check accepts.
-fn request_header(name: &str) -> Option<String> {
-    header(MapType::HttpRequestHeaders, name)
-}
-
-fn response_header(name: &str) -> Option<String> {
-    header(MapType::HttpResponseHeaders, name)
-}
-
-fn header(map: MapType, name: &str) -> Option<String> {
-    hostcalls::get_map_value_bytes(map, name)
+#[cfg(feature = "fault-injection")]
+fn request_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
         .ok()
         .flatten()
-        .map(|bytes| match String::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-        })
 }
 
 fn response_status() -> u32 {
-    response_header(":status")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+        .ok()
+        .flatten();
+    parse_status(Header {
+        value: status.as_deref(),
+        count: 1,
+    })
+}
+
+fn parse_status(status: Header<'_>) -> u32 {
+    status.text().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// A whole header map as the host serializes it (see [`headers::scan`]), in one hostcall.
+fn header_map(map: MapType) -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: on success the host hands over `size` bytes it allocated through this module's
+    // `proxy_on_memory_allocate` (the SDK's, which allocates a `Vec<u8>` of that capacity), so
+    // the buffer is ours to own and free as that `Vec`; this is what the SDK's own
+    // `get_map_bytes` does, without its conversion of every pair into owned strings.
+    unsafe {
+        if proxy_get_header_map_pairs(map as u32, &mut data, &mut size) != 0 || data.is_null() {
+            return Vec::new();
+        }
+        Vec::from_raw_parts(data, size, size)
+    }
+}
+
+// Two calls of the proxy-wasm ABI declared here rather than taken from the SDK: its wrappers
+// copy every header into owned strings (`get_map_bytes`) or panic on a status they do not
+// expect (`get_metric`).
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> u32;
 }
 
 fn set_request_header(name: &str, value: &str) {

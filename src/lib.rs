@@ -15,7 +15,9 @@
     )
 )]
 
+pub mod cache;
 pub mod config;
+pub mod headers;
 pub mod message;
 pub mod metrics;
 pub mod policy;

@@ -13,6 +13,10 @@ pub const EXPIRED: &str = "mcp_session.expired";
 pub const PASSTHROUGH_SESSIONLESS: &str = "mcp_session.passthrough.sessionless";
 /// Gauge: live sessions in this Envoy.
 pub const LIVE: &str = "mcp_session.live";
+/// Counter that moves whenever a session ends anywhere in this Envoy (and when a filter
+/// configuration starts): the workers read it to know whether the sessions they validated a
+/// moment ago may still be served without reading the store (src/cache.rs).
+pub const EPOCH: &str = "mcp_session.epoch";
 
 /// The counter name for a rejection reason.
 pub fn rejected(reason: Reason) -> String {

@@ -25,6 +25,10 @@ pub struct RequestHead<'a> {
     pub protocol_version: Option<&'a str>,
     /// `content-type`.
     pub content_type: Option<&'a str>,
+    /// `mcp-session-id` appears more than once.
+    pub session_id_repeated: bool,
+    /// The configured identity header appears more than once.
+    pub identity_repeated: bool,
 }
 
 /// The decision on a request's headers.
@@ -61,6 +65,12 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> HeadVerdict {
     }
     if method == HttpMethod::Delete && !cfg.allow_delete {
         return HeadVerdict::Reject(Rejection::delete_not_allowed());
+    }
+    if head.session_id_repeated {
+        return HeadVerdict::Reject(Rejection::repeated_header("Mcp-Session-Id"));
+    }
+    if let (true, Some(name)) = (head.identity_repeated, &cfg.identity_header) {
+        return HeadVerdict::Reject(Rejection::repeated_header(name));
     }
     match head.session_id {
         None => match method {
@@ -218,7 +228,51 @@ mod tests {
             session_id: session,
             protocol_version: version,
             content_type: Some("application/json"),
+            session_id_repeated: false,
+            identity_repeated: false,
         }
+    }
+
+    #[test]
+    fn a_repeated_session_or_identity_header_is_refused_before_any_lookup() {
+        let plain = cfg("{}");
+        let bound = cfg(r#"{"identity_header":"X-User"}"#);
+        let mut h = head("POST", Some(ID), None);
+        h.session_id_repeated = true;
+        let got = on_request_headers(&plain, &h);
+        assert_eq!(reason(&got), Some((400, Reason::Header)));
+        let HeadVerdict::Reject(r) = got else {
+            unreachable!()
+        };
+        assert_eq!(
+            r.message,
+            "Bad Request: Mcp-Session-Id header must be a single value"
+        );
+
+        let mut h = head("POST", None, None);
+        h.identity_repeated = true;
+        assert_eq!(
+            on_request_headers(&plain, &h),
+            HeadVerdict::ReadSessionlessBody,
+            "no identity header configured: its repeats are not the filter's business"
+        );
+        let got = on_request_headers(&bound, &h);
+        assert_eq!(reason(&got), Some((400, Reason::Header)));
+        let HeadVerdict::Reject(r) = got else {
+            unreachable!()
+        };
+        assert_eq!(
+            r.message,
+            "Bad Request: x-user header must be a single value"
+        );
+
+        let mut h = head("POST", Some(ID), Some("2026-07-28"));
+        h.session_id_repeated = true;
+        assert_eq!(
+            on_request_headers(&plain, &h),
+            HeadVerdict::Sessionless,
+            "the sessionless era passes untouched"
+        );
     }
 
     fn reason(v: &HeadVerdict) -> Option<(u32, Reason)> {

@@ -137,6 +137,19 @@ impl Record {
     pub fn secret_matches(&self, secret: &[u8; SECRET_LEN]) -> bool {
         constant_time_eq(&self.secret, secret)
     }
+
+    /// Whether a caller presenting the identity header value `identity` may use the session.
+    /// `bind`: identity binding is on (otherwise everyone may). A record made before binding
+    /// was switched on has no digest and matches no one.
+    pub fn identity_matches(&self, bind: bool, identity: Option<&[u8]>) -> bool {
+        if !bind {
+            return true;
+        }
+        match &self.identity {
+            Some(have) => constant_time_eq(have, &identity_digest(&self.secret, identity)),
+            None => false,
+        }
+    }
 }
 
 /// Digest of an identity header value, salted with the session secret so equal identities

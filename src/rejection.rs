@@ -23,11 +23,13 @@ pub enum Reason {
     Body,
     /// DELETE while `allow_delete` is false.
     Method,
+    /// A header that must appear once (`Mcp-Session-Id`, the identity header) appears twice.
+    Header,
 }
 
 impl Reason {
     /// Every reason, for defining the counters.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Missing,
         Reason::Unknown,
         Reason::Capacity,
@@ -35,6 +37,7 @@ impl Reason {
         Reason::Lifecycle,
         Reason::Body,
         Reason::Method,
+        Reason::Header,
     ];
 
     /// The last part of the counter's name.
@@ -47,6 +50,7 @@ impl Reason {
             Reason::Lifecycle => "lifecycle",
             Reason::Body => "body",
             Reason::Method => "method",
+            Reason::Header => "header",
         }
     }
 }
@@ -105,6 +109,17 @@ impl Rejection {
             code::BAD_REQUEST,
             "Bad Request: Mcp-Session-Id header is required",
             Reason::Missing,
+        )
+    }
+
+    /// 400: a header the filter decides on appears more than once, so the filter and the
+    /// upstream could read different values. `name` is how the header is spelled in the message.
+    pub fn repeated_header(name: &str) -> Rejection {
+        Rejection::new(
+            400,
+            code::BAD_REQUEST,
+            format!("Bad Request: {name} header must be a single value"),
+            Reason::Header,
         )
     }
 

@@ -21,6 +21,8 @@ struct Head {
     session_id: Option<String>,
     protocol_version: Option<String>,
     content_type: Option<String>,
+    session_id_repeated: bool,
+    identity_repeated: bool,
 }
 
 fuzz_target!(|h: Head| {
@@ -32,8 +34,11 @@ fuzz_target!(|h: Head| {
         session_id: h.session_id.as_deref(),
         protocol_version: h.protocol_version.as_deref(),
         content_type: h.content_type.as_deref(),
+        session_id_repeated: h.session_id_repeated,
+        identity_repeated: h.identity_repeated,
     };
     if let HeadVerdict::Session { id } = on_request_headers(&cfg, &head) {
         assert_eq!(Some(id.encode().as_str()), h.session_id.as_deref());
+        assert!(!h.session_id_repeated, "a repeated session header is never a session");
     }
 });

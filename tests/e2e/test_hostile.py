@@ -59,6 +59,8 @@ BATCH = "Invalid Request: initialize must not be part of a JSON-RPC batch"
 MISSING = "Bad Request: Mcp-Session-Id header is required"
 NOT_FOUND = "Session not found"
 MEDIA = "Unsupported Media Type: Content-Type must be application/json"
+REPEATED_SESSION = "Bad Request: Mcp-Session-Id header must be a single value"
+REPEATED_IDENTITY = "Bad Request: x-user-id header must be a single value"
 VERSION = "Bad Request: Unsupported protocol version (supported versions: 2025-03-26, 2025-06-18, 2025-11-25)"
 
 
@@ -218,7 +220,13 @@ def rejected(
     if isinstance(send, bytes):
         body = send
         send = lambda envoy, _s: post(envoy.url(), content=body)  # noqa: E731
-    reasons = {MISSING: "missing", NOT_FOUND: "unknown", VERSION: "version"}
+    reasons = {
+        MISSING: "missing",
+        NOT_FOUND: "unknown",
+        VERSION: "version",
+        REPEATED_SESSION: "header",
+        REPEATED_IDENTITY: "header",
+    }
     return Case(name, send, status, code, message, reasons.get(message, "body"), request_id, config)
 
 
@@ -252,22 +260,27 @@ def bad_version(name: str, version: bytes) -> Case:
 
 def session_case(name: str, *values: bytes | Callable[[str], bytes], method: str = "POST") -> Case:
     """A request with these `mcp-session-id` headers (bytes, or derived from the live
-    session), sent raw."""
+    session), sent raw: one header is the 404 of an unusable session, two are a 400."""
 
     def send(envoy: Envoy, session: str) -> httpx.Response:
         headers = [*JSON_HEADERS, *[("mcp-session-id", v(session) if callable(v) else v) for v in values]]
         return raw_request(envoy, method=method, headers=headers, body=TOOLS_LIST if method == "POST" else None)
 
+    if len(values) > 1:
+        return rejected(name, send, 400, -32000, REPEATED_SESSION)
     return rejected(name, send, 404, -32001, NOT_FOUND)
 
 
 def identity_case(name: str, *values: bytes) -> Case:
-    """The owner's live session used with these identity headers instead of the owner's."""
+    """The owner's live session used with these identity headers instead of the owner's: one
+    header is the 404 of another caller's session, two are a 400."""
 
     def send(envoy: Envoy, session: str) -> httpx.Response:
         headers = [*JSON_HEADERS, ("mcp-session-id", session), *[("x-user-id", v) for v in values]]
         return raw_request(envoy, headers=headers, body=TOOLS_LIST)
 
+    if len(values) > 1:
+        return rejected(name, send, 400, -32000, REPEATED_IDENTITY, config="identity")
     return rejected(name, send, 404, -32001, NOT_FOUND, config="identity")
 
 
@@ -362,6 +375,9 @@ CASES: list[Case] = [
     # Session header values: all the unknown-session 404.
     session_case("session-empty", b""),
     session_case("session-duplicate-bogus-first", b"0" * 40, lambda s: s.encode()),
+    session_case("session-duplicate-live-first", lambda s: s.encode(), b"0" * 40),
+    session_case("session-duplicate-same-live-id", lambda s: s.encode(), lambda s: s.encode()),
+    session_case("session-delete-duplicate", lambda s: s.encode(), lambda s: s.encode(), method="DELETE"),
     session_case("session-two-ids-comma-joined", lambda s: f"{s}, {s}".encode()),
     session_case("session-8KiB", b"a" * 8192),
     session_case("session-8KiB-starting-with-a-live-id", lambda s: s.encode() + b"0" * (8192 - 40)),
@@ -380,6 +396,8 @@ CASES: list[Case] = [
     identity_case("identity-other-caller", b"mallory"),
     identity_case("identity-absent"),
     identity_case("identity-duplicate-other-first", b"mallory", OWNER.encode()),
+    identity_case("identity-duplicate-owner-first", OWNER.encode(), b"mallory"),
+    identity_case("identity-duplicate-owner-twice", OWNER.encode(), OWNER.encode()),
     identity_case("identity-owner-with-non-utf8-suffix", OWNER.encode() + b"\xff"),
     identity_case("identity-8KiB", b"a" * 8192),
 ]
@@ -450,26 +468,32 @@ def test_chunked_initialize_split_at_every_boundary(envoy) -> None:
                 assert cleanup.delete(envoy.url(), headers={"mcp-session-id": session}).status_code == 204
 
 
-def test_duplicate_session_headers_first_value_wins(envoy, upstream) -> None:
-    """Envoy's header map gives the filter the first `mcp-session-id`: a live ID first is
-    served (the upstream gets both headers), a bogus one first is the 404."""
+def test_repeated_session_header_never_reaches_the_upstream_or_ends_a_session(envoy, upstream) -> None:
+    """Two `mcp-session-id` headers could name two sessions (the filter would check one, the
+    upstream read another): refused whatever their order, before any lookup. Regression: the
+    filter used to check the first and forward both, joined, to the upstream."""
     session = live_session(envoy)
-    tag = new_tag()
-    served = raw_request(
-        envoy,
-        headers=[*JSON_HEADERS, ("mcp-session-id", session), ("mcp-session-id", "0" * 40), (TAG_HEADER, tag)],
-        body=TOOLS_LIST,
-    )
-    assert served.status_code == 200, describe(served)
-    (seen,) = upstream.requests(tag)
-    assert seen["headers"]["mcp-session-id"] == f"{session}, {'0' * 40}"
-
-    with expect_stats(envoy, {"rejected.unknown": 1}):
-        refused = raw_request(
-            envoy, headers=[*JSON_HEADERS, ("mcp-session-id", "0" * 40), ("mcp-session-id", session)], body=TOOLS_LIST
-        )
-    assert_rejection(refused, 404, -32001, NOT_FOUND)
+    for values in ([session, "0" * 40], ["0" * 40, session], [session, session]):
+        for method in ("POST", "GET", "DELETE"):
+            tag = new_tag()
+            with expect_stats(envoy, {"rejected.header": 1}):
+                response = raw_request(
+                    envoy,
+                    method=method,
+                    headers=[*JSON_HEADERS, *[("mcp-session-id", v) for v in values], (TAG_HEADER, tag)],
+                    body=TOOLS_LIST if method == "POST" else None,
+                )
+            assert_rejection(response, 400, -32000, REPEATED_SESSION)
+            assert upstream.requests(tag) == [], f"{method} {values}: reached the upstream"
     assert_still_serves(envoy, session)
+
+
+def test_repeated_identity_header_on_initialize_is_refused(envoy_named) -> None:
+    envoy = envoy_named("identity")
+    body = json.dumps(initialize_body(clientInfo={"name": "c", "version": "1"})).encode()
+    with expect_stats(envoy, {"rejected.header": 1}):
+        response = raw_request(envoy, headers=[*JSON_HEADERS, ("x-user-id", OWNER), ("x-user-id", "mallory")], body=body)
+    assert_rejection(response, 400, -32000, REPEATED_IDENTITY)
 
 
 def test_whitespace_around_the_session_id_is_trimmed_by_envoy(envoy) -> None:

@@ -66,3 +66,16 @@ def test_enforce_initialized_false_lets_requests_through(envoy_for) -> None:
     response = post(envoy.url(), tool_call("add", {"a": 1, "b": 2}), session=session)
     assert response.status_code == 200, describe(response)
     assert first_message(response)["result"]["structuredContent"] == {"result": 3}
+
+
+def test_every_worker_sees_the_handshake_finish_after_serving_the_session_before_it(envoy) -> None:
+    """Regression: a worker that validated the session before `notifications/initialized` (a
+    ping here) kept that view in its cache and refused the next requests with 400."""
+    session = open_session(envoy.url(), initialized=False)
+    for n in range(8):  # fresh connections: every worker serves one before the notification
+        assert post(envoy.url(), rpc("ping", n), session=session).status_code == 200
+    ack = post(envoy.url(), INITIALIZED, session=session, protocol_version=PROTOCOL_VERSION)
+    assert ack.status_code == 202, describe(ack)
+    for n in range(8):
+        response = post(envoy.url(), rpc("tools/list", n), session=session)
+        assert response.status_code == 200, describe(response)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from harness import open_session, post, request, rpc
+
 COUNTERS = [
     "created",
     "terminated",
@@ -13,7 +15,9 @@ COUNTERS = [
     "rejected.lifecycle",
     "rejected.body",
     "rejected.method",
+    "rejected.header",
     "passthrough.sessionless",
+    "epoch",
 ]
 GAUGES = ["live"]
 
@@ -32,3 +36,15 @@ def test_stat_types(envoy) -> None:
     for name in COUNTERS:
         assert types.get("mcp_session_" + name.replace(".", "_")) == "counter", name
     assert types.get("mcp_session_live") == "gauge"
+
+
+def test_the_epoch_moves_with_every_end_and_only_then(envoy) -> None:
+    """Workers serve sessions they validated a moment ago without reading the store only while
+    `epoch` has not moved: every end (DELETE here) must move it before the answer."""
+    before = envoy.stats()["epoch"]
+    assert before > 0, "bumped when the configuration started"
+    session = open_session(envoy.url())
+    assert post(envoy.url(), rpc("tools/list", 2), session=session).status_code == 200
+    assert envoy.stats()["epoch"] == before
+    assert request("DELETE", envoy.url(), session=session).status_code == 204
+    assert envoy.stats()["epoch"] == before + 1
