@@ -309,18 +309,17 @@ impl HttpContext for Stream {
         // All the headers in one hostcall; each one read alone would cost a VM crossing.
         let map = header_map(MapType::HttpRequestHeaders);
         let identity_name = cfg.identity_header.as_deref().unwrap_or("");
-        let [method, path, session_id, protocol_version, content_type, identity] = headers::scan(
-            &map,
-            [
-                ":method",
-                ":path",
-                SESSION_HEADER,
-                VERSION_HEADER,
-                "content-type",
-                identity_name,
-            ],
-        )
-        .unwrap_or_default();
+        let wanted = [
+            ":method",
+            ":path",
+            SESSION_HEADER,
+            VERSION_HEADER,
+            "content-type",
+            "content-length",
+            identity_name,
+        ];
+        let [method, path, session_id, protocol_version, content_type, content_length, identity] =
+            headers::scan(&map, wanted).unwrap_or_default();
         self.identity = identity.value.map(<[u8]>::to_vec);
         let method = method.text().unwrap_or_default();
         let head = RequestHead {
@@ -329,6 +328,7 @@ impl HttpContext for Stream {
             session_id: session_id.text(),
             protocol_version: protocol_version.text(),
             content_type: content_type.text(),
+            content_length: content_length.text(),
             session_id_repeated: session_id.repeated(),
             identity_repeated: identity.repeated(),
         };

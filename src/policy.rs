@@ -25,6 +25,8 @@ pub struct RequestHead<'a> {
     pub protocol_version: Option<&'a str>,
     /// `content-type`.
     pub content_type: Option<&'a str>,
+    /// `content-length`.
+    pub content_length: Option<&'a str>,
     /// `mcp-session-id` appears more than once.
     pub session_id_repeated: bool,
     /// The configured identity header appears more than once.
@@ -74,6 +76,11 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> HeadVerdict {
     }
     match head.session_id {
         None => match method {
+            // Refused on its declared length before anything goes upstream: the headers of a
+            // body the filter reads are forwarded at once, and the upstream could answer them.
+            HttpMethod::Post if declares_more_than(head.content_length, cfg.max_body_bytes) => {
+                HeadVerdict::Reject(Rejection::body_too_large(cfg.max_body_bytes))
+            }
             HttpMethod::Post if is_json(head.content_type) => HeadVerdict::ReadSessionlessBody,
             HttpMethod::Post => HeadVerdict::Reject(Rejection::unsupported_media_type()),
             _ => HeadVerdict::Reject(Rejection::missing_session()),
@@ -83,6 +90,14 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> HeadVerdict {
             None => HeadVerdict::Reject(Rejection::session_not_found()),
         },
     }
+}
+
+/// Whether a `content-length` value declares more than `limit` bytes. A value that is not a
+/// number is Envoy's to refuse (it does, before any filter runs); here it declares nothing.
+fn declares_more_than(content_length: Option<&str>, limit: usize) -> bool {
+    content_length
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
 }
 
 /// The decision on a request for a live session the caller may use.
@@ -228,9 +243,42 @@ mod tests {
             session_id: session,
             protocol_version: version,
             content_type: Some("application/json"),
+            content_length: None,
             session_id_repeated: false,
             identity_repeated: false,
         }
+    }
+
+    #[test]
+    fn a_declared_length_over_the_limit_is_refused_on_the_headers() {
+        let c = cfg(r#"{"max_body_bytes": 100}"#);
+        for (length, want) in [
+            (Some("101"), Err((413, Reason::Body))),
+            (Some("100"), Ok(HeadVerdict::ReadSessionlessBody)),
+            (
+                Some("99999999999999999999999"),
+                Ok(HeadVerdict::ReadSessionlessBody),
+            ),
+            (Some("x"), Ok(HeadVerdict::ReadSessionlessBody)),
+            (None, Ok(HeadVerdict::ReadSessionlessBody)),
+        ] {
+            let mut h = head("POST", None, None);
+            h.content_length = length;
+            let got = on_request_headers(&c, &h);
+            match want {
+                Ok(v) => assert_eq!(got, v, "{length:?}"),
+                Err(r) => assert_eq!(reason(&got), Some(r), "{length:?}"),
+            }
+        }
+        let mut on_session = head("POST", Some(ID), None);
+        on_session.content_length = Some("101");
+        assert!(
+            matches!(
+                on_request_headers(&c, &on_session),
+                HeadVerdict::Session { .. }
+            ),
+            "bodies on a session are not read, so not limited"
+        );
     }
 
     #[test]

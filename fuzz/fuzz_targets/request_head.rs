@@ -21,6 +21,7 @@ struct Head {
     session_id: Option<String>,
     protocol_version: Option<String>,
     content_type: Option<String>,
+    content_length: Option<String>,
     session_id_repeated: bool,
     identity_repeated: bool,
 }
@@ -34,6 +35,7 @@ fuzz_target!(|h: Head| {
         session_id: h.session_id.as_deref(),
         protocol_version: h.protocol_version.as_deref(),
         content_type: h.content_type.as_deref(),
+        content_length: h.content_length.as_deref(),
         session_id_repeated: h.session_id_repeated,
         identity_repeated: h.identity_repeated,
     };

@@ -106,3 +106,23 @@ def test_json_content_type_with_parameters_is_accepted(envoy) -> None:
     response = post(envoy.url(), initialize_body(), content_type="application/json; charset=utf-8")
     assert response.status_code == 200, describe(response)
     assert "mcp-session-id" in response.headers
+
+
+def test_a_declared_length_over_the_limit_gets_the_filters_413_before_the_upstream_sees_it(
+    envoy_for, upstreams
+) -> None:
+    """Regression: the filter forwards a sessionless POST's headers before it has judged the
+    body, and the Python SDK upstream answers a `content-length` over 4 MB with its own 413
+    (plain text) at once; the client got that, or a connection closed mid-answer, about half
+    the time with the default max_body_bytes (4 MiB). A declared length over the limit is now
+    refused on the headers. (An earlier report blamed the listener's buffer limit.)"""
+    envoy = envoy_for("json", {"paths": ["/mcp"]})  # every other key at its default
+    default = 4 * 1024 * 1024
+    body = _initialize_of_size(default + 1)
+    tag = new_tag()
+    with expect_stats(envoy, {"rejected.body": 6}):
+        for attempt in range(6):
+            response = post(envoy.url(), content=body, headers={TAG_HEADER: tag})
+            assert response.status_code == 413, f"attempt {attempt}\n{describe(response)}"
+            assert_rejection(response, 413, -32000, f"Payload Too Large: request body exceeds {default} bytes")
+    assert upstreams.get("json").requests(tag) == []
