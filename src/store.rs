@@ -475,13 +475,15 @@ fn encode_sweep(cursor: u32, now_ms: u64) -> Vec<u8> {
 /// missing keys accept any cas, empty values kept as present keys), for tests and fuzzing.
 pub mod fake {
     use super::{SharedData, WriteError};
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
 
     /// The fake host store.
     #[derive(Debug, Default)]
     pub struct FakeShared {
         inner: RefCell<Inner>,
+        gets: Cell<u64>,
+        sets: Cell<u64>,
     }
 
     #[derive(Debug, Default)]
@@ -499,10 +501,20 @@ pub mod fake {
         pub fn value_bytes(&self) -> usize {
             self.inner.borrow().map.values().map(|(v, _)| v.len()).sum()
         }
+        /// Reads so far. A read that returns a value is what costs in Envoy (a VM crossing and
+        /// an allocation callback, ~11,000 instructions), so tests bound it per operation.
+        pub fn gets(&self) -> u64 {
+            self.gets.get()
+        }
+        /// Writes so far, successful or not.
+        pub fn sets(&self) -> u64 {
+            self.sets.get()
+        }
     }
 
     impl SharedData for FakeShared {
         fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.gets.set(self.gets.get().wrapping_add(1));
             match self.inner.borrow().map.get(key) {
                 None => (None, None),
                 Some((v, cas)) if v.is_empty() => (None, Some(*cas)),
@@ -511,6 +523,7 @@ pub mod fake {
         }
 
         fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+            self.sets.set(self.sets.get().wrapping_add(1));
             let mut inner = self.inner.borrow_mut();
             let current = inner.map.get(key).map(|(_, c)| *c);
             if let (Some(have), Some(want)) = (current, cas) {
