@@ -2,9 +2,11 @@
 //!
 //! Envoy can neither delete nor list shared-data keys, so the store keeps a table of slots
 //! that grows to the peak number of concurrent sessions (never past `max_sessions`) and
-//! reuses them; a free slot holds an empty value. The layout and the write protocol are in
-//! docs/DESIGN.md. Every read-modify-write is a compare-and-swap, retried a bounded number of
-//! times, so no update is lost whichever worker runs it.
+//! reuses them; a free slot holds an empty value. A short shared list of slots believed free
+//! (the free hint) lets `reserve` find one in a couple of reads instead of searching the
+//! table. The layout and the write protocol are in docs/DESIGN.md. Every read-modify-write
+//! is a compare-and-swap, retried a bounded number of times, so no update is lost whichever
+//! worker runs it.
 //!
 //! The store speaks to the host only through [`SharedData`], which keeps it testable on the
 //! host and leaves room for a second, distributed backend.
@@ -37,8 +39,18 @@ pub trait SharedData {
 const CREATE_ONLY: Option<u32> = Some(u32::MAX);
 /// Attempts at one compare-and-swap before giving up.
 const CAS_ATTEMPTS: usize = 32;
-/// Random slots probed for a free one before the table grows.
-const PROBES: usize = 8;
+/// Most slot numbers the free hint holds (4 bytes each); a freed slot that finds it full is
+/// left for the sweep to find again.
+const HINT_MAX: usize = 128;
+/// Attempts at adding freed slots to the free hint: losing them only delays their reuse
+/// until the sweep passes, so a busy hint is not fought over for long.
+const HINT_PUSH_ATTEMPTS: usize = 8;
+/// Slots taken from the free hint that may turn out not to be free, per reservation.
+const HINT_CLAIMS: usize = 4;
+/// Random slots probed for a free or expired one when the hint is empty and the table is at
+/// its limit; then the reservation is refused. Bounded, so a flood of refused initializes
+/// costs a fixed number of reads each.
+const CAP_PROBES: usize = 16;
 /// Time between two sweep steps, across all workers.
 pub const SWEEP_PERIOD_MS: u64 = 1000;
 /// Smallest sweep step, in slots.
@@ -48,6 +60,7 @@ const SWEEP_STEPS_PER_PASS: u32 = 30;
 
 const HIGH_WATER_KEY: &str = "mcps/hw";
 const SWEEP_KEY: &str = "mcps/sw";
+const FREE_KEY: &str = "mcps/free";
 
 /// The shared-data key of a slot.
 pub fn slot_key(slot: u32) -> String {
@@ -142,6 +155,10 @@ impl<S: SharedData> Store<S> {
     /// Takes a free slot for an `initialize` in flight. `secret` is the new session's secret
     /// (from the host CSPRNG), `identity` the identity header's value, `random` a cheap source
     /// of probe positions. `None`: the store is full.
+    ///
+    /// In order: a slot from the free hint; else a new slot, while the table is below its
+    /// limit; else, at the limit, CAP_PROBES random slots. Two reads in the common cases
+    /// (from the hint, or growing), at most 2 * HINT_CLAIMS + 1 + CAP_PROBES when refused.
     pub fn reserve(
         &self,
         now_ms: u64,
@@ -167,20 +184,15 @@ impl<S: SharedData> Store<S> {
             expired: u32::from(was_live),
         };
 
-        // 1. A few random slots below the high-water mark.
-        let (high, _) = self.read_high_water();
-        let usable = high.min(self.limits.max_sessions);
-        if usable > 0 {
-            for _ in 0..PROBES {
-                let slot = random() % usable;
-                if let Claim::Taken { was_live } = self.try_claim(slot, now_ms, &encoded) {
-                    return Some(reserved(slot, was_live));
-                }
-            }
+        // 1. A slot the free hint names.
+        if let Some((slot, was_live)) = self.claim_from_hint(now_ms, &encoded) {
+            return Some(reserved(slot, was_live));
         }
         // 2. A new slot at the top, while below the limit.
+        let mut high = 0;
         for _ in 0..CAS_ATTEMPTS {
-            let (high, cas) = self.read_high_water();
+            let (read, cas) = self.read_high_water();
+            high = read;
             if high >= self.limits.max_sessions {
                 break;
             }
@@ -204,15 +216,15 @@ impl<S: SharedData> Store<S> {
                 break;
             }
         }
-        // 3. At the limit: look at every slot, from a random start.
-        let (high, _) = self.read_high_water();
+        // 3. At the limit, and the hint had nothing: a few random slots, which finds expired
+        // sessions the sweep has not reached yet and free slots the hint lost. No full scan:
+        // a refused initialize costs a bounded number of reads.
         let usable = high.min(self.limits.max_sessions);
         if usable == 0 {
             return None;
         }
-        let start = random() % usable;
-        for offset in 0..usable {
-            let slot = start.wrapping_add(offset) % usable;
+        for _ in 0..CAP_PROBES {
+            let slot = random() % usable;
             if let Claim::Taken { was_live } = self.try_claim(slot, now_ms, &encoded) {
                 return Some(reserved(slot, was_live));
             }
@@ -256,7 +268,10 @@ impl<S: SharedData> Store<S> {
         if self.is_expired(&record, now_ms) {
             // Whoever wins this write counts the expiry; a loser reports not found.
             return match self.shared.set(&key, &[], Some(cas)) {
-                Ok(()) => Lookup::Expired,
+                Ok(()) => {
+                    self.hint_free(&[id.slot]);
+                    Lookup::Expired
+                }
                 Err(_) => Lookup::NotFound,
             };
         }
@@ -332,11 +347,22 @@ impl<S: SharedData> Store<S> {
         {
             return report; // another worker took this step
         }
+        // Slots found free or freed here, for the free hint (which holds at most HINT_MAX).
+        let mut free = Vec::new();
+        let mut note_free = |slot: u32| {
+            if free.len() < HINT_MAX && slot < self.limits.max_sessions {
+                free.push(slot);
+            }
+        };
         for offset in 0..chunk {
             let slot = start.wrapping_add(offset) % high;
             report.scanned += 1;
             let key = slot_key(slot);
-            let (Some(bytes), Some(cas)) = self.shared.get(&key) else {
+            let (bytes, Some(cas)) = self.shared.get(&key) else {
+                continue; // never created
+            };
+            let Some(bytes) = bytes else {
+                note_free(slot);
                 continue;
             };
             let Some(record) = Record::decode(&bytes) else {
@@ -347,8 +373,10 @@ impl<S: SharedData> Store<S> {
                     State::Live => report.expired += 1,
                     State::Pending => report.stale_pending += 1,
                 }
+                note_free(slot);
             }
         }
+        self.hint_free(&free);
         report
     }
 
@@ -403,9 +431,84 @@ impl<S: SharedData> Store<S> {
         .map(|_| ())
     }
 
-    /// Empties the slot `id` names when `approve` accepts its record; returns the record.
+    /// Empties the slot `id` names when `approve` accepts its record, and offers the slot to
+    /// the free hint; returns the record.
     fn free_if(&self, id: &SessionId, mut approve: impl FnMut(&Record) -> bool) -> Option<Record> {
-        self.rewrite(id, |record| approve(record).then(Vec::new))
+        let freed = self.rewrite(id, |record| approve(record).then(Vec::new))?;
+        self.hint_free(&[id.slot]);
+        Some(freed)
+    }
+
+    /// Takes slots off the free hint (a CAS write of the shortened list each) and claims the
+    /// first one that really is free or holds an expired session, trying at most HINT_CLAIMS.
+    /// A hint entry can be stale (the slot was taken again behind the hint's back): the claim
+    /// itself is a CAS on the slot that requires it empty or expired, so a stale entry costs
+    /// two reads, never a shared slot, and is dropped. `None`: the hint had nothing usable.
+    fn claim_from_hint(&self, now_ms: u64, encoded: &[u8]) -> Option<(u32, bool)> {
+        let mut claims = 0;
+        for _ in 0..CAS_ATTEMPTS {
+            if claims >= HINT_CLAIMS {
+                return None;
+            }
+            let (bytes, Some(cas)) = self.shared.get(FREE_KEY) else {
+                return None; // no slot was ever freed
+            };
+            let mut hint = decode_hint(bytes.as_deref());
+            if hint.is_empty() {
+                return None;
+            }
+            // The last entry; those past the limit (lowered since) are dropped on the way.
+            let mut slot = None;
+            while let Some(last) = hint.pop() {
+                if last < self.limits.max_sessions {
+                    slot = Some(last);
+                    break;
+                }
+            }
+            match self.shared.set(FREE_KEY, &encode_hint(&hint), Some(cas)) {
+                Ok(()) => {}
+                Err(WriteError::CasMismatch) => continue, // another worker took or gave one
+                Err(WriteError::Host) => return None,
+            }
+            let slot = slot?;
+            claims += 1;
+            if let Claim::Taken { was_live } = self.try_claim(slot, now_ms, encoded) {
+                return Some((slot, was_live));
+            }
+        }
+        None
+    }
+
+    /// Adds `slots`, just found free, to the free hint, while it has room and leaving out
+    /// those it already holds. Best effort: a slot left out is found again by the sweep.
+    fn hint_free(&self, slots: &[u32]) {
+        let usable = |slot: &&u32| **slot < self.limits.max_sessions;
+        if !slots.iter().any(|slot| usable(&slot)) {
+            return;
+        }
+        for _ in 0..HINT_PUSH_ATTEMPTS {
+            let (bytes, cas) = self.shared.get(FREE_KEY);
+            let mut hint = decode_hint(bytes.as_deref());
+            let held = hint.len();
+            for &slot in slots.iter().filter(usable) {
+                if hint.len() >= HINT_MAX {
+                    break;
+                }
+                if !hint.contains(&slot) {
+                    hint.push(slot);
+                }
+            }
+            if hint.len() == held {
+                return; // full, or every slot is already there
+            }
+            match self
+                .shared
+                .set(FREE_KEY, &encode_hint(&hint), cas.or(CREATE_ONLY))
+            {
+                Err(WriteError::CasMismatch) => continue,
+                Ok(()) | Err(WriteError::Host) => return,
+            }
+        }
     }
 
     /// The compare-and-swap loop under `update` and `free_if`: reads the record `id` names
@@ -449,6 +552,22 @@ fn read_u32(bytes: &Option<Vec<u8>>) -> u32 {
         .map_or(0, u32::from_le_bytes)
 }
 
+/// The free hint's slots: u32 LE each, at most HINT_MAX (a trailing partial entry, or junk
+/// past the limit, is ignored).
+fn decode_hint(bytes: Option<&[u8]>) -> Vec<u32> {
+    bytes
+        .unwrap_or_default()
+        .chunks_exact(4)
+        .filter_map(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+        .take(HINT_MAX)
+        .collect()
+}
+
+fn encode_hint(slots: &[u32]) -> Vec<u8> {
+    slots.iter().flat_map(|slot| slot.to_le_bytes()).collect()
+}
+
 fn read_sweep(bytes: Option<&[u8]>) -> (u32, u64) {
     let Some(bytes) = bytes else {
         return (0, 0);
@@ -475,13 +594,15 @@ fn encode_sweep(cursor: u32, now_ms: u64) -> Vec<u8> {
 /// missing keys accept any cas, empty values kept as present keys), for tests and fuzzing.
 pub mod fake {
     use super::{SharedData, WriteError};
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
 
     /// The fake host store.
     #[derive(Debug, Default)]
     pub struct FakeShared {
         inner: RefCell<Inner>,
+        gets: Cell<u64>,
+        sets: Cell<u64>,
     }
 
     #[derive(Debug, Default)]
@@ -499,10 +620,20 @@ pub mod fake {
         pub fn value_bytes(&self) -> usize {
             self.inner.borrow().map.values().map(|(v, _)| v.len()).sum()
         }
+        /// Reads so far. A read that returns a value is what costs in Envoy (a VM crossing and
+        /// an allocation callback, ~11,000 instructions), so tests bound it per operation.
+        pub fn gets(&self) -> u64 {
+            self.gets.get()
+        }
+        /// Writes so far, successful or not.
+        pub fn sets(&self) -> u64 {
+            self.sets.get()
+        }
     }
 
     impl SharedData for FakeShared {
         fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.gets.set(self.gets.get().wrapping_add(1));
             match self.inner.borrow().map.get(key) {
                 None => (None, None),
                 Some((v, cas)) if v.is_empty() => (None, Some(*cas)),
@@ -511,6 +642,7 @@ pub mod fake {
         }
 
         fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+            self.sets.set(self.sets.get().wrapping_add(1));
             let mut inner = self.inner.borrow_mut();
             let current = inner.map.get(key).map(|(_, c)| *c);
             if let (Some(have), Some(want)) = (current, cas) {
@@ -563,6 +695,40 @@ mod tests {
 
     fn secret(n: u8) -> [u8; SECRET_LEN] {
         [n; SECRET_LEN]
+    }
+
+    fn hint(shared: &FakeShared) -> Vec<u32> {
+        decode_hint(shared.get(FREE_KEY).0.as_deref())
+    }
+
+    fn set_hint(shared: &FakeShared, slots: &[u32]) {
+        shared.set(FREE_KEY, &encode_hint(slots), None).unwrap();
+    }
+
+    /// Reads one call makes.
+    fn gets_of<T>(shared: &FakeShared, call: impl FnOnce() -> T) -> (T, u64) {
+        let before = shared.gets();
+        let out = call();
+        (out, shared.gets() - before)
+    }
+
+    /// A store of `max` slots, every one holding a live session opened at `now`.
+    fn full(shared: &FakeShared, max: u32, now: u64) -> (Store<&FakeShared>, Vec<SessionId>) {
+        let mut l = limits();
+        l.max_sessions = max;
+        let store = Store::new(shared, l);
+        let mut rng = Rng(21);
+        let ids = (0..max)
+            .map(|n| {
+                let r = store
+                    .reserve(now, secret((n % 251) as u8), None, &mut || rng.next())
+                    .unwrap();
+                assert!(store.activate(&r.id, now, None));
+                r.id
+            })
+            .collect();
+        assert_eq!(store.high_water(), max);
+        (store, ids)
     }
 
     fn open(store: &Store<&FakeShared>, n: u8, now: u64) -> SessionId {
@@ -641,7 +807,11 @@ mod tests {
             .unwrap();
         assert_eq!(r.id.slot, ids[2].slot, "the freed slot is reused");
         assert_eq!(store.high_water(), 4);
-        assert_eq!(shared.key_count(), 4 + 1, "4 slots and the high-water mark");
+        assert_eq!(
+            shared.key_count(),
+            4 + 2,
+            "4 slots, the high-water mark and the free hint"
+        );
     }
 
     #[test]
@@ -772,9 +942,12 @@ mod tests {
         );
         let later = store.sweep(T0 + 16_000);
         assert_eq!(later.expired, 1);
+        let mut free = hint(&shared);
+        free.sort_unstable();
+        assert_eq!(free, vec![0, 1, 2], "every slot freed is in the hint, once");
         assert_eq!(
             shared.value_bytes(),
-            4 + 12,
+            4 + 12 + 3 * 4,
             "only the meta keys hold bytes"
         );
     }
@@ -815,5 +988,295 @@ mod tests {
             Err(WriteError::CasMismatch)
         );
         assert_eq!(shared.get("k").0.as_deref(), Some(&b"a"[..]));
+    }
+
+    #[test]
+    fn a_growing_table_costs_two_reads_per_reserve() {
+        let shared = FakeShared::default();
+        let mut l = limits();
+        l.max_sessions = 10_000;
+        let store = Store::new(&shared, l);
+        let mut rng = Rng(4);
+        for n in 0..2_000u32 {
+            let (r, gets) = gets_of(&shared, || {
+                store.reserve(T0, secret((n % 251) as u8), None, &mut || rng.next())
+            });
+            assert_eq!(r.unwrap().id.slot, n);
+            // The hint (missing: nothing was ever freed) and the high-water mark.
+            assert!(gets <= 2, "reserve {n} read {gets} keys");
+        }
+    }
+
+    #[test]
+    fn a_refused_reserve_at_the_cap_costs_a_bounded_number_of_reads() {
+        let shared = FakeShared::default();
+        let (store, ids) = full(&shared, 10_000, T0);
+        let mut rng = Rng(6);
+        for _ in 0..100 {
+            let (r, gets) = gets_of(&shared, || {
+                store.reserve(T0 + 1, secret(7), None, &mut || rng.next())
+            });
+            assert_eq!(r, None);
+            // The hint, the high-water mark, CAP_PROBES random slots: 18, not 10,011.
+            assert!(gets <= 20, "a refused reserve read {gets} keys");
+        }
+        // Worst case: a hint full of stale entries (slots taken again behind its back).
+        let stale: Vec<u32> = (0..HINT_MAX as u32).collect();
+        set_hint(&shared, &stale);
+        let (r, gets) = gets_of(&shared, || {
+            store.reserve(T0 + 1, secret(7), None, &mut || rng.next())
+        });
+        assert_eq!(r, None);
+        // HINT_CLAIMS times the hint and a slot, the mark, CAP_PROBES slots.
+        assert_eq!(gets, (2 * HINT_CLAIMS + 1 + CAP_PROBES) as u64);
+        assert_eq!(
+            hint(&shared).len(),
+            HINT_MAX - HINT_CLAIMS,
+            "the stale entries tried are dropped"
+        );
+        for id in &ids {
+            assert!(matches!(store.lookup(id, T0 + 1, None), Lookup::Live(..)));
+        }
+    }
+
+    #[test]
+    fn a_slot_freed_at_the_cap_is_found_by_the_next_reserve() {
+        let shared = FakeShared::default();
+        let (store, ids) = full(&shared, 5_000, T0);
+        let mut rng = Rng(9);
+        // Refused first: the hint is empty and every slot is live.
+        assert_eq!(store.reserve(T0, secret(1), None, &mut || rng.next()), None);
+        for (n, victim) in [17usize, 4_999, 0, 2_500].into_iter().enumerate() {
+            let (ended, end_gets) = gets_of(&shared, || store.end(&ids[victim], T0));
+            assert!(matches!(ended, Ended::Ended(_)));
+            assert_eq!(end_gets, 2, "the slot and the hint");
+            let (r, gets) = gets_of(&shared, || {
+                store.reserve(T0, secret(n as u8), None, &mut || rng.next())
+            });
+            let r = r.unwrap();
+            assert_eq!(r.id.slot, ids[victim].slot, "the freed slot, at once");
+            assert_eq!(r.expired, 0);
+            assert_eq!(gets, 2, "the hint and the slot");
+            assert_eq!(store.reserve(T0, secret(1), None, &mut || rng.next()), None);
+        }
+        // A failed initialize's slot, likewise.
+        assert!(matches!(store.end(&ids[1], T0), Ended::Ended(_)));
+        let r = store
+            .reserve(T0, secret(4), None, &mut || rng.next())
+            .unwrap();
+        assert!(store.release(&r.id));
+        let again = store
+            .reserve(T0, secret(5), None, &mut || rng.next())
+            .unwrap();
+        assert_eq!(again.id.slot, r.id.slot, "a released slot, at once");
+        assert_eq!(store.high_water(), 5_000);
+    }
+
+    #[test]
+    fn a_session_expired_by_lookup_frees_its_slot_for_the_next_reserve() {
+        let shared = FakeShared::default();
+        let mut l = limits();
+        l.max_sessions = 3;
+        let store = Store::new(&shared, l);
+        let old = open(&store, 1, T0);
+        let _b = open(&store, 2, T0 + 5_000);
+        let _c = open(&store, 3, T0 + 5_000);
+        assert_eq!(store.lookup(&old, T0 + 10_000, None), Lookup::Expired);
+        assert_eq!(hint(&shared), vec![old.slot]);
+        let mut rng = Rng(2);
+        let r = store
+            .reserve(T0 + 10_000, secret(4), None, &mut || rng.next())
+            .unwrap();
+        assert_eq!(r.id.slot, old.slot);
+        assert_eq!(r.expired, 0, "counted by the lookup, not again here");
+    }
+
+    #[test]
+    fn a_stale_hint_entry_is_never_double_claimed() {
+        let shared = FakeShared::default();
+        let (store, ids) = full(&shared, 8, T0);
+        let mut rng = Rng(12);
+        assert!(matches!(store.end(&ids[5], T0), Ended::Ended(_)));
+        // Slot 2 and 6 were taken again behind the hint's back (slot 2 listed twice); the
+        // hint is a stack, so they come first.
+        set_hint(&shared, &[5, 2, 6, 2]);
+        let before: Vec<_> = [2u32, 6]
+            .iter()
+            .map(|&slot| shared.get(&slot_key(slot)))
+            .collect();
+        let r = store
+            .reserve(T0 + 1, secret(40), None, &mut || rng.next())
+            .unwrap();
+        assert_eq!(r.id.slot, 5, "the one really free slot");
+        assert_eq!(r.expired, 0);
+        let after: Vec<_> = [2u32, 6]
+            .iter()
+            .map(|&slot| shared.get(&slot_key(slot)))
+            .collect();
+        assert_eq!(before, after, "live slots untouched");
+        assert!(hint(&shared).is_empty(), "stale entries dropped");
+        assert_eq!(
+            store.reserve(T0 + 1, secret(41), None, &mut || rng.next()),
+            None
+        );
+        for (n, id) in ids.iter().enumerate() {
+            let found = store.lookup(id, T0 + 2, None);
+            assert_eq!(matches!(found, Lookup::Live(..)), n != 5, "slot {n}");
+        }
+        // A stale entry whose session has expired since: reclaimed, and reported.
+        set_hint(&shared, &[3]);
+        let r = store
+            .reserve(T0 + 10_000, secret(42), None, &mut || rng.next())
+            .unwrap();
+        assert_eq!((r.id.slot, r.expired), (3, 1));
+    }
+
+    #[test]
+    fn a_stale_hint_entry_from_a_race_is_never_double_claimed() {
+        // Worker A ends the session in slot 1; before A adds slot 1 to the hint, worker B's
+        // reserve (hint empty, table at its limit) probes slot 1 and takes it. A's entry is
+        // then stale, and C's reserve must not take slot 1 from B.
+        struct Racy<'a> {
+            shared: &'a FakeShared,
+            hook: std::cell::RefCell<Option<Box<dyn FnOnce() + 'a>>>,
+        }
+        impl SharedData for Racy<'_> {
+            fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+                if key == FREE_KEY {
+                    if let Some(hook) = self.hook.borrow_mut().take() {
+                        hook();
+                    }
+                }
+                self.shared.get(key)
+            }
+            fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+                self.shared.set(key, value, cas)
+            }
+        }
+        let shared = FakeShared::default();
+        let (store, ids) = full(&shared, 3, T0);
+        let taken = std::rc::Rc::new(std::cell::Cell::new(None));
+        let racy = Racy {
+            shared: &shared,
+            hook: std::cell::RefCell::new(None),
+        };
+        let taken_by_b = std::rc::Rc::clone(&taken);
+        let store_b = Store::new(&shared, store.limits);
+        *racy.hook.borrow_mut() = Some(Box::new(move || {
+            let r = store_b.reserve(T0, secret(50), None, &mut || 1).unwrap();
+            assert!(store_b.activate(&r.id, T0, None));
+            taken_by_b.set(Some(r.id));
+        }));
+        let store_a = Store::new(&racy, store.limits);
+        assert!(matches!(store_a.end(&ids[1], T0), Ended::Ended(_)));
+        let b = taken.get().unwrap();
+        assert_eq!(b.slot, 1, "B took the slot A freed");
+        assert_eq!(hint(&shared), vec![1], "A's entry, stale");
+        let mut rng = Rng(3);
+        assert_eq!(
+            store.reserve(T0, secret(51), None, &mut || rng.next()),
+            None,
+            "C finds nothing free"
+        );
+        assert!(matches!(store.lookup(&b, T0, None), Lookup::Live(..)));
+    }
+
+    #[test]
+    fn the_sweep_refills_the_hint() {
+        let shared = FakeShared::default();
+        let mut l = limits();
+        l.max_sessions = 1_000;
+        let store = Store::new(&shared, l);
+        let mut rng = Rng(13);
+        let mut ids = Vec::new();
+        for n in 0..400u32 {
+            let now = if n % 4 == 0 { T0 } else { T0 + 5_000 };
+            let r = store
+                .reserve(now, secret((n % 251) as u8), None, &mut || rng.next())
+                .unwrap();
+            assert!(store.activate(&r.id, now, None));
+            ids.push(r.id);
+        }
+        // Slots 1, 5, 9, ... freed behind the hint's back (as if their hint writes were
+        // lost); slots 0, 4, 8, ... expire at T0 + 10 s.
+        for slot in (1..400).step_by(4) {
+            shared.set(&slot_key(slot), &[], None).unwrap();
+        }
+        assert!(hint(&shared).is_empty());
+        let report = store.sweep(T0 + 10_000);
+        assert_eq!(report.expired, 100);
+        let held = hint(&shared);
+        assert_eq!(held.len(), HINT_MAX, "filled to the brim");
+        let mut unique = held.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), held.len(), "no duplicates");
+        assert!(held.iter().all(|slot| slot % 4 <= 1), "only free slots");
+        // Reserves now reuse them: no growth, two reads each.
+        for n in 0..HINT_MAX {
+            let (r, gets) = gets_of(&shared, || {
+                store.reserve(T0 + 10_000, secret(n as u8), None, &mut || rng.next())
+            });
+            let r = r.unwrap();
+            assert!(r.id.slot % 4 <= 1);
+            assert_eq!(gets, 2);
+        }
+        assert_eq!(
+            store.high_water(),
+            400,
+            "no new slot while free ones are known"
+        );
+        // The next pass finds the free slots the full hint left out.
+        let report = store.sweep(T0 + 11_000);
+        assert_eq!(report.expired, 0);
+        assert_eq!(hint(&shared).len(), 200 - HINT_MAX);
+        // A slot ended and then passed over by the sweep is listed once.
+        let last = ids[399];
+        assert!(matches!(store.end(&last, T0 + 11_000), Ended::Ended(_)));
+        store.sweep(T0 + 12_000);
+        let listed = hint(&shared).iter().filter(|&&s| s == last.slot).count();
+        assert_eq!(listed, 1);
+    }
+
+    #[test]
+    fn hint_entries_past_a_lowered_limit_are_dropped() {
+        let shared = FakeShared::default();
+        let (store, ids) = full(&shared, 8, T0);
+        for id in &ids {
+            assert!(matches!(store.end(id, T0), Ended::Ended(_)));
+        }
+        assert_eq!(hint(&shared).len(), 8);
+        let mut l = limits();
+        l.max_sessions = 4;
+        let small = Store::new(&shared, l);
+        let mut rng = Rng(14);
+        let mut slots: Vec<u32> = (0..4)
+            .map(|n| {
+                small
+                    .reserve(T0, secret(60 + n), None, &mut || rng.next())
+                    .unwrap()
+                    .id
+                    .slot
+            })
+            .collect();
+        slots.sort_unstable();
+        assert_eq!(slots, vec![0, 1, 2, 3]);
+        assert_eq!(
+            small.reserve(T0, secret(70), None, &mut || rng.next()),
+            None
+        );
+        assert!(hint(&shared).is_empty());
+    }
+
+    #[test]
+    fn the_hint_codec_ignores_junk() {
+        assert_eq!(decode_hint(None), Vec::<u32>::new());
+        assert_eq!(decode_hint(Some(&[1, 0, 0, 0, 2, 0, 0])), vec![1]);
+        let long = encode_hint(&(0..1_000).collect::<Vec<u32>>());
+        assert_eq!(decode_hint(Some(&long)).len(), HINT_MAX);
+        assert_eq!(
+            decode_hint(Some(&encode_hint(&[7, u32::MAX]))),
+            vec![7, u32::MAX]
+        );
     }
 }
