@@ -16,6 +16,7 @@ use crate::policy::{
 use crate::record::{Record, MAX_UPSTREAM_ID};
 use crate::rejection::{Reason, Rejection};
 use crate::session_id::{SessionId, SECRET_LEN};
+use crate::sha256;
 use crate::store::{Ended, Limits, Lookup, SharedData, Store, WriteError};
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
@@ -136,6 +137,8 @@ struct Plugin {
     probe_state: Cell<u64>,
     /// Sessions this worker validated a moment ago.
     cache: RefCell<SessionCache>,
+    /// Fingerprint of the configuration: only the newest configuration on a store sweeps it.
+    token: u64,
 }
 
 impl Plugin {
@@ -192,6 +195,7 @@ impl RootContext for Root {
             max_sessions: config.max_sessions,
             bind_identity: config.identity_header.is_some(),
         };
+        let token = fingerprint(&bytes);
         let mut seed = [0u8; 8];
         if getrandom::fill(&mut seed).is_err() {
             error!("mcp-session-filter: the host has no random source");
@@ -210,7 +214,13 @@ impl RootContext for Root {
             metrics: Metrics::define(),
             probe_state: Cell::new(u64::from_le_bytes(seed) | 1),
             cache: RefCell::new(SessionCache::new(CACHE_CAPACITY)),
+            token,
         }));
+        if let Some(plugin) = &self.plugin {
+            if !plugin.config.stateless {
+                plugin.store().adopt_configuration(plugin.token);
+            }
+        }
         if let Err(status) = hostcalls::set_tick_period(TICK) {
             warn!("cannot set the sweep tick: {status:?}");
         }
@@ -222,7 +232,11 @@ impl RootContext for Root {
         if plugin.config.stateless {
             return;
         }
-        let report = plugin.store().sweep(now_ms());
+        let store = plugin.store();
+        if !store.sweeps_for(plugin.token) {
+            return; // a newer configuration of this store sweeps it, with its timeouts
+        }
+        let report = store.sweep(now_ms());
         plugin.metrics.count(Event::Expired, report.expired);
         if report.expired > 0 || report.stale_pending > 0 {
             info!(
@@ -707,6 +721,14 @@ impl Stream {
             }
         }
     }
+}
+
+/// The first 8 bytes of the configuration's SHA-256: equal configurations, equal fingerprints.
+fn fingerprint(configuration: &[u8]) -> u64 {
+    let digest = sha256::digest(&[configuration]);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(digest.get(..8).unwrap_or(&[0u8; 8]));
+    u64::from_le_bytes(first)
 }
 
 fn now_ms() -> u64 {

@@ -61,6 +61,7 @@ const SWEEP_STEPS_PER_PASS: u32 = 30;
 const HIGH_WATER_KEY: &str = "mcps/hw";
 const SWEEP_KEY: &str = "mcps/sw";
 const FREE_KEY: &str = "mcps/free";
+const CONFIG_KEY: &str = "mcps/cfg";
 
 /// The shared-data key of a slot.
 pub fn slot_key(slot: u32) -> String {
@@ -275,7 +276,7 @@ impl<S: SharedData> Store<S> {
                 Err(_) => Lookup::NotFound,
             };
         }
-        if !self.identity_matches(&record, identity) {
+        if !record.identity_matches(self.limits.bind_identity, identity) {
             return Lookup::NotFound;
         }
         Lookup::Live(record, cas)
@@ -319,6 +320,25 @@ impl<S: SharedData> Store<S> {
             Some(_) if was_expired => Ended::Expired,
             Some(record) => Ended::Ended(record),
             None => Ended::NotFound,
+        }
+    }
+
+    /// Records that the configuration with fingerprint `token` is the newest one on this
+    /// store: from now on only its root contexts sweep (see [`Store::sweeps_for`]).
+    pub fn adopt_configuration(&self, token: u64) -> bool {
+        self.shared
+            .set(CONFIG_KEY, &token.to_le_bytes(), None)
+            .is_ok()
+    }
+
+    /// Whether the configuration with fingerprint `token` is the newest (or none was recorded).
+    /// After a configuration update with the same `vm_id`, the old configuration's root
+    /// contexts keep ticking until its filter chains drain; they must not sweep with the old
+    /// timeouts, which would end sessions the new ones keep.
+    pub fn sweeps_for(&self, token: u64) -> bool {
+        match self.shared.get(CONFIG_KEY).0 {
+            Some(bytes) => bytes.as_slice() == token.to_le_bytes().as_slice(),
+            None => true,
         }
     }
 
@@ -382,17 +402,6 @@ impl<S: SharedData> Store<S> {
 
     fn is_expired(&self, record: &Record, now_ms: u64) -> bool {
         record.expired(now_ms, self.limits.idle_ms, self.limits.lifetime_ms)
-    }
-
-    fn identity_matches(&self, record: &Record, identity: Option<&[u8]>) -> bool {
-        if !self.limits.bind_identity {
-            return true;
-        }
-        let want = identity_digest(&record.secret, identity);
-        match &record.identity {
-            Some(have) => crate::session_id::constant_time_eq(have, &want),
-            None => false, // created before binding was switched on
-        }
     }
 
     fn read_high_water(&self) -> (u32, Option<u32>) {
@@ -738,6 +747,20 @@ mod tests {
             .unwrap();
         assert!(store.activate(&r.id, now, None));
         r.id
+    }
+
+    #[test]
+    fn only_the_newest_configuration_sweeps() {
+        let shared = FakeShared::default();
+        let store = Store::new(&shared, limits());
+        assert!(store.sweeps_for(1), "nothing recorded yet");
+        assert!(store.adopt_configuration(1));
+        assert!(store.sweeps_for(1));
+        assert!(store.adopt_configuration(2));
+        assert!(!store.sweeps_for(1), "the old configuration stops");
+        assert!(store.sweeps_for(2));
+        assert!(store.adopt_configuration(1), "a rollback takes it back");
+        assert!(store.sweeps_for(1) && !store.sweeps_for(2));
     }
 
     #[test]

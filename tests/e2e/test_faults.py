@@ -259,14 +259,6 @@ def test_configuration_updates_under_load_keep_sessions_and_apply_at_once(workdi
     assert rejection(add(port, bound, 2, 3)) == NOT_FOUND
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "filter bug: after an LDS update the old configuration's root contexts keep ticking "
-        "until the old filter chain has drained (--drain-time-s, default 600 s) and win sweep "
-        "steps with the old idle timeout, ending sessions the new, longer timeout keeps"
-    ),
-)
 def test_a_longer_idle_timeout_applies_to_the_sweep_at_once(workdir, envoys, upstreams) -> None:
     bootstrap = render_bootstrap(
         upstream_port=upstreams.get("json").port, filter_config={"paths": ["/mcp"], "idle_timeout_seconds": 1}
