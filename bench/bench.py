@@ -68,10 +68,10 @@ LABELS = {NOFILTER: "no filter", EMPTY: "empty filter (floor)", FILTER: "session
 FILTER_CONFIG: dict[str, Any] = {}
 # Scenario 3 mints a session per request. With the defaults (10,000 sessions, 30 min idle) the
 # store is full after about a second of load, and every initialize after that is refused with
-# 503 after a scan of the whole table, which is a different path (measured apart, "at the
+# 503 after a bounded number of probes, which is a different path (measured apart, "at the
 # cap"). So scenario 3 runs on a listener of its own (its own vm_id, so its own store) whose
 # only change is a capacity the run cannot reach: every initialize takes the normal path of a
-# store that only grows (8 random probes find live sessions, then the table grows by one slot).
+# store that only grows (the free-slot hint is empty, so the table grows by one slot).
 INITIALIZE_CONFIG: dict[str, Any] = {"max_sessions": 10_000_000}
 
 # The memory run: a store that keeps 100k sessions (long idle), and one that churns (short
@@ -528,7 +528,8 @@ def run_matrix(envoy: Envoy, files: dict[str, Path], args: argparse.Namespace, p
 
 
 def run_at_cap(envoy: Envoy, files: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
-    """Initialize on the default configuration once the store is full: 503 after a full scan.
+    """Initialize on the default configuration once the store is full: 503 after the free-slot
+    hint and 16 random probes (before the hint: a scan of the whole table).
 
     Runs after the matrix, on the hot-path listener, whose store holds one session so far.
     (The stats cannot tell the two stores apart: both listeners' VMs define the same names.)
@@ -544,8 +545,8 @@ def run_at_cap(envoy: Envoy, files: dict[str, Path], args: argparse.Namespace) -
         minted += 1
     else:
         raise HarnessError("the default store never reached its cap")
-    # One request at a time: at the cap each initialize scans the whole table, so a wrk run
-    # with 50 connections would only measure its own queue.
+    # One request at a time, as when each refused initialize scanned the whole table (a wrk
+    # run with 50 connections then only measured its own queue); kept for comparison.
     n = 20
     times = []
     headers = {"content-type": "application/json"}
