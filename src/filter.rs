@@ -33,6 +33,8 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 const EXPOSE_HEADER: &str = "access-control-expose-headers";
 /// How often each worker's root context considers a sweep step.
 const TICK: Duration = Duration::from_millis(1000);
+/// Most random slots an initialize probes before the table grows (src/store.rs).
+const MAX_PROBES: u32 = 8;
 /// Sessions each worker remembers having validated (src/cache.rs).
 const CACHE_CAPACITY: usize = 4096;
 
@@ -135,6 +137,9 @@ struct Plugin {
     metrics: Metrics,
     /// xorshift state for probe positions (not for secrets: those come from the CSPRNG).
     probe_state: Cell<u64>,
+    /// Random slots to probe before growing the table: back to the most when a probe found a
+    /// slot, halved (to 1) when they all failed and the table grew.
+    probe_budget: Cell<u32>,
     /// Sessions this worker validated a moment ago.
     cache: RefCell<SessionCache>,
     /// Fingerprint of the configuration: only the newest configuration on a store sweeps it.
@@ -213,6 +218,7 @@ impl RootContext for Root {
             limits,
             metrics: Metrics::define(),
             probe_state: Cell::new(u64::from_le_bytes(seed) | 1),
+            probe_budget: Cell::new(MAX_PROBES),
             cache: RefCell::new(SessionCache::new(CACHE_CAPACITY)),
             token,
         }));
@@ -612,11 +618,15 @@ impl Stream {
             return self.reply(&Rejection::capacity().with_id(request_id));
         }
         let mut probe = || plugin.next_probe();
+        let budget = plugin.probe_budget.get();
+        let identity = self.identity.as_deref();
         match plugin
             .store()
-            .reserve(now_ms(), secret, self.identity.as_deref(), &mut probe)
+            .reserve_probing(now_ms(), secret, identity, &mut probe, budget)
         {
             Some(reservation) => {
+                let next = reservation.from.next_probe_budget(budget, MAX_PROBES);
+                plugin.probe_budget.set(next);
                 plugin.metrics.count(Event::Expired, reservation.expired);
                 self.initialize = Some(Initialize {
                     id: reservation.id,

@@ -118,6 +118,35 @@ pub struct Reservation {
     pub id: SessionId,
     /// Live sessions found expired and reclaimed on the way (0 or 1: the slot taken).
     pub expired: u32,
+    /// Where the slot came from.
+    pub from: Source,
+}
+
+/// Where a reserved slot came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The free hint.
+    Hint,
+    /// A random probe before growing (a free slot, or an expired session not swept yet).
+    Probe,
+    /// The top of the table, which grew by one.
+    Grown,
+    /// A random probe at the limit.
+    AtLimit,
+}
+
+impl Source {
+    /// The probe budget for the next reserve after one whose slot came from here: all of
+    /// `max` again when a probe paid off; halved (but at least 1) when the probes all failed
+    /// and the table grew, so a table of live sessions that only grows costs one probe per
+    /// initialize, while one full of expired sessions keeps being probed.
+    pub fn next_probe_budget(self, budget: u32, max: u32) -> u32 {
+        match self {
+            Source::Probe => max,
+            Source::Grown => (budget / 2).max(1),
+            Source::Hint | Source::AtLimit => budget,
+        }
+    }
 }
 
 /// What a sweep step did.
@@ -167,6 +196,23 @@ impl<S: SharedData> Store<S> {
         identity: Option<&[u8]>,
         random: &mut dyn FnMut() -> u32,
     ) -> Option<Reservation> {
+        self.reserve_probing(now_ms, secret, identity, random, 0)
+    }
+
+    /// [`Store::reserve`], probing up to `probes` random slots below the high-water mark
+    /// before growing the table. The hint holds what ends and the sweep freed, but sessions
+    /// that expired and were not swept yet (the sweep passes over the table in up to 30 s) are
+    /// only found by probing: without it, a store with a short idle timeout and a high
+    /// initialize rate grows to several times its live set. The caller adapts `probes` to
+    /// how often they find something (see [`Source`]).
+    pub fn reserve_probing(
+        &self,
+        now_ms: u64,
+        secret: [u8; SECRET_LEN],
+        identity: Option<&[u8]>,
+        random: &mut dyn FnMut() -> u32,
+        probes: u32,
+    ) -> Option<Reservation> {
         let record = Record {
             state: State::Pending,
             initialized: false,
@@ -180,16 +226,30 @@ impl<S: SharedData> Store<S> {
             upstream_id: None,
         };
         let encoded = record.encode();
-        let reserved = |slot, was_live: bool| Reservation {
+        let reserved = |slot, was_live: bool, from| Reservation {
             id: SessionId { slot, secret },
             expired: u32::from(was_live),
+            from,
         };
 
         // 1. A slot the free hint names.
         if let Some((slot, was_live)) = self.claim_from_hint(now_ms, &encoded) {
-            return Some(reserved(slot, was_live));
+            return Some(reserved(slot, was_live, Source::Hint));
         }
-        // 2. A new slot at the top, while below the limit.
+        // 2. A few random slots, when the caller asks for them.
+        if probes > 0 {
+            let (high, _) = self.read_high_water();
+            let usable = high.min(self.limits.max_sessions);
+            for _ in 0..probes {
+                let Some(slot) = random().checked_rem(usable) else {
+                    break; // an empty table
+                };
+                if let Claim::Taken { was_live } = self.try_claim(slot, now_ms, &encoded) {
+                    return Some(reserved(slot, was_live, Source::Probe));
+                }
+            }
+        }
+        // 3. A new slot at the top, while below the limit.
         let mut high = 0;
         for _ in 0..CAS_ATTEMPTS {
             let (read, cas) = self.read_high_water();
@@ -212,12 +272,12 @@ impl<S: SharedData> Store<S> {
                     .set(&slot_key(high), &encoded, CREATE_ONLY)
                     .is_ok()
                 {
-                    return Some(reserved(high, false));
+                    return Some(reserved(high, false, Source::Grown));
                 }
                 break;
             }
         }
-        // 3. At the limit, and the hint had nothing: a few random slots, which finds expired
+        // 4. At the limit, and the hint had nothing: a few random slots, which finds expired
         // sessions the sweep has not reached yet and free slots the hint lost. No full scan:
         // a refused initialize costs a bounded number of reads.
         let usable = high.min(self.limits.max_sessions);
@@ -227,7 +287,7 @@ impl<S: SharedData> Store<S> {
         for _ in 0..CAP_PROBES {
             let slot = random() % usable;
             if let Claim::Taken { was_live } = self.try_claim(slot, now_ms, &encoded) {
-                return Some(reserved(slot, was_live));
+                return Some(reserved(slot, was_live, Source::AtLimit));
             }
         }
         None
@@ -747,6 +807,49 @@ mod tests {
             .unwrap();
         assert!(store.activate(&r.id, now, None));
         r.id
+    }
+
+    #[test]
+    fn probing_before_growing_reclaims_expired_sessions_the_sweep_has_not_reached() {
+        let shared = FakeShared::default();
+        let store = Store::new(&shared, limits());
+        let mut rng = Rng(7);
+        for n in 0..3 {
+            store
+                .reserve(T0, secret(n), None, &mut || rng.next())
+                .unwrap();
+        }
+        let later = T0 + limits().idle_ms; // all three expired, none swept
+        let without = store
+            .reserve(later, secret(9), None, &mut || rng.next())
+            .unwrap();
+        assert_eq!(
+            without.from,
+            Source::Grown,
+            "the hint is empty: the table grows"
+        );
+        let with = store
+            .reserve_probing(later, secret(10), None, &mut || rng.next(), 8)
+            .unwrap();
+        assert_eq!(with.from, Source::Probe);
+        assert!(with.id.slot < 3);
+        assert_eq!(
+            store.high_water(),
+            4,
+            "no growth when a probe found an expired slot"
+        );
+    }
+
+    #[test]
+    fn the_probe_budget_follows_what_probes_find() {
+        let mut budget = 8;
+        for want in [4, 2, 1, 1] {
+            budget = Source::Grown.next_probe_budget(budget, 8);
+            assert_eq!(budget, want);
+        }
+        assert_eq!(Source::Hint.next_probe_budget(budget, 8), 1);
+        assert_eq!(Source::AtLimit.next_probe_budget(budget, 8), 1);
+        assert_eq!(Source::Probe.next_probe_budget(budget, 8), 8);
     }
 
     #[test]

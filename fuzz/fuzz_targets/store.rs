@@ -95,12 +95,15 @@ fuzz_target!(|input: Input| {
                 let secret = n
                     .wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
                     .to_le_bytes();
+                let probes = probe % 4; // 0 (hint or growth only) to 3 probes before growing
                 let mut probe = probe;
                 let mut random = || {
                     probe = probe.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
                     probe >> 8
                 };
-                if let Some(r) = store.reserve(now, secret, identity.as_deref(), &mut random) {
+                if let Some(r) =
+                    store.reserve_probing(now, secret, identity.as_deref(), &mut random, probes)
+                {
                     assert_eq!(r.id.secret, secret);
                     live_gauge -= i64::from(r.expired);
                     known.push(Known {
