@@ -11,7 +11,8 @@ fuzz_target!(|data: &[u8]| {
     // The same bytes cut into pairs at NUL bytes, serialized as the host would.
     let parts: Vec<&[u8]> = data.split(|b| *b == 0).collect();
     let pairs: Vec<(&[u8], &[u8])> = parts.chunks_exact(2).map(|p| (p[0], p[1])).collect();
-    let found = scan(&serialize(&pairs), NAMES).expect("a serialized map always scans");
+    let map = serialize(&pairs);
+    let found = scan(&map, NAMES).expect("a serialized map always scans");
     for (name, header) in NAMES.iter().zip(found) {
         let matching: Vec<&[u8]> = pairs
             .iter()
