@@ -74,11 +74,6 @@ impl SessionCache {
         self.entries.insert(slot, record);
     }
 
-    /// Drops what is known of `slot` (this worker changed or ended its session).
-    pub fn forget(&mut self, slot: u32) {
-        self.entries.remove(&slot);
-    }
-
     /// Sessions held.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -189,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn stays_within_its_capacity_and_forgets_on_request() {
+    fn stays_within_its_capacity() {
         let mut cache = SessionCache::new(2);
         for slot in 0..5u32 {
             let (_, record) = session(slot, 1, None);
@@ -198,8 +193,6 @@ mod tests {
         }
         let (id, _) = session(4, 1, None);
         assert!(cache.get(1, &id, None, T0, &limits(false)).is_some());
-        cache.forget(4);
-        assert_eq!(cache.get(1, &id, None, T0, &limits(false)), None);
         let mut none = SessionCache::new(0);
         none.put(1, 4, session(4, 1, None).1);
         assert!(none.is_empty());

@@ -7,7 +7,7 @@
 
 use crate::cache::SessionCache;
 use crate::config::Config;
-use crate::headers::{self, Header};
+use crate::headers;
 use crate::message::{json_outcome, Outcome, SseScanner};
 use crate::metrics::{self, Event};
 use crate::policy::{
@@ -213,7 +213,7 @@ impl RootContext for Root {
             config.max_sessions,
             config.stateless
         );
-        self.plugin = Some(Rc::new(Plugin {
+        let plugin = Rc::new(Plugin {
             config,
             limits,
             metrics: Metrics::define(),
@@ -221,12 +221,11 @@ impl RootContext for Root {
             probe_budget: Cell::new(MAX_PROBES),
             cache: RefCell::new(SessionCache::new(CACHE_CAPACITY)),
             token,
-        }));
-        if let Some(plugin) = &self.plugin {
-            if !plugin.config.stateless {
-                plugin.store().adopt_configuration(plugin.token);
-            }
+        });
+        if !plugin.config.stateless {
+            plugin.store().adopt_configuration(plugin.token);
         }
+        self.plugin = Some(plugin);
         if let Err(status) = hostcalls::set_tick_period(TICK) {
             warn!("cannot set the sweep tick: {status:?}");
         }
@@ -408,12 +407,10 @@ impl HttpContext for Stream {
         let status = response_status();
         if self.mark_initialized && (200..300).contains(&status) {
             self.plugin.store().mark_initialized(&id, now_ms());
-            self.forget(&id);
         }
         if self.mapped {
             if status == 404 {
                 // The upstream lost its session: ours is useless now.
-                self.forget(&id);
                 if let Ended::Ended(_) = self.plugin.store().end(&id, now_ms()) {
                     self.plugin.metrics.count(Event::Terminated, 1);
                     info!("session {} ended: the upstream answered 404", id.short());
@@ -507,10 +504,7 @@ impl Stream {
                 }
                 Action::Continue
             }
-            SessionVerdict::End => {
-                self.forget(&id);
-                self.end_session(&id, now)
-            }
+            SessionVerdict::End => self.end_session(&id, now),
         }
     }
 
@@ -585,13 +579,6 @@ impl Stream {
         }
     }
 
-    /// Drops this worker's cached view of a session it changed or ended.
-    fn forget(&self, id: &SessionId) {
-        if let Ok(mut cache) = self.plugin.cache.try_borrow_mut() {
-            cache.forget(id.slot);
-        }
-    }
-
     fn on_complete_body(&mut self, body: &[u8]) -> Action {
         match self.phase {
             Phase::SessionlessBody => match policy::on_sessionless_body(body) {
@@ -653,7 +640,7 @@ impl Stream {
             [":status", SESSION_HEADER, EXPOSE_HEADER, "content-type"],
         )
         .unwrap_or_default();
-        let status = parse_status(status);
+        let status = parse_status(status.text());
         let upstream_id = upstream_id.text().map(str::to_owned);
         let Some(init) = &mut self.initialize else {
             return;
@@ -735,10 +722,7 @@ impl Stream {
 
 /// The first 8 bytes of the configuration's SHA-256: equal configurations, equal fingerprints.
 fn fingerprint(configuration: &[u8]) -> u64 {
-    let digest = sha256::digest(&[configuration]);
-    let mut first = [0u8; 8];
-    first.copy_from_slice(digest.get(..8).unwrap_or(&[0u8; 8]));
-    u64::from_le_bytes(first)
+    u64::from_le_bytes(sha256::digest_prefix(&[configuration]))
 }
 
 fn now_ms() -> u64 {
@@ -759,14 +743,12 @@ fn response_status() -> u32 {
     let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
         .ok()
         .flatten();
-    parse_status(Header {
-        value: status.as_deref(),
-        count: 1,
-    })
+    parse_status(status.as_deref().and_then(|b| std::str::from_utf8(b).ok()))
 }
 
-fn parse_status(status: Header<'_>) -> u32 {
-    status.text().and_then(|s| s.parse().ok()).unwrap_or(0)
+/// `:status` as a number; 0 when absent or not a number.
+fn parse_status(status: Option<&str>) -> u32 {
+    status.and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 /// A whole header map as the host serializes it (see [`headers::scan`]), in one hostcall.

@@ -156,13 +156,10 @@ impl Record {
 /// give unrelated digests across sessions. An absent header is an identity too (distinct from
 /// every present value, the empty one included).
 pub fn identity_digest(secret: &[u8; SECRET_LEN], value: Option<&[u8]>) -> [u8; DIGEST_LEN] {
-    let full = match value {
-        None => sha256::digest(&[secret, b"\x00"]),
-        Some(v) => sha256::digest(&[secret, b"\x01", v]),
-    };
-    let mut out = [0u8; DIGEST_LEN];
-    out.copy_from_slice(full.get(..DIGEST_LEN).unwrap_or(&[0u8; DIGEST_LEN]));
-    out
+    match value {
+        None => sha256::digest_prefix(&[secret, b"\x00"]),
+        Some(v) => sha256::digest_prefix(&[secret, b"\x01", v]),
+    }
 }
 
 struct Reader<'a>(&'a [u8]);

@@ -19,6 +19,16 @@ const H0: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 ];
 
+/// The first `N` bytes (at most 32) of [`digest`]; any bytes past 32 are zero.
+pub fn digest_prefix<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
+    let full = digest(parts);
+    let mut out = [0u8; N];
+    for (to, from) in out.iter_mut().zip(full) {
+        *to = from;
+    }
+    out
+}
+
 /// The SHA-256 digest of the concatenation of `parts`.
 pub fn digest(parts: &[&[u8]]) -> [u8; 32] {
     let mut state = H0;
@@ -131,6 +141,13 @@ mod tests {
                 input.len()
             );
         }
+    }
+
+    #[test]
+    fn a_prefix_is_the_digest_cut_short() {
+        let full = digest(&[b"abc"]);
+        assert_eq!(digest_prefix::<8>(&[b"abc"])[..], full[..8]);
+        assert_eq!(digest_prefix::<32>(&[b"abc"]), full);
     }
 
     #[test]
