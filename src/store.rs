@@ -50,7 +50,7 @@ const HINT_CLAIMS: usize = 4;
 /// Random slots probed for a free or expired one when the hint is empty and the table is at
 /// its limit; then the reservation is refused. Bounded, so a flood of refused initializes
 /// costs a fixed number of reads each.
-const CAP_PROBES: usize = 16;
+const CAP_PROBES: u32 = 16;
 /// Time between two sweep steps, across all workers.
 pub const SWEEP_PERIOD_MS: u64 = 1000;
 /// Smallest sweep step, in slots.
@@ -236,23 +236,20 @@ impl<S: SharedData> Store<S> {
         if let Some((slot, was_live)) = self.claim_from_hint(now_ms, &encoded) {
             return Some(reserved(slot, was_live, Source::Hint));
         }
-        // 2. A few random slots, when the caller asks for them.
+        // 2. A few random slots, when the caller asks for them. The mark read for them is the
+        // first one growing uses (its CAS catches a mark that moved in between).
+        let mut mark = None;
         if probes > 0 {
-            let (high, _) = self.read_high_water();
-            let usable = high.min(self.limits.max_sessions);
-            for _ in 0..probes {
-                let Some(slot) = random().checked_rem(usable) else {
-                    break; // an empty table
-                };
-                if let Claim::Taken { was_live } = self.try_claim(slot, now_ms, &encoded) {
-                    return Some(reserved(slot, was_live, Source::Probe));
-                }
+            let (high, cas) = self.read_high_water();
+            mark = Some((high, cas));
+            if let Some((slot, was_live)) = self.probe(probes, high, random, now_ms, &encoded) {
+                return Some(reserved(slot, was_live, Source::Probe));
             }
         }
         // 3. A new slot at the top, while below the limit.
         let mut high = 0;
         for _ in 0..CAS_ATTEMPTS {
-            let (read, cas) = self.read_high_water();
+            let (read, cas) = mark.take().unwrap_or_else(|| self.read_high_water());
             high = read;
             if high >= self.limits.max_sessions {
                 break;
@@ -280,14 +277,25 @@ impl<S: SharedData> Store<S> {
         // 4. At the limit, and the hint had nothing: a few random slots, which finds expired
         // sessions the sweep has not reached yet and free slots the hint lost. No full scan:
         // a refused initialize costs a bounded number of reads.
+        let (slot, was_live) = self.probe(CAP_PROBES, high, random, now_ms, &encoded)?;
+        Some(reserved(slot, was_live, Source::AtLimit))
+    }
+
+    /// Claims the first of `count` random slots below min(`high`, the limit) that is free or
+    /// holds an expired session: the slot, and whether it held a live session.
+    fn probe(
+        &self,
+        count: u32,
+        high: u32,
+        random: &mut dyn FnMut() -> u32,
+        now_ms: u64,
+        encoded: &[u8],
+    ) -> Option<(u32, bool)> {
         let usable = high.min(self.limits.max_sessions);
-        if usable == 0 {
-            return None;
-        }
-        for _ in 0..CAP_PROBES {
-            let slot = random() % usable;
-            if let Claim::Taken { was_live } = self.try_claim(slot, now_ms, &encoded) {
-                return Some(reserved(slot, was_live, Source::AtLimit));
+        for _ in 0..count {
+            let slot = random().checked_rem(usable)?; // None: an empty table
+            if let Claim::Taken { was_live } = self.try_claim(slot, now_ms, encoded) {
+                return Some((slot, was_live));
             }
         }
         None
@@ -1134,6 +1142,27 @@ mod tests {
     }
 
     #[test]
+    fn probing_then_growing_reads_the_high_water_mark_once() {
+        let shared = FakeShared::default();
+        let mut l = limits();
+        l.max_sessions = 10_000;
+        let store = Store::new(&shared, l);
+        let mut rng = Rng(5);
+        store
+            .reserve(T0, secret(1), None, &mut || rng.next())
+            .unwrap();
+        for n in 1..200u32 {
+            let (r, gets) = gets_of(&shared, || {
+                store.reserve_probing(T0, secret(2), None, &mut || rng.next(), 1)
+            });
+            let r = r.unwrap();
+            assert_eq!((r.id.slot, r.from), (n, Source::Grown));
+            // The hint, the mark, one probed (live) slot: the mark is not read again to grow.
+            assert_eq!(gets, 3, "reserve {n}");
+        }
+    }
+
+    #[test]
     fn a_refused_reserve_at_the_cap_costs_a_bounded_number_of_reads() {
         let shared = FakeShared::default();
         let (store, ids) = full(&shared, 10_000, T0);
@@ -1154,7 +1183,7 @@ mod tests {
         });
         assert_eq!(r, None);
         // HINT_CLAIMS times the hint and a slot, the mark, CAP_PROBES slots.
-        assert_eq!(gets, (2 * HINT_CLAIMS + 1 + CAP_PROBES) as u64);
+        assert_eq!(gets, (2 * HINT_CLAIMS + 1) as u64 + u64::from(CAP_PROBES));
         assert_eq!(
             hint(&shared).len(),
             HINT_MAX - HINT_CLAIMS,
