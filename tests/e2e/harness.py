@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,8 +213,16 @@ def _terminate(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
 class Envoy:
     """One Envoy process with 2 workers, its admin API, stats and log."""
 
-    def __init__(self, bootstrap: Mapping[str, Any], workdir: Path, name: str = "envoy", concurrency: int = 2):
+    def __init__(
+        self,
+        bootstrap: Mapping[str, Any],
+        workdir: Path,
+        name: str = "envoy",
+        concurrency: int = 2,
+        extra_args: Sequence[str] = (),
+    ):
         self.bootstrap = bootstrap
+        self.extra_args = list(extra_args)  # more command-line arguments (e.g. log levels)
         self.workdir = workdir
         self.name = name
         self.concurrency = concurrency
@@ -243,6 +251,7 @@ class Envoy:
                 str(self.admin_address_path),
                 "-l",
                 "info",
+                *self.extra_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=self._log,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ import httpx
 import pytest
 
 from harness import (
-    ENVOY_BIN,
     PROTOCOL_VERSION,
     TAG_HEADER,
     Envoy,
@@ -51,31 +49,6 @@ CONFIG: dict[str, Any] = {
 }
 # `[time][thread][level][component] ...`; a line that does not start so continues the last entry.
 LOG_ENTRY_RE = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[(\w+)\]")
-
-
-class LoggingEnvoy(Envoy):
-    """The harness's Envoy with extra command-line arguments (log levels)."""
-
-    def __init__(self, *args: Any, extra_args: list[str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.extra_args = extra_args
-
-    def start(self) -> LoggingEnvoy:
-        write_bootstrap(self.bootstrap, self.config_path)
-        self.admin_address_path.unlink(missing_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
-        command = [
-            str(ENVOY_BIN), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
-            "--disable-hot-restart", "--admin-address-path", str(self.admin_address_path),
-            "-l", "info", *self.extra_args,
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
 
 def log_entries(text: str) -> list[tuple[str, str]]:
@@ -170,7 +143,7 @@ def test_session_ids_and_identities_never_logged_above_debug(workdir: Path, upst
     upstream = upstreams.get("stateful-json")
     bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config=CONFIG)
     name = f"secrecy-{'debug' if levels else 'info'}-{secrets.token_hex(3)}"
-    envoy = LoggingEnvoy(bootstrap, workdir, name=name, extra_args=levels).start()
+    envoy = Envoy(bootstrap, workdir, name=name, extra_args=levels).start()
     try:
         ids, identities = run_traffic(envoy, upstream)
     finally:
