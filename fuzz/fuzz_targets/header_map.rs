@@ -2,7 +2,7 @@
 //! `headers::scan` over any bytes (the host's serialized header map): never panics, and on a
 //! well-formed map it finds exactly the pairs that were serialized.
 use libfuzzer_sys::fuzz_target;
-use mcp_session_filter::headers::{scan, serialize};
+use mcp_session_core::headers::{scan, serialize};
 
 const NAMES: [&str; 4] = [":method", "mcp-session-id", "x-user", ""];
 

@@ -3,7 +3,7 @@
 //! as a plain JSON tree, the filter reads the same messages from it (duplicate keys included:
 //! the last one wins in both, as in the Python and TypeScript SDKs).
 use libfuzzer_sys::fuzz_target;
-use mcp_session_filter::message::{parse_body, BodyError, Message};
+use mcp_session_core::message::{parse_body, BodyError, Message};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {

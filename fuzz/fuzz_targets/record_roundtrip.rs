@@ -3,7 +3,7 @@
 //! (an upstream session ID of 1 to 255 bytes, or none).
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mcp_session_filter::record::{Record, State, MAX_UPSTREAM_ID};
+use mcp_session_core::record::{Record, State, MAX_UPSTREAM_ID};
 
 #[derive(Arbitrary, Debug)]
 struct Fields {

@@ -3,8 +3,8 @@
 //! panics, and a session verdict always names the ID the client sent.
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mcp_session_filter::config::Config;
-use mcp_session_filter::policy::{on_request_headers, HeadVerdict, RequestHead};
+use mcp_session_core::config::Config;
+use mcp_session_core::policy::{on_request_headers, HeadVerdict, RequestHead};
 
 const CONFIGS: [&str; 4] = [
     "{}",

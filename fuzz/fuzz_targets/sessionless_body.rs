@@ -2,7 +2,7 @@
 //! `policy::on_sessionless_body`: whatever the body, the decision is an initialize with a
 //! string or number id, or a rejection whose reply is JSON carrying its code and the id.
 use libfuzzer_sys::fuzz_target;
-use mcp_session_filter::policy::{on_sessionless_body, SessionlessBody};
+use mcp_session_core::policy::{on_sessionless_body, SessionlessBody};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| match on_sessionless_body(data) {

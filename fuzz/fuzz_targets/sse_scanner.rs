@@ -3,7 +3,7 @@
 //! stream gives in one call.
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mcp_session_filter::message::SseScanner;
+use mcp_session_core::message::SseScanner;
 
 #[derive(Arbitrary, Debug)]
 struct Input {

@@ -7,10 +7,10 @@
 //! live count the filter keeps (created - terminated - expired) equals the live records held.
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mcp_session_filter::record::{Record, State};
-use mcp_session_filter::session_id::SessionId;
-use mcp_session_filter::store::fake::FakeShared;
-use mcp_session_filter::store::{slot_key, Ended, Limits, Lookup, SharedData, Store};
+use mcp_session_core::record::{Record, State};
+use mcp_session_core::session_id::SessionId;
+use mcp_session_core::testkit::FakeShared;
+use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store};
 
 const T0: u64 = 1_900_000_000_000;
 

@@ -2,7 +2,7 @@
 //! `policy::on_uninitialized_body`: never panics; a rejection is the lifecycle 400 with a JSON
 //! reply.
 use libfuzzer_sys::fuzz_target;
-use mcp_session_filter::policy::{on_uninitialized_body, UninitializedBody};
+use mcp_session_core::policy::{on_uninitialized_body, UninitializedBody};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {

@@ -700,7 +700,7 @@ def assert_rejection(
 # --------------------------------------------------------------------------- stats
 
 
-# The workers' cache epoch (src/cache.rs): it moves with every end and every configuration, and
+# The workers' cache epoch (core/src/cache.rs): it moves with every end and every configuration, and
 # test_stats checks it on its own.
 INTERNAL_STATS = {"epoch"}
 

@@ -409,7 +409,7 @@ def fault_injection_wasm() -> Path:
     """The test-only module (`--features fault-injection`: a request header traps the VM), in
     its own target directory so the released module is never replaced by it."""
     command = [
-        "cargo", "build", "--locked", "--release", "--target", "wasm32-wasip1",
+        "cargo", "build", "--locked", "--release", "--target", "wasm32-wasip1", "-p", "mcp-session-filter",
         "--features", "fault-injection", "--target-dir", str(FAULT_TARGET_DIR),
     ]  # fmt: skip
     try:

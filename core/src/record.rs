@@ -4,8 +4,8 @@
 //! docs/DESIGN.md): 36 bytes, plus 16 for an identity digest and the upstream's own session ID
 //! when there is one.
 
+use crate::digest;
 use crate::session_id::{constant_time_eq, SECRET_LEN};
-use crate::sha256;
 
 const FORMAT_VERSION: u8 = 1;
 const FLAG_INITIALIZED: u8 = 1;
@@ -157,8 +157,8 @@ impl Record {
 /// every present value, the empty one included).
 pub fn identity_digest(secret: &[u8; SECRET_LEN], value: Option<&[u8]>) -> [u8; DIGEST_LEN] {
     match value {
-        None => sha256::digest_prefix(&[secret, b"\x00"]),
-        Some(v) => sha256::digest_prefix(&[secret, b"\x01", v]),
+        None => digest::digest_prefix(&[secret, b"\x00"]),
+        Some(v) => digest::digest_prefix(&[secret, b"\x01", v]),
     }
 }
 

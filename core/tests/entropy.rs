@@ -14,7 +14,7 @@
 //! constant, a counter, a truncated or reused buffer, a biased encoding.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use mcp_session_filter::session_id::{SessionId, ENCODED_LEN, SECRET_LEN};
+use mcp_session_core::session_id::{SessionId, ENCODED_LEN, SECRET_LEN};
 
 const IDS: usize = 1_000_000;
 /// Standard normal quantile for an upper tail of 1e-9.

@@ -9,10 +9,10 @@
 //! limit must hand out a slot freed by DELETE to the very next initialize.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use mcp_session_filter::record::Record;
-use mcp_session_filter::session_id::SessionId;
-use mcp_session_filter::store::fake::FakeShared;
-use mcp_session_filter::store::{slot_key, Ended, Limits, Lookup, SharedData, Store, WriteError};
+use mcp_session_core::record::Record;
+use mcp_session_core::session_id::SessionId;
+use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store, WriteError};
+use mcp_session_core::testkit::FakeShared;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -363,7 +363,7 @@ fn live_records(shared: &FakeShared, high: u32) -> i64 {
     (0..high)
         .filter_map(|slot| shared.get(&slot_key(slot)).0)
         .filter_map(|bytes| Record::decode(&bytes))
-        .filter(|r| r.state == mcp_session_filter::record::State::Live)
+        .filter(|r| r.state == mcp_session_core::record::State::Live)
         .count() as i64
 }
 

@@ -9,9 +9,9 @@
 //! (End to end, tests/e2e/test_hostile.py sends a few thousand guesses through Envoy.)
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use mcp_session_filter::session_id::{SessionId, SECRET_LEN};
-use mcp_session_filter::store::fake::FakeShared;
-use mcp_session_filter::store::{slot_key, Ended, Limits, Lookup, SharedData, Store};
+use mcp_session_core::session_id::{SessionId, SECRET_LEN};
+use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store};
+use mcp_session_core::testkit::FakeShared;
 
 const T0: u64 = 1_900_000_000_000;
 const LIVE_SESSIONS: u32 = 10_000;

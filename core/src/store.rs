@@ -34,6 +34,15 @@ pub trait SharedData {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError>;
 }
 
+impl<T: SharedData + ?Sized> SharedData for &T {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        (**self).get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+        (**self).set(key, value, cas)
+    }
+}
+
 /// The cas for a create-only write: a missing key accepts any cas, and an existing key's cas
 /// is a counter that starts at 1 and would have to reach 2^32-1 to match.
 const CREATE_ONLY: Option<u32> = Some(u32::MAX);
@@ -667,87 +676,10 @@ fn encode_sweep(cursor: u32, now_ms: u64) -> Vec<u8> {
     out
 }
 
-/// An in-memory [`SharedData`] with Envoy's exact semantics (cas counter from 1, writes to
-/// missing keys accept any cas, empty values kept as present keys), for tests and fuzzing.
-pub mod fake {
-    use super::{SharedData, WriteError};
-    use std::cell::{Cell, RefCell};
-    use std::collections::HashMap;
-
-    /// The fake host store.
-    #[derive(Debug, Default)]
-    pub struct FakeShared {
-        inner: RefCell<Inner>,
-        gets: Cell<u64>,
-        sets: Cell<u64>,
-    }
-
-    #[derive(Debug, Default)]
-    struct Inner {
-        map: HashMap<String, (Vec<u8>, u32)>,
-        next_cas: u32,
-    }
-
-    impl FakeShared {
-        /// Number of keys ever created (the host never deletes one).
-        pub fn key_count(&self) -> usize {
-            self.inner.borrow().map.len()
-        }
-        /// Total bytes held in values.
-        pub fn value_bytes(&self) -> usize {
-            self.inner.borrow().map.values().map(|(v, _)| v.len()).sum()
-        }
-        /// Reads so far. A read that returns a value is what costs in Envoy (a VM crossing and
-        /// an allocation callback, ~11,000 instructions), so tests bound it per operation.
-        pub fn gets(&self) -> u64 {
-            self.gets.get()
-        }
-        /// Writes so far, successful or not.
-        pub fn sets(&self) -> u64 {
-            self.sets.get()
-        }
-    }
-
-    impl SharedData for FakeShared {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            self.gets.set(self.gets.get().wrapping_add(1));
-            match self.inner.borrow().map.get(key) {
-                None => (None, None),
-                Some((v, cas)) if v.is_empty() => (None, Some(*cas)),
-                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-            }
-        }
-
-        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
-            self.sets.set(self.sets.get().wrapping_add(1));
-            let mut inner = self.inner.borrow_mut();
-            let current = inner.map.get(key).map(|(_, c)| *c);
-            if let (Some(have), Some(want)) = (current, cas) {
-                if want != 0 && want != have {
-                    return Err(WriteError::CasMismatch);
-                }
-            }
-            inner.next_cas = inner.next_cas.wrapping_add(1).max(1);
-            let next = inner.next_cas;
-            inner.map.insert(key.to_string(), (value.to_vec(), next));
-            Ok(())
-        }
-    }
-
-    impl<T: SharedData> SharedData for &T {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            (**self).get(key)
-        }
-        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
-            (**self).set(key, value, cas)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::fake::FakeShared;
     use super::*;
+    use crate::testkit::FakeShared;
 
     const T0: u64 = 1_800_000_000_000;
 

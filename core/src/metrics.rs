@@ -38,6 +38,50 @@ pub enum Event {
     Rejected(Reason),
 }
 
+/// One stat as the host sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// The counter of an [`Event`].
+    Count(Event),
+    /// Gauge: live sessions ([`LIVE`]).
+    Live,
+    /// Counter: moves on every end of a session ([`EPOCH`]).
+    Epoch,
+}
+
+impl Metric {
+    /// Every stat, for the host to define once.
+    pub fn all() -> Vec<Metric> {
+        let mut all = vec![
+            Metric::Count(Event::Created),
+            Metric::Count(Event::Terminated),
+            Metric::Count(Event::Expired),
+            Metric::Count(Event::Sessionless),
+        ];
+        all.extend(Reason::ALL.map(|r| Metric::Count(Event::Rejected(r))));
+        all.extend([Metric::Live, Metric::Epoch]);
+        all
+    }
+
+    /// The stat's name.
+    pub fn name(self) -> String {
+        match self {
+            Metric::Count(Event::Created) => CREATED.into(),
+            Metric::Count(Event::Terminated) => TERMINATED.into(),
+            Metric::Count(Event::Expired) => EXPIRED.into(),
+            Metric::Count(Event::Sessionless) => PASSTHROUGH_SESSIONLESS.into(),
+            Metric::Count(Event::Rejected(reason)) => rejected(reason),
+            Metric::Live => LIVE.into(),
+            Metric::Epoch => EPOCH.into(),
+        }
+    }
+
+    /// Whether the stat is a gauge (else a counter).
+    pub fn is_gauge(self) -> bool {
+        self == Metric::Live
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +92,13 @@ mod tests {
             assert!(name.starts_with("mcp_session."), "{name}");
         }
         assert_eq!(rejected(Reason::Capacity), "mcp_session.rejected.capacity");
+    }
+
+    #[test]
+    fn every_stat_has_its_own_name() {
+        let names: std::collections::BTreeSet<String> =
+            Metric::all().into_iter().map(Metric::name).collect();
+        assert_eq!(names.len(), Metric::all().len());
+        assert!(names.iter().all(|n| n.starts_with("mcp_session.")));
     }
 }

@@ -1,0 +1,790 @@
+//! The life of one HTTP exchange (a request and its response) as a sans-IO state machine.
+//!
+//! The host adapter feeds [`Event`]s as the proxy calls it (request headers, body data,
+//! response headers, response body data, the end of the stream) and applies the [`Step`] it
+//! gets back: header edits, then continue, pause or answer locally. When the machine needs
+//! the session store it returns [`Flow::Store`] with a [`StoreOp`] and waits; the answer comes
+//! back as [`Event::Stored`]. [`crate::plugin::Plugin::on_event`] runs the local store's
+//! operations at once and feeds their answers straight back, so the adapter only ever sees
+//! continue, pause or answer; a store that answers later, over the network, drives the same
+//! machine through the same event.
+//!
+//! The decisions themselves are pure functions in [`crate::policy`]; this file sequences them
+//! with the store, the worker's cache and the stats.
+
+use crate::headers::Header;
+use crate::host::{Headers, Host};
+use crate::message::{json_outcome, Outcome, SseScanner};
+use crate::metrics::Event as Count;
+use crate::plugin::Plugin;
+use crate::policy::{
+    self, HeadVerdict, RequestHead, SessionVerdict, SessionlessBody, UninitializedBody,
+};
+use crate::record::{Record, MAX_UPSTREAM_ID};
+use crate::rejection::Rejection;
+use crate::session_id::{SessionId, SECRET_LEN};
+use crate::store::{Ended, Lookup, Reservation};
+use log::{debug, info, warn};
+use serde_json::Value;
+
+/// The session header, in both directions.
+pub const SESSION_HEADER: &str = "mcp-session-id";
+/// The protocol version header.
+pub const VERSION_HEADER: &str = "mcp-protocol-version";
+/// The CORS header that lets a browser client read the session header.
+pub const EXPOSE_HEADER: &str = "access-control-expose-headers";
+
+/// What happened, as the host reports it.
+pub enum Event<'a> {
+    /// The request's headers arrived; `end_of_stream` when there is no body.
+    RequestHeaders {
+        /// The headers.
+        headers: &'a dyn Headers,
+        /// No body follows.
+        end_of_stream: bool,
+    },
+    /// Request body data arrived: `size` bytes are buffered so far.
+    RequestBody {
+        /// Bytes buffered.
+        size: usize,
+        /// The body is complete.
+        end_of_stream: bool,
+        /// Reads the buffered body (only called when the machine needs it).
+        body: &'a dyn Fn() -> Vec<u8>,
+    },
+    /// The response's headers arrived.
+    ResponseHeaders {
+        /// The headers (`:status` among them).
+        headers: &'a dyn Headers,
+        /// No body follows.
+        end_of_stream: bool,
+    },
+    /// A response body chunk arrived (`size` bytes).
+    ResponseBody {
+        /// Bytes in this chunk.
+        size: usize,
+        /// The body is complete.
+        end_of_stream: bool,
+        /// Reads this chunk (only called when the machine needs it).
+        body: &'a dyn Fn() -> Vec<u8>,
+    },
+    /// The store answered the operation the machine waited for.
+    Stored(StoreResult),
+    /// The stream is over (completed, reset or refused).
+    Done,
+}
+
+/// A session-store operation the machine waits for. Each carries the time it was asked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Find the live session `id` for a caller presenting `identity`, and restart its idle
+    /// clock if it is due: answered with [`StoreResult::Lookup`].
+    Lookup {
+        /// The session.
+        id: SessionId,
+        /// The caller's identity value.
+        identity: Option<Vec<u8>>,
+        /// Now.
+        now_ms: u64,
+    },
+    /// End the session: [`StoreResult::Ended`].
+    End {
+        /// The session.
+        id: SessionId,
+        /// Now.
+        now_ms: u64,
+    },
+    /// Reserve a session for an `initialize` in flight: [`StoreResult::Reserved`].
+    Reserve {
+        /// The new session's secret, from the CSPRNG.
+        secret: [u8; SECRET_LEN],
+        /// The caller's identity value.
+        identity: Option<Vec<u8>>,
+        /// Now.
+        now_ms: u64,
+    },
+    /// Make the reservation a live session: [`StoreResult::Done`].
+    Activate {
+        /// The session.
+        id: SessionId,
+        /// The upstream's own session ID, if it minted one.
+        upstream_id: Option<String>,
+        /// Now.
+        now_ms: u64,
+    },
+    /// Free the reservation of a failed `initialize`: [`StoreResult::Done`].
+    Release {
+        /// The session.
+        id: SessionId,
+    },
+    /// Record that the upstream accepted `notifications/initialized`: [`StoreResult::Done`].
+    MarkInitialized {
+        /// The session.
+        id: SessionId,
+        /// Now.
+        now_ms: u64,
+    },
+}
+
+/// The store's answer to a [`StoreOp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreResult {
+    /// To [`StoreOp::Lookup`]: the record, its idle clock as the store now has it.
+    Lookup(Lookup),
+    /// To [`StoreOp::End`].
+    Ended(Ended),
+    /// To [`StoreOp::Reserve`]; `None` when the store is full.
+    Reserved(Option<Reservation>),
+    /// To the others: whether the change was made.
+    Done(bool),
+}
+
+/// A header change to make before the flow goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// Set a request header (replacing every copy).
+    Request(&'static str, String),
+    /// Set a response header, or remove it (`None`).
+    Response(&'static str, Option<String>),
+}
+
+/// A local answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u32,
+    /// Headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// Body; empty for none.
+    pub body: Vec<u8>,
+}
+
+/// What to do with the stream after the edits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flow {
+    /// Let the headers or data go on.
+    Continue,
+    /// Hold them (buffering a body).
+    Pause,
+    /// Answer locally; the stream goes no further.
+    Respond(Reply),
+    /// Run this store operation and feed its answer back as [`Event::Stored`].
+    Store(StoreOp),
+    /// A store operation is under way: hold the stream until its answer is fed back.
+    Wait,
+}
+
+/// The machine's answer to one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Header changes, in order.
+    pub edits: Vec<Edit>,
+    /// Then this.
+    pub flow: Flow,
+}
+
+impl Step {
+    fn with(flow: Flow) -> Step {
+        Step {
+            edits: Vec::new(),
+            flow,
+        }
+    }
+}
+
+impl From<Flow> for Step {
+    fn from(flow: Flow) -> Step {
+        Step::with(flow)
+    }
+}
+
+/// What the request side is reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing: the body flows.
+    Pass,
+    /// The body of a POST without a session.
+    SessionlessBody,
+    /// The body of a POST on a session waiting for `notifications/initialized`.
+    UninitializedBody,
+    /// A local reply was sent.
+    Replied,
+}
+
+/// What the store operation under way is for.
+#[derive(Debug, Clone, PartialEq)]
+enum Waiting {
+    /// Nothing.
+    Nothing,
+    /// The session of a request: then decide on it.
+    Lookup {
+        id: SessionId,
+        method: String,
+        end_of_stream: bool,
+        epoch: Option<u64>,
+        now_ms: u64,
+    },
+    /// A DELETE.
+    Delete,
+    /// A new session for an `initialize` with this request id.
+    Reserve { request_id: Value },
+    /// The decision on an `initialize`'s answer.
+    Initialize { outcome: Outcome },
+    /// `notifications/initialized` went through.
+    Initialized,
+    /// The upstream answered 404 on a mapped session.
+    UpstreamGone,
+}
+
+/// An `initialize` in flight: its reserved session and how its answer is being read.
+#[derive(Debug)]
+struct Initialize {
+    id: SessionId,
+    upstream_id: Option<String>,
+    answer: Answer,
+}
+
+#[derive(Debug)]
+enum Answer {
+    /// Response headers not seen yet.
+    Awaiting,
+    /// Reading a JSON body (bounded by `max_body_bytes`).
+    Json(Vec<u8>),
+    /// Reading an SSE stream; the count is the bytes seen so far.
+    Sse(SseScanner, usize),
+}
+
+/// One exchange's state.
+#[derive(Debug)]
+pub struct Exchange {
+    phase: Phase,
+    waiting: Waiting,
+    /// The session this request uses, once validated.
+    session: Option<SessionId>,
+    /// The session maps to an upstream session ID.
+    mapped: bool,
+    initialize: Option<Initialize>,
+    /// Mark the session initialized when the upstream accepts this request.
+    mark_initialized: bool,
+    /// The identity header's value, read with the request headers.
+    identity: Option<Vec<u8>>,
+}
+
+impl Default for Exchange {
+    fn default() -> Exchange {
+        Exchange::new()
+    }
+}
+
+impl Exchange {
+    /// A new exchange, before its request headers.
+    pub fn new() -> Exchange {
+        Exchange {
+            phase: Phase::Pass,
+            waiting: Waiting::Nothing,
+            session: None,
+            mapped: false,
+            initialize: None,
+            mark_initialized: false,
+            identity: None,
+        }
+    }
+
+    /// Whether the machine waits for a store answer.
+    pub fn is_waiting(&self) -> bool {
+        self.waiting != Waiting::Nothing
+    }
+
+    /// Feeds one event. Prefer [`Plugin::on_event`], which also runs the local store's
+    /// operations.
+    pub fn step<H: Host>(&mut self, plugin: &Plugin<H>, event: Event<'_>) -> Step {
+        match event {
+            Event::RequestHeaders {
+                headers,
+                end_of_stream,
+            } => self.on_request_headers(plugin, headers, end_of_stream),
+            Event::RequestBody {
+                size,
+                end_of_stream,
+                body,
+            } => self.on_request_body(plugin, size, end_of_stream, body),
+            Event::ResponseHeaders {
+                headers,
+                end_of_stream,
+            } => self.on_response_headers(plugin, headers, end_of_stream),
+            Event::ResponseBody {
+                size,
+                end_of_stream,
+                body,
+            } => self.on_response_body(plugin, size, end_of_stream, body),
+            Event::Stored(result) => self.on_stored(plugin, result),
+            Event::Done => self.on_done(plugin),
+        }
+    }
+
+    fn reply<H: Host>(&mut self, plugin: &Plugin<H>, rejection: &Rejection) -> Step {
+        debug!(
+            "rejected: {} {} ({})",
+            rejection.status,
+            rejection.message,
+            rejection.reason.name()
+        );
+        self.phase = Phase::Replied;
+        plugin.count(Count::Rejected(rejection.reason), 1);
+        let mut headers = vec![("content-type", "application/json".to_owned())];
+        headers.extend(rejection.headers.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        Flow::Respond(Reply {
+            status: rejection.status,
+            headers,
+            body: rejection.body(),
+        })
+        .into()
+    }
+
+    fn on_request_headers<H: Host>(
+        &mut self,
+        plugin: &Plugin<H>,
+        headers: &dyn Headers,
+        end_of_stream: bool,
+    ) -> Step {
+        let cfg = plugin.config();
+        let identity = match &cfg.identity_header {
+            Some(name) => headers.get(name),
+            None => Header::default(),
+        };
+        self.identity = identity.value.map(<[u8]>::to_vec);
+        let method = headers.get(":method").text().unwrap_or_default();
+        let session_id = headers.get(SESSION_HEADER);
+        let head = RequestHead {
+            method,
+            path: headers.get(":path").text().unwrap_or_default(),
+            session_id: session_id.text(),
+            protocol_version: headers.get(VERSION_HEADER).text(),
+            content_type: headers.get("content-type").text(),
+            content_length: headers.get("content-length").text(),
+            session_id_repeated: session_id.repeated(),
+            identity_repeated: identity.repeated(),
+        };
+        match policy::on_request_headers(cfg, &head) {
+            HeadVerdict::Ignore => Flow::Continue.into(),
+            HeadVerdict::Sessionless => {
+                plugin.count(Count::Sessionless, 1);
+                Flow::Continue.into()
+            }
+            HeadVerdict::Reject(rejection) => self.reply(plugin, &rejection),
+            HeadVerdict::ReadSessionlessBody => {
+                // Headers go on now (holding them would stop body callbacks on hosts without
+                // allow_on_headers_stop_iteration); the body is held until it is complete.
+                self.phase = Phase::SessionlessBody;
+                if end_of_stream {
+                    return self.on_complete_body(plugin, &[]);
+                }
+                Flow::Continue.into()
+            }
+            HeadVerdict::Session { id } => {
+                let method = method.to_owned();
+                let now_ms = plugin.host().now_ms();
+                // The epoch is read before the store, so an end between the two empties the
+                // cache.
+                let epoch = plugin.host().epoch();
+                if let Some(record) = plugin.cached(epoch, &id, self.identity.as_deref(), now_ms) {
+                    return self.on_session(plugin, id, &record, &method, end_of_stream, now_ms);
+                }
+                self.waiting = Waiting::Lookup {
+                    id,
+                    method,
+                    end_of_stream,
+                    epoch,
+                    now_ms,
+                };
+                Flow::Store(StoreOp::Lookup {
+                    id,
+                    identity: self.identity.clone(),
+                    now_ms,
+                })
+                .into()
+            }
+        }
+    }
+
+    fn on_session<H: Host>(
+        &mut self,
+        plugin: &Plugin<H>,
+        id: SessionId,
+        record: &Record,
+        method: &str,
+        end_of_stream: bool,
+        now_ms: u64,
+    ) -> Step {
+        self.session = Some(id);
+        self.mapped = record.upstream_id.is_some();
+        let mut edits = Vec::new();
+        if let Some(upstream) = &record.upstream_id {
+            edits.push(Edit::Request(SESSION_HEADER, upstream.clone()));
+        }
+        let mut step = match policy::on_session(plugin.config(), method, record) {
+            SessionVerdict::Forward => Flow::Continue.into(),
+            SessionVerdict::ReadUninitializedBody => {
+                self.phase = Phase::UninitializedBody;
+                if end_of_stream {
+                    self.on_complete_body(plugin, &[])
+                } else {
+                    Flow::Continue.into()
+                }
+            }
+            SessionVerdict::End => {
+                self.waiting = Waiting::Delete;
+                Flow::Store(StoreOp::End { id, now_ms }).into()
+            }
+        };
+        edits.append(&mut step.edits);
+        step.edits = edits;
+        step
+    }
+
+    fn on_request_body<H: Host>(
+        &mut self,
+        plugin: &Plugin<H>,
+        size: usize,
+        end_of_stream: bool,
+        body: &dyn Fn() -> Vec<u8>,
+    ) -> Step {
+        match self.phase {
+            Phase::SessionlessBody | Phase::UninitializedBody => {}
+            Phase::Pass | Phase::Replied => return Flow::Continue.into(),
+        }
+        let limit = plugin.config().max_body_bytes;
+        if size > limit {
+            return self.reply(plugin, &Rejection::body_too_large(limit));
+        }
+        if !end_of_stream {
+            return Flow::Pause.into(); // buffer until the whole body is here
+        }
+        self.on_complete_body(plugin, &body())
+    }
+
+    fn on_complete_body<H: Host>(&mut self, plugin: &Plugin<H>, body: &[u8]) -> Step {
+        match self.phase {
+            Phase::SessionlessBody => match policy::on_sessionless_body(body) {
+                SessionlessBody::Initialize { id } => self.reserve(plugin, id),
+                SessionlessBody::Reject(rejection) => self.reply(plugin, &rejection),
+            },
+            Phase::UninitializedBody => match policy::on_uninitialized_body(body) {
+                UninitializedBody::Forward { initialized } => {
+                    self.mark_initialized = initialized;
+                    self.phase = Phase::Pass;
+                    Flow::Continue.into()
+                }
+                UninitializedBody::Reject(rejection) => self.reply(plugin, &rejection),
+            },
+            Phase::Pass | Phase::Replied => Flow::Continue.into(),
+        }
+    }
+
+    fn reserve<H: Host>(&mut self, plugin: &Plugin<H>, request_id: Value) -> Step {
+        let mut secret = [0u8; SECRET_LEN];
+        if !plugin.host().fill_random(&mut secret) {
+            log::error!("the host random source failed; refusing initialize");
+            return self.reply(plugin, &Rejection::capacity().with_id(request_id));
+        }
+        self.waiting = Waiting::Reserve { request_id };
+        Flow::Store(StoreOp::Reserve {
+            secret,
+            identity: self.identity.clone(),
+            now_ms: plugin.host().now_ms(),
+        })
+        .into()
+    }
+
+    fn on_stored<H: Host>(&mut self, plugin: &Plugin<H>, result: StoreResult) -> Step {
+        let waiting = std::mem::replace(&mut self.waiting, Waiting::Nothing);
+        match (waiting, result) {
+            (
+                Waiting::Lookup {
+                    id,
+                    method,
+                    end_of_stream,
+                    epoch,
+                    now_ms,
+                },
+                StoreResult::Lookup(lookup),
+            ) => match lookup {
+                Lookup::Live(record, _) => {
+                    plugin.remember(epoch, &id, &record);
+                    self.on_session(plugin, id, &record, &method, end_of_stream, now_ms)
+                }
+                Lookup::Expired => {
+                    plugin.count(Count::Expired, 1);
+                    info!("session {} expired", id.short());
+                    self.reply(plugin, &Rejection::session_not_found())
+                }
+                Lookup::NotFound => self.reply(plugin, &Rejection::session_not_found()),
+            },
+            (Waiting::Delete, StoreResult::Ended(ended)) => match ended {
+                Ended::Ended(record) => {
+                    plugin.count(Count::Terminated, 1);
+                    if let Some(id) = &self.session {
+                        info!("session {} ended by the client", id.short());
+                    }
+                    if record.upstream_id.is_some() {
+                        // The upstream ends its own session; its answer goes to the client,
+                        // with the upstream's ID replaced like on every mapped response.
+                        Flow::Continue.into()
+                    } else {
+                        self.phase = Phase::Replied;
+                        Flow::Respond(Reply {
+                            status: 204,
+                            headers: Vec::new(),
+                            body: Vec::new(),
+                        })
+                        .into()
+                    }
+                }
+                Ended::Expired => {
+                    plugin.count(Count::Expired, 1);
+                    self.reply(plugin, &Rejection::session_not_found())
+                }
+                Ended::NotFound => self.reply(plugin, &Rejection::session_not_found()),
+            },
+            (Waiting::Reserve { request_id }, StoreResult::Reserved(reservation)) => {
+                match reservation {
+                    Some(reservation) => {
+                        plugin.count(Count::Expired, reservation.expired);
+                        self.initialize = Some(Initialize {
+                            id: reservation.id,
+                            upstream_id: None,
+                            answer: Answer::Awaiting,
+                        });
+                        self.phase = Phase::Pass;
+                        Flow::Continue.into()
+                    }
+                    None => {
+                        warn!(
+                            "initialize refused: {} sessions open",
+                            plugin.config().max_sessions
+                        );
+                        self.reply(plugin, &Rejection::capacity().with_id(request_id))
+                    }
+                }
+            }
+            (Waiting::Initialize { outcome }, StoreResult::Done(done)) => {
+                if let Some(id) = &self.session {
+                    match (outcome, done) {
+                        (Outcome::Result, true) => {
+                            plugin.count(Count::Created, 1);
+                            debug!("session {} created", id.short());
+                        }
+                        (Outcome::Result, false) => {
+                            warn!("session {} could not be activated", id.short());
+                        }
+                        (Outcome::Error, _) => {
+                            debug!("initialize failed; reservation {} released", id.short());
+                        }
+                    }
+                }
+                Flow::Continue.into()
+            }
+            (Waiting::UpstreamGone, StoreResult::Ended(ended)) => {
+                let id = self.session.map(|id| id.short()).unwrap_or_default();
+                match ended {
+                    Ended::Ended(_) => {
+                        plugin.count(Count::Terminated, 1);
+                        info!("session {id} ended: the upstream answered 404");
+                    }
+                    Ended::Expired => {
+                        plugin.count(Count::Expired, 1);
+                        info!("session {id} expired");
+                    }
+                    Ended::NotFound => {}
+                }
+                Flow::Continue.into()
+            }
+            (Waiting::Initialized, StoreResult::Done(_)) => Flow::Continue.into(),
+            (waiting, result) => {
+                // A host that answers the wrong question: never expected; let traffic go on.
+                warn!("store answer {result:?} does not fit {waiting:?}");
+                Flow::Continue.into()
+            }
+        }
+    }
+
+    fn on_response_headers<H: Host>(
+        &mut self,
+        plugin: &Plugin<H>,
+        headers: &dyn Headers,
+        end_of_stream: bool,
+    ) -> Step {
+        if self.phase == Phase::Replied {
+            return Flow::Continue.into();
+        }
+        if self.initialize.is_some() {
+            return self.on_initialize_response(plugin, headers, end_of_stream);
+        }
+        let Some(id) = self.session else {
+            return Flow::Continue.into();
+        };
+        if !self.mapped && !self.mark_initialized {
+            return Flow::Continue.into(); // the hot path: nothing to do
+        }
+        let status = status_of(headers);
+        let mut edits = Vec::new();
+        if self.mapped {
+            if status == 404 {
+                // The upstream lost its session: ours is useless now.
+                self.waiting = Waiting::UpstreamGone;
+                return Flow::Store(StoreOp::End {
+                    id,
+                    now_ms: plugin.host().now_ms(),
+                })
+                .into();
+            }
+            // Never show the client the upstream's own ID.
+            edits.push(Edit::Response(SESSION_HEADER, Some(id.encode())));
+        }
+        let flow = if self.mark_initialized && (200..300).contains(&status) {
+            self.waiting = Waiting::Initialized;
+            Flow::Store(StoreOp::MarkInitialized {
+                id,
+                now_ms: plugin.host().now_ms(),
+            })
+        } else {
+            Flow::Continue
+        };
+        Step { edits, flow }
+    }
+
+    fn on_initialize_response<H: Host>(
+        &mut self,
+        plugin: &Plugin<H>,
+        headers: &dyn Headers,
+        end_of_stream: bool,
+    ) -> Step {
+        let status = status_of(headers);
+        let upstream_id = headers.get(SESSION_HEADER).text().map(str::to_owned);
+        let removed = || Step {
+            edits: vec![Edit::Response(SESSION_HEADER, None)],
+            flow: Flow::Continue,
+        };
+        if !(200..300).contains(&status) {
+            let mut step = removed();
+            step.flow = self.decide_initialize(plugin, Outcome::Error).flow;
+            return step;
+        }
+        if let Some(upstream) = &upstream_id {
+            let valid = !upstream.is_empty()
+                && upstream.len() <= MAX_UPSTREAM_ID
+                && upstream.bytes().all(|b| (0x21..=0x7e).contains(&b));
+            if !valid {
+                warn!("the upstream's session ID is not storable; initialize fails");
+                let mut step = removed();
+                step.flow = self.decide_initialize(plugin, Outcome::Error).flow;
+                return step;
+            }
+        }
+        let Some(init) = &mut self.initialize else {
+            return Flow::Continue.into();
+        };
+        init.upstream_id = upstream_id;
+        let mut edits = vec![Edit::Response(SESSION_HEADER, Some(init.id.encode()))];
+        match headers.get(EXPOSE_HEADER).text() {
+            Some(list) if list.to_ascii_lowercase().contains(SESSION_HEADER) => {}
+            Some(list) if !list.trim().is_empty() => edits.push(Edit::Response(
+                EXPOSE_HEADER,
+                Some(format!("{list}, {SESSION_HEADER}")),
+            )),
+            _ => edits.push(Edit::Response(EXPOSE_HEADER, Some(SESSION_HEADER.into()))),
+        }
+        let content_type = headers.get("content-type").text().unwrap_or_default();
+        init.answer = if content_type
+            .to_ascii_lowercase()
+            .starts_with("text/event-stream")
+        {
+            Answer::Sse(SseScanner::default(), 0)
+        } else {
+            Answer::Json(Vec::new())
+        };
+        let flow = if end_of_stream {
+            // A 2xx with no body carries no result.
+            self.decide_initialize(plugin, Outcome::Error).flow
+        } else {
+            Flow::Continue
+        };
+        Step { edits, flow }
+    }
+
+    fn on_response_body<H: Host>(
+        &mut self,
+        plugin: &Plugin<H>,
+        size: usize,
+        end_of_stream: bool,
+        body: &dyn Fn() -> Vec<u8>,
+    ) -> Step {
+        let Some(init) = &mut self.initialize else {
+            return Flow::Continue.into();
+        };
+        let _ = size;
+        let limit = plugin.config().max_body_bytes;
+        let outcome = match &mut init.answer {
+            Answer::Awaiting => return Flow::Continue.into(),
+            Answer::Json(buffer) => {
+                buffer.extend_from_slice(&body());
+                if buffer.len() > limit {
+                    Some(Outcome::Result) // too big to read: give it the benefit of the doubt
+                } else if end_of_stream {
+                    Some(json_outcome(buffer).unwrap_or(Outcome::Error))
+                } else {
+                    None
+                }
+            }
+            Answer::Sse(scanner, seen) => {
+                let bytes = body();
+                *seen += bytes.len();
+                match scanner.feed(&bytes) {
+                    Some(outcome) => Some(outcome),
+                    None if *seen > limit => Some(Outcome::Result),
+                    None if end_of_stream => Some(Outcome::Error),
+                    None => None,
+                }
+            }
+        };
+        match outcome {
+            Some(outcome) => self.decide_initialize(plugin, outcome),
+            None => Flow::Continue.into(),
+        }
+    }
+
+    fn on_done<H: Host>(&mut self, plugin: &Plugin<H>) -> Step {
+        // A stream that ended before the initialize was answered leaves no reservation.
+        if self.initialize.is_some() {
+            return self.decide_initialize(plugin, Outcome::Error);
+        }
+        Flow::Continue.into()
+    }
+
+    /// Activates or releases the reservation of the `initialize` in flight, once.
+    fn decide_initialize<H: Host>(&mut self, plugin: &Plugin<H>, outcome: Outcome) -> Step {
+        let Some(init) = self.initialize.take() else {
+            return Flow::Continue.into();
+        };
+        self.session = Some(init.id);
+        self.waiting = Waiting::Initialize { outcome };
+        let op = match outcome {
+            Outcome::Result => StoreOp::Activate {
+                id: init.id,
+                upstream_id: init.upstream_id,
+                now_ms: plugin.host().now_ms(),
+            },
+            Outcome::Error => StoreOp::Release { id: init.id },
+        };
+        Flow::Store(op).into()
+    }
+}
+
+/// `:status` as a number; 0 when absent or not a number.
+fn status_of(headers: &dyn Headers) -> u32 {
+    headers
+        .get(":status")
+        .text()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}

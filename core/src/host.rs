@@ -1,0 +1,28 @@
+//! What the session logic needs from the proxy that runs it, and nothing of how that proxy
+//! provides it. The Envoy (proxy-wasm) adapter lives in the filter crate; a deterministic fake
+//! lives in [`crate::testkit`]. Logging goes through the `log` facade, which every host
+//! adapter connects to its own logger.
+
+use crate::headers::Header;
+use crate::metrics::Metric;
+use crate::store::SharedData;
+
+/// The host: a clock, a CSPRNG, the process-wide key-value store every worker shares, and
+/// the stats.
+pub trait Host: SharedData {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    /// Fills `buf` from a cryptographically secure source; false when there is none.
+    fn fill_random(&self, buf: &mut [u8]) -> bool;
+    /// Adds `delta` to a stat (a counter or a gauge).
+    fn increment(&self, metric: Metric, delta: i64);
+    /// The current value of the process-wide [`Metric::Epoch`] counter, or `None` when it
+    /// cannot be read or reads 0 (a stats matcher dropped it): see `cache.rs`.
+    fn epoch(&self) -> Option<u64>;
+}
+
+/// A request's or a response's headers, read when the machine asks. Names are lowercase.
+pub trait Headers {
+    /// The first value of header `name` and how many times it appears.
+    fn get(&self, name: &str) -> Header<'_>;
+}

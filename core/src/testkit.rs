@@ -1,0 +1,513 @@
+//! The one test kit, shared by the unit tests, `core/tests/` and the fuzz targets: a seeded
+//! PRNG, an in-memory shared-data store with Envoy's exact semantics, a deterministic host,
+//! header maps, and an [`Envoy`] that runs whole exchanges through a [`Plugin`] the way the
+//! proxy calls the filter. Nothing here is a secret source or used by the filter at run time.
+
+use crate::exchange::{Edit, Event, Exchange, Flow, Reply, Step};
+use crate::headers::Header;
+use crate::host::{Headers, Host};
+use crate::metrics::Metric;
+use crate::plugin::Plugin;
+use crate::store::{SharedData, WriteError};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+/// splitmix64: reproducible, fast, not secret.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// The next 32 bits.
+    pub fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64().checked_rem(n).unwrap_or(0)
+    }
+
+    /// Fills `buf`.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let word = self.next_u64().to_le_bytes();
+            for (to, from) in chunk.iter_mut().zip(word) {
+                *to = from;
+            }
+        }
+    }
+}
+
+/// An in-memory [`SharedData`] with Envoy's exact semantics (cas counter from 1, writes to
+/// missing keys accept any cas, empty values kept as present keys).
+#[derive(Debug, Default)]
+pub struct FakeShared {
+    inner: RefCell<SharedInner>,
+    gets: Cell<u64>,
+    sets: Cell<u64>,
+}
+
+#[derive(Debug, Default)]
+struct SharedInner {
+    map: HashMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+}
+
+impl FakeShared {
+    /// Number of keys ever created (the host never deletes one).
+    pub fn key_count(&self) -> usize {
+        self.inner.borrow().map.len()
+    }
+    /// Total bytes held in values.
+    pub fn value_bytes(&self) -> usize {
+        self.inner.borrow().map.values().map(|(v, _)| v.len()).sum()
+    }
+    /// Reads so far. A read that returns a value is what costs in Envoy (a VM crossing and
+    /// an allocation callback, ~11,000 instructions), so tests bound it per operation.
+    pub fn gets(&self) -> u64 {
+        self.gets.get()
+    }
+    /// Writes so far, successful or not.
+    pub fn sets(&self) -> u64 {
+        self.sets.get()
+    }
+}
+
+impl SharedData for FakeShared {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.gets.set(self.gets.get().wrapping_add(1));
+        match self.inner.borrow().map.get(key) {
+            None => (None, None),
+            Some((v, cas)) if v.is_empty() => (None, Some(*cas)),
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+        self.sets.set(self.sets.get().wrapping_add(1));
+        let mut inner = self.inner.borrow_mut();
+        let current = inner.map.get(key).map(|(_, c)| *c);
+        if let (Some(have), Some(want)) = (current, cas) {
+            if want != 0 && want != have {
+                return Err(WriteError::CasMismatch);
+            }
+        }
+        inner.next_cas = inner.next_cas.wrapping_add(1).max(1);
+        let next = inner.next_cas;
+        inner.map.insert(key.to_string(), (value.to_vec(), next));
+        Ok(())
+    }
+}
+
+/// What one Envoy process shares between its workers: shared data, the stats and the clock.
+#[derive(Debug)]
+pub struct Process {
+    /// Shared data.
+    pub shared: FakeShared,
+    stats: RefCell<BTreeMap<String, i64>>,
+    clock: Cell<u64>,
+    /// Whether the stats keep the epoch counter (a stats matcher may drop it).
+    pub keeps_epoch: Cell<bool>,
+}
+
+impl Process {
+    /// A process whose clock reads `now_ms`.
+    pub fn new(now_ms: u64) -> Rc<Process> {
+        Rc::new(Process {
+            shared: FakeShared::default(),
+            stats: RefCell::new(BTreeMap::new()),
+            clock: Cell::new(now_ms),
+            keeps_epoch: Cell::new(true),
+        })
+    }
+
+    /// Moves the clock on.
+    pub fn advance(&self, ms: u64) {
+        self.clock.set(self.clock.get().saturating_add(ms));
+    }
+
+    /// Now.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.get()
+    }
+
+    /// A stat's value, by name (0 when never moved).
+    pub fn stat(&self, name: &str) -> i64 {
+        self.stats.borrow().get(name).copied().unwrap_or(0)
+    }
+
+    /// The `mcp_session.*` stats that are not 0, without the prefix, the epoch left out.
+    pub fn session_stats(&self) -> BTreeMap<String, i64> {
+        self.stats
+            .borrow()
+            .iter()
+            .filter(|(k, v)| **v != 0 && k.as_str() != crate::metrics::EPOCH)
+            .map(|(k, v)| (k.trim_start_matches("mcp_session.").to_owned(), *v))
+            .collect()
+    }
+}
+
+/// One worker's host: the process it runs in and a random source of its own (seeded, so a
+/// test is reproducible).
+#[derive(Debug)]
+pub struct FakeHost {
+    /// The process.
+    pub process: Rc<Process>,
+    rng: RefCell<Rng>,
+    /// Whether the random source works.
+    pub random_works: Cell<bool>,
+}
+
+impl FakeHost {
+    /// A worker of `process` whose random source is seeded with `seed`.
+    pub fn new(process: &Rc<Process>, seed: u64) -> FakeHost {
+        FakeHost {
+            process: Rc::clone(process),
+            rng: RefCell::new(Rng::new(seed)),
+            random_works: Cell::new(true),
+        }
+    }
+}
+
+impl SharedData for FakeHost {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.process.shared.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+        self.process.shared.set(key, value, cas)
+    }
+}
+
+impl Host for FakeHost {
+    fn now_ms(&self) -> u64 {
+        self.process.now_ms()
+    }
+
+    fn fill_random(&self, buf: &mut [u8]) -> bool {
+        if !self.random_works.get() {
+            return false;
+        }
+        self.rng.borrow_mut().fill(buf);
+        true
+    }
+
+    fn increment(&self, metric: Metric, delta: i64) {
+        let mut stats = self.process.stats.borrow_mut();
+        let value = stats.entry(metric.name()).or_insert(0);
+        *value = value.saturating_add(delta);
+    }
+
+    fn epoch(&self) -> Option<u64> {
+        if !self.process.keeps_epoch.get() {
+            return None;
+        }
+        let value = self.process.stat(crate::metrics::EPOCH);
+        u64::try_from(value).ok().filter(|v| *v > 0)
+    }
+}
+
+/// A header map: pairs in order, names compared without regard to ASCII case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderList(pub Vec<(String, String)>);
+
+impl HeaderList {
+    /// From pairs.
+    pub fn of(pairs: &[(&str, &str)]) -> HeaderList {
+        HeaderList(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    /// The first value of `name`.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets `name` (replacing every copy), or removes it.
+    pub fn set(&mut self, name: &str, value: Option<&str>) {
+        self.0.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        if let Some(value) = value {
+            self.0.push((name.to_owned(), value.to_owned()));
+        }
+    }
+}
+
+impl Headers for HeaderList {
+    fn get(&self, name: &str) -> Header<'_> {
+        let mut found = Header::default();
+        for (k, v) in &self.0 {
+            if !name.is_empty() && k.eq_ignore_ascii_case(name) {
+                if found.value.is_none() {
+                    found.value = Some(v.as_bytes());
+                }
+                found.count = found.count.saturating_add(1);
+            }
+        }
+        found
+    }
+}
+
+/// An HTTP request as a client sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    /// Headers, pseudo-headers (`:method`, `:path`) included.
+    pub headers: HeaderList,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A POST of `body` to `/mcp` as a JSON-RPC client sends it, with `extra` headers.
+    pub fn post(body: &str, extra: &[(&str, &str)]) -> Request {
+        let mut headers = HeaderList::of(&[
+            (":method", "POST"),
+            (":path", "/mcp"),
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+        ]);
+        headers.0.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        Request {
+            headers,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    /// A request with another method and no body.
+    pub fn bare(method: &str, extra: &[(&str, &str)]) -> Request {
+        let mut request = Request::post("", extra);
+        request.headers.set(":method", Some(method));
+        request.headers.set("content-type", None);
+        request
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Response {
+    /// Status.
+    pub status: u32,
+    /// Headers (`:status` not among them).
+    pub headers: HeaderList,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Whether the filter answered it (a local reply) rather than the upstream.
+    pub local: bool,
+}
+
+impl Response {
+    /// A response from the upstream.
+    pub fn upstream(status: u32, headers: &[(&str, &str)], body: &str) -> Response {
+        Response {
+            status,
+            headers: HeaderList::of(headers),
+            body: body.as_bytes().to_vec(),
+            local: false,
+        }
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.value(name)
+    }
+}
+
+/// How an [`Envoy`] delivers bodies to the filter: whole, or cut in chunks of this many bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunks {
+    /// One piece.
+    Whole,
+    /// Pieces of this size.
+    Of(usize),
+}
+
+/// Runs exchanges through a [`Plugin`] as Envoy calls the filter: request headers, the body
+/// (buffered while the filter pauses), the upstream, response headers, the response body,
+/// then the end of the stream. Header edits are applied as Envoy applies them.
+pub struct Envoy<'p, H: Host> {
+    /// The worker's plugin.
+    pub plugin: &'p Plugin<H>,
+    /// How bodies arrive.
+    pub chunks: Chunks,
+}
+
+impl<'p, H: Host> Envoy<'p, H> {
+    /// An Envoy worker running `plugin`.
+    pub fn new(plugin: &'p Plugin<H>) -> Envoy<'p, H> {
+        Envoy {
+            plugin,
+            chunks: Chunks::Whole,
+        }
+    }
+
+    /// Sends `request`; `upstream` answers what the filter forwards (it sees the request as
+    /// edited). Returns what the client gets.
+    pub fn send(
+        &self,
+        mut request: Request,
+        upstream: &mut dyn FnMut(&Request) -> Response,
+    ) -> Response {
+        let mut exchange = Exchange::new();
+        let response = self.run(&mut exchange, &mut request, upstream);
+        let _ = self.plugin.on_event(&mut exchange, Event::Done);
+        response
+    }
+
+    fn run(
+        &self,
+        exchange: &mut Exchange,
+        request: &mut Request,
+        upstream: &mut dyn FnMut(&Request) -> Response,
+    ) -> Response {
+        let no_body = request.body.is_empty();
+        let step = self.plugin.on_event(
+            exchange,
+            Event::RequestHeaders {
+                headers: &request.headers.clone(),
+                end_of_stream: no_body,
+            },
+        );
+        if let Some(reply) = apply(step, &mut request.headers) {
+            return local(reply);
+        }
+        if !no_body {
+            let pieces = pieces(&request.body, self.chunks);
+            let mut buffered: Vec<u8> = Vec::new();
+            for (i, piece) in pieces.iter().enumerate() {
+                buffered.extend_from_slice(piece);
+                let end = i + 1 == pieces.len();
+                let whole = buffered.clone();
+                let read = move || whole.clone();
+                let step = self.plugin.on_event(
+                    exchange,
+                    Event::RequestBody {
+                        size: buffered.len(),
+                        end_of_stream: end,
+                        body: &read,
+                    },
+                );
+                let paused = step.flow == Flow::Pause;
+                if let Some(reply) = apply(step, &mut request.headers) {
+                    return local(reply);
+                }
+                if !paused {
+                    buffered.clear(); // passed on: the next callback sees only new data
+                }
+            }
+        }
+        let mut response = upstream(request);
+        let mut headers = response.headers.clone();
+        headers
+            .0
+            .insert(0, (":status".into(), response.status.to_string()));
+        let no_body = response.body.is_empty();
+        let step = self.plugin.on_event(
+            exchange,
+            Event::ResponseHeaders {
+                headers: &headers,
+                end_of_stream: no_body,
+            },
+        );
+        if let Some(reply) = apply_response(step, &mut response.headers) {
+            return local(reply);
+        }
+        let body = response.body.clone();
+        let pieces = if no_body {
+            Vec::new()
+        } else {
+            pieces(&body, self.chunks)
+        };
+        for (i, piece) in pieces.iter().enumerate() {
+            let end = i + 1 == pieces.len();
+            let chunk = piece.to_vec();
+            let read = move || chunk.clone();
+            let step = self.plugin.on_event(
+                exchange,
+                Event::ResponseBody {
+                    size: piece.len(),
+                    end_of_stream: end,
+                    body: &read,
+                },
+            );
+            if let Some(reply) = apply_response(step, &mut response.headers) {
+                return local(reply);
+            }
+        }
+        response
+    }
+}
+
+fn pieces(body: &[u8], chunks: Chunks) -> Vec<&[u8]> {
+    match chunks {
+        Chunks::Whole => vec![body],
+        Chunks::Of(n) => body.chunks(n.max(1)).collect(),
+    }
+}
+
+fn local(reply: Reply) -> Response {
+    let mut headers = HeaderList::default();
+    for (k, v) in &reply.headers {
+        headers.0.push(((*k).to_owned(), v.clone()));
+    }
+    Response {
+        status: reply.status,
+        headers,
+        body: reply.body,
+        local: true,
+    }
+}
+
+/// Applies a request-side step; the reply when the filter answered.
+fn apply(step: Step, headers: &mut HeaderList) -> Option<Reply> {
+    for edit in &step.edits {
+        if let Edit::Request(name, value) = edit {
+            headers.set(name, Some(value));
+        }
+    }
+    match step.flow {
+        Flow::Respond(reply) => Some(reply),
+        Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Wait => None,
+    }
+}
+
+/// Applies a response-side step; the reply when the filter answered.
+fn apply_response(step: Step, headers: &mut HeaderList) -> Option<Reply> {
+    for edit in &step.edits {
+        if let Edit::Response(name, value) = edit {
+            headers.set(name, value.as_deref());
+        }
+    }
+    match step.flow {
+        Flow::Respond(reply) => Some(reply),
+        Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Wait => None,
+    }
+}

@@ -1,0 +1,868 @@
+//! Whole MCP conversations through the request machine on the fake host: every behaviour the
+//! end-to-end suite checks through real Envoy, here in milliseconds. A conversation runs
+//! exchanges through `testkit::Envoy` (the proxy's call order, header edits applied) against a
+//! small MCP upstream written below, and checks what the client got, what the upstream saw
+//! and the stats.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+use mcp_session_core::plugin::Plugin;
+use mcp_session_core::session_id::SessionId;
+use mcp_session_core::testkit::{Chunks, Envoy, FakeHost, Process, Request, Response};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
+
+const T0: u64 = 1_900_000_000_000;
+const V: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+const TOOLS_LIST: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+const PING: &str = r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#;
+
+/// How the upstream answers `initialize`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum InitAnswer {
+    Json,
+    Sse,
+    JsonError,
+    SseError,
+    Status(u32),
+    NoBody,
+}
+
+/// A small MCP server: answers initialize as told, 202 to notifications, a result to
+/// requests; when stateful it mints its own session IDs and answers 404 to unknown ones.
+struct Upstream {
+    init: InitAnswer,
+    stateful: bool,
+    sessions: HashSet<String>,
+    minted: u32,
+    seen: Vec<Request>,
+}
+
+impl Upstream {
+    fn new() -> Upstream {
+        Upstream {
+            init: InitAnswer::Json,
+            stateful: false,
+            sessions: HashSet::new(),
+            minted: 0,
+            seen: Vec::new(),
+        }
+    }
+
+    fn stateful() -> Upstream {
+        Upstream {
+            stateful: true,
+            ..Upstream::new()
+        }
+    }
+
+    fn answer(&mut self, request: &Request) -> Response {
+        self.seen.push(request.clone());
+        let method = request.headers.value(":method").unwrap_or_default();
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        let json = [("content-type", "application/json")];
+        let sse = [("content-type", "text/event-stream")];
+        if body["method"] == "initialize" {
+            let result = r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"up","version":"1"}}}"#;
+            let error =
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"unsupported"}}"#;
+            let mut response = match self.init {
+                InitAnswer::Json => Response::upstream(200, &json, result),
+                InitAnswer::JsonError => Response::upstream(200, &json, error),
+                InitAnswer::Sse => Response::upstream(
+                    200,
+                    &sse,
+                    &format!(
+                        ": comment\r\nevent: message\r\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}}\r\n\r\ndata: {result}\r\n\r\n"
+                    ),
+                ),
+                InitAnswer::SseError => {
+                    Response::upstream(200, &sse, &format!("data: {error}\n\n"))
+                }
+                InitAnswer::Status(status) => Response::upstream(status, &json, error),
+                InitAnswer::NoBody => Response::upstream(200, &json, ""),
+            };
+            if self.stateful {
+                self.minted += 1;
+                let id = format!("upstream-{}", self.minted);
+                self.sessions.insert(id.clone());
+                response.headers.set("mcp-session-id", Some(&id));
+            }
+            return response;
+        }
+        if self.stateful {
+            let known = request
+                .headers
+                .value("mcp-session-id")
+                .is_some_and(|id| self.sessions.contains(id));
+            if !known {
+                return Response::upstream(
+                    404,
+                    &json,
+                    r#"{"jsonrpc":"2.0","error":{"code":-32001,"message":"Session not found"},"id":null}"#,
+                );
+            }
+            let mut response = if method == "DELETE" {
+                let id = request.headers.value("mcp-session-id").unwrap_or_default();
+                self.sessions.remove(id);
+                Response::upstream(200, &[], "")
+            } else {
+                Response::upstream(200, &json, r#"{"jsonrpc":"2.0","id":2,"result":{}}"#)
+            };
+            let id = request
+                .headers
+                .value("mcp-session-id")
+                .unwrap_or_default()
+                .to_owned();
+            response.headers.set("mcp-session-id", Some(&id));
+            if method != "DELETE" && body.get("id").is_none() && method == "POST" {
+                response.status = 202;
+                response.body.clear();
+            }
+            return response;
+        }
+        match method {
+            "GET" => Response::upstream(200, &sse, ": stream\n\n"),
+            "DELETE" => Response::upstream(405, &[], ""),
+            _ if body.get("id").is_none() => Response::upstream(202, &[], ""),
+            _ => Response::upstream(200, &json, r#"{"jsonrpc":"2.0","id":2,"result":{}}"#),
+        }
+    }
+}
+
+/// One Envoy process with one worker (more with [`World::worker`]), and its upstream.
+struct World {
+    process: Rc<Process>,
+    plugins: Vec<Plugin<FakeHost>>,
+    upstream: Upstream,
+    chunks: Chunks,
+}
+
+impl World {
+    fn new(config: &str) -> World {
+        World::with(config, Upstream::new())
+    }
+
+    fn with(config: &str, upstream: Upstream) -> World {
+        let process = Process::new(T0);
+        let plugin = Plugin::new(FakeHost::new(&process, 1), config.as_bytes()).unwrap();
+        World {
+            process,
+            plugins: vec![plugin],
+            upstream,
+            chunks: Chunks::Whole,
+        }
+    }
+
+    /// Adds a worker with the same configuration; its index.
+    fn worker(&mut self, config: &str) -> usize {
+        let seed = self.plugins.len() as u64 + 1;
+        let host = FakeHost::new(&self.process, seed);
+        self.plugins
+            .push(Plugin::new(host, config.as_bytes()).unwrap());
+        self.plugins.len() - 1
+    }
+
+    fn send_on(&mut self, worker: usize, request: Request) -> Response {
+        let mut envoy = Envoy::new(&self.plugins[worker]);
+        envoy.chunks = self.chunks;
+        let upstream = &mut self.upstream;
+        envoy.send(request, &mut |r| upstream.answer(r))
+    }
+
+    fn send(&mut self, request: Request) -> Response {
+        self.send_on(0, request)
+    }
+
+    fn post(&mut self, body: &str, headers: &[(&str, &str)]) -> Response {
+        self.send(Request::post(body, headers))
+    }
+
+    /// initialize and notifications/initialized: a session ready for use.
+    fn open(&mut self, headers: &[(&str, &str)]) -> String {
+        let sid = self.initialize(headers);
+        let mut with = vec![("mcp-session-id", sid.as_str()), V];
+        with.extend_from_slice(headers);
+        assert_eq!(self.post(INITIALIZED, &with).status, 202);
+        sid
+    }
+
+    fn initialize(&mut self, headers: &[(&str, &str)]) -> String {
+        let response = self.post(INITIALIZE, headers);
+        assert_eq!(response.status, 200, "{response:?}");
+        let sid = response.header("mcp-session-id").unwrap().to_owned();
+        assert!(SessionId::parse(&sid).is_some(), "{sid}");
+        sid
+    }
+
+    fn call(&mut self, sid: &str) -> Response {
+        self.post(TOOLS_LIST, &[("mcp-session-id", sid), V])
+    }
+
+    fn stats(&self) -> BTreeMap<String, i64> {
+        self.process.session_stats()
+    }
+
+    fn stat(&self, name: &str) -> i64 {
+        self.process.stat(&format!("mcp_session.{name}"))
+    }
+}
+
+fn error_of(response: &Response) -> (i64, Value) {
+    let body = response.json();
+    (body["error"]["code"].as_i64().unwrap(), body["id"].clone())
+}
+
+fn stats(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+#[test]
+fn a_whole_session_initialize_initialized_calls_delete() {
+    let mut w = World::new("{}");
+    let response = w.post(INITIALIZE, &[]);
+    assert_eq!(response.status, 200);
+    assert!(!response.local);
+    let sid = response.header("mcp-session-id").unwrap().to_owned();
+    assert_eq!(sid.len(), 40);
+    assert_eq!(
+        response.header("access-control-expose-headers"),
+        Some("mcp-session-id")
+    );
+
+    // Before notifications/initialized only ping passes.
+    let early = w.call(&sid);
+    assert_eq!((early.status, error_of(&early)), (400, (-32000, json!(2))));
+    assert_eq!(w.post(PING, &[("mcp-session-id", &sid), V]).status, 200);
+
+    assert_eq!(
+        w.post(INITIALIZED, &[("mcp-session-id", &sid), V]).status,
+        202
+    );
+    for _ in 0..3 {
+        let ok = w.call(&sid);
+        assert_eq!((ok.status, ok.local), (200, false));
+    }
+    // The upstream saw the filter's ID untouched (a stateless upstream has none of its own).
+    let last = w.upstream.seen.last().unwrap();
+    assert_eq!(last.headers.value("mcp-session-id"), Some(sid.as_str()));
+
+    let deleted = w.send(Request::bare("DELETE", &[("mcp-session-id", &sid)]));
+    assert_eq!((deleted.status, deleted.local), (204, true));
+    let after = w.call(&sid);
+    assert_eq!((after.status, error_of(&after).0), (404, -32001));
+    assert_eq!(
+        w.stats(),
+        stats(&[
+            ("created", 1),
+            ("terminated", 1),
+            ("rejected.lifecycle", 1),
+            ("rejected.unknown", 1),
+        ])
+    );
+}
+
+#[test]
+fn get_opens_a_stream_on_a_session_and_needs_one() {
+    let mut w = World::new("{}");
+    let sid = w.open(&[]);
+    let get = w.send(Request::bare("GET", &[("mcp-session-id", &sid)]));
+    assert_eq!((get.status, get.local), (200, false));
+    let missing = w.send(Request::bare("GET", &[]));
+    assert_eq!((missing.status, missing.local), (400, true));
+}
+
+/// Every rejection: the request, then the status, the JSON-RPC code, the id echoed and the
+/// stat that counts it.
+#[test]
+fn every_rejection_by_table() {
+    let config = r#"{"max_body_bytes": 1024, "allow_delete": true}"#;
+    let unknown = "0000000000112233445566778899aabbccddeeff";
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":9,"method":"initialize","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(2000)
+    );
+    let big_len = big.len().to_string();
+    type Case<'a> = (&'a str, Request, u32, i64, Value, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "no session on a request",
+            Request::post(TOOLS_LIST, &[]),
+            400,
+            -32000,
+            json!(2),
+            "missing",
+        ),
+        (
+            "no session on GET",
+            Request::bare("GET", &[]),
+            400,
+            -32000,
+            Value::Null,
+            "missing",
+        ),
+        (
+            "no session on DELETE",
+            Request::bare("DELETE", &[]),
+            400,
+            -32000,
+            Value::Null,
+            "missing",
+        ),
+        (
+            "unknown session",
+            Request::post(TOOLS_LIST, &[("mcp-session-id", unknown)]),
+            404,
+            -32001,
+            Value::Null,
+            "unknown",
+        ),
+        (
+            "malformed session",
+            Request::post(TOOLS_LIST, &[("mcp-session-id", "not-ours")]),
+            404,
+            -32001,
+            Value::Null,
+            "unknown",
+        ),
+        (
+            "unknown on DELETE",
+            Request::bare("DELETE", &[("mcp-session-id", unknown)]),
+            404,
+            -32001,
+            Value::Null,
+            "unknown",
+        ),
+        (
+            "repeated session header",
+            Request::post(
+                TOOLS_LIST,
+                &[("mcp-session-id", unknown), ("Mcp-Session-Id", unknown)],
+            ),
+            400,
+            -32000,
+            Value::Null,
+            "header",
+        ),
+        (
+            "unsupported version",
+            Request::post(INITIALIZE, &[("mcp-protocol-version", "2024-01-01")]),
+            400,
+            -32000,
+            Value::Null,
+            "version",
+        ),
+        (
+            "not JSON",
+            Request::post("{nope", &[]),
+            400,
+            -32700,
+            Value::Null,
+            "body",
+        ),
+        (
+            "not JSON-RPC",
+            Request::post(r#"{"hello":1}"#, &[]),
+            400,
+            -32600,
+            Value::Null,
+            "body",
+        ),
+        (
+            "initialize in a batch",
+            Request::post(&format!("[{INITIALIZE}]"), &[]),
+            400,
+            -32600,
+            Value::Null,
+            "body",
+        ),
+        (
+            "body too large",
+            Request::post(&big, &[]),
+            413,
+            -32000,
+            Value::Null,
+            "body",
+        ),
+        (
+            "declared too large",
+            Request::post(&big, &[("content-length", &big_len)]),
+            413,
+            -32000,
+            Value::Null,
+            "body",
+        ),
+    ];
+    for (name, request, status, code, id, stat) in cases {
+        let mut w = World::new(config);
+        let response = w.send(request);
+        assert_eq!(
+            (response.status, response.local),
+            (status, true),
+            "{name}: {response:?}"
+        );
+        assert_eq!(error_of(&response), (code, id), "{name}");
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/json"),
+            "{name}"
+        );
+        assert_eq!(
+            w.stats(),
+            stats(&[(&format!("rejected.{stat}"), 1)]),
+            "{name}"
+        );
+        assert!(w.upstream.seen.is_empty(), "{name}: reached the upstream");
+    }
+}
+
+#[test]
+fn other_content_types_and_methods() {
+    let mut w = World::new(r#"{"allow_delete": false}"#);
+    let mut text = Request::post(INITIALIZE, &[]);
+    text.headers.set("content-type", Some("text/plain"));
+    assert_eq!(w.send(text).status, 415);
+    let sid = w.open(&[]);
+    let delete = w.send(Request::bare("DELETE", &[("mcp-session-id", &sid)]));
+    assert_eq!(delete.status, 405);
+    assert_eq!(delete.header("allow"), Some("GET, POST"));
+    assert_eq!(w.call(&sid).status, 200, "a refused DELETE ends nothing");
+    // OPTIONS and other methods are not session traffic.
+    let options = w.send(Request::bare("OPTIONS", &[]));
+    assert!(!options.local);
+}
+
+#[test]
+fn sessionless_era_passes_untouched() {
+    let mut w = World::new("{}");
+    let discover = r#"{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{}}"#;
+    let response = w.post(
+        discover,
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "server/discover"),
+        ],
+    );
+    assert_eq!((response.status, response.local), (200, false));
+    assert_eq!(response.header("mcp-session-id"), None);
+    // Even with a session header, which the new era ignores.
+    let with_header = w.post(
+        TOOLS_LIST,
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-session-id", "whatever"),
+        ],
+    );
+    assert!(!with_header.local);
+    assert_eq!(w.stats(), stats(&[("passthrough.sessionless", 2)]));
+}
+
+#[test]
+fn unguarded_paths_and_stateless_mode_pass_everything() {
+    let mut w = World::new(r#"{"paths": ["/mcp"]}"#);
+    let mut other = Request::post(TOOLS_LIST, &[]);
+    other.headers.set(":path", Some("/other"));
+    assert!(!w.send(other).local);
+    let mut query = Request::post(TOOLS_LIST, &[]);
+    query.headers.set(":path", Some("/mcp?x=1"));
+    assert_eq!(
+        w.send(query).status,
+        400,
+        "the query is not part of the path"
+    );
+
+    let mut w = World::new(r#"{"stateless": true}"#);
+    let response = w.post(TOOLS_LIST, &[]);
+    assert!(!response.local);
+    assert_eq!(w.post(INITIALIZE, &[]).header("mcp-session-id"), None);
+    assert!(w.stats().is_empty());
+}
+
+#[test]
+fn idle_expiry_and_touches_that_keep_a_session_alive() {
+    let mut w = World::new(r#"{"idle_timeout_seconds": 10}"#);
+    let sid = w.open(&[]);
+    // Used every 6 s for a minute: alive, though its age is past the idle timeout.
+    for _ in 0..10 {
+        w.process.advance(6_000);
+        assert_eq!(w.call(&sid).status, 200);
+    }
+    w.process.advance(10_001);
+    let expired = w.call(&sid);
+    assert_eq!((expired.status, error_of(&expired).0), (404, -32001));
+    assert_eq!(w.stat("expired"), 1);
+    assert_eq!(w.stat("live"), 0);
+    assert_eq!(w.call(&sid).status, 404, "and stays ended");
+    assert_eq!(w.stat("expired"), 1, "counted once");
+}
+
+#[test]
+fn absolute_lifetime_ends_a_session_in_use() {
+    let mut w = World::new(r#"{"idle_timeout_seconds": 10, "max_lifetime_seconds": 30}"#);
+    let sid = w.open(&[]);
+    for _ in 0..5 {
+        w.process.advance(5_000);
+        assert_eq!(w.call(&sid).status, 200);
+    }
+    w.process.advance(5_001);
+    assert_eq!(w.call(&sid).status, 404);
+    assert_eq!((w.stat("expired"), w.stat("live")), (1, 0));
+}
+
+#[test]
+fn the_sweep_ends_abandoned_sessions() {
+    let mut w = World::new(r#"{"idle_timeout_seconds": 10}"#);
+    let _a = w.open(&[]);
+    let _b = w.open(&[]);
+    assert_eq!(w.stat("live"), 2);
+    w.process.advance(11_000);
+    let report = w.plugins[0].on_tick();
+    assert_eq!(report.expired, 2);
+    assert_eq!((w.stat("expired"), w.stat("live")), (2, 0));
+}
+
+#[test]
+fn an_initialize_that_never_completes_is_swept() {
+    let mut w = World::new(r#"{"idle_timeout_seconds": 10}"#);
+    // The stream ends before the upstream answers: the reservation is released at once.
+    let plugin = &w.plugins[0];
+    let mut exchange = mcp_session_core::exchange::Exchange::new();
+    let headers = Request::post(INITIALIZE, &[]).headers;
+    let _ = plugin.on_event(
+        &mut exchange,
+        mcp_session_core::exchange::Event::RequestHeaders {
+            headers: &headers,
+            end_of_stream: false,
+        },
+    );
+    let body = || INITIALIZE.as_bytes().to_vec();
+    let _ = plugin.on_event(
+        &mut exchange,
+        mcp_session_core::exchange::Event::RequestBody {
+            size: INITIALIZE.len(),
+            end_of_stream: true,
+            body: &body,
+        },
+    );
+    let _ = plugin.on_event(&mut exchange, mcp_session_core::exchange::Event::Done);
+    assert_eq!(w.stat("created"), 0);
+    // The freed slot is the next initialize's.
+    let sid = w.initialize(&[]);
+    assert!(sid.starts_with("00000000"), "{sid}");
+    w.process.advance(1);
+    assert_eq!(w.stat("live"), 1);
+}
+
+#[test]
+fn capacity_refuses_with_503_and_a_freed_slot_is_reused() {
+    let mut w = World::new(r#"{"max_sessions": 2}"#);
+    let a = w.open(&[]);
+    let _b = w.open(&[]);
+    let full = w.post(INITIALIZE, &[]);
+    assert_eq!((full.status, full.local), (503, true));
+    assert_eq!(
+        error_of(&full),
+        (-32000, json!(1)),
+        "the initialize's id is echoed"
+    );
+    assert_eq!(w.stat("rejected.capacity"), 1);
+    assert_eq!(
+        w.send(Request::bare("DELETE", &[("mcp-session-id", &a)]))
+            .status,
+        204
+    );
+    let c = w.initialize(&[]);
+    assert_eq!(&c[..8], &a[..8], "the freed slot");
+    assert_ne!(c, a, "with a new secret");
+    assert_eq!(w.call(&a).status, 404);
+}
+
+#[test]
+fn no_random_source_no_session() {
+    let mut w = World::new("{}");
+    w.plugins[0].host().random_works.set(false);
+    let response = w.post(INITIALIZE, &[]);
+    assert_eq!((response.status, response.local), (503, true));
+    assert!(w.upstream.seen.is_empty());
+}
+
+#[test]
+fn identity_binds_a_session_to_its_caller() {
+    let mut w = World::new(r#"{"identity_header": "x-user"}"#);
+    let alice = [("x-user", "alice")];
+    let sid = w.open(&alice);
+    assert_eq!(
+        w.post(TOOLS_LIST, &[("mcp-session-id", &sid), ("x-user", "alice")])
+            .status,
+        200
+    );
+    // Another caller, or none, cannot tell the session from an unknown one.
+    let unknown = w.post(
+        TOOLS_LIST,
+        &[
+            ("mcp-session-id", "0000000000112233445566778899aabbccddeeff"),
+            ("x-user", "bob"),
+        ],
+    );
+    for headers in [vec![("x-user", "bob")], vec![]] {
+        let mut with = vec![("mcp-session-id", sid.as_str())];
+        with.extend(headers);
+        let response = w.post(TOOLS_LIST, &with);
+        assert_eq!(response.status, 404);
+        assert_eq!(response.body, unknown.body);
+    }
+    let delete = w.send(Request::bare(
+        "DELETE",
+        &[("mcp-session-id", &sid), ("x-user", "bob")],
+    ));
+    assert_eq!(delete.status, 404, "nor end it");
+    let twice = w.post(
+        TOOLS_LIST,
+        &[
+            ("mcp-session-id", &sid),
+            ("x-user", "alice"),
+            ("x-user", "bob"),
+        ],
+    );
+    assert_eq!((twice.status, w.stat("rejected.header")), (400, 1));
+    assert_eq!(
+        w.post(TOOLS_LIST, &[("mcp-session-id", &sid), ("x-user", "alice")])
+            .status,
+        200
+    );
+}
+
+#[test]
+fn initialize_answered_as_json_or_sse_with_a_result_or_an_error() {
+    let cases = [
+        (InitAnswer::Json, Chunks::Whole, true),
+        (InitAnswer::Sse, Chunks::Whole, true),
+        (InitAnswer::Sse, Chunks::Of(3), true),
+        (InitAnswer::Json, Chunks::Of(5), true),
+        (InitAnswer::JsonError, Chunks::Whole, false),
+        (InitAnswer::SseError, Chunks::Of(4), false),
+        (InitAnswer::NoBody, Chunks::Whole, false),
+        (InitAnswer::Status(500), Chunks::Whole, false),
+        (InitAnswer::Status(404), Chunks::Whole, false),
+    ];
+    for (answer, chunks, live) in cases {
+        let mut w = World::new("{}");
+        w.upstream.init = answer;
+        w.chunks = chunks;
+        let response = w.post(INITIALIZE, &[]);
+        let case = format!("{answer:?} in {chunks:?}");
+        assert!(!response.local, "{case}");
+        let sid = response.header("mcp-session-id").map(str::to_owned);
+        if let InitAnswer::Status(_) = answer {
+            assert_eq!(sid, None, "{case}: no ID on a failed initialize");
+            assert_eq!(w.stats(), stats(&[]), "{case}");
+            continue;
+        }
+        let sid = sid.unwrap();
+        assert_eq!(w.stat("created"), i64::from(live), "{case}");
+        assert_eq!(w.stat("live"), i64::from(live), "{case}");
+        let next = w.post(INITIALIZED, &[("mcp-session-id", &sid)]);
+        assert_eq!(next.status, if live { 202 } else { 404 }, "{case}");
+    }
+}
+
+#[test]
+fn chunked_request_bodies_are_read_whole() {
+    for size in [1, 2, 7, 64] {
+        let mut w = World::new("{}");
+        w.chunks = Chunks::Of(size);
+        let sid = w.initialize(&[]);
+        let early = w.call(&sid);
+        assert_eq!(early.status, 400, "chunks of {size}");
+        assert_eq!(w.post(INITIALIZED, &[("mcp-session-id", &sid)]).status, 202);
+        assert_eq!(w.call(&sid).status, 200);
+    }
+}
+
+#[test]
+fn a_stateful_upstreams_session_is_mapped_and_hidden() {
+    let mut w = World::with("{}", Upstream::stateful());
+    let sid = w.open(&[]);
+    assert!(!sid.starts_with("upstream-"));
+    let response = w.call(&sid);
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("mcp-session-id"),
+        Some(sid.as_str()),
+        "ours, never theirs"
+    );
+    let seen = w.upstream.seen.last().unwrap();
+    assert_eq!(seen.headers.value("mcp-session-id"), Some("upstream-1"));
+    // DELETE goes to the upstream too, which ends its own session; the client sees our ID.
+    let delete = w.send(Request::bare("DELETE", &[("mcp-session-id", &sid)]));
+    assert_eq!((delete.status, delete.local), (200, false));
+    assert!(w.upstream.sessions.is_empty());
+    assert_eq!(w.call(&sid).status, 404);
+    assert_eq!((w.stat("terminated"), w.stat("live")), (1, 0));
+}
+
+#[test]
+fn a_stateful_upstreams_404_ends_the_session() {
+    let mut w = World::with("{}", Upstream::stateful());
+    let sid = w.open(&[]);
+    w.upstream.sessions.clear(); // the upstream restarted
+    let gone = w.call(&sid);
+    assert_eq!((gone.status, gone.local), (404, false));
+    assert_eq!((w.stat("terminated"), w.stat("live")), (1, 0));
+    let after = w.call(&sid);
+    assert_eq!((after.status, after.local), (404, true));
+}
+
+/// The defect of issue 9: a mapped session that expires between the request's lookup and the
+/// upstream's 404 was freed without being counted (`expired` unchanged, `live` one too high).
+#[test]
+fn a_stateful_upstreams_404_on_a_session_that_just_expired_counts_the_expiry() {
+    let mut w = World::with(r#"{"idle_timeout_seconds": 10}"#, Upstream::stateful());
+    let sid = w.open(&[]);
+    w.upstream.sessions.clear();
+    let process = Rc::clone(&w.process);
+    let mut envoy = Envoy::new(&w.plugins[0]);
+    envoy.chunks = Chunks::Whole;
+    let upstream = &mut w.upstream;
+    let response = envoy.send(
+        Request::post(TOOLS_LIST, &[("mcp-session-id", &sid)]),
+        &mut |r| {
+            process.advance(10_001); // the upstream is slow; the session expires meanwhile
+            upstream.answer(r)
+        },
+    );
+    assert_eq!(response.status, 404);
+    assert_eq!(
+        (w.stat("expired"), w.stat("terminated"), w.stat("live")),
+        (1, 0, 0)
+    );
+}
+
+#[test]
+fn an_upstream_id_that_cannot_be_stored_fails_the_initialize() {
+    let w = World::with("{}", Upstream::stateful());
+    let process = Rc::clone(&w.process);
+    let envoy = Envoy::new(&w.plugins[0]);
+    let response = envoy.send(Request::post(INITIALIZE, &[]), &mut |_| {
+        Response::upstream(
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("mcp-session-id", "has space"),
+            ],
+            r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+        )
+    });
+    assert_eq!(response.header("mcp-session-id"), None);
+    assert_eq!(process.stat("mcp_session.created"), 0);
+}
+
+#[test]
+fn sessions_are_shared_by_every_worker_and_a_delete_is_seen_at_once() {
+    let mut w = World::new("{}");
+    let b = w.worker("{}");
+    let sid = w.open(&[]);
+    // Warm worker b's cache, then end the session on worker 0.
+    for _ in 0..3 {
+        assert_eq!(
+            w.send_on(b, Request::post(TOOLS_LIST, &[("mcp-session-id", &sid)]))
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        w.send(Request::bare("DELETE", &[("mcp-session-id", &sid)]))
+            .status,
+        204
+    );
+    let after = w.send_on(b, Request::post(TOOLS_LIST, &[("mcp-session-id", &sid)]));
+    assert_eq!((after.status, after.local), (404, true));
+}
+
+#[test]
+fn without_the_epoch_stat_the_cache_stays_off_and_answers_stay_right() {
+    let mut w = World::new("{}");
+    let b = w.worker("{}");
+    w.process.keeps_epoch.set(false);
+    let sid = w.open(&[]);
+    assert_eq!(
+        w.send_on(b, Request::post(TOOLS_LIST, &[("mcp-session-id", &sid)]))
+            .status,
+        200
+    );
+    let reads = w.process.shared.gets();
+    assert_eq!(
+        w.send_on(b, Request::post(TOOLS_LIST, &[("mcp-session-id", &sid)]))
+            .status,
+        200
+    );
+    assert!(
+        w.process.shared.gets() > reads,
+        "read from the store, not the cache"
+    );
+    assert_eq!(
+        w.send(Request::bare("DELETE", &[("mcp-session-id", &sid)]))
+            .status,
+        204
+    );
+    assert_eq!(
+        w.send_on(b, Request::post(TOOLS_LIST, &[("mcp-session-id", &sid)]))
+            .status,
+        404
+    );
+}
+
+#[test]
+fn a_request_on_a_session_this_worker_just_validated_reads_no_store() {
+    let mut w = World::new("{}");
+    let sid = w.open(&[]);
+    assert_eq!(w.call(&sid).status, 200);
+    let (gets, sets) = (w.process.shared.gets(), w.process.shared.sets());
+    for _ in 0..5 {
+        assert_eq!(w.call(&sid).status, 200);
+    }
+    assert_eq!(
+        (w.process.shared.gets(), w.process.shared.sets()),
+        (gets, sets)
+    );
+}
+
+#[test]
+fn a_configuration_update_applies_and_only_the_newest_sweeps() {
+    let mut w = World::new(r#"{"idle_timeout_seconds": 10}"#);
+    let sid = w.open(&[]);
+    // The update: a new plugin on the same process (same vm_id) with a longer idle timeout.
+    let new = w.worker(r#"{"idle_timeout_seconds": 100}"#);
+    w.process.advance(20_000);
+    assert_eq!(
+        w.plugins[0].on_tick().expired,
+        0,
+        "the old configuration does not sweep"
+    );
+    let ok = w.send_on(new, Request::post(TOOLS_LIST, &[("mcp-session-id", &sid)]));
+    assert_eq!(
+        ok.status, 200,
+        "the session lives on under the new timeouts"
+    );
+    w.process.advance(100_001);
+    assert_eq!(w.plugins[new].on_tick().expired, 1);
+    assert_eq!(w.stat("live"), 0);
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_the_key_named() {
+    let process = Process::new(T0);
+    for (config, key) in [
+        (r#"{"idle_timeout_seconds": "x"}"#, "idle_timeout_seconds"),
+        (r#"{"max_sesions": 3}"#, "max_sesions"),
+        (r#"{"max_sessions": 0}"#, "max_sessions"),
+    ] {
+        let Err(error) = Plugin::new(FakeHost::new(&process, 1), config.as_bytes()) else {
+            panic!("{config} accepted");
+        };
+        assert!(error.to_string().contains(key), "{config}: {error}");
+    }
+}

@@ -1,0 +1,309 @@
+//! The Envoy adapter: proxy-wasm root and HTTP contexts that feed the proxy's callbacks to
+//! `mcp-session-core`'s [`Plugin`] as events, and turn its steps into hostcalls. It translates
+//! and decides nothing.
+//!
+//! Hostcalls go through `proxy_wasm::hostcalls` (or the raw ABI) directly, never through the
+//! SDK's trait helpers, which panic on unexpected host answers and on non-UTF-8 header values.
+
+#![cfg(target_arch = "wasm32")]
+// The only public items are the ABI entry points `proxy_wasm::main!` generates.
+#![allow(missing_docs)]
+
+use log::{error, warn};
+use mcp_session_core::exchange::{Edit, Event, Exchange, Flow, Reply, Step};
+use mcp_session_core::headers::{self, Header};
+use mcp_session_core::host::{Headers, Host};
+use mcp_session_core::metrics::Metric;
+use mcp_session_core::plugin::Plugin;
+use mcp_session_core::store::{SharedData, WriteError};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// How often each worker's root context considers a sweep step.
+const TICK: Duration = Duration::from_millis(1000);
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root::default()));
+}}
+
+/// The core's [`Host`] in Envoy: the clock, WASI's `random_get` (BoringSSL's CSPRNG in
+/// Envoy), shared data, and the stats this VM defined.
+struct Envoy {
+    metrics: HashMap<Metric, u32>,
+}
+
+impl Envoy {
+    fn new() -> Envoy {
+        let mut metrics = HashMap::new();
+        for metric in Metric::all() {
+            let kind = if metric.is_gauge() {
+                MetricType::Gauge
+            } else {
+                MetricType::Counter
+            };
+            match hostcalls::define_metric(kind, &metric.name()) {
+                Ok(id) => {
+                    metrics.insert(metric, id);
+                }
+                Err(status) => warn!("cannot define stat {}: {status:?}", metric.name()),
+            }
+        }
+        Envoy { metrics }
+    }
+}
+
+impl SharedData for Envoy {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(WriteError::CasMismatch),
+            Err(_) => Err(WriteError::Host),
+        }
+    }
+}
+
+impl Host for Envoy {
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn fill_random(&self, buf: &mut [u8]) -> bool {
+        getrandom::fill(buf).is_ok()
+    }
+
+    fn increment(&self, metric: Metric, delta: i64) {
+        if let Some(id) = self.metrics.get(&metric) {
+            let _ = hostcalls::increment_metric(*id, delta);
+        }
+    }
+
+    fn epoch(&self) -> Option<u64> {
+        let id = *self.metrics.get(&Metric::Epoch)?;
+        let mut value: u64 = 0;
+        // SAFETY: the host writes one u64 through the pointer, which outlives the call.
+        let status = unsafe { proxy_get_metric(id, &mut value) };
+        (status == 0 && value > 0).then_some(value)
+    }
+}
+
+#[derive(Default)]
+struct Root {
+    plugin: Option<Rc<Plugin<Envoy>>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let plugin = match Plugin::new(Envoy::new(), &bytes) {
+            Ok(plugin) => plugin,
+            Err(e) => {
+                error!("mcp-session-filter: configuration refused: {e}");
+                return false;
+            }
+        };
+        let config = plugin.config();
+        log::info!(
+            "mcp-session-filter: configured (idle {} s, lifetime {} s, max {} sessions, stateless: {})",
+            config.idle_timeout_ms / 1000,
+            config.max_lifetime_ms / 1000,
+            config.max_sessions,
+            config.stateless
+        );
+        self.plugin = Some(Rc::new(plugin));
+        if let Err(status) = hostcalls::set_tick_period(TICK) {
+            warn!("cannot set the sweep tick: {status:?}");
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(plugin) = &self.plugin {
+            plugin.on_tick();
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let plugin = self.plugin.clone()?;
+        Some(Box::new(Stream {
+            plugin,
+            exchange: Exchange::new(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    plugin: Rc<Plugin<Envoy>>,
+    exchange: Exchange,
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let headers = HeaderMap::new(MapType::HttpRequestHeaders);
+        // Test builds only (`--features fault-injection`): a way to make the VM fail at
+        // runtime, to prove the failure policy recovers. Never in the released module.
+        #[cfg(feature = "fault-injection")]
+        if headers.get("x-mcp-session-filter-trap").value.is_some() {
+            core::arch::wasm32::unreachable();
+        }
+        self.feed(Event::RequestHeaders {
+            headers: &headers,
+            end_of_stream,
+        })
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let body = || buffer(BufferType::HttpRequestBody, body_size);
+        self.feed(Event::RequestBody {
+            size: body_size,
+            end_of_stream,
+            body: &body,
+        })
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let headers = HeaderMap::new(MapType::HttpResponseHeaders);
+        self.feed(Event::ResponseHeaders {
+            headers: &headers,
+            end_of_stream,
+        })
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let body = || buffer(BufferType::HttpResponseBody, body_size);
+        self.feed(Event::ResponseBody {
+            size: body_size,
+            end_of_stream,
+            body: &body,
+        })
+    }
+
+    fn on_log(&mut self) {
+        let _ = self.feed(Event::Done);
+    }
+}
+
+impl Stream {
+    fn feed(&mut self, event: Event<'_>) -> Action {
+        let step = self.plugin.on_event(&mut self.exchange, event);
+        apply(step)
+    }
+}
+
+/// Carries out a step: header edits, then the flow.
+fn apply(step: Step) -> Action {
+    for edit in step.edits {
+        let (map, name, value) = match &edit {
+            Edit::Request(name, value) => (MapType::HttpRequestHeaders, name, Some(value)),
+            Edit::Response(name, value) => (MapType::HttpResponseHeaders, name, value.as_ref()),
+        };
+        let _ = hostcalls::set_map_value(map, name, value.map(String::as_str));
+    }
+    match step.flow {
+        Flow::Continue => Action::Continue,
+        Flow::Pause | Flow::Wait => Action::Pause,
+        Flow::Respond(reply) => respond(reply),
+        Flow::Store(_) => {
+            error!("a store operation reached the adapter; letting traffic go on");
+            Action::Continue
+        }
+    }
+}
+
+fn respond(reply: Reply) -> Action {
+    let headers = reply
+        .headers
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    let body = (!reply.body.is_empty()).then_some(reply.body.as_slice());
+    if let Err(status) = hostcalls::send_http_response(reply.status, headers, body) {
+        error!("cannot send local reply: {status:?}");
+    }
+    Action::Pause
+}
+
+fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
+    hostcalls::get_buffer(kind, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// A header map read whole, in one hostcall, the first time a header is asked for; each
+/// header read alone would cost a VM crossing (BENCHMARKS.md).
+struct HeaderMap {
+    kind: MapType,
+    map: OnceCell<Vec<u8>>,
+}
+
+impl HeaderMap {
+    fn new(kind: MapType) -> HeaderMap {
+        HeaderMap {
+            kind,
+            map: OnceCell::new(),
+        }
+    }
+}
+
+impl Headers for HeaderMap {
+    fn get(&self, name: &str) -> Header<'_> {
+        let map = self.map.get_or_init(|| read_header_map(self.kind));
+        headers::scan(map, [name]).map_or_else(Header::default, |[found]| found)
+    }
+}
+
+/// A whole header map as the host serializes it (see `headers::scan`), in one hostcall.
+fn read_header_map(map: MapType) -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: on success the host hands over `size` bytes it allocated through this module's
+    // `proxy_on_memory_allocate` (the SDK's, which allocates a `Vec<u8>` of that capacity), so
+    // the buffer is ours to own and free as that `Vec`; this is what the SDK's own
+    // `get_map_bytes` does, without its conversion of every pair into owned strings.
+    unsafe {
+        if proxy_get_header_map_pairs(map as u32, &mut data, &mut size) != 0 || data.is_null() {
+            return Vec::new();
+        }
+        Vec::from_raw_parts(data, size, size)
+    }
+}
+
+// Two calls of the proxy-wasm ABI declared here rather than taken from the SDK: its wrappers
+// copy every header into owned strings (`get_map_bytes`) or panic on a status they do not
+// expect (`get_metric`).
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> u32;
+}
