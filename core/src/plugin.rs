@@ -13,7 +13,7 @@ use crate::host::Host;
 use crate::metrics::{Event as Count, Metric};
 use crate::record::Record;
 use crate::session_id::SessionId;
-use crate::store::{Limits, Lookup, Store, Sweep};
+use crate::store::{Limits, Lookup, SlotPool, Store, Sweep};
 use log::info;
 use std::cell::{Cell, RefCell};
 
@@ -21,6 +21,9 @@ use std::cell::{Cell, RefCell};
 pub const MAX_PROBES: u32 = 8;
 /// Sessions each worker remembers having validated (see `cache.rs`).
 pub const CACHE_CAPACITY: usize = 4096;
+/// While probes keep finding nothing (the table only grows), one initialize in this many
+/// probes: a probe is a read of a live record, the costliest part of an initialize then.
+pub const PROBE_EVERY: u32 = 16;
 /// Most store operations one event may chain (a guard against a machine that loops).
 const MAX_CHAINED_OPS: usize = 8;
 
@@ -34,6 +37,10 @@ pub struct Plugin<H: Host> {
     /// Random slots to probe before growing the table: back to the most when a probe found a
     /// slot, halved (to 1) when they all failed and the table grew.
     probe_budget: Cell<u32>,
+    /// Initializes this worker reserved for.
+    reserves: Cell<u32>,
+    /// Slots this worker holds for its next initializes.
+    pool: RefCell<SlotPool>,
     /// Sessions this worker validated a moment ago.
     cache: RefCell<SessionCache>,
     /// Fingerprint of the configuration: only the newest configuration on a store sweeps it.
@@ -63,6 +70,8 @@ impl<H: Host> Plugin<H> {
             limits,
             probe_state: Cell::new(u64::from_le_bytes(seed) | 1),
             probe_budget: Cell::new(MAX_PROBES),
+            reserves: Cell::new(0),
+            pool: RefCell::new(SlotPool::new()),
             cache: RefCell::new(SessionCache::new(CACHE_CAPACITY)),
             token: u64::from_le_bytes(digest::digest_prefix(&[configuration])),
         };
@@ -130,9 +139,31 @@ impl<H: Host> Plugin<H> {
                 now_ms,
             } => {
                 let budget = self.probe_budget.get();
+                let n = self.reserves.get().wrapping_add(1);
+                self.reserves.set(n);
+                let probes = if budget > 1 || n % PROBE_EVERY == 0 {
+                    budget
+                } else {
+                    0
+                };
                 let mut probe = || self.next_probe();
-                let reservation =
-                    store.reserve_probing(now_ms, secret, identity.as_deref(), &mut probe, budget);
+                let reservation = match self.pool.try_borrow_mut() {
+                    Ok(mut pool) => store.reserve_pooled(
+                        now_ms,
+                        secret,
+                        identity.as_deref(),
+                        &mut probe,
+                        probes,
+                        &mut pool,
+                    ),
+                    Err(_) => store.reserve_probing(
+                        now_ms,
+                        secret,
+                        identity.as_deref(),
+                        &mut probe,
+                        probes,
+                    ),
+                };
                 if let Some(reservation) = &reservation {
                     let next = reservation.from.next_probe_budget(budget, MAX_PROBES);
                     self.probe_budget.set(next);
@@ -148,6 +179,13 @@ impl<H: Host> Plugin<H> {
             StoreOp::MarkInitialized { id, now_ms } => {
                 StoreResult::Done(store.mark_initialized(&id, now_ms))
             }
+        }
+    }
+
+    /// Hands the slots this worker holds back to the store, when its configuration goes away.
+    pub fn return_slots(&self) {
+        if let Ok(mut pool) = self.pool.try_borrow_mut() {
+            self.store().return_pool(&mut pool);
         }
     }
 

@@ -1,6 +1,7 @@
 //! Every way the filter refuses a request: the HTTP status, the JSON-RPC error it answers
 //! with, and the stat that counts it. One table, so status, body and counter cannot drift.
 
+use crate::protocol;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -148,7 +149,10 @@ impl Rejection {
         Rejection::new(
             400,
             code::BAD_REQUEST,
-            "Bad Request: Unsupported protocol version (supported versions: 2025-03-26, 2025-06-18, 2025-11-25)",
+            format!(
+                "Bad Request: Unsupported protocol version (supported versions: {})",
+                protocol::HANDSHAKE_REVISIONS.join(", ")
+            ),
             Reason::Version,
         )
     }

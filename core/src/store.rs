@@ -158,6 +158,58 @@ impl Source {
     }
 }
 
+/// Slots one worker holds for its next initializes, so that an initialize makes one store
+/// write before the upstream answers instead of two: fresh slots above the old high-water mark
+/// come in blocks (one CAS of the mark for up to [`SlotPool::BLOCK`]), slots freed by others
+/// come off the free hint in batches (one CAS of the hint for up to [`SlotPool::BLOCK`]).
+///
+/// A fresh slot's key does not exist until its owner creates it with a create-only write, so
+/// no other worker can take it (probes and the sweep pass over keys that were never created);
+/// a batch of freed slots can be taken by another worker's probe meanwhile, which the owner's
+/// claim (a CAS that requires the slot still free) finds out. Fresh slots the worker has not
+/// used when its configuration goes away are handed back with [`Store::return_pool`]; a VM that
+/// crashes loses at most one block.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SlotPool {
+    fresh: Vec<u32>,
+    freed: Vec<u32>,
+    /// The high-water mark as of this worker's last grant: where its probes look.
+    high: u32,
+    /// Slots taken per grant or batch (1 for no pooling).
+    block: u32,
+}
+
+impl SlotPool {
+    /// Most slots a worker takes at once.
+    pub const BLOCK: u32 = 8;
+
+    /// A pool taking up to [`SlotPool::BLOCK`] slots at once.
+    pub fn new() -> SlotPool {
+        SlotPool {
+            block: SlotPool::BLOCK,
+            ..SlotPool::default()
+        }
+    }
+
+    /// No pooling: one slot per grant and per hint pop (the store's behaviour without a pool).
+    pub fn unpooled() -> SlotPool {
+        SlotPool {
+            block: 1,
+            ..SlotPool::default()
+        }
+    }
+
+    /// Slots held.
+    pub fn len(&self) -> usize {
+        self.fresh.len() + self.freed.len()
+    }
+
+    /// Whether no slot is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// What a sweep step did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sweep {
@@ -222,6 +274,26 @@ impl<S: SharedData> Store<S> {
         random: &mut dyn FnMut() -> u32,
         probes: u32,
     ) -> Option<Reservation> {
+        let mut pool = SlotPool::unpooled();
+        self.reserve_pooled(now_ms, secret, identity, random, probes, &mut pool)
+    }
+
+    /// [`Store::reserve_probing`] drawing on a worker's [`SlotPool`]: one write (the claim or
+    /// the creation of the slot) per reservation, plus one per block or batch the pool takes.
+    ///
+    /// In order: a slot freed by others (the pool's batch, refilled from the free hint); a
+    /// few random probes below the mark as of the pool's last grant (read afresh when not
+    /// pooling); a fresh slot (the pool's block, refilled by moving the mark, while below the
+    /// limit); at the limit, CAP_PROBES random slots.
+    pub fn reserve_pooled(
+        &self,
+        now_ms: u64,
+        secret: [u8; SECRET_LEN],
+        identity: Option<&[u8]>,
+        random: &mut dyn FnMut() -> u32,
+        probes: u32,
+        pool: &mut SlotPool,
+    ) -> Option<Reservation> {
         let record = Record {
             state: State::Pending,
             initialized: false,
@@ -241,53 +313,88 @@ impl<S: SharedData> Store<S> {
             from,
         };
 
-        // 1. A slot the free hint names.
-        if let Some((slot, was_live)) = self.claim_from_hint(now_ms, &encoded) {
+        // 1. A slot freed by others.
+        if let Some((slot, was_live)) = self.claim_freed(now_ms, &encoded, pool) {
             return Some(reserved(slot, was_live, Source::Hint));
         }
-        // 2. A few random slots, when the caller asks for them. The mark read for them is the
-        // first one growing uses (its CAS catches a mark that moved in between).
+        // 2. A few random slots, when the caller asks for them. Without a pool, the mark read
+        // for them is the first one growing uses (its CAS catches a mark that moved since).
         let mut mark = None;
         if probes > 0 {
-            let (high, cas) = self.read_high_water();
-            mark = Some((high, cas));
+            let high = if pool.block > 1 {
+                pool.high
+            } else {
+                let (high, cas) = self.read_high_water();
+                mark = Some((high, cas));
+                high
+            };
             if let Some((slot, was_live)) = self.probe(probes, high, random, now_ms, &encoded) {
                 return Some(reserved(slot, was_live, Source::Probe));
             }
         }
-        // 3. A new slot at the top, while below the limit.
-        let mut high = 0;
-        for _ in 0..CAS_ATTEMPTS {
-            let (read, cas) = mark.take().unwrap_or_else(|| self.read_high_water());
-            high = read;
-            if high >= self.limits.max_sessions {
+        // 3. A fresh slot, while below the limit.
+        loop {
+            if pool.fresh.is_empty() && !self.grant(pool, mark.take()) {
                 break;
             }
-            let Some(next) = high.checked_add(1) else {
-                break;
-            };
-            let cas = cas.or(CREATE_ONLY);
+            let Some(slot) = pool.fresh.pop() else { break };
+            // Create-only: nobody else can have created it, but never overwrite if they did.
             if self
                 .shared
-                .set(HIGH_WATER_KEY, &next.to_le_bytes(), cas)
+                .set(&slot_key(slot), &encoded, CREATE_ONLY)
                 .is_ok()
             {
-                // This worker alone moved the mark past `high`, so slot `high` is ours.
-                if self
-                    .shared
-                    .set(&slot_key(high), &encoded, CREATE_ONLY)
-                    .is_ok()
-                {
-                    return Some(reserved(high, false, Source::Grown));
-                }
-                break;
+                return Some(reserved(slot, false, Source::Grown));
             }
         }
-        // 4. At the limit, and the hint had nothing: a few random slots, which finds expired
-        // sessions the sweep has not reached yet and free slots the hint lost. No full scan:
-        // a refused initialize costs a bounded number of reads.
-        let (slot, was_live) = self.probe(CAP_PROBES, high, random, now_ms, &encoded)?;
+        // 4. At the limit, and nothing freed: a few random slots, which finds expired sessions
+        // the sweep has not reached yet and free slots the hint lost. No full scan: a refused
+        // initialize costs a bounded number of reads.
+        // The mark as the refused grant just read it.
+        let (slot, was_live) = self.probe(CAP_PROBES, pool.high, random, now_ms, &encoded)?;
         Some(reserved(slot, was_live, Source::AtLimit))
+    }
+
+    /// Moves the high-water mark past a block of fresh slots for `pool` (starting from `mark`,
+    /// a read of it, when given). The block is smaller near the limit, so that slots held by
+    /// one worker do not leave another refusing while there is room: at most 1/16 of the room
+    /// left. False at the limit.
+    fn grant(&self, pool: &mut SlotPool, mut mark: Option<(u32, Option<u32>)>) -> bool {
+        for _ in 0..CAS_ATTEMPTS {
+            let (high, cas) = mark.take().unwrap_or_else(|| self.read_high_water());
+            pool.high = pool.high.max(high);
+            let room = self.limits.max_sessions.saturating_sub(high);
+            if room == 0 {
+                return false;
+            }
+            let n = (room / 16).clamp(1, pool.block.max(1));
+            let Some(next) = high.checked_add(n) else {
+                return false;
+            };
+            if self
+                .shared
+                .set(HIGH_WATER_KEY, &next.to_le_bytes(), cas.or(CREATE_ONLY))
+                .is_ok()
+            {
+                // This worker alone moved the mark past `high`: slots high..next are its own.
+                pool.fresh.extend((high..next).rev());
+                pool.high = next;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Hands a pool's slots back when its worker stops using it: fresh slots become free slots
+    /// (their keys are created empty) and go to the free hint with the freed ones.
+    pub fn return_pool(&self, pool: &mut SlotPool) {
+        let mut slots = std::mem::take(&mut pool.freed);
+        for slot in std::mem::take(&mut pool.fresh) {
+            if self.shared.set(&slot_key(slot), &[], CREATE_ONLY).is_ok() {
+                slots.push(slot);
+            }
+        }
+        self.hint_free(&slots);
     }
 
     /// Claims the first of `count` random slots below min(`high`, the limit) that is free or
@@ -525,44 +632,52 @@ impl<S: SharedData> Store<S> {
         Some(freed)
     }
 
-    /// Takes slots off the free hint (a CAS write of the shortened list each) and claims the
-    /// first one that really is free or holds an expired session, trying at most HINT_CLAIMS.
-    /// A hint entry can be stale (the slot was taken again behind the hint's back): the claim
-    /// itself is a CAS on the slot that requires it empty or expired, so a stale entry costs
-    /// two reads, never a shared slot, and is dropped. `None`: the hint had nothing usable.
-    fn claim_from_hint(&self, now_ms: u64, encoded: &[u8]) -> Option<(u32, bool)> {
-        let mut claims = 0;
-        for _ in 0..CAS_ATTEMPTS {
-            if claims >= HINT_CLAIMS {
+    /// Claims the first slot of the pool's batch of freed slots that really is free or holds
+    /// an expired session, refilling the batch from the free hint (one CAS write of the
+    /// shortened list per batch), trying at most HINT_CLAIMS slots. A hint entry can be stale
+    /// (the slot was taken again behind the hint's back): the claim itself is a CAS on the slot
+    /// that requires it empty or expired, so a stale entry costs reads, never a shared slot,
+    /// and is dropped. `None`: nothing usable was freed.
+    fn claim_freed(&self, now_ms: u64, encoded: &[u8], pool: &mut SlotPool) -> Option<(u32, bool)> {
+        for _ in 0..HINT_CLAIMS {
+            if pool.freed.is_empty() && !self.take_from_hint(pool) {
                 return None;
             }
-            let (bytes, Some(cas)) = self.shared.get(FREE_KEY) else {
-                return None; // no slot was ever freed
-            };
-            let mut hint = decode_hint(bytes.as_deref());
-            if hint.is_empty() {
-                return None;
+            let slot = pool.freed.pop()?;
+            if slot >= self.limits.max_sessions {
+                continue; // the limit was lowered since
             }
-            // The last entry; those past the limit (lowered since) are dropped on the way.
-            let mut slot = None;
-            while let Some(last) = hint.pop() {
-                if last < self.limits.max_sessions {
-                    slot = Some(last);
-                    break;
-                }
-            }
-            match self.shared.set(FREE_KEY, &encode_hint(&hint), Some(cas)) {
-                Ok(()) => {}
-                Err(WriteError::CasMismatch) => continue, // another worker took or gave one
-                Err(WriteError::Host) => return None,
-            }
-            let slot = slot?;
-            claims += 1;
             if let Claim::Taken { was_live } = self.try_claim(slot, now_ms, encoded) {
                 return Some((slot, was_live));
             }
         }
         None
+    }
+
+    /// Moves up to a block of slots from the free hint into the pool. False when the hint had
+    /// none (or could not be written).
+    fn take_from_hint(&self, pool: &mut SlotPool) -> bool {
+        for _ in 0..CAS_ATTEMPTS {
+            let (bytes, Some(cas)) = self.shared.get(FREE_KEY) else {
+                return false; // no slot was ever freed
+            };
+            let mut hint = decode_hint(bytes.as_deref());
+            if hint.is_empty() {
+                return false;
+            }
+            let keep = hint.len().saturating_sub(pool.block.max(1) as usize);
+            let taken = hint.split_off(keep);
+            match self.shared.set(FREE_KEY, &encode_hint(&hint), Some(cas)) {
+                Ok(()) => {
+                    // The last entry is claimed first, as the hint is a stack.
+                    pool.freed.extend(taken);
+                    return true;
+                }
+                Err(WriteError::CasMismatch) => continue, // another worker took or gave one
+                Err(WriteError::Host) => return false,
+            }
+        }
+        false
     }
 
     /// Adds `slots`, just found free, to the free hint, while it has room and leaving out
@@ -1365,5 +1480,115 @@ mod tests {
             decode_hint(Some(&encode_hint(&[7, u32::MAX]))),
             vec![7, u32::MAX]
         );
+    }
+
+    fn pooled(
+        store: &Store<&FakeShared>,
+        pool: &mut SlotPool,
+        n: u8,
+        now: u64,
+    ) -> Option<Reservation> {
+        store.reserve_pooled(now, secret(n), None, &mut || 0, 0, pool)
+    }
+
+    #[test]
+    fn pools_of_two_workers_take_distinct_blocks_and_write_once_per_reservation() {
+        let shared = FakeShared::default();
+        let mut l = limits();
+        l.max_sessions = 1_000;
+        let store = Store::new(&shared, l);
+        let (mut a, mut b) = (SlotPool::new(), SlotPool::new());
+        let mut slots = Vec::new();
+        let mut writes = Vec::new();
+        for n in 0..20u8 {
+            let pool = if n % 2 == 0 { &mut a } else { &mut b };
+            let before = shared.sets();
+            let r = pooled(&store, pool, n, T0).unwrap();
+            assert_eq!(r.from, Source::Grown);
+            writes.push(shared.sets() - before);
+            slots.push(r.id.slot);
+        }
+        let mut unique = slots.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 20, "{slots:?}");
+        // A block per grant: 2 writes when the pool refills, 1 otherwise.
+        assert_eq!(writes.iter().filter(|w| **w == 2).count(), 4, "{writes:?}");
+        assert!(writes.iter().all(|w| (1..=2).contains(w)));
+    }
+
+    #[test]
+    fn near_the_limit_a_grant_is_one_slot_so_no_worker_refuses_while_there_is_room() {
+        let shared = FakeShared::default();
+        let store = Store::new(&shared, limits()); // 4 slots
+        let (mut a, mut b) = (SlotPool::new(), SlotPool::new());
+        assert!(pooled(&store, &mut a, 1, T0).is_some());
+        assert_eq!(a.len(), 0, "room 4: a block of 1");
+        for n in 2..5 {
+            assert!(pooled(&store, &mut b, n, T0).is_some());
+        }
+        assert_eq!(pooled(&store, &mut a, 9, T0), None, "full");
+    }
+
+    #[test]
+    fn returned_pools_give_their_slots_to_the_next_reservation() {
+        let shared = FakeShared::default();
+        let mut l = limits();
+        l.max_sessions = 1_000;
+        let store = Store::new(&shared, l);
+        let mut a = SlotPool::new();
+        let first = pooled(&store, &mut a, 1, T0).unwrap();
+        assert_eq!(a.len(), 7, "the rest of its block");
+        store.return_pool(&mut a);
+        assert!(a.is_empty());
+        assert_eq!(hint(&shared).len(), 7);
+        // Another worker reuses them before growing the table.
+        let mut b = SlotPool::new();
+        let r = pooled(&store, &mut b, 2, T0).unwrap();
+        assert_eq!(r.from, Source::Hint);
+        assert_ne!(r.id.slot, first.id.slot);
+        assert_eq!(store.high_water(), 8, "nothing new granted");
+    }
+
+    #[test]
+    fn a_pooled_freed_slot_taken_meanwhile_is_skipped() {
+        let shared = FakeShared::default();
+        let mut l = limits();
+        l.max_sessions = 1_000;
+        let store = Store::new(&shared, l);
+        let mut a = SlotPool::new();
+        let ids: Vec<SessionId> = (0..3)
+            .map(|n| {
+                let r = pooled(&store, &mut a, n, T0).unwrap();
+                assert!(store.activate(&r.id, T0, None));
+                r.id
+            })
+            .collect();
+        for id in &ids {
+            assert!(matches!(store.end(id, T0), Ended::Ended(_)));
+        }
+        // Worker b takes all three freed slots into its pool; then an unpooled reservation
+        // (another worker's probe, say) takes one of them behind its back.
+        let mut b = SlotPool::new();
+        let first = pooled(&store, &mut b, 10, T0).unwrap();
+        assert_eq!(first.from, Source::Hint);
+        assert_eq!(b.freed.len(), 2);
+        let stolen = *b.freed.last().unwrap();
+        assert!(matches!(
+            store.try_claim(
+                stolen,
+                T0,
+                &Record::decode(&shared.get(&slot_key(first.id.slot)).0.unwrap())
+                    .unwrap()
+                    .encode()
+            ),
+            Claim::Taken { .. }
+        ));
+        let next = pooled(&store, &mut b, 11, T0).unwrap();
+        assert_ne!(
+            next.id.slot, stolen,
+            "the taken slot is not handed out twice"
+        );
+        assert_eq!(next.from, Source::Hint);
     }
 }

@@ -866,3 +866,56 @@ fn a_bad_configuration_is_refused_with_the_key_named() {
         assert!(error.to_string().contains(key), "{config}: {error}");
     }
 }
+
+/// Issue 9: an initialize makes at most one store write before the upstream answers and one
+/// after, but for the one in [`SlotPool::BLOCK`] that refills the worker's pool of slots (then
+/// two before). Measured on a table that grows and on one whose slots are freed and reused.
+#[test]
+fn an_initialize_writes_the_store_once_before_the_upstream_answers_and_once_after() {
+    use mcp_session_core::store::SlotPool;
+    let mut w = World::new("{}");
+    let measure = |w: &mut World| {
+        let shared = &w.process.shared;
+        let before_request = shared.sets();
+        let mut at_upstream = 0;
+        let envoy = Envoy::new(&w.plugins[0]);
+        let upstream = &mut w.upstream;
+        let response = envoy.send(Request::post(INITIALIZE, &[]), &mut |r| {
+            at_upstream = shared.sets();
+            upstream.answer(r)
+        });
+        assert_eq!(response.status, 200);
+        let sid = response.header("mcp-session-id").unwrap().to_owned();
+        (
+            at_upstream - before_request,
+            shared.sets() - at_upstream,
+            sid,
+        )
+    };
+    let block = u64::from(SlotPool::BLOCK);
+    for phase in ["growing", "reusing freed slots"] {
+        let mut before = Vec::new();
+        let mut sids = Vec::new();
+        for _ in 0..4 * block {
+            let (b, after, sid) = measure(&mut w);
+            assert_eq!(after, 1, "{phase}: one write after (the activation)");
+            before.push(b);
+            sids.push(sid);
+        }
+        assert!(
+            before.iter().all(|b| (1..=2).contains(b)),
+            "{phase}: {before:?}"
+        );
+        let refills = before.iter().filter(|b| **b == 2).count() as u64;
+        assert!(
+            refills <= 4 + 1,
+            "{phase}: the pool refilled {refills} times: {before:?}"
+        );
+        // End them all: the next phase reuses their slots through the free hint.
+        for sid in sids {
+            let deleted = w.send(Request::bare("DELETE", &[("mcp-session-id", &sid)]));
+            assert_eq!(deleted.status, 204);
+        }
+    }
+    assert_eq!(w.stat("created"), 8 * block as i64);
+}

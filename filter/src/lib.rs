@@ -104,7 +104,14 @@ struct Root {
     plugin: Option<Rc<Plugin<Envoy>>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        if let Some(plugin) = &self.plugin {
+            plugin.return_slots();
+        }
+        true
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
