@@ -107,6 +107,8 @@ pub enum StoreOp {
     Activate {
         /// The session.
         id: SessionId,
+        /// The pending record its reservation wrote.
+        reserved: Record,
         /// The upstream's own session ID, if it minted one.
         upstream_id: Option<String>,
         /// Now.
@@ -240,6 +242,7 @@ enum Waiting {
 #[derive(Debug)]
 struct Initialize {
     id: SessionId,
+    reserved: Record,
     upstream_id: Option<String>,
     answer: Answer,
 }
@@ -552,6 +555,7 @@ impl Exchange {
                         plugin.count(Count::Expired, reservation.expired);
                         self.initialize = Some(Initialize {
                             id: reservation.id,
+                            reserved: reservation.record,
                             upstream_id: None,
                             answer: Answer::Awaiting,
                         });
@@ -771,6 +775,7 @@ impl Exchange {
         let op = match outcome {
             Outcome::Result => StoreOp::Activate {
                 id: init.id,
+                reserved: init.reserved,
                 upstream_id: init.upstream_id,
                 now_ms: plugin.host().now_ms(),
             },

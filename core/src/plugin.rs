@@ -172,9 +172,15 @@ impl<H: Host> Plugin<H> {
             }
             StoreOp::Activate {
                 id,
+                reserved,
                 upstream_id,
                 now_ms,
-            } => StoreResult::Done(store.activate(&id, now_ms, upstream_id.as_deref())),
+            } => StoreResult::Done(store.activate_reserved(
+                &id,
+                &reserved,
+                now_ms,
+                upstream_id.as_deref(),
+            )),
             StoreOp::Release { id } => StoreResult::Done(store.release(&id)),
             StoreOp::MarkInitialized { id, now_ms } => {
                 StoreResult::Done(store.mark_initialized(&id, now_ms))

@@ -60,6 +60,9 @@ const HINT_CLAIMS: usize = 4;
 /// its limit; then the reservation is refused. Bounded, so a flood of refused initializes
 /// costs a fixed number of reads each.
 const CAP_PROBES: u32 = 16;
+/// How much younger than the idle timeout a reservation must be to be activated without a
+/// compare-and-swap (see [`Store::activate_reserved`]).
+const ACTIVATION_MARGIN_MS: u64 = 1000;
 /// Time between two sweep steps, across all workers.
 pub const SWEEP_PERIOD_MS: u64 = 1000;
 /// Smallest sweep step, in slots.
@@ -125,6 +128,8 @@ pub enum Ended {
 pub struct Reservation {
     /// The new session's ID.
     pub id: SessionId,
+    /// The pending record written for it.
+    pub record: Record,
     /// Live sessions found expired and reclaimed on the way (0 or 1: the slot taken).
     pub expired: u32,
     /// Where the slot came from.
@@ -309,6 +314,7 @@ impl<S: SharedData> Store<S> {
         let encoded = record.encode();
         let reserved = |slot, was_live: bool, from| Reservation {
             id: SessionId { slot, secret },
+            record: record.clone(),
             expired: u32::from(was_live),
             from,
         };
@@ -430,6 +436,34 @@ impl<S: SharedData> Store<S> {
             Some(())
         })
         .is_some()
+    }
+
+    /// [`Store::activate`] for the reservation that wrote `pending`, with one write and no
+    /// read while the reservation is young. A pending record can change only by expiring (a
+    /// probe or the sweep then takes the slot) or through its secret, which only the exchange
+    /// that reserved it holds and which nothing accepts on a pending session; so until its idle
+    /// timeout (less a margin for clocks read on different threads) the slot still holds
+    /// exactly `pending`, and the live record can replace it without a compare-and-swap. An
+    /// older reservation goes through [`Store::activate`]'s compare-and-swap.
+    pub fn activate_reserved(
+        &self,
+        id: &SessionId,
+        pending: &Record,
+        now_ms: u64,
+        upstream_id: Option<&str>,
+    ) -> bool {
+        let young = now_ms.saturating_add(ACTIVATION_MARGIN_MS)
+            < pending.created_ms.saturating_add(self.limits.idle_ms);
+        if !young || pending.state != State::Pending || !pending.secret_matches(&id.secret) {
+            return self.activate(id, now_ms, upstream_id);
+        }
+        let mut live = pending.clone();
+        live.state = State::Live;
+        live.last_seen_ms = now_ms;
+        live.upstream_id = upstream_id.map(str::to_owned);
+        self.shared
+            .set(&slot_key(id.slot), &live.encode(), None)
+            .is_ok()
     }
 
     /// Frees a reservation whose `initialize` failed. False if it was not pending.
@@ -1590,5 +1624,46 @@ mod tests {
             "the taken slot is not handed out twice"
         );
         assert_eq!(next.from, Source::Hint);
+    }
+
+    #[test]
+    fn a_young_reservation_is_activated_with_one_write_and_no_read() {
+        let shared = FakeShared::default();
+        let store = Store::new(&shared, limits()); // idle 10 s
+        let r = store.reserve(T0, secret(1), None, &mut || 0).unwrap();
+        let (gets, sets) = (shared.gets(), shared.sets());
+        assert!(store.activate_reserved(&r.id, &r.record, T0 + 8_000, Some("up")));
+        assert_eq!((shared.gets() - gets, shared.sets() - sets), (0, 1));
+        let Lookup::Live(live, _) = store.lookup(&r.id, T0 + 8_000, None) else {
+            panic!("not live");
+        };
+        assert_eq!(live.upstream_id.as_deref(), Some("up"));
+        assert_eq!((live.created_ms, live.last_seen_ms), (T0, T0 + 8_000));
+    }
+
+    #[test]
+    fn an_old_reservation_taken_over_is_not_overwritten() {
+        let shared = FakeShared::default();
+        let mut l = limits();
+        l.max_sessions = 1;
+        let store = Store::new(&shared, l);
+        let slow = store.reserve(T0, secret(1), None, &mut || 0).unwrap();
+        // Its initialize outlives the idle timeout: another one takes the expired slot.
+        let later = T0 + 10_001;
+        let fast = store.reserve(later, secret(2), None, &mut || 0).unwrap();
+        assert_eq!(fast.id.slot, slow.id.slot);
+        assert!(!store.activate_reserved(&slow.id, &slow.record, later, None));
+        assert!(store.activate_reserved(&fast.id, &fast.record, later, None));
+        assert!(matches!(
+            store.lookup(&fast.id, later, None),
+            Lookup::Live(..)
+        ));
+        // Within the margin of the timeout, the compare-and-swap is used too.
+        let edge = store.reserve(T0, secret(3), None, &mut || 0);
+        assert_eq!(edge, None, "full");
+        let (_, gets) = gets_of(&shared, || {
+            store.activate_reserved(&fast.id, &fast.record, later + 9_500, None)
+        });
+        assert!(gets > 0, "read first");
     }
 }

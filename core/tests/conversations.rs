@@ -869,7 +869,7 @@ fn a_bad_configuration_is_refused_with_the_key_named() {
 
 /// Issue 9: an initialize makes at most one store write before the upstream answers and one
 /// after, but for the one in [`SlotPool::BLOCK`] that refills the worker's pool of slots (then
-/// two before). Measured on a table that grows and on one whose slots are freed and reused.
+/// two before), and no store read after. Measured on a table that grows and on one whose slots are freed and reused.
 #[test]
 fn an_initialize_writes_the_store_once_before_the_upstream_answers_and_once_after() {
     use mcp_session_core::store::SlotPool;
@@ -878,13 +878,20 @@ fn an_initialize_writes_the_store_once_before_the_upstream_answers_and_once_afte
         let shared = &w.process.shared;
         let before_request = shared.sets();
         let mut at_upstream = 0;
+        let mut reads_at_upstream = 0;
         let envoy = Envoy::new(&w.plugins[0]);
         let upstream = &mut w.upstream;
         let response = envoy.send(Request::post(INITIALIZE, &[]), &mut |r| {
             at_upstream = shared.sets();
+            reads_at_upstream = shared.gets();
             upstream.answer(r)
         });
         assert_eq!(response.status, 200);
+        assert_eq!(
+            shared.gets(),
+            reads_at_upstream,
+            "no store read after the upstream"
+        );
         let sid = response.header("mcp-session-id").unwrap().to_owned();
         (
             at_upstream - before_request,
