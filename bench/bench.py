@@ -38,10 +38,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# Envoy is started, watched and stopped by the end-to-end harness's launcher, the one the tests use.
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+import harness  # noqa: E402
+
 BENCH = REPO / "bench"
-ENVOY = REPO / ".venv" / "bin" / "envoy"
+ENVOY = harness.ENVOY_BIN
 WASM_FILTER = REPO / "target" / "wasm32-wasip1" / "release" / "mcp_session_filter.wasm"
 WASM_EMPTY = BENCH / "empty-filter" / "target" / "wasm32-wasip1" / "release" / "empty_filter.wasm"
 TEMPLATE = BENCH / "envoy.bench.yaml"
@@ -95,7 +100,7 @@ def log(message: str) -> None:
     print(f"bench: [{time.monotonic() - STARTED:4.0f} s] {message}", file=sys.stderr, flush=True)
 
 
-class HarnessError(RuntimeError):
+class HarnessError(harness.HarnessError):
     """The benchmark could not run as described; its numbers would mean nothing."""
 
 
@@ -221,118 +226,44 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: fl
         time.sleep(interval)
 
 
-def render_bootstrap(config_filter: dict[str, Any], config_initialize: dict[str, Any]) -> str:
+def render_bootstrap(config_filter: dict[str, Any], config_initialize: dict[str, Any]) -> dict[str, Any]:
     """bench/envoy.bench.yaml with the Wasm files and the two plugin configurations."""
-    return string.Template(TEMPLATE.read_text()).substitute(
+    text = string.Template(TEMPLATE.read_text()).substitute(
         admin_port=0,
         wasm_empty=str(WASM_EMPTY),
         wasm_filter=str(WASM_FILTER),
         config_filter=json.dumps(config_filter),
         config_initialize=json.dumps(config_initialize),
     )
+    return yaml.safe_load(text)
 
 
-class Envoy:
-    """One Envoy process (by default one worker, on core 0) with a bootstrap, and its admin API."""
+def start_envoy(
+    workdir: Path,
+    name: str,
+    bootstrap: dict[str, Any],
+    log_level: str,
+    workers: int = 1,
+    cores: str = str(ENVOY_CORE),
+) -> harness.Envoy:
+    """The harness's Envoy (tests/e2e/harness.py), by default one worker pinned to core 0.
 
-    def __init__(
-        self, workdir: Path, name: str, bootstrap: str, log_level: str, workers: int = 1, cores: str = str(ENVOY_CORE)
-    ):
-        self.workers = workers
-        self.cores = cores
-        self.workdir = workdir
-        self.name = name
-        self.config_path = workdir / f"{name}.yaml"
-        self.log_path = workdir / f"{name}.log"
-        self.admin_path = workdir / f"{name}.admin"
-        self.config_path.write_text(bootstrap)
-        self.log_level = log_level
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.admin = ""
-        self.ports: dict[str, int] = {}
-        self.http = httpx.Client(timeout=10)
+    The harness appends to an Envoy's log (an e2e Envoy may be restarted); a benchmark run
+    starts a new log, so that the log check reads this run's lines only."""
+    envoy = harness.Envoy(
+        bootstrap, workdir, name=name, concurrency=workers, log_level=log_level, cpus=cores, ready_timeout=60
+    )
+    envoy.log_path.unlink(missing_ok=True)
+    return envoy.start()
 
-    def start(self) -> Envoy:
-        self.admin_path.unlink(missing_ok=True)
-        with open(self.log_path, "wb") as log_file:
-            self.proc = subprocess.Popen(
-                [
-                    "taskset", "-c", self.cores,
-                    str(ENVOY), "-c", str(self.config_path),
-                    "--concurrency", str(self.workers),
-                    "--disable-hot-restart",
-                    "--admin-address-path", str(self.admin_path),
-                    "-l", self.log_level,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
 
-        def admin_address() -> str:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise HarnessError(f"{self.name} exited at start:\n{self.log_tail()}")
-            return self.admin_path.exists() and self.admin_path.read_text().strip()
+def heap_bytes(envoy: harness.Envoy) -> int:
+    """tcmalloc's bytes in use (admin /memory, `allocated`)."""
+    return int(envoy.admin_get("/memory").json()["allocated"])
 
-        self.admin = "http://" + wait_until(f"{self.name}'s admin address", admin_address, 60)
 
-        def ready() -> bool:
-            try:
-                return self.http.get(f"{self.admin}/ready").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(f"{self.name} to be ready", ready, 60)
-        for status in self.http.get(f"{self.admin}/listeners?format=json").json()["listener_statuses"]:
-            self.ports[status["name"]] = int(status["local_address"]["socket_address"]["port_value"])
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        self.http.close()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def url(self, listener: str) -> str:
-        return f"http://127.0.0.1:{self.ports[listener]}{PATH}"
-
-    def stats(self, pattern: str) -> dict[str, int]:
-        text = self.http.get(f"{self.admin}/stats", params={"filter": pattern}).text
-        out = {}
-        for line in text.splitlines():
-            name, sep, value = line.partition(": ")
-            if sep and re.fullmatch(r"-?\d+", value.strip()):
-                out[name] = int(value)
-        return out
-
-    def session_stats(self) -> dict[str, int]:
-        prefix = "wasmcustom.mcp_session."
-        return {k[len(prefix) :]: v for k, v in self.stats(r"^wasmcustom\.mcp_session\.").items()}
-
-    def heap(self) -> int:
-        return int(self.http.get(f"{self.admin}/memory").json()["allocated"])
-
-    def version(self) -> str:
-        return self.http.get(f"{self.admin}/server_info").json()["version"]
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def log_problems(self) -> list[str]:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        bad = re.compile(r"panic|\[(?:error|critical)\]\[wasm\]", re.IGNORECASE)
-        return [line for line in text.splitlines() if bad.search(line)]
+def envoy_version(envoy: harness.Envoy) -> str:
+    return envoy.admin_get("/server_info").json()["version"]
 
 
 # --------------------------------------------------------------------------- load
@@ -359,7 +290,7 @@ class Run:
 
 
 def wrk(
-    envoy: Envoy,
+    envoy: harness.Envoy,
     listener: str,
     body_file: Path,
     headers: dict[str, str],
@@ -373,14 +304,14 @@ def wrk(
     env["BENCH_PATH"] = PATH
     prefix = "filter_initialize" if listener == "filter_initialize" else listener
     cx_key = f"http.{prefix}.downstream_cx_total"
-    cx_before = envoy.stats(rf"^http\.{prefix}\.downstream_cx_total$").get(cx_key, 0)
+    cx_before = envoy.server_stats(rf"^http\.{prefix}\.downstream_cx_total$").get(cx_key, 0)
     cpu_before, core_before = cpu_ns(envoy.pid), core_busy_ns(ENVOY_CORE)
     started = time.monotonic()
     proc = subprocess.Popen(
         [
             "taskset", "-c", str(LOAD_CORE),
             "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-            "-s", str(WRK_SCRIPT), envoy.url(listener),
+            "-s", str(WRK_SCRIPT), envoy.url(PATH, listener=listener),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -392,7 +323,7 @@ def wrk(
     err = proc.stderr.read().decode() if proc.stderr else ""
     elapsed = time.monotonic() - started
     cpu_after, core_after = cpu_ns(envoy.pid), core_busy_ns(ENVOY_CORE)
-    cx_after = envoy.stats(rf"^http\.{prefix}\.downstream_cx_total$").get(cx_key, 0)
+    cx_after = envoy.server_stats(rf"^http\.{prefix}\.downstream_cx_total$").get(cx_key, 0)
     if proc.returncode != 0:
         raise HarnessError(f"wrk failed ({proc.returncode}): {err.strip() or out.strip()}")
     line = next((x for x in out.splitlines() if x.startswith("BENCH_RESULT ")), None)
@@ -428,30 +359,31 @@ def h2load(
 # --------------------------------------------------------------------------- the runs
 
 
-def open_session(envoy: Envoy) -> str:
+def open_session(envoy: harness.Envoy, client: httpx.Client) -> str:
     """A session on the hot-path listener, initialized as a client would."""
-    url = envoy.url(FILTER)
+    url = envoy.url(PATH, listener=FILTER)
     headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-    answer = envoy.http.post(url, content=INITIALIZE, headers=headers)
+    answer = client.post(url, content=INITIALIZE, headers=headers)
     session = answer.headers.get("mcp-session-id")
     if answer.status_code != 200 or not session:
         raise HarnessError(f"initialize through the filter gave {answer.status_code}, no session: {answer.text}")
     headers |= {"mcp-session-id": session, "mcp-protocol-version": PROTOCOL_VERSION}
-    answer = envoy.http.post(url, content=INITIALIZED, headers=headers)
+    answer = client.post(url, content=INITIALIZED, headers=headers)
     if answer.status_code != 200:
         raise HarnessError(f"notifications/initialized gave {answer.status_code}: {answer.text}")
-    answer = envoy.http.post(url, content=BODIES["tools_call"], headers=headers)
+    answer = client.post(url, content=BODIES["tools_call"], headers=headers)
     if answer.status_code != 200:
         raise HarnessError(f"tools/call on the new session gave {answer.status_code}: {answer.text}")
     return session
 
 
-def preflight(envoy: Envoy, files: dict[str, Path], session: str, unknown: str) -> None:
+def preflight(envoy: harness.Envoy, client: httpx.Client, files: dict[str, Path], session: str, unknown: str) -> None:
     """One request of every scenario on every listener answers as the scenario says."""
     for scenario in SCENARIOS:
         for listener in (NOFILTER, EMPTY, scenario.filter_listener):
             headers = {"content-type": "application/json"} | scenario.request_headers(session, unknown)
-            answer = envoy.http.post(envoy.url(listener), content=files[scenario.body].read_bytes(), headers=headers)
+            url = envoy.url(PATH, listener=listener)
+            answer = client.post(url, content=files[scenario.body].read_bytes(), headers=headers)
             want = scenario.filter_status if listener == scenario.filter_listener else 200
             if answer.status_code != want:
                 raise HarnessError(
@@ -463,12 +395,14 @@ def preflight(envoy: Envoy, files: dict[str, Path], session: str, unknown: str) 
                 raise HarnessError(f"scenario {scenario.key} on {listener}: Envoy closes the connection")
 
 
-def run_matrix(envoy: Envoy, files: dict[str, Path], args: argparse.Namespace, problems: list[str]) -> list[Run]:
-    session = open_session(envoy)
+def run_matrix(
+    envoy: harness.Envoy, client: httpx.Client, files: dict[str, Path], args: argparse.Namespace, problems: list[str]
+) -> list[Run]:
+    session = open_session(envoy, client)
     # A well-formed ID for the live session's slot with a wrong secret: the store reads the
     # record and compares the secret, the costliest way for an ID to be unknown.
     unknown = session[:8] + secrets.token_hex(16)
-    preflight(envoy, files, session, unknown)
+    preflight(envoy, client, files, session, unknown)
     modes = (("throughput", args.connections, args.duration), ("latency", 1, args.latency_duration))
     runs: list[Run] = []
 
@@ -527,7 +461,9 @@ def run_matrix(envoy: Envoy, files: dict[str, Path], args: argparse.Namespace, p
     return runs
 
 
-def run_at_cap(envoy: Envoy, files: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
+def run_at_cap(
+    envoy: harness.Envoy, client: httpx.Client, files: dict[str, Path], args: argparse.Namespace
+) -> dict[str, Any]:
     """Initialize on the default configuration once the store is full: 503 after the free-slot
     hint and 16 random probes (before the hint: a scan of the whole table).
 
@@ -536,10 +472,11 @@ def run_at_cap(envoy: Envoy, files: dict[str, Path], args: argparse.Namespace) -
     """
     cap = 10_000  # the default max_sessions
     log(f"at the cap: filling the default store ({cap - 1:,} initializes)")
-    minted = h2load(envoy.url(FILTER), files["initialize"], {}, cap - 1)
+    url = envoy.url(PATH, listener=FILTER)
+    minted = h2load(url, files["initialize"], {}, cap - 1)
     headers = {"content-type": "application/json"}
     for _ in range(100):  # in case a preflight initialize was not counted as expected
-        answer = envoy.http.post(envoy.url(FILTER), content=INITIALIZE, headers=headers)
+        answer = client.post(url, content=INITIALIZE, headers=headers)
         if answer.status_code == 503:
             break
         minted += 1
@@ -553,7 +490,7 @@ def run_at_cap(envoy: Envoy, files: dict[str, Path], args: argparse.Namespace) -
     cpu_before = cpu_ns(envoy.pid)
     for _ in range(n):
         t0 = time.perf_counter()
-        answer = envoy.http.post(envoy.url(FILTER), content=INITIALIZE, headers=headers)
+        answer = client.post(url, content=INITIALIZE, headers=headers)
         times.append((time.perf_counter() - t0) * 1e6)
         if answer.status_code != 503:
             raise HarnessError(f"at the cap: initialize answered {answer.status_code}, not 503")
@@ -575,10 +512,10 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace) 
     # Memory, not speed: two workers and the load generator share both cores, so the million
     # initializes take half the time, and the store is written by two workers as in production.
     bootstrap = render_bootstrap(MEMORY_LIVE_CONFIG, MEMORY_CHURN_CONFIG)
-    envoy = Envoy(workdir, "envoy-memory", bootstrap, "warning", workers=2, cores=BOTH_CORES).start()
+    envoy = start_envoy(workdir, "envoy-memory", bootstrap, "warning", workers=2, cores=BOTH_CORES)
     h2load = functools.partial(globals()["h2load"], cores=BOTH_CORES)
     try:
-        live_url, churn_url = envoy.url(FILTER), envoy.url("filter_initialize")
+        live_url, churn_url = envoy.url(PATH, listener=FILTER), envoy.url(PATH, listener="filter_initialize")
         # Warm both listeners with requests that create nothing (404: unknown session), on as
         # many connections as the fills use, so that what is allocated once per VM, per
         # connection or per stream is in the baseline and not charged to sessions.
@@ -586,15 +523,15 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace) 
         for url in (live_url, churn_url):
             h2load(url, files["tools_call"], unknown, 10_000)
         time.sleep(1)
-        base = envoy.heap()
+        base = heap_bytes(envoy)
         out: dict[str, Any] = {"baseline_heap": base, "live": [], "churn": []}
         log(f"memory: baseline heap {base:,} bytes")
         created = 0
         for target in args.live_sets:
             created += h2load(live_url, files["initialize"], {}, target - created)
-            live = wait_until("the live gauge", lambda: envoy.session_stats().get("live", 0) >= target, 10)
-            live = envoy.session_stats()["live"]
-            heap = envoy.heap()
+            live = wait_until("the live gauge", lambda: envoy.stats().get("live", 0) >= target, 10)
+            live = envoy.stats()["live"]
+            heap = heap_bytes(envoy)
             per = (heap - base) / live
             out["live"].append({"sessions": live, "heap": heap, "bytes_per_session": per})
             log(f"memory: {live:,} live sessions: heap {heap:,} bytes, {per:.0f} bytes per session")
@@ -613,8 +550,8 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace) 
             ok = h2load(churn_url, files["initialize"], {}, n)
             rate = n / (time.monotonic() - t0)
             done += n
-            stats = envoy.session_stats()
-            heap = envoy.heap()
+            stats = envoy.stats()
+            heap = heap_bytes(envoy)
             churn_live = stats.get("live", 0) - live_set
             out["churn"].append({"sent": done, "answered_2xx": ok, "live": churn_live, "heap": heap, "rate": rate})
             log(f"memory: churn {done:,} sent ({rate:,.0f}/s), {churn_live:,} churn sessions live, heap {heap:,}")
@@ -625,13 +562,13 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace) 
         # an empty value in a key per slot, as many slots as the churn had at once.
         wait_until(
             "the churned sessions to expire",
-            lambda: envoy.session_stats().get("live", 0) <= live_set,
+            lambda: envoy.stats().get("live", 0) <= live_set,
             MEMORY_CHURN_IDLE_S + 90,
             interval=1,
         )
         time.sleep(1)
-        stats = envoy.session_stats()
-        after = envoy.heap()
+        stats = envoy.stats()
+        after = heap_bytes(envoy)
         out["after_churn"] = {"heap": after, "live": stats.get("live", 0), "stats": stats}
         out["live_set_heap"] = live_heap
         out["after_churn_vs_live_set"] = after / live_heap
@@ -1070,15 +1007,17 @@ def main() -> int:
     problems: list[str] = []
     runs: list[Run] = []
     if not args.skip_matrix:
-        envoy = Envoy(workdir, "envoy", render_bootstrap(FILTER_CONFIG, INITIALIZE_CONFIG), args.log_level).start()
+        envoy = start_envoy(workdir, "envoy", render_bootstrap(FILTER_CONFIG, INITIALIZE_CONFIG), args.log_level)
+        client = httpx.Client(timeout=10)  # one keep-alive connection for the requests made one by one
         try:
-            results["envoy_version"] = envoy.version()
+            results["envoy_version"] = envoy_version(envoy)
             log(f"Envoy {results['envoy_version']} (pid {envoy.pid}) on core {ENVOY_CORE}; ports {envoy.ports}")
-            runs = run_matrix(envoy, files, args, problems)
-            results["filter_stats"] = envoy.session_stats()
-            results["at_cap"] = run_at_cap(envoy, files, args)
+            runs = run_matrix(envoy, client, files, args, problems)
+            results["filter_stats"] = envoy.stats()
+            results["at_cap"] = run_at_cap(envoy, client, files, args)
             problems += [f"Envoy log: {line}" for line in envoy.log_problems()[:10]]
         finally:
+            client.close()
             envoy.stop()
         results["runs"] = [vars(r) for r in runs]
         results["summary"] = summarise(runs)
@@ -1111,6 +1050,6 @@ def main() -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except HarnessError as e:
+    except harness.HarnessError as e:  # the benchmark's own, or Envoy not starting
         log(f"error: {e}")
         sys.exit(2)

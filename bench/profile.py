@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
+import harness  # noqa: E402 (tests/e2e, put on the path by bench)
 
 ENVOY_BINARY_GLOB = ".venv/lib/python3*/site-packages/envoy/_bin/envoy"
 PROBE_WASM = bench.BENCH / "hostcall-probe" / "target" / "wasm32-wasip1" / "release" / "hostcall_probe.wasm"
@@ -74,9 +74,9 @@ DESCRIPTIONS = {
 PARTS = ("envoy", "v8 code", "libc")
 
 
-def bootstrap() -> str:
+def bootstrap() -> dict[str, Any]:
     """The benchmark's listeners, plus the empty listener cloned once per probe variant."""
-    config = yaml.safe_load(bench.render_bootstrap(bench.FILTER_CONFIG, bench.INITIALIZE_CONFIG))
+    config = bench.render_bootstrap(bench.FILTER_CONFIG, bench.INITIALIZE_CONFIG)
     listeners = config["static_resources"]["listeners"]
     model = next(x for x in listeners if x["name"] == bench.EMPTY)
     for name, plan in PROBES.items():
@@ -99,7 +99,7 @@ def bootstrap() -> str:
             "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plan},
         }
         listeners.append(listener)
-    return yaml.safe_dump(config, sort_keys=False)
+    return config
 
 
 class Callgrind:
@@ -114,57 +114,36 @@ class Callgrind:
         self.out_prefix = workdir / "callgrind.out"
         for old in workdir.glob("callgrind.out*"):
             old.unlink()
-        self.envoy = bench.Envoy(workdir, "envoy-callgrind", bootstrap(), "warning")
-
-    def start(self) -> None:
-        self._start_under_valgrind(
-            [
+        # The harness's Envoy, started under valgrind: minutes to start, seconds per admin call.
+        self.envoy = harness.Envoy(
+            bootstrap(),
+            workdir,
+            name="envoy-callgrind",
+            concurrency=1,
+            log_level="warning",
+            cpus=str(bench.ENVOY_CORE),
+            wrapper=[
+                "valgrind",
                 "--tool=callgrind",
                 "--separate-threads=yes",
                 "--smc-check=all-non-file",  # V8 writes code into anonymous memory
                 f"--callgrind-out-file={self.out_prefix}",
-                str(self.binary),
-            ]
+            ],
+            binary=self.binary,
+            ready_timeout=600,
+            admin_timeout=120,
         )
 
-    def _start_under_valgrind(self, prefix: list[str]) -> None:
-        envoy = self.envoy
-        envoy.admin_path.unlink(missing_ok=True)
-        with open(envoy.log_path, "wb") as log_file:
-            envoy.proc = subprocess.Popen(
-                ["taskset", "-c", str(bench.ENVOY_CORE), "valgrind", *prefix,
-                 "-c", str(envoy.config_path), "--concurrency", "1", "--disable-hot-restart",
-                 "--admin-address-path", str(envoy.admin_path), "-l", envoy.log_level],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-        def admin_address() -> str:
-            if envoy.proc is not None and envoy.proc.poll() is not None:
-                raise bench.HarnessError(f"Envoy under valgrind exited:\n{envoy.log_tail()}")
-            return envoy.admin_path.exists() and envoy.admin_path.read_text().strip()
-
-        envoy.admin = "http://" + bench.wait_until("Envoy under valgrind to start", admin_address, 600, 0.5)
-        envoy.http.close()
-        envoy.http = httpx.Client(timeout=120)
-
-        def ready() -> bool:
-            if envoy.proc is not None and envoy.proc.poll() is not None:
-                raise bench.HarnessError(f"Envoy under valgrind exited:\n{envoy.log_tail()}")
-            try:
-                return envoy.http.get(f"{envoy.admin}/ready").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        bench.wait_until("Envoy under valgrind to be ready", ready, 300, 0.5)
-        for status in envoy.http.get(f"{envoy.admin}/listeners?format=json").json()["listener_statuses"]:
-            envoy.ports[status["name"]] = int(status["local_address"]["socket_address"]["port_value"])
+    def start(self) -> None:
+        self.envoy.log_path.unlink(missing_ok=True)  # the harness appends; this run's log only
+        self.envoy.start()
 
     def control(self, *args: str) -> None:
         assert self.envoy.proc is not None
-        subprocess.run(["callgrind_control", *args, str(self.envoy.proc.pid)], capture_output=True, check=True)
+        subprocess.run(["callgrind_control", *args, str(self.envoy.pid)], capture_output=True, check=True)
 
     def measure(self, label: str, listener: str, body: bytes, headers: dict[str, str], want: int, n: int, warm: int) -> None:
-        url = self.envoy.url(listener)
+        url = self.envoy.url(bench.PATH, listener=listener)
         with httpx.Client(timeout=120) as client:
             for _ in range(warm):
                 client.post(url, content=body, headers=headers)
@@ -264,8 +243,9 @@ def main() -> int:
     bench.log("starting Envoy under callgrind (a minute or two)")
     try:
         cg.start()
-        version = cg.envoy.version()
-        session = bench.open_session(cg.envoy)
+        version = bench.envoy_version(cg.envoy)
+        with httpx.Client(timeout=120) as client:
+            session = bench.open_session(cg.envoy, client)
         unknown = session[:8] + "0" * 32
         base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
         plan = []
@@ -375,6 +355,6 @@ def report(counts: dict[str, dict[str, int]], meta: dict[str, Any], problems: li
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except bench.HarnessError as e:
+    except harness.HarnessError as e:  # the benchmark's own, or Envoy not starting
         bench.log(f"error: {e}")
         sys.exit(2)

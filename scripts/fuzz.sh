@@ -3,7 +3,7 @@
 # debug assertions on), one after the other. Prints the executions and findings per target;
 # exits non-zero when any target crashed, leaked, timed out or failed to run.
 #
-#   bash scripts/fuzz.sh 4      # the quick form, in `make test`
+#   bash scripts/fuzz.sh 3      # the quick form, `make fuzz-quick` (in `make test`)
 #   bash scripts/fuzz.sh 120    # the long form, `make fuzz`
 #
 # The corpus of each target (fuzz/corpus/<target>, not committed) starts from the hand-written

@@ -27,56 +27,59 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# shellcheck disable=SC2086 # DEMO_FLAGS is a list of flags
-.venv/bin/python tests/servers/demo_server.py --port 8000 $demo_flags &
-demo_pid=$!
-
-# Wait for the demo server to answer (or to die, e.g. port 8000 taken).
-.venv/bin/python - "$demo_pid" <<'PY'
+# Waits until URL answers 200, or fails when process PID exits or 30 s pass.
+wait_ready() {
+    .venv/bin/python - "$1" "$2" "$3" <<'PY'
 import os, sys, time
 import httpx
-pid, deadline = int(sys.argv[1]), time.monotonic() + 30
+url, pid, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+deadline = time.monotonic() + 30
 while True:
     try:
-        if httpx.get("http://127.0.0.1:8000/healthz", timeout=1).status_code == 200:
+        if httpx.get(url, timeout=1).status_code == 200:
             break
     except httpx.TransportError:
         pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        sys.exit("run: the demo server exited (is port 8000 in use?)")
+        sys.exit(f"run: {what} exited (is its port in use?)")
     if time.monotonic() > deadline:
-        sys.exit("run: the demo server did not become ready in 30s")
+        sys.exit(f"run: {what} did not become ready in 30s")
     time.sleep(0.1)
 PY
+}
 
-cat <<'USAGE'
-run: demo MCP server on 127.0.0.1:8000, Envoy with the session filter on 127.0.0.1:10000.
-Try it (in another terminal):
-
-  H='-H content-type:application/json -H accept:application/json,text/event-stream'
-  # 1. initialize: the filter mints the session (mcp-session-id header)
-  curl -si $H http://127.0.0.1:10000/mcp -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}'
-  SID=<the mcp-session-id value from above>
-  # 2. finish the handshake, then call a tool
-  curl -si $H -H "mcp-session-id: $SID" http://127.0.0.1:10000/mcp -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
-  curl -s  $H -H "mcp-session-id: $SID" http://127.0.0.1:10000/mcp -d '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":3}}}'
-  # 3. without a session, or with a made-up one: 400, 404
-  curl -si $H http://127.0.0.1:10000/mcp -d '{"jsonrpc":"2.0","id":3,"method":"tools/list"}'
-  curl -si $H -H "mcp-session-id: 0000000000000000000000000000000000000000" http://127.0.0.1:10000/mcp -d '{"jsonrpc":"2.0","id":4,"method":"tools/list"}'
-  # 4. end the session (204), then it is gone (404)
-  curl -si -X DELETE -H "mcp-session-id: $SID" http://127.0.0.1:10000/mcp
-  # the filter's stats
-  curl -s 'http://127.0.0.1:9901/stats?filter=mcp_session'
-
-Ctrl-C stops Envoy and the demo server.
-USAGE
+# shellcheck disable=SC2086 # DEMO_FLAGS is a list of flags
+.venv/bin/python tests/servers/demo_server.py --port 8000 $demo_flags &
+demo_pid=$!
+wait_ready http://127.0.0.1:8000/healthz "$demo_pid" "the demo server (port 8000)"
 
 .venv/bin/envoy -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart \
     -l warning --component-log-level wasm:info &
 envoy_pid=$!
 trap 'kill -INT "$envoy_pid" 2>/dev/null || true' INT TERM
+if ! wait_ready http://127.0.0.1:9901/ready "$envoy_pid" "Envoy (ports 10000, 9901)"; then
+    kill "$envoy_pid" 2>/dev/null || true
+    wait "$envoy_pid" 2>/dev/null || true
+    exit 1
+fi
+
+# The first lines of the README's walk-through, once Envoy answers.
+cat <<'USAGE'
+
+run: Envoy with the session filter on http://127.0.0.1:10000/mcp (admin 127.0.0.1:9901),
+in front of the demo MCP server on 127.0.0.1:8000. In a second terminal (the rest of the
+walk-through is in README.md):
+
+U=http://127.0.0.1:10000/mcp
+J='content-type: application/json'
+A='accept: application/json, text/event-stream'
+curl -si $U -H "$J" -H "$A" -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1.0"}}}'
+
+Ctrl-C stops Envoy and the demo server.
+USAGE
+
 wait "$envoy_pid" || true
 # A signal interrupts `wait`; wait again for Envoy to finish shutting down.
 wait "$envoy_pid" 2>/dev/null || true

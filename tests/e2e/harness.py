@@ -6,6 +6,7 @@ Reusable pieces, no pytest in here:
   path and the plugin configuration replaced (or the filter left out), as a dict.
 - `Envoy`: writes a bootstrap, starts `envoy --concurrency 2`, waits for the admin `/ready`,
   finds the listener's port, reads stats and the log, checks the log for wasm errors, stops.
+  The benchmark (bench/) runs Envoy through it too (pinned to a core, one worker).
 - `McpServer`: the demo MCP server (`tests/servers/demo_server.py`) on a socket bound here
   (port 0, so no free-port race), restartable on the same port, with its request record.
 - small MCP-over-HTTP helpers: one request per fresh connection, JSON and SSE bodies.
@@ -211,7 +212,13 @@ def _terminate(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
 
 
 class Envoy:
-    """One Envoy process with 2 workers, its admin API, stats and log."""
+    """One Envoy process (2 workers unless told otherwise), its admin API, stats and log.
+
+    The keyword-only arguments are for the benchmark (bench/bench.py, bench/profile.py), which
+    runs this same launcher: `cpus` pins Envoy with `taskset -c`, `wrapper` goes between that and
+    the binary (e.g. valgrind), `binary` replaces .venv/bin/envoy, and `ready_timeout` /
+    `admin_timeout` give a slow Envoy (under valgrind) longer to start and to answer.
+    """
 
     def __init__(
         self,
@@ -220,18 +227,32 @@ class Envoy:
         name: str = "envoy",
         concurrency: int = 2,
         extra_args: Sequence[str] = (),
+        *,
+        log_level: str = "info",
+        cpus: str | None = None,
+        wrapper: Sequence[str] = (),
+        binary: Path = ENVOY_BIN,
+        ready_timeout: float = READY_TIMEOUT,
+        admin_timeout: float = 5.0,
     ):
         self.bootstrap = bootstrap
-        self.extra_args = list(extra_args)  # more command-line arguments (e.g. log levels)
+        self.extra_args = list(extra_args)  # more command-line arguments (e.g. component log levels)
         self.workdir = workdir
         self.name = name
         self.concurrency = concurrency
+        self.log_level = log_level
+        self.cpus = cpus
+        self.wrapper = list(wrapper)
+        self.binary = binary
+        self.ready_timeout = ready_timeout
+        self.admin_timeout = admin_timeout
         self.config_path = workdir / f"{name}.yaml"
         self.log_path = workdir / f"{name}.log"
         self.admin_address_path = workdir / f"{name}.admin"
         self.proc: subprocess.Popen[bytes] | None = None
         self.admin_url = ""
-        self.port = 0
+        self.port = 0  # the listener's port, when the bootstrap has one listener
+        self.ports: dict[str, int] = {}  # every listener's port, by listener name
 
     # lifecycle
 
@@ -239,9 +260,12 @@ class Envoy:
         write_bootstrap(self.bootstrap, self.config_path)
         self.admin_address_path.unlink(missing_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        pin = ["taskset", "-c", self.cpus] if self.cpus is not None else []
         self.proc = subprocess.Popen(
             [
-                str(ENVOY_BIN),
+                *pin,
+                *self.wrapper,
+                str(self.binary),
                 "-c",
                 str(self.config_path),
                 "--concurrency",
@@ -250,7 +274,7 @@ class Envoy:
                 "--admin-address-path",
                 str(self.admin_address_path),
                 "-l",
-                "info",
+                self.log_level,
                 *self.extra_args,
             ],
             stdin=subprocess.DEVNULL,
@@ -269,7 +293,7 @@ class Envoy:
         address = _wait_until(
             f"{self.name}: admin address file",
             lambda: self.admin_address_path.exists() and self.admin_address_path.read_text().strip(),
-            READY_TIMEOUT,
+            self.ready_timeout,
             alive,
             self.log_tail,
         )
@@ -277,11 +301,11 @@ class Envoy:
 
         def ready() -> bool:
             try:
-                return httpx.get(f"{self.admin_url}/ready", timeout=2).status_code == 200
+                return httpx.get(f"{self.admin_url}/ready", timeout=self.admin_timeout).status_code == 200
             except httpx.TransportError:
                 return False
 
-        _wait_until(f"{self.name}: admin /ready", ready, READY_TIMEOUT, alive, self.log_tail)
+        _wait_until(f"{self.name}: admin /ready", ready, self.ready_timeout, alive, self.log_tail)
         self.refresh_port()
 
     def stop(self) -> int | None:
@@ -300,19 +324,27 @@ class Envoy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} is not running"
+        return self.proc.pid
+
     # addresses
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def url(self, path: str = MCP_PATH) -> str:
-        return f"{self.base_url}{path}"
+    def url(self, path: str = MCP_PATH, *, listener: str | None = None) -> str:
+        """A URL on the listener (the named one, for a bootstrap with several)."""
+        if listener is None:
+            return f"{self.base_url}{path}"
+        return f"http://127.0.0.1:{self.ports[listener]}{path}"
 
     # admin
 
-    def admin_get(self, path: str) -> httpx.Response:
-        response = httpx.get(f"{self.admin_url}{path}", timeout=5)
+    def admin_get(self, path: str, params: Mapping[str, str] | None = None) -> httpx.Response:
+        response = httpx.get(f"{self.admin_url}{path}", params=params, timeout=self.admin_timeout)
         response.raise_for_status()
         return response
 
@@ -328,16 +360,19 @@ class Envoy:
     def server_stats(self, filter_regex: str) -> dict[str, int]:
         """Any of Envoy's own counters and gauges matching a /stats filter."""
         out: dict[str, int] = {}
-        for line in self.admin_get(f"/stats?filter={filter_regex}").text.splitlines():
+        for line in self.admin_get("/stats", {"filter": filter_regex}).text.splitlines():
             name, sep, value = line.partition(": ")
             if sep and value.strip().isdigit():
                 out[name] = int(value)
         return out
 
     def refresh_port(self) -> None:
-        listeners = httpx.get(f"{self.admin_url}/listeners?format=json", timeout=5).json()
-        (status,) = listeners["listener_statuses"]
-        self.port = int(status["local_address"]["socket_address"]["port_value"])
+        listeners = self.admin_get("/listeners?format=json").json()
+        self.ports = {
+            status["name"]: int(status["local_address"]["socket_address"]["port_value"])
+            for status in listeners["listener_statuses"]
+        }
+        self.port = next(iter(self.ports.values())) if len(self.ports) == 1 else 0
 
     def worker_connections(self) -> dict[str, int]:
         """Downstream connections accepted per worker on the MCP listener."""
