@@ -78,6 +78,14 @@ impl<H: Host> Plugin<H> {
         if !plugin.config.stateless {
             plugin.store().adopt_configuration(plugin.token);
         }
+        let config = &plugin.config;
+        info!(
+            "mcp-session-filter: configured (idle {} s, lifetime {} s, max {} sessions, stateless: {})",
+            config.idle_timeout_ms / 1000,
+            config.max_lifetime_ms / 1000,
+            config.max_sessions,
+            config.stateless
+        );
         Ok(plugin)
     }
 

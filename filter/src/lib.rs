@@ -129,14 +129,6 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let config = plugin.config();
-        log::info!(
-            "mcp-session-filter: configured (idle {} s, lifetime {} s, max {} sessions, stateless: {})",
-            config.idle_timeout_ms / 1000,
-            config.max_lifetime_ms / 1000,
-            config.max_sessions,
-            config.stateless
-        );
         self.plugin = Some(Rc::new(plugin));
         if let Err(status) = hostcalls::set_tick_period(TICK) {
             warn!("cannot set the sweep tick: {status:?}");
