@@ -211,7 +211,14 @@ impl<H: Host> Plugin<H> {
         }
         let store = self.store();
         if !store.sweeps_for(self.token) {
-            return Sweep::default(); // a newer configuration of this store sweeps it
+            // A newer configuration of this store sweeps it, and makes the sessions: the slots
+            // this one holds are of no more use here.
+            if let Ok(mut pool) = self.pool.try_borrow_mut() {
+                if !pool.is_empty() {
+                    store.return_pool(&mut pool);
+                }
+            }
+            return Sweep::default();
         }
         let report = store.sweep(self.host.now_ms());
         self.count(Count::Expired, report.expired);

@@ -334,7 +334,9 @@ impl<S: SharedData> Store<S> {
                 mark = Some((high, cas));
                 high
             };
-            if let Some((slot, was_live)) = self.probe(probes, high, random, now_ms, &encoded) {
+            if let Some((slot, was_live)) =
+                self.probe(probes, high, random, now_ms, &encoded, false)
+            {
                 return Some(reserved(slot, was_live, Source::Probe));
             }
         }
@@ -357,14 +359,15 @@ impl<S: SharedData> Store<S> {
         // the sweep has not reached yet and free slots the hint lost. No full scan: a refused
         // initialize costs a bounded number of reads.
         // The mark as the refused grant just read it.
-        let (slot, was_live) = self.probe(CAP_PROBES, pool.high, random, now_ms, &encoded)?;
+        let (slot, was_live) = self.probe(CAP_PROBES, pool.high, random, now_ms, &encoded, true)?;
         Some(reserved(slot, was_live, Source::AtLimit))
     }
 
     /// Moves the high-water mark past a block of fresh slots for `pool` (starting from `mark`,
     /// a read of it, when given). The block is smaller near the limit, so that slots held by
-    /// one worker do not leave another refusing while there is room: at most 1/16 of the room
-    /// left. False at the limit.
+    /// one worker do not leave another refusing while there is room: at most 1/64 of the room
+    /// left (one slot at a time, as without a pool, within 128 of the limit). False at the
+    /// limit.
     fn grant(&self, pool: &mut SlotPool, mut mark: Option<(u32, Option<u32>)>) -> bool {
         for _ in 0..CAS_ATTEMPTS {
             let (high, cas) = mark.take().unwrap_or_else(|| self.read_high_water());
@@ -373,7 +376,7 @@ impl<S: SharedData> Store<S> {
             if room == 0 {
                 return false;
             }
-            let n = (room / 16).clamp(1, pool.block.max(1));
+            let n = (room / 64).clamp(1, pool.block.max(1));
             let Some(next) = high.checked_add(n) else {
                 return false;
             };
@@ -412,11 +415,12 @@ impl<S: SharedData> Store<S> {
         random: &mut dyn FnMut() -> u32,
         now_ms: u64,
         encoded: &[u8],
+        at_limit: bool,
     ) -> Option<(u32, bool)> {
         let usable = high.min(self.limits.max_sessions);
         for _ in 0..count {
             let slot = random().checked_rem(usable)?; // None: an empty table
-            if let Claim::Taken { was_live } = self.try_claim(slot, now_ms, encoded) {
+            if let Claim::Taken { was_live } = self.claim(slot, now_ms, encoded, at_limit) {
                 return Some((slot, was_live));
             }
         }
@@ -629,9 +633,21 @@ impl<S: SharedData> Store<S> {
 
     /// Claims `slot` for `encoded` if it is free or holds an expired session.
     fn try_claim(&self, slot: u32, now_ms: u64, encoded: &[u8]) -> Claim {
+        self.claim(slot, now_ms, encoded, false)
+    }
+
+    /// [`Store::try_claim`], and with `uncreated` also a slot below the mark whose key was
+    /// never created: one granted to a worker's pool and not used yet (or about to be created
+    /// by the worker that just moved the mark). Both sides create it with a create-only
+    /// write, so exactly one gets it. Used at the limit only, so that slots held in pools do
+    /// not keep an initialize out while the store has room.
+    fn claim(&self, slot: u32, now_ms: u64, encoded: &[u8], uncreated: bool) -> Claim {
         let key = slot_key(slot);
         let (bytes, Some(cas)) = self.shared.get(&key) else {
-            return Claim::Busy; // never created: only the high-water protocol creates slots
+            if uncreated && self.shared.set(&key, encoded, CREATE_ONLY).is_ok() {
+                return Claim::Taken { was_live: false };
+            }
+            return Claim::Busy; // never created: only its pool's owner creates it
         };
         let was_live = match bytes.as_deref().and_then(Record::decode) {
             None => false,
@@ -1665,5 +1681,45 @@ mod tests {
             store.activate_reserved(&fast.id, &fast.record, later + 9_500, None)
         });
         assert!(gets > 0, "read first");
+    }
+
+    #[test]
+    fn at_the_limit_a_slot_left_in_another_workers_pool_is_taken() {
+        let shared = FakeShared::default();
+        let mut l = limits();
+        l.max_sessions = 1_000;
+        let store = Store::new(&shared, l);
+        let mut a = SlotPool::new();
+        let first = pooled(&store, &mut a, 1, T0).unwrap();
+        assert_eq!((first.id.slot, a.len()), (0, 7));
+        // The limit comes down to the mark (a configuration update): no room left to grant.
+        l.max_sessions = 8;
+        let small = Store::new(&shared, l);
+        let mut b = SlotPool::new();
+        let mut n = 0;
+        let taken = small
+            .reserve_pooled(
+                T0,
+                secret(2),
+                None,
+                &mut || {
+                    n += 1;
+                    n
+                },
+                0,
+                &mut b,
+            )
+            .unwrap();
+        assert_eq!(taken.from, Source::AtLimit);
+        assert_ne!(taken.id.slot, 0);
+        // The pool's owner finds it taken when it comes to it, and moves on.
+        let mut mine = Vec::new();
+        while let Some(r) = small.reserve_pooled(T0, secret(3), None, &mut || 0, 0, &mut a) {
+            mine.push(r.id.slot);
+            if a.is_empty() {
+                break;
+            }
+        }
+        assert!(!mine.contains(&taken.id.slot), "{mine:?} {taken:?}");
     }
 }

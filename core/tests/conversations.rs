@@ -926,3 +926,41 @@ fn an_initialize_writes_the_store_once_before_the_upstream_answers_and_once_afte
     }
     assert_eq!(w.stat("created"), 8 * block as i64);
 }
+
+/// A configuration update that lowers, then raises, `max_sessions` under two workers: the
+/// limit applies exactly (slots held in the old configuration's pools do not keep a session
+/// out), and the old configuration hands its pool back on its next tick.
+#[test]
+fn max_sessions_changed_by_an_update_applies_exactly() {
+    let mut w = World::new(r#"{"max_sessions": 100}"#);
+    let b = w.worker(r#"{"max_sessions": 100}"#);
+    for i in 0..20 {
+        let worker = if i % 2 == 0 { 0 } else { b };
+        let response = w.send_on(worker, Request::post(INITIALIZE, &[]));
+        assert_eq!(response.status, 200);
+    }
+    let lower = w.worker(r#"{"max_sessions": 20}"#);
+    let lower_b = w.worker(r#"{"max_sessions": 20}"#);
+    for worker in [lower, lower_b] {
+        assert_eq!(
+            w.send_on(worker, Request::post(INITIALIZE, &[])).status,
+            503
+        );
+    }
+    let raised = w.worker(r#"{"max_sessions": 25}"#);
+    let raised_b = w.worker(r#"{"max_sessions": 25}"#);
+    for i in 0..5 {
+        let worker = if i % 2 == 0 { raised } else { raised_b };
+        let response = w.send_on(worker, Request::post(INITIALIZE, &[]));
+        assert_eq!(response.status, 200, "session {} of 25", 21 + i);
+    }
+    assert_eq!(
+        w.send_on(raised, Request::post(INITIALIZE, &[])).status,
+        503
+    );
+    assert_eq!(w.stat("live"), 25);
+    // The first configurations are not the newest: their ticks hand back what they hold.
+    for worker in [0, b] {
+        assert_eq!(w.plugins[worker].on_tick().expired, 0);
+    }
+}
