@@ -28,6 +28,13 @@ pub struct RawConfig {
     /// Request header whose value binds the session to a caller.
     #[serde(default)]
     pub identity_header: Option<String>,
+    /// Claims of the JWT that Envoy's `jwt_authn` verified, which bind the session.
+    #[serde(default)]
+    pub identity_jwt: Option<RawIdentityJwt>,
+    /// The field of the downstream TLS peer certificate that binds the session:
+    /// `uri_san`, `subject` or `sha256`.
+    #[serde(default)]
+    pub identity_peer: Option<String>,
     /// false: DELETE answers 405.
     #[serde(default = "defaults::yes")]
     pub allow_delete: bool,
@@ -39,7 +46,83 @@ pub struct RawConfig {
     pub stateless: bool,
 }
 
+/// `identity_jwt` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentityJwt {
+    /// `jwt_authn`'s `payload_in_metadata` name (Istio writes `payload`).
+    pub metadata_key: String,
+    /// The claims that together are the caller.
+    #[serde(default = "defaults::claims")]
+    pub claims: Vec<String>,
+}
+
+/// Where the caller identity a session is bound to comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// A request header (trusted only where the proxy sets it and strips the client's).
+    Header(String),
+    /// Claims of the JWT `jwt_authn` verified, from its dynamic metadata.
+    Jwt {
+        /// `payload_in_metadata` name.
+        metadata_key: String,
+        /// Claims, all required.
+        claims: Vec<String>,
+    },
+    /// The downstream TLS peer certificate.
+    Peer(PeerField),
+}
+
+/// Which part of the TLS peer certificate identifies the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerField {
+    /// The first URI SAN (a SPIFFE ID in a mesh).
+    UriSan,
+    /// The subject.
+    Subject,
+    /// The SHA-256 digest of the whole certificate.
+    Sha256,
+}
+
+/// The metadata namespace of Envoy's `jwt_authn` filter.
+pub const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
+
+impl IdentitySource {
+    /// The host attributes whose values, together, are the caller (none for a header).
+    pub fn attributes(&self) -> Vec<Vec<&str>> {
+        match self {
+            IdentitySource::Header(_) => Vec::new(),
+            IdentitySource::Jwt {
+                metadata_key,
+                claims,
+            } => claims
+                .iter()
+                .map(|claim| {
+                    vec![
+                        "metadata",
+                        "filter_metadata",
+                        JWT_AUTHN,
+                        metadata_key.as_str(),
+                        claim.as_str(),
+                    ]
+                })
+                .collect(),
+            IdentitySource::Peer(field) => vec![vec![
+                "connection",
+                match field {
+                    PeerField::UriSan => "uri_san_peer_certificate",
+                    PeerField::Subject => "subject_peer_certificate",
+                    PeerField::Sha256 => "sha256_peer_certificate_digest",
+                },
+            ]],
+        }
+    }
+}
+
 mod defaults {
+    pub fn claims() -> Vec<String> {
+        vec!["iss".into(), "sub".into()]
+    }
     pub fn idle_timeout_seconds() -> u64 {
         1800
     }
@@ -75,8 +158,8 @@ pub struct Config {
     pub max_sessions: u32,
     /// Largest sessionless body read, in bytes.
     pub max_body_bytes: usize,
-    /// Lowercased identity header name.
-    pub identity_header: Option<String>,
+    /// Where the caller identity sessions are bound to comes from; `None`: not bound.
+    pub identity: Option<IdentitySource>,
     /// Whether clients may end sessions with DELETE.
     pub allow_delete: bool,
     /// Whether to hold requests until `notifications/initialized`.
@@ -105,6 +188,14 @@ impl Config {
         }
         let raw: RawConfig = serde_json::from_str(text).map_err(|e| blame(text, &e))?;
         Config::try_from(raw)
+    }
+
+    /// The identity header's name, when sessions are bound to one.
+    pub fn identity_header(&self) -> Option<&str> {
+        match &self.identity {
+            Some(IdentitySource::Header(name)) => Some(name),
+            _ => None,
+        }
     }
 
     /// Whether requests to `path` (which may carry a query string) are guarded.
@@ -141,6 +232,8 @@ fn empty_raw() -> RawConfig {
         max_sessions: defaults::max_sessions(),
         max_body_bytes: defaults::max_body_bytes(),
         identity_header: None,
+        identity_jwt: None,
+        identity_peer: None,
         allow_delete: true,
         enforce_initialized: true,
         stateless: false,
@@ -181,10 +274,47 @@ impl TryFrom<RawConfig> for Config {
         if raw.max_body_bytes == 0 || raw.max_body_bytes > MAX_BODY_LIMIT {
             return bad("max_body_bytes", "must be from 1 to 67108864");
         }
-        let identity_header = match raw.identity_header {
-            None => None,
-            Some(name) if is_header_name(&name) => Some(name.to_ascii_lowercase()),
-            Some(_) => return bad("identity_header", "must be a non-empty HTTP header name"),
+        let sources = [
+            raw.identity_header.is_some(),
+            raw.identity_jwt.is_some(),
+            raw.identity_peer.is_some(),
+        ];
+        if sources.iter().filter(|set| **set).count() > 1 {
+            return bad(
+                "identity_header",
+                "`identity_jwt` and `identity_peer`: set at most one",
+            );
+        }
+        let identity = if let Some(name) = raw.identity_header {
+            if !is_header_name(&name) {
+                return bad("identity_header", "must be a non-empty HTTP header name");
+            }
+            Some(IdentitySource::Header(name.to_ascii_lowercase()))
+        } else if let Some(jwt) = raw.identity_jwt {
+            if jwt.metadata_key.is_empty() {
+                return bad("identity_jwt", "needs a non-empty `metadata_key`");
+            }
+            if jwt.claims.is_empty() || jwt.claims.iter().any(String::is_empty) {
+                return bad("identity_jwt", "needs `claims`: non-empty claim names");
+            }
+            Some(IdentitySource::Jwt {
+                metadata_key: jwt.metadata_key,
+                claims: jwt.claims,
+            })
+        } else if let Some(field) = raw.identity_peer {
+            Some(IdentitySource::Peer(match field.as_str() {
+                "uri_san" => PeerField::UriSan,
+                "subject" => PeerField::Subject,
+                "sha256" => PeerField::Sha256,
+                _ => {
+                    return bad(
+                        "identity_peer",
+                        "must be \"uri_san\", \"subject\" or \"sha256\"",
+                    )
+                }
+            }))
+        } else {
+            None
         };
         Ok(Config {
             paths: raw.paths,
@@ -192,7 +322,7 @@ impl TryFrom<RawConfig> for Config {
             max_lifetime_ms: raw.max_lifetime_seconds * 1000,
             max_sessions: raw.max_sessions,
             max_body_bytes: usize::try_from(raw.max_body_bytes).unwrap_or(usize::MAX),
-            identity_header,
+            identity,
             allow_delete: raw.allow_delete,
             enforce_initialized: raw.enforce_initialized,
             stateless: raw.stateless,
@@ -225,7 +355,7 @@ mod tests {
             assert_eq!(cfg.max_lifetime_ms, 86_400_000);
             assert_eq!(cfg.max_sessions, 10_000);
             assert_eq!(cfg.max_body_bytes, 4_194_304);
-            assert_eq!(cfg.identity_header, None);
+            assert_eq!(cfg.identity_header(), None);
             assert!(cfg.allow_delete && cfg.enforce_initialized && !cfg.stateless);
         }
     }
@@ -246,8 +376,39 @@ mod tests {
         assert_eq!(cfg.max_lifetime_ms, 0);
         assert_eq!(cfg.max_sessions, 2);
         assert_eq!(cfg.max_body_bytes, 1024);
-        assert_eq!(cfg.identity_header.as_deref(), Some("x-user-id"));
+        assert_eq!(cfg.identity_header(), Some("x-user-id"));
         assert!(!cfg.allow_delete && !cfg.enforce_initialized && cfg.stateless);
+    }
+
+    #[test]
+    fn identity_sources_and_the_attributes_they_read() {
+        let jwt = parse(r#"{"identity_jwt":{"metadata_key":"payload"}}"#).unwrap();
+        let Some(source) = &jwt.identity else {
+            panic!("no identity");
+        };
+        assert_eq!(
+            source.attributes(),
+            vec![
+                vec!["metadata", "filter_metadata", JWT_AUTHN, "payload", "iss"],
+                vec!["metadata", "filter_metadata", JWT_AUTHN, "payload", "sub"],
+            ]
+        );
+        assert_eq!(jwt.identity_header(), None);
+        for (field, attribute) in [
+            ("uri_san", "uri_san_peer_certificate"),
+            ("subject", "subject_peer_certificate"),
+            ("sha256", "sha256_peer_certificate_digest"),
+        ] {
+            let cfg = parse(&format!(r#"{{"identity_peer":"{field}"}}"#)).unwrap();
+            let attributes = cfg.identity.as_ref().map(IdentitySource::attributes);
+            assert_eq!(
+                attributes,
+                Some(vec![vec!["connection", attribute]]),
+                "{field}"
+            );
+        }
+        let header = parse(r#"{"identity_header":"X-User"}"#).unwrap();
+        assert_eq!(header.identity_header(), Some("x-user"));
     }
 
     #[test]
@@ -274,6 +435,25 @@ mod tests {
             (r#"{"identity_header":"x user"}"#, "`identity_header`"),
             (r#"{"identity_header":":authority"}"#, "`identity_header`"),
             (r#"{"identity_header":5}"#, "`identity_header`"),
+            (r#"{"identity_jwt":{}}"#, "`identity_jwt`"),
+            (r#"{"identity_jwt":{"metadata_key":""}}"#, "`identity_jwt`"),
+            (
+                r#"{"identity_jwt":{"metadata_key":"p","claims":[]}}"#,
+                "`identity_jwt`",
+            ),
+            (
+                r#"{"identity_jwt":{"metadata_key":"p","claim":["sub"]}}"#,
+                "`identity_jwt`",
+            ),
+            (r#"{"identity_peer":"spiffe"}"#, "`identity_peer`"),
+            (
+                r#"{"identity_peer":"uri_san","identity_header":"x-user"}"#,
+                "set at most one",
+            ),
+            (
+                r#"{"identity_jwt":{"metadata_key":"p"},"identity_peer":"subject"}"#,
+                "set at most one",
+            ),
             (r#"{"allow_delete":"no"}"#, "`allow_delete`"),
             (r#"{"max_sessions":5,"stateless":"yes"}"#, "`stateless`"),
             ("[1,2]", "invalid configuration"),

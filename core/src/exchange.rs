@@ -12,9 +12,10 @@
 //! The decisions themselves are pure functions in [`crate::policy`]; this file sequences them
 //! with the store, the worker's cache and the stats.
 
+use crate::config::IdentitySource;
 use crate::headers::Header;
-use crate::host::{Headers, Host};
-use crate::message::{json_outcome, Outcome, SseScanner};
+use crate::host::{Attributes, Headers, Host};
+use crate::message::{json_outcome, Outcome, RequestId, SseScanner};
 use crate::metrics::Event as Count;
 use crate::plugin::Plugin;
 use crate::policy::{
@@ -25,7 +26,6 @@ use crate::rejection::Rejection;
 use crate::session_id::{SessionId, SECRET_LEN};
 use crate::store::{Ended, Lookup, Reservation};
 use log::{debug, info, warn};
-use serde_json::Value;
 
 /// The session header, in both directions.
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -40,6 +40,8 @@ pub enum Event<'a> {
     RequestHeaders {
         /// The headers.
         headers: &'a dyn Headers,
+        /// What the proxy verified about the caller (read only for a verified identity).
+        attributes: &'a dyn Attributes,
         /// No body follows.
         end_of_stream: bool,
     },
@@ -229,7 +231,7 @@ enum Waiting {
     /// A DELETE.
     Delete,
     /// A new session for an `initialize` with this request id.
-    Reserve { request_id: Value },
+    Reserve { request_id: RequestId },
     /// The decision on an `initialize`'s answer.
     Initialize { outcome: Outcome },
     /// `notifications/initialized` went through.
@@ -304,8 +306,9 @@ impl Exchange {
         match event {
             Event::RequestHeaders {
                 headers,
+                attributes,
                 end_of_stream,
-            } => self.on_request_headers(plugin, headers, end_of_stream),
+            } => self.on_request_headers(plugin, headers, attributes, end_of_stream),
             Event::RequestBody {
                 size,
                 end_of_stream,
@@ -348,14 +351,14 @@ impl Exchange {
         &mut self,
         plugin: &Plugin<H>,
         headers: &dyn Headers,
+        attributes: &dyn Attributes,
         end_of_stream: bool,
     ) -> Step {
         let cfg = plugin.config();
-        let identity = match &cfg.identity_header {
+        let identity = match cfg.identity_header() {
             Some(name) => headers.get(name),
             None => Header::default(),
         };
-        self.identity = identity.value.map(<[u8]>::to_vec);
         let method = headers.get(":method").text().unwrap_or_default();
         let session_id = headers.get(SESSION_HEADER);
         let head = RequestHead {
@@ -376,6 +379,7 @@ impl Exchange {
             }
             HeadVerdict::Reject(rejection) => self.reply(plugin, &rejection),
             HeadVerdict::ReadSessionlessBody => {
+                self.identity = read_identity(cfg.identity.as_ref(), identity, attributes);
                 // Headers go on now (holding them would stop body callbacks on hosts without
                 // allow_on_headers_stop_iteration); the body is held until it is complete.
                 self.phase = Phase::SessionlessBody;
@@ -385,6 +389,10 @@ impl Exchange {
                 Flow::Continue.into()
             }
             HeadVerdict::Session { id } => {
+                self.identity = read_identity(cfg.identity.as_ref(), identity, attributes);
+                if cfg.identity.is_some() && self.identity.is_none() {
+                    return self.reply(plugin, &Rejection::identity_not_found());
+                }
                 let method = method.to_owned();
                 let now_ms = plugin.host().now_ms();
                 // The epoch is read before the store, so an end between the two empties the
@@ -484,7 +492,10 @@ impl Exchange {
         }
     }
 
-    fn reserve<H: Host>(&mut self, plugin: &Plugin<H>, request_id: Value) -> Step {
+    fn reserve<H: Host>(&mut self, plugin: &Plugin<H>, request_id: RequestId) -> Step {
+        if plugin.config().identity.is_some() && self.identity.is_none() {
+            return self.reply(plugin, &Rejection::no_identity().with_id(request_id));
+        }
         let mut secret = [0u8; SECRET_LEN];
         if !plugin.host().fill_random(&mut secret) {
             log::error!("the host random source failed; refusing initialize");
@@ -782,6 +793,29 @@ impl Exchange {
             Outcome::Error => StoreOp::Release { id: init.id },
         };
         Flow::Store(op).into()
+    }
+}
+
+/// The caller identity a session is bound to, from where the configuration says: the header's
+/// value, or the attributes' values (each length-prefixed, so no two lists of claims read
+/// alike). `None` when not configured, or when any part is missing or empty.
+fn read_identity(
+    source: Option<&IdentitySource>,
+    header: Header<'_>,
+    attributes: &dyn Attributes,
+) -> Option<Vec<u8>> {
+    match source? {
+        IdentitySource::Header(_) => header.value.filter(|v| !v.is_empty()).map(<[u8]>::to_vec),
+        other => {
+            let mut identity = Vec::new();
+            for path in other.attributes() {
+                let value = attributes.get(&path).filter(|v| !v.is_empty())?;
+                let len = u32::try_from(value.len()).ok()?;
+                identity.extend_from_slice(&len.to_le_bytes());
+                identity.extend_from_slice(&value);
+            }
+            Some(identity)
+        }
     }
 }
 

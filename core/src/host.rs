@@ -26,3 +26,10 @@ pub trait Headers {
     /// The first value of header `name` and how many times it appears.
     fn get(&self, name: &str) -> Header<'_>;
 }
+
+/// Facts the proxy established about a request (Envoy's attributes: `connection.*`,
+/// `metadata.filter_metadata.*`), read when the machine asks.
+pub trait Attributes {
+    /// The value at `path` (e.g. `["connection", "uri_san_peer_certificate"]`), as bytes.
+    fn get(&self, path: &[&str]) -> Option<Vec<u8>>;
+}

@@ -7,6 +7,7 @@
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::fmt;
 
@@ -17,6 +18,40 @@ pub const INITIALIZED: &str = "notifications/initialized";
 /// The one request allowed before the handshake ends.
 pub const PING: &str = "ping";
 
+/// A JSON-RPC request id exactly as the client wrote it (a string or a number, as JSON text),
+/// or null: echoed byte for byte in error answers, so that an id no `f64` can hold (`1e400`,
+/// `123456789012345678901234567890`) comes back as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// The null id (of an error answered before the id could be read).
+    pub fn null() -> RequestId {
+        RequestId("null".into())
+    }
+
+    /// The JSON text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
+    /// A string or number id from raw JSON text; `None` for anything else.
+    fn from_raw(raw: &RawValue) -> Option<RequestId> {
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"' | b'-' | b'0'..=b'9') => Some(RequestId(text.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+impl From<Value> for RequestId {
+    /// The id as serde_json writes `value` (for ids the filter builds itself, and tests).
+    fn from(value: Value) -> RequestId {
+        RequestId(value.to_string())
+    }
+}
+
 /// One JSON-RPC message, reduced to what session handling needs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -25,7 +60,7 @@ pub enum Message {
         /// The method name.
         method: String,
         /// The id, as sent (a string or a number).
-        id: Value,
+        id: RequestId,
     },
     /// A notification: a method and no id.
     Notification {
@@ -63,10 +98,10 @@ pub struct Body {
 
 impl Body {
     /// The id to echo in an error reply: the id of the single request, else null.
-    pub fn reply_id(&self) -> Value {
+    pub fn reply_id(&self) -> RequestId {
         match self.messages.as_slice() {
             [Message::Request { id, .. }] if !self.batch => id.clone(),
-            _ => Value::Null,
+            _ => RequestId::null(),
         }
     }
 
@@ -127,7 +162,7 @@ impl<'de> Visitor<'de> for MessageVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
         let mut method: Option<Value> = None;
-        let mut id: Option<Value> = None;
+        let mut id: Option<Box<RawValue>> = None;
         let mut error = false;
         let mut result = false;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
@@ -147,11 +182,10 @@ impl<'de> Visitor<'de> for MessageVisitor {
                 }
             }
         }
+        let id = id.map(|raw| (raw.get() == "null", RequestId::from_raw(&raw)));
         Ok(match (method, id) {
-            (Some(Value::String(method)), Some(id @ (Value::String(_) | Value::Number(_)))) => {
-                Message::Request { method, id }
-            }
-            (Some(Value::String(method)), None | Some(Value::Null)) => {
+            (Some(Value::String(method)), Some((_, Some(id)))) => Message::Request { method, id },
+            (Some(Value::String(method)), None | Some((true, _))) => {
                 Message::Notification { method }
             }
             (None, _) if error || result => Message::Response { error },
@@ -271,7 +305,7 @@ mod tests {
     fn request(method: &str, id: Value) -> Message {
         Message::Request {
             method: method.into(),
-            id,
+            id: id.into(),
         }
     }
 
@@ -371,16 +405,16 @@ mod tests {
         .unwrap();
         assert!(body.batch);
         assert!(body.has_initialize());
-        assert_eq!(body.reply_id(), Value::Null);
+        assert_eq!(body.reply_id(), RequestId::null());
         assert_eq!(body.messages.len(), 3);
     }
 
     #[test]
     fn reply_id_is_the_single_requests_id() {
         let body = parse_body(br#"{"method":"tools/list","id":"x-1"}"#).unwrap();
-        assert_eq!(body.reply_id(), json!("x-1"));
+        assert_eq!(body.reply_id(), json!("x-1").into());
         let body = parse_body(br#"{"method":"notifications/x"}"#).unwrap();
-        assert_eq!(body.reply_id(), Value::Null);
+        assert_eq!(body.reply_id(), RequestId::null());
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl<H: Host> Plugin<H> {
             idle_ms: config.idle_timeout_ms,
             lifetime_ms: config.max_lifetime_ms,
             max_sessions: config.max_sessions,
-            bind_identity: config.identity_header.is_some(),
+            bind_identity: config.identity.is_some(),
         };
         host.increment(Metric::Epoch, 1);
         let plugin = Plugin {

@@ -5,12 +5,11 @@
 //! [`on_uninitialized_body`] decides once the body is complete. Nothing here touches the host.
 
 use crate::config::Config;
-use crate::message::{self, parse_body, BodyError, Message};
+use crate::message::{self, parse_body, BodyError, Message, RequestId};
 use crate::protocol::{self, Era};
 use crate::record::Record;
 use crate::rejection::Rejection;
 use crate::session_id::SessionId;
-use serde_json::Value;
 
 /// What the filter needs to know of a request's headers.
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,10 +70,12 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> HeadVerdict {
     if head.session_id_repeated {
         return HeadVerdict::Reject(Rejection::repeated_header("Mcp-Session-Id"));
     }
-    if let (true, Some(name)) = (head.identity_repeated, &cfg.identity_header) {
+    if let (true, Some(name)) = (head.identity_repeated, cfg.identity_header()) {
         return HeadVerdict::Reject(Rejection::repeated_header(name));
     }
-    match head.session_id {
+    // An empty header is no session ID: the same 400 as a missing one, so a client that sends
+    // one learns to initialize instead of looping on 404s.
+    match head.session_id.filter(|value| !value.trim().is_empty()) {
         None => match method {
             // Refused on its declared length before anything goes upstream: the headers of a
             // body the filter reads are forwarded at once, and the upstream could answer them.
@@ -128,7 +129,7 @@ pub enum SessionlessBody {
     /// An `initialize`: reserve a session and forward it.
     Initialize {
         /// The request id, for a rejection after all (capacity).
-        id: Value,
+        id: RequestId,
     },
     /// Refuse.
     Reject(Rejection),
@@ -176,7 +177,7 @@ pub fn on_uninitialized_body(body: &[u8]) -> UninitializedBody {
         match m {
             Message::Request { method, id } if method != message::PING => {
                 let id = if parsed.batch {
-                    Value::Null
+                    RequestId::null()
                 } else {
                     id.clone()
                 };
@@ -368,9 +369,9 @@ mod tests {
                 Err((404, Reason::Unknown)),
             ),
             (
-                "empty session header",
+                "empty session header: no session ID",
                 head("GET", Some(""), None),
-                Err((404, Reason::Unknown)),
+                Err((400, Reason::Missing)),
             ),
             (
                 "sessionless era",
@@ -468,7 +469,7 @@ mod tests {
         assert_eq!(
             on_sessionless_body(init),
             SessionlessBody::Initialize {
-                id: serde_json::json!(1)
+                id: serde_json::json!(1).into()
             }
         );
         let cases: Vec<(&[u8], u32, i64)> = vec![
@@ -513,7 +514,11 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(r.id, serde_json::json!("q"), "the request id is echoed");
+        assert_eq!(
+            r.id,
+            serde_json::json!("q").into(),
+            "the request id is echoed"
+        );
     }
 
     #[test]
@@ -564,7 +569,7 @@ mod tests {
             (
                 br#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#,
                 UninitializedBody::Reject(
-                    Rejection::not_initialized().with_id(serde_json::json!(5)),
+                    Rejection::not_initialized().with_id(serde_json::json!(5).into()),
                 ),
             ),
             (

@@ -1,9 +1,8 @@
 //! Every way the filter refuses a request: the HTTP status, the JSON-RPC error it answers
 //! with, and the stat that counts it. One table, so status, body and counter cannot drift.
 
+use crate::message::RequestId;
 use crate::protocol;
-use serde::Serialize;
-use serde_json::Value;
 
 /// Why a request was refused; each reason has its own counter
 /// (`mcp_session.rejected.<reason>`).
@@ -26,11 +25,14 @@ pub enum Reason {
     Method,
     /// A header that must appear once (`Mcp-Session-Id`, the identity header) appears twice.
     Header,
+    /// The configured caller identity (a verified JWT's claims, the TLS peer certificate, the
+    /// identity header) is missing.
+    Identity,
 }
 
 impl Reason {
     /// Every reason, for defining the counters.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Missing,
         Reason::Unknown,
         Reason::Capacity,
@@ -39,6 +41,7 @@ impl Reason {
         Reason::Body,
         Reason::Method,
         Reason::Header,
+        Reason::Identity,
     ];
 
     /// The last part of the counter's name.
@@ -52,6 +55,7 @@ impl Reason {
             Reason::Body => "body",
             Reason::Method => "method",
             Reason::Header => "header",
+            Reason::Identity => "identity",
         }
     }
 }
@@ -78,7 +82,7 @@ pub struct Rejection {
     /// JSON-RPC error message.
     pub message: String,
     /// The request id to echo, or null.
-    pub id: Value,
+    pub id: RequestId,
     /// The counter it increments.
     pub reason: Reason,
     /// Extra response headers (e.g. `allow` on a 405).
@@ -91,14 +95,14 @@ impl Rejection {
             status,
             code,
             message: message.into(),
-            id: Value::Null,
+            id: RequestId::null(),
             reason,
             headers: Vec::new(),
         }
     }
 
     /// Echo this request id in the error body.
-    pub fn with_id(mut self, id: Value) -> Rejection {
+    pub fn with_id(mut self, id: RequestId) -> Rejection {
         self.id = id;
         self
     }
@@ -229,36 +233,46 @@ impl Rejection {
         r
     }
 
-    /// The JSON-RPC 2.0 error body, members in the order the spec lists them.
+    /// 401: no verified caller identity on an `initialize`, while sessions are bound to one.
+    pub fn no_identity() -> Rejection {
+        Rejection::new(
+            401,
+            code::BAD_REQUEST,
+            "Unauthorized: no verified caller identity",
+            Reason::Identity,
+        )
+    }
+
+    /// 404, the same answer as [`Rejection::session_not_found`], for a request on a session
+    /// that comes without the caller identity sessions are bound to: the caller learns nothing
+    /// more than from an unknown session, the operator counts it apart.
+    pub fn identity_not_found() -> Rejection {
+        Rejection {
+            reason: Reason::Identity,
+            ..Rejection::session_not_found()
+        }
+    }
+
+    /// The JSON-RPC 2.0 error body, members in the order the spec lists them; the id as the
+    /// client wrote it.
     pub fn body(&self) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            jsonrpc: &'static str,
-            error: Error<'a>,
-            id: &'a Value,
-        }
-        #[derive(Serialize)]
-        struct Error<'a> {
-            code: i64,
-            message: &'a str,
-        }
-        let body = Body {
-            jsonrpc: "2.0",
-            error: Error {
-                code: self.code,
-                message: &self.message,
-            },
-            id: &self.id,
-        };
-        // Serialising plain strings and numbers cannot fail; an empty body would still be
-        // better than a panic.
-        serde_json::to_vec(&body).unwrap_or_default()
+        // Serialising a string cannot fail; an empty message would still be better than a
+        // panic.
+        let message = serde_json::to_string(&self.message).unwrap_or_default();
+        format!(
+            r#"{{"jsonrpc":"2.0","error":{{"code":{},"message":{}}},"id":{}}}"#,
+            self.code,
+            message,
+            self.id.as_json()
+        )
+        .into_bytes()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn every_rejection_has_a_json_rpc_body() {
@@ -274,6 +288,8 @@ mod tests {
             Rejection::initialize_in_batch(),
             Rejection::unsupported_media_type(),
             Rejection::delete_not_allowed(),
+            Rejection::no_identity(),
+            Rejection::identity_not_found(),
         ];
         for r in all {
             let body: Value = serde_json::from_slice(&r.body()).unwrap();
@@ -296,9 +312,43 @@ mod tests {
 
     #[test]
     fn echoes_the_request_id() {
-        let r = Rejection::not_initialized().with_id(serde_json::json!("abc"));
+        let r = Rejection::not_initialized().with_id(serde_json::json!("abc").into());
         let body: Value = serde_json::from_slice(&r.body()).unwrap();
         assert_eq!(body["id"], "abc");
+    }
+
+    #[test]
+    fn echoes_an_id_no_float_can_hold_byte_for_byte() {
+        for raw in [
+            "1e400",
+            "123456789012345678901234567890",
+            "0.1000000000000000055511151231257827",
+            "-0",
+            r#""a\u0000b""#,
+        ] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{raw},"method":"tools/list"}}"#);
+            let parsed = crate::message::parse_body(body.as_bytes()).unwrap();
+            let text = String::from_utf8(
+                Rejection::missing_session()
+                    .with_id(parsed.reply_id())
+                    .body(),
+            )
+            .unwrap();
+            assert!(text.ends_with(&format!(r#","id":{raw}}}"#)), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_missing_identity_on_a_session_reads_like_an_unknown_session() {
+        let (a, b) = (
+            Rejection::identity_not_found(),
+            Rejection::session_not_found(),
+        );
+        assert_eq!(
+            (a.status, a.body(), a.headers),
+            (b.status, b.body(), b.headers)
+        );
+        assert_ne!(a.reason, b.reason);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use crate::exchange::{Edit, Event, Exchange, Flow, Reply, Step};
 use crate::headers::Header;
-use crate::host::{Headers, Host};
+use crate::host::{Attributes, Headers, Host};
 use crate::metrics::Metric;
 use crate::plugin::Plugin;
 use crate::store::{SharedData, WriteError};
@@ -268,6 +268,28 @@ impl Headers for HeaderList {
     }
 }
 
+/// Attributes the proxy established about a request, by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttributeMap(pub Vec<(Vec<String>, Vec<u8>)>);
+
+impl AttributeMap {
+    /// Sets the attribute at `path`.
+    pub fn set(&mut self, path: &[&str], value: &[u8]) {
+        let path: Vec<String> = path.iter().map(|p| (*p).to_owned()).collect();
+        self.0.retain(|(p, _)| *p != path);
+        self.0.push((path, value.to_vec()));
+    }
+}
+
+impl Attributes for AttributeMap {
+    fn get(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.0
+            .iter()
+            .find(|(p, _)| p.iter().map(String::as_str).eq(path.iter().copied()))
+            .map(|(_, v)| v.clone())
+    }
+}
+
 /// An HTTP request as a client sends it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
@@ -275,6 +297,8 @@ pub struct Request {
     pub headers: HeaderList,
     /// Body.
     pub body: Vec<u8>,
+    /// What the proxy verified about the caller (a JWT's claims, the TLS peer).
+    pub attributes: AttributeMap,
 }
 
 impl Request {
@@ -294,6 +318,7 @@ impl Request {
         Request {
             headers,
             body: body.as_bytes().to_vec(),
+            attributes: AttributeMap::default(),
         }
     }
 
@@ -393,6 +418,7 @@ impl<'p, H: Host> Envoy<'p, H> {
             exchange,
             Event::RequestHeaders {
                 headers: &request.headers.clone(),
+                attributes: &request.attributes.clone(),
                 end_of_stream: no_body,
             },
         );

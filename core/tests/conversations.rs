@@ -535,6 +535,7 @@ fn an_initialize_that_never_completes_is_swept() {
         &mut exchange,
         mcp_session_core::exchange::Event::RequestHeaders {
             headers: &headers,
+            attributes: &mcp_session_core::testkit::AttributeMap::default(),
             end_of_stream: false,
         },
     );
@@ -963,4 +964,163 @@ fn max_sessions_changed_by_an_update_applies_exactly() {
     for worker in [0, b] {
         assert_eq!(w.plugins[worker].on_tick().expired, 0);
     }
+}
+
+fn with_attributes(mut request: Request, attributes: &[(&[&str], &str)]) -> Request {
+    for (path, value) in attributes {
+        request.attributes.set(path, value.as_bytes());
+    }
+    request
+}
+
+const JWT: &[&str] = &[
+    "metadata",
+    "filter_metadata",
+    "envoy.filters.http.jwt_authn",
+    "jwt_payload",
+];
+
+fn claims<'a>(iss: &'a str, sub: &'a str) -> Vec<(Vec<&'static str>, &'a str)> {
+    let path = |claim| {
+        let mut p = JWT.to_vec();
+        p.push(claim);
+        p
+    };
+    vec![(path("iss"), iss), (path("sub"), sub)]
+}
+
+/// Issue 11: sessions bound to what Envoy verified, here the claims of a JWT (`jwt_authn`'s
+/// metadata) and a TLS peer certificate's URI SAN.
+#[test]
+fn sessions_bound_to_verified_identities() {
+    struct Case {
+        config: &'static str,
+        alice: Vec<(Vec<&'static str>, &'static str)>,
+        mallory: Vec<(Vec<&'static str>, &'static str)>,
+    }
+    let san = vec!["connection", "uri_san_peer_certificate"];
+    let cases = [
+        Case {
+            config: r#"{"identity_jwt": {"metadata_key": "jwt_payload"}}"#,
+            alice: claims("https://idp", "alice"),
+            mallory: claims("https://idp", "mallory"),
+        },
+        Case {
+            config: r#"{"identity_jwt": {"metadata_key": "jwt_payload"}}"#,
+            alice: claims("https://idp", "alice"),
+            // The same subject from another issuer is another caller.
+            mallory: claims("https://other-idp", "alice"),
+        },
+        Case {
+            config: r#"{"identity_peer": "uri_san"}"#,
+            alice: vec![(san.clone(), "spiffe://example.org/ns/a/sa/alice")],
+            mallory: vec![(san.clone(), "spiffe://example.org/ns/a/sa/mallory")],
+        },
+    ];
+    for case in cases {
+        let as_ = |request: Request, who: &[(Vec<&'static str>, &'static str)]| {
+            let pairs: Vec<(&[&str], &str)> = who.iter().map(|(p, v)| (p.as_slice(), *v)).collect();
+            with_attributes(request, &pairs)
+        };
+        let mut w = World::new(case.config);
+        // No verified identity: no session.
+        let anonymous = w.post(INITIALIZE, &[]);
+        assert_eq!(
+            (anonymous.status, error_of(&anonymous)),
+            (401, (-32000, json!(1))),
+            "{}",
+            case.config
+        );
+        assert!(w.upstream.seen.is_empty());
+        let response = w.send(as_(Request::post(INITIALIZE, &[]), &case.alice));
+        let sid = response.header("mcp-session-id").unwrap().to_owned();
+        let on = |body: &str| Request::post(body, &[("mcp-session-id", sid.as_str())]);
+        assert_eq!(w.send(as_(on(INITIALIZED), &case.alice)).status, 202);
+        assert_eq!(w.send(as_(on(TOOLS_LIST), &case.alice)).status, 200);
+        let unknown = w.send(as_(
+            Request::post(
+                TOOLS_LIST,
+                &[("mcp-session-id", "0000000000112233445566778899aabbccddeeff")],
+            ),
+            &case.alice,
+        ));
+        for (who, reason) in [(case.mallory.as_slice(), "unknown"), (&[][..], "identity")] {
+            let before = w.stat(&format!("rejected.{reason}"));
+            let refused = w.send(as_(on(TOOLS_LIST), who));
+            assert_eq!(
+                (refused.status, &refused.body),
+                (404, &unknown.body),
+                "{}",
+                case.config
+            );
+            assert_eq!(
+                w.stat(&format!("rejected.{reason}")),
+                before + 1,
+                "{reason}"
+            );
+        }
+        let delete = w.send(as_(
+            Request::bare("DELETE", &[("mcp-session-id", &sid)]),
+            &case.mallory,
+        ));
+        assert_eq!(delete.status, 404, "nor end it");
+        assert_eq!(w.send(as_(on(TOOLS_LIST), &case.alice)).status, 200);
+        assert_eq!(
+            w.stat("rejected.identity"),
+            2,
+            "the 401 and the 404 without identity"
+        );
+    }
+}
+
+#[test]
+fn a_jwt_missing_one_of_the_claims_is_no_identity() {
+    let mut w = World::new(
+        r#"{"identity_jwt": {"metadata_key": "jwt_payload", "claims": ["iss", "sub"]}}"#,
+    );
+    let mut path = JWT.to_vec();
+    path.push("sub");
+    let only_sub = with_attributes(Request::post(INITIALIZE, &[]), &[(&path, "alice")]);
+    assert_eq!(w.send(only_sub).status, 401);
+    let empty = with_attributes(Request::post(INITIALIZE, &[]), &[(&path, "")]);
+    assert_eq!(w.send(empty).status, 401);
+}
+
+#[test]
+fn an_identity_header_is_required_once_configured() {
+    let mut w = World::new(r#"{"identity_header": "x-user"}"#);
+    assert_eq!(w.post(INITIALIZE, &[]).status, 401);
+    assert_eq!(w.post(INITIALIZE, &[("x-user", "")]).status, 401);
+    let sid = w.open(&[("x-user", "alice")]);
+    let missing = w.post(TOOLS_LIST, &[("mcp-session-id", &sid)]);
+    assert_eq!(error_of(&missing).0, -32001);
+    assert_eq!(w.stat("rejected.identity"), 3);
+}
+
+/// Issue 11: an empty session header is a missing one (400), and an id no float can hold is
+/// echoed as sent.
+#[test]
+fn an_empty_session_header_and_ids_no_float_can_hold() {
+    let mut w = World::new("{}");
+    let empty = w.post(TOOLS_LIST, &[("mcp-session-id", "")]);
+    assert_eq!((empty.status, error_of(&empty).0), (400, -32000));
+    for id in [
+        "1e400",
+        "123456789012345678901234567890",
+        "-0.1000000000000000055511151231257827",
+    ] {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+        let refused = w.post(&body, &[]);
+        assert_eq!(refused.status, 400);
+        let text = String::from_utf8(refused.body.clone()).unwrap();
+        assert!(text.ends_with(&format!(r#""id":{id}}}"#)), "{text}");
+    }
+    let mut full = World::new(r#"{"max_sessions": 1}"#);
+    full.open(&[]);
+    let init = INITIALIZE.replace(r#""id":1"#, r#""id":1e400"#);
+    let refused = full.post(&init, &[]);
+    assert_eq!(refused.status, 503);
+    assert!(String::from_utf8(refused.body)
+        .unwrap()
+        .ends_with(r#""id":1e400}"#));
 }

@@ -12,7 +12,7 @@
 use log::{error, warn};
 use mcp_session_core::exchange::{Edit, Event, Exchange, Flow, Reply, Step};
 use mcp_session_core::headers::{self, Header};
-use mcp_session_core::host::{Headers, Host};
+use mcp_session_core::host::{Attributes, Headers, Host};
 use mcp_session_core::metrics::Metric;
 use mcp_session_core::plugin::Plugin;
 use mcp_session_core::store::{SharedData, WriteError};
@@ -173,6 +173,7 @@ impl HttpContext for Stream {
         }
         self.feed(Event::RequestHeaders {
             headers: &headers,
+            attributes: &Properties,
             end_of_stream,
         })
     }
@@ -253,6 +254,15 @@ fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
         .ok()
         .flatten()
         .unwrap_or_default()
+}
+
+/// Envoy's attributes of the stream being served (`get_property`).
+struct Properties;
+
+impl Attributes for Properties {
+    fn get(&self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
 }
 
 /// A header map read whole, in one hostcall, the first time a header is asked for; each

@@ -212,7 +212,14 @@ Send = Callable[[Envoy, str], httpx.Response]
 
 
 def rejected(
-    name: str, send: bytes | Send, status: int, code: int, message: str, request_id: Any = None, config: str = "main"
+    name: str,
+    send: bytes | Send,
+    status: int,
+    code: int,
+    message: str,
+    request_id: Any = None,
+    config: str = "main",
+    reason: str | None = None,
 ) -> Case:
     """A case: `send` is a sessionless POST body (application/json), or how to send the request."""
     if isinstance(send, bytes):
@@ -225,7 +232,7 @@ def rejected(
         REPEATED_SESSION: "header",
         REPEATED_IDENTITY: "header",
     }
-    return Case(name, send, status, code, message, reasons.get(message, "body"), request_id, config)
+    return Case(name, send, status, code, message, reason or reasons.get(message, "body"), request_id, config)
 
 
 def not_json(name: str, body: bytes | Send, config: str = "main") -> Case:
@@ -266,6 +273,8 @@ def session_case(name: str, *values: bytes | Callable[[str], bytes], method: str
 
     if len(values) > 1:
         return rejected(name, send, 400, -32000, REPEATED_SESSION)
+    if values == (b"",):
+        return rejected(name, send, 400, -32000, MISSING)  # an empty header is no session ID
     return rejected(name, send, 404, -32001, NOT_FOUND)
 
 
@@ -279,7 +288,9 @@ def identity_case(name: str, *values: bytes) -> Case:
 
     if len(values) > 1:
         return rejected(name, send, 400, -32000, REPEATED_IDENTITY, config="identity")
-    return rejected(name, send, 404, -32001, NOT_FOUND, config="identity")
+    # No identity at all: the same 404, counted apart (rejected.identity).
+    reason = "identity" if not values or values == (b"",) else None
+    return rejected(name, send, 404, -32001, NOT_FOUND, config="identity", reason=reason)
 
 
 def deep(n: int, open_: str = "[", close: str = "]", inner: str = "") -> bytes:
@@ -370,7 +381,7 @@ CASES: list[Case] = [
     media_type("content-type-event-stream", b"text/event-stream"),
     media_type("content-type-json-patch", b"application/json-patch+json"),
     media_type("content-type-non-utf8", b"application/json\xff"),
-    # Session header values: all the unknown-session 404.
+    # Session header values: all the unknown-session 404, but an empty one (400, as missing).
     session_case("session-empty", b""),
     session_case("session-duplicate-bogus-first", b"0" * 40, lambda s: s.encode()),
     session_case("session-duplicate-live-first", lambda s: s.encode(), b"0" * 40),
