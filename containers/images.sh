@@ -78,7 +78,7 @@ envoy_image() {
         mkdir -p "$ctx/rootfs$(dirname "$lib")"
         cp -L "$lib" "$ctx/rootfs$lib"
     done
-    podman build --quiet --label "$label=$inputs" --tag "$tag" --file "$here/envoy/Containerfile" "$ctx" >/dev/null
+    podman build --quiet --layers=false --label "$label=$inputs" --tag "$tag" --file "$here/envoy/Containerfile" "$ctx" >/dev/null
     scrub "$ctx"
 }
 
