@@ -273,8 +273,8 @@ def session_case(name: str, *values: bytes | Callable[[str], bytes], method: str
 
     if len(values) > 1:
         return rejected(name, send, 400, -32000, REPEATED_SESSION)
-    if values == (b"",):
-        return rejected(name, send, 400, -32000, MISSING)  # an empty header is no session ID
+    if values == (b"",):  # an empty header is no session ID: the body is read, its id echoed
+        return rejected(name, send, 400, -32000, MISSING, request_id=1 if method == "POST" else None)
     return rejected(name, send, 404, -32001, NOT_FOUND)
 
 
@@ -329,9 +329,10 @@ CASES: list[Case] = [
     not_json("non-utf8-bytes", b"\xff\xfe\x00\x01\x80"),
     not_json("non-utf8-in-method", b'{"jsonrpc":"2.0","id":1,"method":"initialize\xff"}'),
     not_json("lone-surrogate-in-method", b'{"jsonrpc":"2.0","id":1,"method":"initialize\\ud800"}'),
-    # Valid JSON whose id or method serde_json will not hold: answered as not JSON (see the report).
-    not_json("id-1e400", b'{"jsonrpc":"2.0","id":1e400,"method":"tools/list"}'),
-    not_json("id-3000-digits", b'{"jsonrpc":"2.0","id":' + b"9" * 3000 + b',"method":"tools/list"}'),
+    # Valid JSON whose id no float holds: the id is echoed as sent (test_ids_are_echoed_as_sent
+    # checks the bytes; Python reads 1e400 back as inf).
+    no_session("id-1e400", b'{"jsonrpc":"2.0","id":1e400,"method":"tools/list"}', float("inf")),
+    no_session("id-3000-digits", b'{"jsonrpc":"2.0","id":' + b"9" * 3000 + b',"method":"tools/list"}', int("9" * 3000)),
     not_json("nested-method-100k", b'{"jsonrpc":"2.0","id":1,"method":' + DEEP + b"}", config="big"),
     not_json("unclosed-arrays-100k", b"[" * 100_000, config="big"),
     # Wrong types: 400 -32600.
@@ -350,7 +351,7 @@ CASES: list[Case] = [
     # JSON-RPC, but no initialize request: 400 -32000, the request's id echoed.
     no_session("params-string-on-tools-list", msg(id=1, method="tools/list", params="x"), 1),
     no_session("id-float", msg(id=1.5, method="tools/list"), 1.5),
-    no_session("id-huge-integer", msg(id=HUGE_INT, method="tools/list"), float(HUGE_INT)),
+    no_session("id-huge-integer", msg(id=HUGE_INT, method="tools/list"), HUGE_INT),
     no_session("method-4000-chars", msg(id=2, method="m" * 4000), 2),
     no_session("id-4000-chars", msg(id="i" * 4000, method="tools/list"), "i" * 4000),
     no_session("duplicate-method-last-wins", b'{"jsonrpc":"2.0","id":3,"method":"initialize","method":"x"}', 3),
@@ -428,6 +429,16 @@ def test_hostile_request_is_rejected_and_the_worker_still_serves(envoy_named, up
     assert_rejection(response, case.status, case.code, case.message, request_id=case.request_id)
     assert "mcp-session-id" not in response.headers, describe(response)
     assert_still_serves(envoy, session, identity)
+
+
+@pytest.mark.parametrize(
+    "raw_id", [b"1e400", b"123456789012345678901234567890", b"-0.1000000000000000055511151231257827", b"9" * 3000]
+)
+def test_ids_are_echoed_as_sent(envoy_named, raw_id: bytes) -> None:
+    envoy = envoy_named("main")
+    response = post(envoy.url(), content=b'{"jsonrpc":"2.0","id":' + raw_id + b',"method":"tools/list"}')
+    assert response.status_code == 400, describe(response)
+    assert response.content.endswith(b',"id":' + raw_id + b"}"), describe(response)
 
 
 def test_case_count() -> None:

@@ -16,6 +16,7 @@ COUNTERS = [
     "rejected.body",
     "rejected.method",
     "rejected.header",
+    "rejected.identity",
     "passthrough.sessionless",
     "epoch",
 ]
