@@ -76,6 +76,12 @@ struct World {
     /// already see it gone.
     freeing: Cell<Option<(SessionId, u32)>>,
     freed_from: Cell<Option<KnownState>>,
+    /// How often each outcome came up, so the test can show it reached them all.
+    tally: RefCell<BTreeMap<&'static str, u64>>,
+}
+
+fn count(world: &Rc<World>, outcome: &'static str) {
+    *world.tally.borrow_mut().entry(outcome).or_insert(0) += 1;
 }
 
 /// The shared data as one worker sees it: before each host call, another worker may run.
@@ -133,6 +139,7 @@ fn maybe_preempt(world: &Rc<World>) {
     }
     let roll = world.rng.borrow_mut().below(100);
     if roll < world.preempt_percent {
+        count(world, "preempted");
         world.depth.set(1);
         step(world);
         world.depth.set(0);
@@ -189,8 +196,13 @@ fn step(world: &Rc<World>) {
             let seed = world.rng.borrow_mut().next();
             let mut probe_rng = Rng(seed | 1);
             let Some(r) = s.reserve(now, secret, None, &mut || probe_rng.next() as u32) else {
+                count(world, "reserve refused");
                 return;
             };
+            count(world, "reserve");
+            if r.expired > 0 {
+                count(world, "reserve reclaimed an expired session");
+            }
             world
                 .live_gauge
                 .set(world.live_gauge.get() - i64::from(r.expired));
@@ -237,15 +249,18 @@ fn step(world: &Rc<World>) {
             if world.rng.borrow_mut().below(5) == 0 {
                 let (released, prior) = freeing(world, id, || s.release(&id));
                 if released {
+                    count(world, "release");
                     assert_eq!(prior, Some(KnownState::Pending), "released {k:?}");
                 }
             } else if s.activate(&id, now, None) {
+                count(world, "activate");
                 world.live_gauge.set(world.live_gauge.get() + 1);
                 let mut model = world.model.borrow_mut();
                 let k = &mut model.get_mut(&id.secret).unwrap().1;
                 k.state = KnownState::Live;
                 k.last_use = now;
             } else {
+                count(world, "activate refused");
                 // Only a stale reservation, reclaimed by a sweep or a later initialize, can
                 // fail to activate.
                 // (The model lets two workers answer one initialize; the loser fails here.)
@@ -269,6 +284,7 @@ fn step(world: &Rc<World>) {
             let (found, prior) = freeing(world, id, || s.lookup(&id, now, None));
             match found {
                 Lookup::Live(record, cas) => {
+                    count(world, "lookup live");
                     let k = current(world, &id);
                     assert_eq!(k.state, KnownState::Live, "found {k:?} live at {now}");
                     assert!(
@@ -281,6 +297,7 @@ fn step(world: &Rc<World>) {
                     }
                 }
                 Lookup::Expired => {
+                    count(world, "lookup expired");
                     let k = current(world, &id);
                     assert!(
                         prior == Some(KnownState::Live) && may_be_expired(&k, now),
@@ -289,6 +306,7 @@ fn step(world: &Rc<World>) {
                     world.live_gauge.set(world.live_gauge.get() - 1);
                 }
                 Lookup::NotFound => {
+                    count(world, "lookup not found");
                     let k = current(world, &id);
                     assert!(
                         k.state != KnownState::Live || may_be_expired(&k, world.now.get()),
@@ -307,10 +325,12 @@ fn step(world: &Rc<World>) {
             let (ended, prior) = freeing(world, id, || s.end(&id, now));
             match ended {
                 Ended::Ended(_) => {
+                    count(world, "end");
                     assert_eq!(prior, Some(KnownState::Live), "{k:?}");
                     world.live_gauge.set(world.live_gauge.get() - 1);
                 }
                 Ended::Expired => {
+                    count(world, "end expired");
                     let k = current(world, &id);
                     assert!(
                         prior == Some(KnownState::Live) && may_be_expired(&k, now),
@@ -319,6 +339,7 @@ fn step(world: &Rc<World>) {
                     world.live_gauge.set(world.live_gauge.get() - 1);
                 }
                 Ended::NotFound => {
+                    count(world, "end not found");
                     let k = current(world, &id);
                     let latest = world.now.get();
                     assert!(
@@ -334,6 +355,7 @@ fn step(world: &Rc<World>) {
         80..=84 => {
             let Some((id, k)) = pick(world) else { return };
             if s.mark_initialized(&id, now) {
+                count(world, "mark initialized");
                 assert_eq!(current(world, &id).state, KnownState::Live, "{k:?}");
                 // The upstream's answer to a request is a use of the session too.
                 if let Some((_, k)) = world.model.borrow_mut().get_mut(&id.secret) {
@@ -343,6 +365,9 @@ fn step(world: &Rc<World>) {
         }
         85..=92 => {
             let report = s.sweep(now);
+            if report.expired > 0 {
+                count(world, "sweep expired");
+            }
             world
                 .live_gauge
                 .set(world.live_gauge.get() - i64::from(report.expired));
@@ -367,7 +392,8 @@ fn live_records(shared: &FakeShared, high: u32) -> i64 {
         .count() as i64
 }
 
-fn run(seed: u64, steps: usize, preempt_percent: u64) {
+/// Runs one schedule; returns how often each outcome came up.
+fn run(seed: u64, steps: usize, preempt_percent: u64) -> BTreeMap<&'static str, u64> {
     let world = Rc::new(World {
         shared: FakeShared::default(),
         now: Cell::new(T0),
@@ -378,6 +404,7 @@ fn run(seed: u64, steps: usize, preempt_percent: u64) {
         preempt_percent,
         freeing: Cell::new(None),
         freed_from: Cell::new(None),
+        tally: RefCell::new(BTreeMap::new()),
     });
     for _ in 0..steps {
         step(&world);
@@ -451,18 +478,49 @@ fn run(seed: u64, steps: usize, preempt_percent: u64) {
             "seed {seed}"
         );
     }
+    world.tally.take()
 }
+
+/// Every outcome the schedules must reach, with the fewest times each must come up over all
+/// of them (a tenth or less of what they reach).
+const REACHED: [(&str, u64); 15] = [
+    ("preempted", 100_000),
+    ("reserve", 10_000),
+    ("reserve refused", 50_000),
+    ("reserve reclaimed an expired session", 300),
+    ("release", 1_000),
+    ("activate", 5_000),
+    ("activate refused", 40),
+    ("lookup live", 10_000),
+    ("lookup expired", 60),
+    ("lookup not found", 50_000),
+    ("end", 4_000),
+    ("end expired", 20),
+    ("end not found", 20_000),
+    ("mark initialized", 2_000),
+    ("sweep expired", 100),
+];
 
 #[test]
 fn random_schedules_keep_the_store_consistent() {
     let mut schedules = 0;
+    let mut tally = BTreeMap::new();
+    let mut add = |counts: BTreeMap<&'static str, u64>| {
+        for (outcome, n) in counts {
+            *tally.entry(outcome).or_insert(0) += n;
+        }
+    };
     for seed in 1..=3_000u64 {
-        run(seed, 300, 30);
+        add(run(seed, 300, 30));
         schedules += 1;
     }
     for seed in 10_000..10_500u64 {
-        run(seed, 300, 90); // nearly every host call preempted
+        add(run(seed, 300, 90)); // nearly every host call preempted
         schedules += 1;
     }
-    println!("{schedules} schedules run");
+    println!("{schedules} schedules run: {tally:?}");
+    for (outcome, least) in REACHED {
+        let n = tally.get(outcome).copied().unwrap_or(0);
+        assert!(n >= least, "{outcome}: {n} times, fewer than {least}");
+    }
 }
