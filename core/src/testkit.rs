@@ -37,6 +37,12 @@ impl Rng {
         (self.next_u64() >> 32) as u32
     }
 
+    /// The store's source of probe positions, drawn from this generator:
+    /// `store.reserve(now, secret, None, &mut rng.probes())`.
+    pub fn probes(&mut self) -> impl FnMut() -> u32 + '_ {
+        move || self.next_u32()
+    }
+
     /// A number below `n` (0 when `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64().checked_rem(n).unwrap_or(0)

@@ -12,7 +12,7 @@
 use mcp_session_core::record::Record;
 use mcp_session_core::session_id::SessionId;
 use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store, WriteError};
-use mcp_session_core::testkit::FakeShared;
+use mcp_session_core::testkit::{FakeShared, Rng};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -28,19 +28,6 @@ fn limits() -> Limits {
         lifetime_ms: LIFETIME,
         max_sessions: MAX,
         bind_identity: false,
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 
@@ -190,12 +177,9 @@ fn step(world: &Rc<World>) {
         0..=24 => {
             // initialize: reserve, and (usually) activate at once.
             let mut secret = [0u8; 16];
-            for b in &mut secret {
-                *b = world.rng.borrow_mut().below(256) as u8;
-            }
-            let seed = world.rng.borrow_mut().next();
-            let mut probe_rng = Rng(seed | 1);
-            let Some(r) = s.reserve(now, secret, None, &mut || probe_rng.next() as u32) else {
+            world.rng.borrow_mut().fill(&mut secret);
+            let mut probe_rng = Rng::new(world.rng.borrow_mut().next_u64());
+            let Some(r) = s.reserve(now, secret, None, &mut probe_rng.probes()) else {
                 count(world, "reserve refused");
                 return;
             };
@@ -397,7 +381,7 @@ fn run(seed: u64, steps: usize, preempt_percent: u64) -> BTreeMap<&'static str, 
     let world = Rc::new(World {
         shared: FakeShared::default(),
         now: Cell::new(T0),
-        rng: RefCell::new(Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)),
+        rng: RefCell::new(Rng::new(seed)),
         model: RefCell::new(BTreeMap::new()),
         live_gauge: Cell::new(0),
         depth: Cell::new(0),
@@ -441,8 +425,8 @@ fn run(seed: u64, steps: usize, preempt_percent: u64) -> BTreeMap<&'static str, 
     // Whatever the schedule left in the free hint (stale or lost entries), the sweeps have
     // listed every free slot: the table fills to its limit, and at the limit a slot freed by
     // DELETE goes to the very next initialize.
-    let mut probe_rng = Rng(seed | 1);
-    let mut probe = || probe_rng.next() as u32;
+    let mut probe_rng = Rng::new(!seed);
+    let mut probe = probe_rng.probes();
     let mut open = Vec::new();
     for n in 0..MAX {
         let mut secret = [0xA5; 16];

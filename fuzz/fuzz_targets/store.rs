@@ -9,8 +9,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use mcp_session_core::record::{Record, State};
 use mcp_session_core::session_id::SessionId;
-use mcp_session_core::testkit::FakeShared;
 use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store};
+use mcp_session_core::testkit::{FakeShared, Rng};
 
 const T0: u64 = 1_900_000_000_000;
 
@@ -83,6 +83,9 @@ fuzz_target!(|input: Input| {
     let mut now = T0;
     let mut known: Vec<Known> = Vec::new();
     let mut live_gauge: i64 = 0;
+    // Distinct secrets, as the CSPRNG gives them: splitmix64's outputs never repeat within
+    // its period, so no two secrets drawn from one stream are equal.
+    let mut secrets = Rng::new(0);
     for op in input.ops {
         let pick = |which: u8, known: &mut Vec<Known>| {
             let n = known.len();
@@ -90,17 +93,11 @@ fuzz_target!(|input: Input| {
         };
         match op {
             Op::Reserve { identity, probe } => {
-                // Distinct secrets, as the CSPRNG gives them.
-                let n = known.len() as u128 + 1;
-                let secret = n
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
-                    .to_le_bytes();
+                let mut secret = [0u8; 16];
+                secrets.fill(&mut secret);
                 let probes = probe % 4; // 0 (hint or growth only) to 3 probes before growing
-                let mut probe = probe;
-                let mut random = || {
-                    probe = probe.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    probe >> 8
-                };
+                let mut rng = Rng::new(u64::from(probe));
+                let mut random = rng.probes();
                 if let Some(r) =
                     store.reserve_probing(now, secret, identity.as_deref(), &mut random, probes)
                 {
