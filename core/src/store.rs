@@ -844,9 +844,7 @@ fn encode_sweep(cursor: u32, now_ms: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{FakeShared, Rng};
-
-    const T0: u64 = 1_800_000_000_000;
+    use crate::testkit::{FakeShared, Rng, T0};
 
     fn limits() -> Limits {
         Limits {

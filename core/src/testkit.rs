@@ -1,8 +1,8 @@
 //! The one test kit, shared by the unit tests, `core/tests/` and the fuzz targets: a seeded
-//! PRNG, an in-memory shared-data store with Envoy's exact semantics, a reference model of
-//! the session store, a deterministic host, header maps, and an [`Envoy`] that runs whole
-//! exchanges through a [`Plugin`] the way the proxy calls the filter. Nothing here is a
-//! secret source or used by the filter at run time.
+//! PRNG, fixtures (a clock reading, a live record), an in-memory shared-data store with
+//! Envoy's exact semantics, a reference model of the session store, a deterministic host,
+//! header maps, and an [`Envoy`] that runs whole exchanges through a [`Plugin`] the way the
+//! proxy calls the filter. Nothing here is a secret source or used by the filter at run time.
 
 use crate::exchange::{Edit, Event, Exchange, Flow, Reply, Step};
 use crate::headers::Header;
@@ -10,11 +10,29 @@ use crate::host::{Attributes, Headers, Host};
 use crate::metrics::Metric;
 use crate::plugin::Plugin;
 use crate::record::{Record, State};
-use crate::session_id::SessionId;
+use crate::session_id::{SessionId, SECRET_LEN};
 use crate::store::{slot_key, Limits, SharedData, WriteError};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+
+/// A clock reading for tests, ms since the epoch (March 2030): far enough from 0 that no
+/// test's arithmetic on it wraps, and fixed, so a failure reads the same every run.
+pub const T0: u64 = 1_900_000_000_000;
+
+/// A live, initialized session record holding `secret`, opened and last used at `now_ms`,
+/// bound to no identity and mapped to no upstream session.
+pub fn live_record(secret: [u8; SECRET_LEN], now_ms: u64) -> Record {
+    Record {
+        state: State::Live,
+        initialized: true,
+        secret,
+        created_ms: now_ms,
+        last_seen_ms: now_ms,
+        identity: None,
+        upstream_id: None,
+    }
+}
 
 /// splitmix64: reproducible, fast, not secret. Every seed, 0 included, gives a full stream.
 #[derive(Debug, Clone)]

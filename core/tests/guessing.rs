@@ -11,9 +11,8 @@
 
 use mcp_session_core::session_id::{SessionId, SECRET_LEN};
 use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store};
-use mcp_session_core::testkit::{FakeShared, Rng};
+use mcp_session_core::testkit::{FakeShared, Rng, T0};
 
-const T0: u64 = 1_900_000_000_000;
 const LIVE_SESSIONS: u32 = 10_000;
 const GUESSES: u32 = 1_000_000;
 /// Guesses also sent as DELETE (each one a read and, if it matched, a write).

@@ -13,7 +13,7 @@
 use mcp_session_core::record::Record;
 use mcp_session_core::session_id::SessionId;
 use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store, WriteError};
-use mcp_session_core::testkit::{live_records, FakeShared, Known, KnownState, Rng, StoreModel};
+use mcp_session_core::testkit::{live_records, FakeShared, Known, KnownState, Rng, StoreModel, T0};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -21,7 +21,6 @@ use std::rc::Rc;
 const IDLE: u64 = 2_000;
 const LIFETIME: u64 = 7_000;
 const MAX: u32 = 6;
-const T0: u64 = 1_900_000_000_000;
 
 fn limits() -> Limits {
     Limits {

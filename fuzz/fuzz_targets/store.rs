@@ -12,9 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use mcp_session_core::record::{Record, State};
 use mcp_session_core::session_id::SessionId;
 use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store};
-use mcp_session_core::testkit::{live_records, FakeShared, KnownState, Rng, StoreModel};
-
-const T0: u64 = 1_900_000_000_000;
+use mcp_session_core::testkit::{live_records, FakeShared, KnownState, Rng, StoreModel, T0};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
