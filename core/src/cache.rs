@@ -95,9 +95,8 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{identity_digest, State};
-
-    const T0: u64 = 1_900_000_000_000;
+    use crate::record::identity_digest;
+    use crate::testkit::{live_record, T0};
 
     fn limits(bind_identity: bool) -> Limits {
         Limits {
@@ -111,13 +110,8 @@ mod tests {
     fn session(slot: u32, byte: u8, identity: Option<&[u8]>) -> (SessionId, Record) {
         let secret = [byte; 16];
         let record = Record {
-            state: State::Live,
-            initialized: true,
-            secret,
-            created_ms: T0,
-            last_seen_ms: T0,
             identity: Some(identity_digest(&secret, identity)),
-            upstream_id: None,
+            ..live_record(secret, T0)
         };
         (SessionId { slot, secret }, record)
     }

@@ -224,8 +224,8 @@ impl HttpMethod {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::State;
     use crate::rejection::Reason;
+    use crate::testkit::{live_record, T0};
 
     const ID: &str = "0000000100112233445566778899aabbccddeeff";
 
@@ -524,13 +524,8 @@ mod tests {
     #[test]
     fn uninitialized_sessions_accept_only_ping_and_notifications() {
         let record = Record {
-            state: State::Live,
             initialized: false,
-            secret: [0; 16],
-            created_ms: 0,
-            last_seen_ms: 0,
-            identity: None,
-            upstream_id: None,
+            ..live_record([0; 16], T0)
         };
         let c = cfg("{}");
         assert_eq!(

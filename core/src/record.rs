@@ -184,16 +184,13 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::{live_record, T0};
 
+    /// Last used a while after it was opened, so idle and absolute expiry differ.
     fn live() -> Record {
         Record {
-            state: State::Live,
-            initialized: true,
-            secret: [9; SECRET_LEN],
-            created_ms: 1_700_000_000_000,
-            last_seen_ms: 1_700_000_005_000,
-            identity: None,
-            upstream_id: None,
+            last_seen_ms: T0 + 5_000,
+            ..live_record([9; SECRET_LEN], T0)
         }
     }
 

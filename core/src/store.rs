@@ -844,9 +844,7 @@ fn encode_sweep(cursor: u32, now_ms: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::FakeShared;
-
-    const T0: u64 = 1_800_000_000_000;
+    use crate::testkit::{FakeShared, Rng, T0};
 
     fn limits() -> Limits {
         Limits {
@@ -854,16 +852,6 @@ mod tests {
             lifetime_ms: 60_000,
             max_sessions: 4,
             bind_identity: false,
-        }
-    }
-
-    struct Rng(u32);
-    impl Rng {
-        fn next(&mut self) -> u32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 17;
-            self.0 ^= self.0 << 5;
-            self.0
         }
     }
 
@@ -891,11 +879,11 @@ mod tests {
         let mut l = limits();
         l.max_sessions = max;
         let store = Store::new(shared, l);
-        let mut rng = Rng(21);
+        let mut rng = Rng::new(21);
         let ids = (0..max)
             .map(|n| {
                 let r = store
-                    .reserve(now, secret((n % 251) as u8), None, &mut || rng.next())
+                    .reserve(now, secret((n % 251) as u8), None, &mut rng.probes())
                     .unwrap();
                 assert!(store.activate(&r.id, now, None));
                 r.id
@@ -906,9 +894,9 @@ mod tests {
     }
 
     fn open(store: &Store<&FakeShared>, n: u8, now: u64) -> SessionId {
-        let mut rng = Rng(u32::from(n) + 7);
+        let mut rng = Rng::new(u64::from(n) + 7);
         let r = store
-            .reserve(now, secret(n), None, &mut || rng.next())
+            .reserve(now, secret(n), None, &mut rng.probes())
             .unwrap();
         assert!(store.activate(&r.id, now, None));
         r.id
@@ -918,15 +906,15 @@ mod tests {
     fn probing_before_growing_reclaims_expired_sessions_the_sweep_has_not_reached() {
         let shared = FakeShared::default();
         let store = Store::new(&shared, limits());
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         for n in 0..3 {
             store
-                .reserve(T0, secret(n), None, &mut || rng.next())
+                .reserve(T0, secret(n), None, &mut rng.probes())
                 .unwrap();
         }
         let later = T0 + limits().idle_ms; // all three expired, none swept
         let without = store
-            .reserve(later, secret(9), None, &mut || rng.next())
+            .reserve(later, secret(9), None, &mut rng.probes())
             .unwrap();
         assert_eq!(
             without.from,
@@ -934,7 +922,7 @@ mod tests {
             "the hint is empty: the table grows"
         );
         let with = store
-            .reserve_probing(later, secret(10), None, &mut || rng.next(), 8)
+            .reserve_probing(later, secret(10), None, &mut rng.probes(), 8)
             .unwrap();
         assert_eq!(with.from, Source::Probe);
         assert!(with.id.slot < 3);
@@ -975,9 +963,9 @@ mod tests {
     fn session_lifecycle() {
         let shared = FakeShared::default();
         let store = Store::new(&shared, limits());
-        let mut rng = Rng(1);
+        let mut rng = Rng::new(1);
         let r = store
-            .reserve(T0, secret(1), None, &mut || rng.next())
+            .reserve(T0, secret(1), None, &mut rng.probes())
             .unwrap();
         assert_eq!(
             store.lookup(&r.id, T0, None),
@@ -1026,15 +1014,15 @@ mod tests {
         let shared = FakeShared::default();
         let store = Store::new(&shared, limits());
         let ids: Vec<_> = (1..=4).map(|n| open(&store, n, T0)).collect();
-        let mut rng = Rng(99);
+        let mut rng = Rng::new(99);
         assert_eq!(
-            store.reserve(T0, secret(9), None, &mut || rng.next()),
+            store.reserve(T0, secret(9), None, &mut rng.probes()),
             None,
             "full"
         );
         assert!(matches!(store.end(&ids[2], T0), Ended::Ended(_)));
         let r = store
-            .reserve(T0, secret(9), None, &mut || rng.next())
+            .reserve(T0, secret(9), None, &mut rng.probes())
             .unwrap();
         assert_eq!(r.id.slot, ids[2].slot, "the freed slot is reused");
         assert_eq!(store.high_water(), 4);
@@ -1107,9 +1095,9 @@ mod tests {
         let mut l = limits();
         l.bind_identity = true;
         let store = Store::new(&shared, l);
-        let mut rng = Rng(5);
+        let mut rng = Rng::new(5);
         let r = store
-            .reserve(T0, secret(1), Some(b"alice"), &mut || rng.next())
+            .reserve(T0, secret(1), Some(b"alice"), &mut rng.probes())
             .unwrap();
         store.activate(&r.id, T0, None);
         assert!(matches!(
@@ -1129,9 +1117,9 @@ mod tests {
     fn release_frees_only_pending_reservations() {
         let shared = FakeShared::default();
         let store = Store::new(&shared, limits());
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         let r = store
-            .reserve(T0, secret(1), None, &mut || rng.next())
+            .reserve(T0, secret(1), None, &mut rng.probes())
             .unwrap();
         assert!(store.release(&r.id));
         assert!(
@@ -1148,9 +1136,9 @@ mod tests {
         let store = Store::new(&shared, limits());
         let a = open(&store, 1, T0);
         let _b = open(&store, 2, T0 + 5_000);
-        let mut rng = Rng(8);
+        let mut rng = Rng::new(8);
         let _pending = store
-            .reserve(T0, secret(3), None, &mut || rng.next())
+            .reserve(T0, secret(3), None, &mut rng.probes())
             .unwrap();
         let first = store.sweep(T0 + 10_000);
         assert_eq!(
@@ -1189,12 +1177,12 @@ mod tests {
         let mut l = limits();
         l.max_sessions = 1000;
         let store = Store::new(&shared, l);
-        let mut rng = Rng(11);
+        let mut rng = Rng::new(11);
         let mut open_ids = Vec::new();
         for round in 0..20_000u64 {
             let now = T0 + round;
             let r = store
-                .reserve(now, secret((round % 250) as u8), None, &mut || rng.next())
+                .reserve(now, secret((round % 250) as u8), None, &mut rng.probes())
                 .unwrap();
             store.activate(&r.id, now, None);
             open_ids.push(r.id);
@@ -1227,10 +1215,10 @@ mod tests {
         let mut l = limits();
         l.max_sessions = 10_000;
         let store = Store::new(&shared, l);
-        let mut rng = Rng(4);
+        let mut rng = Rng::new(4);
         for n in 0..2_000u32 {
             let (r, gets) = gets_of(&shared, || {
-                store.reserve(T0, secret((n % 251) as u8), None, &mut || rng.next())
+                store.reserve(T0, secret((n % 251) as u8), None, &mut rng.probes())
             });
             assert_eq!(r.unwrap().id.slot, n);
             // The hint (missing: nothing was ever freed) and the high-water mark.
@@ -1244,13 +1232,13 @@ mod tests {
         let mut l = limits();
         l.max_sessions = 10_000;
         let store = Store::new(&shared, l);
-        let mut rng = Rng(5);
+        let mut rng = Rng::new(5);
         store
-            .reserve(T0, secret(1), None, &mut || rng.next())
+            .reserve(T0, secret(1), None, &mut rng.probes())
             .unwrap();
         for n in 1..200u32 {
             let (r, gets) = gets_of(&shared, || {
-                store.reserve_probing(T0, secret(2), None, &mut || rng.next(), 1)
+                store.reserve_probing(T0, secret(2), None, &mut rng.probes(), 1)
             });
             let r = r.unwrap();
             assert_eq!((r.id.slot, r.from), (n, Source::Grown));
@@ -1263,10 +1251,10 @@ mod tests {
     fn a_refused_reserve_at_the_cap_costs_a_bounded_number_of_reads() {
         let shared = FakeShared::default();
         let (store, ids) = full(&shared, 10_000, T0);
-        let mut rng = Rng(6);
+        let mut rng = Rng::new(6);
         for _ in 0..100 {
             let (r, gets) = gets_of(&shared, || {
-                store.reserve(T0 + 1, secret(7), None, &mut || rng.next())
+                store.reserve(T0 + 1, secret(7), None, &mut rng.probes())
             });
             assert_eq!(r, None);
             // The hint, the high-water mark, CAP_PROBES random slots: 18, not 10,011.
@@ -1276,7 +1264,7 @@ mod tests {
         let stale: Vec<u32> = (0..HINT_MAX as u32).collect();
         set_hint(&shared, &stale);
         let (r, gets) = gets_of(&shared, || {
-            store.reserve(T0 + 1, secret(7), None, &mut || rng.next())
+            store.reserve(T0 + 1, secret(7), None, &mut rng.probes())
         });
         assert_eq!(r, None);
         // HINT_CLAIMS times the hint and a slot, the mark, CAP_PROBES slots.
@@ -1295,30 +1283,30 @@ mod tests {
     fn a_slot_freed_at_the_cap_is_found_by_the_next_reserve() {
         let shared = FakeShared::default();
         let (store, ids) = full(&shared, 5_000, T0);
-        let mut rng = Rng(9);
+        let mut rng = Rng::new(9);
         // Refused first: the hint is empty and every slot is live.
-        assert_eq!(store.reserve(T0, secret(1), None, &mut || rng.next()), None);
+        assert_eq!(store.reserve(T0, secret(1), None, &mut rng.probes()), None);
         for (n, victim) in [17usize, 4_999, 0, 2_500].into_iter().enumerate() {
             let (ended, end_gets) = gets_of(&shared, || store.end(&ids[victim], T0));
             assert!(matches!(ended, Ended::Ended(_)));
             assert_eq!(end_gets, 2, "the slot and the hint");
             let (r, gets) = gets_of(&shared, || {
-                store.reserve(T0, secret(n as u8), None, &mut || rng.next())
+                store.reserve(T0, secret(n as u8), None, &mut rng.probes())
             });
             let r = r.unwrap();
             assert_eq!(r.id.slot, ids[victim].slot, "the freed slot, at once");
             assert_eq!(r.expired, 0);
             assert_eq!(gets, 2, "the hint and the slot");
-            assert_eq!(store.reserve(T0, secret(1), None, &mut || rng.next()), None);
+            assert_eq!(store.reserve(T0, secret(1), None, &mut rng.probes()), None);
         }
         // A failed initialize's slot, likewise.
         assert!(matches!(store.end(&ids[1], T0), Ended::Ended(_)));
         let r = store
-            .reserve(T0, secret(4), None, &mut || rng.next())
+            .reserve(T0, secret(4), None, &mut rng.probes())
             .unwrap();
         assert!(store.release(&r.id));
         let again = store
-            .reserve(T0, secret(5), None, &mut || rng.next())
+            .reserve(T0, secret(5), None, &mut rng.probes())
             .unwrap();
         assert_eq!(again.id.slot, r.id.slot, "a released slot, at once");
         assert_eq!(store.high_water(), 5_000);
@@ -1335,9 +1323,9 @@ mod tests {
         let _c = open(&store, 3, T0 + 5_000);
         assert_eq!(store.lookup(&old, T0 + 10_000, None), Lookup::Expired);
         assert_eq!(hint(&shared), vec![old.slot]);
-        let mut rng = Rng(2);
+        let mut rng = Rng::new(2);
         let r = store
-            .reserve(T0 + 10_000, secret(4), None, &mut || rng.next())
+            .reserve(T0 + 10_000, secret(4), None, &mut rng.probes())
             .unwrap();
         assert_eq!(r.id.slot, old.slot);
         assert_eq!(r.expired, 0, "counted by the lookup, not again here");
@@ -1347,7 +1335,7 @@ mod tests {
     fn a_stale_hint_entry_is_never_double_claimed() {
         let shared = FakeShared::default();
         let (store, ids) = full(&shared, 8, T0);
-        let mut rng = Rng(12);
+        let mut rng = Rng::new(12);
         assert!(matches!(store.end(&ids[5], T0), Ended::Ended(_)));
         // Slot 2 and 6 were taken again behind the hint's back (slot 2 listed twice); the
         // hint is a stack, so they come first.
@@ -1357,7 +1345,7 @@ mod tests {
             .map(|&slot| shared.get(&slot_key(slot)))
             .collect();
         let r = store
-            .reserve(T0 + 1, secret(40), None, &mut || rng.next())
+            .reserve(T0 + 1, secret(40), None, &mut rng.probes())
             .unwrap();
         assert_eq!(r.id.slot, 5, "the one really free slot");
         assert_eq!(r.expired, 0);
@@ -1368,7 +1356,7 @@ mod tests {
         assert_eq!(before, after, "live slots untouched");
         assert!(hint(&shared).is_empty(), "stale entries dropped");
         assert_eq!(
-            store.reserve(T0 + 1, secret(41), None, &mut || rng.next()),
+            store.reserve(T0 + 1, secret(41), None, &mut rng.probes()),
             None
         );
         for (n, id) in ids.iter().enumerate() {
@@ -1378,7 +1366,7 @@ mod tests {
         // A stale entry whose session has expired since: reclaimed, and reported.
         set_hint(&shared, &[3]);
         let r = store
-            .reserve(T0 + 10_000, secret(42), None, &mut || rng.next())
+            .reserve(T0 + 10_000, secret(42), None, &mut rng.probes())
             .unwrap();
         assert_eq!((r.id.slot, r.expired), (3, 1));
     }
@@ -1424,9 +1412,9 @@ mod tests {
         let b = taken.get().unwrap();
         assert_eq!(b.slot, 1, "B took the slot A freed");
         assert_eq!(hint(&shared), vec![1], "A's entry, stale");
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         assert_eq!(
-            store.reserve(T0, secret(51), None, &mut || rng.next()),
+            store.reserve(T0, secret(51), None, &mut rng.probes()),
             None,
             "C finds nothing free"
         );
@@ -1439,12 +1427,12 @@ mod tests {
         let mut l = limits();
         l.max_sessions = 1_000;
         let store = Store::new(&shared, l);
-        let mut rng = Rng(13);
+        let mut rng = Rng::new(13);
         let mut ids = Vec::new();
         for n in 0..400u32 {
             let now = if n % 4 == 0 { T0 } else { T0 + 5_000 };
             let r = store
-                .reserve(now, secret((n % 251) as u8), None, &mut || rng.next())
+                .reserve(now, secret((n % 251) as u8), None, &mut rng.probes())
                 .unwrap();
             assert!(store.activate(&r.id, now, None));
             ids.push(r.id);
@@ -1467,7 +1455,7 @@ mod tests {
         // Reserves now reuse them: no growth, two reads each.
         for n in 0..HINT_MAX {
             let (r, gets) = gets_of(&shared, || {
-                store.reserve(T0 + 10_000, secret(n as u8), None, &mut || rng.next())
+                store.reserve(T0 + 10_000, secret(n as u8), None, &mut rng.probes())
             });
             let r = r.unwrap();
             assert!(r.id.slot % 4 <= 1);
@@ -1501,11 +1489,11 @@ mod tests {
         let mut l = limits();
         l.max_sessions = 4;
         let small = Store::new(&shared, l);
-        let mut rng = Rng(14);
+        let mut rng = Rng::new(14);
         let mut slots: Vec<u32> = (0..4)
             .map(|n| {
                 small
-                    .reserve(T0, secret(60 + n), None, &mut || rng.next())
+                    .reserve(T0, secret(60 + n), None, &mut rng.probes())
                     .unwrap()
                     .id
                     .slot
@@ -1513,10 +1501,7 @@ mod tests {
             .collect();
         slots.sort_unstable();
         assert_eq!(slots, vec![0, 1, 2, 3]);
-        assert_eq!(
-            small.reserve(T0, secret(70), None, &mut || rng.next()),
-            None
-        );
+        assert_eq!(small.reserve(T0, secret(70), None, &mut rng.probes()), None);
         assert!(hint(&shared).is_empty());
     }
 

@@ -1,5 +1,6 @@
 //! The one test kit, shared by the unit tests, `core/tests/` and the fuzz targets: a seeded
-//! PRNG, an in-memory shared-data store with Envoy's exact semantics, a deterministic host,
+//! PRNG, fixtures (a clock reading, a live record), an in-memory shared-data store with
+//! Envoy's exact semantics, a reference model of the session store, a deterministic host,
 //! header maps, and an [`Envoy`] that runs whole exchanges through a [`Plugin`] the way the
 //! proxy calls the filter. Nothing here is a secret source or used by the filter at run time.
 
@@ -8,12 +9,32 @@ use crate::headers::Header;
 use crate::host::{Attributes, Headers, Host};
 use crate::metrics::Metric;
 use crate::plugin::Plugin;
-use crate::store::{SharedData, WriteError};
+use crate::record::{Record, State};
+use crate::session_id::{SessionId, SECRET_LEN};
+use crate::store::{slot_key, Limits, SharedData, WriteError};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
-/// splitmix64: reproducible, fast, not secret.
+/// A clock reading for tests, ms since the epoch (March 2030): far enough from 0 that no
+/// test's arithmetic on it wraps, and fixed, so a failure reads the same every run.
+pub const T0: u64 = 1_900_000_000_000;
+
+/// A live, initialized session record holding `secret`, opened and last used at `now_ms`,
+/// bound to no identity and mapped to no upstream session.
+pub fn live_record(secret: [u8; SECRET_LEN], now_ms: u64) -> Record {
+    Record {
+        state: State::Live,
+        initialized: true,
+        secret,
+        created_ms: now_ms,
+        last_seen_ms: now_ms,
+        identity: None,
+        upstream_id: None,
+    }
+}
+
+/// splitmix64: reproducible, fast, not secret. Every seed, 0 included, gives a full stream.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
@@ -35,6 +56,12 @@ impl Rng {
     /// The next 32 bits.
     pub fn next_u32(&mut self) -> u32 {
         (self.next_u64() >> 32) as u32
+    }
+
+    /// The store's source of probe positions, drawn from this generator:
+    /// `store.reserve(now, secret, None, &mut rng.probes())`.
+    pub fn probes(&mut self) -> impl FnMut() -> u32 + '_ {
+        move || self.next_u32()
     }
 
     /// A number below `n` (0 when `n` is 0).
@@ -111,6 +138,171 @@ impl SharedData for FakeShared {
         let next = inner.next_cas;
         inner.map.insert(key.to_string(), (value.to_vec(), next));
         Ok(())
+    }
+}
+
+/// The live records in the first `high` slots of `shared` (what the filter's live-sessions
+/// gauge must equal).
+pub fn live_records(shared: &FakeShared, high: u32) -> i64 {
+    let live = (0..high)
+        .filter_map(|slot| shared.get(&slot_key(slot)).0)
+        .filter_map(|bytes| Record::decode(&bytes))
+        .filter(|r| r.state == State::Live)
+        .count();
+    i64::try_from(live).unwrap_or(i64::MAX)
+}
+
+/// Where a session stands in a [`StoreModel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KnownState {
+    /// Reserved by an initialize not yet answered.
+    Pending,
+    /// Activated: usable until it ends or expires.
+    Live,
+    /// Released, ended, expired or displaced: must never be found live again.
+    Gone,
+}
+
+/// What a [`StoreModel`] knows of one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    /// Its ID.
+    pub id: SessionId,
+    /// The identity header value it was opened with.
+    pub identity: Option<Vec<u8>>,
+    /// When it was reserved.
+    pub created_ms: u64,
+    /// When it was last used (activated, found live, answered).
+    pub last_use_ms: u64,
+    /// Where it stands.
+    pub state: KnownState,
+}
+
+/// The reference model of the session store that the store's model test and fuzz target
+/// check it against: every session ever reserved, in order, with where it stands, and the
+/// live count the filter keeps (created - terminated - expired). The caller tells it what
+/// the store did; it answers what the session was before, for the caller to judge.
+#[derive(Debug, Clone)]
+pub struct StoreModel {
+    limits: Limits,
+    sessions: Vec<Known>,
+    /// created - terminated - expired, as the filter counts them: must equal
+    /// [`live_records`].
+    pub live_gauge: i64,
+}
+
+impl StoreModel {
+    /// An empty model of a store with `limits`.
+    pub fn new(limits: Limits) -> StoreModel {
+        StoreModel {
+            limits,
+            sessions: Vec::new(),
+            live_gauge: 0,
+        }
+    }
+
+    /// Every session reserved so far, in order.
+    pub fn sessions(&self) -> &[Known] {
+        &self.sessions
+    }
+
+    /// The session `which` names (counting round the sessions), if there is any.
+    pub fn pick(&self, which: u64) -> Option<Known> {
+        let n = u64::try_from(self.sessions.len()).ok()?;
+        let i = usize::try_from(which.checked_rem(n)?).ok()?;
+        self.sessions.get(i).cloned()
+    }
+
+    /// What the model knows of `id`.
+    pub fn get(&self, id: &SessionId) -> Option<&Known> {
+        self.sessions.iter().find(|k| k.id == *id)
+    }
+
+    fn get_mut(&mut self, id: &SessionId) -> Option<&mut Known> {
+        self.sessions.iter_mut().find(|k| k.id == *id)
+    }
+
+    /// A reserve at `now_ms` handed out `id` (for `identity`), reclaiming `expired` live
+    /// sessions on the way. Returns the sessions it displaced from that slot as they stood
+    /// before (now gone), for the caller to judge whether they could be.
+    pub fn reserved(
+        &mut self,
+        id: SessionId,
+        identity: Option<Vec<u8>>,
+        now_ms: u64,
+        expired: u32,
+    ) -> Vec<Known> {
+        self.swept(expired);
+        let mut displaced = Vec::new();
+        for k in &mut self.sessions {
+            if k.id.slot == id.slot && k.state != KnownState::Gone {
+                displaced.push(k.clone());
+                k.state = KnownState::Gone;
+            }
+        }
+        self.sessions.push(Known {
+            id,
+            identity,
+            created_ms: now_ms,
+            last_use_ms: now_ms,
+            state: KnownState::Pending,
+        });
+        displaced
+    }
+
+    /// `id` was activated at `now_ms`: live, and counted. Returns its state before.
+    pub fn activated(&mut self, id: &SessionId, now_ms: u64) -> Option<KnownState> {
+        let k = self.get_mut(id)?;
+        let before = k.state;
+        k.state = KnownState::Live;
+        k.last_use_ms = now_ms;
+        self.live_gauge = self.live_gauge.saturating_add(1);
+        Some(before)
+    }
+
+    /// `id` was used at `now_ms` (found live, or answered by the upstream).
+    pub fn used(&mut self, id: &SessionId, now_ms: u64) {
+        if let Some(k) = self.get_mut(id) {
+            k.last_use_ms = k.last_use_ms.max(now_ms);
+        }
+    }
+
+    /// `id` is gone without the filter counting it (released, or reclaimed and counted by
+    /// another operation). Returns its state before.
+    pub fn gone(&mut self, id: &SessionId) -> Option<KnownState> {
+        let k = self.get_mut(id)?;
+        Some(std::mem::replace(&mut k.state, KnownState::Gone))
+    }
+
+    /// The store reported `id` ended or expired: it is gone, and the filter counts it.
+    /// Returns its state before.
+    pub fn ended(&mut self, id: &SessionId) -> Option<KnownState> {
+        self.live_gauge = self.live_gauge.saturating_sub(1);
+        self.gone(id)
+    }
+
+    /// A sweep (or a reserve) reported `expired` live sessions reclaimed.
+    pub fn swept(&mut self, expired: u32) {
+        self.live_gauge = self.live_gauge.saturating_sub(i64::from(expired));
+    }
+
+    /// Whether the store may have expired `k` by `now_ms`: it refreshes a session's last use
+    /// at most once per touch interval, so it may expire one up to that much early, never
+    /// late.
+    pub fn may_be_expired(&self, k: &Known, now_ms: u64) -> bool {
+        let slack = self.limits.touch_interval_ms();
+        now_ms.saturating_sub(k.last_use_ms).saturating_add(slack) >= self.limits.idle_ms
+            || self.past_lifetime(k, now_ms)
+    }
+
+    /// Whether the store must have expired `k` by `now_ms`.
+    pub fn must_be_expired(&self, k: &Known, now_ms: u64) -> bool {
+        now_ms.saturating_sub(k.last_use_ms) >= self.limits.idle_ms || self.past_lifetime(k, now_ms)
+    }
+
+    fn past_lifetime(&self, k: &Known, now_ms: u64) -> bool {
+        self.limits.lifetime_ms > 0
+            && now_ms.saturating_sub(k.created_ms) >= self.limits.lifetime_ms
     }
 }
 

@@ -7,12 +7,11 @@
 
 use mcp_session_core::plugin::Plugin;
 use mcp_session_core::session_id::SessionId;
-use mcp_session_core::testkit::{Chunks, Envoy, FakeHost, Process, Request, Response};
+use mcp_session_core::testkit::{Chunks, Envoy, FakeHost, Process, Request, Response, T0};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 
-const T0: u64 = 1_900_000_000_000;
 const V: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
 
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;

@@ -11,31 +11,12 @@
 
 use mcp_session_core::session_id::{SessionId, SECRET_LEN};
 use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store};
-use mcp_session_core::testkit::FakeShared;
+use mcp_session_core::testkit::{FakeShared, Rng, T0};
 
-const T0: u64 = 1_900_000_000_000;
 const LIVE_SESSIONS: u32 = 10_000;
 const GUESSES: u32 = 1_000_000;
 /// Guesses also sent as DELETE (each one a read and, if it matched, a write).
 const DELETE_GUESSES: u32 = 100_000;
-
-/// splitmix64: the guesses need to be many and reproducible, not secret.
-struct Guesser(u64);
-impl Guesser {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn secret(&mut self) -> [u8; SECRET_LEN] {
-        let mut secret = [0u8; SECRET_LEN];
-        secret[..8].copy_from_slice(&self.next().to_le_bytes());
-        secret[8..].copy_from_slice(&self.next().to_le_bytes());
-        secret
-    }
-}
 
 fn snapshot(shared: &FakeShared, slots: u32) -> Vec<(Option<Vec<u8>>, Option<u32>)> {
     (0..slots).map(|slot| shared.get(&slot_key(slot))).collect()
@@ -51,13 +32,13 @@ fn a_million_random_ids_never_hit_a_live_session() {
         bind_identity: false,
     };
     let store = Store::new(&shared, limits);
-    let mut probe = Guesser(1);
+    let mut probe = Rng::new(1);
     let mut live = Vec::new();
     for _ in 0..LIVE_SESSIONS {
         let mut secret = [0u8; SECRET_LEN];
         getrandom::fill(&mut secret).unwrap();
         let r = store
-            .reserve(T0, secret, None, &mut || probe.next() as u32)
+            .reserve(T0, secret, None, &mut probe.probes())
             .unwrap();
         assert!(store.activate(&r.id, T0, None));
         live.push(r.id);
@@ -72,14 +53,17 @@ fn a_million_random_ids_never_hit_a_live_session() {
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).unwrap();
     let seed = u64::from_le_bytes(seed);
-    let mut guesser = Guesser(seed);
+    // The guesses need to be many and reproducible (from the seed printed on a failure), not
+    // secret.
+    let mut guesser = Rng::new(seed);
     let now = T0 + 1_000;
     for n in 0..GUESSES {
-        let target = &live[(guesser.next() % u64::from(LIVE_SESSIONS)) as usize];
-        let guess = SessionId {
+        let target = &live[guesser.below(u64::from(LIVE_SESSIONS)) as usize];
+        let mut guess = SessionId {
             slot: target.slot,
-            secret: guesser.secret(),
+            secret: [0; SECRET_LEN],
         };
+        guesser.fill(&mut guess.secret);
         // One guess in a hundred goes through the header text, as a request's would.
         let parsed = if n % 100 == 0 {
             SessionId::parse(&guess.encode()).unwrap()

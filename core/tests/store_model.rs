@@ -4,15 +4,16 @@
 //! operations over [`FakeShared`] (the host's exact CAS semantics, including "a write to a
 //! missing key succeeds whatever the cas"); before any host call of one operation, another
 //! worker may run a whole operation of its own, which is exactly the window a real race
-//! opens. A reference model of which sessions exist is checked after every step, over
-//! thousands of seeded random schedules. At the end of each schedule, a table filled to its
-//! limit must hand out a slot freed by DELETE to the very next initialize.
+//! opens. The reference model of which sessions exist (`testkit::StoreModel`, which the
+//! store fuzz target checks against too) is checked after every step, over thousands of
+//! seeded random schedules. At the end of each schedule, a table filled to its limit must
+//! hand out a slot freed by DELETE to the very next initialize.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use mcp_session_core::record::Record;
 use mcp_session_core::session_id::SessionId;
 use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store, WriteError};
-use mcp_session_core::testkit::FakeShared;
+use mcp_session_core::testkit::{live_records, FakeShared, Known, KnownState, Rng, StoreModel, T0};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -20,7 +21,6 @@ use std::rc::Rc;
 const IDLE: u64 = 2_000;
 const LIFETIME: u64 = 7_000;
 const MAX: u32 = 6;
-const T0: u64 = 1_900_000_000_000;
 
 fn limits() -> Limits {
     Limits {
@@ -31,42 +31,11 @@ fn limits() -> Limits {
     }
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// What the reference model knows of a session.
-#[derive(Debug, Clone)]
-struct Known {
-    created: u64,
-    last_use: u64,
-    state: KnownState,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KnownState {
-    Pending,
-    Live,
-    /// Ended or expired: must never be found live again.
-    Gone,
-}
-
 struct World {
     shared: FakeShared,
     now: Cell<u64>,
     rng: RefCell<Rng>,
-    model: RefCell<BTreeMap<[u8; 16], (SessionId, Known)>>,
-    /// created - terminated - expired, as the filter would count them.
-    live_gauge: Cell<i64>,
+    model: RefCell<StoreModel>,
     /// Preemption depth: a nested operation runs to completion without being preempted.
     depth: Cell<u32>,
     preempt_percent: u64,
@@ -76,6 +45,12 @@ struct World {
     /// already see it gone.
     freeing: Cell<Option<(SessionId, u32)>>,
     freed_from: Cell<Option<KnownState>>,
+    /// How often each outcome came up, so the test can show it reached them all.
+    tally: RefCell<BTreeMap<&'static str, u64>>,
+}
+
+fn count(world: &Rc<World>, outcome: &'static str) {
+    *world.tally.borrow_mut().entry(outcome).or_insert(0) += 1;
 }
 
 /// The shared data as one worker sees it: before each host call, another worker may run.
@@ -104,8 +79,7 @@ fn freed(world: &Rc<World>, key: &str) {
         return;
     };
     if depth == world.depth.get() && slot_key(id.slot) == key && world.freed_from.get().is_none() {
-        world.freed_from.set(Some(current(world, &id).state));
-        set_state(world, &id, KnownState::Gone);
+        world.freed_from.set(world.model.borrow_mut().gone(&id));
     }
 }
 
@@ -133,6 +107,7 @@ fn maybe_preempt(world: &Rc<World>) {
     }
     let roll = world.rng.borrow_mut().below(100);
     if roll < world.preempt_percent {
+        count(world, "preempted");
         world.depth.set(1);
         step(world);
         world.depth.set(0);
@@ -143,35 +118,18 @@ fn store(world: &Rc<World>) -> Store<Worker<'_>> {
     Store::new(Worker(world), limits())
 }
 
-fn pick(world: &Rc<World>) -> Option<(SessionId, Known)> {
-    let model = world.model.borrow();
-    if model.is_empty() {
-        return None;
-    }
-    let n = world.rng.borrow_mut().below(model.len() as u64) as usize;
-    model.values().nth(n).cloned()
-}
-
-/// True when the store may legitimately have expired `k` by `now` (it refreshes last-seen
-/// at most once per touch interval, so it can expire up to that much early, never late).
-fn may_be_expired(k: &Known, now: u64) -> bool {
-    let slack = limits().touch_interval_ms();
-    now.saturating_sub(k.last_use) + slack >= IDLE || now.saturating_sub(k.created) >= LIFETIME
-}
-
-fn must_be_expired(k: &Known, now: u64) -> bool {
-    now.saturating_sub(k.last_use) >= IDLE || now.saturating_sub(k.created) >= LIFETIME
+fn pick(world: &Rc<World>) -> Option<Known> {
+    let which = world.rng.borrow_mut().next_u64();
+    world.model.borrow().pick(which)
 }
 
 /// The model's view of a session now (another worker may have changed it meanwhile).
 fn current(world: &Rc<World>, id: &SessionId) -> Known {
-    world.model.borrow().get(&id.secret).unwrap().1.clone()
+    world.model.borrow().get(id).unwrap().clone()
 }
 
-fn set_state(world: &Rc<World>, id: &SessionId, state: KnownState) {
-    if let Some((_, k)) = world.model.borrow_mut().get_mut(&id.secret) {
-        k.state = state;
-    }
+fn may_be_expired(world: &Rc<World>, k: &Known, now: u64) -> bool {
+    world.model.borrow().may_be_expired(k, now)
 }
 
 /// One operation by some worker.
@@ -183,169 +141,161 @@ fn step(world: &Rc<World>) {
         0..=24 => {
             // initialize: reserve, and (usually) activate at once.
             let mut secret = [0u8; 16];
-            for b in &mut secret {
-                *b = world.rng.borrow_mut().below(256) as u8;
-            }
-            let seed = world.rng.borrow_mut().next();
-            let mut probe_rng = Rng(seed | 1);
-            let Some(r) = s.reserve(now, secret, None, &mut || probe_rng.next() as u32) else {
+            world.rng.borrow_mut().fill(&mut secret);
+            let mut probe_rng = Rng::new(world.rng.borrow_mut().next_u64());
+            let Some(r) = s.reserve(now, secret, None, &mut probe_rng.probes()) else {
+                count(world, "reserve refused");
                 return;
             };
-            world
-                .live_gauge
-                .set(world.live_gauge.get() - i64::from(r.expired));
+            count(world, "reserve");
+            if r.expired > 0 {
+                count(world, "reserve reclaimed an expired session");
+            }
             // Whatever held this slot before must have been gone or legitimately expired.
-            let mut model = world.model.borrow_mut();
-            let prior: Vec<_> = model
-                .values()
-                .filter(|(id, k)| id.slot == r.id.slot && k.state != KnownState::Gone)
-                .map(|(id, k)| (*id, k.clone()))
-                .collect();
+            let displaced = world
+                .model
+                .borrow_mut()
+                .reserved(r.id, None, now, r.expired);
             // A nested operation may have freed the old holder at a later time than this
             // one's `now`: judge by the latest time any worker has seen.
             let latest = world.now.get();
-            for (id, k) in prior {
+            for k in displaced {
                 assert!(
-                    k.state == KnownState::Pending && latest.saturating_sub(k.last_use) >= IDLE
-                        || may_be_expired(&k, latest),
+                    k.state == KnownState::Pending && latest.saturating_sub(k.last_use_ms) >= IDLE
+                        || may_be_expired(world, &k, latest),
                     "slot {} reused while {:?} still valid at {now}; store now {:?}; reservation {:?}",
                     r.id.slot,
                     k,
                     world.shared.get(&slot_key(r.id.slot)).0.and_then(|b| Record::decode(&b)),
                     r
                 );
-                model.get_mut(&id.secret).unwrap().1.state = KnownState::Gone;
             }
-            model.insert(
-                secret,
-                (
-                    r.id,
-                    Known {
-                        created: now,
-                        last_use: now,
-                        state: KnownState::Pending,
-                    },
-                ),
-            );
         }
         25..=34 => {
             // the initialize is answered: activate (or, sometimes, it failed: release).
-            let Some((id, k)) = pick(world) else { return };
+            let Some(k) = pick(world) else { return };
+            let id = k.id;
             if k.state != KnownState::Pending {
                 return;
             }
             if world.rng.borrow_mut().below(5) == 0 {
                 let (released, prior) = freeing(world, id, || s.release(&id));
                 if released {
+                    count(world, "release");
                     assert_eq!(prior, Some(KnownState::Pending), "released {k:?}");
                 }
             } else if s.activate(&id, now, None) {
-                world.live_gauge.set(world.live_gauge.get() + 1);
-                let mut model = world.model.borrow_mut();
-                let k = &mut model.get_mut(&id.secret).unwrap().1;
-                k.state = KnownState::Live;
-                k.last_use = now;
+                count(world, "activate");
+                world.model.borrow_mut().activated(&id, now);
             } else {
+                count(world, "activate refused");
                 // Only a stale reservation, reclaimed by a sweep or a later initialize, can
                 // fail to activate.
                 // (The model lets two workers answer one initialize; the loser fails here.)
                 let latest = world.now.get();
-                let k = world.model.borrow().get(&id.secret).unwrap().1.clone();
+                let k = current(world, &id);
                 match k.state {
                     KnownState::Live | KnownState::Gone => {}
                     KnownState::Pending => {
                         assert!(
-                            may_be_expired(&k, latest),
+                            may_be_expired(world, &k, latest),
                             "activate failed for {k:?} at {latest}"
                         );
-                        set_state(world, &id, KnownState::Gone);
+                        world.model.borrow_mut().gone(&id);
                     }
                 }
             }
         }
         35..=69 => {
             // a request on a session: look up, touch.
-            let Some((id, _)) = pick(world) else { return };
+            let Some(Known { id, .. }) = pick(world) else {
+                return;
+            };
             let (found, prior) = freeing(world, id, || s.lookup(&id, now, None));
             match found {
                 Lookup::Live(record, cas) => {
+                    count(world, "lookup live");
                     let k = current(world, &id);
                     assert_eq!(k.state, KnownState::Live, "found {k:?} live at {now}");
                     assert!(
-                        !must_be_expired(&k, now),
+                        !world.model.borrow().must_be_expired(&k, now),
                         "found {k:?} live at {now}, after expiry"
                     );
                     s.touch(&id, &record, cas, now);
-                    if let Some((_, k)) = world.model.borrow_mut().get_mut(&id.secret) {
-                        k.last_use = k.last_use.max(now);
-                    }
+                    world.model.borrow_mut().used(&id, now);
                 }
                 Lookup::Expired => {
+                    count(world, "lookup expired");
                     let k = current(world, &id);
                     assert!(
-                        prior == Some(KnownState::Live) && may_be_expired(&k, now),
+                        prior == Some(KnownState::Live) && may_be_expired(world, &k, now),
                         "{k:?} was {prior:?}"
                     );
-                    world.live_gauge.set(world.live_gauge.get() - 1);
+                    world.model.borrow_mut().ended(&id);
                 }
                 Lookup::NotFound => {
+                    count(world, "lookup not found");
                     let k = current(world, &id);
                     assert!(
-                        k.state != KnownState::Live || may_be_expired(&k, world.now.get()),
+                        k.state != KnownState::Live || may_be_expired(world, &k, world.now.get()),
                         "live session {k:?} not found at {now}"
                     );
                     if k.state == KnownState::Live {
                         // Someone else reclaimed it as expired (counted there).
-                        set_state(world, &id, KnownState::Gone);
+                        world.model.borrow_mut().gone(&id);
                     }
                 }
             }
         }
         70..=79 => {
             // DELETE.
-            let Some((id, k)) = pick(world) else { return };
+            let Some(k) = pick(world) else { return };
+            let id = k.id;
             let (ended, prior) = freeing(world, id, || s.end(&id, now));
             match ended {
                 Ended::Ended(_) => {
+                    count(world, "end");
                     assert_eq!(prior, Some(KnownState::Live), "{k:?}");
-                    world.live_gauge.set(world.live_gauge.get() - 1);
+                    world.model.borrow_mut().ended(&id);
                 }
                 Ended::Expired => {
+                    count(world, "end expired");
                     let k = current(world, &id);
                     assert!(
-                        prior == Some(KnownState::Live) && may_be_expired(&k, now),
+                        prior == Some(KnownState::Live) && may_be_expired(world, &k, now),
                         "{k:?} was {prior:?}"
                     );
-                    world.live_gauge.set(world.live_gauge.get() - 1);
+                    world.model.borrow_mut().ended(&id);
                 }
                 Ended::NotFound => {
+                    count(world, "end not found");
                     let k = current(world, &id);
                     let latest = world.now.get();
                     assert!(
-                        k.state != KnownState::Live || may_be_expired(&k, latest),
+                        k.state != KnownState::Live || may_be_expired(world, &k, latest),
                         "{k:?}"
                     );
                     if k.state == KnownState::Live {
-                        set_state(world, &id, KnownState::Gone);
+                        world.model.borrow_mut().gone(&id);
                     }
                 }
             }
         }
         80..=84 => {
-            let Some((id, k)) = pick(world) else { return };
-            if s.mark_initialized(&id, now) {
-                assert_eq!(current(world, &id).state, KnownState::Live, "{k:?}");
+            let Some(k) = pick(world) else { return };
+            if s.mark_initialized(&k.id, now) {
+                count(world, "mark initialized");
+                assert_eq!(current(world, &k.id).state, KnownState::Live, "{k:?}");
                 // The upstream's answer to a request is a use of the session too.
-                if let Some((_, k)) = world.model.borrow_mut().get_mut(&id.secret) {
-                    k.last_use = k.last_use.max(now);
-                }
+                world.model.borrow_mut().used(&k.id, now);
             }
         }
         85..=92 => {
             let report = s.sweep(now);
-            world
-                .live_gauge
-                .set(world.live_gauge.get() - i64::from(report.expired));
+            if report.expired > 0 {
+                count(world, "sweep expired");
+            }
+            world.model.borrow_mut().swept(report.expired);
         }
         _ => {
             // Time moves between operations, not inside one: a real worker's host calls
@@ -358,26 +308,18 @@ fn step(world: &Rc<World>) {
     }
 }
 
-/// Live records actually in the store.
-fn live_records(shared: &FakeShared, high: u32) -> i64 {
-    (0..high)
-        .filter_map(|slot| shared.get(&slot_key(slot)).0)
-        .filter_map(|bytes| Record::decode(&bytes))
-        .filter(|r| r.state == mcp_session_core::record::State::Live)
-        .count() as i64
-}
-
-fn run(seed: u64, steps: usize, preempt_percent: u64) {
+/// Runs one schedule; returns how often each outcome came up.
+fn run(seed: u64, steps: usize, preempt_percent: u64) -> BTreeMap<&'static str, u64> {
     let world = Rc::new(World {
         shared: FakeShared::default(),
         now: Cell::new(T0),
-        rng: RefCell::new(Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)),
-        model: RefCell::new(BTreeMap::new()),
-        live_gauge: Cell::new(0),
+        rng: RefCell::new(Rng::new(seed)),
+        model: RefCell::new(StoreModel::new(limits())),
         depth: Cell::new(0),
         preempt_percent,
         freeing: Cell::new(None),
         freed_from: Cell::new(None),
+        tally: RefCell::new(BTreeMap::new()),
     });
     for _ in 0..steps {
         step(&world);
@@ -389,7 +331,7 @@ fn run(seed: u64, steps: usize, preempt_percent: u64) {
         "seed {seed}: keys leak (the slots, the high-water mark, the sweep cursor, the hint)"
     );
     assert_eq!(
-        world.live_gauge.get(),
+        world.model.borrow().live_gauge,
         live_records(&world.shared, high),
         "seed {seed}: the live gauge drifted from the store"
     );
@@ -400,12 +342,10 @@ fn run(seed: u64, steps: usize, preempt_percent: u64) {
     for _ in 0..4 {
         later += 1_000;
         let report = s.sweep(later);
-        world
-            .live_gauge
-            .set(world.live_gauge.get() - i64::from(report.expired));
+        world.model.borrow_mut().swept(report.expired);
     }
     assert_eq!(
-        world.live_gauge.get(),
+        world.model.borrow().live_gauge,
         0,
         "seed {seed}: gauge after the final sweeps"
     );
@@ -414,8 +354,8 @@ fn run(seed: u64, steps: usize, preempt_percent: u64) {
     // Whatever the schedule left in the free hint (stale or lost entries), the sweeps have
     // listed every free slot: the table fills to its limit, and at the limit a slot freed by
     // DELETE goes to the very next initialize.
-    let mut probe_rng = Rng(seed | 1);
-    let mut probe = || probe_rng.next() as u32;
+    let mut probe_rng = Rng::new(!seed);
+    let mut probe = probe_rng.probes();
     let mut open = Vec::new();
     for n in 0..MAX {
         let mut secret = [0xA5; 16];
@@ -451,18 +391,49 @@ fn run(seed: u64, steps: usize, preempt_percent: u64) {
             "seed {seed}"
         );
     }
+    world.tally.take()
 }
+
+/// Every outcome the schedules must reach, with the fewest times each must come up over all
+/// of them (a tenth or less of what they reach).
+const REACHED: [(&str, u64); 15] = [
+    ("preempted", 100_000),
+    ("reserve", 10_000),
+    ("reserve refused", 50_000),
+    ("reserve reclaimed an expired session", 300),
+    ("release", 1_000),
+    ("activate", 5_000),
+    ("activate refused", 40),
+    ("lookup live", 10_000),
+    ("lookup expired", 60),
+    ("lookup not found", 50_000),
+    ("end", 4_000),
+    ("end expired", 20),
+    ("end not found", 20_000),
+    ("mark initialized", 2_000),
+    ("sweep expired", 100),
+];
 
 #[test]
 fn random_schedules_keep_the_store_consistent() {
     let mut schedules = 0;
+    let mut tally = BTreeMap::new();
+    let mut add = |counts: BTreeMap<&'static str, u64>| {
+        for (outcome, n) in counts {
+            *tally.entry(outcome).or_insert(0) += n;
+        }
+    };
     for seed in 1..=3_000u64 {
-        run(seed, 300, 30);
+        add(run(seed, 300, 30));
         schedules += 1;
     }
     for seed in 10_000..10_500u64 {
-        run(seed, 300, 90); // nearly every host call preempted
+        add(run(seed, 300, 90)); // nearly every host call preempted
         schedules += 1;
     }
-    println!("{schedules} schedules run");
+    println!("{schedules} schedules run: {tally:?}");
+    for (outcome, least) in REACHED {
+        let n = tally.get(outcome).copied().unwrap_or(0);
+        assert!(n >= least, "{outcome}: {n} times, fewer than {least}");
+    }
 }

@@ -1,18 +1,18 @@
 #![no_main]
-//! `store::Store` over `store::fake::FakeShared` (the host's CAS semantics), driven by a
-//! sequence of operations decoded from the input, with slots overwritten by junk now and then.
-//! Checks after every step: the table never passes `max_sessions`; a session ended, released
-//! or reported expired is never found (or counted) again; a live lookup is the caller's own
-//! live record, and only for its own identity; a guessed secret never finds anything; and the
-//! live count the filter keeps (created - terminated - expired) equals the live records held.
+//! `store::Store` over `testkit::FakeShared` (the host's CAS semantics), driven by a
+//! sequence of operations decoded from the input, with slots overwritten by junk now and then,
+//! and checked against `testkit::StoreModel` (the reference model `core/tests/store_model.rs`
+//! uses too). Checks after every step: the table never passes `max_sessions`; a session
+//! ended, released or reported expired is never found (or counted) again; a live lookup is
+//! the caller's own live record, and only for its own identity; a guessed secret never finds
+//! anything; and the live count the filter keeps (created - terminated - expired) equals the
+//! live records held.
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use mcp_session_core::record::{Record, State};
 use mcp_session_core::session_id::SessionId;
-use mcp_session_core::testkit::FakeShared;
 use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store};
-
-const T0: u64 = 1_900_000_000_000;
+use mcp_session_core::testkit::{live_records, FakeShared, KnownState, Rng, StoreModel, T0};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -63,14 +63,6 @@ enum Op {
     },
 }
 
-struct Known {
-    id: SessionId,
-    created: u64,
-    identity: Option<Vec<u8>>,
-    activated: bool,
-    gone: bool,
-}
-
 fuzz_target!(|input: Input| {
     let limits = Limits {
         idle_ms: 1000 * (1 + u64::from(input.idle_s % 30)),
@@ -81,145 +73,137 @@ fuzz_target!(|input: Input| {
     let shared = FakeShared::default();
     let store = Store::new(&shared, limits);
     let mut now = T0;
-    let mut known: Vec<Known> = Vec::new();
-    let mut live_gauge: i64 = 0;
+    let mut model = StoreModel::new(limits);
+    // Distinct secrets, as the CSPRNG gives them: splitmix64's outputs never repeat within
+    // its period, so no two secrets drawn from one stream are equal.
+    let mut secrets = Rng::new(0);
     for op in input.ops {
-        let pick = |which: u8, known: &mut Vec<Known>| {
-            let n = known.len();
-            (n > 0).then(|| usize::from(which) % n)
-        };
         match op {
             Op::Reserve { identity, probe } => {
-                // Distinct secrets, as the CSPRNG gives them.
-                let n = known.len() as u128 + 1;
-                let secret = n
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
-                    .to_le_bytes();
+                let mut secret = [0u8; 16];
+                secrets.fill(&mut secret);
                 let probes = probe % 4; // 0 (hint or growth only) to 3 probes before growing
-                let mut probe = probe;
-                let mut random = || {
-                    probe = probe.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    probe >> 8
-                };
+                let mut rng = Rng::new(u64::from(probe));
+                let mut random = rng.probes();
                 if let Some(r) =
                     store.reserve_probing(now, secret, identity.as_deref(), &mut random, probes)
                 {
                     assert_eq!(r.id.secret, secret);
-                    live_gauge -= i64::from(r.expired);
-                    known.push(Known {
-                        id: r.id,
-                        created: now,
-                        identity,
-                        activated: false,
-                        gone: false,
-                    });
+                    model.reserved(r.id, identity, now, r.expired);
                 }
             }
             Op::Activate { which, upstream } => {
-                let Some(i) = pick(which, &mut known) else {
+                let Some(k) = model.pick(u64::from(which)) else {
                     continue;
                 };
                 // The glue stores only visible-ASCII upstream IDs of 1 to 255 bytes.
                 let upstream = upstream.filter(|u| {
                     !u.is_empty() && u.len() <= 255 && u.bytes().all(|b| (0x21..=0x7e).contains(&b))
                 });
-                let k = &mut known[i];
                 if store.activate(&k.id, now, upstream.as_deref()) {
-                    assert!(!k.gone && !k.activated, "activated twice or after its end");
-                    k.activated = true;
-                    live_gauge += 1;
+                    assert_eq!(
+                        model.activated(&k.id, now),
+                        Some(KnownState::Pending),
+                        "activated twice or after its end"
+                    );
                     // Usable at once, unless the answer came after the absolute lifetime.
-                    let own = k.identity.clone();
-                    match store.lookup(&k.id, now, own.as_deref()) {
+                    match store.lookup(&k.id, now, k.identity.as_deref()) {
                         Lookup::Live(..) => {}
                         Lookup::Expired
-                            if limits.lifetime_ms > 0 && now - k.created >= limits.lifetime_ms =>
+                            if limits.lifetime_ms > 0
+                                && now - k.created_ms >= limits.lifetime_ms =>
                         {
-                            k.gone = true;
-                            live_gauge -= 1;
+                            model.ended(&k.id);
                         }
                         other => panic!("a session just activated: {other:?}"),
                     }
                 }
             }
             Op::Release { which } => {
-                let Some(i) = pick(which, &mut known) else {
+                let Some(k) = model.pick(u64::from(which)) else {
                     continue;
                 };
-                let k = &mut known[i];
                 if store.release(&k.id) {
-                    assert!(!k.gone && !k.activated, "released a live or ended session");
-                    k.gone = true;
+                    assert_eq!(
+                        model.gone(&k.id),
+                        Some(KnownState::Pending),
+                        "released a live or ended session"
+                    );
                 }
             }
             Op::Lookup { which, other } => {
-                let Some(i) = pick(which, &mut known) else {
+                let Some(k) = model.pick(u64::from(which)) else {
                     continue;
                 };
-                let k = &mut known[i];
                 let presented = other.unwrap_or_else(|| k.identity.clone());
                 match store.lookup(&k.id, now, presented.as_deref()) {
                     Lookup::Live(record, _) => {
-                        assert!(k.activated && !k.gone, "found a pending or ended session");
+                        assert_eq!(
+                            k.state,
+                            KnownState::Live,
+                            "found a pending or ended session"
+                        );
                         assert!(record.secret == k.id.secret && record.state == State::Live);
                         assert!(
                             !limits.bind_identity || presented == k.identity,
                             "other identity"
                         );
+                        model.used(&k.id, now);
                     }
                     Lookup::Expired => {
-                        assert!(k.activated && !k.gone, "expired counted twice");
-                        k.gone = true;
-                        live_gauge -= 1;
+                        assert_eq!(
+                            model.ended(&k.id),
+                            Some(KnownState::Live),
+                            "expired counted twice"
+                        );
                     }
                     Lookup::NotFound => {}
                 }
             }
             Op::Touch { which } => {
-                let Some(i) = pick(which, &mut known) else {
+                let Some(k) = model.pick(u64::from(which)) else {
                     continue;
                 };
-                let k = &mut known[i];
                 match store.lookup(&k.id, now, k.identity.as_deref()) {
                     Lookup::Live(record, cas) => {
                         store.touch(&k.id, &record, cas, now);
+                        model.used(&k.id, now);
                     }
                     Lookup::Expired => {
-                        assert!(k.activated && !k.gone, "expired counted twice");
-                        k.gone = true;
-                        live_gauge -= 1;
+                        assert_eq!(
+                            model.ended(&k.id),
+                            Some(KnownState::Live),
+                            "expired counted twice"
+                        );
                     }
                     Lookup::NotFound => {}
                 }
             }
             Op::MarkInitialized { which } => {
-                let Some(i) = pick(which, &mut known) else {
+                let Some(k) = model.pick(u64::from(which)) else {
                     continue;
                 };
-                if store.mark_initialized(&known[i].id, now) {
-                    assert!(known[i].activated && !known[i].gone);
+                if store.mark_initialized(&k.id, now) {
+                    assert_eq!(k.state, KnownState::Live);
+                    model.used(&k.id, now);
                 }
             }
             Op::End { which } => {
-                let Some(i) = pick(which, &mut known) else {
+                let Some(k) = model.pick(u64::from(which)) else {
                     continue;
                 };
-                let k = &mut known[i];
                 match store.end(&k.id, now) {
                     Ended::Ended(record) => {
-                        assert!(k.activated && !k.gone && record.secret == k.id.secret);
-                        k.gone = true;
-                        live_gauge -= 1;
+                        assert_eq!(record.secret, k.id.secret);
+                        assert_eq!(model.ended(&k.id), Some(KnownState::Live));
                     }
                     Ended::Expired => {
-                        assert!(k.activated && !k.gone, "ended twice");
-                        k.gone = true;
-                        live_gauge -= 1;
+                        assert_eq!(model.ended(&k.id), Some(KnownState::Live), "ended twice");
                     }
                     Ended::NotFound => {}
                 }
             }
-            Op::Sweep => live_gauge -= i64::from(store.sweep(now).expired),
+            Op::Sweep => model.swept(store.sweep(now).expired),
             Op::Wait { ms } => now += u64::from(ms),
             Op::Corrupt { slot, bytes } => {
                 let high = store.high_water();
@@ -229,12 +213,12 @@ fuzz_target!(|input: Input| {
                 let key = slot_key(u32::from(slot) % high);
                 let old = shared.get(&key).0.as_deref().and_then(Record::decode);
                 if old.is_some_and(|r| r.state == State::Live) {
-                    live_gauge -= 1; // destroyed without being counted by the store
+                    model.live_gauge -= 1; // destroyed without being counted by the store
                 }
                 shared.set(&key, &bytes, None).expect("unconditional write");
             }
             Op::Guess { slot, secret } => {
-                if known.iter().any(|k| k.id.secret == secret) {
+                if model.sessions().iter().any(|k| k.id.secret == secret) {
                     continue;
                 }
                 let id = SessionId {
@@ -263,11 +247,10 @@ fuzz_target!(|input: Input| {
             shared.key_count() <= high as usize + 3, // the mark, the sweep cursor, the free hint
             "keys outside the slot table"
         );
-        let held = (0..high)
-            .filter_map(|slot| shared.get(&slot_key(slot)).0)
-            .filter_map(|bytes| Record::decode(&bytes))
-            .filter(|r| r.state == State::Live)
-            .count();
-        assert_eq!(live_gauge, held as i64, "the live count drifted");
+        assert_eq!(
+            model.live_gauge,
+            live_records(&shared, high),
+            "the live count drifted"
+        );
     }
 });
