@@ -84,14 +84,18 @@ def render_bootstrap(
     listener_port: int = 0,
     admin_port: int = 0,
     vm_id: str | None = None,
+    reference: Path = REFERENCE_CONFIG,
 ) -> dict[str, Any]:
     """The reference bootstrap with this test's ports, upstream, wasm and plugin configuration.
+
+    `reference`: another shipped bootstrap of the same shape (one listener, one wasm filter
+    named `mcp_session`, one cluster with one endpoint), e.g. `envoy/envoy.mcp-filters.yaml`.
 
     `filter_config`: a mapping is serialised to JSON; a string is passed verbatim (to test
     malformed configurations); None keeps the reference file's configuration.
     `with_filter=False` removes the wasm filter (Envoy and the upstream alone).
     """
-    bootstrap = yaml.safe_load(REFERENCE_CONFIG.read_text())
+    bootstrap = yaml.safe_load(reference.read_text())
     bootstrap = copy.deepcopy(bootstrap)
     bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
 
