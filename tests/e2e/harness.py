@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -531,9 +532,11 @@ def request(
     content_type: str | None = "application/json",
     accept: str | None = ACCEPT_BOTH,
     timeout: float = REQUEST_TIMEOUT,
+    verify: ssl.SSLContext | bool = True,
 ) -> httpx.Response:
     """One HTTP request on a fresh connection (a new client each time, so requests spread over
-    Envoy's workers). `body` is JSON-encoded; `content` is sent as is."""
+    Envoy's workers). `body` is JSON-encoded; `content` is sent as is. `verify`: the TLS client
+    context for an `https://` URL (e.g. one that presents a client certificate)."""
     h: dict[str, str] = {}
     if accept is not None:
         h["accept"] = accept
@@ -547,7 +550,7 @@ def request(
         if content is None:
             content = json.dumps(body)
     h.update(headers or {})
-    with httpx.Client(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+    with httpx.Client(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0), verify=verify) as client:
         return client.request(method, url, content=content, headers=h)
 
 
