@@ -175,6 +175,16 @@ def test_jwt_other_caller_gets_the_unknown_session_404(jwt_envoy, issuer, upstre
     assert _list(url, session, headers=bearer(issuer.token("alice"))).status_code == 200
 
 
+def test_jwt_a_client_header_cannot_claim_another_identity(jwt_envoy, issuer) -> None:
+    """bob's token with `x-jwt-sub: alice` (the header the claim_header binding reads): jwt_authn
+    replaces the header with the verified claim, and identity_jwt never reads headers."""
+    url = jwt_envoy.url()
+    session = _open(url, headers=bearer(issuer.token("alice")))
+    with expect_stats(jwt_envoy, {"rejected.unknown": 1}):
+        response = _list(url, session, headers={**bearer(issuer.token("bob")), "x-jwt-sub": "alice"})
+    assert_rejection(response, 404, -32001, "Session not found")
+
+
 def test_jwt_other_caller_cannot_delete(jwt_envoy, issuer) -> None:
     url = jwt_envoy.url()
     session = _open(url, headers=bearer(issuer.token("alice")))
