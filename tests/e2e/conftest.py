@@ -88,6 +88,17 @@ class Envoys:
             self.shared[key] = envoy
         return envoy
 
+    def start(self, bootstrap: Mapping[str, Any], name: str) -> Envoy:
+        """An Envoy for a bootstrap a test built itself (more filters, TLS, another shipped
+        file). Its log is checked after every test like the others'; the test stops it (and
+        the pool stops it at the end of the run if the test did not get to)."""
+        if not WASM.exists():
+            pytest.fail(f"the filter is not built: {WASM} is missing (run `make build`)", pytrace=False)
+        self.count += 1
+        envoy = Envoy(bootstrap, self.workdir, name=f"envoy-{self.count}-{name}").start()
+        self.all.append(envoy)
+        return envoy
+
     def new_problems(self) -> list[str]:
         """Wasm errors and panics logged since the last call, by Envoy."""
         problems = []

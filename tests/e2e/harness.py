@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -84,14 +85,18 @@ def render_bootstrap(
     listener_port: int = 0,
     admin_port: int = 0,
     vm_id: str | None = None,
+    reference: Path = REFERENCE_CONFIG,
 ) -> dict[str, Any]:
     """The reference bootstrap with this test's ports, upstream, wasm and plugin configuration.
+
+    `reference`: another shipped bootstrap of the same shape (one listener, one wasm filter
+    named `mcp_session`, one cluster with one endpoint), e.g. `envoy/envoy.mcp-filters.yaml`.
 
     `filter_config`: a mapping is serialised to JSON; a string is passed verbatim (to test
     malformed configurations); None keeps the reference file's configuration.
     `with_filter=False` removes the wasm filter (Envoy and the upstream alone).
     """
-    bootstrap = yaml.safe_load(REFERENCE_CONFIG.read_text())
+    bootstrap = yaml.safe_load(reference.read_text())
     bootstrap = copy.deepcopy(bootstrap)
     bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
 
@@ -527,9 +532,11 @@ def request(
     content_type: str | None = "application/json",
     accept: str | None = ACCEPT_BOTH,
     timeout: float = REQUEST_TIMEOUT,
+    verify: ssl.SSLContext | bool = True,
 ) -> httpx.Response:
     """One HTTP request on a fresh connection (a new client each time, so requests spread over
-    Envoy's workers). `body` is JSON-encoded; `content` is sent as is."""
+    Envoy's workers). `body` is JSON-encoded; `content` is sent as is. `verify`: the TLS client
+    context for an `https://` URL (e.g. one that presents a client certificate)."""
     h: dict[str, str] = {}
     if accept is not None:
         h["accept"] = accept
@@ -543,7 +550,7 @@ def request(
         if content is None:
             content = json.dumps(body)
     h.update(headers or {})
-    with httpx.Client(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+    with httpx.Client(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0), verify=verify) as client:
         return client.request(method, url, content=content, headers=h)
 
 

@@ -119,11 +119,16 @@ def test_the_shipped_files_are_found() -> None:
     assert {
         "envoy/envoy.yaml",
         "envoy/envoy.compose.yaml",
+        "envoy/envoy.mcp-filters.yaml",
         "envoy/docker-compose.yaml",
         "deploy/istio/wasmplugin.yaml",
         "deploy/envoy-gateway/extension-policy.yaml",
     } <= names, names
-    assert {rel(f) for f in envoy_configs()} >= {"envoy/envoy.yaml", "envoy/envoy.compose.yaml"}
+    assert {rel(f) for f in envoy_configs()} >= {
+        "envoy/envoy.yaml",
+        "envoy/envoy.compose.yaml",
+        "envoy/envoy.mcp-filters.yaml",
+    }
 
 
 @pytest.mark.parametrize("path", shipped_yaml_files(), ids=rel)
