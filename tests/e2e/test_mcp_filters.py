@@ -18,11 +18,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import anyio
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
+
+from sdk_client import run_sdk_session
 
 from harness import (
     INITIALIZED,
@@ -178,23 +176,8 @@ def test_sdk_client_through_both_filters(mcp_envoy, upstream, mode: str) -> None
     tag = new_tag()
     before = mcp_envoy.stats()
 
-    async def main() -> None:
-        http = httpx2.AsyncClient(
-            headers={TAG_HEADER: tag},
-            timeout=httpx2.Timeout(15, read=30),
-            limits=httpx2.Limits(max_keepalive_connections=0),
-        )
-        with anyio.fail_after(60):
-            async with Client(streamable_http_client(mcp_envoy.url(), http_client=http), mode=mode,
-                              read_timeout_seconds=15) as client:
-                expected = PROTOCOL_VERSION if mode == "legacy" else MODERN_PROTOCOL_VERSION
-                assert client.protocol_version == expected
-                tools = await client.list_tools()
-                assert {t.name for t in tools.tools} >= {"echo", "add"}
-                added = await client.call_tool("add", {"a": 19, "b": 23})
-                assert added.structured_content == {"result": 42}
-
-    anyio.run(main)
+    version = run_sdk_session(mcp_envoy.url(), tag, mode)
+    assert version == (PROTOCOL_VERSION if mode == "legacy" else MODERN_PROTOCOL_VERSION)
     changes = stats_changes(before, mcp_envoy.stats())
     seen = upstream.requests(tag)
     if mode == "legacy":

@@ -9,22 +9,16 @@
 from __future__ import annotations
 
 import anyio
-import httpx2
 import pytest
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
-from harness import MODERN_PROTOCOL_VERSION, PROTOCOL_VERSION, SESSION_ID_RE, TAG_HEADER, new_tag, stats_changes
+from sdk_client import sdk_client
+
+from harness import MODERN_PROTOCOL_VERSION, PROTOCOL_VERSION, SESSION_ID_RE, new_tag, stats_changes
 
 
 def _client(url: str, tag: str, mode: str) -> Client:
-    # A fresh connection per request, like every other test: spreads over both workers.
-    http = httpx2.AsyncClient(
-        headers={TAG_HEADER: tag},
-        timeout=httpx2.Timeout(15, read=30),
-        limits=httpx2.Limits(max_keepalive_connections=0),
-    )
-    return Client(streamable_http_client(url, http_client=http), mode=mode, read_timeout_seconds=15)
+    return sdk_client(url, tag, mode)
 
 
 async def _exercise(client: Client) -> None:

@@ -23,12 +23,10 @@ import ssl
 from collections.abc import Iterator
 from typing import Any
 
-import anyio
 import httpx
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
+
+from sdk_client import run_sdk_session
 
 from harness import (
     INITIALIZED,
@@ -229,22 +227,8 @@ def test_jwt_sdk_client_with_a_bearer_token(jwt_envoy, issuer, upstream) -> None
     tag = new_tag()
     before = jwt_envoy.stats()
 
-    async def main() -> None:
-        http = httpx2.AsyncClient(
-            headers={TAG_HEADER: tag, **bearer(issuer.token("alice"))},
-            timeout=httpx2.Timeout(15, read=30),
-            limits=httpx2.Limits(max_keepalive_connections=0),
-        )
-        with anyio.fail_after(60):
-            async with Client(streamable_http_client(jwt_envoy.url(), http_client=http), mode="legacy",
-                              read_timeout_seconds=15) as client:
-                assert client.protocol_version == PROTOCOL_VERSION
-                tools = await client.list_tools()
-                assert {t.name for t in tools.tools} >= {"echo", "add"}
-                added = await client.call_tool("add", {"a": 19, "b": 23})
-                assert added.structured_content == {"result": 42}
-
-    anyio.run(main)
+    version = run_sdk_session(jwt_envoy.url(), tag, "legacy", bearer(issuer.token("alice")))
+    assert version == PROTOCOL_VERSION
     changes = stats_changes(before, jwt_envoy.stats())
     rejected = {k for k in changes if k.startswith("rejected.")}
     # After the DELETE, the client's GET stream may try once more and meet its 404.
