@@ -19,7 +19,7 @@ use crate::message::{json_outcome, Outcome, RequestId, SseScanner};
 use crate::metrics::Event as Count;
 use crate::plugin::Plugin;
 use crate::policy::{
-    self, HeadVerdict, RequestHead, SessionVerdict, SessionlessBody, UninitializedBody,
+    self, HeadVerdict, HttpMethod, RequestHead, SessionVerdict, SessionlessBody, UninitializedBody,
 };
 use crate::record::{Record, MAX_UPSTREAM_ID};
 use crate::rejection::Rejection;
@@ -171,9 +171,9 @@ pub enum Flow {
     /// Hold them (buffering a body).
     Pause,
     /// Answer locally; the stream goes no further.
-    Respond(Reply),
+    Respond(Box<Reply>),
     /// Run this store operation and feed its answer back as [`Event::Stored`].
-    Store(StoreOp),
+    Store(Box<StoreOp>),
     /// A store operation is under way: hold the stream until its answer is fed back.
     Wait,
 }
@@ -223,7 +223,7 @@ enum Waiting {
     /// The session of a request: then decide on it.
     Lookup {
         id: SessionId,
-        method: String,
+        method: HttpMethod,
         end_of_stream: bool,
         epoch: Option<u64>,
         now_ms: u64,
@@ -300,6 +300,26 @@ impl Exchange {
         self.waiting != Waiting::Nothing
     }
 
+    /// Whether request body events would do anything: a host may skip them otherwise (the
+    /// machine answers them with `Continue`), saving the crossing into the machine on every
+    /// chunk of every request on a session.
+    pub fn reads_request_body(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::SessionlessBody | Phase::UninitializedBody
+        )
+    }
+
+    /// Whether response body events would do anything (an `initialize` answer is being read).
+    pub fn reads_response_body(&self) -> bool {
+        self.initialize.is_some()
+    }
+
+    /// Whether [`Event::Done`] would do anything (a reservation is still held).
+    pub fn holds_reservation(&self) -> bool {
+        self.initialize.is_some()
+    }
+
     /// Feeds one event. Prefer [`Plugin::on_event`], which also runs the local store's
     /// operations.
     pub fn step<H: Host>(&mut self, plugin: &Plugin<H>, event: Event<'_>) -> Step {
@@ -339,11 +359,11 @@ impl Exchange {
         plugin.count(Count::Rejected(rejection.reason), 1);
         let mut headers = vec![("content-type", "application/json".to_owned())];
         headers.extend(rejection.headers.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        Flow::Respond(Reply {
+        Flow::Respond(Box::new(Reply {
             status: rejection.status,
             headers,
             body: rejection.body(),
-        })
+        }))
         .into()
     }
 
@@ -355,19 +375,28 @@ impl Exchange {
         end_of_stream: bool,
     ) -> Step {
         let cfg = plugin.config();
-        let identity = match cfg.identity_header() {
-            Some(name) => headers.get(name),
-            None => Header::default(),
-        };
-        let method = headers.get(":method").text().unwrap_or_default();
-        let session_id = headers.get(SESSION_HEADER);
+        // Every header the decision may need, in one lookup (an empty name matches nothing).
+        let names = [
+            ":method",
+            ":path",
+            SESSION_HEADER,
+            VERSION_HEADER,
+            "content-type",
+            "content-length",
+            cfg.identity_header().unwrap_or(""),
+        ];
+        let mut found = [Header::default(); 7];
+        headers.find(&names, &mut found);
+        let [method, path, session_id, protocol_version, content_type, content_length, identity] =
+            found;
+        let method = method.text().unwrap_or_default();
         let head = RequestHead {
             method,
-            path: headers.get(":path").text().unwrap_or_default(),
+            path: path.text().unwrap_or_default(),
             session_id: session_id.text(),
-            protocol_version: headers.get(VERSION_HEADER).text(),
-            content_type: headers.get("content-type").text(),
-            content_length: headers.get("content-length").text(),
+            protocol_version: protocol_version.text(),
+            content_type: content_type.text(),
+            content_length: content_length.text(),
             session_id_repeated: session_id.repeated(),
             identity_repeated: identity.repeated(),
         };
@@ -393,13 +422,13 @@ impl Exchange {
                 if cfg.identity.is_some() && self.identity.is_none() {
                     return self.reply(plugin, &Rejection::identity_not_found());
                 }
-                let method = method.to_owned();
+                let method = HttpMethod::of(method);
                 let now_ms = plugin.host().now_ms();
                 // The epoch is read before the store, so an end between the two empties the
                 // cache.
                 let epoch = plugin.host().epoch();
                 if let Some(record) = plugin.cached(epoch, &id, self.identity.as_deref(), now_ms) {
-                    return self.on_session(plugin, id, &record, &method, end_of_stream, now_ms);
+                    return self.on_session(plugin, id, &record, method, end_of_stream, now_ms);
                 }
                 self.waiting = Waiting::Lookup {
                     id,
@@ -408,11 +437,11 @@ impl Exchange {
                     epoch,
                     now_ms,
                 };
-                Flow::Store(StoreOp::Lookup {
+                Flow::Store(Box::new(StoreOp::Lookup {
                     id,
                     identity: self.identity.clone(),
                     now_ms,
-                })
+                }))
                 .into()
             }
         }
@@ -423,7 +452,7 @@ impl Exchange {
         plugin: &Plugin<H>,
         id: SessionId,
         record: &Record,
-        method: &str,
+        method: HttpMethod,
         end_of_stream: bool,
         now_ms: u64,
     ) -> Step {
@@ -445,7 +474,7 @@ impl Exchange {
             }
             SessionVerdict::End => {
                 self.waiting = Waiting::Delete;
-                Flow::Store(StoreOp::End { id, now_ms }).into()
+                Flow::Store(Box::new(StoreOp::End { id, now_ms })).into()
             }
         };
         edits.append(&mut step.edits);
@@ -502,11 +531,11 @@ impl Exchange {
             return self.reply(plugin, &Rejection::capacity().with_id(request_id));
         }
         self.waiting = Waiting::Reserve { request_id };
-        Flow::Store(StoreOp::Reserve {
+        Flow::Store(Box::new(StoreOp::Reserve {
             secret,
             identity: self.identity.clone(),
             now_ms: plugin.host().now_ms(),
-        })
+        }))
         .into()
     }
 
@@ -525,7 +554,7 @@ impl Exchange {
             ) => match lookup {
                 Lookup::Live(record, _) => {
                     plugin.remember(epoch, &id, &record);
-                    self.on_session(plugin, id, &record, &method, end_of_stream, now_ms)
+                    self.on_session(plugin, id, &record, method, end_of_stream, now_ms)
                 }
                 Lookup::Expired => {
                     plugin.count(Count::Expired, 1);
@@ -546,11 +575,11 @@ impl Exchange {
                         Flow::Continue.into()
                     } else {
                         self.phase = Phase::Replied;
-                        Flow::Respond(Reply {
+                        Flow::Respond(Box::new(Reply {
                             status: 204,
                             headers: Vec::new(),
                             body: Vec::new(),
-                        })
+                        }))
                         .into()
                     }
                 }
@@ -647,10 +676,10 @@ impl Exchange {
             if status == 404 {
                 // The upstream lost its session: ours is useless now.
                 self.waiting = Waiting::UpstreamGone;
-                return Flow::Store(StoreOp::End {
+                return Flow::Store(Box::new(StoreOp::End {
                     id,
                     now_ms: plugin.host().now_ms(),
-                })
+                }))
                 .into();
             }
             // Never show the client the upstream's own ID.
@@ -658,10 +687,10 @@ impl Exchange {
         }
         let flow = if self.mark_initialized && (200..300).contains(&status) {
             self.waiting = Waiting::Initialized;
-            Flow::Store(StoreOp::MarkInitialized {
+            Flow::Store(Box::new(StoreOp::MarkInitialized {
                 id,
                 now_ms: plugin.host().now_ms(),
-            })
+            }))
         } else {
             Flow::Continue
         };
@@ -674,8 +703,14 @@ impl Exchange {
         headers: &dyn Headers,
         end_of_stream: bool,
     ) -> Step {
-        let status = status_of(headers);
-        let upstream_id = headers.get(SESSION_HEADER).text().map(str::to_owned);
+        let mut found = [Header::default(); 4];
+        headers.find(
+            &[":status", SESSION_HEADER, EXPOSE_HEADER, "content-type"],
+            &mut found,
+        );
+        let [status, upstream_id, expose, content_type] = found;
+        let status = status_number(status);
+        let upstream_id = upstream_id.text().map(str::to_owned);
         let removed = || Step {
             edits: vec![Edit::Response(SESSION_HEADER, None)],
             flow: Flow::Continue,
@@ -701,7 +736,7 @@ impl Exchange {
         };
         init.upstream_id = upstream_id;
         let mut edits = vec![Edit::Response(SESSION_HEADER, Some(init.id.encode()))];
-        match headers.get(EXPOSE_HEADER).text() {
+        match expose.text() {
             Some(list) if list.to_ascii_lowercase().contains(SESSION_HEADER) => {}
             Some(list) if !list.trim().is_empty() => edits.push(Edit::Response(
                 EXPOSE_HEADER,
@@ -709,7 +744,7 @@ impl Exchange {
             )),
             _ => edits.push(Edit::Response(EXPOSE_HEADER, Some(SESSION_HEADER.into()))),
         }
-        let content_type = headers.get("content-type").text().unwrap_or_default();
+        let content_type = content_type.text().unwrap_or_default();
         init.answer = if content_type
             .to_ascii_lowercase()
             .starts_with("text/event-stream")
@@ -792,7 +827,7 @@ impl Exchange {
             },
             Outcome::Error => StoreOp::Release { id: init.id },
         };
-        Flow::Store(op).into()
+        Flow::Store(Box::new(op)).into()
     }
 }
 
@@ -821,9 +856,9 @@ fn read_identity(
 
 /// `:status` as a number; 0 when absent or not a number.
 fn status_of(headers: &dyn Headers) -> u32 {
-    headers
-        .get(":status")
-        .text()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    status_number(headers.get(":status"))
+}
+
+fn status_number(status: Header<'_>) -> u32 {
+    status.text().and_then(|s| s.parse().ok()).unwrap_or(0)
 }

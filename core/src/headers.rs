@@ -35,6 +35,13 @@ impl<'a> Header<'a> {
 /// Header names compare without regard to ASCII case. `None` when the map is malformed.
 pub fn scan<'a, const N: usize>(map: &'a [u8], names: [&str; N]) -> Option<[Header<'a>; N]> {
     let mut found = [Header::default(); N];
+    scan_into(map, &names, &mut found)?;
+    Some(found)
+}
+
+/// [`scan`] into `found` (as long as `names`; entries past it are left alone). `None` when the
+/// map is malformed (then `found` may be partly filled).
+pub fn scan_into<'a>(map: &'a [u8], names: &[&str], found: &mut [Header<'a>]) -> Option<()> {
     let count = read_u32(map, 0)?;
     let sizes_end = count.checked_mul(8)?.checked_add(4)?;
     let mut data = sizes_end;
@@ -54,7 +61,7 @@ pub fn scan<'a, const N: usize>(map: &'a [u8], names: [&str; N]) -> Option<[Head
             }
         }
     }
-    (data <= map.len()).then_some(found)
+    (data <= map.len()).then_some(())
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {

@@ -23,8 +23,18 @@ pub trait Host: SharedData {
 
 /// A request's or a response's headers, read when the machine asks. Names are lowercase.
 pub trait Headers {
+    /// For each of `names`, its first value and how many times it appears, into `found` (as
+    /// long as `names`). One call for all the headers an event needs: a host whose headers
+    /// cost a crossing to read (proxy-wasm) reads them once.
+    fn find<'s>(&'s self, names: &[&str], found: &mut [Header<'s>]);
+
     /// The first value of header `name` and how many times it appears.
-    fn get(&self, name: &str) -> Header<'_>;
+    fn get(&self, name: &str) -> Header<'_> {
+        let mut found = [Header::default()];
+        self.find(&[name], &mut found);
+        let [header] = found;
+        header
+    }
 }
 
 /// Facts the proxy established about a request (Envoy's attributes: `connection.*`,

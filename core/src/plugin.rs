@@ -111,7 +111,7 @@ impl<H: Host> Plugin<H> {
             let Flow::Store(op) = step.flow else {
                 return step;
             };
-            let result = self.execute(op);
+            let result = self.execute(*op);
             let mut next = exchange.step(self, Event::Stored(result));
             step.edits.append(&mut next.edits);
             step.flow = next.flow;

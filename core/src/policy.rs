@@ -113,8 +113,8 @@ pub enum SessionVerdict {
 }
 
 /// Decides on a request whose session was found live.
-pub fn on_session(cfg: &Config, method: &str, record: &Record) -> SessionVerdict {
-    match HttpMethod::of(method) {
+pub fn on_session(cfg: &Config, method: HttpMethod, record: &Record) -> SessionVerdict {
+    match method {
         HttpMethod::Delete => SessionVerdict::End,
         HttpMethod::Post if cfg.enforce_initialized && !record.initialized => {
             SessionVerdict::ReadUninitializedBody
@@ -202,16 +202,22 @@ fn is_json(content_type: Option<&str>) -> bool {
     media.eq_ignore_ascii_case("application/json")
 }
 
+/// The HTTP methods MCP's Streamable HTTP transport uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HttpMethod {
+pub enum HttpMethod {
+    /// POST: a JSON-RPC message.
     Post,
+    /// GET: a server-to-client stream.
     Get,
+    /// DELETE: end the session.
     Delete,
+    /// Anything else: not session traffic.
     Other,
 }
 
 impl HttpMethod {
-    fn of(method: &str) -> HttpMethod {
+    /// The method named `method` (case-sensitive, as HTTP methods are).
+    pub fn of(method: &str) -> HttpMethod {
         match method {
             "POST" => HttpMethod::Post,
             "GET" => HttpMethod::Get,
@@ -529,16 +535,28 @@ mod tests {
         };
         let c = cfg("{}");
         assert_eq!(
-            on_session(&c, "POST", &record),
+            on_session(&c, HttpMethod::Post, &record),
             SessionVerdict::ReadUninitializedBody
         );
-        assert_eq!(on_session(&c, "GET", &record), SessionVerdict::Forward);
-        assert_eq!(on_session(&c, "DELETE", &record), SessionVerdict::End);
+        assert_eq!(
+            on_session(&c, HttpMethod::Get, &record),
+            SessionVerdict::Forward
+        );
+        assert_eq!(
+            on_session(&c, HttpMethod::Delete, &record),
+            SessionVerdict::End
+        );
         let lax = cfg(r#"{"enforce_initialized":false}"#);
-        assert_eq!(on_session(&lax, "POST", &record), SessionVerdict::Forward);
+        assert_eq!(
+            on_session(&lax, HttpMethod::Post, &record),
+            SessionVerdict::Forward
+        );
         let mut done = record.clone();
         done.initialized = true;
-        assert_eq!(on_session(&c, "POST", &done), SessionVerdict::Forward);
+        assert_eq!(
+            on_session(&c, HttpMethod::Post, &done),
+            SessionVerdict::Forward
+        );
 
         let cases: Vec<(&[u8], UninitializedBody)> = vec![
             (

@@ -446,17 +446,17 @@ impl HeaderList {
 }
 
 impl Headers for HeaderList {
-    fn get(&self, name: &str) -> Header<'_> {
-        let mut found = Header::default();
-        for (k, v) in &self.0 {
-            if !name.is_empty() && k.eq_ignore_ascii_case(name) {
-                if found.value.is_none() {
-                    found.value = Some(v.as_bytes());
+    fn find<'s>(&'s self, names: &[&str], found: &mut [Header<'s>]) {
+        for (name, slot) in names.iter().zip(found.iter_mut()) {
+            for (k, v) in &self.0 {
+                if !name.is_empty() && k.eq_ignore_ascii_case(name) {
+                    if slot.value.is_none() {
+                        slot.value = Some(v.as_bytes());
+                    }
+                    slot.count = slot.count.saturating_add(1);
                 }
-                found.count = found.count.saturating_add(1);
             }
         }
-        found
     }
 }
 
@@ -712,7 +712,7 @@ fn apply(step: Step, headers: &mut HeaderList) -> Option<Reply> {
         }
     }
     match step.flow {
-        Flow::Respond(reply) => Some(reply),
+        Flow::Respond(reply) => Some(*reply),
         Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Wait => None,
     }
 }
@@ -725,7 +725,7 @@ fn apply_response(step: Step, headers: &mut HeaderList) -> Option<Reply> {
         }
     }
     match step.flow {
-        Flow::Respond(reply) => Some(reply),
+        Flow::Respond(reply) => Some(*reply),
         Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Wait => None,
     }
 }

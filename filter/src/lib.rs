@@ -179,6 +179,9 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.exchange.reads_request_body() {
+            return Action::Continue;
+        }
         let body = || buffer(BufferType::HttpRequestBody, body_size);
         self.feed(Event::RequestBody {
             size: body_size,
@@ -196,6 +199,9 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.exchange.reads_response_body() {
+            return Action::Continue;
+        }
         let body = || buffer(BufferType::HttpResponseBody, body_size);
         self.feed(Event::ResponseBody {
             size: body_size,
@@ -205,7 +211,9 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
-        let _ = self.feed(Event::Done);
+        if self.exchange.holds_reservation() {
+            let _ = self.feed(Event::Done);
+        }
     }
 }
 
@@ -228,7 +236,7 @@ fn apply(step: Step) -> Action {
     match step.flow {
         Flow::Continue => Action::Continue,
         Flow::Pause | Flow::Wait => Action::Pause,
-        Flow::Respond(reply) => respond(reply),
+        Flow::Respond(reply) => respond(*reply),
         Flow::Store(_) => {
             error!("a store operation reached the adapter; letting traffic go on");
             Action::Continue
@@ -282,9 +290,11 @@ impl HeaderMap {
 }
 
 impl Headers for HeaderMap {
-    fn get(&self, name: &str) -> Header<'_> {
+    fn find<'s>(&'s self, names: &[&str], found: &mut [Header<'s>]) {
         let map = self.map.get_or_init(|| read_header_map(self.kind));
-        headers::scan(map, [name]).map_or_else(Header::default, |[found]| found)
+        if headers::scan_into(map, names, found).is_none() {
+            found.fill(Header::default()); // a malformed map: as if the headers were absent
+        }
     }
 }
 
