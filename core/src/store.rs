@@ -174,7 +174,7 @@ impl Source {
 /// claim (a CAS that requires the slot still free) finds out. Fresh slots the worker has not
 /// used when its configuration goes away are handed back with [`Store::return_pool`]; a VM that
 /// crashes loses at most one block.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotPool {
     fresh: Vec<u32>,
     freed: Vec<u32>,
@@ -182,25 +182,43 @@ pub struct SlotPool {
     high: u32,
     /// Slots taken per grant or batch (1 for no pooling).
     block: u32,
+    /// A grant takes at most 1/`spread` of the room left below the limit.
+    spread: u32,
+}
+
+impl Default for SlotPool {
+    /// [`SlotPool::new`].
+    fn default() -> SlotPool {
+        SlotPool::new()
+    }
 }
 
 impl SlotPool {
     /// Most slots a worker takes at once.
     pub const BLOCK: u32 = 8;
 
+    /// Of the room left below the limit, the share a grant takes at most (1/64).
+    pub const SPREAD: u32 = 64;
+
     /// A pool taking up to [`SlotPool::BLOCK`] slots at once.
     pub fn new() -> SlotPool {
-        SlotPool {
-            block: SlotPool::BLOCK,
-            ..SlotPool::default()
-        }
+        SlotPool::with(SlotPool::BLOCK, SlotPool::SPREAD)
     }
 
     /// No pooling: one slot per grant and per hint pop (the store's behaviour without a pool).
     pub fn unpooled() -> SlotPool {
+        SlotPool::with(1, SlotPool::SPREAD)
+    }
+
+    /// A pool taking up to `block` slots at once, and a grant at most 1/`spread` of the room
+    /// (tests use a spread of 1 to make small tables hand out whole blocks).
+    pub fn with(block: u32, spread: u32) -> SlotPool {
         SlotPool {
-            block: 1,
-            ..SlotPool::default()
+            fresh: Vec::new(),
+            freed: Vec::new(),
+            high: 0,
+            block: block.max(1),
+            spread: spread.max(1),
         }
     }
 
@@ -376,7 +394,7 @@ impl<S: SharedData> Store<S> {
             if room == 0 {
                 return false;
             }
-            let n = (room / 64).clamp(1, pool.block.max(1));
+            let n = (room / pool.spread.max(1)).clamp(1, pool.block.max(1));
             let Some(next) = high.checked_add(n) else {
                 return false;
             };

@@ -6,16 +6,22 @@
 //! worker may run a whole operation of its own, which is exactly the window a real race
 //! opens. The reference model of which sessions exist (`testkit::StoreModel`, which the
 //! store fuzz target checks against too) is checked after every step, over thousands of
-//! seeded random schedules. At the end of each schedule, a table filled to its limit must
-//! hand out a slot freed by DELETE to the very next initialize.
+//! seeded random schedules. The two workers (the one in flight and the one that preempts it)
+//! reserve through pools of their own (`SlotPool`: blocks of fresh slots, batches of freed
+//! ones, slots taken from another pool at the limit), and activate young reservations with
+//! the unconditional write: a clobbered session shows up as a live session not found. At the
+//! end of each schedule, a table filled to its limit must hand out a slot freed by DELETE to
+//! the very next initialize.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use mcp_session_core::record::Record;
 use mcp_session_core::session_id::SessionId;
-use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store, WriteError};
+use mcp_session_core::store::{
+    slot_key, Ended, Limits, Lookup, SharedData, SlotPool, Store, WriteError,
+};
 use mcp_session_core::testkit::{live_records, FakeShared, Known, KnownState, Rng, StoreModel, T0};
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 const IDLE: u64 = 2_000;
@@ -47,6 +53,14 @@ struct World {
     freed_from: Cell<Option<KnownState>>,
     /// How often each outcome came up, so the test can show it reached them all.
     tally: RefCell<BTreeMap<&'static str, u64>>,
+    /// The slot pools of the worker in flight (0) and of the one preempting it (1).
+    pools: [RefCell<SlotPool>; 2],
+    /// The reservations answered as the filter answers them: only by the exchange that made
+    /// them, once, and activated with the unconditional write of their pending record while
+    /// young. The flag: that answer is in flight (no other worker may answer it meanwhile,
+    /// as no other exchange knows its secret). The others are answered by whichever worker
+    /// picks them, possibly two at once (the compare-and-swap decides).
+    reserved: RefCell<HashMap<(u32, [u8; 16]), (Record, bool)>>,
 }
 
 fn count(world: &Rc<World>, outcome: &'static str) {
@@ -139,14 +153,40 @@ fn step(world: &Rc<World>) {
     let s = store(world);
     match op {
         0..=24 => {
-            // initialize: reserve, and (usually) activate at once.
+            // initialize: reserve, and (usually) activate at once; through this worker's pool
+            // (with a few probes) half of the time.
             let mut secret = [0u8; 16];
             world.rng.borrow_mut().fill(&mut secret);
             let mut probe_rng = Rng::new(world.rng.borrow_mut().next_u64());
-            let Some(r) = s.reserve(now, secret, None, &mut probe_rng.probes()) else {
+            let pooled = world.rng.borrow_mut().below(2) == 0;
+            let probes = world.rng.borrow_mut().below(3) as u32;
+            let reservation = if pooled {
+                let worker = world.depth.get().min(1) as usize;
+                let mut pool = world.pools[worker].borrow_mut();
+                s.reserve_pooled(
+                    now,
+                    secret,
+                    None,
+                    &mut probe_rng.probes(),
+                    probes,
+                    &mut pool,
+                )
+            } else {
+                s.reserve(now, secret, None, &mut probe_rng.probes())
+            };
+            let Some(r) = reservation else {
                 count(world, "reserve refused");
                 return;
             };
+            if pooled {
+                count(world, "reserve pooled");
+            }
+            if world.rng.borrow_mut().below(2) == 0 {
+                world
+                    .reserved
+                    .borrow_mut()
+                    .insert((r.id.slot, r.id.secret), (r.record.clone(), false));
+            }
             count(world, "reserve");
             if r.expired > 0 {
                 count(world, "reserve reclaimed an expired session");
@@ -178,13 +218,36 @@ fn step(world: &Rc<World>) {
             if k.state != KnownState::Pending {
                 return;
             }
-            if world.rng.borrow_mut().below(5) == 0 {
+            // A reservation with a single owner: only that owner answers it, once.
+            let owned = {
+                let mut reserved = world.reserved.borrow_mut();
+                match reserved.get_mut(&(id.slot, id.secret)) {
+                    Some((_, true)) => return, // its owner is answering it right now
+                    Some((record, in_flight)) => {
+                        *in_flight = true;
+                        Some(record.clone())
+                    }
+                    None => None,
+                }
+            };
+            let answer = if world.rng.borrow_mut().below(5) == 0 {
                 let (released, prior) = freeing(world, id, || s.release(&id));
                 if released {
                     count(world, "release");
                     assert_eq!(prior, Some(KnownState::Pending), "released {k:?}");
                 }
-            } else if s.activate(&id, now, None) {
+                None
+            } else if let Some(record) = &owned {
+                count(world, "activate reserved");
+                Some(s.activate_reserved(&id, record, now, None))
+            } else {
+                Some(s.activate(&id, now, None))
+            };
+            if owned.is_some() {
+                world.reserved.borrow_mut().remove(&(id.slot, id.secret));
+            }
+            let Some(activated) = answer else { return };
+            if activated {
                 count(world, "activate");
                 world.model.borrow_mut().activated(&id, now);
             } else {
@@ -290,7 +353,17 @@ fn step(world: &Rc<World>) {
                 world.model.borrow_mut().used(&k.id, now);
             }
         }
-        85..=92 => {
+        85 => {
+            // A configuration goes away: its worker hands its pool back.
+            let worker = world.depth.get().min(1) as usize;
+            if let Ok(mut pool) = world.pools[worker].try_borrow_mut() {
+                if !pool.is_empty() {
+                    count(world, "pool returned");
+                }
+                s.return_pool(&mut pool);
+            }
+        }
+        86..=92 => {
             let report = s.sweep(now);
             if report.expired > 0 {
                 count(world, "sweep expired");
@@ -320,6 +393,9 @@ fn run(seed: u64, steps: usize, preempt_percent: u64) -> BTreeMap<&'static str, 
         freeing: Cell::new(None),
         freed_from: Cell::new(None),
         tally: RefCell::new(BTreeMap::new()),
+        // Spread 1: small tables hand out whole blocks, so pools hold most of the table.
+        pools: [0, 1].map(|_| RefCell::new(SlotPool::with(SlotPool::BLOCK, 1))),
+        reserved: RefCell::new(HashMap::new()),
     });
     for _ in 0..steps {
         step(&world);
@@ -335,9 +411,13 @@ fn run(seed: u64, steps: usize, preempt_percent: u64) -> BTreeMap<&'static str, 
         live_records(&world.shared, high),
         "seed {seed}: the live gauge drifted from the store"
     );
-    // Far in the future, sweeps reclaim everything and the gauge returns to zero.
+    // Far in the future, sweeps reclaim everything and the gauge returns to zero. The workers'
+    // configurations go away first, handing their pools back.
     world.depth.set(1);
     let s = store(&world);
+    for pool in &world.pools {
+        s.return_pool(&mut pool.borrow_mut());
+    }
     let mut later = world.now.get() + LIFETIME + IDLE;
     for _ in 0..4 {
         later += 1_000;
@@ -396,9 +476,12 @@ fn run(seed: u64, steps: usize, preempt_percent: u64) -> BTreeMap<&'static str, 
 
 /// Every outcome the schedules must reach, with the fewest times each must come up over all
 /// of them (a tenth or less of what they reach).
-const REACHED: [(&str, u64); 15] = [
+const REACHED: [(&str, u64); 18] = [
     ("preempted", 100_000),
     ("reserve", 10_000),
+    ("reserve pooled", 5_000),
+    ("activate reserved", 1_000),
+    ("pool returned", 500),
     ("reserve refused", 50_000),
     ("reserve reclaimed an expired session", 300),
     ("release", 1_000),
