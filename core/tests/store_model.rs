@@ -37,6 +37,10 @@ fn limits() -> Limits {
     }
 }
 
+/// Reservations answered by their owner only: (slot, secret) to the pending record, and
+/// whether the owner's answer is in flight.
+type Owned = HashMap<(u32, [u8; 16]), (Record, bool)>;
+
 struct World {
     shared: FakeShared,
     now: Cell<u64>,
@@ -60,7 +64,7 @@ struct World {
     /// young. The flag: that answer is in flight (no other worker may answer it meanwhile,
     /// as no other exchange knows its secret). The others are answered by whichever worker
     /// picks them, possibly two at once (the compare-and-swap decides).
-    reserved: RefCell<HashMap<(u32, [u8; 16]), (Record, bool)>>,
+    reserved: RefCell<Owned>,
 }
 
 fn count(world: &Rc<World>, outcome: &'static str) {
