@@ -310,6 +310,14 @@ impl Exchange {
         )
     }
 
+    /// Whether the response headers event would do anything: an `initialize` in flight, a
+    /// session whose upstream ID is replaced, or a `notifications/initialized` to record.
+    pub fn reads_response_headers(&self) -> bool {
+        self.phase != Phase::Replied
+            && (self.initialize.is_some()
+                || (self.session.is_some() && (self.mapped || self.mark_initialized)))
+    }
+
     /// Whether response body events would do anything (an `initialize` answer is being read).
     pub fn reads_response_body(&self) -> bool {
         self.initialize.is_some()

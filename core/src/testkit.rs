@@ -569,7 +569,8 @@ pub enum Chunks {
 
 /// Runs exchanges through a [`Plugin`] as Envoy calls the filter: request headers, the body
 /// (buffered while the filter pauses), the upstream, response headers, the response body,
-/// then the end of the stream. Header edits are applied as Envoy applies them.
+/// then the end of the stream. Header edits are applied as Envoy applies them, and the events
+/// the machine says it does not need are skipped, as the Envoy adapter skips them.
 pub struct Envoy<'p, H: Host> {
     /// The worker's plugin.
     pub plugin: &'p Plugin<H>,
@@ -595,7 +596,9 @@ impl<'p, H: Host> Envoy<'p, H> {
     ) -> Response {
         let mut exchange = Exchange::new();
         let response = self.run(&mut exchange, &mut request, upstream);
-        let _ = self.plugin.on_event(&mut exchange, Event::Done);
+        if exchange.holds_reservation() {
+            let _ = self.plugin.on_event(&mut exchange, Event::Done);
+        }
         response
     }
 
@@ -621,6 +624,9 @@ impl<'p, H: Host> Envoy<'p, H> {
             let pieces = pieces(&request.body, self.chunks);
             let mut buffered: Vec<u8> = Vec::new();
             for (i, piece) in pieces.iter().enumerate() {
+                if !exchange.reads_request_body() {
+                    continue; // passed on untouched
+                }
                 buffered.extend_from_slice(piece);
                 let end = i + 1 == pieces.len();
                 let whole = buffered.clone();
@@ -648,15 +654,17 @@ impl<'p, H: Host> Envoy<'p, H> {
             .0
             .insert(0, (":status".into(), response.status.to_string()));
         let no_body = response.body.is_empty();
-        let step = self.plugin.on_event(
-            exchange,
-            Event::ResponseHeaders {
-                headers: &headers,
-                end_of_stream: no_body,
-            },
-        );
-        if let Some(reply) = apply_response(step, &mut response.headers) {
-            return local(reply);
+        if exchange.reads_response_headers() {
+            let step = self.plugin.on_event(
+                exchange,
+                Event::ResponseHeaders {
+                    headers: &headers,
+                    end_of_stream: no_body,
+                },
+            );
+            if let Some(reply) = apply_response(step, &mut response.headers) {
+                return local(reply);
+            }
         }
         let body = response.body.clone();
         let pieces = if no_body {
@@ -665,6 +673,9 @@ impl<'p, H: Host> Envoy<'p, H> {
             pieces(&body, self.chunks)
         };
         for (i, piece) in pieces.iter().enumerate() {
+            if !exchange.reads_response_body() {
+                continue;
+            }
             let end = i + 1 == pieces.len();
             let chunk = piece.to_vec();
             let read = move || chunk.clone();

@@ -191,6 +191,9 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if !self.exchange.reads_response_headers() {
+            return Action::Continue;
+        }
         let headers = HeaderMap::new(MapType::HttpResponseHeaders);
         self.feed(Event::ResponseHeaders {
             headers: &headers,
