@@ -295,11 +295,6 @@ impl Exchange {
         }
     }
 
-    /// Whether the machine waits for a store answer.
-    pub fn is_waiting(&self) -> bool {
-        self.waiting != Waiting::Nothing
-    }
-
     /// Whether request body events would do anything: a host may skip them otherwise (the
     /// machine answers them with `Continue`), saving the crossing into the machine on every
     /// chunk of every request on a session.
@@ -666,8 +661,9 @@ impl Exchange {
         headers: &dyn Headers,
         end_of_stream: bool,
     ) -> Step {
-        if self.phase == Phase::Replied {
-            return Flow::Continue.into();
+        // The same test the host uses to skip this event: one place says when it matters.
+        if !self.reads_response_headers() {
+            return Flow::Continue.into(); // the hot path: nothing to do
         }
         if self.initialize.is_some() {
             return self.on_initialize_response(plugin, headers, end_of_stream);
@@ -675,9 +671,6 @@ impl Exchange {
         let Some(id) = self.session else {
             return Flow::Continue.into();
         };
-        if !self.mapped && !self.mark_initialized {
-            return Flow::Continue.into(); // the hot path: nothing to do
-        }
         let status = status_of(headers);
         let mut edits = Vec::new();
         if self.mapped {
