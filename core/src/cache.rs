@@ -51,9 +51,31 @@ impl SessionCache {
         now_ms: u64,
         limits: &Limits,
     ) -> Option<&Record> {
+        self.get_within(
+            epoch,
+            id,
+            identity,
+            now_ms,
+            limits,
+            limits.touch_interval_ms(),
+        )
+    }
+
+    /// [`SessionCache::get`] for an entry whose `last_seen` is less than `trust_ms` old (the
+    /// etcd store trusts its entries for a touch interval while its watch is healthy, and for
+    /// a second otherwise).
+    pub fn get_within(
+        &mut self,
+        epoch: u64,
+        id: &SessionId,
+        identity: Option<&[u8]>,
+        now_ms: u64,
+        limits: &Limits,
+        trust_ms: u64,
+    ) -> Option<&Record> {
         self.sync(epoch);
         let record = self.entries.get(&id.slot)?;
-        let young = now_ms.saturating_sub(record.last_seen_ms) < limits.touch_interval_ms();
+        let young = now_ms.saturating_sub(record.last_seen_ms) < trust_ms;
         let usable = young
             && record.secret_matches(&id.secret)
             && !record.expired(now_ms, limits.idle_ms, limits.lifetime_ms)
@@ -72,6 +94,17 @@ impl SessionCache {
             self.entries.clear();
         }
         self.entries.insert(slot, record);
+    }
+
+    /// Forgets every session (a session ended elsewhere).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// Forgets session `id`, returning its record if held.
+    pub fn take(&mut self, id: &SessionId) -> Option<Record> {
+        let record = self.entries.remove(&id.slot)?;
+        record.secret_matches(&id.secret).then_some(record)
     }
 
     /// Sessions held.

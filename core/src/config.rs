@@ -44,6 +44,60 @@ pub struct RawConfig {
     /// Mint nothing, validate nothing, pass everything through.
     #[serde(default)]
     pub stateless: bool,
+    /// Where sessions are kept; absent: this Envoy's shared data.
+    #[serde(default)]
+    pub store: Option<RawStore>,
+    /// Request header that carries the upstream host which answered the session's
+    /// `initialize`, for `envoy.load_balancing_policies.override_host`.
+    #[serde(default)]
+    pub affinity_header: Option<String>,
+}
+
+/// `store` as written: one backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// etcd v3, reached over gRPC through an Envoy cluster.
+    pub etcd: RawEtcd,
+}
+
+/// `store.etcd` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    /// The Envoy cluster (HTTP/2) that reaches the etcd members.
+    pub cluster: String,
+    /// Key prefix of the session records.
+    #[serde(default = "defaults::prefix")]
+    pub prefix: String,
+    /// Deadline of one call to etcd.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    /// What to do when etcd cannot answer: `reject` (503) or `local`.
+    #[serde(default = "defaults::unavailable")]
+    pub unavailable: String,
+}
+
+/// Where sessions are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// This Envoy's shared data (one Envoy).
+    Local,
+    /// etcd (every Envoy of a fleet).
+    Etcd(EtcdConfig),
+}
+
+/// The etcd store's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// Envoy cluster name.
+    pub cluster: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Deadline of one call, ms.
+    pub timeout_ms: u64,
+    /// When etcd cannot answer: serve from this Envoy's memory (`true`) or refuse with 503.
+    pub fall_back_to_local: bool,
 }
 
 /// `identity_jwt` as written.
@@ -138,6 +192,15 @@ mod defaults {
     pub fn yes() -> bool {
         true
     }
+    pub fn prefix() -> String {
+        "mcp-sessions/".into()
+    }
+    pub fn timeout_ms() -> u64 {
+        1000
+    }
+    pub fn unavailable() -> String {
+        "reject".into()
+    }
 }
 
 /// Upper bounds that keep arithmetic and memory sane; generous for any real deployment.
@@ -166,6 +229,10 @@ pub struct Config {
     pub enforce_initialized: bool,
     /// Pass-through mode.
     pub stateless: bool,
+    /// Where sessions are kept.
+    pub store: StoreConfig,
+    /// Request header set to the upstream host that answered `initialize` (lowercase).
+    pub affinity_header: Option<String>,
 }
 
 /// Why a configuration was refused; the message names the key.
@@ -237,6 +304,8 @@ fn empty_raw() -> RawConfig {
         allow_delete: true,
         enforce_initialized: true,
         stateless: false,
+        store: None,
+        affinity_header: None,
     }
 }
 
@@ -316,6 +385,38 @@ impl TryFrom<RawConfig> for Config {
         } else {
             None
         };
+        let store = match raw.store {
+            None => StoreConfig::Local,
+            Some(RawStore { etcd }) => {
+                if etcd.cluster.is_empty() {
+                    return bad("store.etcd.cluster", "must name an Envoy cluster");
+                }
+                if etcd.prefix.is_empty() {
+                    return bad("store.etcd.prefix", "must not be empty");
+                }
+                if !(10..=60_000).contains(&etcd.timeout_ms) {
+                    return bad("store.etcd.timeout_ms", "must be from 10 to 60000");
+                }
+                let fall_back_to_local = match etcd.unavailable.as_str() {
+                    "reject" => false,
+                    "local" => true,
+                    _ => return bad("store.etcd.unavailable", "must be \"reject\" or \"local\""),
+                };
+                StoreConfig::Etcd(EtcdConfig {
+                    cluster: etcd.cluster,
+                    prefix: etcd.prefix,
+                    timeout_ms: etcd.timeout_ms,
+                    fall_back_to_local,
+                })
+            }
+        };
+        let affinity_header = match raw.affinity_header {
+            Some(name) if !is_header_name(&name) || name.starts_with(':') => {
+                return bad("affinity_header", "must be a non-empty HTTP header name");
+            }
+            Some(name) => Some(name.to_ascii_lowercase()),
+            None => None,
+        };
         Ok(Config {
             paths: raw.paths,
             idle_timeout_ms: raw.idle_timeout_seconds * 1000,
@@ -326,6 +427,8 @@ impl TryFrom<RawConfig> for Config {
             allow_delete: raw.allow_delete,
             enforce_initialized: raw.enforce_initialized,
             stateless: raw.stateless,
+            store,
+            affinity_header,
         })
     }
 }

@@ -5,14 +5,15 @@
 //! gets back: header edits, then continue, pause or answer locally. When the machine needs
 //! the session store it returns [`Flow::Store`] with a [`StoreOp`] and waits; the answer comes
 //! back as [`Event::Stored`]. [`crate::plugin::Plugin::on_event`] runs the local store's
-//! operations at once and feeds their answers straight back, so the adapter only ever sees
-//! continue, pause or answer; a store that answers later, over the network, drives the same
-//! machine through the same event.
+//! operations at once and feeds their answers straight back; the etcd store's operations
+//! become [`Flow::Call`]s the adapter makes and answers through
+//! [`crate::plugin::Plugin::on_reply`], which drives the same machine through the same event.
 //!
 //! The decisions themselves are pure functions in [`crate::policy`]; this file sequences them
 //! with the store, the worker's cache and the stats.
 
 use crate::config::IdentitySource;
+use crate::etcd::{Call, Flight};
 use crate::headers::Header;
 use crate::host::{Attributes, Headers, Host};
 use crate::message::{json_outcome, Outcome, RequestId, SseScanner};
@@ -58,6 +59,9 @@ pub enum Event<'a> {
     ResponseHeaders {
         /// The headers (`:status` among them).
         headers: &'a dyn Headers,
+        /// What the proxy knows about the exchange (read only for `upstream.address`, when
+        /// an `initialize` is answered and `affinity_header` is set).
+        attributes: &'a dyn Attributes,
         /// No body follows.
         end_of_stream: bool,
     },
@@ -141,6 +145,8 @@ pub enum StoreResult {
     Reserved(Option<Reservation>),
     /// To the others: whether the change was made.
     Done(bool),
+    /// The store could not answer (etcd unreachable, too slow, without a leader).
+    Unavailable,
 }
 
 /// A header change to make before the flow goes on.
@@ -150,6 +156,8 @@ pub enum Edit {
     Request(&'static str, String),
     /// Set a response header, or remove it (`None`).
     Response(&'static str, Option<String>),
+    /// Set the configured `affinity_header` on the request, or remove it (`None`).
+    Affinity(Option<String>),
 }
 
 /// A local answer.
@@ -174,8 +182,9 @@ pub enum Flow {
     Respond(Box<Reply>),
     /// Run this store operation and feed its answer back as [`Event::Stored`].
     Store(Box<StoreOp>),
-    /// A store operation is under way: hold the stream until its answer is fed back.
-    Wait,
+    /// Hold the stream, make this call to the etcd store's cluster, and feed its answer to
+    /// [`crate::plugin::Plugin::on_reply`].
+    Call(Box<Call>),
 }
 
 /// The machine's answer to one event.
@@ -233,7 +242,10 @@ enum Waiting {
     /// A new session for an `initialize` with this request id.
     Reserve { request_id: RequestId },
     /// The decision on an `initialize`'s answer.
-    Initialize { outcome: Outcome },
+    Initialize {
+        outcome: Outcome,
+        request_id: RequestId,
+    },
     /// `notifications/initialized` went through.
     Initialized,
     /// The upstream answered 404 on a mapped session.
@@ -244,6 +256,7 @@ enum Waiting {
 #[derive(Debug)]
 struct Initialize {
     id: SessionId,
+    request_id: RequestId,
     reserved: Record,
     upstream_id: Option<String>,
     answer: Answer,
@@ -273,6 +286,8 @@ pub struct Exchange {
     mark_initialized: bool,
     /// The identity header's value, read with the request headers.
     identity: Option<Vec<u8>>,
+    /// The etcd operation in flight, if any.
+    pub(crate) flight: Option<Box<Flight>>,
 }
 
 impl Default for Exchange {
@@ -292,6 +307,7 @@ impl Exchange {
             initialize: None,
             mark_initialized: false,
             identity: None,
+            flight: None,
         }
     }
 
@@ -339,8 +355,9 @@ impl Exchange {
             } => self.on_request_body(plugin, size, end_of_stream, body),
             Event::ResponseHeaders {
                 headers,
+                attributes,
                 end_of_stream,
-            } => self.on_response_headers(plugin, headers, end_of_stream),
+            } => self.on_response_headers(plugin, headers, attributes, end_of_stream),
             Event::ResponseBody {
                 size,
                 end_of_stream,
@@ -415,10 +432,16 @@ impl Exchange {
                 // Headers go on now (holding them would stop body callbacks on hosts without
                 // allow_on_headers_stop_iteration); the body is held until it is complete.
                 self.phase = Phase::SessionlessBody;
-                if end_of_stream {
-                    return self.on_complete_body(plugin, &[]);
+                let mut step = if end_of_stream {
+                    self.on_complete_body(plugin, &[])
+                } else {
+                    Flow::Continue.into()
+                };
+                if cfg.affinity_header.is_some() {
+                    // The client's own copy never steers a request.
+                    step.edits.insert(0, Edit::Affinity(None));
                 }
-                Flow::Continue.into()
+                step
             }
             HeadVerdict::Session { id } => {
                 self.identity = read_identity(cfg.identity.as_ref(), identity, attributes);
@@ -464,6 +487,9 @@ impl Exchange {
         let mut edits = Vec::new();
         if let Some(upstream) = &record.upstream_id {
             edits.push(Edit::Request(SESSION_HEADER, upstream.clone()));
+        }
+        if plugin.config().affinity_header.is_some() {
+            edits.push(Edit::Affinity(record.upstream_host.clone()));
         }
         let mut step = match policy::on_session(plugin.config(), method, record) {
             SessionVerdict::Forward => Flow::Continue.into(),
@@ -598,6 +624,7 @@ impl Exchange {
                         plugin.count(Count::Expired, reservation.expired);
                         self.initialize = Some(Initialize {
                             id: reservation.id,
+                            request_id,
                             reserved: reservation.record,
                             upstream_id: None,
                             answer: Answer::Awaiting,
@@ -614,7 +641,7 @@ impl Exchange {
                     }
                 }
             }
-            (Waiting::Initialize { outcome }, StoreResult::Done(done)) => {
+            (Waiting::Initialize { outcome, .. }, StoreResult::Done(done)) => {
                 if let Some(id) = &self.session {
                     match (outcome, done) {
                         (Outcome::Result, true) => {
@@ -647,6 +674,20 @@ impl Exchange {
                 Flow::Continue.into()
             }
             (Waiting::Initialized, StoreResult::Done(_)) => Flow::Continue.into(),
+            (Waiting::Lookup { .. } | Waiting::Delete, StoreResult::Unavailable) => {
+                self.reply(plugin, &Rejection::unavailable())
+            }
+            (
+                Waiting::Initialize {
+                    outcome: Outcome::Result,
+                    request_id,
+                },
+                StoreResult::Unavailable,
+            ) => {
+                // The session could not be committed: the client must not get its ID.
+                warn!("initialize answered, but the session store cannot record the session");
+                self.reply(plugin, &Rejection::unavailable().with_id(request_id))
+            }
             (waiting, result) => {
                 // A host that answers the wrong question: never expected; let traffic go on.
                 warn!("store answer {result:?} does not fit {waiting:?}");
@@ -659,6 +700,7 @@ impl Exchange {
         &mut self,
         plugin: &Plugin<H>,
         headers: &dyn Headers,
+        attributes: &dyn Attributes,
         end_of_stream: bool,
     ) -> Step {
         // The same test the host uses to skip this event: one place says when it matters.
@@ -666,7 +708,7 @@ impl Exchange {
             return Flow::Continue.into(); // the hot path: nothing to do
         }
         if self.initialize.is_some() {
-            return self.on_initialize_response(plugin, headers, end_of_stream);
+            return self.on_initialize_response(plugin, headers, attributes, end_of_stream);
         }
         let Some(id) = self.session else {
             return Flow::Continue.into();
@@ -702,6 +744,7 @@ impl Exchange {
         &mut self,
         plugin: &Plugin<H>,
         headers: &dyn Headers,
+        attributes: &dyn Attributes,
         end_of_stream: bool,
     ) -> Step {
         let mut found = [Header::default(); 4];
@@ -736,6 +779,12 @@ impl Exchange {
             return Flow::Continue.into();
         };
         init.upstream_id = upstream_id;
+        if plugin.config().affinity_header.is_some() {
+            init.reserved.upstream_host = attributes
+                .get(&["upstream", "address"])
+                .and_then(|v| String::from_utf8(v).ok())
+                .filter(|v| !v.is_empty() && v.len() <= MAX_UPSTREAM_ID);
+        }
         let mut edits = vec![Edit::Response(SESSION_HEADER, Some(init.id.encode()))];
         match expose.text() {
             Some(list) if list.to_ascii_lowercase().contains(SESSION_HEADER) => {}
@@ -778,7 +827,17 @@ impl Exchange {
         let outcome = match &mut init.answer {
             Answer::Awaiting => return Flow::Continue.into(),
             Answer::Json(buffer) => {
-                buffer.extend_from_slice(&body());
+                if plugin.remote().is_some() {
+                    // The etcd store commits the session before the answer leaves: the body
+                    // is held (the host buffers it, and `body()` reads all of it so far)
+                    // until the decision and its write.
+                    *buffer = body();
+                    if buffer.len() <= limit && !end_of_stream {
+                        return Flow::Pause.into();
+                    }
+                } else {
+                    buffer.extend_from_slice(&body());
+                }
                 if buffer.len() > limit {
                     Some(Outcome::Result) // too big to read: give it the benefit of the doubt
                 } else if end_of_stream {
@@ -818,7 +877,10 @@ impl Exchange {
             return Flow::Continue.into();
         };
         self.session = Some(init.id);
-        self.waiting = Waiting::Initialize { outcome };
+        self.waiting = Waiting::Initialize {
+            outcome,
+            request_id: init.request_id,
+        };
         let op = match outcome {
             Outcome::Result => StoreOp::Activate {
                 id: init.id,

@@ -9,6 +9,7 @@
 //! - [`host`]: the small [`host::Host`] trait the logic needs from a proxy.
 //! - [`policy`], [`message`], [`protocol`], [`rejection`]: the decisions, as pure functions.
 //! - [`store`], [`record`], [`session_id`], [`cache`]: the sessions.
+//! - [`etcd`]: the etcd store (every Envoy of a fleet): its calls and answers, no I/O.
 //! - [`config`]: the configuration, parsed and checked.
 //! - [`testkit`]: the fake host and helpers shared by every test and fuzz target.
 //!
@@ -27,6 +28,7 @@
 pub mod cache;
 pub mod config;
 pub mod digest;
+pub mod etcd;
 pub mod exchange;
 pub mod headers;
 pub mod host;

@@ -18,6 +18,9 @@ pub const LIVE: &str = "mcp_session.live";
 /// moment ago may still be served without reading the store (src/cache.rs).
 pub const EPOCH: &str = "mcp_session.epoch";
 
+/// Gauge: this Envoy's VMs whose watch on the etcd store is up.
+pub const WATCH_UP: &str = "mcp_session.store.watch_up";
+
 /// The counter name for a rejection reason.
 pub fn rejected(reason: Reason) -> String {
     format!("mcp_session.rejected.{}", reason.name())
@@ -38,6 +41,62 @@ pub enum Event {
     Rejected(Reason),
 }
 
+/// What the etcd store counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreStat {
+    /// Calls made to etcd (retries included).
+    Calls,
+    /// Calls that failed (unreachable, timed out, no leader, undecodable).
+    Errors,
+    /// Calls made again on another member after a failure.
+    Retries,
+    /// Operations served from this Envoy's memory because etcd could not answer
+    /// (`unavailable: local`).
+    Fallbacks,
+    /// Watch streams (re)opened.
+    WatchRestarts,
+    /// Times a VM emptied its cache (a session ended elsewhere, or the watch may have missed
+    /// events).
+    CacheFlushes,
+    /// Requests on a session served from the VM's cache, with no etcd call.
+    CacheHits,
+    /// Requests on a session that asked etcd.
+    CacheMisses,
+    /// Requests served from an entry older than the cache's trust, because etcd could not
+    /// answer (`unavailable: local`).
+    StaleServes,
+}
+
+impl StoreStat {
+    /// Every store stat.
+    pub const ALL: [StoreStat; 9] = [
+        StoreStat::Calls,
+        StoreStat::Errors,
+        StoreStat::Retries,
+        StoreStat::Fallbacks,
+        StoreStat::WatchRestarts,
+        StoreStat::CacheFlushes,
+        StoreStat::CacheHits,
+        StoreStat::CacheMisses,
+        StoreStat::StaleServes,
+    ];
+
+    /// The stat's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreStat::Calls => "mcp_session.store.calls",
+            StoreStat::Errors => "mcp_session.store.errors",
+            StoreStat::Retries => "mcp_session.store.retries",
+            StoreStat::Fallbacks => "mcp_session.store.fallbacks",
+            StoreStat::WatchRestarts => "mcp_session.store.watch_restarts",
+            StoreStat::CacheFlushes => "mcp_session.store.cache_flushes",
+            StoreStat::CacheHits => "mcp_session.cache.hits",
+            StoreStat::CacheMisses => "mcp_session.cache.misses",
+            StoreStat::StaleServes => "mcp_session.cache.stale_serves",
+        }
+    }
+}
+
 /// One stat as the host sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Metric {
@@ -47,6 +106,10 @@ pub enum Metric {
     Live,
     /// Counter: moves on every end of a session ([`EPOCH`]).
     Epoch,
+    /// Counter of the etcd store.
+    Store(StoreStat),
+    /// Gauge: VMs whose etcd watch is up ([`WATCH_UP`]).
+    WatchUp,
 }
 
 impl Metric {
@@ -59,7 +122,8 @@ impl Metric {
             Metric::Count(Event::Sessionless),
         ];
         all.extend(Reason::ALL.map(|r| Metric::Count(Event::Rejected(r))));
-        all.extend([Metric::Live, Metric::Epoch]);
+        all.extend([Metric::Live, Metric::Epoch, Metric::WatchUp]);
+        all.extend(StoreStat::ALL.map(Metric::Store));
         all
     }
 
@@ -73,12 +137,14 @@ impl Metric {
             Metric::Count(Event::Rejected(reason)) => rejected(reason),
             Metric::Live => LIVE.into(),
             Metric::Epoch => EPOCH.into(),
+            Metric::Store(stat) => stat.name().into(),
+            Metric::WatchUp => WATCH_UP.into(),
         }
     }
 
     /// Whether the stat is a gauge (else a counter).
     pub fn is_gauge(self) -> bool {
-        self == Metric::Live
+        matches!(self, Metric::Live | Metric::WatchUp)
     }
 }
 

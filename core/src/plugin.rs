@@ -2,15 +2,17 @@
 //! host's shared data, the worker's cache of sessions it validated a moment ago, and the stats.
 //!
 //! [`Plugin::on_event`] is the one entry point for an exchange's events: it steps the
-//! [`Exchange`] and runs the store operations it asks for against the local store (Envoy
-//! shared data answers at once), so the host adapter only sees continue, pause or answer.
+//! [`Exchange`] and runs the store operations it asks for. The local store (Envoy shared
+//! data) answers at once; the etcd store's operations come out as [`Flow::Call`]s, whose
+//! answers the host hands to [`Plugin::on_reply`].
 
 use crate::cache::SessionCache;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreConfig};
 use crate::digest;
+use crate::etcd::{Flight, Next, Remote, Reply};
 use crate::exchange::{Event, Exchange, Flow, Step, StoreOp, StoreResult};
 use crate::host::Host;
-use crate::metrics::{Event as Count, Metric};
+use crate::metrics::{Event as Count, Metric, StoreStat};
 use crate::record::Record;
 use crate::session_id::SessionId;
 use crate::store::{Limits, Lookup, SlotPool, Store, Sweep};
@@ -45,6 +47,10 @@ pub struct Plugin<H: Host> {
     cache: RefCell<SessionCache>,
     /// Fingerprint of the configuration: only the newest configuration on a store sweeps it.
     token: u64,
+    /// The etcd store, when configured (else the local store).
+    remote: Option<Remote>,
+    /// This VM's watch counts in the `watch_up` gauge.
+    watch_counted: Cell<bool>,
 }
 
 impl<H: Host> Plugin<H> {
@@ -74,8 +80,14 @@ impl<H: Host> Plugin<H> {
             pool: RefCell::new(SlotPool::new()),
             cache: RefCell::new(SessionCache::new(CACHE_CAPACITY)),
             token: u64::from_le_bytes(digest::digest_prefix(&[configuration])),
+            remote: None,
+            watch_counted: Cell::new(false),
         };
-        if !plugin.config.stateless {
+        let mut plugin = plugin;
+        if let (StoreConfig::Etcd(etcd), false) = (&plugin.config.store, plugin.config.stateless) {
+            plugin.remote = Some(Remote::new(etcd.clone(), plugin.config.idle_timeout_ms));
+        }
+        if !plugin.config.stateless && plugin.remote.is_none() {
             plugin.store().adopt_configuration(plugin.token);
         }
         let config = &plugin.config;
@@ -103,15 +115,156 @@ impl<H: Host> Plugin<H> {
         Store::new(&self.host, self.limits)
     }
 
+    /// The etcd store, when configured.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
+    }
+
     /// Feeds one event to an exchange and runs the store operations it asks for, feeding
-    /// their answers back, until it continues, pauses or answers.
+    /// their answers back, until it continues, pauses, answers, or calls etcd.
     pub fn on_event(&self, exchange: &mut Exchange, event: Event<'_>) -> Step {
-        let mut step = exchange.step(self, event);
+        let step = exchange.step(self, event);
+        self.drive(exchange, step)
+    }
+
+    /// Feeds the answer to the etcd call an exchange waits for ([`Flow::Call`]).
+    pub fn on_reply(&self, exchange: &mut Exchange, reply: Reply<'_>) -> Step {
+        let (Some(remote), Some(flight)) = (&self.remote, exchange.flight.take()) else {
+            return Flow::Continue.into();
+        };
+        if let Reply::Failed(status) = reply {
+            self.count_store(StoreStat::Errors);
+            log::warn!(
+                "etcd {}/{} failed (gRPC status {status})",
+                flight.call().service,
+                flight.call().method
+            );
+        }
+        let now_ms = self.host.now_ms();
+        let result = match remote.advance(flight, reply, &self.limits, now_ms) {
+            Next::Call(flight) => {
+                if matches!(reply, Reply::Failed(_)) {
+                    self.count_store(StoreStat::Retries);
+                }
+                return self.send(exchange, flight).into();
+            }
+            Next::Done(result) => result,
+            Next::Unavailable(op) => self.unavailable(op),
+        };
+        let step = exchange.step(self, Event::Stored(result));
+        self.drive(exchange, step)
+    }
+
+    fn send(&self, exchange: &mut Exchange, flight: Box<Flight>) -> Flow {
+        self.count_store(StoreStat::Calls);
+        let call = flight.call().clone();
+        exchange.flight = Some(flight);
+        Flow::Call(Box::new(call))
+    }
+
+    /// Counts one of the etcd store's events.
+    pub fn count_store(&self, stat: StoreStat) {
+        self.host.increment(Metric::Store(stat), 1);
+    }
+
+    /// What etcd's silence means for `op`: 503 (`unavailable: reject`), or this VM's memory
+    /// (`unavailable: local`): sessions it validated serve however old, new sessions live in
+    /// it and are written to etcd when it is back.
+    fn unavailable(&self, op: StoreOp) -> StoreResult {
+        let Some(remote) = self
+            .remote
+            .as_ref()
+            .filter(|r| r.config().fall_back_to_local)
+        else {
+            return StoreResult::Unavailable;
+        };
+        self.count_store(StoreStat::Fallbacks);
+        let Ok(mut cache) = self.cache.try_borrow_mut() else {
+            return StoreResult::Unavailable;
+        };
+        let epoch = self.host.epoch().unwrap_or(0);
+        match op {
+            StoreOp::Lookup {
+                id,
+                identity,
+                now_ms,
+            } => StoreResult::Lookup(
+                match cache.get_within(
+                    epoch,
+                    &id,
+                    identity.as_deref(),
+                    now_ms,
+                    &self.limits,
+                    u64::MAX,
+                ) {
+                    Some(record) => {
+                        self.count_store(StoreStat::StaleServes);
+                        Lookup::Live(record.clone(), 0)
+                    }
+                    None => Lookup::NotFound,
+                },
+            ),
+            StoreOp::End { id, .. } => {
+                let held = cache.take(&id);
+                remote.defer(&op);
+                StoreResult::Ended(
+                    held.map_or(crate::store::Ended::NotFound, crate::store::Ended::Ended),
+                )
+            }
+            StoreOp::Activate {
+                id,
+                ref reserved,
+                ref upstream_id,
+                now_ms,
+            } => {
+                let mut live = reserved.clone();
+                live.state = crate::record::State::Live;
+                live.last_seen_ms = now_ms;
+                live.initialized = true; // the upstream's lifecycle is not checked meanwhile
+                live.upstream_id.clone_from(upstream_id);
+                cache.put(epoch, id.slot, live);
+                remote.defer(&op);
+                StoreResult::Done(true)
+            }
+            StoreOp::MarkInitialized { .. } | StoreOp::Release { .. } => StoreResult::Done(true),
+            StoreOp::Reserve { .. } => StoreResult::Reserved(None),
+        }
+    }
+
+    /// Empties this VM's cache (the watch saw a session end, or may have missed some).
+    pub fn flush_cache(&self) {
+        if let Ok(mut cache) = self.cache.try_borrow_mut() {
+            cache.clear();
+        }
+        self.count_store(StoreStat::CacheFlushes);
+    }
+
+    /// Keeps the `watch_up` gauge in step with this VM's watch.
+    pub fn note_watch(&self, now_ms: u64) {
+        let fresh = self.remote.as_ref().is_some_and(|r| r.watch_fresh(now_ms));
+        if fresh != self.watch_counted.get() {
+            self.watch_counted.set(fresh);
+            self.host
+                .increment(Metric::WatchUp, if fresh { 1 } else { -1 });
+        }
+    }
+
+    fn drive(&self, exchange: &mut Exchange, mut step: Step) -> Step {
         for _ in 0..MAX_CHAINED_OPS {
             let Flow::Store(op) = step.flow else {
                 return step;
             };
-            let result = self.execute(*op);
+            let result = match &self.remote {
+                None => self.execute(*op),
+                Some(remote) => match remote.begin(*op, &self.limits, self.next_probe()) {
+                    Next::Done(result) => result,
+                    Next::Unavailable(op) => self.unavailable(op),
+                    Next::Call(flight) => {
+                        step.flow = self.send(exchange, flight);
+                        return step;
+                    }
+                },
+            };
             let mut next = exchange.step(self, Event::Stored(result));
             step.edits.append(&mut next.edits);
             step.flow = next.flow;
@@ -206,7 +359,7 @@ impl<H: Host> Plugin<H> {
     /// The timer: one sweep step, if this configuration is the newest on the store and it is
     /// this worker's turn.
     pub fn on_tick(&self) -> Sweep {
-        if self.config.stateless {
+        if self.config.stateless || self.remote.is_some() {
             return Sweep::default();
         }
         let store = self.store();
@@ -259,9 +412,21 @@ impl<H: Host> Plugin<H> {
     ) -> Option<Record> {
         let epoch = epoch?;
         let mut cache = self.cache.try_borrow_mut().ok()?;
-        cache
-            .get(epoch, id, identity, now_ms, &self.limits)
-            .cloned()
+        let Some(remote) = &self.remote else {
+            return cache
+                .get(epoch, id, identity, now_ms, &self.limits)
+                .cloned();
+        };
+        let trust = remote.trust_ms(now_ms);
+        let hit = cache
+            .get_within(epoch, id, identity, now_ms, &self.limits, trust)
+            .cloned();
+        self.count_store(if hit.is_some() {
+            StoreStat::CacheHits
+        } else {
+            StoreStat::CacheMisses
+        });
+        hit
     }
 
     /// Remembers a live record just read from the store, at the epoch read before that read.

@@ -41,6 +41,9 @@ pub struct Record {
     pub identity: Option<[u8; DIGEST_LEN]>,
     /// The upstream's own `Mcp-Session-Id`, when it issued one.
     pub upstream_id: Option<String>,
+    /// The upstream host (`IP:port`) that answered the `initialize`, when `affinity_header`
+    /// is set.
+    pub upstream_host: Option<String>,
 }
 
 impl std::fmt::Debug for Record {
@@ -52,11 +55,31 @@ impl std::fmt::Debug for Record {
             .field("last_seen_ms", &self.last_seen_ms)
             .field("identity", &self.identity.is_some())
             .field("upstream_id", &self.upstream_id.is_some())
+            .field("upstream_host", &self.upstream_host)
             .finish_non_exhaustive()
     }
 }
 
 impl Record {
+    /// The pending record of a new session, bound to `identity` when `bind`.
+    pub fn pending(
+        now_ms: u64,
+        secret: [u8; SECRET_LEN],
+        identity: Option<&[u8]>,
+        bind: bool,
+    ) -> Record {
+        Record {
+            state: State::Pending,
+            initialized: false,
+            secret,
+            created_ms: now_ms,
+            last_seen_ms: now_ms,
+            identity: bind.then(|| identity_digest(&secret, identity)),
+            upstream_id: None,
+            upstream_host: None,
+        }
+    }
+
     /// Serialises the record.
     pub fn encode(&self) -> Vec<u8> {
         let upstream = self.upstream_id.as_deref().unwrap_or("").as_bytes();
@@ -84,6 +107,13 @@ impl Record {
         // Bounded to MAX_UPSTREAM_ID above, so the length fits a byte.
         out.push(u8::try_from(upstream.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(upstream);
+        // Optional tail: the upstream host (records without one end here).
+        if let Some(host) = &self.upstream_host {
+            let host = host.as_bytes();
+            let host = host.get(..MAX_UPSTREAM_ID).unwrap_or(host);
+            out.push(u8::try_from(host.len()).unwrap_or(u8::MAX));
+            out.extend_from_slice(host);
+        }
         out
     }
 
@@ -109,9 +139,16 @@ impl Record {
         };
         let len = usize::from(r.byte()?);
         let upstream = r.take(len)?;
-        if !r.0.is_empty() {
-            return None;
-        }
+        let upstream_host = if r.0.is_empty() {
+            None
+        } else {
+            let len = usize::from(r.byte()?);
+            let host = r.take(len)?;
+            if !r.0.is_empty() || host.is_empty() {
+                return None;
+            }
+            Some(String::from_utf8(host.to_vec()).ok()?)
+        };
         let upstream_id = match upstream {
             [] => None,
             bytes => Some(String::from_utf8(bytes.to_vec()).ok()?),
@@ -124,6 +161,7 @@ impl Record {
             last_seen_ms,
             identity,
             upstream_id,
+            upstream_host,
         })
     }
 

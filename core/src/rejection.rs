@@ -28,11 +28,13 @@ pub enum Reason {
     /// The configured caller identity (a verified JWT's claims, the TLS peer certificate, the
     /// identity header) is missing.
     Identity,
+    /// The session store (etcd) cannot answer.
+    Unavailable,
 }
 
 impl Reason {
     /// Every reason, for defining the counters.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Missing,
         Reason::Unknown,
         Reason::Capacity,
@@ -42,6 +44,7 @@ impl Reason {
         Reason::Method,
         Reason::Header,
         Reason::Identity,
+        Reason::Unavailable,
     ];
 
     /// The last part of the counter's name.
@@ -56,6 +59,7 @@ impl Reason {
             Reason::Method => "method",
             Reason::Header => "header",
             Reason::Identity => "identity",
+            Reason::Unavailable => "unavailable",
         }
     }
 }
@@ -105,6 +109,19 @@ impl Rejection {
     pub fn with_id(mut self, id: RequestId) -> Rejection {
         self.id = id;
         self
+    }
+
+    /// 503: the session store cannot answer now; never a 404, which would send the client
+    /// into a new `initialize` for a session that may well be alive.
+    pub fn unavailable() -> Rejection {
+        let mut rejection = Rejection::new(
+            503,
+            code::BAD_REQUEST,
+            "Service Unavailable: the session store cannot be reached; retry shortly",
+            Reason::Unavailable,
+        );
+        rejection.headers.push(("retry-after", "1"));
+        rejection
     }
 
     /// 400: the session header is required here.

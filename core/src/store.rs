@@ -11,7 +11,7 @@
 //! The store speaks to the host only through [`SharedData`], which keeps it testable on the
 //! host and leaves room for a second, distributed backend.
 
-use crate::record::{identity_digest, Record, State};
+use crate::record::{Record, State};
 use crate::session_id::{SessionId, SECRET_LEN};
 
 /// A write that did not happen.
@@ -317,18 +317,7 @@ impl<S: SharedData> Store<S> {
         probes: u32,
         pool: &mut SlotPool,
     ) -> Option<Reservation> {
-        let record = Record {
-            state: State::Pending,
-            initialized: false,
-            secret,
-            created_ms: now_ms,
-            last_seen_ms: now_ms,
-            identity: self
-                .limits
-                .bind_identity
-                .then(|| identity_digest(&secret, identity)),
-            upstream_id: None,
-        };
+        let record = Record::pending(now_ms, secret, identity, self.limits.bind_identity);
         let encoded = record.encode();
         let reserved = |slot, was_live: bool, from| Reservation {
             id: SessionId { slot, secret },

@@ -31,6 +31,7 @@ pub fn live_record(secret: [u8; SECRET_LEN], now_ms: u64) -> Record {
         last_seen_ms: now_ms,
         identity: None,
         upstream_id: None,
+        upstream_host: None,
     }
 }
 
@@ -617,7 +618,8 @@ impl<'p, H: Host> Envoy<'p, H> {
                 end_of_stream: no_body,
             },
         );
-        if let Some(reply) = apply(step, &mut request.headers) {
+        let affinity = self.plugin.config().affinity_header.as_deref();
+        if let Some(reply) = apply(step, &mut request.headers, affinity) {
             return local(reply);
         }
         if !no_body {
@@ -640,7 +642,7 @@ impl<'p, H: Host> Envoy<'p, H> {
                     },
                 );
                 let paused = step.flow == Flow::Pause;
-                if let Some(reply) = apply(step, &mut request.headers) {
+                if let Some(reply) = apply(step, &mut request.headers, affinity) {
                     return local(reply);
                 }
                 if !paused {
@@ -659,6 +661,9 @@ impl<'p, H: Host> Envoy<'p, H> {
                 exchange,
                 Event::ResponseHeaders {
                     headers: &headers,
+                    // The test's request attributes stand for the exchange's (e.g.
+                    // `upstream.address`).
+                    attributes: &request.attributes.clone(),
                     end_of_stream: no_body,
                 },
             );
@@ -716,15 +721,17 @@ fn local(reply: Reply) -> Response {
 }
 
 /// Applies a request-side step; the reply when the filter answered.
-fn apply(step: Step, headers: &mut HeaderList) -> Option<Reply> {
+fn apply(step: Step, headers: &mut HeaderList, affinity: Option<&str>) -> Option<Reply> {
     for edit in &step.edits {
-        if let Edit::Request(name, value) = edit {
-            headers.set(name, Some(value));
+        match (edit, affinity) {
+            (Edit::Request(name, value), _) => headers.set(name, Some(value)),
+            (Edit::Affinity(value), Some(name)) => headers.set(name, value.as_deref()),
+            _ => {}
         }
     }
     match step.flow {
         Flow::Respond(reply) => Some(*reply),
-        Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Wait => None,
+        Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Call(_) => None,
     }
 }
 
@@ -737,6 +744,6 @@ fn apply_response(step: Step, headers: &mut HeaderList) -> Option<Reply> {
     }
     match step.flow {
         Flow::Respond(reply) => Some(*reply),
-        Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Wait => None,
+        Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Call(_) => None,
     }
 }

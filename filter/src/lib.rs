@@ -9,11 +9,12 @@
 // The only public items are the ABI entry points `proxy_wasm::main!` generates.
 #![allow(missing_docs)]
 
-use log::{error, warn};
+use log::{error, info, warn};
+use mcp_session_core::etcd::{self, Call, Chore, WatchAction};
 use mcp_session_core::exchange::{Edit, Event, Exchange, Flow, Reply, Step};
 use mcp_session_core::headers::{self, Header};
 use mcp_session_core::host::{Attributes, Headers, Host};
-use mcp_session_core::metrics::Metric;
+use mcp_session_core::metrics::{Metric, StoreStat};
 use mcp_session_core::plugin::Plugin;
 use mcp_session_core::store::{SharedData, WriteError};
 use proxy_wasm::hostcalls;
@@ -26,6 +27,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 /// How often each worker's root context considers a sweep step.
 const TICK: Duration = Duration::from_millis(1000);
+/// gRPC status of a call that could not even be made (no such cluster, no memory).
+const NOT_SENT: u32 = 14;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -102,9 +105,129 @@ impl Host for Envoy {
 #[derive(Default)]
 struct Root {
     plugin: Option<Rc<Plugin<Envoy>>>,
+    /// The etcd store's cluster as Envoy's `GrpcService` message.
+    service: Rc<String>,
+    /// Timer chores in flight, by callout token.
+    chores: HashMap<u32, Chore>,
+    /// The watch stream, when open.
+    watch: Option<u32>,
+}
+
+/// The etcd store's timer work: its watch stream and its chores (leases ahead of time, the
+/// session count, the backlog).
+impl Root {
+    fn etcd_tick(&mut self, plugin: &Plugin<Envoy>) {
+        let Some(remote) = plugin.remote() else {
+            return;
+        };
+        let now = plugin.host().now_ms();
+        match remote.watch_tick(now) {
+            WatchAction::Idle => {}
+            WatchAction::Open(create) => {
+                plugin.count_store(StoreStat::WatchRestarts);
+                let opened = hostcalls::open_grpc_stream(
+                    &self.service,
+                    etcd::WATCH,
+                    "Watch",
+                    vec![etcd::WATCH_METADATA],
+                )
+                .and_then(|token| {
+                    hostcalls::send_grpc_stream_message(token, Some(&create), false).map(|()| token)
+                });
+                match opened {
+                    Ok(token) => self.watch = Some(token),
+                    Err(status) => {
+                        warn!("cannot open the etcd watch: {status:?}");
+                        remote.watch_closed();
+                    }
+                }
+            }
+            WatchAction::Send(message) => {
+                if let Some(token) = self.watch {
+                    if hostcalls::send_grpc_stream_message(token, Some(&message), false).is_err() {
+                        self.close_watch(remote);
+                    }
+                }
+            }
+            WatchAction::Close => self.close_watch(remote),
+        }
+        plugin.note_watch(now);
+        let timeout = Duration::from_millis(remote.config().timeout_ms);
+        for (chore, call) in remote.chores(now) {
+            match dispatch(&self.service, &call, timeout) {
+                Ok(token) => {
+                    self.chores.insert(token, chore);
+                }
+                Err(status) => {
+                    let _ = remote.chore_done(chore, etcd::Reply::Failed(status), now);
+                }
+            }
+        }
+    }
+
+    fn close_watch(&mut self, remote: &etcd::Remote) {
+        if let Some(token) = self.watch.take() {
+            let _ = hostcalls::cancel_grpc_stream(token);
+        }
+        remote.watch_closed();
+    }
 }
 
 impl Context for Root {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let (Some(plugin), Some(chore)) = (&self.plugin, self.chores.remove(&token_id)) else {
+            return;
+        };
+        let Some(remote) = plugin.remote() else {
+            return;
+        };
+        let bytes = grpc_message(status_code, response_size);
+        let reply = match &bytes {
+            Some(bytes) => etcd::Reply::Ok(bytes),
+            None => etcd::Reply::Failed(status_code),
+        };
+        if !remote.chore_done(chore, reply, plugin.host().now_ms()) {
+            plugin.count_store(StoreStat::Errors);
+        }
+    }
+
+    fn on_grpc_stream_message(&mut self, token_id: u32, message_size: usize) {
+        let Some(plugin) = self.plugin.clone() else {
+            return;
+        };
+        let (Some(remote), Some(token)) = (plugin.remote(), self.watch) else {
+            return;
+        };
+        if token != token_id {
+            return;
+        }
+        let message = buffer(BufferType::GrpcReceiveBuffer, message_size);
+        let now = plugin.host().now_ms();
+        let news = remote.watch_message(&message, now);
+        if news.flush {
+            plugin.flush_cache();
+        }
+        if news.close {
+            info!("the etcd watch was cancelled; reopening it");
+            self.close_watch(remote);
+        }
+        plugin.note_watch(now);
+    }
+
+    fn on_grpc_stream_close(&mut self, token_id: u32, status_code: u32) {
+        if self.watch != Some(token_id) {
+            return;
+        }
+        self.watch = None;
+        if let Some(plugin) = &self.plugin {
+            if let Some(remote) = plugin.remote() {
+                warn!("the etcd watch closed (gRPC status {status_code}); reopening it");
+                remote.watch_closed();
+                plugin.note_watch(plugin.host().now_ms());
+            }
+        }
+    }
+
     fn on_done(&mut self) -> bool {
         if let Some(plugin) = &self.plugin {
             plugin.return_slots();
@@ -129,16 +252,24 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let tick = match plugin.remote() {
+            Some(remote) => {
+                self.service = Rc::new(grpc_service(&remote.config().cluster));
+                Duration::from_millis(etcd::TICK_MS)
+            }
+            None => TICK,
+        };
         self.plugin = Some(Rc::new(plugin));
-        if let Err(status) = hostcalls::set_tick_period(TICK) {
+        if let Err(status) = hostcalls::set_tick_period(tick) {
             warn!("cannot set the sweep tick: {status:?}");
         }
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(plugin) = &self.plugin {
+        if let Some(plugin) = self.plugin.clone() {
             plugin.on_tick();
+            self.etcd_tick(&plugin);
         }
     }
 
@@ -147,6 +278,8 @@ impl RootContext for Root {
         Some(Box::new(Stream {
             plugin,
             exchange: Exchange::new(),
+            service: self.service.clone(),
+            waiting: None,
         }))
     }
 
@@ -158,9 +291,44 @@ impl RootContext for Root {
 struct Stream {
     plugin: Rc<Plugin<Envoy>>,
     exchange: Exchange,
+    service: Rc<String>,
+    /// The direction held for an etcd call in flight, and its token.
+    waiting: Option<(Side, u32)>,
 }
 
-impl Context for Stream {}
+/// Which half of the stream a step was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Request,
+    Response,
+}
+
+impl Context for Stream {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some((side, token)) = self.waiting.take() else {
+            return;
+        };
+        if token != token_id {
+            self.waiting = Some((side, token));
+            return;
+        }
+        let bytes = grpc_message(status_code, response_size);
+        let reply = match &bytes {
+            Some(bytes) => etcd::Reply::Ok(bytes),
+            None => etcd::Reply::Failed(status_code),
+        };
+        let step = self.plugin.on_reply(&mut self.exchange, reply);
+        if self.apply(side, step) == Action::Continue {
+            let resumed = match side {
+                Side::Request => hostcalls::resume_http_request(),
+                Side::Response => hostcalls::resume_http_response(),
+            };
+            if let Err(status) = resumed {
+                warn!("cannot resume the stream: {status:?}");
+            }
+        }
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -171,23 +339,32 @@ impl HttpContext for Stream {
         if headers.get("x-mcp-session-filter-trap").value.is_some() {
             core::arch::wasm32::unreachable();
         }
-        self.feed(Event::RequestHeaders {
-            headers: &headers,
-            attributes: &Properties,
-            end_of_stream,
-        })
+        self.feed(
+            Side::Request,
+            Event::RequestHeaders {
+                headers: &headers,
+                attributes: &Properties,
+                end_of_stream,
+            },
+        )
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.waiting.is_some() {
+            return Action::Pause; // held until etcd answers
+        }
         if !self.exchange.reads_request_body() {
             return Action::Continue;
         }
         let body = || buffer(BufferType::HttpRequestBody, body_size);
-        self.feed(Event::RequestBody {
-            size: body_size,
-            end_of_stream,
-            body: &body,
-        })
+        self.feed(
+            Side::Request,
+            Event::RequestBody {
+                size: body_size,
+                end_of_stream,
+                body: &body,
+            },
+        )
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -195,56 +372,140 @@ impl HttpContext for Stream {
             return Action::Continue;
         }
         let headers = HeaderMap::new(MapType::HttpResponseHeaders);
-        self.feed(Event::ResponseHeaders {
-            headers: &headers,
-            end_of_stream,
-        })
+        self.feed(
+            Side::Response,
+            Event::ResponseHeaders {
+                headers: &headers,
+                attributes: &Properties,
+                end_of_stream,
+            },
+        )
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.waiting.is_some() {
+            return Action::Pause; // held until etcd answers
+        }
         if !self.exchange.reads_response_body() {
             return Action::Continue;
         }
         let body = || buffer(BufferType::HttpResponseBody, body_size);
-        self.feed(Event::ResponseBody {
-            size: body_size,
-            end_of_stream,
-            body: &body,
-        })
+        self.feed(
+            Side::Response,
+            Event::ResponseBody {
+                size: body_size,
+                end_of_stream,
+                body: &body,
+            },
+        )
     }
 
     fn on_log(&mut self) {
-        if self.exchange.holds_reservation() {
-            let _ = self.feed(Event::Done);
+        if self.exchange.holds_reservation() && self.waiting.is_none() {
+            let _ = self.feed(Side::Response, Event::Done);
         }
     }
 }
 
 impl Stream {
-    fn feed(&mut self, event: Event<'_>) -> Action {
+    fn feed(&mut self, side: Side, event: Event<'_>) -> Action {
         let step = self.plugin.on_event(&mut self.exchange, event);
-        apply(step)
+        self.apply(side, step)
+    }
+
+    /// Carries out a step: header edits, then the flow. A call to etcd that cannot be made is
+    /// answered as failed at once (the core retries or gives up).
+    fn apply(&mut self, side: Side, mut step: Step) -> Action {
+        loop {
+            for edit in std::mem::take(&mut step.edits) {
+                let (map, name, value) = match &edit {
+                    Edit::Request(name, value) => (MapType::HttpRequestHeaders, *name, Some(value)),
+                    Edit::Response(name, value) => {
+                        (MapType::HttpResponseHeaders, *name, value.as_ref())
+                    }
+                    Edit::Affinity(value) => match &self.plugin.config().affinity_header {
+                        Some(name) => (MapType::HttpRequestHeaders, name.as_str(), value.as_ref()),
+                        None => continue,
+                    },
+                };
+                let _ = hostcalls::set_map_value(map, name, value.map(String::as_str));
+            }
+            return match step.flow {
+                Flow::Continue => Action::Continue,
+                Flow::Pause => Action::Pause,
+                Flow::Respond(reply) => respond(*reply),
+                Flow::Call(call) => {
+                    let timeout = self
+                        .plugin
+                        .remote()
+                        .map_or(1000, |remote| remote.config().timeout_ms);
+                    match dispatch(&self.service, &call, Duration::from_millis(timeout)) {
+                        Ok(token) => {
+                            self.waiting = Some((side, token));
+                            Action::Pause
+                        }
+                        Err(status) => {
+                            step = self
+                                .plugin
+                                .on_reply(&mut self.exchange, etcd::Reply::Failed(status));
+                            continue;
+                        }
+                    }
+                }
+                Flow::Store(_) => {
+                    error!("a store operation reached the adapter; letting traffic go on");
+                    Action::Continue
+                }
+            };
+        }
     }
 }
 
-/// Carries out a step: header edits, then the flow.
-fn apply(step: Step) -> Action {
-    for edit in step.edits {
-        let (map, name, value) = match &edit {
-            Edit::Request(name, value) => (MapType::HttpRequestHeaders, name, Some(value)),
-            Edit::Response(name, value) => (MapType::HttpResponseHeaders, name, value.as_ref()),
-        };
-        let _ = hostcalls::set_map_value(map, name, value.map(String::as_str));
+/// Makes a gRPC call on the etcd store's cluster; the gRPC status to report when it cannot.
+fn dispatch(service: &str, call: &Call, timeout: Duration) -> Result<u32, u32> {
+    hostcalls::dispatch_grpc_call(
+        service,
+        call.service,
+        call.method,
+        Vec::new(),
+        Some(&call.message),
+        timeout,
+    )
+    .map_err(|status| {
+        warn!(
+            "cannot call etcd {}/{}: {status:?}",
+            call.service, call.method
+        );
+        NOT_SENT
+    })
+}
+
+/// A call's answer: the message when the status is OK.
+fn grpc_message(status_code: u32, size: usize) -> Option<Vec<u8>> {
+    (status_code == 0).then(|| buffer(BufferType::GrpcReceiveBuffer, size))
+}
+
+/// Envoy's `envoy.config.core.v3.GrpcService` naming the cluster: passing the bare name also
+/// works, unless the name's bytes happen to parse as that message (Envoy tries that first).
+/// The SDK takes it as a `&str`: the message is ASCII for any ASCII name under 120 bytes (its
+/// tags and lengths are single bytes below 0x80); any other name goes bare.
+fn grpc_service(cluster: &str) -> String {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct EnvoyGrpc {
+        #[prost(string, tag = "1")]
+        cluster_name: String,
     }
-    match step.flow {
-        Flow::Continue => Action::Continue,
-        Flow::Pause | Flow::Wait => Action::Pause,
-        Flow::Respond(reply) => respond(*reply),
-        Flow::Store(_) => {
-            error!("a store operation reached the adapter; letting traffic go on");
-            Action::Continue
-        }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct GrpcService {
+        #[prost(message, optional, tag = "1")]
+        envoy_grpc: Option<EnvoyGrpc>,
     }
+    let message = prost::Message::encode_to_vec(&GrpcService {
+        envoy_grpc: Some(EnvoyGrpc {
+            cluster_name: cluster.to_owned(),
+        }),
+    });
+    String::from_utf8(message).unwrap_or_else(|_| cluster.to_owned())
 }
 
 fn respond(reply: Reply) -> Action {

@@ -29,6 +29,7 @@ fuzz_target!(|f: Fields| {
         last_seen_ms: f.last_seen_ms,
         identity: f.identity,
         upstream_id,
+        upstream_host: None,
     };
     let bytes = record.encode();
     let extra =
