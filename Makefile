@@ -2,7 +2,7 @@
 WASM := target/wasm32-wasip1/release/mcp_session_filter.wasm
 VENV := .venv
 
-.PHONY: build setup run test unit e2e lint fuzz-quick fuzz bench bench-profile soak fmt clean
+.PHONY: build setup run run-cluster test unit e2e lint fuzz-quick fuzz bench bench-profile soak fmt clean
 
 build: $(WASM)
 
@@ -21,6 +21,11 @@ setup:
 # Envoy with the filter in front of a demo MCP server on http://127.0.0.1:10000/mcp
 run: build
 	bash scripts/run.sh
+
+# Two filtering Envoys (:10000, :10001) sharing their sessions through a 3-member etcd cluster
+# on 127.0.0.11-13:2379, in front of the demo MCP server
+run-cluster: build
+	bash scripts/run-cluster.sh
 
 # Host unit tests, lints, a few seconds of every fuzz target, then end-to-end tests
 # through real Envoy.

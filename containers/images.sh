@@ -9,6 +9,11 @@
 #                                   Debian bookworm's Python 3.11 (debootstrap) with the demo
 #                                   server's pins from tests/requirements.txt already installed,
 #                                   so the compose file's `pip install` of them is a no-op
+#   gcr.io/etcd-development/etcd:v3.4.23
+#                                   etcd and etcdctl from Debian bookworm's etcd-server and
+#                                   etcd-client packages (apt-get download; the host must be
+#                                   bookworm) and the glibc libraries they link against
+#                                   (containers/etcd/Containerfile); a few seconds
 #
 # Each image carries the digest of its inputs in the label below; an image whose label matches
 # is kept, so only the first run pays (about a minute, almost all of it debootstrap).
@@ -128,7 +133,65 @@ python_image() {
     scrub "$tree"
 }
 
+etcd_image() {
+    local version=3.4.23 tag pkg fields candidate="" inputs pkgs ctx
+    tag="gcr.io/etcd-development/etcd:v$version"
+    # The packages apt would fetch now, by their archive digests (read from the local package
+    # lists: nothing is downloaded unless the image is built), and the host's glibc, copied in.
+    for pkg in etcd-server etcd-client; do
+        fields="$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | grep -E '^(Version|SHA256):')" ||
+            die "apt knows no $pkg: run apt-get update (the host must be Debian bookworm)"
+        grep -qE "^Version: $version-" <<<"$fields" ||
+            die "apt's $pkg is not $version (the host must be Debian bookworm): $(head -n 1 <<<"$fields")"
+        candidate+="$pkg $fields"$'\n'
+    done
+    inputs="$(
+        printf '%s\n' "$(sha256sum "$0" "$here/etcd/Containerfile")" "$candidate" \
+            "libc6 $(dpkg-query -W -f='${Version}' libc6)" | digest
+    )"
+    if built_from "$tag" "$inputs"; then
+        return
+    fi
+    log "building $tag"
+    pkgs="$work/etcd-packages"
+    ctx="$work/etcd"
+    scrub "$pkgs"
+    scrub "$ctx"
+    mkdir -p "$pkgs/tree" "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/etc"
+    (cd "$pkgs" && apt-get -qq -o APT::Sandbox::User=root download etcd-server etcd-client) ||
+        die "apt-get download etcd-server etcd-client failed"
+    local deb
+    for deb in "$pkgs"/*.deb; do
+        dpkg-deb -x "$deb" "$pkgs/tree"
+    done
+    cp "$pkgs/tree/usr/bin/etcd" "$pkgs/tree/usr/bin/etcdctl" "$ctx/rootfs/usr/local/bin/"
+    [[ "$("$ctx/rootfs/usr/local/bin/etcd" --version)" == *"etcd Version: $version"* ]] || die "etcd is not $version"
+    [[ "$("$ctx/rootfs/usr/local/bin/etcdctl" version)" == *"etcdctl version: $version"* ]] || die "etcdctl is not $version"
+
+    # Debian builds both with cgo: they link against glibc only (anything else stops here).
+    local bin lib
+    for bin in etcd etcdctl; do
+        for lib in $(ldd "$ctx/rootfs/usr/local/bin/$bin" | grep -oE '/[^ ]+'); do
+            case "$(basename "$lib")" in
+                libc.so.6 | ld-linux*) ;;
+                *) die "$bin links against $lib: only glibc is copied" ;;
+            esac
+            mkdir -p "$ctx/rootfs$(dirname "$lib")"
+            cp -L "$lib" "$ctx/rootfs$lib"
+        done
+    done
+    # Go reads the order of name sources here (the official image ships one too); podman mounts
+    # /etc/hosts and /etc/resolv.conf, through which the compose services' names resolve.
+    printf 'hosts: files dns\n' >"$ctx/rootfs/etc/nsswitch.conf"
+    mkdir -p "$ctx/rootfs/var/lib/etcd"
+    chmod 0700 "$ctx/rootfs/var/lib/etcd"
+    podman build --quiet --layers=false --label "$label=$inputs" --tag "$tag" --file "$here/etcd/Containerfile" "$ctx" >/dev/null
+    scrub "$ctx"
+    scrub "$pkgs"
+}
+
 envoy_image
 python_image
+etcd_image
 # An image replaced by a rebuild is left untagged: drop it.
 podman image prune --force >/dev/null

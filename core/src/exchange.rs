@@ -185,6 +185,9 @@ pub enum Flow {
     /// Hold the stream, make this call to the etcd store's cluster, and feed its answer to
     /// [`crate::plugin::Plugin::on_reply`].
     Call(Box<Call>),
+    /// Replace the response body held so far with this, then let it go on (the headers have
+    /// left already).
+    Replace(Vec<u8>),
 }
 
 /// The machine's answer to one event.
@@ -245,6 +248,8 @@ enum Waiting {
     Initialize {
         outcome: Outcome,
         request_id: RequestId,
+        /// How its answer is framed: JSON of this length so far, or SSE (`None`).
+        held: Option<usize>,
     },
     /// `notifications/initialized` went through.
     Initialized,
@@ -681,12 +686,34 @@ impl Exchange {
                 Waiting::Initialize {
                     outcome: Outcome::Result,
                     request_id,
+                    held,
                 },
                 StoreResult::Unavailable,
             ) => {
-                // The session could not be committed: the client must not get its ID.
+                // The session could not be recorded. The answer's headers (with the session
+                // ID) have left, its result has not: the client gets a JSON-RPC error in its
+                // place, so it never uses the ID.
                 warn!("initialize answered, but the session store cannot record the session");
-                self.reply(plugin, &Rejection::unavailable().with_id(request_id))
+                let rejection = Rejection::unavailable().with_id(request_id);
+                let error = rejection.body();
+                let body = match held {
+                    // Same length as the answer's, which its content-length may announce.
+                    Some(len) if error.len() <= len => {
+                        let mut body = error;
+                        body.resize(len, b' ');
+                        body
+                    }
+                    Some(_) => return self.reply(plugin, &rejection),
+                    None => {
+                        let mut event = b"event: message\ndata: ".to_vec();
+                        event.extend_from_slice(&error);
+                        event.extend_from_slice(b"\n\n");
+                        event
+                    }
+                };
+                plugin.count(Count::Rejected(rejection.reason), 1);
+                self.phase = Phase::Replied;
+                Flow::Replace(body).into()
             }
             (waiting, result) => {
                 // A host that answers the wrong question: never expected; let traffic go on.
@@ -880,6 +907,10 @@ impl Exchange {
         self.waiting = Waiting::Initialize {
             outcome,
             request_id: init.request_id,
+            held: match &init.answer {
+                Answer::Json(buffer) => Some(buffer.len()),
+                Answer::Awaiting | Answer::Sse(..) => None,
+            },
         };
         let op = match outcome {
             Outcome::Result => StoreOp::Activate {

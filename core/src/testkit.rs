@@ -731,7 +731,7 @@ fn apply(step: Step, headers: &mut HeaderList, affinity: Option<&str>) -> Option
     }
     match step.flow {
         Flow::Respond(reply) => Some(*reply),
-        Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Call(_) => None,
+        Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Call(_) | Flow::Replace(_) => None,
     }
 }
 
@@ -744,6 +744,6 @@ fn apply_response(step: Step, headers: &mut HeaderList) -> Option<Reply> {
     }
     match step.flow {
         Flow::Respond(reply) => Some(*reply),
-        Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Call(_) => None,
+        Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Call(_) | Flow::Replace(_) => None,
     }
 }

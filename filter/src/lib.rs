@@ -434,6 +434,16 @@ impl Stream {
                 Flow::Continue => Action::Continue,
                 Flow::Pause => Action::Pause,
                 Flow::Respond(reply) => respond(*reply),
+                Flow::Replace(body) => {
+                    // Envoy replaces the whole buffered body when the length covers it.
+                    let all = u32::MAX as usize;
+                    if let Err(status) =
+                        hostcalls::set_buffer(BufferType::HttpResponseBody, 0, all, &body)
+                    {
+                        error!("cannot replace the response body: {status:?}");
+                    }
+                    Action::Continue
+                }
                 Flow::Call(call) => {
                     let timeout = self
                         .plugin

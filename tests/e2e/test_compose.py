@@ -47,11 +47,13 @@ from harness import (
     post,
     request,
     rpc,
+    stats_changes,
     tool_call,
 )
 
 CONTAINERS = REPO / "scripts" / "containers.sh"
 COMPOSE_FILE = REPO / "envoy" / "docker-compose.yaml"
+CLUSTER_COMPOSE_FILE = REPO / "envoy" / "docker-compose.cluster.yaml"
 
 # The Envoy image the compose files name, and the container ports of envoy/envoy.compose.yaml.
 ENVOY_IMAGE = "envoyproxy/envoy:"
@@ -61,8 +63,8 @@ ADMIN_PORT = 9901
 PROJECT_LABEL = "io.podman.compose.project"
 SERVICE_LABEL = "io.podman.compose.service"
 
-# A cold run builds both images (about a minute, almost all of it debootstrap); a warm one
-# checks their labels in about a second.
+# A cold run builds the images (about a minute, almost all of it debootstrap); a warm one
+# checks their labels in about two seconds.
 IMAGES_TIMEOUT = 600
 COMPOSE_TIMEOUT = 120
 
@@ -350,6 +352,57 @@ def test_compose_file_serves_the_readme_walk_through(compose: Callable[[Path], C
     assert without_port.status_code == 421, describe(without_port)
 
     assert envoy.log_problems() == [], envoy.log_tail()
+
+    project.down()
+    assert project.leftovers() == []
+
+
+# How long a session ended through one Envoy may still be served by another: the end reaches
+# the other Envoys by their etcd watch (milliseconds), not by the DELETE's answer.
+END_PROPAGATION_TIMEOUT = 2.0
+
+
+def test_cluster_compose_file_shares_sessions_between_two_envoys(compose: Callable[[Path], ComposeProject]) -> None:
+    """envoy/docker-compose.cluster.yaml: two Envoys (:10000, :10001) with one session store, a
+    3-member etcd cluster. A session minted by one is used and ended through the other, and the
+    first then answers 404 for it."""
+    project = compose(CLUSTER_COMPOSE_FILE)
+    envoys = {envoy.port: envoy for envoy in project.envoys().values()}
+    assert set(envoys) == {10000, 10001}, envoys
+    first, second = envoys[10000], envoys[10001]
+    before = {port: envoy.stats() for port, envoy in envoys.items()}
+
+    response = initialize(first.url())
+    assert response.status_code == 200, describe(response)
+    assert first_message(response)["result"]["serverInfo"]["name"] == "demo", describe(response)
+    session = response.headers.get("mcp-session-id")
+    assert session is not None and SESSION_ID_RE.match(session), describe(response)
+    ack = post(first.url(), INITIALIZED, session=session, protocol_version=PROTOCOL_VERSION)
+    assert ack.status_code == 202, describe(ack)
+
+    # The other Envoy knows the session, and that it was initialized.
+    call = post(second.url(), tool_call("add", {"a": 2, "b": 3}, 3), session=session, protocol_version=PROTOCOL_VERSION)
+    assert call.status_code == 200, describe(call)
+    assert first_message(call)["result"]["structuredContent"] == {"result": 5}, describe(call)
+
+    ended = request("DELETE", second.url(), session=session, accept=None, content_type=None)
+    assert ended.status_code == 204, describe(ended)
+
+    # The end reaches the first Envoy within the bound; until then it may still serve the
+    # session, and nothing else.
+    def gone() -> httpx.Response | None:
+        answer = post(first.url(), rpc("tools/list", 5), session=session, protocol_version=PROTOCOL_VERSION)
+        assert answer.status_code in (200, 404), describe(answer)
+        return answer if answer.status_code == 404 else None
+
+    assert_rejection(_wait_until("the end on :10000", gone, END_PROPAGATION_TIMEOUT), 404, -32001, "Session not found")
+
+    after = {port: envoy.stats() for port, envoy in envoys.items()}
+    delta = {port: stats_changes(before[port], after[port]) for port in envoys}
+    assert delta[10000].get("created") == 1 and delta[10000].get("rejected.unknown") == 1, delta
+    assert delta[10001].get("terminated") == 1 and "created" not in delta[10001], delta
+    for envoy in envoys.values():
+        assert envoy.log_problems() == [], envoy.log_tail()
 
     project.down()
     assert project.leftovers() == []
