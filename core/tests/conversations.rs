@@ -1123,3 +1123,53 @@ fn an_empty_session_header_and_ids_no_float_can_hold() {
         .unwrap()
         .ends_with(r#""id":1e400}"#));
 }
+
+/// Issue 10: with `affinity_header`, the upstream host that answered a session's `initialize`
+/// steers every later request of the session; a client's own copy never steers anything.
+#[test]
+fn affinity_sends_every_request_of_a_session_to_the_host_that_answered_its_initialize() {
+    let mut w = World::with(
+        r#"{"affinity_header": "x-mcp-upstream-host"}"#,
+        Upstream::stateful(),
+    );
+    let upstream = &["upstream", "address"][..];
+    let spoof = ("x-mcp-upstream-host", "10.9.9.9:1");
+    // The initialize: the client's copy is removed before the upstream sees it.
+    let response = w.send(with_attributes(
+        Request::post(INITIALIZE, &[spoof]),
+        &[(upstream, "10.0.0.2:8000")],
+    ));
+    assert_eq!(response.status, 200);
+    let seen = w.upstream.seen.last().unwrap();
+    assert_eq!(seen.headers.value("x-mcp-upstream-host"), None);
+    let sid = response.header("mcp-session-id").unwrap().to_owned();
+    // Every later request carries the recorded host, whatever the client sent.
+    for (body, headers) in [
+        (INITIALIZED, vec![("mcp-session-id", sid.as_str()), V]),
+        (TOOLS_LIST, vec![("mcp-session-id", sid.as_str()), V]),
+        (TOOLS_LIST, vec![("mcp-session-id", sid.as_str()), V, spoof]),
+    ] {
+        let request = with_attributes(
+            Request::post(body, &headers),
+            &[(upstream, "10.0.0.3:8000")], // where round robin would have gone
+        );
+        assert!(w.send(request).status < 300);
+        let seen = w.upstream.seen.last().unwrap();
+        assert_eq!(
+            seen.headers.value("x-mcp-upstream-host"),
+            Some("10.0.0.2:8000")
+        );
+    }
+    // Without the key, nothing is added or removed.
+    let mut plain = World::with("{}", Upstream::stateful());
+    let sid = plain.open(&[]);
+    let _ = plain.send(Request::post(
+        TOOLS_LIST,
+        &[("mcp-session-id", sid.as_str()), V, spoof],
+    ));
+    let seen = plain.upstream.seen.last().unwrap();
+    assert_eq!(
+        seen.headers.value("x-mcp-upstream-host"),
+        Some("10.9.9.9:1")
+    );
+}
