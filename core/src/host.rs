@@ -16,6 +16,8 @@ pub trait Host: SharedData {
     fn fill_random(&self, buf: &mut [u8]) -> bool;
     /// Adds `delta` to a stat (a counter or a gauge).
     fn increment(&self, metric: Metric, delta: i64);
+    /// Sets a gauge.
+    fn record(&self, metric: Metric, value: u64);
     /// The current value of the process-wide [`Metric::Epoch`] counter, or `None` when it
     /// cannot be read or reads 0 (a stats matcher dropped it): see `cache.rs`.
     fn epoch(&self) -> Option<u64>;

@@ -392,6 +392,14 @@ impl<H: Host> Plugin<H> {
         }
         let n = i64::from(n);
         self.host.increment(Metric::Count(event), n);
+        if self.remote.is_some() {
+            // With etcd, `live` is the fleet's count, set from the periodic count (an Envoy
+            // ends sessions other Envoys created).
+            if matches!(event, Count::Terminated | Count::Expired) {
+                self.host.increment(Metric::Epoch, n);
+            }
+            return;
+        }
         match event {
             Count::Created => self.host.increment(Metric::Live, n),
             Count::Terminated | Count::Expired => {

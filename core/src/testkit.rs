@@ -405,6 +405,11 @@ impl Host for FakeHost {
         *value = value.saturating_add(delta);
     }
 
+    fn record(&self, metric: Metric, value: u64) {
+        let value = i64::try_from(value).unwrap_or(i64::MAX);
+        self.process.stats.borrow_mut().insert(metric.name(), value);
+    }
+
     fn epoch(&self) -> Option<u64> {
         if !self.process.keeps_epoch.get() {
             return None;

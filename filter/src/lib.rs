@@ -93,6 +93,12 @@ impl Host for Envoy {
         }
     }
 
+    fn record(&self, metric: Metric, value: u64) {
+        if let Some(id) = self.metrics.get(&metric) {
+            let _ = hostcalls::record_metric(*id, value);
+        }
+    }
+
     fn epoch(&self) -> Option<u64> {
         let id = *self.metrics.get(&Metric::Epoch)?;
         let mut value: u64 = 0;
@@ -188,6 +194,8 @@ impl Context for Root {
         };
         if !remote.chore_done(chore, reply, plugin.host().now_ms()) {
             plugin.count_store(StoreStat::Errors);
+        } else if chore == Chore::Count {
+            plugin.host().record(Metric::Live, remote.counted());
         }
     }
 
