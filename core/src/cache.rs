@@ -101,6 +101,11 @@ impl SessionCache {
         self.entries.clear();
     }
 
+    /// Forgets the session in `slot`.
+    pub fn forget(&mut self, slot: u32) {
+        self.entries.remove(&slot);
+    }
+
     /// Forgets session `id`, returning its record if held.
     pub fn take(&mut self, id: &SessionId) -> Option<Record> {
         let record = self.entries.remove(&id.slot)?;

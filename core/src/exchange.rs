@@ -18,7 +18,7 @@ use crate::headers::Header;
 use crate::host::{Attributes, Headers, Host};
 use crate::message::{json_outcome, Outcome, RequestId, SseScanner};
 use crate::metrics::Event as Count;
-use crate::plugin::Plugin;
+use crate::plugin::{Plugin, Stamp};
 use crate::policy::{
     self, HeadVerdict, HttpMethod, RequestHead, SessionVerdict, SessionlessBody, UninitializedBody,
 };
@@ -237,7 +237,7 @@ enum Waiting {
         id: SessionId,
         method: HttpMethod,
         end_of_stream: bool,
-        epoch: Option<u64>,
+        stamp: Stamp,
         now_ms: u64,
     },
     /// A DELETE.
@@ -457,15 +457,15 @@ impl Exchange {
                 let now_ms = plugin.host().now_ms();
                 // The epoch is read before the store, so an end between the two empties the
                 // cache.
-                let epoch = plugin.host().epoch();
-                if let Some(record) = plugin.cached(epoch, &id, self.identity.as_deref(), now_ms) {
+                let stamp = plugin.stamp();
+                if let Some(record) = plugin.cached(stamp, &id, self.identity.as_deref(), now_ms) {
                     return self.on_session(plugin, id, &record, method, end_of_stream, now_ms);
                 }
                 self.waiting = Waiting::Lookup {
                     id,
                     method,
                     end_of_stream,
-                    epoch,
+                    stamp,
                     now_ms,
                 };
                 Flow::Store(Box::new(StoreOp::Lookup {
@@ -581,13 +581,13 @@ impl Exchange {
                     id,
                     method,
                     end_of_stream,
-                    epoch,
+                    stamp,
                     now_ms,
                 },
                 StoreResult::Lookup(lookup),
             ) => match lookup {
                 Lookup::Live(record, _) => {
-                    plugin.remember(epoch, &id, &record);
+                    plugin.remember(stamp, &id, &record);
                     self.on_session(plugin, id, &record, method, end_of_stream, now_ms)
                 }
                 Lookup::Expired => {

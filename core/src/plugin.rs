@@ -9,7 +9,7 @@
 use crate::cache::SessionCache;
 use crate::config::{Config, ConfigError, StoreConfig};
 use crate::digest;
-use crate::etcd::{Flight, Next, Remote, Reply};
+use crate::etcd::{self, Flight, Next, Remote, Reply, WatchNews};
 use crate::exchange::{Event, Exchange, Flow, Step, StoreOp, StoreResult};
 use crate::host::Host;
 use crate::metrics::{Event as Count, Metric, StoreStat};
@@ -18,6 +18,7 @@ use crate::session_id::SessionId;
 use crate::store::{Limits, Lookup, SlotPool, Store, Sweep};
 use log::info;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 /// Most random slots an initialize probes before the table grows (see `store.rs`).
 pub const MAX_PROBES: u32 = 8;
@@ -28,6 +29,17 @@ pub const CACHE_CAPACITY: usize = 4096;
 pub const PROBE_EVERY: u32 = 16;
 /// Most store operations one event may chain (a guard against a machine that loops).
 const MAX_CHAINED_OPS: usize = 8;
+
+/// What a lookup notes before it reads the store, so that what it read is cached only if no
+/// end could have come between: the process-wide epoch (ends in this Envoy) and, with etcd,
+/// the ends this VM's watch reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// The epoch counter (`None`: unusable, no cache).
+    pub epoch: Option<u64>,
+    /// Ends the watch reported.
+    pub ends: u64,
+}
 
 /// One worker's view of one filter configuration.
 pub struct Plugin<H: Host> {
@@ -51,6 +63,11 @@ pub struct Plugin<H: Host> {
     remote: Option<Remote>,
     /// This VM's watch counts in the `watch_up` gauge.
     watch_counted: Cell<bool>,
+    /// Ends (deleted keys) this VM's watch reported.
+    ends_seen: Cell<u64>,
+    /// With etcd: the key of each session the cache may hold, to forget the one a DELETE
+    /// anywhere ended (by slot: the cache's key).
+    cached_keys: RefCell<HashMap<Vec<u8>, u32>>,
 }
 
 impl<H: Host> Plugin<H> {
@@ -82,6 +99,8 @@ impl<H: Host> Plugin<H> {
             token: u64::from_le_bytes(digest::digest_prefix(&[configuration])),
             remote: None,
             watch_counted: Cell::new(false),
+            ends_seen: Cell::new(0),
+            cached_keys: RefCell::new(HashMap::new()),
         };
         let mut plugin = plugin;
         if let (StoreConfig::Etcd(etcd), false) = (&plugin.config.store, plugin.config.stateless) {
@@ -162,6 +181,16 @@ impl<H: Host> Plugin<H> {
         Flow::Call(Box::new(call))
     }
 
+    /// The timeout of the etcd call an exchange is about to make: what is left of its
+    /// operation's deadline.
+    pub fn call_timeout_ms(&self, exchange: &Exchange) -> u64 {
+        match (&self.remote, &exchange.flight) {
+            (Some(remote), Some(flight)) => remote.time_left(flight, self.host.now_ms()),
+            (Some(remote), None) => remote.config().timeout_ms,
+            (None, _) => 1000,
+        }
+    }
+
     /// Counts one of the etcd store's events.
     pub fn count_store(&self, stat: StoreStat) {
         self.host.increment(Metric::Store(stat), 1);
@@ -231,12 +260,37 @@ impl<H: Host> Plugin<H> {
         }
     }
 
-    /// Empties this VM's cache (the watch saw a session end, or may have missed some).
-    pub fn flush_cache(&self) {
-        if let Ok(mut cache) = self.cache.try_borrow_mut() {
-            cache.clear();
+    /// What the watch said: forget the sessions whose keys were deleted, or everything when
+    /// ends may have been missed.
+    pub fn on_watch_news(&self, news: &WatchNews) {
+        let (Ok(mut cache), Ok(mut keys)) = (
+            self.cache.try_borrow_mut(),
+            self.cached_keys.try_borrow_mut(),
+        ) else {
+            return;
+        };
+        if news.flush || !news.deleted.is_empty() {
+            self.ends_seen.set(self.ends_seen.get().wrapping_add(1));
         }
-        self.count_store(StoreStat::CacheFlushes);
+        if news.flush {
+            cache.clear();
+            keys.clear();
+            self.count_store(StoreStat::CacheFlushes);
+            return;
+        }
+        let mut held = false;
+        for key in &news.deleted {
+            if let Some(slot) = keys.remove(key) {
+                cache.forget(slot);
+                held = true;
+            }
+        }
+        if held {
+            // The other workers of this Envoy may hold it too, and their watches may speak a
+            // moment later: the epoch empties their caches now, so that once one worker
+            // answers 404 every worker does.
+            self.host.increment(Metric::Epoch, 1);
+        }
     }
 
     /// Keeps the `watch_up` gauge in step with this VM's watch.
@@ -410,15 +464,23 @@ impl<H: Host> Plugin<H> {
         }
     }
 
+    /// Notes the ends seen so far, before a lookup (read the epoch before the store).
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            epoch: self.host.epoch(),
+            ends: self.ends_seen.get(),
+        }
+    }
+
     /// The record of session `id` from the worker's cache, if it may serve.
     pub fn cached(
         &self,
-        epoch: Option<u64>,
+        stamp: Stamp,
         id: &SessionId,
         identity: Option<&[u8]>,
         now_ms: u64,
     ) -> Option<Record> {
-        let epoch = epoch?;
+        let epoch = stamp.epoch?;
         let mut cache = self.cache.try_borrow_mut().ok()?;
         let Some(remote) = &self.remote else {
             return cache
@@ -440,10 +502,22 @@ impl<H: Host> Plugin<H> {
     /// Remembers a live record just read from the store, at the epoch read before that read.
     /// Only a settled record: `initialized` is the one field a live session's record still
     /// changes in without an end.
-    pub fn remember(&self, epoch: Option<u64>, id: &SessionId, record: &Record) {
-        let settled = record.initialized || !self.config.enforce_initialized;
+    pub fn remember(&self, stamp: Stamp, id: &SessionId, record: &Record) {
+        let epoch = stamp.epoch;
+        // With etcd, a read answered after the watch reported an end may predate that end.
+        let settled = (record.initialized || !self.config.enforce_initialized)
+            && stamp.ends == self.ends_seen.get();
         if let (Some(epoch), Ok(mut cache), true) = (epoch, self.cache.try_borrow_mut(), settled) {
             cache.put(epoch, id.slot, record.clone());
+            if let (Some(remote), Ok(mut keys)) = (&self.remote, self.cached_keys.try_borrow_mut())
+            {
+                if keys.len() >= 2 * CACHE_CAPACITY {
+                    // Entries the cache dropped since: start the index over with the cache.
+                    keys.clear();
+                    cache.clear();
+                }
+                keys.insert(etcd::key(&remote.config().prefix, id), id.slot);
+            }
         }
     }
 

@@ -212,9 +212,7 @@ impl Context for Root {
         let message = buffer(BufferType::GrpcReceiveBuffer, message_size);
         let now = plugin.host().now_ms();
         let news = remote.watch_message(&message, now);
-        if news.flush {
-            plugin.flush_cache();
-        }
+        plugin.on_watch_news(&news);
         if news.close {
             info!("the etcd watch was cancelled; reopening it");
             self.close_watch(remote);
@@ -453,10 +451,7 @@ impl Stream {
                     Action::Continue
                 }
                 Flow::Call(call) => {
-                    let timeout = self
-                        .plugin
-                        .remote()
-                        .map_or(1000, |remote| remote.config().timeout_ms);
+                    let timeout = self.plugin.call_timeout_ms(&self.exchange);
                     match dispatch(&self.service, &call, Duration::from_millis(timeout)) {
                         Ok(token) => {
                             self.waiting = Some((side, token));

@@ -49,6 +49,8 @@ pub const WATCH_FRESH_MS: u64 = 1500;
 pub const TICK_MS: u64 = 500;
 /// How often a VM counts the sessions in etcd (for `max_sessions`, best effort).
 pub const COUNT_EVERY_MS: u64 = 5000;
+/// Most calls one failing operation makes (the first and its retries).
+const MAX_ATTEMPTS: u32 = 4;
 /// Most writes one backlog flush sends (etcd's default limit is 128 operations per Txn).
 const BACKLOG_BATCH: usize = 64;
 /// Most writes kept while etcd is away with `unavailable: local`.
@@ -270,14 +272,14 @@ pub enum WatchAction {
 }
 
 /// What a watch message means for the VM.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WatchNews {
-    /// Sessions may have ended: empty the cache.
+    /// Ends may have been missed: empty the cache.
     pub flush: bool,
     /// The watch was cancelled: close the stream.
     pub close: bool,
-    /// Session keys deleted.
-    pub deleted: u32,
+    /// Session keys deleted: forget those sessions.
+    pub deleted: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -643,15 +645,24 @@ impl Remote {
         }
     }
 
-    /// A call failed: once more (Envoy's round robin picks another member) while there is time
-    /// left, else etcd is unavailable for this operation.
+    /// A call failed: again (Envoy's round robin picks another member; a leader election
+    /// passes) while a quarter of the operation's deadline is left, at most
+    /// [`MAX_ATTEMPTS`] times in all; else etcd is unavailable for this operation.
     fn failed(&self, mut flight: Box<Flight>, now_ms: u64) -> Next {
-        let elapsed = now_ms.saturating_sub(flight.started_ms);
-        if flight.attempts < 2 && elapsed < self.config.timeout_ms / 2 {
+        if flight.attempts < MAX_ATTEMPTS
+            && self.time_left(&flight, now_ms) > self.config.timeout_ms / 4
+        {
             flight.attempts += 1;
             return Next::Call(flight);
         }
         Next::Unavailable(flight.op)
+    }
+
+    /// What is left of the operation's deadline (`timeout_ms` from its start): the timeout
+    /// of its next call.
+    pub fn time_left(&self, flight: &Flight, now_ms: u64) -> u64 {
+        let elapsed = now_ms.saturating_sub(flight.started_ms);
+        self.config.timeout_ms.saturating_sub(elapsed).max(10)
     }
 
     fn remember_lease(&self, now_ms: u64, lease: i64) {
@@ -853,10 +864,15 @@ impl Remote {
             return WatchNews {
                 flush: true,
                 close: true,
-                deleted: 0,
+                deleted: Vec::new(),
             };
         };
-        let mut news = WatchNews::default();
+        // A watch that starts from now (the first, or after a compaction) says nothing of the
+        // ends before it: what the cache holds from then must go.
+        let mut news = WatchNews {
+            flush: response.created && self.revision.get() == 0,
+            ..WatchNews::default()
+        };
         if response.canceled {
             // Compacted past where it resumed (or cut off from the leader): events may be
             // lost; start over from now, with an empty cache.
@@ -869,12 +885,11 @@ impl Remote {
             return news;
         }
         for event in &response.events {
-            if event.r#type == proto::EVENT_DELETE {
-                news.deleted += 1;
-                news.flush = true;
-            }
             if let Some(kv) = &event.kv {
                 self.revision.set(self.revision.get().max(kv.mod_revision));
+                if event.r#type == proto::EVENT_DELETE {
+                    news.deleted.push(kv.key.clone());
+                }
             }
         }
         if let Some(header) = response.header {
@@ -885,12 +900,6 @@ impl Remote {
             if response.created && self.revision.get() == 0 {
                 self.revision.set(header.revision);
             }
-        }
-        let was_open = matches!(self.watch.get(), WatchState::Open { .. });
-        if response.created && !was_open {
-            // Events between the last revision seen and now are replayed by the watch; a
-            // fresh start (no revision) may have missed ends: flush.
-            news.flush = news.flush || self.revision.get() == 0;
         }
         self.watch.set(WatchState::Open { heard_ms: now_ms });
         news
@@ -1235,17 +1244,20 @@ mod tests {
             identity: None,
             now_ms: T0,
         };
-        let flight = call(r.begin(op.clone(), &limits(), 0));
-        let flight = call(r.advance(flight, Reply::Failed(14), &limits(), T0 + 10));
-        assert_eq!(flight.call().method, "Range");
+        let mut flight = call(r.begin(op.clone(), &limits(), 0));
+        for at in [10, 20, 30] {
+            flight = call(r.advance(flight, Reply::Failed(14), &limits(), T0 + at));
+            assert_eq!(flight.call().method, "Range");
+            assert_eq!(r.time_left(&flight, T0 + at), 1000 - at);
+        }
         assert!(matches!(
-            r.advance(flight, Reply::Failed(14), &limits(), T0 + 20),
+            r.advance(flight, Reply::Failed(14), &limits(), T0 + 40),
             Next::Unavailable(o) if o == op
         ));
-        // A first failure that took most of the deadline is not retried.
+        // A failure with less than a quarter of the deadline left is not retried.
         let flight = call(r.begin(op, &limits(), 0));
         assert!(matches!(
-            r.advance(flight, Reply::Failed(4), &limits(), T0 + 900),
+            r.advance(flight, Reply::Failed(4), &limits(), T0 + 760),
             Next::Unavailable(_)
         ));
         // Garbage is a failure too, never a 404.
@@ -1313,6 +1325,10 @@ mod tests {
         });
         let news = r.watch_message(&created, T0 + 5);
         assert!(!news.close);
+        assert!(
+            news.flush,
+            "entries cached before a watch from now may have missed an end"
+        );
         assert!(r.watch_fresh(T0 + 5));
         assert_eq!(r.trust_ms(T0 + 5), r.timing().touch_ms);
         assert!(matches!(r.watch_tick(T0 + 500), WatchAction::Send(_)));
@@ -1327,7 +1343,8 @@ mod tests {
             ..Default::default()
         });
         let news = r.watch_message(&deleted, T0 + 600);
-        assert_eq!((news.flush, news.deleted), (true, 1));
+        assert!(!news.flush);
+        assert_eq!(news.deleted, vec![Vec::<u8>::new()]);
         // Silent too long: closed, and cached sessions are trusted for a second only.
         assert!(!r.watch_fresh(T0 + 600 + WATCH_FRESH_MS + 1));
         assert_eq!(
