@@ -185,7 +185,12 @@ impl<H: Host> Plugin<H> {
     /// operation's deadline.
     pub fn call_timeout_ms(&self, exchange: &Exchange) -> u64 {
         match (&self.remote, &exchange.flight) {
-            (Some(remote), Some(flight)) => remote.time_left(flight, self.host.now_ms()),
+            // Half of the deadline at most: a call stuck on a member that lost its leader
+            // leaves time for another member.
+            (Some(remote), Some(flight)) => remote
+                .time_left(flight, self.host.now_ms())
+                .min(remote.config().timeout_ms / 2)
+                .max(10),
             (Some(remote), None) => remote.config().timeout_ms,
             (None, _) => 1000,
         }
