@@ -160,6 +160,7 @@ impl Root {
         plugin.note_watch(now);
         let timeout = Duration::from_millis(remote.config().timeout_ms);
         for (chore, call) in remote.chores(now) {
+            plugin.count_store(StoreStat::Calls);
             match dispatch(&self.service, &call, timeout) {
                 Ok(token) => {
                     self.chores.insert(token, chore);

@@ -30,7 +30,7 @@ use prost::Message;
 use proto::request_op::Request;
 use proto::response_op::Response;
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// gRPC service of reads, writes and transactions.
 pub const KV: &str = "etcdserverpb.KV";
@@ -49,6 +49,8 @@ pub const WATCH_FRESH_MS: u64 = 1500;
 pub const TICK_MS: u64 = 500;
 /// How often a VM counts the sessions in etcd (for `max_sessions`, best effort).
 pub const COUNT_EVERY_MS: u64 = 5000;
+/// Most sessions awaiting `notifications/initialized` a VM remembers the read of.
+const UNMARKED_LIMIT: usize = 1024;
 /// Most calls one failing operation makes (the first and its retries).
 const MAX_ATTEMPTS: u32 = 4;
 /// Most writes one backlog flush sends (etcd's default limit is 128 operations per Txn).
@@ -317,6 +319,9 @@ pub struct Remote {
     active: Cell<bool>,
     /// Timer chores in flight (one of each kind at a time).
     chores: RefCell<Vec<Chore>>,
+    /// Sessions not initialized yet, as their lookups read them (record and mod revision): the
+    /// `notifications/initialized` that follows marks them with one CAS, without reading again.
+    unmarked: RefCell<HashMap<Vec<u8>, (Record, i64)>>,
 }
 
 impl Remote {
@@ -332,6 +337,7 @@ impl Remote {
             backlog: RefCell::new(Vec::new()),
             active: Cell::new(false),
             chores: RefCell::new(Vec::new()),
+            unmarked: RefCell::new(HashMap::new()),
         }
     }
 
@@ -411,7 +417,11 @@ impl Remote {
                     ),
                     _ => (Stage::Read, read(&key)),
                 };
-                Next::Call(Box::new(Flight {
+                let read_before = match op {
+                    StoreOp::MarkInitialized { .. } => self.unmarked.borrow_mut().remove(&key),
+                    _ => None,
+                };
+                let flight = Flight {
                     op,
                     id,
                     key,
@@ -420,7 +430,16 @@ impl Remote {
                     attempts: 1,
                     started_ms: now_ms,
                     races: 0,
-                }))
+                };
+                match read_before {
+                    // The request's own lookup read it a moment ago: straight to the CAS
+                    // (which reads it again if it lost).
+                    Some((mut record, revision)) => {
+                        record.initialized = true;
+                        Next::Call(Box::new(self.write(flight, Stage::Mark { record }, revision)))
+                    }
+                    None => Next::Call(Box::new(flight)),
+                }
             }
             StoreOp::Activate {
                 id,
@@ -612,6 +631,13 @@ impl Remote {
                 }
                 if !record.identity_matches(limits.bind_identity, identity.as_deref()) {
                     return Next::Done(StoreResult::Lookup(Lookup::NotFound));
+                }
+                if !record.initialized {
+                    let mut unmarked = self.unmarked.borrow_mut();
+                    if unmarked.len() >= UNMARKED_LIMIT {
+                        unmarked.clear();
+                    }
+                    unmarked.insert(flight.key.clone(), (record.clone(), revision));
                 }
                 if now_ms.saturating_sub(record.last_seen_ms) < self.timing.touch_ms {
                     return Next::Done(StoreResult::Lookup(Lookup::Live(
@@ -1274,6 +1300,38 @@ mod tests {
             r.advance(flight, Reply::Ok(&[0xff, 0xff, 0xff]), &limits(), T0),
             Next::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn marking_initialized_after_the_requests_own_lookup_is_one_cas() {
+        let r = remote();
+        r.remember_lease(T0, 5);
+        let mut fresh = live_record(id().secret, T0);
+        fresh.initialized = false;
+        let lookup = StoreOp::Lookup {
+            id: id(),
+            identity: None,
+            now_ms: T0 + 1,
+        };
+        let flight = call(r.begin(lookup, &limits(), 0));
+        let answer = bytes(&proto::RangeResponse {
+            kvs: vec![kv(&fresh, 8)],
+            ..Default::default()
+        });
+        let _ = done(r.advance(flight, Reply::Ok(&answer), &limits(), T0 + 1));
+        let mark = StoreOp::MarkInitialized {
+            id: id(),
+            now_ms: T0 + 2,
+        };
+        let flight = call(r.begin(mark.clone(), &limits(), 0));
+        let txn = proto::TxnRequest::decode(flight.call().message.as_slice()).unwrap();
+        assert_eq!(
+            txn.compare[0].target_union,
+            Some(proto::compare::TargetUnion::ModRevision(8))
+        );
+        // Without a lookup just before: a read first.
+        let flight = call(r.begin(mark, &limits(), 0));
+        assert_eq!(flight.call().method, "Range");
     }
 
     #[test]
