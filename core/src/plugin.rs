@@ -217,6 +217,7 @@ impl<H: Host> Plugin<H> {
             return StoreResult::Unavailable;
         };
         let epoch = self.host.epoch().unwrap_or(0);
+        let kept = |id: &SessionId| fallback_key(remote, id);
         match op {
             StoreOp::Lookup {
                 id,
@@ -235,15 +236,36 @@ impl<H: Host> Plugin<H> {
                         self.count_store(StoreStat::StaleServes);
                         Lookup::Live(record.clone(), 0)
                     }
-                    None => Lookup::NotFound,
+                    // A session another worker of this Envoy created while etcd was away.
+                    None => match self.host.get(&kept(&id)).0 {
+                        Some(bytes) => match etcd::record_of(&bytes, &id) {
+                            Some(record)
+                                if !record.expired(
+                                    now_ms,
+                                    self.limits.idle_ms,
+                                    self.limits.lifetime_ms,
+                                ) && record.identity_matches(
+                                    self.limits.bind_identity,
+                                    identity.as_deref(),
+                                ) =>
+                            {
+                                Lookup::Live(record, 0)
+                            }
+                            _ => Lookup::NotFound,
+                        },
+                        // Never seen here: it may well be live in etcd; not a 404.
+                        None => return StoreResult::Unavailable,
+                    },
                 },
             ),
             StoreOp::End { id, .. } => {
-                let held = cache.take(&id);
+                // Only a session this Envoy knows: the end is written to etcd when it is back.
+                let Some(held) = cache.take(&id) else {
+                    return StoreResult::Unavailable;
+                };
+                let _ = self.host.set(&kept(&id), &[], None);
                 remote.defer(&op);
-                StoreResult::Ended(
-                    held.map_or(crate::store::Ended::NotFound, crate::store::Ended::Ended),
-                )
+                StoreResult::Ended(crate::store::Ended::Ended(held))
             }
             StoreOp::Activate {
                 id,
@@ -256,12 +278,33 @@ impl<H: Host> Plugin<H> {
                 live.last_seen_ms = now_ms;
                 live.initialized = true; // the upstream's lifecycle is not checked meanwhile
                 live.upstream_id.clone_from(upstream_id);
+                // Every worker of this Envoy finds it there until etcd has it.
+                let _ = self.host.set(&kept(&id), &etcd::value(&live), None);
                 cache.put(epoch, id.slot, live);
                 remote.defer(&op);
                 StoreResult::Done(true)
             }
             StoreOp::MarkInitialized { .. } | StoreOp::Release { .. } => StoreResult::Done(true),
             StoreOp::Reserve { .. } => StoreResult::Reserved(None),
+        }
+    }
+
+    /// The answer to a timer chore: the session count sets the `live` gauge; sessions a
+    /// backlog flush wrote to etcd leave this Envoy's fallback memory.
+    pub fn on_chore(&self, chore: etcd::Chore, reply: Reply<'_>) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        match remote.chore_done(chore, reply, self.host.now_ms()) {
+            None => self.count_store(StoreStat::Errors),
+            Some(written) => {
+                if chore == etcd::Chore::Count {
+                    self.host.record(Metric::Live, remote.counted());
+                }
+                for key in written {
+                    let _ = self.host.set(&fallback_key_of(&key), &[], None);
+                }
+            }
         }
     }
 
@@ -534,4 +577,14 @@ impl<H: Host> Plugin<H> {
         self.probe_state.set(x);
         (x >> 32) as u32
     }
+}
+
+/// Where this Envoy keeps a session created while etcd was away (`unavailable: local`), for
+/// every worker, until the backlog has written it to etcd: shared data under its etcd key.
+fn fallback_key(remote: &Remote, id: &SessionId) -> String {
+    fallback_key_of(&etcd::key(&remote.config().prefix, id))
+}
+
+fn fallback_key_of(etcd_key: &[u8]) -> String {
+    format!("mcps/fallback/{}", String::from_utf8_lossy(etcd_key))
 }

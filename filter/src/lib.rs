@@ -165,9 +165,7 @@ impl Root {
                 Ok(token) => {
                     self.chores.insert(token, chore);
                 }
-                Err(status) => {
-                    let _ = remote.chore_done(chore, etcd::Reply::Failed(status), now);
-                }
+                Err(status) => plugin.on_chore(chore, etcd::Reply::Failed(status)),
             }
         }
     }
@@ -185,19 +183,12 @@ impl Context for Root {
         let (Some(plugin), Some(chore)) = (&self.plugin, self.chores.remove(&token_id)) else {
             return;
         };
-        let Some(remote) = plugin.remote() else {
-            return;
-        };
         let bytes = grpc_message(status_code, response_size);
         let reply = match &bytes {
             Some(bytes) => etcd::Reply::Ok(bytes),
             None => etcd::Reply::Failed(status_code),
         };
-        if !remote.chore_done(chore, reply, plugin.host().now_ms()) {
-            plugin.count_store(StoreStat::Errors);
-        } else if chore == Chore::Count {
-            plugin.host().record(Metric::Live, remote.counted());
-        }
+        plugin.on_chore(chore, reply);
     }
 
     fn on_grpc_stream_message(&mut self, token_id: u32, message_size: usize) {

@@ -623,6 +623,48 @@ def test_every_member_down_gives_503_not_404_and_recovers(cluster_envoys: Callab
     assert (a.pid, b.pid) == pids
 
 
+def test_with_unavailable_local_an_envoy_keeps_serving_from_its_memory(
+    cluster_envoys: Callable[..., Pair], etcd: EtcdCluster
+) -> None:
+    """`"unavailable": "local"`: with every member down, sessions this Envoy validated keep
+    working, new sessions work on every worker of the Envoy that minted them, and they reach
+    etcd (so the other Envoy) when it is back."""
+    pair = cluster_envoys(timeout_ms=500, unavailable="local")
+    a, b = pair.a, pair.b
+    known = open_session(a.url())
+    warm(a, known, 4)
+
+    etcd.stop_all()
+    # Served by a worker that validated it; a worker that never did cannot know: 503, not 404.
+    served = 0
+    for i in range(6):
+        t = answered("a known session on A", lambda i=i: add(a, known, i, 1))
+        if t.status == 503:
+            assert_unavailable(t, i)
+        else:
+            assert added(t, i, 1), show(t)
+            served += 1
+    assert served >= 1
+    # A session minted during the outage, used on both of A's workers.
+    t = answered("initialize on A", lambda: initialize_raw(a, 21))
+    assert t.status == 200 and "result" in t.json(), show(t)
+    minted = t.headers["mcp-session-id"]
+    ack = timed_request(a.port, "POST", INITIALIZED, session=minted)
+    assert ack.status == 202, show(ack)
+    warm(a, minted, 4)
+    stats = a.stats()
+    assert stats.get("store.fallbacks", 0) >= 2, stats
+    assert stats.get("rejected.unknown", 0) == 0, stats
+
+    etcd.start()
+    # The backlog reaches etcd: B serves the session minted on A while etcd was away.
+    wait_for("B serves the session minted during the outage", lambda: added(add(b, minted)), 10)
+    assert len(etcd.kvs(pair.prefix)) >= 2
+    # And a DELETE made after the recovery ends it on A too.
+    assert delete(b, minted).status == 204
+    assert time_until_not_found(a, minted, time.monotonic(), PROPAGATION_LIMIT) < PROPAGATION_LIMIT
+
+
 def test_a_delete_is_honoured_after_a_compaction(pair: Pair, etcd: EtcdCluster) -> None:
     a, b = pair.a, pair.b
 

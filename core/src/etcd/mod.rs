@@ -128,14 +128,14 @@ pub fn range_end(prefix: &str) -> Vec<u8> {
 }
 
 /// The value stored for a record: its encoding with the secret zeroed.
-fn value(record: &Record) -> Vec<u8> {
+pub fn value(record: &Record) -> Vec<u8> {
     let mut stored = record.clone();
     stored.secret = [0; crate::session_id::SECRET_LEN];
     stored.encode()
 }
 
 /// The record in a value read back for `id` (the key matched, so the secret is the ID's).
-fn record_of(value: &[u8], id: &SessionId) -> Option<Record> {
+pub fn record_of(value: &[u8], id: &SessionId) -> Option<Record> {
     let mut record = Record::decode(value)?;
     record.secret = id.secret;
     (record.state == State::Live).then_some(record)
@@ -436,7 +436,11 @@ impl Remote {
                     // (which reads it again if it lost).
                     Some((mut record, revision)) => {
                         record.initialized = true;
-                        Next::Call(Box::new(self.write(flight, Stage::Mark { record }, revision)))
+                        Next::Call(Box::new(self.write(
+                            flight,
+                            Stage::Mark { record },
+                            revision,
+                        )))
                     }
                     None => Next::Call(Box::new(flight)),
                 }
@@ -717,6 +721,8 @@ impl Remote {
                 let mut record = reserved.clone();
                 record.state = State::Live;
                 record.last_seen_ms = *now_ms;
+                // Its `notifications/initialized` cannot be recorded while etcd is away either.
+                record.initialized = true;
                 record.upstream_id.clone_from(upstream_id);
                 backlog.push(Backlog::Put(key(&self.config.prefix, id), record));
             }
@@ -802,11 +808,12 @@ impl Remote {
         calls
     }
 
-    /// The answer to a timer chore.
-    pub fn chore_done(&self, chore: Chore, reply: Reply<'_>, now_ms: u64) -> bool {
+    /// The answer to a timer chore: `None` if it failed, else the keys a backlog flush wrote
+    /// (none for the other chores).
+    pub fn chore_done(&self, chore: Chore, reply: Reply<'_>, now_ms: u64) -> Option<Vec<Vec<u8>>> {
         self.chores.borrow_mut().retain(|c| *c != chore);
         let Reply::Ok(bytes) = reply else {
-            return false;
+            return None;
         };
         match chore {
             Chore::Grant(window) => match proto::LeaseGrantResponse::decode(bytes) {
@@ -814,26 +821,32 @@ impl Remote {
                     self.leases.borrow_mut().insert(window, r.id);
                     let current = now_ms / self.timing.window_ms;
                     self.leases.borrow_mut().retain(|w, _| w + 1 >= current);
-                    true
+                    Some(Vec::new())
                 }
-                _ => false,
+                _ => None,
             },
             Chore::Count => match proto::RangeResponse::decode(bytes) {
                 Ok(r) => {
                     self.count
                         .set((u64::try_from(r.count).unwrap_or(0), now_ms, 0));
-                    true
+                    Some(Vec::new())
                 }
-                Err(_) => false,
+                Err(_) => None,
             },
             Chore::Flush(n) => match proto::TxnResponse::decode(bytes) {
                 Ok(r) if r.succeeded => {
                     let mut backlog = self.backlog.borrow_mut();
                     let n = n.min(backlog.len());
-                    backlog.drain(..n);
-                    true
+                    Some(
+                        backlog
+                            .drain(..n)
+                            .map(|op| match op {
+                                Backlog::Put(key, _) | Backlog::Delete(key) => key,
+                            })
+                            .collect(),
+                    )
                 }
-                _ => false,
+                _ => None,
             },
         }
     }
@@ -1350,7 +1363,9 @@ mod tests {
             count: 100,
             ..Default::default()
         });
-        assert!(r.chore_done(Chore::Count, Reply::Ok(&counted), T0));
+        assert!(r
+            .chore_done(Chore::Count, Reply::Ok(&counted), T0)
+            .is_some());
         assert_eq!(
             done(r.begin(op, &limits(), 42)),
             StoreResult::Reserved(None)
