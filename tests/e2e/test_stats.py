@@ -17,10 +17,21 @@ COUNTERS = [
     "rejected.method",
     "rejected.header",
     "rejected.identity",
+    "rejected.unavailable",
     "passthrough.sessionless",
     "epoch",
+    # The etcd store's (defined with either store; they stay 0 without etcd).
+    "store.calls",
+    "store.errors",
+    "store.retries",
+    "store.fallbacks",
+    "store.watch_restarts",
+    "store.cache_flushes",
+    "cache.hits",
+    "cache.misses",
+    "cache.stale_serves",
 ]
-GAUGES = ["live"]
+GAUGES = ["live", "store.watch_up"]
 
 
 def test_every_stat_is_defined(envoy) -> None:
@@ -36,7 +47,8 @@ def test_stat_types(envoy) -> None:
             types[name] = kind
     for name in COUNTERS:
         assert types.get("mcp_session_" + name.replace(".", "_")) == "counter", name
-    assert types.get("mcp_session_live") == "gauge"
+    for name in GAUGES:
+        assert types.get("mcp_session_" + name.replace(".", "_")) == "gauge", name
 
 
 def test_the_epoch_moves_with_every_end_and_only_then(envoy) -> None:
