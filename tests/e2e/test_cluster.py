@@ -118,13 +118,13 @@ def cluster_envoys(envoys, upstreams, etcd: EtcdCluster, request: pytest.Fixture
     started: list[Envoy] = []
     test = request.node.name.split("[")[0].removeprefix("test_")[:24]
 
-    def make(config: Mapping[str, Any] | None = None, **store: Any) -> Pair:
+    def make(config: Mapping[str, Any] | None = None, upstream: str = "json", **store: Any) -> Pair:
         prefix = f"mcp-e2e/{test}-{uuid.uuid4().hex[:8]}/"
         config = {"paths": ["/mcp"], **(config or {})}
         out = []
         for name in ("a", "b"):
             bootstrap = render_cluster_bootstrap(
-                upstream_port=upstreams.get("json").port,
+                upstream_port=upstreams.get(upstream).port,
                 etcd=etcd,
                 filter_config=config,
                 store=store_config(prefix, **store),
@@ -402,6 +402,37 @@ def test_a_session_is_served_by_every_envoy_and_worker(pair: Pair) -> None:
     assert added(t, 7, 8), show(t)
     assert delete(a, other).status == 204
     assert is_not_found(add(b, other))
+
+
+def test_identity_binding_holds_on_every_envoy(cluster_envoys: Callable[..., Pair]) -> None:
+    pair = cluster_envoys({"identity_header": "x-user"})
+    a, b = pair.a, pair.b
+    alice = {"x-user": "alice"}
+    t = timed_request(a.port, "POST", initialize_body(1), headers=alice)
+    assert t.status == 200, show(t)
+    session = t.headers["mcp-session-id"]
+    ack = timed_request(b.port, "POST", INITIALIZED, session=session, headers=alice)
+    assert ack.status == 202, show(ack)
+    for envoy in (a, b):
+        t = timed_request(envoy.port, "POST", tool_call("add", {"a": 1, "b": 2}), session=session, headers=alice)
+        assert added(t, 1, 2), show(t)
+        t = timed_request(envoy.port, "POST", tool_call("add", {"a": 1, "b": 2}), session=session, headers={"x-user": "mallory"})
+        assert is_not_found(t), f"another caller on {envoy.name}: {show(t)}"
+
+
+def test_a_stateful_upstreams_session_is_mapped_on_every_envoy(cluster_envoys: Callable[..., Pair]) -> None:
+    """The upstream's own session ID is kept in etcd with ours: B sends it as A would."""
+    pair = cluster_envoys(upstream="stateful-json")
+    a, b = pair.a, pair.b
+    session = open_session(a.url())
+    for envoy in (b, a, b):
+        t = add(envoy, session, 4, 5)
+        assert added(t, 4, 5), f"{envoy.name}: {show(t)}"
+        assert t.headers.get("mcp-session-id") in (None, session), "never the upstream's ID"
+    assert delete(b, session).status in (200, 204)
+    # A learns of it through its watch within milliseconds (a request before that reaches the
+    # upstream, whose own 404 for its ended session ends ours too).
+    wait_for("A answers 404", lambda: is_not_found(add(a, session)), PROPAGATION_LIMIT)
 
 
 def test_a_delete_on_one_envoy_ends_the_session_everywhere_within_a_second(pair: Pair, record_property) -> None:
