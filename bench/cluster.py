@@ -915,8 +915,9 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "",
                 f"`store.calls` of A while idle ({timer['seconds']:g} s before the runs): {timer['stats']['store.calls']}"
                 + (
-                    ": the counter has no background (the VMs' timer calls, a session count every 5 s and leases "
-                    "granted ahead, are not counted in it), so the runs' store calls are the requests' own."
+                    ": no timer call fell in that window (each VM's timer counts the sessions every 5 s and "
+                    "grants leases ahead, and those calls count too), so the runs' store calls are the "
+                    "requests' own, give or take a timer call."
                     if timer["stats"]["store.calls"] == 0
                     else f" ({timer['calls_per_s']:.2f}/s): a background the runs' store calls include."
                 ),
@@ -1002,7 +1003,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "",
                 f"Opening those sessions on B (`initialize`, then `notifications/initialized`) took "
                 f"{o['calls_per_session']:.2f} etcd calls and {o['writes_per_session']:.2f} writes per session "
-                "(the create; the initialized flag: a miss's read, then the flag's read and compare-and-swap).",
+                "(the create; the initialized flag: the lookup's read, then one compare-and-swap on what it read).",
             ]
     init = results.get("initialize")
     if init:
