@@ -43,28 +43,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Waits until URL answers 200, or fails when process PID exits or 30 s pass.
-wait_ready() {
-    .venv/bin/python - "$1" "$2" "$3" <<'PY'
-import os, sys, time
-import httpx
-url, pid, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-deadline = time.monotonic() + 30
-while True:
-    try:
-        if httpx.get(url, timeout=1).status_code == 200:
-            break
-    except httpx.TransportError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        sys.exit(f"run-cluster: {what} exited (is its port in use?)")
-    if time.monotonic() > deadline:
-        sys.exit(f"run-cluster: {what} did not become ready in 30s")
-    time.sleep(0.1)
-PY
-}
+# shellcheck source=scripts/wait_ready.sh
+source "$root/scripts/wait_ready.sh"
 
 # Every port this script serves must be free: the readiness checks below would take another
 # process's answer (make run, or the compose files, use some of the same ports) for ours.
@@ -89,12 +69,12 @@ mkdir -p "$state"
 # flags as the tests), which stops them on SIGTERM or SIGINT; they also stop if it dies.
 .venv/bin/python tests/e2e/etcd_cluster.py serve --data-dir "$state/etcd" &
 pids+=($!)
-wait_ready http://127.0.0.11:2379/health "${pids[-1]}" "etcd (127.0.0.11-13:2379)"
+wait_ready http://127.0.0.11:2379/health "${pids[-1]}" "etcd (127.0.0.11-13:2379)" run-cluster
 
 # shellcheck disable=SC2086 # DEMO_FLAGS is a list of flags
 .venv/bin/python tests/servers/demo_server.py --port 8000 $demo_flags &
 pids+=($!)
-wait_ready http://127.0.0.1:8000/healthz "${pids[-1]}" "the demo server (port 8000)"
+wait_ready http://127.0.0.1:8000/healthz "${pids[-1]}" "the demo server (port 8000)" run-cluster
 
 # Envoy B: the same file with the listener on 10001 and the admin on 9902 (Envoy has no
 # variables in its configuration: render a copy, as the tests do).
@@ -114,10 +94,10 @@ PY
 envoy_args=(--concurrency 2 --disable-hot-restart -l warning --component-log-level wasm:info)
 .venv/bin/envoy -c "$config" "${envoy_args[@]}" &
 pids+=($!)
-wait_ready http://127.0.0.1:9901/ready "${pids[-1]}" "Envoy A (ports 10000, 9901)"
+wait_ready http://127.0.0.1:9901/ready "${pids[-1]}" "Envoy A (ports 10000, 9901)" run-cluster
 .venv/bin/envoy -c "$state/envoy-b.yaml" "${envoy_args[@]}" &
 pids+=($!)
-wait_ready http://127.0.0.1:9902/ready "${pids[-1]}" "Envoy B (ports 10001, 9902)"
+wait_ready http://127.0.0.1:9902/ready "${pids[-1]}" "Envoy B (ports 10001, 9902)" run-cluster
 
 cat <<'USAGE'
 

@@ -27,28 +27,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Waits until URL answers 200, or fails when process PID exits or 30 s pass.
-wait_ready() {
-    .venv/bin/python - "$1" "$2" "$3" <<'PY'
-import os, sys, time
-import httpx
-url, pid, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-deadline = time.monotonic() + 30
-while True:
-    try:
-        if httpx.get(url, timeout=1).status_code == 200:
-            break
-    except httpx.TransportError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        sys.exit(f"run: {what} exited (is its port in use?)")
-    if time.monotonic() > deadline:
-        sys.exit(f"run: {what} did not become ready in 30s")
-    time.sleep(0.1)
-PY
-}
+# shellcheck source=scripts/wait_ready.sh
+source "$root/scripts/wait_ready.sh"
 
 # shellcheck disable=SC2086 # DEMO_FLAGS is a list of flags
 .venv/bin/python tests/servers/demo_server.py --port 8000 $demo_flags &

@@ -273,12 +273,9 @@ impl<H: Host> Plugin<H> {
                 ref upstream_id,
                 now_ms,
             } => {
-                let mut live = reserved.clone();
-                live.state = crate::record::State::Live;
-                live.last_seen_ms = now_ms;
+                let mut live = reserved.activated(now_ms, upstream_id.as_deref());
                 live.initialized = true; // the upstream's lifecycle is not checked meanwhile
-                live.upstream_id.clone_from(upstream_id);
-                // Every worker of this Envoy finds it there until etcd has it.
+                                         // Every worker of this Envoy finds it there until etcd has it.
                 let _ = self.host.set(&kept(&id), &etcd::value(&live), None);
                 cache.put(epoch, id.slot, live);
                 remote.defer(&op);

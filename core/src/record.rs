@@ -80,6 +80,16 @@ impl Record {
         }
     }
 
+    /// The live session a reservation (this pending record) becomes when its `initialize` is
+    /// answered with a result at `now_ms`, holding the upstream's own ID if it minted one.
+    pub fn activated(&self, now_ms: u64, upstream_id: Option<&str>) -> Record {
+        let mut live = self.clone();
+        live.state = State::Live;
+        live.last_seen_ms = now_ms;
+        live.upstream_id = upstream_id.map(str::to_owned);
+        live
+    }
+
     /// Serialises the record.
     pub fn encode(&self) -> Vec<u8> {
         let upstream = self.upstream_id.as_deref().unwrap_or("").as_bytes();

@@ -468,10 +468,7 @@ impl<S: SharedData> Store<S> {
         if !young || pending.state != State::Pending || !pending.secret_matches(&id.secret) {
             return self.activate(id, now_ms, upstream_id);
         }
-        let mut live = pending.clone();
-        live.state = State::Live;
-        live.last_seen_ms = now_ms;
-        live.upstream_id = upstream_id.map(str::to_owned);
+        let live = pending.activated(now_ms, upstream_id);
         self.shared
             .set(&slot_key(id.slot), &live.encode(), None)
             .is_ok()

@@ -451,10 +451,7 @@ impl Remote {
                 ref upstream_id,
                 now_ms,
             } => {
-                let mut record = reserved.clone();
-                record.state = State::Live;
-                record.last_seen_ms = now_ms;
-                record.upstream_id.clone_from(upstream_id);
+                let record = reserved.activated(now_ms, upstream_id.as_deref());
                 let key = key(&self.config.prefix, &id);
                 let flight = Flight {
                     id,
@@ -718,12 +715,9 @@ impl Remote {
                 upstream_id,
                 now_ms,
             } => {
-                let mut record = reserved.clone();
-                record.state = State::Live;
-                record.last_seen_ms = *now_ms;
+                let mut record = reserved.activated(*now_ms, upstream_id.as_deref());
                 // Its `notifications/initialized` cannot be recorded while etcd is away either.
                 record.initialized = true;
-                record.upstream_id.clone_from(upstream_id);
                 backlog.push(Backlog::Put(key(&self.config.prefix, id), record));
             }
             StoreOp::End { id, .. } => backlog.push(Backlog::Delete(key(&self.config.prefix, id))),

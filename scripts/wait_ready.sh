@@ -1,0 +1,25 @@
+# shellcheck shell=bash
+# Sourced by scripts/run.sh and scripts/run-cluster.sh.
+# wait_ready URL PID WHAT [NAME]: waits until URL answers 200; fails, naming WHAT (and NAME, the
+# script, in the message), when process PID exits or 30 s pass.
+wait_ready() {
+    .venv/bin/python - "$1" "$2" "$3" "${4:-run}" <<'PY'
+import os, sys, time
+import httpx
+url, pid, what, name = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+deadline = time.monotonic() + 30
+while True:
+    try:
+        if httpx.get(url, timeout=1).status_code == 200:
+            break
+    except httpx.TransportError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit(f"{name}: {what} exited (is its port in use?)")
+    if time.monotonic() > deadline:
+        sys.exit(f"{name}: {what} did not become ready in 30s")
+    time.sleep(0.1)
+PY
+}
