@@ -1173,3 +1173,47 @@ fn affinity_sends_every_request_of_a_session_to_the_host_that_answered_its_initi
         Some("10.9.9.9:1")
     );
 }
+
+/// Issue 10, the adapter's side of the etcd store: a request on a session becomes a call to
+/// make; a failing etcd is tried again, then the client gets 503 with Retry-After, never 404.
+#[test]
+fn with_etcd_a_session_request_calls_etcd_and_an_unreachable_etcd_is_a_503() {
+    use mcp_session_core::etcd::Reply;
+    use mcp_session_core::exchange::{Event, Exchange, Flow};
+    let process = Process::new(T0);
+    let config = r#"{"store": {"etcd": {"cluster": "etcd", "timeout_ms": 1000}}}"#;
+    let plugin = Plugin::new(FakeHost::new(&process, 1), config.as_bytes()).unwrap();
+    let request = Request::post(TOOLS_LIST, &[("mcp-session-id", &"ab".repeat(20)), V]);
+    let mut exchange = Exchange::new();
+    let step = plugin.on_event(
+        &mut exchange,
+        Event::RequestHeaders {
+            headers: &request.headers,
+            attributes: &request.attributes,
+            end_of_stream: false,
+        },
+    );
+    let Flow::Call(call) = step.flow else {
+        panic!("a call to etcd, not {:?}", step.flow)
+    };
+    assert_eq!((call.service, call.method), ("etcdserverpb.KV", "Range"));
+    assert!(!String::from_utf8_lossy(&call.message).contains(&"ab".repeat(20)));
+    let mut calls = 1;
+    let reply = loop {
+        let step = plugin.on_reply(&mut exchange, Reply::Failed(14));
+        match step.flow {
+            Flow::Call(_) => calls += 1,
+            Flow::Respond(reply) => break reply,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(calls, 4, "the first call and three more");
+    assert_eq!(reply.status, 503);
+    assert!(reply.headers.contains(&("retry-after", "1".to_owned())));
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["error"]["code"], -32000);
+    assert_eq!(process.stat("mcp_session.rejected.unavailable"), 1);
+    assert_eq!(process.stat("mcp_session.store.calls"), 4);
+    assert_eq!(process.stat("mcp_session.store.errors"), 4);
+    assert_eq!(process.stat("mcp_session.rejected.unknown"), 0);
+}
