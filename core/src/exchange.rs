@@ -67,7 +67,7 @@ pub enum Event<'a> {
     },
     /// A response body chunk arrived (`size` bytes).
     ResponseBody {
-        /// Bytes in this chunk.
+        /// Bytes in this chunk; all the bytes held so far, when the machine paused the body.
         size: usize,
         /// The body is complete.
         end_of_stream: bool,
@@ -849,19 +849,18 @@ impl Exchange {
         let Some(init) = &mut self.initialize else {
             return Flow::Continue.into();
         };
-        let _ = size;
         let limit = plugin.config().max_body_bytes;
         let outcome = match &mut init.answer {
             Answer::Awaiting => return Flow::Continue.into(),
             Answer::Json(buffer) => {
                 if plugin.remote().is_some() {
                     // The etcd store commits the session before the answer leaves: the body
-                    // is held (the host buffers it, and `body()` reads all of it so far)
-                    // until the decision and its write.
-                    *buffer = body();
-                    if buffer.len() <= limit && !end_of_stream {
+                    // is held (the host buffers it: `size` and `body()` are all of it so far)
+                    // until the decision and its write, and read once, when it is decided.
+                    if size <= limit && !end_of_stream {
                         return Flow::Pause.into();
                     }
+                    *buffer = body();
                 } else {
                     buffer.extend_from_slice(&body());
                 }
