@@ -76,10 +76,8 @@ impl SessionCache {
         self.sync(epoch);
         let record = self.entries.get(&id.slot)?;
         let young = now_ms.saturating_sub(record.last_seen_ms) < trust_ms;
-        let usable = young
-            && record.secret_matches(&id.secret)
-            && !record.expired(now_ms, limits.idle_ms, limits.lifetime_ms)
-            && record.identity_matches(limits.bind_identity, identity);
+        let usable =
+            young && record.secret_matches(&id.secret) && limits.serves(record, now_ms, identity);
         usable.then_some(record)
     }
 
@@ -99,11 +97,6 @@ impl SessionCache {
     /// Forgets every session (a session ended elsewhere).
     pub fn clear(&mut self) {
         self.entries.clear();
-    }
-
-    /// Forgets the session in `slot`.
-    pub fn forget(&mut self, slot: u32) {
-        self.entries.remove(&slot);
     }
 
     /// Forgets session `id`, returning its record if held.

@@ -18,7 +18,7 @@ use crate::session_id::SessionId;
 use crate::store::{Limits, Lookup, SlotPool, Store, Sweep};
 use log::info;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 /// Most random slots an initialize probes before the table grows (see `store.rs`).
 pub const MAX_PROBES: u32 = 8;
@@ -65,9 +65,9 @@ pub struct Plugin<H: Host> {
     watch_counted: Cell<bool>,
     /// Ends (deleted keys) this VM's watch reported.
     ends_seen: Cell<u64>,
-    /// With etcd: the key of each session the cache may hold, to forget the one a DELETE
-    /// anywhere ended (by slot: the cache's key).
-    cached_keys: RefCell<HashMap<Vec<u8>, u32>>,
+    /// With etcd: the key of each session the cache may hold, to know whether a DELETE
+    /// anywhere ended one of them.
+    cached_keys: RefCell<HashSet<Vec<u8>>>,
 }
 
 impl<H: Host> Plugin<H> {
@@ -100,7 +100,7 @@ impl<H: Host> Plugin<H> {
             remote: None,
             watch_counted: Cell::new(false),
             ends_seen: Cell::new(0),
-            cached_keys: RefCell::new(HashMap::new()),
+            cached_keys: RefCell::new(HashSet::new()),
         };
         let mut plugin = plugin;
         if let (StoreConfig::Etcd(etcd), false) = (&plugin.config.store, plugin.config.stateless) {
@@ -217,7 +217,7 @@ impl<H: Host> Plugin<H> {
             return StoreResult::Unavailable;
         };
         let epoch = self.host.epoch().unwrap_or(0);
-        let kept = |id: &SessionId| fallback_key(remote, id);
+        let key = |id: &SessionId| etcd::key(&remote.config().prefix, id);
         match op {
             StoreOp::Lookup {
                 id,
@@ -237,17 +237,10 @@ impl<H: Host> Plugin<H> {
                         Lookup::Live(record.clone(), 0)
                     }
                     // A session another worker of this Envoy created while etcd was away.
-                    None => match self.host.get(&kept(&id)).0 {
+                    None => match self.host.get(&fallback_key(&key(&id))).0 {
                         Some(bytes) => match etcd::record_of(&bytes, &id) {
                             Some(record)
-                                if !record.expired(
-                                    now_ms,
-                                    self.limits.idle_ms,
-                                    self.limits.lifetime_ms,
-                                ) && record.identity_matches(
-                                    self.limits.bind_identity,
-                                    identity.as_deref(),
-                                ) =>
+                                if self.limits.serves(&record, now_ms, identity.as_deref()) =>
                             {
                                 Lookup::Live(record, 0)
                             }
@@ -263,8 +256,9 @@ impl<H: Host> Plugin<H> {
                 let Some(held) = cache.take(&id) else {
                     return StoreResult::Unavailable;
                 };
-                let _ = self.host.set(&kept(&id), &[], None);
-                remote.defer(&op);
+                let key = key(&id);
+                let _ = self.host.set(&fallback_key(&key), &[], None);
+                remote.defer_delete(key);
                 StoreResult::Ended(crate::store::Ended::Ended(held))
             }
             StoreOp::Activate {
@@ -274,11 +268,15 @@ impl<H: Host> Plugin<H> {
                 now_ms,
             } => {
                 let mut live = reserved.activated(now_ms, upstream_id.as_deref());
-                live.initialized = true; // the upstream's lifecycle is not checked meanwhile
-                                         // Every worker of this Envoy finds it there until etcd has it.
-                let _ = self.host.set(&kept(&id), &etcd::value(&live), None);
+                // Its `notifications/initialized` cannot be recorded while etcd is away.
+                live.initialized = true;
+                let key = key(&id);
+                // Every worker of this Envoy finds it there until etcd has it.
+                let _ = self
+                    .host
+                    .set(&fallback_key(&key), &etcd::value(&live), None);
+                remote.defer_put(key, live.clone());
                 cache.put(epoch, id.slot, live);
-                remote.defer(&op);
                 StoreResult::Done(true)
             }
             StoreOp::MarkInitialized { .. } | StoreOp::Release { .. } => StoreResult::Done(true),
@@ -299,7 +297,7 @@ impl<H: Host> Plugin<H> {
                     self.host.record(Metric::Live, remote.counted());
                 }
                 for key in written {
-                    let _ = self.host.set(&fallback_key_of(&key), &[], None);
+                    let _ = self.host.set(&fallback_key(&key), &[], None);
                 }
             }
         }
@@ -325,15 +323,12 @@ impl<H: Host> Plugin<H> {
         }
         let mut held = false;
         for key in &news.deleted {
-            if let Some(slot) = keys.remove(key) {
-                cache.forget(slot);
-                held = true;
-            }
+            held |= keys.remove(key);
         }
         if held {
-            // The other workers of this Envoy may hold it too, and their watches may speak a
-            // moment later: the epoch empties their caches now, so that once one worker
-            // answers 404 every worker does.
+            // The epoch empties this worker's cache, and those of the other workers of this
+            // Envoy, which may hold it too while their watches speak a moment later: once one
+            // worker answers 404 every worker does.
             self.host.increment(Metric::Epoch, 1);
         }
     }
@@ -491,21 +486,18 @@ impl<H: Host> Plugin<H> {
         }
         let n = i64::from(n);
         self.host.increment(Metric::Count(event), n);
-        if self.remote.is_some() {
-            // With etcd, `live` is the fleet's count, set from the periodic count (an Envoy
-            // ends sessions other Envoys created).
-            if matches!(event, Count::Terminated | Count::Expired) {
-                self.host.increment(Metric::Epoch, n);
-            }
-            return;
-        }
+        // With etcd, `live` is the fleet's count, set from the periodic count (an Envoy ends
+        // sessions other Envoys created).
+        let tally_live = self.remote.is_none();
         match event {
-            Count::Created => self.host.increment(Metric::Live, n),
+            Count::Created if tally_live => self.host.increment(Metric::Live, n),
             Count::Terminated | Count::Expired => {
-                self.host.increment(Metric::Live, -n);
+                if tally_live {
+                    self.host.increment(Metric::Live, -n);
+                }
                 self.host.increment(Metric::Epoch, n);
             }
-            Count::Sessionless | Count::Rejected(_) => {}
+            Count::Created | Count::Sessionless | Count::Rejected(_) => {}
         }
     }
 
@@ -561,7 +553,7 @@ impl<H: Host> Plugin<H> {
                     keys.clear();
                     cache.clear();
                 }
-                keys.insert(etcd::key(&remote.config().prefix, id), id.slot);
+                keys.insert(etcd::key(&remote.config().prefix, id));
             }
         }
     }
@@ -578,10 +570,6 @@ impl<H: Host> Plugin<H> {
 
 /// Where this Envoy keeps a session created while etcd was away (`unavailable: local`), for
 /// every worker, until the backlog has written it to etcd: shared data under its etcd key.
-fn fallback_key(remote: &Remote, id: &SessionId) -> String {
-    fallback_key_of(&etcd::key(&remote.config().prefix, id))
-}
-
-fn fallback_key_of(etcd_key: &[u8]) -> String {
+fn fallback_key(etcd_key: &[u8]) -> String {
     format!("mcps/fallback/{}", String::from_utf8_lossy(etcd_key))
 }

@@ -94,6 +94,13 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Whether `record` may serve a caller presenting `identity` at `now_ms`: not expired, and
+    /// bound to that caller when sessions are bound.
+    pub fn serves(&self, record: &Record, now_ms: u64, identity: Option<&[u8]>) -> bool {
+        !record.expired(now_ms, self.idle_ms, self.lifetime_ms)
+            && record.identity_matches(self.bind_identity, identity)
+    }
+
     /// How stale `last_seen` may get before a request rewrites it: at most 1 s, so a session
     /// can expire at most 1 s early and is never kept past its idle timeout.
     pub fn touch_interval_ms(&self) -> u64 {

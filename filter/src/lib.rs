@@ -183,11 +183,8 @@ impl Context for Root {
         let (Some(plugin), Some(chore)) = (&self.plugin, self.chores.remove(&token_id)) else {
             return;
         };
-        let bytes = grpc_message(status_code, response_size);
-        let reply = match &bytes {
-            Some(bytes) => etcd::Reply::Ok(bytes),
-            None => etcd::Reply::Failed(status_code),
-        };
+        let message = grpc_message(status_code, response_size);
+        let reply = grpc_reply(status_code, message.as_deref());
         plugin.on_chore(chore, reply);
     }
 
@@ -310,11 +307,8 @@ impl Context for Stream {
             self.waiting = Some((side, token));
             return;
         }
-        let bytes = grpc_message(status_code, response_size);
-        let reply = match &bytes {
-            Some(bytes) => etcd::Reply::Ok(bytes),
-            None => etcd::Reply::Failed(status_code),
-        };
+        let message = grpc_message(status_code, response_size);
+        let reply = grpc_reply(status_code, message.as_deref());
         let step = self.plugin.on_reply(&mut self.exchange, reply);
         if self.apply(side, step) == Action::Continue {
             let resumed = match side {
@@ -488,6 +482,15 @@ fn dispatch(service: &str, call: &Call, timeout: Duration) -> Result<u32, u32> {
 /// A call's answer: the message when the status is OK.
 fn grpc_message(status_code: u32, size: usize) -> Option<Vec<u8>> {
     (status_code == 0).then(|| buffer(BufferType::GrpcReceiveBuffer, size))
+}
+
+/// A call's answer as the core takes it: the message (read by [`grpc_message`]), or the
+/// status of a call that failed.
+fn grpc_reply(status_code: u32, message: Option<&[u8]>) -> etcd::Reply<'_> {
+    match message {
+        Some(message) => etcd::Reply::Ok(message),
+        None => etcd::Reply::Failed(status_code),
+    }
 }
 
 /// Envoy's `envoy.config.core.v3.GrpcService` naming the cluster: passing the bare name also

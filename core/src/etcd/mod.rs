@@ -700,29 +700,24 @@ impl Remote {
         leases.retain(|w, _| w + 1 >= window);
     }
 
-    /// A write to make later (`unavailable: local`): the session is kept in this VM's memory
-    /// meanwhile.
-    pub fn defer(&self, op: &StoreOp) {
+    /// Writes `record` under `key` when etcd is back (`unavailable: local`); the session is
+    /// kept in this Envoy's memory meanwhile.
+    pub fn defer_put(&self, key: Vec<u8>, record: Record) {
+        self.defer(Backlog::Put(key, record));
+    }
+
+    /// Deletes `key` when etcd is back (`unavailable: local`).
+    pub fn defer_delete(&self, key: Vec<u8>) {
+        self.defer(Backlog::Delete(key));
+    }
+
+    fn defer(&self, write: Backlog) {
         let mut backlog = self.backlog.borrow_mut();
         if backlog.len() >= BACKLOG_LIMIT {
             log::warn!("etcd store backlog full ({BACKLOG_LIMIT}): a write made while etcd was away is dropped");
             return;
         }
-        match op {
-            StoreOp::Activate {
-                id,
-                reserved,
-                upstream_id,
-                now_ms,
-            } => {
-                let mut record = reserved.activated(*now_ms, upstream_id.as_deref());
-                // Its `notifications/initialized` cannot be recorded while etcd is away either.
-                record.initialized = true;
-                backlog.push(Backlog::Put(key(&self.config.prefix, id), record));
-            }
-            StoreOp::End { id, .. } => backlog.push(Backlog::Delete(key(&self.config.prefix, id))),
-            _ => {}
-        }
+        backlog.push(write);
     }
 
     /// The calls this VM's timer makes now: a lease for the next window ahead of time, a count
