@@ -19,6 +19,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/debian.sh
+source "$root/scripts/debian.sh"
 state="$root/.containers"
 venv="$state/venv"
 requirements="$root/containers/requirements.txt"
@@ -86,12 +88,9 @@ setup() {
     local missing
     missing="$(missing_packages | tr '\n' ' ')"
     if [[ -n "$missing" ]]; then
-        if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        if can_install_debian; then
             log "installing $missing(Debian)"
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null 2>&1 || {
-                apt-get update -qq
-                DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
-            }
+            debian_install "${packages[@]}"
         else
             log "WARNING: $missing missing and not installed (needs root and apt-get): the compose files cannot run here"
             [[ "${CI:-}" == true ]] && exit 1

@@ -11,6 +11,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/debian.sh
+source "$root/scripts/debian.sh"
 venv="$root/.venv"
 requirements="$root/tests/requirements.txt"
 stamp="$venv/.requirements.sha256"
@@ -23,12 +25,9 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # when missing, only as root with apt-get, and the package lists are refreshed only when the
 # install fails without it.
 if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
-    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    if can_install_debian; then
         log "installing ${etcd_packages[*]} (Debian)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${etcd_packages[@]}" >/dev/null 2>&1 || {
-            apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${etcd_packages[@]}" >/dev/null
-        }
+        debian_install "${etcd_packages[@]}"
         # The package starts a single-member etcd on 127.0.0.1:2379 as a service where an init
         # system runs; the project starts its own members and needs none of it.
     else
