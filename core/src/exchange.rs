@@ -1,31 +1,27 @@
 //! The life of one HTTP exchange (a request and its response) as a sans-IO state machine.
 //!
-//! The host adapter feeds [`Event`]s as the proxy calls it (request headers, body data,
-//! response headers, response body data, the end of the stream) and applies the [`Step`] it
-//! gets back: header edits, then continue, pause or answer locally. When the machine needs
-//! the session store it returns [`Flow::Store`] with a [`StoreOp`] and waits; the answer comes
-//! back as [`Event::Stored`]. [`crate::plugin::Plugin::on_event`] runs the local store's
-//! operations at once and feeds their answers straight back; the etcd store's operations
-//! become [`Flow::Call`]s the adapter makes and answers through
-//! [`crate::plugin::Plugin::on_reply`], which drives the same machine through the same event.
+//! `(state, event) -> step`: the machine is fed [`Event`]s (request headers, body data,
+//! response headers, response body data, a store's answer, the end of the stream) with an
+//! [`Input`] (the configuration, the time, a CSPRNG to draw a new session's secret from) and
+//! answers each with a [`Step`]: header edits, then continue, pause, answer locally, replace
+//! the held response body, or run a store operation ([`Flow::Store`]) whose answer comes back
+//! as [`Event::Stored`]; and what to count. It reads no clock, no store and no stat itself, and
+//! knows nothing of the driver (`crate::driver`) that runs it or of which store answers.
 //!
-//! The decisions themselves are pure functions in [`crate::policy`]; this file sequences them
-//! with the store, the worker's cache and the stats.
+//! The decisions themselves are pure functions in [`crate::policy`]; this file sequences them.
 
-use crate::config::IdentitySource;
-use crate::etcd::{Call, Flight};
+use crate::config::{Config, IdentitySource, StoreConfig};
 use crate::headers::Header;
-use crate::host::{Attributes, Headers, Host};
+use crate::host::{Attributes, Headers};
 use crate::message::{json_outcome, Outcome, RequestId, SseScanner};
 use crate::metrics::Event as Count;
-use crate::plugin::{Plugin, Stamp};
 use crate::policy::{
     self, HeadVerdict, HttpMethod, RequestHead, SessionVerdict, SessionlessBody, UninitializedBody,
 };
 use crate::record::{Record, MAX_UPSTREAM_ID};
 use crate::rejection::Rejection;
 use crate::session_id::{SessionId, SECRET_LEN};
-use crate::store::{Ended, Lookup, Reservation};
+use crate::store::{Ended, Lookup, StoreOp, StoreResult};
 use log::{debug, info, warn};
 
 /// The session header, in both directions.
@@ -80,75 +76,6 @@ pub enum Event<'a> {
     Done,
 }
 
-/// A session-store operation the machine waits for. Each carries the time it was asked at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreOp {
-    /// Find the live session `id` for a caller presenting `identity`, and restart its idle
-    /// clock if it is due: answered with [`StoreResult::Lookup`].
-    Lookup {
-        /// The session.
-        id: SessionId,
-        /// The caller's identity value.
-        identity: Option<Vec<u8>>,
-        /// Now.
-        now_ms: u64,
-    },
-    /// End the session: [`StoreResult::Ended`].
-    End {
-        /// The session.
-        id: SessionId,
-        /// Now.
-        now_ms: u64,
-    },
-    /// Reserve a session for an `initialize` in flight: [`StoreResult::Reserved`].
-    Reserve {
-        /// The new session's secret, from the CSPRNG.
-        secret: [u8; SECRET_LEN],
-        /// The caller's identity value.
-        identity: Option<Vec<u8>>,
-        /// Now.
-        now_ms: u64,
-    },
-    /// Make the reservation a live session: [`StoreResult::Done`].
-    Activate {
-        /// The session.
-        id: SessionId,
-        /// The pending record its reservation wrote.
-        reserved: Record,
-        /// The upstream's own session ID, if it minted one.
-        upstream_id: Option<String>,
-        /// Now.
-        now_ms: u64,
-    },
-    /// Free the reservation of a failed `initialize`: [`StoreResult::Done`].
-    Release {
-        /// The session.
-        id: SessionId,
-    },
-    /// Record that the upstream accepted `notifications/initialized`: [`StoreResult::Done`].
-    MarkInitialized {
-        /// The session.
-        id: SessionId,
-        /// Now.
-        now_ms: u64,
-    },
-}
-
-/// The store's answer to a [`StoreOp`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreResult {
-    /// To [`StoreOp::Lookup`]: the record, its idle clock as the store now has it.
-    Lookup(Lookup),
-    /// To [`StoreOp::End`].
-    Ended(Ended),
-    /// To [`StoreOp::Reserve`]; `None` when the store is full.
-    Reserved(Option<Reservation>),
-    /// To the others: whether the change was made.
-    Done(bool),
-    /// The store could not answer (etcd unreachable, too slow, without a leader).
-    Unavailable,
-}
-
 /// A header change to make before the flow goes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit {
@@ -182,9 +109,6 @@ pub enum Flow {
     Respond(Box<Reply>),
     /// Run this store operation and feed its answer back as [`Event::Stored`].
     Store(Box<StoreOp>),
-    /// Hold the stream, make this call to the etcd store's cluster, and feed its answer to
-    /// [`crate::plugin::Plugin::on_reply`].
-    Call(Box<Call>),
     /// Replace the response body held so far with this, then let it go on (the headers have
     /// left already).
     Replace(Vec<u8>),
@@ -197,6 +121,8 @@ pub struct Step {
     pub edits: Vec<Edit>,
     /// Then this.
     pub flow: Flow,
+    /// What happened, to count (each with how many times).
+    pub counts: Vec<(Count, u32)>,
 }
 
 impl Step {
@@ -204,8 +130,21 @@ impl Step {
         Step {
             edits: Vec::new(),
             flow,
+            counts: Vec::new(),
         }
     }
+}
+
+/// What the machine is given besides an event: it reads no clock, no random source and no
+/// store of its own.
+#[derive(Clone, Copy)]
+pub struct Input<'a> {
+    /// The configuration.
+    pub config: &'a Config,
+    /// Now, ms since the Unix epoch.
+    pub now_ms: u64,
+    /// Fills a buffer from the CSPRNG (a new session's secret); false when it cannot.
+    pub random: &'a dyn Fn(&mut [u8]) -> bool,
 }
 
 impl From<Flow> for Step {
@@ -237,7 +176,6 @@ enum Waiting {
         id: SessionId,
         method: HttpMethod,
         end_of_stream: bool,
-        stamp: Stamp,
         now_ms: u64,
     },
     /// A DELETE.
@@ -291,8 +229,8 @@ pub struct Exchange {
     mark_initialized: bool,
     /// The identity header's value, read with the request headers.
     identity: Option<Vec<u8>>,
-    /// The etcd operation in flight, if any.
-    pub(crate) flight: Option<Box<Flight>>,
+    /// What the event being stepped counted.
+    counts: Vec<(Count, u32)>,
 }
 
 impl Default for Exchange {
@@ -312,7 +250,7 @@ impl Exchange {
             initialize: None,
             mark_initialized: false,
             identity: None,
-            flight: None,
+            counts: Vec::new(),
         }
     }
 
@@ -344,36 +282,48 @@ impl Exchange {
         self.initialize.is_some()
     }
 
-    /// Feeds one event. Prefer [`Plugin::on_event`], which also runs the local store's
-    /// operations.
-    pub fn step<H: Host>(&mut self, plugin: &Plugin<H>, event: Event<'_>) -> Step {
+    /// Feeds one event: `(state, event) -> step`. A [`Flow::Store`] is answered with
+    /// [`Event::Stored`] (the driver, `crate::driver`, does that).
+    pub fn step(&mut self, input: &Input<'_>, event: Event<'_>) -> Step {
+        let mut step = self.on_event(input, event);
+        step.counts = std::mem::take(&mut self.counts);
+        step
+    }
+
+    fn count(&mut self, event: Count, n: u32) {
+        if n > 0 {
+            self.counts.push((event, n));
+        }
+    }
+
+    fn on_event(&mut self, input: &Input<'_>, event: Event<'_>) -> Step {
         match event {
             Event::RequestHeaders {
                 headers,
                 attributes,
                 end_of_stream,
-            } => self.on_request_headers(plugin, headers, attributes, end_of_stream),
+            } => self.on_request_headers(input, headers, attributes, end_of_stream),
             Event::RequestBody {
                 size,
                 end_of_stream,
                 body,
-            } => self.on_request_body(plugin, size, end_of_stream, body),
+            } => self.on_request_body(input, size, end_of_stream, body),
             Event::ResponseHeaders {
                 headers,
                 attributes,
                 end_of_stream,
-            } => self.on_response_headers(plugin, headers, attributes, end_of_stream),
+            } => self.on_response_headers(input, headers, attributes, end_of_stream),
             Event::ResponseBody {
                 size,
                 end_of_stream,
                 body,
-            } => self.on_response_body(plugin, size, end_of_stream, body),
-            Event::Stored(result) => self.on_stored(plugin, result),
-            Event::Done => self.on_done(plugin),
+            } => self.on_response_body(input, size, end_of_stream, body),
+            Event::Stored(result) => self.on_stored(input, result),
+            Event::Done => self.on_done(input),
         }
     }
 
-    fn reply<H: Host>(&mut self, plugin: &Plugin<H>, rejection: &Rejection) -> Step {
+    fn reply(&mut self, rejection: &Rejection) -> Step {
         debug!(
             "rejected: {} {} ({})",
             rejection.status,
@@ -381,7 +331,7 @@ impl Exchange {
             rejection.reason.name()
         );
         self.phase = Phase::Replied;
-        plugin.count(Count::Rejected(rejection.reason), 1);
+        self.count(Count::Rejected(rejection.reason), 1);
         let mut headers = vec![("content-type", "application/json".to_owned())];
         headers.extend(rejection.headers.iter().map(|(k, v)| (*k, (*v).to_owned())));
         Flow::Respond(Box::new(Reply {
@@ -392,14 +342,14 @@ impl Exchange {
         .into()
     }
 
-    fn on_request_headers<H: Host>(
+    fn on_request_headers(
         &mut self,
-        plugin: &Plugin<H>,
+        input: &Input<'_>,
         headers: &dyn Headers,
         attributes: &dyn Attributes,
         end_of_stream: bool,
     ) -> Step {
-        let cfg = plugin.config();
+        let cfg = input.config;
         // Every header the decision may need, in one lookup (an empty name matches nothing).
         let names = [
             ":method",
@@ -425,47 +375,62 @@ impl Exchange {
             session_id_repeated: session_id.repeated(),
             identity_repeated: identity.repeated(),
         };
-        match policy::on_request_headers(cfg, &head) {
+        let mut step = self.on_head(
+            input,
+            policy::on_request_headers(cfg, &head),
+            method,
+            identity,
+            attributes,
+            end_of_stream,
+        );
+        if cfg.affinity_header.is_some() && !matches!(step.flow, Flow::Respond(_)) {
+            // The client's own copy never steers a request: removed from every request that
+            // goes on (a session's own host, if it has one, is set after this).
+            step.edits.insert(0, Edit::Affinity(None));
+        }
+        step
+    }
+
+    fn on_head(
+        &mut self,
+        input: &Input<'_>,
+        verdict: HeadVerdict,
+        method: &str,
+        identity: Header<'_>,
+        attributes: &dyn Attributes,
+        end_of_stream: bool,
+    ) -> Step {
+        let cfg = input.config;
+        match verdict {
             HeadVerdict::Ignore => Flow::Continue.into(),
             HeadVerdict::Sessionless => {
-                plugin.count(Count::Sessionless, 1);
+                self.count(Count::Sessionless, 1);
                 Flow::Continue.into()
             }
-            HeadVerdict::Reject(rejection) => self.reply(plugin, &rejection),
+            HeadVerdict::Reject(rejection) => self.reply(&rejection),
             HeadVerdict::ReadSessionlessBody => {
                 self.identity = read_identity(cfg.identity.as_ref(), identity, attributes);
                 // Headers go on now (holding them would stop body callbacks on hosts without
                 // allow_on_headers_stop_iteration); the body is held until it is complete.
                 self.phase = Phase::SessionlessBody;
-                let mut step = if end_of_stream {
-                    self.on_complete_body(plugin, &[])
+                if end_of_stream {
+                    self.on_complete_body(input, &[])
                 } else {
                     Flow::Continue.into()
-                };
-                if cfg.affinity_header.is_some() {
-                    // The client's own copy never steers a request.
-                    step.edits.insert(0, Edit::Affinity(None));
                 }
-                step
             }
             HeadVerdict::Session { id } => {
                 self.identity = read_identity(cfg.identity.as_ref(), identity, attributes);
                 if cfg.identity.is_some() && self.identity.is_none() {
-                    return self.reply(plugin, &Rejection::identity_not_found());
+                    return self.reply(&Rejection::identity_not_found());
                 }
                 let method = HttpMethod::of(method);
-                let now_ms = plugin.host().now_ms();
-                // The epoch is read before the store, so an end between the two empties the
-                // cache.
-                let stamp = plugin.stamp();
-                if let Some(record) = plugin.cached(stamp, &id, self.identity.as_deref(), now_ms) {
-                    return self.on_session(plugin, id, &record, method, end_of_stream, now_ms);
-                }
+                let now_ms = input.now_ms;
+                // The driver answers from its cache when it can.
                 self.waiting = Waiting::Lookup {
                     id,
                     method,
                     end_of_stream,
-                    stamp,
                     now_ms,
                 };
                 Flow::Store(Box::new(StoreOp::Lookup {
@@ -478,9 +443,9 @@ impl Exchange {
         }
     }
 
-    fn on_session<H: Host>(
+    fn on_session(
         &mut self,
-        plugin: &Plugin<H>,
+        input: &Input<'_>,
         id: SessionId,
         record: &Record,
         method: HttpMethod,
@@ -493,15 +458,15 @@ impl Exchange {
         if let Some(upstream) = &record.upstream_id {
             edits.push(Edit::Request(SESSION_HEADER, upstream.clone()));
         }
-        if plugin.config().affinity_header.is_some() {
+        if input.config.affinity_header.is_some() {
             edits.push(Edit::Affinity(record.upstream_host.clone()));
         }
-        let mut step = match policy::on_session(plugin.config(), method, record) {
+        let mut step = match policy::on_session(input.config, method, record) {
             SessionVerdict::Forward => Flow::Continue.into(),
             SessionVerdict::ReadUninitializedBody => {
                 self.phase = Phase::UninitializedBody;
                 if end_of_stream {
-                    self.on_complete_body(plugin, &[])
+                    self.on_complete_body(input, &[])
                 } else {
                     Flow::Continue.into()
                 }
@@ -516,9 +481,9 @@ impl Exchange {
         step
     }
 
-    fn on_request_body<H: Host>(
+    fn on_request_body(
         &mut self,
-        plugin: &Plugin<H>,
+        input: &Input<'_>,
         size: usize,
         end_of_stream: bool,
         body: &dyn Fn() -> Vec<u8>,
@@ -527,21 +492,21 @@ impl Exchange {
             Phase::SessionlessBody | Phase::UninitializedBody => {}
             Phase::Pass | Phase::Replied => return Flow::Continue.into(),
         }
-        let limit = plugin.config().max_body_bytes;
+        let limit = input.config.max_body_bytes;
         if size > limit {
-            return self.reply(plugin, &Rejection::body_too_large(limit));
+            return self.reply(&Rejection::body_too_large(limit));
         }
         if !end_of_stream {
             return Flow::Pause.into(); // buffer until the whole body is here
         }
-        self.on_complete_body(plugin, &body())
+        self.on_complete_body(input, &body())
     }
 
-    fn on_complete_body<H: Host>(&mut self, plugin: &Plugin<H>, body: &[u8]) -> Step {
+    fn on_complete_body(&mut self, input: &Input<'_>, body: &[u8]) -> Step {
         match self.phase {
             Phase::SessionlessBody => match policy::on_sessionless_body(body) {
-                SessionlessBody::Initialize { id } => self.reserve(plugin, id),
-                SessionlessBody::Reject(rejection) => self.reply(plugin, &rejection),
+                SessionlessBody::Initialize { id } => self.reserve(input, id),
+                SessionlessBody::Reject(rejection) => self.reply(&rejection),
             },
             Phase::UninitializedBody => match policy::on_uninitialized_body(body) {
                 UninitializedBody::Forward { initialized } => {
@@ -549,31 +514,31 @@ impl Exchange {
                     self.phase = Phase::Pass;
                     Flow::Continue.into()
                 }
-                UninitializedBody::Reject(rejection) => self.reply(plugin, &rejection),
+                UninitializedBody::Reject(rejection) => self.reply(&rejection),
             },
             Phase::Pass | Phase::Replied => Flow::Continue.into(),
         }
     }
 
-    fn reserve<H: Host>(&mut self, plugin: &Plugin<H>, request_id: RequestId) -> Step {
-        if plugin.config().identity.is_some() && self.identity.is_none() {
-            return self.reply(plugin, &Rejection::no_identity().with_id(request_id));
+    fn reserve(&mut self, input: &Input<'_>, request_id: RequestId) -> Step {
+        if input.config.identity.is_some() && self.identity.is_none() {
+            return self.reply(&Rejection::no_identity().with_id(request_id));
         }
         let mut secret = [0u8; SECRET_LEN];
-        if !plugin.host().fill_random(&mut secret) {
+        if !(input.random)(&mut secret) {
             log::error!("the host random source failed; refusing initialize");
-            return self.reply(plugin, &Rejection::capacity().with_id(request_id));
+            return self.reply(&Rejection::capacity().with_id(request_id));
         }
         self.waiting = Waiting::Reserve { request_id };
         Flow::Store(Box::new(StoreOp::Reserve {
             secret,
             identity: self.identity.clone(),
-            now_ms: plugin.host().now_ms(),
+            now_ms: input.now_ms,
         }))
         .into()
     }
 
-    fn on_stored<H: Host>(&mut self, plugin: &Plugin<H>, result: StoreResult) -> Step {
+    fn on_stored(&mut self, input: &Input<'_>, result: StoreResult) -> Step {
         let waiting = std::mem::replace(&mut self.waiting, Waiting::Nothing);
         match (waiting, result) {
             (
@@ -581,25 +546,23 @@ impl Exchange {
                     id,
                     method,
                     end_of_stream,
-                    stamp,
                     now_ms,
                 },
                 StoreResult::Lookup(lookup),
             ) => match lookup {
                 Lookup::Live(record, _) => {
-                    plugin.remember(stamp, &id, &record);
-                    self.on_session(plugin, id, &record, method, end_of_stream, now_ms)
+                    self.on_session(input, id, &record, method, end_of_stream, now_ms)
                 }
                 Lookup::Expired => {
-                    plugin.count(Count::Expired, 1);
+                    self.count(Count::Expired, 1);
                     info!("session {} expired", id.short());
-                    self.reply(plugin, &Rejection::session_not_found())
+                    self.reply(&Rejection::session_not_found())
                 }
-                Lookup::NotFound => self.reply(plugin, &Rejection::session_not_found()),
+                Lookup::NotFound => self.reply(&Rejection::session_not_found()),
             },
             (Waiting::Delete, StoreResult::Ended(ended)) => match ended {
                 Ended::Ended(record) => {
-                    plugin.count(Count::Terminated, 1);
+                    self.count(Count::Terminated, 1);
                     if let Some(id) = &self.session {
                         info!("session {} ended by the client", id.short());
                     }
@@ -618,15 +581,15 @@ impl Exchange {
                     }
                 }
                 Ended::Expired => {
-                    plugin.count(Count::Expired, 1);
-                    self.reply(plugin, &Rejection::session_not_found())
+                    self.count(Count::Expired, 1);
+                    self.reply(&Rejection::session_not_found())
                 }
-                Ended::NotFound => self.reply(plugin, &Rejection::session_not_found()),
+                Ended::NotFound => self.reply(&Rejection::session_not_found()),
             },
             (Waiting::Reserve { request_id }, StoreResult::Reserved(reservation)) => {
                 match reservation {
                     Some(reservation) => {
-                        plugin.count(Count::Expired, reservation.expired);
+                        self.count(Count::Expired, reservation.expired);
                         self.initialize = Some(Initialize {
                             id: reservation.id,
                             request_id,
@@ -640,17 +603,17 @@ impl Exchange {
                     None => {
                         warn!(
                             "initialize refused: {} sessions open",
-                            plugin.config().max_sessions
+                            input.config.max_sessions
                         );
-                        self.reply(plugin, &Rejection::capacity().with_id(request_id))
+                        self.reply(&Rejection::capacity().with_id(request_id))
                     }
                 }
             }
             (Waiting::Initialize { outcome, .. }, StoreResult::Done(done)) => {
-                if let Some(id) = &self.session {
+                if let Some(id) = self.session {
                     match (outcome, done) {
                         (Outcome::Result, true) => {
-                            plugin.count(Count::Created, 1);
+                            self.count(Count::Created, 1);
                             debug!("session {} created", id.short());
                         }
                         (Outcome::Result, false) => {
@@ -667,11 +630,11 @@ impl Exchange {
                 let id = self.session.map(|id| id.short()).unwrap_or_default();
                 match ended {
                     Ended::Ended(_) => {
-                        plugin.count(Count::Terminated, 1);
+                        self.count(Count::Terminated, 1);
                         info!("session {id} ended: the upstream answered 404");
                     }
                     Ended::Expired => {
-                        plugin.count(Count::Expired, 1);
+                        self.count(Count::Expired, 1);
                         info!("session {id} expired");
                     }
                     Ended::NotFound => {}
@@ -680,7 +643,7 @@ impl Exchange {
             }
             (Waiting::Initialized, StoreResult::Done(_)) => Flow::Continue.into(),
             (Waiting::Lookup { .. } | Waiting::Delete, StoreResult::Unavailable) => {
-                self.reply(plugin, &Rejection::unavailable())
+                self.reply(&Rejection::unavailable())
             }
             (
                 Waiting::Initialize {
@@ -703,7 +666,7 @@ impl Exchange {
                         body.resize(len, b' ');
                         body
                     }
-                    Some(_) => return self.reply(plugin, &rejection),
+                    Some(_) => return self.reply(&rejection),
                     None => {
                         let mut event = b"event: message\ndata: ".to_vec();
                         event.extend_from_slice(&error);
@@ -711,7 +674,7 @@ impl Exchange {
                         event
                     }
                 };
-                plugin.count(Count::Rejected(rejection.reason), 1);
+                self.count(Count::Rejected(rejection.reason), 1);
                 self.phase = Phase::Replied;
                 Flow::Replace(body).into()
             }
@@ -723,9 +686,9 @@ impl Exchange {
         }
     }
 
-    fn on_response_headers<H: Host>(
+    fn on_response_headers(
         &mut self,
-        plugin: &Plugin<H>,
+        input: &Input<'_>,
         headers: &dyn Headers,
         attributes: &dyn Attributes,
         end_of_stream: bool,
@@ -735,7 +698,7 @@ impl Exchange {
             return Flow::Continue.into(); // the hot path: nothing to do
         }
         if self.initialize.is_some() {
-            return self.on_initialize_response(plugin, headers, attributes, end_of_stream);
+            return self.on_initialize_response(input, headers, attributes, end_of_stream);
         }
         let Some(id) = self.session else {
             return Flow::Continue.into();
@@ -748,7 +711,7 @@ impl Exchange {
                 self.waiting = Waiting::UpstreamGone;
                 return Flow::Store(Box::new(StoreOp::End {
                     id,
-                    now_ms: plugin.host().now_ms(),
+                    now_ms: input.now_ms,
                 }))
                 .into();
             }
@@ -759,17 +722,21 @@ impl Exchange {
             self.waiting = Waiting::Initialized;
             Flow::Store(Box::new(StoreOp::MarkInitialized {
                 id,
-                now_ms: plugin.host().now_ms(),
+                now_ms: input.now_ms,
             }))
         } else {
             Flow::Continue
         };
-        Step { edits, flow }
+        Step {
+            edits,
+            flow,
+            counts: Vec::new(),
+        }
     }
 
-    fn on_initialize_response<H: Host>(
+    fn on_initialize_response(
         &mut self,
-        plugin: &Plugin<H>,
+        input: &Input<'_>,
         headers: &dyn Headers,
         attributes: &dyn Attributes,
         end_of_stream: bool,
@@ -785,10 +752,11 @@ impl Exchange {
         let removed = || Step {
             edits: vec![Edit::Response(SESSION_HEADER, None)],
             flow: Flow::Continue,
+            counts: Vec::new(),
         };
         if !(200..300).contains(&status) {
             let mut step = removed();
-            step.flow = self.decide_initialize(plugin, Outcome::Error).flow;
+            step.flow = self.decide_initialize(input, Outcome::Error).flow;
             return step;
         }
         if let Some(upstream) = &upstream_id {
@@ -798,7 +766,7 @@ impl Exchange {
             if !valid {
                 warn!("the upstream's session ID is not storable; initialize fails");
                 let mut step = removed();
-                step.flow = self.decide_initialize(plugin, Outcome::Error).flow;
+                step.flow = self.decide_initialize(input, Outcome::Error).flow;
                 return step;
             }
         }
@@ -806,7 +774,7 @@ impl Exchange {
             return Flow::Continue.into();
         };
         init.upstream_id = upstream_id;
-        if plugin.config().affinity_header.is_some() {
+        if input.config.affinity_header.is_some() {
             init.reserved.upstream_host = attributes
                 .get(&["upstream", "address"])
                 .and_then(|v| String::from_utf8(v).ok())
@@ -832,16 +800,20 @@ impl Exchange {
         };
         let flow = if end_of_stream {
             // A 2xx with no body carries no result.
-            self.decide_initialize(plugin, Outcome::Error).flow
+            self.decide_initialize(input, Outcome::Error).flow
         } else {
             Flow::Continue
         };
-        Step { edits, flow }
+        Step {
+            edits,
+            flow,
+            counts: Vec::new(),
+        }
     }
 
-    fn on_response_body<H: Host>(
+    fn on_response_body(
         &mut self,
-        plugin: &Plugin<H>,
+        input: &Input<'_>,
         size: usize,
         end_of_stream: bool,
         body: &dyn Fn() -> Vec<u8>,
@@ -849,11 +821,11 @@ impl Exchange {
         let Some(init) = &mut self.initialize else {
             return Flow::Continue.into();
         };
-        let limit = plugin.config().max_body_bytes;
+        let limit = input.config.max_body_bytes;
         let outcome = match &mut init.answer {
             Answer::Awaiting => return Flow::Continue.into(),
             Answer::Json(buffer) => {
-                if plugin.remote().is_some() {
+                if matches!(input.config.store, StoreConfig::Etcd(_)) {
                     // The etcd store commits the session before the answer leaves: the body
                     // is held (the host buffers it: `size` and `body()` are all of it so far)
                     // until the decision and its write, and read once, when it is decided.
@@ -884,21 +856,21 @@ impl Exchange {
             }
         };
         match outcome {
-            Some(outcome) => self.decide_initialize(plugin, outcome),
+            Some(outcome) => self.decide_initialize(input, outcome),
             None => Flow::Continue.into(),
         }
     }
 
-    fn on_done<H: Host>(&mut self, plugin: &Plugin<H>) -> Step {
+    fn on_done(&mut self, input: &Input<'_>) -> Step {
         // A stream that ended before the initialize was answered leaves no reservation.
         if self.initialize.is_some() {
-            return self.decide_initialize(plugin, Outcome::Error);
+            return self.decide_initialize(input, Outcome::Error);
         }
         Flow::Continue.into()
     }
 
     /// Activates or releases the reservation of the `initialize` in flight, once.
-    fn decide_initialize<H: Host>(&mut self, plugin: &Plugin<H>, outcome: Outcome) -> Step {
+    fn decide_initialize(&mut self, input: &Input<'_>, outcome: Outcome) -> Step {
         let Some(init) = self.initialize.take() else {
             return Flow::Continue.into();
         };
@@ -916,7 +888,7 @@ impl Exchange {
                 id: init.id,
                 reserved: init.reserved,
                 upstream_id: init.upstream_id,
-                now_ms: plugin.host().now_ms(),
+                now_ms: input.now_ms,
             },
             Outcome::Error => StoreOp::Release { id: init.id },
         };

@@ -3,7 +3,7 @@
 //! lives in [`crate::testkit`]. Logging goes through the `log` facade, which every host
 //! adapter connects to its own logger.
 
-use crate::headers::Header;
+use crate::headers::{self, Header};
 use crate::metrics::Metric;
 use crate::store::SharedData;
 
@@ -44,4 +44,49 @@ pub trait Headers {
 pub trait Attributes {
     /// The value at `path` (e.g. `["connection", "uri_san_peer_certificate"]`), as bytes.
     fn get(&self, path: &[&str]) -> Option<Vec<u8>>;
+}
+
+/// A header map in the serialized form of [`crate::headers::scan`], read whole (by `read`, one host crossing) the
+/// first time a header is asked for; a malformed map reads as if the headers were absent.
+pub struct Serialized<F: Fn() -> Vec<u8>> {
+    read: F,
+    map: std::cell::OnceCell<Vec<u8>>,
+}
+
+impl<F: Fn() -> Vec<u8>> Serialized<F> {
+    /// A map read by `read` when first needed.
+    pub fn new(read: F) -> Serialized<F> {
+        Serialized {
+            read,
+            map: std::cell::OnceCell::new(),
+        }
+    }
+}
+
+impl<F: Fn() -> Vec<u8>> Headers for Serialized<F> {
+    fn find<'s>(&'s self, names: &[&str], found: &mut [Header<'s>]) {
+        let map = self.map.get_or_init(&self.read);
+        if headers::scan_into(map, names, found).is_none() {
+            found.fill(Header::default());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_serialized_map_is_read_once_and_a_malformed_one_is_empty() {
+        let reads = std::cell::Cell::new(0);
+        let map = Serialized::new(|| {
+            reads.set(reads.get() + 1);
+            headers::serialize(&[(b"a", b"1"), (b"b", b"2")])
+        });
+        assert_eq!(map.get("b").text(), Some("2"));
+        assert_eq!(map.get("a").text(), Some("1"));
+        assert_eq!(reads.get(), 1);
+        let broken = Serialized::new(|| vec![9, 0, 0, 0, 1]);
+        assert_eq!(broken.get("a"), Header::default());
+    }
 }

@@ -1,15 +1,18 @@
 //! mcp-session-core: the MCP Streamable HTTP session logic of mcp-session-filter, with no
 //! proxy in it.
 //!
-//! - [`exchange`]: the life of one request and its response, a sans-IO state machine fed
-//!   events and answering with header edits, continue, pause, a local reply, or a store
-//!   operation to run.
-//! - [`plugin`]: what one worker's exchanges share (configuration, store, cache, stats), and
-//!   the driver that runs the local store's operations.
+//! Layers, each touching only those below it (docs/DESIGN.md, "Layers"):
+//! - [`driver`]: one worker's filter configuration: feeds the host's events to the request
+//!   machine with the time and the CSPRNG as inputs, runs its store operations (cache, local
+//!   store, etcd calls), the timer's work and the watch, and counts every stat. A host adapter
+//!   carries out what it asks through [`driver::StreamIo`] and [`driver::TimerIo`].
+//! - [`exchange`]: the life of one request and its response, a pure state machine:
+//!   `(state, event) -> step`.
+//! - [`store`]: the session store, one interface over two backends (local shared data, etcd),
+//!   its cache, and the one rule of what a record means for a caller.
 //! - [`host`]: the small [`host::Host`] trait the logic needs from a proxy.
 //! - [`policy`], [`message`], [`protocol`], [`rejection`]: the decisions, as pure functions.
-//! - [`store`], [`record`], [`session_id`], [`cache`]: the sessions.
-//! - [`etcd`]: the etcd store (every Envoy of a fleet): its calls and answers, no I/O.
+//! - [`record`], [`session_id`], [`digest`], [`headers`], [`metrics`]: the vocabulary.
 //! - [`config`]: the configuration, parsed and checked.
 //! - [`testkit`]: the fake host and helpers shared by every test and fuzz target.
 //!
@@ -25,16 +28,14 @@
     )
 )]
 
-pub mod cache;
 pub mod config;
 pub mod digest;
-pub mod etcd;
+pub mod driver;
 pub mod exchange;
 pub mod headers;
 pub mod host;
 pub mod message;
 pub mod metrics;
-pub mod plugin;
 pub mod policy;
 pub mod protocol;
 pub mod record;

@@ -1,17 +1,19 @@
 //! The one test kit, shared by the unit tests, `core/tests/` and the fuzz targets: a seeded
 //! PRNG, fixtures (a clock reading, a live record), an in-memory shared-data store with
 //! Envoy's exact semantics, a reference model of the session store, a deterministic host,
-//! header maps, and an [`Envoy`] that runs whole exchanges through a [`Plugin`] the way the
+//! header maps, and an [`Envoy`] that runs whole exchanges through a [`Worker`] the way the
 //! proxy calls the filter. Nothing here is a secret source or used by the filter at run time.
 
-use crate::exchange::{Edit, Event, Exchange, Flow, Reply, Step};
+use crate::driver::{Action, Side, Stream, StreamIo, Upstream, Worker};
+use crate::exchange::Reply;
 use crate::headers::Header;
 use crate::host::{Attributes, Headers, Host};
 use crate::metrics::Metric;
-use crate::plugin::Plugin;
 use crate::record::{Record, State};
 use crate::session_id::{SessionId, SECRET_LEN};
-use crate::store::{slot_key, Limits, SharedData, WriteError};
+use crate::store::etcd::Call;
+use crate::store::local::slot_key;
+use crate::store::{Limits, SharedData, WriteError};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -573,23 +575,78 @@ pub enum Chunks {
     Of(usize),
 }
 
-/// Runs exchanges through a [`Plugin`] as Envoy calls the filter: request headers, the body
-/// (buffered while the filter pauses), the upstream, response headers, the response body,
-/// then the end of the stream. Header edits are applied as Envoy applies them, and the events
-/// the machine says it does not need are skipped, as the Envoy adapter skips them.
+/// How a test's etcd answers a call: the gRPC status and, when it is 0, the message.
+pub type EtcdAnswer = Box<dyn Fn(&Call) -> (u32, Option<Vec<u8>>)>;
+
+/// Runs exchanges through a [`Worker`] as Envoy calls the filter: request headers, the body
+/// (buffered while the filter pauses), the upstream, response headers, the response body
+/// (held while the filter pauses), then the end of the stream. It goes through the same
+/// applier as the proxy-wasm adapter (the driver, with this kit's [`StreamIo`]): header edits
+/// land in the headers the upstream or the client sees, a local reply ends the exchange, and
+/// a call to etcd is answered by [`Envoy::etcd`] before the stream goes on.
 pub struct Envoy<'p, H: Host> {
-    /// The worker's plugin.
-    pub plugin: &'p Plugin<H>,
+    /// The worker.
+    pub worker: &'p Worker<H>,
     /// How bodies arrive.
     pub chunks: Chunks,
+    /// How etcd answers; without it every call fails with gRPC status 14 (unavailable).
+    pub etcd: Option<EtcdAnswer>,
+}
+
+/// The kit's side of one stream: the headers as edited, and what the filter did.
+#[derive(Debug, Default)]
+pub struct StreamLog {
+    /// The request headers, as edited.
+    pub request: HeaderList,
+    /// The response headers, as edited.
+    pub response: HeaderList,
+    /// The local reply, if the filter answered.
+    pub reply: Option<Reply>,
+    /// What the filter replaced the held response body with.
+    pub replaced: Option<Vec<u8>>,
+    /// Every call the filter made.
+    pub calls: Vec<Call>,
+    /// A call made and not answered yet.
+    pending: Option<(u32, Call)>,
+    /// Sides the filter let go on after a call.
+    resumed: Vec<Side>,
+}
+
+impl StreamIo for StreamLog {
+    fn set_header(&mut self, side: Side, name: &str, value: Option<&str>) {
+        match side {
+            Side::Request => self.request.set(name, value),
+            Side::Response => self.response.set(name, value),
+        }
+    }
+
+    fn respond(&mut self, reply: &Reply) {
+        self.reply = Some(reply.clone());
+    }
+
+    fn replace_body(&mut self, body: &[u8]) {
+        self.replaced = Some(body.to_vec());
+    }
+
+    fn call(&mut self, _: &Upstream, call: &Call, _timeout_ms: u64) -> Result<u32, u32> {
+        self.calls.push(call.clone());
+        let token = u32::try_from(self.calls.len()).unwrap_or(u32::MAX);
+        self.pending = Some((token, call.clone()));
+        Ok(token)
+    }
+
+    fn resume(&mut self, side: Side) {
+        self.resumed.push(side);
+    }
 }
 
 impl<'p, H: Host> Envoy<'p, H> {
-    /// An Envoy worker running `plugin`.
-    pub fn new(plugin: &'p Plugin<H>) -> Envoy<'p, H> {
+    /// An Envoy worker running `worker`.
+    pub fn new(worker: &'p Worker<H>) -> Envoy<'p, H> {
         Envoy {
-            plugin,
+            worker,
             chunks: Chunks::Whole,
+            etcd: None,
         }
     }
 
@@ -597,110 +654,132 @@ impl<'p, H: Host> Envoy<'p, H> {
     /// edited). Returns what the client gets.
     pub fn send(
         &self,
-        mut request: Request,
+        request: Request,
         upstream: &mut dyn FnMut(&Request) -> Response,
     ) -> Response {
-        let mut exchange = Exchange::new();
-        let response = self.run(&mut exchange, &mut request, upstream);
-        if exchange.holds_reservation() {
-            let _ = self.plugin.on_event(&mut exchange, Event::Done);
+        self.exchange(request, Some(upstream)).0
+    }
+
+    /// [`Envoy::send`], and what the filter did on the way.
+    pub fn exchange(
+        &self,
+        mut request: Request,
+        upstream: Option<&mut dyn FnMut(&Request) -> Response>,
+    ) -> (Response, StreamLog) {
+        let mut stream = Stream::default();
+        let mut log = StreamLog::default();
+        let response = self.run(&mut stream, &mut log, &mut request, upstream);
+        self.worker.stream_done(&mut stream, &mut log);
+        (response, log)
+    }
+
+    /// Answers the calls the filter made until it waits for none; the action it ends with.
+    fn settle(&self, stream: &mut Stream, log: &mut StreamLog, mut action: Action) -> Action {
+        while let Some((token, call)) = log.pending.take() {
+            let (status, message) = match &self.etcd {
+                Some(etcd) => etcd(&call),
+                None => (14, None),
+            };
+            log.resumed.clear();
+            self.worker.stream_call_answered(
+                stream,
+                token,
+                status,
+                &message.unwrap_or_default(),
+                log,
+            );
+            action = if log.resumed.is_empty() {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
         }
-        response
+        action
     }
 
     fn run(
         &self,
-        exchange: &mut Exchange,
+        stream: &mut Stream,
+        log: &mut StreamLog,
         request: &mut Request,
-        upstream: &mut dyn FnMut(&Request) -> Response,
+        upstream: Option<&mut dyn FnMut(&Request) -> Response>,
     ) -> Response {
+        let worker = self.worker;
         let no_body = request.body.is_empty();
-        let step = self.plugin.on_event(
-            exchange,
-            Event::RequestHeaders {
-                headers: &request.headers.clone(),
-                attributes: &request.attributes.clone(),
-                end_of_stream: no_body,
-            },
+        log.request = request.headers.clone();
+        let action = worker.request_headers(
+            stream,
+            &request.headers.clone(),
+            &request.attributes.clone(),
+            no_body,
+            log,
         );
-        let affinity = self.plugin.config().affinity_header.as_deref();
-        if let Some(reply) = apply(step, &mut request.headers, affinity) {
+        let _ = self.settle(stream, log, action);
+        request.headers = log.request.clone();
+        if let Some(reply) = log.reply.take() {
             return local(reply);
         }
         if !no_body {
             let pieces = pieces(&request.body, self.chunks);
             let mut buffered: Vec<u8> = Vec::new();
             for (i, piece) in pieces.iter().enumerate() {
-                if !exchange.reads_request_body() {
-                    continue; // passed on untouched
-                }
                 buffered.extend_from_slice(piece);
                 let end = i + 1 == pieces.len();
                 let whole = buffered.clone();
                 let read = move || whole.clone();
-                let step = self.plugin.on_event(
-                    exchange,
-                    Event::RequestBody {
-                        size: buffered.len(),
-                        end_of_stream: end,
-                        body: &read,
-                    },
-                );
-                let paused = step.flow == Flow::Pause;
-                if let Some(reply) = apply(step, &mut request.headers, affinity) {
+                let action = worker.request_body(stream, buffered.len(), end, &read, log);
+                let action = self.settle(stream, log, action);
+                request.headers = log.request.clone();
+                if let Some(reply) = log.reply.take() {
                     return local(reply);
                 }
-                if !paused {
+                if action == Action::Continue {
                     buffered.clear(); // passed on: the next callback sees only new data
                 }
             }
         }
+        let Some(upstream) = upstream else {
+            return Response::default(); // the stream ends before the upstream answers
+        };
         let mut response = upstream(request);
         let mut headers = response.headers.clone();
         headers
             .0
             .insert(0, (":status".into(), response.status.to_string()));
         let no_body = response.body.is_empty();
-        if exchange.reads_response_headers() {
-            let step = self.plugin.on_event(
-                exchange,
-                Event::ResponseHeaders {
-                    headers: &headers,
-                    // The test's request attributes stand for the exchange's (e.g.
-                    // `upstream.address`).
-                    attributes: &request.attributes.clone(),
-                    end_of_stream: no_body,
-                },
-            );
-            if let Some(reply) = apply_response(step, &mut response.headers) {
-                return local(reply);
-            }
+        log.response = response.headers.clone();
+        // The test's request attributes stand for the exchange's (e.g. `upstream.address`).
+        let action =
+            worker.response_headers(stream, &headers, &request.attributes.clone(), no_body, log);
+        let _ = self.settle(stream, log, action);
+        response.headers = log.response.clone();
+        if let Some(reply) = log.reply.take() {
+            return local(reply);
         }
-        let body = response.body.clone();
+        let body = std::mem::take(&mut response.body);
         let pieces = if no_body {
             Vec::new()
         } else {
             pieces(&body, self.chunks)
         };
+        let mut held: Vec<u8> = Vec::new();
         for (i, piece) in pieces.iter().enumerate() {
-            if !exchange.reads_response_body() {
-                continue;
-            }
+            held.extend_from_slice(piece);
             let end = i + 1 == pieces.len();
-            let chunk = piece.to_vec();
+            let chunk = held.clone();
             let read = move || chunk.clone();
-            let step = self.plugin.on_event(
-                exchange,
-                Event::ResponseBody {
-                    size: piece.len(),
-                    end_of_stream: end,
-                    body: &read,
-                },
-            );
-            if let Some(reply) = apply_response(step, &mut response.headers) {
+            let action = worker.response_body(stream, held.len(), end, &read, log);
+            let action = self.settle(stream, log, action);
+            if let Some(reply) = log.reply.take() {
                 return local(reply);
             }
+            if action == Action::Continue {
+                let sent = log.replaced.take().unwrap_or_else(|| held.clone());
+                response.body.extend_from_slice(&sent);
+                held.clear();
+            }
         }
+        response.body.extend_from_slice(&held);
         response
     }
 }
@@ -722,33 +801,5 @@ fn local(reply: Reply) -> Response {
         headers,
         body: reply.body,
         local: true,
-    }
-}
-
-/// Applies a request-side step; the reply when the filter answered.
-fn apply(step: Step, headers: &mut HeaderList, affinity: Option<&str>) -> Option<Reply> {
-    for edit in &step.edits {
-        match (edit, affinity) {
-            (Edit::Request(name, value), _) => headers.set(name, Some(value)),
-            (Edit::Affinity(value), Some(name)) => headers.set(name, value.as_deref()),
-            _ => {}
-        }
-    }
-    match step.flow {
-        Flow::Respond(reply) => Some(*reply),
-        Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Call(_) | Flow::Replace(_) => None,
-    }
-}
-
-/// Applies a response-side step; the reply when the filter answered.
-fn apply_response(step: Step, headers: &mut HeaderList) -> Option<Reply> {
-    for edit in &step.edits {
-        if let Edit::Response(name, value) = edit {
-            headers.set(name, value.as_deref());
-        }
-    }
-    match step.flow {
-        Flow::Respond(reply) => Some(*reply),
-        Flow::Continue | Flow::Pause | Flow::Store(_) | Flow::Call(_) | Flow::Replace(_) => None,
     }
 }

@@ -5,7 +5,7 @@
 //! and the stats.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use mcp_session_core::plugin::Plugin;
+use mcp_session_core::driver::Worker;
 use mcp_session_core::session_id::SessionId;
 use mcp_session_core::testkit::{Chunks, Envoy, FakeHost, Process, Request, Response, T0};
 use serde_json::{json, Value};
@@ -135,7 +135,7 @@ impl Upstream {
 /// One Envoy process with one worker (more with [`World::worker`]), and its upstream.
 struct World {
     process: Rc<Process>,
-    plugins: Vec<Plugin<FakeHost>>,
+    plugins: Vec<Worker<FakeHost>>,
     upstream: Upstream,
     chunks: Chunks,
 }
@@ -147,7 +147,7 @@ impl World {
 
     fn with(config: &str, upstream: Upstream) -> World {
         let process = Process::new(T0);
-        let plugin = Plugin::new(FakeHost::new(&process, 1), config.as_bytes()).unwrap();
+        let plugin = Worker::new(FakeHost::new(&process, 1), config.as_bytes()).unwrap();
         World {
             process,
             plugins: vec![plugin],
@@ -161,7 +161,7 @@ impl World {
         let seed = self.plugins.len() as u64 + 1;
         let host = FakeHost::new(&self.process, seed);
         self.plugins
-            .push(Plugin::new(host, config.as_bytes()).unwrap());
+            .push(Worker::new(host, config.as_bytes()).unwrap());
         self.plugins.len() - 1
     }
 
@@ -518,7 +518,7 @@ fn the_sweep_ends_abandoned_sessions() {
     let _b = w.open(&[]);
     assert_eq!(w.stat("live"), 2);
     w.process.advance(11_000);
-    let report = w.plugins[0].on_tick();
+    let report = w.plugins[0].sweep();
     assert_eq!(report.expired, 2);
     assert_eq!((w.stat("expired"), w.stat("live")), (2, 0));
 }
@@ -527,27 +527,8 @@ fn the_sweep_ends_abandoned_sessions() {
 fn an_initialize_that_never_completes_is_swept() {
     let mut w = World::new(r#"{"idle_timeout_seconds": 10}"#);
     // The stream ends before the upstream answers: the reservation is released at once.
-    let plugin = &w.plugins[0];
-    let mut exchange = mcp_session_core::exchange::Exchange::new();
-    let headers = Request::post(INITIALIZE, &[]).headers;
-    let _ = plugin.on_event(
-        &mut exchange,
-        mcp_session_core::exchange::Event::RequestHeaders {
-            headers: &headers,
-            attributes: &mcp_session_core::testkit::AttributeMap::default(),
-            end_of_stream: false,
-        },
-    );
-    let body = || INITIALIZE.as_bytes().to_vec();
-    let _ = plugin.on_event(
-        &mut exchange,
-        mcp_session_core::exchange::Event::RequestBody {
-            size: INITIALIZE.len(),
-            end_of_stream: true,
-            body: &body,
-        },
-    );
-    let _ = plugin.on_event(&mut exchange, mcp_session_core::exchange::Event::Done);
+    let envoy = Envoy::new(&w.plugins[0]);
+    let _ = envoy.exchange(Request::post(INITIALIZE, &[]), None);
     assert_eq!(w.stat("created"), 0);
     // The freed slot is the next initialize's.
     let sid = w.initialize(&[]);
@@ -838,7 +819,7 @@ fn a_configuration_update_applies_and_only_the_newest_sweeps() {
     let new = w.worker(r#"{"idle_timeout_seconds": 100}"#);
     w.process.advance(20_000);
     assert_eq!(
-        w.plugins[0].on_tick().expired,
+        w.plugins[0].sweep().expired,
         0,
         "the old configuration does not sweep"
     );
@@ -848,7 +829,7 @@ fn a_configuration_update_applies_and_only_the_newest_sweeps() {
         "the session lives on under the new timeouts"
     );
     w.process.advance(100_001);
-    assert_eq!(w.plugins[new].on_tick().expired, 1);
+    assert_eq!(w.plugins[new].sweep().expired, 1);
     assert_eq!(w.stat("live"), 0);
 }
 
@@ -860,7 +841,7 @@ fn a_bad_configuration_is_refused_with_the_key_named() {
         (r#"{"max_sesions": 3}"#, "max_sesions"),
         (r#"{"max_sessions": 0}"#, "max_sessions"),
     ] {
-        let Err(error) = Plugin::new(FakeHost::new(&process, 1), config.as_bytes()) else {
+        let Err(error) = Worker::new(FakeHost::new(&process, 1), config.as_bytes()) else {
             panic!("{config} accepted");
         };
         assert!(error.to_string().contains(key), "{config}: {error}");
@@ -872,7 +853,7 @@ fn a_bad_configuration_is_refused_with_the_key_named() {
 /// two before), and no store read after. Measured on a table that grows and on one whose slots are freed and reused.
 #[test]
 fn an_initialize_writes_the_store_once_before_the_upstream_answers_and_once_after() {
-    use mcp_session_core::store::SlotPool;
+    use mcp_session_core::store::local::SlotPool;
     let mut w = World::new("{}");
     let measure = |w: &mut World| {
         let shared = &w.process.shared;
@@ -961,7 +942,7 @@ fn max_sessions_changed_by_an_update_applies_exactly() {
     assert_eq!(w.stat("live"), 25);
     // The first configurations are not the newest: their ticks hand back what they hold.
     for worker in [0, b] {
-        assert_eq!(w.plugins[worker].on_tick().expired, 0);
+        assert_eq!(w.plugins[worker].sweep().expired, 0);
     }
 }
 
@@ -1178,38 +1159,20 @@ fn affinity_sends_every_request_of_a_session_to_the_host_that_answered_its_initi
 /// make; a failing etcd is tried again, then the client gets 503 with Retry-After, never 404.
 #[test]
 fn with_etcd_a_session_request_calls_etcd_and_an_unreachable_etcd_is_a_503() {
-    use mcp_session_core::etcd::Reply;
-    use mcp_session_core::exchange::{Event, Exchange, Flow};
     let process = Process::new(T0);
     let config = r#"{"store": {"etcd": {"cluster": "etcd", "timeout_ms": 1000}}}"#;
-    let plugin = Plugin::new(FakeHost::new(&process, 1), config.as_bytes()).unwrap();
+    let worker = Worker::new(FakeHost::new(&process, 1), config.as_bytes()).unwrap();
     let request = Request::post(TOOLS_LIST, &[("mcp-session-id", &"ab".repeat(20)), V]);
-    let mut exchange = Exchange::new();
-    let step = plugin.on_event(
-        &mut exchange,
-        Event::RequestHeaders {
-            headers: &request.headers,
-            attributes: &request.attributes,
-            end_of_stream: false,
-        },
-    );
-    let Flow::Call(call) = step.flow else {
-        panic!("a call to etcd, not {:?}", step.flow)
-    };
+    // No etcd answers: every call fails with gRPC status 14.
+    let (response, log) = Envoy::new(&worker).exchange(request, None);
+    let call = &log.calls[0];
     assert_eq!((call.service, call.method), ("etcdserverpb.KV", "Range"));
     assert!(!String::from_utf8_lossy(&call.message).contains(&"ab".repeat(20)));
-    let mut calls = 1;
-    let reply = loop {
-        let step = plugin.on_reply(&mut exchange, Reply::Failed(14));
-        match step.flow {
-            Flow::Call(_) => calls += 1,
-            Flow::Respond(reply) => break reply,
-            other => panic!("{other:?}"),
-        }
-    };
+    let calls = log.calls.len();
+    let reply = response;
     assert_eq!(calls, 4, "the first call and three more");
     assert_eq!(reply.status, 503);
-    assert!(reply.headers.contains(&("retry-after", "1".to_owned())));
+    assert_eq!(reply.header("retry-after"), Some("1"));
     let body: Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(body["error"]["code"], -32000);
     assert_eq!(process.stat("mcp_session.rejected.unavailable"), 1);

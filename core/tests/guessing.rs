@@ -10,7 +10,8 @@
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use mcp_session_core::session_id::{SessionId, SECRET_LEN};
-use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store};
+use mcp_session_core::store::local::{slot_key, Store};
+use mcp_session_core::store::{Ended, Limits, Lookup, SharedData};
 use mcp_session_core::testkit::{FakeShared, Rng, T0};
 
 const LIVE_SESSIONS: u32 = 10_000;

@@ -16,9 +16,8 @@
 
 use mcp_session_core::record::Record;
 use mcp_session_core::session_id::SessionId;
-use mcp_session_core::store::{
-    slot_key, Ended, Limits, Lookup, SharedData, SlotPool, Store, WriteError,
-};
+use mcp_session_core::store::local::{slot_key, SlotPool, Store};
+use mcp_session_core::store::{Ended, Limits, Lookup, SharedData, WriteError};
 use mcp_session_core::testkit::{live_records, FakeShared, Known, KnownState, Rng, StoreModel, T0};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};

@@ -5,10 +5,9 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use mcp_session_core::config::EtcdConfig;
-use mcp_session_core::etcd::{Next, Remote, Reply};
-use mcp_session_core::exchange::StoreOp;
 use mcp_session_core::session_id::SessionId;
-use mcp_session_core::store::Limits;
+use mcp_session_core::store::etcd::{Remote, Reply};
+use mcp_session_core::store::{Limits, Next, StoreOp};
 use mcp_session_core::testkit::{live_record, T0};
 
 #[derive(Arbitrary, Debug)]
@@ -61,7 +60,7 @@ fuzz_target!(|case: Case| {
             now_ms: now,
         },
     };
-    let mut next = remote.begin(op, &limits, 1);
+    let mut next = remote.begin(op, &limits);
     let mut replies = case.replies.into_iter();
     let mut calls = 0;
     while let Next::Call(flight) = next {

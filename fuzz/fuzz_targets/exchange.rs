@@ -5,7 +5,7 @@
 //! within 0 and `max_sessions`.
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mcp_session_core::plugin::Plugin;
+use mcp_session_core::driver::Worker;
 use mcp_session_core::testkit::{Chunks, Envoy, FakeHost, Process, Request, Response, T0};
 use serde_json::value::RawValue;
 
@@ -44,7 +44,7 @@ fuzz_target!(|input: (u8, Vec<Exchange>)| {
     let config = CONFIGS[usize::from(config) % CONFIGS.len()];
     let process = Process::new(T0);
     let workers = [1, 2].map(|seed| {
-        Plugin::new(FakeHost::new(&process, seed), config.as_bytes()).expect("a valid config")
+        Worker::new(FakeHost::new(&process, seed), config.as_bytes()).expect("a valid config")
     });
     let mut minted: Vec<String> = Vec::new();
     for x in exchanges.into_iter().take(32) {
@@ -108,7 +108,7 @@ fuzz_target!(|input: (u8, Vec<Exchange>)| {
         assert!((0..=10_000).contains(&live), "live {live}");
         process.advance(u64::from(x.advance_ms));
         if x.advance_ms % 7 == 0 {
-            workers[usize::from(!x.worker)].on_tick();
+            workers[usize::from(!x.worker)].sweep();
         }
     }
 });

@@ -11,7 +11,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use mcp_session_core::record::{Record, State};
 use mcp_session_core::session_id::SessionId;
-use mcp_session_core::store::{slot_key, Ended, Limits, Lookup, SharedData, Store};
+use mcp_session_core::store::local::{slot_key, Store};
+use mcp_session_core::store::{Ended, Limits, Lookup, SharedData};
 use mcp_session_core::testkit::{live_records, FakeShared, KnownState, Rng, StoreModel, T0};
 
 #[derive(Arbitrary, Debug)]

@@ -244,3 +244,19 @@ pub struct WatchResponse {
     #[prost(message, repeated, tag = "11")]
     pub events: Vec<Event>,
 }
+
+/// Envoy's `envoy.config.core.v3.GrpcService`, only its `envoy_grpc` field.
+#[derive(Clone, PartialEq, Message)]
+pub struct GrpcService {
+    /// The Envoy cluster to call.
+    #[prost(message, optional, tag = "1")]
+    pub envoy_grpc: Option<EnvoyGrpc>,
+}
+
+/// Envoy's `GrpcService.EnvoyGrpc`.
+#[derive(Clone, PartialEq, Message)]
+pub struct EnvoyGrpc {
+    /// The cluster's name.
+    #[prost(string, tag = "1")]
+    pub cluster_name: String,
+}

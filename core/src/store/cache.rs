@@ -18,9 +18,9 @@
 //! stats gives a counter that stays 0, while the filter bumps it when it starts): the caller
 //! then skips the cache.
 
+use super::{Limits, Verdict};
 use crate::record::Record;
 use crate::session_id::SessionId;
-use crate::store::Limits;
 use std::collections::HashMap;
 
 /// Sessions a worker validated recently, keyed by slot.
@@ -75,10 +75,8 @@ impl SessionCache {
     ) -> Option<&Record> {
         self.sync(epoch);
         let record = self.entries.get(&id.slot)?;
-        let young = now_ms.saturating_sub(record.last_seen_ms) < trust_ms;
-        let usable =
-            young && record.secret_matches(&id.secret) && limits.serves(record, now_ms, identity);
-        usable.then_some(record)
+        let verdict = limits.judge(record, &id.secret, identity, now_ms, trust_ms);
+        (verdict == Verdict::Fresh).then_some(record)
     }
 
     /// Remembers a live record just read from the store (with its `last_seen` as the store now

@@ -9,39 +9,16 @@
 //! worker runs it.
 //!
 //! The store speaks to the host only through [`SharedData`], which keeps it testable on the
-//! host and leaves room for a second, distributed backend.
+//! host. [`Local`] is one worker's side of it: its slot pool and probe budget, and the one
+//! place that runs a [`StoreOp`] against the table.
 
+use super::{
+    Ended, Limits, Lookup, Reservation, SharedData, Source, StoreOp, StoreResult, Verdict,
+    WriteError,
+};
 use crate::record::{Record, State};
 use crate::session_id::{SessionId, SECRET_LEN};
-
-/// A write that did not happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteError {
-    /// The key changed since it was read (or, for a create-only write, it exists).
-    CasMismatch,
-    /// The host refused the write for another reason.
-    Host,
-}
-
-/// The host's shared key-value store, with Envoy's semantics:
-/// - `get` returns the value (`None` when missing or empty) and the cas (`None` when missing);
-/// - `set` with `cas: None` writes unconditionally; with `Some(c)` it fails with
-///   [`WriteError::CasMismatch`] unless the key is missing or its cas is `c`.
-pub trait SharedData {
-    /// Reads a key.
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Writes a key.
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError>;
-}
-
-impl<T: SharedData + ?Sized> SharedData for &T {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        (**self).get(key)
-    }
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
-        (**self).set(key, value, cas)
-    }
-}
+use std::cell::{Cell, RefCell};
 
 /// The cas for a create-only write: a missing key accepts any cas, and an existing key's cas
 /// is a counter that starts at 1 and would have to reach 2^32-1 to match.
@@ -78,96 +55,6 @@ const CONFIG_KEY: &str = "mcps/cfg";
 /// The shared-data key of a slot.
 pub fn slot_key(slot: u32) -> String {
     format!("mcps/{slot:08x}")
-}
-
-/// The store's limits, from the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Idle timeout, ms.
-    pub idle_ms: u64,
-    /// Absolute lifetime, ms; 0 = none.
-    pub lifetime_ms: u64,
-    /// Most slots in use at once.
-    pub max_sessions: u32,
-    /// Whether sessions are bound to an identity header.
-    pub bind_identity: bool,
-}
-
-impl Limits {
-    /// Whether `record` may serve a caller presenting `identity` at `now_ms`: not expired, and
-    /// bound to that caller when sessions are bound.
-    pub fn serves(&self, record: &Record, now_ms: u64, identity: Option<&[u8]>) -> bool {
-        !record.expired(now_ms, self.idle_ms, self.lifetime_ms)
-            && record.identity_matches(self.bind_identity, identity)
-    }
-
-    /// How stale `last_seen` may get before a request rewrites it: at most 1 s, so a session
-    /// can expire at most 1 s early and is never kept past its idle timeout.
-    pub fn touch_interval_ms(&self) -> u64 {
-        (self.idle_ms / 64).min(1000)
-    }
-}
-
-/// What a lookup found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    /// A live session the caller may use, with the cas it was read at.
-    Live(Record, u32),
-    /// Nothing the caller may use: unknown, ended, pending, or another identity's.
-    NotFound,
-    /// The session had expired; this lookup reclaimed it (count it once).
-    Expired,
-}
-
-/// What ending a session found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ended {
-    /// The session was live and is now ended; its last record.
-    Ended(Record),
-    /// Nothing to end.
-    NotFound,
-    /// It had expired; reclaimed now (count it as expired, not terminated).
-    Expired,
-}
-
-/// The result of a slot reservation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    /// The new session's ID.
-    pub id: SessionId,
-    /// The pending record written for it.
-    pub record: Record,
-    /// Live sessions found expired and reclaimed on the way (0 or 1: the slot taken).
-    pub expired: u32,
-    /// Where the slot came from.
-    pub from: Source,
-}
-
-/// Where a reserved slot came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// The free hint.
-    Hint,
-    /// A random probe before growing (a free slot, or an expired session not swept yet).
-    Probe,
-    /// The top of the table, which grew by one.
-    Grown,
-    /// A random probe at the limit.
-    AtLimit,
-}
-
-impl Source {
-    /// The probe budget for the next reserve after one whose slot came from here: all of
-    /// `max` again when a probe paid off; halved (but at least 1) when the probes all failed
-    /// and the table grew, so a table of live sessions that only grows costs one probe per
-    /// initialize, while one full of expired sessions keeps being probed.
-    pub fn next_probe_budget(self, budget: u32, max: u32) -> u32 {
-        match self {
-            Source::Probe => max,
-            Source::Grown => (budget / 2).max(1),
-            Source::Hint | Source::AtLimit => budget,
-        }
-    }
 }
 
 /// Slots one worker holds for its next initializes, so that an initialize makes one store
@@ -249,6 +136,130 @@ pub struct Sweep {
     pub expired: u32,
     /// Pending reservations found stale and freed.
     pub stale_pending: u32,
+}
+
+/// Most random slots an initialize probes before the table grows.
+pub const MAX_PROBES: u32 = 8;
+/// While probes keep finding nothing (the table only grows), one initialize in this many
+/// probes: a probe is a read of a live record, the costliest part of an initialize then.
+pub const PROBE_EVERY: u32 = 16;
+
+/// One worker's side of the local store: the slots it holds for its next initializes and how
+/// hard its next reserve probes. Its operations answer at once.
+#[derive(Debug)]
+pub struct Local {
+    /// xorshift state for probe positions (not for secrets: those come from the CSPRNG).
+    probe_state: Cell<u64>,
+    /// Random slots to probe before growing the table: back to the most when a probe found a
+    /// slot, halved (to 1) when they all failed and the table grew.
+    probe_budget: Cell<u32>,
+    /// Initializes this worker reserved for.
+    reserves: Cell<u32>,
+    /// Slots this worker holds for its next initializes.
+    pool: RefCell<SlotPool>,
+}
+
+impl Local {
+    /// A worker's side, its probe positions drawn from `seed`.
+    pub fn new(seed: u64) -> Local {
+        Local {
+            probe_state: Cell::new(seed | 1),
+            probe_budget: Cell::new(MAX_PROBES),
+            reserves: Cell::new(0),
+            pool: RefCell::new(SlotPool::new()),
+        }
+    }
+
+    /// Runs `op` against the store, at once.
+    pub fn run<S: SharedData>(&self, store: &Store<S>, op: StoreOp) -> StoreResult {
+        match op {
+            StoreOp::Lookup {
+                id,
+                identity,
+                now_ms,
+            } => StoreResult::Lookup(match store.lookup(&id, now_ms, identity.as_deref()) {
+                Lookup::Live(mut record, cas) => {
+                    if store.touch(&id, &record, cas, now_ms) {
+                        record.last_seen_ms = now_ms;
+                    }
+                    Lookup::Live(record, cas)
+                }
+                other => other,
+            }),
+            StoreOp::End { id, now_ms } => StoreResult::Ended(store.end(&id, now_ms)),
+            StoreOp::Reserve {
+                secret,
+                identity,
+                now_ms,
+            } => {
+                let budget = self.probe_budget.get();
+                let n = self.reserves.get().wrapping_add(1);
+                self.reserves.set(n);
+                let probes = if budget > 1 || n % PROBE_EVERY == 0 {
+                    budget
+                } else {
+                    0
+                };
+                let mut probe = || self.next_probe();
+                let reservation = match self.pool.try_borrow_mut() {
+                    Ok(mut pool) => store.reserve_pooled(
+                        now_ms,
+                        secret,
+                        identity.as_deref(),
+                        &mut probe,
+                        probes,
+                        &mut pool,
+                    ),
+                    Err(_) => store.reserve_probing(
+                        now_ms,
+                        secret,
+                        identity.as_deref(),
+                        &mut probe,
+                        probes,
+                    ),
+                };
+                if let Some(reservation) = &reservation {
+                    let next = reservation.from.next_probe_budget(budget, MAX_PROBES);
+                    self.probe_budget.set(next);
+                }
+                StoreResult::Reserved(reservation)
+            }
+            StoreOp::Activate {
+                id,
+                reserved,
+                upstream_id,
+                now_ms,
+            } => StoreResult::Done(store.activate_reserved(
+                &id,
+                &reserved,
+                now_ms,
+                upstream_id.as_deref(),
+            )),
+            StoreOp::Release { id } => StoreResult::Done(store.release(&id)),
+            StoreOp::MarkInitialized { id, now_ms } => {
+                StoreResult::Done(store.mark_initialized(&id, now_ms))
+            }
+        }
+    }
+
+    /// Hands the slots this worker holds back to the store (its configuration goes away, or a
+    /// newer one makes the sessions now).
+    pub fn return_slots<S: SharedData>(&self, store: &Store<S>) {
+        if let Ok(mut pool) = self.pool.try_borrow_mut() {
+            if !pool.is_empty() {
+                store.return_pool(&mut pool);
+            }
+        }
+    }
+
+    fn next_probe(&self) -> u32 {
+        let mut x = self.probe_state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.probe_state.set(x);
+        (x >> 32) as u32
+    }
 }
 
 /// The session store.
@@ -496,23 +507,18 @@ impl<S: SharedData> Store<S> {
         let Some(record) = Record::decode(&bytes) else {
             return Lookup::NotFound;
         };
-        if !record.secret_matches(&id.secret) || record.state != State::Live {
-            return Lookup::NotFound;
-        }
-        if self.is_expired(&record, now_ms) {
+        match self.limits.judge(&record, &id.secret, identity, now_ms, 0) {
+            Verdict::NotFound => Lookup::NotFound,
             // Whoever wins this write counts the expiry; a loser reports not found.
-            return match self.shared.set(&key, &[], Some(cas)) {
+            Verdict::Expired => match self.shared.set(&key, &[], Some(cas)) {
                 Ok(()) => {
                     self.hint_free(&[id.slot]);
                     Lookup::Expired
                 }
                 Err(_) => Lookup::NotFound,
-            };
+            },
+            Verdict::Fresh | Verdict::Stale => Lookup::Live(record, cas),
         }
-        if !record.identity_matches(self.limits.bind_identity, identity) {
-            return Lookup::NotFound;
-        }
-        Lookup::Live(record, cas)
     }
 
     /// Restarts the idle clock of a session just looked up, writing only when `last_seen` is

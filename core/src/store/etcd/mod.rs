@@ -18,14 +18,14 @@
 //! sessions within milliseconds. While the watch is not known to be healthy, cached sessions
 //! are trusted for at most [`STALE_TRUST_MS`].
 
+pub mod fallback;
 pub mod proto;
 
+use super::{Ended, Limits, Lookup, Next, Reservation, Source, StoreOp, StoreResult, Verdict};
 use crate::config::EtcdConfig;
 use crate::digest;
-use crate::exchange::{StoreOp, StoreResult};
 use crate::record::{Record, State};
 use crate::session_id::SessionId;
-use crate::store::{Ended, Limits, Lookup, Reservation, Source};
 use prost::Message;
 use proto::request_op::Request;
 use proto::response_op::Response;
@@ -78,6 +78,17 @@ pub enum Reply<'a> {
     Failed(u32),
 }
 
+impl<'a> Reply<'a> {
+    /// A call's answer as a host reports it: its gRPC status, and the message, which counts
+    /// only when the status is OK (0).
+    pub fn of(status: u32, message: &'a [u8]) -> Reply<'a> {
+        match status {
+            0 => Reply::Ok(message),
+            status => Reply::Failed(status),
+        }
+    }
+}
+
 /// The store's timing, from the idle timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -125,6 +136,20 @@ pub fn range_end(prefix: &str) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+/// Envoy's `envoy.config.core.v3.GrpcService` naming `cluster`, as a proxy-wasm host takes the
+/// upstream of a gRPC call: passing the bare name also works, unless the name's bytes happen to
+/// parse as that message (Envoy tries that first; "h1" does). The SDK takes it as a `&str`: the
+/// message is ASCII for any ASCII name under 120 bytes (its tags and lengths are single bytes
+/// below 0x80); any other name goes bare.
+pub fn grpc_service(cluster: &str) -> String {
+    let message = encode(&proto::GrpcService {
+        envoy_grpc: Some(proto::EnvoyGrpc {
+            cluster_name: cluster.to_owned(),
+        }),
+    });
+    String::from_utf8(message).unwrap_or_else(|_| cluster.to_owned())
 }
 
 /// The value stored for a record: its encoding with the secret zeroed.
@@ -236,17 +261,6 @@ impl Flight {
     pub fn call(&self) -> &Call {
         &self.call
     }
-}
-
-/// What happens next to an operation.
-#[derive(Debug)]
-pub enum Next {
-    /// It is answered.
-    Done(StoreResult),
-    /// Make the flight's call.
-    Call(Box<Flight>),
-    /// etcd could not answer it (after a retry): the caller applies the `unavailable` policy.
-    Unavailable(StoreOp),
 }
 
 /// What a VM's calls from its timer are for.
@@ -373,7 +387,7 @@ impl Remote {
 
     /// Starts an operation. Reserve and Release need no call: nothing is written before the
     /// upstream answers an `initialize`, and its one write is the create.
-    pub fn begin(&self, op: StoreOp, limits: &Limits, random: u32) -> Next {
+    pub fn begin(&self, op: StoreOp, limits: &Limits) -> Next {
         self.active.set(true);
         match op {
             StoreOp::Reserve {
@@ -385,8 +399,10 @@ impl Remote {
                 if counted.saturating_add(created) >= u64::from(limits.max_sessions) {
                     return Next::Done(StoreResult::Reserved(None));
                 }
+                // The slot only keys the caches: any bits of the secret will do.
+                let [a, b, c, d, ..] = secret;
                 let id = SessionId {
-                    slot: random,
+                    slot: u32::from_le_bytes([a, b, c, d]),
                     secret,
                 };
                 let record =
@@ -471,7 +487,7 @@ impl Remote {
     /// Moves `flight` to a write `stage`: through a lease grant first if this window has no
     /// lease yet. `revision` is the mod revision the CAS expects (0: create).
     fn write(&self, mut flight: Flight, stage: Stage, revision: i64) -> Flight {
-        let now_ms = op_now(&flight.op);
+        let now_ms = flight.op.now_ms();
         flight.attempts = 1;
         let Some(lease) = self.lease(now_ms) else {
             flight.call = Call {
@@ -540,7 +556,7 @@ impl Remote {
                     None => Ended::NotFound,
                     Some(record)
                         if record.expired(
-                            op_now(&flight.op),
+                            flight.op.now_ms(),
                             limits.idle_ms,
                             limits.lifetime_ms,
                         ) =>
@@ -555,7 +571,7 @@ impl Remote {
                 .ok()
                 .filter(|r| r.id != 0 && r.error.is_empty())
                 .map(|r| {
-                    self.remember_lease(op_now(&flight.op), r.id);
+                    self.remember_lease(flight.op.now_ms(), r.id);
                     Next::Call(Box::new(self.write(*flight, *then, revision)))
                 }),
             Stage::Create { record } => proto::TxnResponse::decode(bytes).ok().map(|r| {
@@ -627,10 +643,17 @@ impl Remote {
                 let Some((record, revision)) = found else {
                     return Next::Done(StoreResult::Lookup(Lookup::NotFound));
                 };
-                if record.expired(now_ms, limits.idle_ms, limits.lifetime_ms) {
+                let verdict = limits.judge(
+                    &record,
+                    &flight.id.secret,
+                    identity.as_deref(),
+                    now_ms,
+                    self.timing.touch_ms,
+                );
+                if verdict == Verdict::Expired {
                     return Next::Call(Box::new(self.write(flight, Stage::Expire, revision)));
                 }
-                if !record.identity_matches(limits.bind_identity, identity.as_deref()) {
+                if !verdict.serves() {
                     return Next::Done(StoreResult::Lookup(Lookup::NotFound));
                 }
                 if !record.initialized {
@@ -640,7 +663,7 @@ impl Remote {
                     }
                     unmarked.insert(flight.key.clone(), (record.clone(), revision));
                 }
-                if now_ms.saturating_sub(record.last_seen_ms) < self.timing.touch_ms {
+                if verdict == Verdict::Fresh {
                     return Next::Done(StoreResult::Lookup(Lookup::Live(
                         record,
                         revision_tag(revision),
@@ -952,17 +975,6 @@ fn read(key: &[u8]) -> Call {
     }
 }
 
-fn op_now(op: &StoreOp) -> u64 {
-    match op {
-        StoreOp::Lookup { now_ms, .. }
-        | StoreOp::End { now_ms, .. }
-        | StoreOp::Reserve { now_ms, .. }
-        | StoreOp::Activate { now_ms, .. }
-        | StoreOp::MarkInitialized { now_ms, .. } => *now_ms,
-        StoreOp::Release { .. } => 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1037,6 +1049,17 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_is_named_by_a_grpc_service_message() {
+        // field 1 (envoy_grpc), length 6; inside it field 1 (cluster_name), length 4.
+        assert_eq!(grpc_service("etcd"), "\u{a}\u{6}\u{a}\u{4}etcd");
+        let decoded = proto::GrpcService::decode(grpc_service("h1").as_bytes()).unwrap();
+        assert_eq!(decoded.envoy_grpc.unwrap().cluster_name, "h1");
+        // A name whose message would not be ASCII goes bare.
+        let long = "c".repeat(200);
+        assert_eq!(grpc_service(&long), long);
+    }
+
+    #[test]
     fn timing_follows_the_idle_timeout() {
         let t = Timing::new(1_800_000);
         assert_eq!(t.touch_ms, 60_000);
@@ -1073,7 +1096,7 @@ mod tests {
             identity: None,
             now_ms: now,
         };
-        let flight = call(r.begin(op, &limits(), 0));
+        let flight = call(r.begin(op, &limits()));
         assert_eq!((flight.call().service, flight.call().method), (KV, "Range"));
         let answer = bytes(&proto::RangeResponse {
             kvs: vec![kv(&live_record(id().secret, T0), 12)],
@@ -1094,7 +1117,7 @@ mod tests {
             identity: None,
             now_ms: now,
         };
-        let flight = call(r.begin(op.clone(), &limits(), 0));
+        let flight = call(r.begin(op.clone(), &limits()));
         let answer = bytes(&proto::RangeResponse {
             kvs: vec![kv(&live_record(id().secret, T0), 12)],
             ..Default::default()
@@ -1122,7 +1145,7 @@ mod tests {
         );
 
         // The next touch in the same window reuses the lease: no grant.
-        let flight = call(r.begin(op, &limits(), 0));
+        let flight = call(r.begin(op, &limits()));
         let flight = call(r.advance(flight, Reply::Ok(&answer), &limits(), now));
         assert_eq!(flight.call().method, "Txn");
     }
@@ -1137,7 +1160,7 @@ mod tests {
             identity: None,
             now_ms: now,
         };
-        let flight = call(r.begin(op, &limits(), 0));
+        let flight = call(r.begin(op, &limits()));
         let answer = bytes(&proto::RangeResponse {
             kvs: vec![kv(&live_record(id().secret, T0), 12)],
             ..Default::default()
@@ -1164,7 +1187,7 @@ mod tests {
             identity: None,
             now_ms: now,
         };
-        let flight = call(r.begin(op, &limits(), 0));
+        let flight = call(r.begin(op, &limits()));
         let answer = bytes(&proto::RangeResponse {
             kvs: vec![kv(&live_record(id().secret, T0), 12)],
             ..Default::default()
@@ -1190,7 +1213,7 @@ mod tests {
             upstream_id: None,
             now_ms: T0,
         };
-        let flight = call(r.begin(op.clone(), &limits(), 0));
+        let flight = call(r.begin(op.clone(), &limits()));
         let txn = proto::TxnRequest::decode(flight.call().message.as_slice()).unwrap();
         assert_eq!(
             txn.compare[0].target_union,
@@ -1205,7 +1228,7 @@ mod tests {
             StoreResult::Done(true)
         );
         // The first attempt landed but its answer was lost: the retry finds its own record.
-        let flight = call(r.begin(op.clone(), &limits(), 0));
+        let flight = call(r.begin(op.clone(), &limits()));
         let mine = bytes(&proto::TxnResponse {
             succeeded: false,
             responses: vec![proto::ResponseOp {
@@ -1221,7 +1244,7 @@ mod tests {
             StoreResult::Done(true)
         );
         // Someone else's record under the same key: not ours.
-        let flight = call(r.begin(op, &limits(), 0));
+        let flight = call(r.begin(op, &limits()));
         let theirs = bytes(&proto::TxnResponse {
             succeeded: false,
             responses: vec![proto::ResponseOp {
@@ -1245,7 +1268,7 @@ mod tests {
             id: id(),
             now_ms: T0 + 5,
         };
-        let flight = call(r.begin(op.clone(), &limits(), 0));
+        let flight = call(r.begin(op.clone(), &limits()));
         assert_eq!(flight.call().method, "DeleteRange");
         let deleted = bytes(&proto::DeleteRangeResponse {
             deleted: 1,
@@ -1256,7 +1279,7 @@ mod tests {
             done(r.advance(flight, Reply::Ok(&deleted), &limits(), T0 + 5)),
             StoreResult::Ended(Ended::Ended(_))
         ));
-        let flight = call(r.begin(op, &limits(), 0));
+        let flight = call(r.begin(op, &limits()));
         let nothing = bytes(&proto::DeleteRangeResponse::default());
         assert_eq!(
             done(r.advance(flight, Reply::Ok(&nothing), &limits(), T0 + 5)),
@@ -1272,7 +1295,7 @@ mod tests {
             identity: None,
             now_ms: T0,
         };
-        let mut flight = call(r.begin(op.clone(), &limits(), 0));
+        let mut flight = call(r.begin(op.clone(), &limits()));
         for at in [10, 20, 30] {
             flight = call(r.advance(flight, Reply::Failed(14), &limits(), T0 + at));
             assert_eq!(flight.call().method, "Range");
@@ -1283,7 +1306,7 @@ mod tests {
             Next::Unavailable(o) if o == op
         ));
         // A failure with less than a quarter of the deadline left is not retried.
-        let flight = call(r.begin(op, &limits(), 0));
+        let flight = call(r.begin(op, &limits()));
         assert!(matches!(
             r.advance(flight, Reply::Failed(4), &limits(), T0 + 760),
             Next::Unavailable(_)
@@ -1296,7 +1319,6 @@ mod tests {
                 now_ms: T0,
             },
             &limits(),
-            0,
         ));
         assert!(matches!(
             r.advance(flight, Reply::Ok(&[0xff, 0xff, 0xff]), &limits(), T0),
@@ -1315,7 +1337,7 @@ mod tests {
             identity: None,
             now_ms: T0 + 1,
         };
-        let flight = call(r.begin(lookup, &limits(), 0));
+        let flight = call(r.begin(lookup, &limits()));
         let answer = bytes(&proto::RangeResponse {
             kvs: vec![kv(&fresh, 8)],
             ..Default::default()
@@ -1325,14 +1347,14 @@ mod tests {
             id: id(),
             now_ms: T0 + 2,
         };
-        let flight = call(r.begin(mark.clone(), &limits(), 0));
+        let flight = call(r.begin(mark.clone(), &limits()));
         let txn = proto::TxnRequest::decode(flight.call().message.as_slice()).unwrap();
         assert_eq!(
             txn.compare[0].target_union,
             Some(proto::compare::TargetUnion::ModRevision(8))
         );
         // Without a lookup just before: a read first.
-        let flight = call(r.begin(mark, &limits(), 0));
+        let flight = call(r.begin(mark, &limits()));
         assert_eq!(flight.call().method, "Range");
     }
 
@@ -1345,8 +1367,8 @@ mod tests {
             now_ms: T0,
         };
         assert!(matches!(
-            done(r.begin(op.clone(), &limits(), 42)),
-            StoreResult::Reserved(Some(Reservation { id, .. })) if id.slot == 42
+            done(r.begin(op.clone(), &limits())),
+            StoreResult::Reserved(Some(Reservation { id, .. })) if id.slot == 0x0101_0101
         ));
         let counted = bytes(&proto::RangeResponse {
             count: 100,
@@ -1355,10 +1377,7 @@ mod tests {
         assert!(r
             .chore_done(Chore::Count, Reply::Ok(&counted), T0)
             .is_some());
-        assert_eq!(
-            done(r.begin(op, &limits(), 42)),
-            StoreResult::Reserved(None)
-        );
+        assert_eq!(done(r.begin(op, &limits())), StoreResult::Reserved(None));
     }
 
     #[test]
@@ -1369,7 +1388,7 @@ mod tests {
             WatchAction::Idle,
             "idle until the VM serves"
         );
-        let _ = r.begin(StoreOp::Release { id: id() }, &limits(), 0);
+        let _ = r.begin(StoreOp::Release { id: id() }, &limits());
         let WatchAction::Open(create) = r.watch_tick(T0) else {
             panic!("open")
         };

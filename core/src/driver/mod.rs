@@ -1,0 +1,295 @@
+//! The driver: everything of one worker's filter configuration that is not one request.
+//!
+//! Layers, each touching only the one below it (docs/DESIGN.md, "Layers"):
+//! - the host adapter (proxy-wasm today) hands the driver the proxy's callbacks as events and
+//!   carries out what the driver asks through two small traits, [`StreamIo`] (one stream's
+//!   headers, local reply, body, calls) and [`TimerIo`] (the worker's calls and watch stream),
+//!   with opaque handles (the host's call and stream tokens);
+//! - the driver ([`Worker`]) steps each stream's request machine with the time and the
+//!   CSPRNG as inputs, runs the store operations the machine asks for (from its cache, at once
+//!   on the local store, or as etcd calls whose answers come back later), retries failed
+//!   calls, keeps the timer's work (sweep, leases, count, backlog, the watch), maps call tokens
+//!   to what the calls were for, and counts every stat;
+//! - the request machine ([`crate::exchange::Exchange`]) decides, and touches nothing;
+//! - the store ([`crate::store`]) answers operations, and knows nothing above it.
+
+mod stream;
+mod timer;
+
+pub use stream::{Action, Side, Stream, StreamIo};
+pub use timer::TimerIo;
+
+use crate::config::{Config, ConfigError, StoreConfig};
+use crate::digest;
+use crate::exchange::Input;
+use crate::host::Host;
+use crate::metrics::{Event as Count, Metric, StoreStat};
+use crate::record::Record;
+use crate::session_id::SessionId;
+use crate::store::cache::SessionCache;
+use crate::store::etcd::{self, Chore, Remote};
+use crate::store::local::{Local, Store, Sweep};
+use crate::store::{Backend, Limits};
+use log::info;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+
+/// Sessions each worker remembers having validated (see `store/cache.rs`).
+pub const CACHE_CAPACITY: usize = 4096;
+/// How often the timer fires with the local store (a sweep step at most once a second).
+pub const TICK_MS: u64 = 1000;
+
+/// What a lookup notes before it reads the store, so that what it read is cached only if no
+/// end could have come between: the process-wide epoch (ends in this Envoy) and, with etcd,
+/// the ends this VM's watch reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// The epoch counter (`None`: unusable, no cache).
+    pub epoch: Option<u64>,
+    /// Ends the watch reported.
+    pub ends: u64,
+}
+
+/// The Envoy cluster the etcd store's calls go to, as each kind of host names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Upstream {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The cluster as a proxy-wasm host takes it ([`etcd::grpc_service`]).
+    pub grpc_service: String,
+}
+
+/// One worker's filter configuration: its store, cache, timer work and stats.
+pub struct Worker<H: Host> {
+    host: H,
+    config: Config,
+    limits: Limits,
+    backend: Backend,
+    /// Sessions this worker validated a moment ago.
+    cache: RefCell<SessionCache>,
+    /// Fingerprint of the configuration: only the newest configuration on a store sweeps it.
+    token: u64,
+    /// The etcd store's cluster.
+    upstream: Upstream,
+    /// This VM's watch counts in the `watch_up` gauge.
+    watch_counted: Cell<bool>,
+    /// Ends (deleted keys) this VM's watch reported.
+    ends_seen: Cell<u64>,
+    /// With etcd: the key of each session the cache may hold, to know whether a DELETE
+    /// anywhere ended one of them.
+    cached_keys: RefCell<HashSet<Vec<u8>>>,
+    /// The timer's calls in flight, by the host's token.
+    chores: RefCell<HashMap<u32, Chore>>,
+    /// The watch stream's token, while open.
+    watch: Cell<Option<u32>>,
+}
+
+impl<H: Host> Worker<H> {
+    /// Starts a worker's configuration from its bytes. Moves the epoch (so a counter that
+    /// still reads 0 is one the host does not keep) and, with the local store, records this
+    /// configuration as the newest on it.
+    pub fn new(host: H, configuration: &[u8]) -> Result<Worker<H>, ConfigError> {
+        let config = Config::parse(configuration)?;
+        let mut seed = [0u8; 8];
+        if !host.fill_random(&mut seed) {
+            return Err(ConfigError("the host has no random source".into()));
+        }
+        let limits = Limits {
+            idle_ms: config.idle_timeout_ms,
+            lifetime_ms: config.max_lifetime_ms,
+            max_sessions: config.max_sessions,
+            bind_identity: config.identity.is_some(),
+        };
+        let (backend, upstream) = match (&config.store, config.stateless) {
+            (StoreConfig::Etcd(etcd), false) => (
+                Backend::Etcd(Box::new(Remote::new(etcd.clone(), config.idle_timeout_ms))),
+                Upstream {
+                    cluster: etcd.cluster.clone(),
+                    grpc_service: etcd::grpc_service(&etcd.cluster),
+                },
+            ),
+            _ => (
+                Backend::Local(Local::new(u64::from_le_bytes(seed))),
+                Upstream::default(),
+            ),
+        };
+        host.increment(Metric::Epoch, 1);
+        let worker = Worker {
+            host,
+            limits,
+            backend,
+            cache: RefCell::new(SessionCache::new(CACHE_CAPACITY)),
+            token: u64::from_le_bytes(digest::digest_prefix(&[configuration])),
+            upstream,
+            watch_counted: Cell::new(false),
+            ends_seen: Cell::new(0),
+            cached_keys: RefCell::new(HashSet::new()),
+            chores: RefCell::new(HashMap::new()),
+            watch: Cell::new(None),
+            config,
+        };
+        if !worker.config.stateless && worker.backend.remote().is_none() {
+            worker.store().adopt_configuration(worker.token);
+        }
+        let config = &worker.config;
+        info!(
+            "mcp-session-filter: configured (idle {} s, lifetime {} s, max {} sessions, stateless: {})",
+            config.idle_timeout_ms / 1000,
+            config.max_lifetime_ms / 1000,
+            config.max_sessions,
+            config.stateless
+        );
+        Ok(worker)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The host.
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    /// The etcd store, when configured.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.backend.remote()
+    }
+
+    fn store(&self) -> Store<&H> {
+        Store::new(&self.host, self.limits)
+    }
+
+    /// Hands the slots this worker holds back to the store, when its configuration goes away.
+    pub fn shutdown(&self) {
+        if let Backend::Local(local) = &self.backend {
+            local.return_slots(&self.store());
+        }
+    }
+
+    /// Counts `n` of `event`; the live gauge follows the lifecycle counters, and every end
+    /// moves the epoch before the request that caused it is answered.
+    fn count(&self, event: Count, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let n = i64::from(n);
+        self.host.increment(Metric::Count(event), n);
+        // With etcd, `live` is the fleet's count, set from the periodic count (an Envoy ends
+        // sessions other Envoys created).
+        let tally_live = self.backend.remote().is_none();
+        match event {
+            Count::Created if tally_live => self.host.increment(Metric::Live, n),
+            Count::Terminated | Count::Expired => {
+                if tally_live {
+                    self.host.increment(Metric::Live, -n);
+                }
+                self.host.increment(Metric::Epoch, n);
+            }
+            Count::Created | Count::Sessionless | Count::Rejected(_) => {}
+        }
+    }
+
+    /// Counts one of the etcd store's events.
+    fn count_store(&self, stat: StoreStat) {
+        self.host.increment(Metric::Store(stat), 1);
+    }
+
+    /// What the machine is given with each event.
+    fn with_input<T>(&self, f: impl FnOnce(&Input<'_>) -> T) -> T {
+        let random = |buf: &mut [u8]| self.host.fill_random(buf);
+        f(&Input {
+            config: &self.config,
+            now_ms: self.host.now_ms(),
+            random: &random,
+        })
+    }
+
+    /// Notes the ends seen so far, before a lookup (read the epoch before the store).
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            epoch: self.host.epoch(),
+            ends: self.ends_seen.get(),
+        }
+    }
+
+    /// The record of session `id` from the worker's cache, if it may serve.
+    fn cached(
+        &self,
+        stamp: Stamp,
+        id: &SessionId,
+        identity: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Option<Record> {
+        let epoch = stamp.epoch?;
+        let mut cache = self.cache.try_borrow_mut().ok()?;
+        let Some(remote) = self.backend.remote() else {
+            return cache
+                .get(epoch, id, identity, now_ms, &self.limits)
+                .cloned();
+        };
+        let trust = remote.trust_ms(now_ms);
+        let hit = cache
+            .get_within(epoch, id, identity, now_ms, &self.limits, trust)
+            .cloned();
+        self.count_store(if hit.is_some() {
+            StoreStat::CacheHits
+        } else {
+            StoreStat::CacheMisses
+        });
+        hit
+    }
+
+    /// Remembers a live record just read from the store, at the epoch read before that read.
+    /// Only a settled record: `initialized` is the one field a live session's record still
+    /// changes in without an end.
+    fn remember(&self, stamp: Stamp, id: &SessionId, record: &Record) {
+        // With etcd, a read answered after the watch reported an end may predate that end.
+        let settled = (record.initialized || !self.config.enforce_initialized)
+            && stamp.ends == self.ends_seen.get();
+        let (Some(epoch), Ok(mut cache), true) =
+            (stamp.epoch, self.cache.try_borrow_mut(), settled)
+        else {
+            return;
+        };
+        cache.put(epoch, id.slot, record.clone());
+        if let (Some(remote), Ok(mut keys)) =
+            (self.backend.remote(), self.cached_keys.try_borrow_mut())
+        {
+            if keys.len() >= 2 * CACHE_CAPACITY {
+                // Entries the cache dropped since: start the index over with the cache.
+                keys.clear();
+                cache.clear();
+            }
+            keys.insert(etcd::key(&remote.config().prefix, id));
+        }
+    }
+
+    /// One sweep step of the local store, if this configuration is the newest on the store
+    /// and it is this worker's turn.
+    pub fn sweep(&self) -> Sweep {
+        let Backend::Local(local) = &self.backend else {
+            return Sweep::default();
+        };
+        if self.config.stateless {
+            return Sweep::default();
+        }
+        let store = self.store();
+        if !store.sweeps_for(self.token) {
+            // A newer configuration of this store sweeps it, and makes the sessions: the slots
+            // this one holds are of no more use here.
+            local.return_slots(&store);
+            return Sweep::default();
+        }
+        let report = store.sweep(self.host.now_ms());
+        self.count(Count::Expired, report.expired);
+        if report.expired > 0 || report.stale_pending > 0 {
+            info!(
+                "sweep: {} sessions expired, {} stale initializes freed ({} slots read)",
+                report.expired, report.stale_pending, report.scanned
+            );
+        }
+        report
+    }
+}

@@ -1,0 +1,385 @@
+//! One stream through the driver: the proxy's callbacks in, the machine's steps carried out
+//! through [`StreamIo`]. This is the one applier: the proxy-wasm adapter and the test kit's
+//! `Envoy` both go through it.
+
+use super::{Stamp, Worker};
+use crate::exchange::{Edit, Event, Exchange, Flow, Reply, Step};
+use crate::host::{Attributes, Headers, Host};
+use crate::metrics::StoreStat;
+use crate::session_id::SessionId;
+use crate::store::etcd::{self, fallback, Call, Flight};
+use crate::store::{Lookup, Next, StoreOp, StoreResult};
+use log::{error, warn};
+
+/// Most store operations one event may chain (a guard against a machine that loops).
+const MAX_CHAINED_OPS: usize = 8;
+
+/// Which half of the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The request (decoding).
+    Request,
+    /// The response (encoding).
+    Response,
+}
+
+/// What the proxy does with the headers or data of the callback that returned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Let them go on.
+    Continue,
+    /// Hold them (a body is buffered; a call or a local reply is under way).
+    Pause,
+}
+
+/// What the driver asks of the host for one stream.
+pub trait StreamIo {
+    /// Sets (replacing every copy) or removes (`None`) a header of one side.
+    fn set_header(&mut self, side: Side, name: &str, value: Option<&str>);
+    /// Answers the stream locally.
+    fn respond(&mut self, reply: &Reply);
+    /// Replaces the response body held so far.
+    fn replace_body(&mut self, body: &[u8]);
+    /// Makes a gRPC call whose answer comes to this stream: the host's token for it, or the
+    /// gRPC status to report when it cannot be made.
+    fn call(
+        &mut self,
+        upstream: &super::Upstream,
+        call: &Call,
+        timeout_ms: u64,
+    ) -> Result<u32, u32>;
+    /// Lets a side held for a call go on.
+    fn resume(&mut self, side: Side);
+}
+
+/// One stream's state in the driver: the request machine, and the store operation under way.
+#[derive(Debug, Default)]
+pub struct Stream {
+    exchange: Exchange,
+    /// The etcd operation in flight.
+    flight: Option<Box<Flight>>,
+    /// The lookup under way: what to cache its answer under.
+    lookup: Option<(Stamp, SessionId)>,
+    /// The side held for a call, and the call's token.
+    held: Option<(Side, u32)>,
+}
+
+/// A step, and whether a call must be made first (`Stream::flight`).
+struct Driven {
+    step: Step,
+    call: bool,
+}
+
+impl From<Step> for Driven {
+    fn from(step: Step) -> Driven {
+        Driven { step, call: false }
+    }
+}
+
+impl<H: Host> Worker<H> {
+    /// The request headers.
+    pub fn request_headers(
+        &self,
+        stream: &mut Stream,
+        headers: &dyn Headers,
+        attributes: &dyn Attributes,
+        end_of_stream: bool,
+        io: &mut impl StreamIo,
+    ) -> Action {
+        let event = Event::RequestHeaders {
+            headers,
+            attributes,
+            end_of_stream,
+        };
+        self.feed(stream, Side::Request, event, io)
+    }
+
+    /// Request body data: `size` bytes buffered so far, read by `body` if needed.
+    pub fn request_body(
+        &self,
+        stream: &mut Stream,
+        size: usize,
+        end_of_stream: bool,
+        body: &dyn Fn() -> Vec<u8>,
+        io: &mut impl StreamIo,
+    ) -> Action {
+        if stream.held.is_some() {
+            return Action::Pause; // held until etcd answers
+        }
+        if !stream.exchange.reads_request_body() {
+            return Action::Continue;
+        }
+        let event = Event::RequestBody {
+            size,
+            end_of_stream,
+            body,
+        };
+        self.feed(stream, Side::Request, event, io)
+    }
+
+    /// The response headers.
+    pub fn response_headers(
+        &self,
+        stream: &mut Stream,
+        headers: &dyn Headers,
+        attributes: &dyn Attributes,
+        end_of_stream: bool,
+        io: &mut impl StreamIo,
+    ) -> Action {
+        if !stream.exchange.reads_response_headers() {
+            return Action::Continue; // the hot path: nothing to do
+        }
+        let event = Event::ResponseHeaders {
+            headers,
+            attributes,
+            end_of_stream,
+        };
+        self.feed(stream, Side::Response, event, io)
+    }
+
+    /// Response body data: `size` bytes in this chunk (all held so far when paused).
+    pub fn response_body(
+        &self,
+        stream: &mut Stream,
+        size: usize,
+        end_of_stream: bool,
+        body: &dyn Fn() -> Vec<u8>,
+        io: &mut impl StreamIo,
+    ) -> Action {
+        if stream.held.is_some() {
+            return Action::Pause; // held until etcd answers
+        }
+        if !stream.exchange.reads_response_body() {
+            return Action::Continue;
+        }
+        let event = Event::ResponseBody {
+            size,
+            end_of_stream,
+            body,
+        };
+        self.feed(stream, Side::Response, event, io)
+    }
+
+    /// The stream is over (completed, reset or refused): a reservation still held is freed.
+    /// One that waits for etcd is left to its call's answer.
+    pub fn stream_done(&self, stream: &mut Stream, io: &mut impl StreamIo) {
+        if stream.exchange.holds_reservation() && stream.held.is_none() {
+            let _ = self.feed(stream, Side::Response, Event::Done, io);
+        }
+    }
+
+    /// The answer to a call this stream made: its gRPC status, and its message when that is 0.
+    pub fn stream_call_answered(
+        &self,
+        stream: &mut Stream,
+        token: u32,
+        status: u32,
+        message: &[u8],
+        io: &mut impl StreamIo,
+    ) {
+        let Some((side, held)) = stream.held else {
+            return;
+        };
+        if held != token {
+            return;
+        }
+        stream.held = None;
+        let driven = self.on_reply(stream, etcd::Reply::of(status, message));
+        if self.carry_out(stream, side, driven, io) == Action::Continue {
+            io.resume(side);
+        }
+    }
+
+    fn feed(
+        &self,
+        stream: &mut Stream,
+        side: Side,
+        event: Event<'_>,
+        io: &mut impl StreamIo,
+    ) -> Action {
+        let step = self.with_input(|input| stream.exchange.step(input, event));
+        let driven = self.drive(stream, step);
+        self.carry_out(stream, side, driven, io)
+    }
+
+    /// Runs the store operations the machine asks for, feeding their answers back, until it
+    /// continues, pauses, answers, or waits for a call.
+    fn drive(&self, stream: &mut Stream, mut step: Step) -> Driven {
+        for _ in 0..MAX_CHAINED_OPS {
+            for (event, n) in std::mem::take(&mut step.counts) {
+                self.count(event, n);
+            }
+            let Flow::Store(op) = step.flow else {
+                return step.into();
+            };
+            let result = match self.begin(stream, *op) {
+                Next::Done(result) => result,
+                Next::Unavailable(op) => self.unavailable(op),
+                Next::Call(flight) => {
+                    stream.flight = Some(flight);
+                    step.flow = Flow::Pause;
+                    return Driven { step, call: true };
+                }
+            };
+            let mut next = self.answer(stream, result);
+            step.edits.append(&mut next.edits);
+            step.flow = next.flow;
+            step.counts = next.counts;
+        }
+        if matches!(step.flow, Flow::Store(_)) {
+            error!("store operations chained past {MAX_CHAINED_OPS}; letting traffic go on");
+            step.flow = Flow::Continue;
+        }
+        step.into()
+    }
+
+    /// Starts a store operation: a lookup is answered from the cache when it can be.
+    fn begin(&self, stream: &mut Stream, op: StoreOp) -> Next {
+        if let StoreOp::Lookup {
+            id,
+            ref identity,
+            now_ms,
+        } = op
+        {
+            // The epoch is read before the store, so an end between the two empties the cache.
+            let stamp = self.stamp();
+            if let Some(record) = self.cached(stamp, &id, identity.as_deref(), now_ms) {
+                return Next::Done(StoreResult::Lookup(Lookup::Live(record, 0)));
+            }
+            stream.lookup = Some((stamp, id));
+        }
+        self.backend.begin(&self.host, self.limits, op)
+    }
+
+    /// Feeds a store's answer to the machine (caching a looked-up session first).
+    fn answer(&self, stream: &mut Stream, result: StoreResult) -> Step {
+        if let (Some((stamp, id)), StoreResult::Lookup(Lookup::Live(record, _))) =
+            (stream.lookup.take(), &result)
+        {
+            self.remember(stamp, &id, record);
+        }
+        self.with_input(|input| stream.exchange.step(input, Event::Stored(result)))
+    }
+
+    /// Feeds the answer to the etcd call a stream waits for.
+    fn on_reply(&self, stream: &mut Stream, reply: etcd::Reply<'_>) -> Driven {
+        let (Some(remote), Some(flight)) = (self.backend.remote(), stream.flight.take()) else {
+            return Step::from(Flow::Continue).into();
+        };
+        if let etcd::Reply::Failed(status) = reply {
+            self.count_store(StoreStat::Errors);
+            let call = flight.call();
+            warn!(
+                "etcd {}/{} failed (gRPC status {status})",
+                call.service, call.method
+            );
+        }
+        let result = match remote.advance(flight, reply, &self.limits, self.host.now_ms()) {
+            Next::Call(flight) => {
+                if matches!(reply, etcd::Reply::Failed(_)) {
+                    self.count_store(StoreStat::Retries);
+                }
+                stream.flight = Some(flight);
+                return Driven {
+                    step: Flow::Pause.into(),
+                    call: true,
+                };
+            }
+            Next::Done(result) => result,
+            Next::Unavailable(op) => self.unavailable(op),
+        };
+        let step = self.answer(stream, result);
+        self.drive(stream, step)
+    }
+
+    /// What etcd's silence means for `op`: 503 (`unavailable: reject`), or this Envoy's
+    /// memory (`unavailable: local`).
+    fn unavailable(&self, op: StoreOp) -> StoreResult {
+        let Some(remote) = self
+            .backend
+            .remote()
+            .filter(|r| r.config().fall_back_to_local)
+        else {
+            return StoreResult::Unavailable;
+        };
+        self.count_store(StoreStat::Fallbacks);
+        let Ok(mut cache) = self.cache.try_borrow_mut() else {
+            return StoreResult::Unavailable;
+        };
+        let epoch = self.host.epoch().unwrap_or(0);
+        let answer = fallback::answer(remote, &mut cache, &self.host, epoch, &self.limits, op);
+        if answer.stale {
+            self.count_store(StoreStat::StaleServes);
+        }
+        answer.result
+    }
+
+    /// Carries out a step: header edits, the call it waits for, then the flow. A call that
+    /// cannot be made is answered as failed at once (retried, or etcd is unavailable).
+    fn carry_out(
+        &self,
+        stream: &mut Stream,
+        side: Side,
+        mut driven: Driven,
+        io: &mut impl StreamIo,
+    ) -> Action {
+        loop {
+            for edit in std::mem::take(&mut driven.step.edits) {
+                match edit {
+                    Edit::Request(name, value) => io.set_header(Side::Request, name, Some(&value)),
+                    Edit::Response(name, value) => {
+                        io.set_header(Side::Response, name, value.as_deref())
+                    }
+                    Edit::Affinity(value) => {
+                        if let Some(name) = &self.config.affinity_header {
+                            io.set_header(Side::Request, name, value.as_deref());
+                        }
+                    }
+                }
+            }
+            if driven.call {
+                let Some(flight) = &stream.flight else {
+                    return Action::Continue;
+                };
+                self.count_store(StoreStat::Calls);
+                let timeout = self.call_timeout_ms(flight);
+                match io.call(&self.upstream, flight.call(), timeout) {
+                    Ok(token) => {
+                        stream.held = Some((side, token));
+                        return Action::Pause;
+                    }
+                    Err(status) => {
+                        driven = self.on_reply(stream, etcd::Reply::Failed(status));
+                        continue;
+                    }
+                }
+            }
+            return match driven.step.flow {
+                Flow::Continue => Action::Continue,
+                Flow::Pause => Action::Pause,
+                Flow::Respond(reply) => {
+                    io.respond(&reply);
+                    Action::Pause
+                }
+                Flow::Replace(body) => {
+                    io.replace_body(&body);
+                    Action::Continue
+                }
+                Flow::Store(_) => Action::Continue, // drive() never leaves one
+            };
+        }
+    }
+
+    /// The timeout of the call a flight is about to make: what is left of its operation's
+    /// deadline, and half of the deadline at most, so a call stuck on a member that lost its
+    /// leader leaves time for another member.
+    fn call_timeout_ms(&self, flight: &Flight) -> u64 {
+        match self.backend.remote() {
+            Some(remote) => remote
+                .time_left(flight, self.host.now_ms())
+                .min(remote.config().timeout_ms / 2)
+                .max(10),
+            None => 1000,
+        }
+    }
+}
