@@ -1180,3 +1180,29 @@ fn with_etcd_a_session_request_calls_etcd_and_an_unreachable_etcd_is_a_503() {
     assert_eq!(process.stat("mcp_session.store.errors"), 4);
     assert_eq!(process.stat("mcp_session.rejected.unknown"), 0);
 }
+
+/// Issue 16: a request that goes on without a session (the sessionless era, a path the filter
+/// does not guard, stateless mode, a GET on a session) never keeps the client's copy of the
+/// affinity header: no client steers a request. It failed before: only the requests that read
+/// a body removed it.
+#[test]
+fn no_request_that_goes_on_keeps_the_clients_affinity_header() {
+    let spoof = ("x-mcp-upstream-host", "10.9.9.9:1");
+    let sessionless_era = ("mcp-protocol-version", "2026-07-28");
+    for config in [
+        r#"{"affinity_header": "x-mcp-upstream-host"}"#,
+        r#"{"affinity_header": "x-mcp-upstream-host", "paths": ["/mcp"]}"#,
+        r#"{"affinity_header": "x-mcp-upstream-host", "stateless": true}"#,
+    ] {
+        let mut w = World::new(config);
+        let mut request = Request::post(TOOLS_LIST, &[spoof, sessionless_era]);
+        let response = w.send(request.clone());
+        assert!(response.status < 300, "{config}: {}", response.status);
+        let seen = w.upstream.seen.last().unwrap();
+        assert_eq!(seen.headers.value("x-mcp-upstream-host"), None, "{config}");
+        request.headers.set(":path", Some("/elsewhere"));
+        let _ = w.send(request);
+        let seen = w.upstream.seen.last().unwrap();
+        assert_eq!(seen.headers.value("x-mcp-upstream-host"), None, "{config}");
+    }
+}

@@ -927,3 +927,6 @@ fn status_of(headers: &dyn Headers) -> u32 {
 fn status_number(status: Header<'_>) -> u32 {
     status.text().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests;

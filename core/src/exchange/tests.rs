@@ -1,0 +1,431 @@
+//! The request machine on its own, as a table: one row per situation, the events fed and the
+//! step expected beside them. No driver, no store, no host: the store's answers are written
+//! into the rows as [`Event::Stored`].
+
+use super::*;
+use crate::rejection::Reason;
+use crate::session_id::SessionId;
+use crate::store::Reservation;
+use crate::store::Source;
+use crate::testkit::{live_record, AttributeMap, HeaderList, T0};
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":7,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+const CALL: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+const HANDSHAKE: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
+
+fn id() -> SessionId {
+    SessionId {
+        slot: 3,
+        secret: [5; SECRET_LEN],
+    }
+}
+
+fn post(extra: &[(&str, &str)]) -> HeaderList {
+    let mut pairs = vec![
+        (":method", "POST"),
+        (":path", "/mcp"),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    pairs.extend_from_slice(extra);
+    HeaderList::of(&pairs)
+}
+
+/// What a step does, in short: the flow, then what it counted.
+#[derive(Debug, PartialEq, Eq)]
+enum Does {
+    Continue,
+    Pause,
+    Respond(u32, Vec<(Count, u32)>),
+    Lookup,
+    Reserve,
+    Activate,
+    Release,
+    End,
+    Replace,
+}
+
+fn does(step: &Step) -> Does {
+    match &step.flow {
+        Flow::Continue => Does::Continue,
+        Flow::Pause => Does::Pause,
+        Flow::Respond(reply) => Does::Respond(reply.status, step.counts.clone()),
+        Flow::Replace(_) => Does::Replace,
+        Flow::Store(op) => match **op {
+            StoreOp::Lookup { .. } => Does::Lookup,
+            StoreOp::Reserve { .. } => Does::Reserve,
+            StoreOp::Activate { .. } => Does::Activate,
+            StoreOp::Release { .. } => Does::Release,
+            StoreOp::End { .. } => Does::End,
+            StoreOp::MarkInitialized { .. } => Does::Continue,
+        },
+    }
+}
+
+/// Feeds the request headers (and the body, when there is one) to a new machine.
+fn request(config: &str, headers: &HeaderList, body: &str) -> (Exchange, Step) {
+    let config = Config::parse(config.as_bytes()).unwrap();
+    let random = |buf: &mut [u8]| {
+        buf.fill(9);
+        true
+    };
+    let input = Input {
+        config: &config,
+        now_ms: T0,
+        random: &random,
+    };
+    let mut exchange = Exchange::new();
+    let step = exchange.step(
+        &input,
+        Event::RequestHeaders {
+            headers,
+            attributes: &AttributeMap::default(),
+            end_of_stream: body.is_empty(),
+        },
+    );
+    if body.is_empty() || !exchange.reads_request_body() {
+        return (exchange, step);
+    }
+    let bytes = body.as_bytes().to_vec();
+    let read = move || bytes.clone();
+    let step = exchange.step(
+        &input,
+        Event::RequestBody {
+            size: body.len(),
+            end_of_stream: true,
+            body: &read,
+        },
+    );
+    (exchange, step)
+}
+
+fn rejected(status: u32, reason: Reason) -> Does {
+    Does::Respond(status, vec![(Count::Rejected(reason), 1)])
+}
+
+#[test]
+fn requests_by_table() {
+    let sid = id().encode();
+    let sid = sid.as_str();
+    let rows: Vec<(&str, &str, HeaderList, &str, Does)> = vec![
+        (
+            "an initialize reserves a session",
+            "{}",
+            post(&[]),
+            INITIALIZE,
+            Does::Reserve,
+        ),
+        (
+            "a call without a session is refused",
+            "{}",
+            post(&[HANDSHAKE]),
+            CALL,
+            rejected(400, Reason::Missing),
+        ),
+        (
+            "a call on a session looks it up",
+            "{}",
+            post(&[HANDSHAKE, ("mcp-session-id", sid)]),
+            CALL,
+            Does::Lookup,
+        ),
+        (
+            "a malformed session ID is unknown",
+            "{}",
+            post(&[HANDSHAKE, ("mcp-session-id", "nope")]),
+            CALL,
+            rejected(404, Reason::Unknown),
+        ),
+        (
+            "two session headers",
+            "{}",
+            post(&[HANDSHAKE, ("mcp-session-id", sid), ("mcp-session-id", sid)]),
+            CALL,
+            rejected(400, Reason::Header),
+        ),
+        (
+            "an unknown protocol version",
+            "{}",
+            post(&[
+                ("mcp-protocol-version", "1999-01-01"),
+                ("mcp-session-id", sid),
+            ]),
+            CALL,
+            rejected(400, Reason::Version),
+        ),
+        (
+            "the sessionless era passes",
+            "{}",
+            post(&[("mcp-protocol-version", "2026-07-28")]),
+            CALL,
+            Does::Continue,
+        ),
+        (
+            "stateless mode passes",
+            r#"{"stateless": true}"#,
+            post(&[HANDSHAKE]),
+            CALL,
+            Does::Continue,
+        ),
+        (
+            "an unguarded path passes",
+            r#"{"paths": ["/other"]}"#,
+            post(&[HANDSHAKE]),
+            CALL,
+            Does::Continue,
+        ),
+        (
+            "a DELETE looks the session up",
+            "{}",
+            HeaderList::of(&[
+                (":method", "DELETE"),
+                (":path", "/mcp"),
+                ("mcp-session-id", sid),
+            ]),
+            "",
+            Does::Lookup,
+        ),
+        (
+            "a DELETE when it is not allowed",
+            r#"{"allow_delete": false}"#,
+            HeaderList::of(&[
+                (":method", "DELETE"),
+                (":path", "/mcp"),
+                ("mcp-session-id", sid),
+            ]),
+            "",
+            rejected(405, Reason::Method),
+        ),
+        (
+            "a body that is not JSON",
+            "{}",
+            post(&[]),
+            "{not json",
+            rejected(400, Reason::Body),
+        ),
+        (
+            "an initialize without the configured identity",
+            r#"{"identity_header": "x-user"}"#,
+            post(&[]),
+            INITIALIZE,
+            rejected(401, Reason::Identity),
+        ),
+        (
+            "a session without the configured identity",
+            r#"{"identity_header": "x-user"}"#,
+            post(&[HANDSHAKE, ("mcp-session-id", sid)]),
+            CALL,
+            rejected(404, Reason::Identity),
+        ),
+        (
+            "a body over the limit",
+            r#"{"max_body_bytes": 16}"#,
+            post(&[]),
+            INITIALIZE,
+            rejected(413, Reason::Body),
+        ),
+    ];
+    for (name, config, headers, body, expected) in rows {
+        let (_, step) = request(config, &headers, body);
+        assert_eq!(does(&step), expected, "{name}");
+    }
+}
+
+/// After the request, what the store's answer makes of it.
+#[test]
+fn store_answers_by_table() {
+    let config = Config::parse(b"{}").unwrap();
+    let random = |_: &mut [u8]| true;
+    let input = Input {
+        config: &config,
+        now_ms: T0,
+        random: &random,
+    };
+    let sid = id().encode();
+    let call = post(&[HANDSHAKE, ("mcp-session-id", &sid)]);
+    let delete = HeaderList::of(&[
+        (":method", "DELETE"),
+        (":path", "/mcp"),
+        ("mcp-session-id", &sid),
+    ]);
+    let live = live_record([5; SECRET_LEN], T0);
+    let mut mapped = live.clone();
+    mapped.upstream_id = Some("up-1".into());
+    let rows: Vec<(&str, &HeaderList, StoreResult, Does)> = vec![
+        (
+            "a live session goes on",
+            &call,
+            StoreResult::Lookup(Lookup::Live(live.clone(), 1)),
+            Does::Continue,
+        ),
+        (
+            "an unknown session is a 404",
+            &call,
+            StoreResult::Lookup(Lookup::NotFound),
+            rejected(404, Reason::Unknown),
+        ),
+        (
+            "an expired session is counted and a 404",
+            &call,
+            StoreResult::Lookup(Lookup::Expired),
+            Does::Respond(
+                404,
+                vec![(Count::Expired, 1), (Count::Rejected(Reason::Unknown), 1)],
+            ),
+        ),
+        (
+            "an unavailable store is a 503",
+            &call,
+            StoreResult::Unavailable,
+            rejected(503, Reason::Unavailable),
+        ),
+        (
+            "a DELETE of a live session ends it",
+            &delete,
+            StoreResult::Lookup(Lookup::Live(live.clone(), 1)),
+            Does::End,
+        ),
+        (
+            "a DELETE on a mapped session also ends it",
+            &delete,
+            StoreResult::Lookup(Lookup::Live(mapped, 1)),
+            Does::End,
+        ),
+        (
+            "a DELETE of an unknown session is a 404",
+            &delete,
+            StoreResult::Lookup(Lookup::NotFound),
+            rejected(404, Reason::Unknown),
+        ),
+    ];
+    for (name, headers, result, expected) in rows {
+        let (mut exchange, _) = request("{}", headers, "");
+        let step = exchange.step(&input, Event::Stored(result));
+        assert_eq!(does(&step), expected, "{name}");
+    }
+    // A DELETE: the end, answered.
+    let (mut exchange, _) = request("{}", &delete, "");
+    let _ = exchange.step(
+        &input,
+        Event::Stored(StoreResult::Lookup(Lookup::Live(live.clone(), 1))),
+    );
+    let step = exchange.step(
+        &input,
+        Event::Stored(StoreResult::Ended(Ended::Ended(live))),
+    );
+    assert_eq!(step.counts, vec![(Count::Terminated, 1)]);
+    assert!(matches!(&step.flow, Flow::Respond(reply) if reply.status == 204));
+}
+
+/// An initialize from reservation to decision: the session header is set on a 2xx, the
+/// answer's outcome activates or releases the reservation, and the client's capacity 503
+/// names its request id.
+#[test]
+fn an_initialize_by_table() {
+    let config = Config::parse(b"{}").unwrap();
+    let random = |_: &mut [u8]| true;
+    let input = Input {
+        config: &config,
+        now_ms: T0,
+        random: &random,
+    };
+    let reservation = Reservation {
+        id: id(),
+        record: live_record([5; SECRET_LEN], T0),
+        expired: 0,
+        from: Source::Hint,
+    };
+    let json = HeaderList::of(&[(":status", "200"), ("content-type", "application/json")]);
+    let failed = HeaderList::of(&[(":status", "500"), ("content-type", "application/json")]);
+    let result = r#"{"jsonrpc":"2.0","id":7,"result":{}}"#;
+    let error = r#"{"jsonrpc":"2.0","id":7,"error":{"code":1,"message":"no"}}"#;
+    let rows: Vec<(&str, &HeaderList, &str, Does)> = vec![
+        ("a result activates", &json, result, Does::Activate),
+        ("a JSON-RPC error releases", &json, error, Does::Release),
+        (
+            "an HTTP error releases at once",
+            &failed,
+            error,
+            Does::Release,
+        ),
+    ];
+    for (name, headers, body, expected) in rows {
+        let (mut exchange, step) = request("{}", &post(&[]), INITIALIZE);
+        assert_eq!(does(&step), Does::Reserve, "{name}");
+        let step = exchange.step(
+            &input,
+            Event::Stored(StoreResult::Reserved(Some(reservation.clone()))),
+        );
+        assert_eq!(does(&step), Does::Continue, "{name}");
+        let step = exchange.step(
+            &input,
+            Event::ResponseHeaders {
+                headers,
+                attributes: &AttributeMap::default(),
+                end_of_stream: false,
+            },
+        );
+        let sets_id = step
+            .edits
+            .contains(&Edit::Response(SESSION_HEADER, Some(id().encode())));
+        assert_eq!(sets_id, headers.value(":status") == Some("200"), "{name}");
+        let step = if matches!(step.flow, Flow::Store(_)) {
+            step
+        } else {
+            let bytes = body.as_bytes().to_vec();
+            let read = move || bytes.clone();
+            exchange.step(
+                &input,
+                Event::ResponseBody {
+                    size: body.len(),
+                    end_of_stream: true,
+                    body: &read,
+                },
+            )
+        };
+        assert_eq!(does(&step), expected, "{name}");
+        let step = exchange.step(&input, Event::Stored(StoreResult::Done(true)));
+        let created = expected == Does::Activate;
+        assert_eq!(
+            step.counts.contains(&(Count::Created, 1)),
+            created,
+            "{name}"
+        );
+    }
+    // The store is full: 503 with the request's id.
+    let (mut exchange, _) = request("{}", &post(&[]), INITIALIZE);
+    let step = exchange.step(&input, Event::Stored(StoreResult::Reserved(None)));
+    assert_eq!(does(&step), rejected(503, Reason::Capacity));
+    let Flow::Respond(reply) = step.flow else {
+        unreachable!()
+    };
+    assert!(String::from_utf8_lossy(&reply.body).ends_with(r#""id":7}"#));
+    // No random source: no session.
+    let config = Config::parse(b"{}").unwrap();
+    let none = |_: &mut [u8]| false;
+    let input = Input {
+        config: &config,
+        now_ms: T0,
+        random: &none,
+    };
+    let mut exchange = Exchange::new();
+    let headers = post(&[]);
+    let _ = exchange.step(
+        &input,
+        Event::RequestHeaders {
+            headers: &headers,
+            attributes: &AttributeMap::default(),
+            end_of_stream: false,
+        },
+    );
+    let read = || INITIALIZE.as_bytes().to_vec();
+    let step = exchange.step(
+        &input,
+        Event::RequestBody {
+            size: INITIALIZE.len(),
+            end_of_stream: true,
+            body: &read,
+        },
+    );
+    assert_eq!(does(&step), rejected(503, Reason::Capacity));
+}
