@@ -1,8 +1,14 @@
 # mcp-session-filter: the two commands users need are `make run` and `make test`.
 WASM := target/wasm32-wasip1/release/mcp_session_filter.wasm
 VENV := .venv
+# The OCI image of the module (`make image`); override with e.g.
+# `make image-archive IMAGE_NAME=registry.example.com/mcp/mcp-session-filter IMAGE_TAG=dev`.
+VERSION := $(shell sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"$$/\1/p' Cargo.toml)
+IMAGE_NAME := localhost/mcp-session-filter
+IMAGE_TAG := $(VERSION)
+IMAGE_ARCHIVE := target/mcp-session-filter.oci.tar
 
-.PHONY: FORCE build setup run run-cluster test unit e2e lint fuzz-quick fuzz bench bench-profile soak fmt clean
+.PHONY: FORCE build setup run run-cluster test unit e2e lint fuzz-quick fuzz bench bench-profile soak fmt clean image image-archive
 
 build: $(WASM)
 
@@ -62,6 +68,16 @@ bench-profile: setup build
 # Session churn through Envoy for SOAK_SECONDS (default 180); the heap must stay flat.
 soak: setup build
 	bash scripts/soak.sh
+
+# The module as an OCI image for Istio and Envoy Gateway (a single layer holding plugin.wasm),
+# $(IMAGE_NAME):$(IMAGE_TAG) in the project's podman store, .containers/ (README "OCI image").
+image: build
+	bash scripts/containers.sh setup
+	bash scripts/image.sh build $(IMAGE_NAME):$(IMAGE_TAG)
+
+# That image saved as an OCI archive, $(IMAGE_ARCHIVE), to push with skopeo.
+image-archive: image
+	bash scripts/image.sh save $(IMAGE_NAME):$(IMAGE_TAG) $(IMAGE_ARCHIVE)
 
 fmt:
 	cargo fmt --all
