@@ -282,7 +282,7 @@ impl HttpContext for Http {
         // Test builds only (`--features fault-injection`): a way to make the VM fail at
         // runtime, to prove the failure policy recovers. Never in the released module.
         #[cfg(feature = "fault-injection")]
-        if headers.get("x-mcp-session-filter-trap").value.is_some() {
+        if mcp_session_core::host::Headers::get(&headers, "x-mcp-session-filter-trap").count > 0 {
             core::arch::wasm32::unreachable();
         }
         let (stream, io) = (&mut self.stream, &mut Calls);
