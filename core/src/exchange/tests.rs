@@ -31,6 +31,15 @@ fn post(extra: &[(&str, &str)]) -> HeaderList {
     HeaderList::of(&pairs)
 }
 
+/// The input of a machine at [`T0`].
+fn at_t0<'a>(config: &'a Config, random: &'a dyn Fn(&mut [u8]) -> bool) -> Input<'a> {
+    Input {
+        config,
+        now_ms: T0,
+        random,
+    }
+}
+
 /// What a step does, in short: the flow, then what it counted.
 #[derive(Debug, PartialEq, Eq)]
 enum Does {
@@ -69,11 +78,7 @@ fn request(config: &str, headers: &HeaderList, body: &str) -> (Exchange, Step) {
         buf.fill(9);
         true
     };
-    let input = Input {
-        config: &config,
-        now_ms: T0,
-        random: &random,
-    };
+    let input = at_t0(&config, &random);
     let mut exchange = Exchange::new();
     let step = exchange.step(
         &input,
@@ -236,11 +241,7 @@ fn requests_by_table() {
 fn store_answers_by_table() {
     let config = Config::parse(b"{}").unwrap();
     let random = |_: &mut [u8]| true;
-    let input = Input {
-        config: &config,
-        now_ms: T0,
-        random: &random,
-    };
+    let input = at_t0(&config, &random);
     let sid = id().encode();
     let call = post(&[HANDSHAKE, ("mcp-session-id", &sid)]);
     let delete = HeaderList::of(&[
@@ -324,11 +325,7 @@ fn store_answers_by_table() {
 fn an_initialize_by_table() {
     let config = Config::parse(b"{}").unwrap();
     let random = |_: &mut [u8]| true;
-    let input = Input {
-        config: &config,
-        now_ms: T0,
-        random: &random,
-    };
+    let input = at_t0(&config, &random);
     let reservation = Reservation {
         id: id(),
         record: live_record([5; SECRET_LEN], T0),
@@ -403,11 +400,7 @@ fn an_initialize_by_table() {
     // No random source: no session.
     let config = Config::parse(b"{}").unwrap();
     let none = |_: &mut [u8]| false;
-    let input = Input {
-        config: &config,
-        now_ms: T0,
-        random: &none,
-    };
+    let input = at_t0(&config, &none);
     let mut exchange = Exchange::new();
     let headers = post(&[]);
     let _ = exchange.step(
