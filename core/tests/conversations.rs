@@ -1206,3 +1206,39 @@ fn no_request_that_goes_on_keeps_the_clients_affinity_header() {
         assert_eq!(seen.headers.value("x-mcp-upstream-host"), None, "{config}");
     }
 }
+
+/// Issue 16: an initialize while etcd cannot answer gets 503 with Retry-After and a JSON-RPC
+/// error carrying its id, and the upstream never sees it: the session is recorded before the
+/// initialize goes upstream. Failed before: the upstream answered, the client got 200, an
+/// `Mcp-Session-Id` that answered 404, and an error in place of the result.
+#[test]
+fn with_etcd_unreachable_an_initialize_is_a_503_the_upstream_never_sees() {
+    let process = Process::new(T0);
+    let config = r#"{"store": {"etcd": {"cluster": "etcd", "timeout_ms": 1000}}}"#;
+    let worker = Worker::new(FakeHost::new(&process, 1), config.as_bytes()).unwrap();
+    let mut upstream_saw = 0;
+    let mut upstream = |_: &Request| {
+        upstream_saw += 1;
+        Response::upstream(
+            200,
+            &[("content-type", "application/json")],
+            r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+        )
+    };
+    // No etcd answers: every call fails with gRPC status 14.
+    let (response, log) =
+        Envoy::new(&worker).exchange(Request::post(INITIALIZE, &[]), Some(&mut upstream));
+    assert_eq!(upstream_saw, 0, "the upstream never sees it");
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_eq!(response.header("mcp-session-id"), None);
+    let body: Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(body["error"]["code"], -32000);
+    assert_eq!(body["id"], 1);
+    assert!(log
+        .calls
+        .iter()
+        .all(|c| c.method == "LeaseGrant" || c.method == "Txn"));
+    assert_eq!(process.stat("mcp_session.rejected.unavailable"), 1);
+    assert_eq!(process.stat("mcp_session.created"), 0);
+}

@@ -333,6 +333,7 @@ fn step(world: &Rc<World>) {
                     );
                     world.model.borrow_mut().ended(&id);
                 }
+                Ended::EndedEarlier => panic!("the local store never retries an end"),
                 Ended::NotFound => {
                     count(world, "end not found");
                     let k = current(world, &id);

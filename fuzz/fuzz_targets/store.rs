@@ -202,6 +202,7 @@ fuzz_target!(|input: Input| {
                         assert_eq!(model.ended(&k.id), Some(KnownState::Live), "ended twice");
                     }
                     Ended::NotFound => {}
+                    Ended::EndedEarlier => panic!("the local store never retries an end"),
                 }
             }
             Op::Sweep => model.swept(store.sweep(now).expired),

@@ -561,12 +561,12 @@ impl Exchange {
                 Lookup::NotFound => self.reply(&Rejection::session_not_found()),
             },
             (Waiting::Delete, StoreResult::Ended(ended)) => match ended {
-                Ended::Ended(record) => {
+                Ended::Ended(_) | Ended::EndedEarlier => {
                     self.count(Count::Terminated, 1);
                     if let Some(id) = &self.session {
                         info!("session {} ended by the client", id.short());
                     }
-                    if record.upstream_id.is_some() {
+                    if self.mapped {
                         // The upstream ends its own session; its answer goes to the client,
                         // with the upstream's ID replaced like on every mapped response.
                         Flow::Continue.into()
@@ -629,7 +629,7 @@ impl Exchange {
             (Waiting::UpstreamGone, StoreResult::Ended(ended)) => {
                 let id = self.session.map(|id| id.short()).unwrap_or_default();
                 match ended {
-                    Ended::Ended(_) => {
+                    Ended::Ended(_) | Ended::EndedEarlier => {
                         self.count(Count::Terminated, 1);
                         info!("session {id} ended: the upstream answered 404");
                     }
@@ -644,6 +644,11 @@ impl Exchange {
             (Waiting::Initialized, StoreResult::Done(_)) => Flow::Continue.into(),
             (Waiting::Lookup { .. } | Waiting::Delete, StoreResult::Unavailable) => {
                 self.reply(&Rejection::unavailable())
+            }
+            (Waiting::Reserve { request_id }, StoreResult::Unavailable) => {
+                // The session cannot be recorded: the upstream never sees this initialize.
+                warn!("initialize refused: the session store cannot record the session");
+                self.reply(&Rejection::unavailable().with_id(request_id))
             }
             (
                 Waiting::Initialize {
@@ -822,13 +827,16 @@ impl Exchange {
             return Flow::Continue.into();
         };
         let limit = input.config.max_body_bytes;
+        // The etcd store writes what an answer taught (the upstream's own session ID, the host
+        // that answered) before the answer leaves: the body is held until then.
+        let hold = matches!(input.config.store, StoreConfig::Etcd(_))
+            && (init.upstream_id.is_some() || init.reserved.upstream_host.is_some());
         let outcome = match &mut init.answer {
             Answer::Awaiting => return Flow::Continue.into(),
             Answer::Json(buffer) => {
-                if matches!(input.config.store, StoreConfig::Etcd(_)) {
-                    // The etcd store commits the session before the answer leaves: the body
-                    // is held (the host buffers it: `size` and `body()` are all of it so far)
-                    // until the decision and its write, and read once, when it is decided.
+                if hold {
+                    // Held (the host buffers it: `size` and `body()` are all of it so far) until
+                    // the decision and its write, and read once, when it is decided.
                     if size <= limit && !end_of_stream {
                         return Flow::Pause.into();
                     }

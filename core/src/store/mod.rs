@@ -88,6 +88,9 @@ pub enum Ended {
     NotFound,
     /// It had expired; reclaimed now (count it as expired, not terminated).
     Expired,
+    /// An earlier attempt of this end ended it, and its answer was lost (etcd: a retried
+    /// delete finds nothing); the record is not known any more.
+    EndedEarlier,
 }
 
 /// The result of a slot reservation.

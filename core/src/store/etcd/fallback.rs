@@ -3,10 +3,11 @@
 //! Envoy's shared data (so every worker serves them) and go to etcd through the backlog when
 //! it is back; a session this Envoy cannot know about is unavailable (503), never not found.
 
-use super::{key, record_of, value, Remote};
+use super::{key, record_of, session_id, value, Remote};
+use crate::record::Record;
 use crate::session_id::SessionId;
 use crate::store::cache::SessionCache;
-use crate::store::{Ended, Limits, Lookup, SharedData, StoreOp, StoreResult};
+use crate::store::{Ended, Limits, Lookup, Reservation, SharedData, Source, StoreOp, StoreResult};
 
 /// The fallback's answer to an operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,22 @@ impl From<StoreResult> for Answer {
 /// backlog has written it to etcd: shared data under its etcd key.
 pub fn shared_key(etcd_key: &[u8]) -> String {
     format!("mcps/fallback/{}", String::from_utf8_lossy(etcd_key))
+}
+
+/// Keeps a session made while etcd is away: every worker of this Envoy finds it in shared data
+/// until the backlog has written it to etcd.
+fn keep(
+    remote: &Remote,
+    cache: &mut SessionCache,
+    shared: &impl SharedData,
+    epoch: u64,
+    id: &SessionId,
+    live: &Record,
+) {
+    let key = key(&remote.config().prefix, id);
+    let _ = shared.set(&shared_key(&key), &value(live), None);
+    remote.defer_put(key, live.clone());
+    cache.put(epoch, id.slot, live.clone());
 }
 
 /// Answers `op` from this Envoy's memory (`epoch`: the cache's, as the caller read it).
@@ -90,16 +107,30 @@ pub fn answer(
             now_ms,
         } => {
             let mut live = reserved.activated(now_ms, upstream_id.as_deref());
-            // Its `notifications/initialized` cannot be recorded while etcd is away.
             live.initialized = true;
-            let key = key(&id);
-            // Every worker of this Envoy finds it there until etcd has it.
-            let _ = shared.set(&shared_key(&key), &value(&live), None);
-            remote.defer_put(key, live.clone());
-            cache.put(epoch, id.slot, live);
+            keep(remote, cache, shared, epoch, &id, &live);
             StoreResult::Done(true).into()
         }
         StoreOp::MarkInitialized { .. } | StoreOp::Release { .. } => StoreResult::Done(true).into(),
-        StoreOp::Reserve { .. } => StoreResult::Reserved(None).into(),
+        StoreOp::Reserve {
+            secret,
+            identity,
+            now_ms,
+        } => {
+            let id = session_id(secret);
+            let pending =
+                Record::pending(now_ms, secret, identity.as_deref(), limits.bind_identity);
+            let mut live = pending.activated(now_ms, None);
+            // Its `notifications/initialized` cannot be recorded while etcd is away.
+            live.initialized = true;
+            keep(remote, cache, shared, epoch, &id, &live);
+            StoreResult::Reserved(Some(Reservation {
+                id,
+                record: live,
+                expired: 0,
+                from: Source::Hint,
+            }))
+            .into()
+        }
     }
 }

@@ -231,11 +231,11 @@ enum Stage {
     Touch { record: Record },
     /// Lookup: the record had expired; delete it (CAS), whoever wins counts it.
     Expire,
-    /// MarkInitialized: write the flag (CAS).
+    /// MarkInitialized, Activate: write the record (CAS).
     Mark { record: Record },
     /// End: delete, reading what was there.
     Delete,
-    /// Activate: create-if-absent.
+    /// Reserve: create-if-absent.
     Create { record: Record },
     /// Get a lease for this window first, then make `then`'s write.
     Grant { then: Box<Stage>, revision: i64 },
@@ -385,36 +385,40 @@ impl Remote {
         self.leases.borrow().get(&window).copied()
     }
 
-    /// Starts an operation. Reserve and Release need no call: nothing is written before the
-    /// upstream answers an `initialize`, and its one write is the create.
+    /// Starts an operation. An `initialize`'s session is written (created, live and not
+    /// initialized) when it is reserved, before the upstream sees the request; its activation
+    /// writes only what the answer taught, if anything; a release goes to the backlog.
     pub fn begin(&self, op: StoreOp, limits: &Limits) -> Next {
         self.active.set(true);
         match op {
             StoreOp::Reserve {
                 secret,
-                identity,
+                ref identity,
                 now_ms,
             } => {
                 let (counted, _, created) = self.count.get();
                 if counted.saturating_add(created) >= u64::from(limits.max_sessions) {
                     return Next::Done(StoreResult::Reserved(None));
                 }
-                // The slot only keys the caches: any bits of the secret will do.
-                let [a, b, c, d, ..] = secret;
-                let id = SessionId {
-                    slot: u32::from_le_bytes([a, b, c, d]),
-                    secret,
-                };
-                let record =
+                let id = session_id(secret);
+                // Recorded before the initialize goes upstream, live and not initialized: its
+                // ID is revealed only on a successful answer, so nobody can use it before.
+                let pending =
                     Record::pending(now_ms, secret, identity.as_deref(), limits.bind_identity);
-                Next::Done(StoreResult::Reserved(Some(Reservation {
-                    id,
-                    record,
-                    expired: 0,
-                    from: Source::Hint,
-                })))
+                let record = pending.activated(now_ms, None);
+                let flight = self.flight(op, id, now_ms);
+                Next::Call(Box::new(self.write(flight, Stage::Create { record }, 0)))
             }
-            StoreOp::Release { .. } => Next::Done(StoreResult::Done(true)),
+            StoreOp::Release { id } => {
+                // An initialize that failed (or whose stream ended first): its record goes with
+                // the timer's next backlog flush; the stream does not wait for it.
+                let key = key(&self.config.prefix, &id);
+                if let Ok(mut unmarked) = self.unmarked.try_borrow_mut() {
+                    unmarked.remove(&key);
+                }
+                self.defer_delete(key);
+                Next::Done(StoreResult::Done(true))
+            }
             StoreOp::Lookup { id, now_ms, .. }
             | StoreOp::End { id, now_ms }
             | StoreOp::MarkInitialized { id, now_ms } => {
@@ -467,20 +471,44 @@ impl Remote {
                 ref upstream_id,
                 now_ms,
             } => {
-                let record = reserved.activated(now_ms, upstream_id.as_deref());
-                let key = key(&self.config.prefix, &id);
-                let flight = Flight {
-                    id,
-                    key,
-                    stage: Stage::Read,
-                    call: read(&[]),
-                    attempts: 1,
-                    started_ms: now_ms,
-                    races: 0,
-                    op,
-                };
-                Next::Call(Box::new(self.write(flight, Stage::Create { record }, 0)))
+                // The reservation is the live record already; only what the answer taught (the
+                // upstream's own session ID, the host that answered) is left to write.
+                if upstream_id.is_none() && reserved.upstream_host.is_none() {
+                    return Next::Done(StoreResult::Done(true));
+                }
+                let flight = self.flight(op.clone(), id, now_ms);
+                let read_before = self
+                    .unmarked
+                    .try_borrow_mut()
+                    .ok()
+                    .and_then(|mut unmarked| unmarked.remove(&flight.key));
+                match read_before {
+                    Some((found, revision)) => {
+                        let record = with_upstream(found, &op);
+                        Next::Call(Box::new(self.write(
+                            flight,
+                            Stage::Mark { record },
+                            revision,
+                        )))
+                    }
+                    None => Next::Call(Box::new(flight)),
+                }
             }
+        }
+    }
+
+    /// A new flight for `op` on session `id`: a read of its key, to start with.
+    fn flight(&self, op: StoreOp, id: SessionId, now_ms: u64) -> Flight {
+        let key = key(&self.config.prefix, &id);
+        Flight {
+            op,
+            id,
+            call: read(&key),
+            key,
+            stage: Stage::Read,
+            attempts: 1,
+            started_ms: now_ms,
+            races: 0,
         }
     }
 
@@ -553,6 +581,9 @@ impl Remote {
                     .first()
                     .and_then(|kv| record_of(&kv.value, &flight.id))
                 {
+                    // The delete is not idempotent: a retry after an attempt whose answer was
+                    // lost (it may have landed) finds nothing. Not a 404 for the client.
+                    None if flight.attempts > 1 => Ended::EndedEarlier,
                     None => Ended::NotFound,
                     Some(record)
                         if record.expired(
@@ -576,15 +607,31 @@ impl Remote {
                 }),
             Stage::Create { record } => proto::TxnResponse::decode(bytes).ok().map(|r| {
                 // A retried create whose first attempt landed finds its own record.
-                let mine = r.succeeded
-                    || failure_read(&r)
-                        .and_then(|kv| record_of(&kv.value, &flight.id))
-                        .is_some_and(|found| found.created_ms == record.created_ms);
+                let revision = if r.succeeded {
+                    r.header.as_ref().map(|h| h.revision)
+                } else {
+                    failure_read(&r)
+                        .filter(|kv| {
+                            record_of(&kv.value, &flight.id)
+                                .is_some_and(|found| found.created_ms == record.created_ms)
+                        })
+                        .map(|kv| kv.mod_revision)
+                };
+                let Some(revision) = revision else {
+                    // Another session holds this key: only a repeated secret could.
+                    return Next::Done(StoreResult::Reserved(None));
+                };
                 if r.succeeded {
                     let (n, at, created) = self.count.get();
                     self.count.set((n, at, created.saturating_add(1)));
                 }
-                Next::Done(StoreResult::Done(mine))
+                self.note_unmarked(&flight.key, &record, revision);
+                Next::Done(StoreResult::Reserved(Some(Reservation {
+                    id: flight.id,
+                    record,
+                    expired: 0,
+                    from: Source::Hint,
+                })))
             }),
             Stage::Touch { record } => proto::TxnResponse::decode(bytes).ok().map(|r| {
                 if r.succeeded {
@@ -624,7 +671,9 @@ impl Remote {
         flight.races += 1;
         if flight.races > 2 {
             return Next::Done(match flight.op {
-                StoreOp::MarkInitialized { .. } => StoreResult::Done(false),
+                StoreOp::MarkInitialized { .. } | StoreOp::Activate { .. } => {
+                    StoreResult::Done(false)
+                }
                 _ => StoreResult::Lookup(Lookup::NotFound),
             });
         }
@@ -657,11 +706,7 @@ impl Remote {
                     return Next::Done(StoreResult::Lookup(Lookup::NotFound));
                 }
                 if !record.initialized {
-                    let mut unmarked = self.unmarked.borrow_mut();
-                    if unmarked.len() >= UNMARKED_LIMIT {
-                        unmarked.clear();
-                    }
-                    unmarked.insert(flight.key.clone(), (record.clone(), revision));
+                    self.note_unmarked(&flight.key, &record, revision);
                 }
                 if verdict == Verdict::Fresh {
                     return Next::Done(StoreResult::Lookup(Lookup::Live(
@@ -691,7 +736,29 @@ impl Remote {
                     revision,
                 )))
             }
+            StoreOp::Activate { .. } => {
+                let Some((found, revision)) = found else {
+                    return Next::Done(StoreResult::Done(false));
+                };
+                let record = with_upstream(found, &flight.op);
+                Next::Call(Box::new(self.write(
+                    flight,
+                    Stage::Mark { record },
+                    revision,
+                )))
+            }
             _ => Next::Done(StoreResult::Done(false)),
+        }
+    }
+
+    /// Remembers a record not initialized yet as read or written at `revision`: the
+    /// `notifications/initialized` (or the activation) that follows writes it with one CAS.
+    fn note_unmarked(&self, key: &[u8], record: &Record, revision: i64) {
+        if let Ok(mut unmarked) = self.unmarked.try_borrow_mut() {
+            if unmarked.len() >= UNMARKED_LIMIT {
+                unmarked.clear();
+            }
+            unmarked.insert(key.to_vec(), (record.clone(), revision));
         }
     }
 
@@ -736,6 +803,14 @@ impl Remote {
 
     fn defer(&self, write: Backlog) {
         let mut backlog = self.backlog.borrow_mut();
+        // One write per key, the last: etcd refuses a transaction that names a key twice, and
+        // a flush is one transaction.
+        let key = match &write {
+            Backlog::Put(key, _) | Backlog::Delete(key) => key,
+        };
+        backlog.retain(|queued| match queued {
+            Backlog::Put(k, _) | Backlog::Delete(k) => k != key,
+        });
         if backlog.len() >= BACKLOG_LIMIT {
             log::warn!("etcd store backlog full ({BACKLOG_LIMIT}): a write made while etcd was away is dropped");
             return;
@@ -960,6 +1035,31 @@ impl Remote {
     pub fn watch_closed(&self) {
         self.watch.set(WatchState::Closed);
     }
+}
+
+/// The session ID of a new session with `secret`. The slot only keys the caches: any bits of
+/// the secret will do.
+pub fn session_id(secret: [u8; crate::session_id::SECRET_LEN]) -> SessionId {
+    let [a, b, c, d, ..] = secret;
+    SessionId {
+        slot: u32::from_le_bytes([a, b, c, d]),
+        secret,
+    }
+}
+
+/// `found` with what an activation learnt from the answer (the upstream's own session ID,
+/// the host that answered).
+fn with_upstream(mut found: Record, op: &StoreOp) -> Record {
+    if let StoreOp::Activate {
+        reserved,
+        upstream_id,
+        ..
+    } = op
+    {
+        found.upstream_id.clone_from(upstream_id);
+        found.upstream_host.clone_from(&reserved.upstream_host);
+    }
+    found
 }
 
 /// The mod revision, as the `u32` tag a lookup carries (unused by the machine).
@@ -1202,15 +1302,13 @@ mod tests {
     }
 
     #[test]
-    fn activation_is_one_create_if_absent_and_a_retried_create_recognises_itself() {
+    fn a_reservation_is_one_create_if_absent_and_a_retried_create_recognises_itself() {
         let r = remote();
         r.remember_lease(T0, 5);
-        let mut reserved = live_record(id().secret, T0);
-        reserved.state = State::Pending;
-        let op = StoreOp::Activate {
-            id: id(),
-            reserved: reserved.clone(),
-            upstream_id: None,
+        let secret = id().secret;
+        let op = StoreOp::Reserve {
+            secret,
+            identity: None,
             now_ms: T0,
         };
         let flight = call(r.begin(op.clone(), &limits()));
@@ -1221,44 +1319,148 @@ mod tests {
         );
         let ok = bytes(&proto::TxnResponse {
             succeeded: true,
+            header: Some(proto::ResponseHeader { revision: 7 }),
             ..Default::default()
         });
-        assert_eq!(
-            done(r.advance(flight, Reply::Ok(&ok), &limits(), T0)),
-            StoreResult::Done(true)
-        );
+        let StoreResult::Reserved(Some(reservation)) =
+            done(r.advance(flight, Reply::Ok(&ok), &limits(), T0))
+        else {
+            panic!("a reservation")
+        };
+        // Written live, not initialized, before the upstream sees the initialize.
+        assert_eq!(reservation.id, session_id(secret));
+        assert_eq!(reservation.record.state, State::Live);
+        assert!(!reservation.record.initialized);
         // The first attempt landed but its answer was lost: the retry finds its own record.
         let flight = call(r.begin(op.clone(), &limits()));
-        let mine = bytes(&proto::TxnResponse {
-            succeeded: false,
-            responses: vec![proto::ResponseOp {
-                response: Some(Response::Range(proto::RangeResponse {
-                    kvs: vec![kv(&live_record(id().secret, T0), 3)],
-                    ..Default::default()
-                })),
-            }],
-            ..Default::default()
-        });
-        assert_eq!(
-            done(r.advance(flight, Reply::Ok(&mine), &limits(), T0)),
-            StoreResult::Done(true)
-        );
+        let mut mine = live_record(secret, T0);
+        mine.initialized = false;
+        let found = |record: &Record| {
+            bytes(&proto::TxnResponse {
+                succeeded: false,
+                responses: vec![proto::ResponseOp {
+                    response: Some(Response::Range(proto::RangeResponse {
+                        kvs: vec![kv(record, 3)],
+                        ..Default::default()
+                    })),
+                }],
+                ..Default::default()
+            })
+        };
+        assert!(matches!(
+            done(r.advance(flight, Reply::Ok(&found(&mine)), &limits(), T0)),
+            StoreResult::Reserved(Some(_))
+        ));
         // Someone else's record under the same key: not ours.
         let flight = call(r.begin(op, &limits()));
-        let theirs = bytes(&proto::TxnResponse {
-            succeeded: false,
-            responses: vec![proto::ResponseOp {
-                response: Some(Response::Range(proto::RangeResponse {
-                    kvs: vec![kv(&live_record(id().secret, T0 - 5), 3)],
-                    ..Default::default()
-                })),
-            }],
+        let theirs = live_record(secret, T0 - 5);
+        assert_eq!(
+            done(r.advance(flight, Reply::Ok(&found(&theirs)), &limits(), T0)),
+            StoreResult::Reserved(None)
+        );
+    }
+
+    /// Issue 16: an activation writes nothing unless the answer taught something to record;
+    /// then one CAS on the revision the reservation's create was answered at. A release makes
+    /// no call: its delete waits in the backlog for the timer.
+    #[test]
+    fn an_activation_writes_only_what_the_answer_taught_and_a_release_is_deferred() {
+        let r = remote();
+        r.remember_lease(T0, 5);
+        let secret = id().secret;
+        let reserve = StoreOp::Reserve {
+            secret,
+            identity: None,
+            now_ms: T0,
+        };
+        let flight = call(r.begin(reserve, &limits()));
+        let ok = bytes(&proto::TxnResponse {
+            succeeded: true,
+            header: Some(proto::ResponseHeader { revision: 7 }),
             ..Default::default()
         });
+        let StoreResult::Reserved(Some(reservation)) =
+            done(r.advance(flight, Reply::Ok(&ok), &limits(), T0))
+        else {
+            panic!("a reservation")
+        };
+        let plain = StoreOp::Activate {
+            id: reservation.id,
+            reserved: reservation.record.clone(),
+            upstream_id: None,
+            now_ms: T0 + 5,
+        };
+        assert_eq!(done(r.begin(plain, &limits())), StoreResult::Done(true));
+        let mapped = StoreOp::Activate {
+            id: reservation.id,
+            reserved: reservation.record.clone(),
+            upstream_id: Some("up-1".into()),
+            now_ms: T0 + 5,
+        };
+        let flight = call(r.begin(mapped.clone(), &limits()));
+        let txn = proto::TxnRequest::decode(flight.call().message.as_slice()).unwrap();
         assert_eq!(
-            done(r.advance(flight, Reply::Ok(&theirs), &limits(), T0)),
-            StoreResult::Done(false)
+            txn.compare[0].target_union,
+            Some(proto::compare::TargetUnion::ModRevision(7))
         );
+        let Some(proto::request_op::Request::Put(put)) = &txn.success[0].request else {
+            panic!("a put")
+        };
+        let written = record_of(&put.value, &reservation.id).unwrap();
+        assert_eq!(written.upstream_id.as_deref(), Some("up-1"));
+        assert_eq!(
+            done(r.advance(flight, Reply::Ok(&ok), &limits(), T0 + 5)),
+            StoreResult::Done(true)
+        );
+        // Without the create's revision at hand: a read first.
+        let flight = call(r.begin(mapped, &limits()));
+        assert_eq!(flight.call().method, "Range");
+        // A release: no call; the timer's next flush deletes the key.
+        assert_eq!(
+            done(r.begin(StoreOp::Release { id: reservation.id }, &limits())),
+            StoreResult::Done(true)
+        );
+        let chores = r.chores(T0 + 10);
+        let flush = chores
+            .iter()
+            .find(|(chore, _)| matches!(chore, Chore::Flush(1)))
+            .expect("a flush of the release");
+        let txn = proto::TxnRequest::decode(flush.1.message.as_slice()).unwrap();
+        assert!(matches!(
+            &txn.success[0].request,
+            Some(proto::request_op::Request::DeleteRange(d)) if d.key == key("mcp-sessions/", &reservation.id)
+        ));
+    }
+
+    /// A put then a delete of the same key while etcd is away (a session made and ended in an
+    /// outage): one write per key in the backlog, the last, since etcd refuses a transaction
+    /// that names a key twice. Failed before: the flush carried both and was refused forever.
+    #[test]
+    fn the_backlog_keeps_one_write_per_key_the_last() {
+        let r = remote();
+        r.remember_lease(T0, 5);
+        let (a, b) = (b"mcps/a".to_vec(), b"mcps/b".to_vec());
+        r.defer_put(a.clone(), live_record([1; 16], T0));
+        r.defer_put(b.clone(), live_record([2; 16], T0));
+        r.defer_delete(a.clone());
+        let _ = r.begin(StoreOp::Release { id: id() }, &limits()); // makes the VM active
+        let chores = r.chores(T0);
+        let (_, flush) = chores
+            .iter()
+            .find(|(chore, _)| matches!(chore, Chore::Flush(_)))
+            .expect("a flush");
+        let txn = proto::TxnRequest::decode(flush.message.as_slice()).unwrap();
+        let keys: Vec<(bool, Vec<u8>)> = txn
+            .success
+            .iter()
+            .map(|op| match &op.request {
+                Some(proto::request_op::Request::Put(p)) => (true, p.key.clone()),
+                Some(proto::request_op::Request::DeleteRange(d)) => (false, d.key.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let released = key("mcp-sessions/", &id());
+        assert_eq!(keys, vec![(true, b), (false, a), (false, released)]);
     }
 
     #[test]
@@ -1279,11 +1481,20 @@ mod tests {
             done(r.advance(flight, Reply::Ok(&deleted), &limits(), T0 + 5)),
             StoreResult::Ended(Ended::Ended(_))
         ));
-        let flight = call(r.begin(op, &limits()));
+        let flight = call(r.begin(op.clone(), &limits()));
         let nothing = bytes(&proto::DeleteRangeResponse::default());
         assert_eq!(
             done(r.advance(flight, Reply::Ok(&nothing), &limits(), T0 + 5)),
             StoreResult::Ended(Ended::NotFound)
+        );
+        // The first attempt timed out (it may have landed); the retry finds nothing: that is
+        // this end's own doing, not a 404. Seen in test_cluster's leader kill under load.
+        let flight = call(r.begin(op, &limits()));
+        let retry = call(r.advance(flight, Reply::Failed(4), &limits(), T0 + 600));
+        assert_eq!(retry.call().method, "DeleteRange");
+        assert_eq!(
+            done(r.advance(retry, Reply::Ok(&nothing), &limits(), T0 + 600)),
+            StoreResult::Ended(Ended::EndedEarlier)
         );
     }
 
@@ -1359,17 +1570,14 @@ mod tests {
     }
 
     #[test]
-    fn reserve_needs_no_call_and_respects_the_counted_sessions() {
+    fn reserve_respects_the_counted_sessions() {
         let r = remote();
         let op = StoreOp::Reserve {
             secret: [1; 16],
             identity: None,
             now_ms: T0,
         };
-        assert!(matches!(
-            done(r.begin(op.clone(), &limits())),
-            StoreResult::Reserved(Some(Reservation { id, .. })) if id.slot == 0x0101_0101
-        ));
+        assert!(matches!(r.begin(op.clone(), &limits()), Next::Call(_)));
         let counted = bytes(&proto::RangeResponse {
             count: 100,
             ..Default::default()
