@@ -77,6 +77,10 @@ def value(v: Any) -> str:
     return str(v)
 
 
+def plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def provenance_line(p: dict[str, Any]) -> str:
     """Where an output comes from, in one paragraph."""
     tree = "a clean tree" if p["clean"] else "uncommitted changes to " + ", ".join(f"`{c}`" for c in p["changed"])
@@ -137,7 +141,7 @@ def render_matrix(r: dict[str, Any]) -> str:
     lines = [
         f"Run of {r['date']} on {m['nproc']} cores ({m['cpu']}), Linux {m['kernel']}, "
         f"Envoy {short_version(r['envoy_version'])}, {m['wrk']}.",
-        f"Command: `{r['command']}` ({r['rounds']} rounds; throughput: {r['duration']} s of "
+        f"Command: `{r['command']}` ({plural(r['rounds'], 'round', 'rounds')}; throughput: {r['duration']} s of "
         f"`wrk -t1 -c{r['connections']}`, latency: {r['latency_duration']} s of `wrk -t1 -c1`, after a discarded "
         f"warm-up of {r['warmup']} s per scenario and listener; Envoy `--concurrency 1` on core {cores['envoy']}, wrk "
         f"on core {cores['load']}; Envoy log level `{r['log_level']}`; {r['seconds']:,.0f} s in all with the "
@@ -261,9 +265,10 @@ def render_memory(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"The churn's peak is the highest `live` gauge of {mem['churn_samples']:,} readings taken while it ran "
-        f"(about five a second, and at every checkpoint), so the true peak may be higher and the figure per peak "
-        f"session lower. {mem['churn'][-1]['sent']:,} sessions were created by the churn "
-        f"({mem['churn_rate']:,.0f}/s over {mem['churn_seconds']:.0f} s); the heap moved "
+        f"({mem['churn_samples'] / mem['churn_seconds']:.1f} a second, and one at every checkpoint), so the true "
+        f"peak may be higher and the figure per peak session lower. The churn sent "
+        f"{mem['churn'][-1]['sent']:,} initializes ({mem['churn_rate']:,.0f}/s over {mem['churn_seconds']:.0f} s); "
+        "the heap moved "
         f"{mem['churn_growth']:.3f}× from its first checkpoint to its last.",
     ]
     return "\n".join(lines)
@@ -401,11 +406,11 @@ def render_profile(prof: dict[str, Any]) -> str:
     lines = [
         f"Measured {prof['date']} with `{prof['provenance']['command']}`: Envoy {short_version(prof['envoy_version'])} "
         f"under `valgrind --tool=callgrind`, {n} requests per listener on one keep-alive connection after "
-        f"{prof['warmup']} of warm-up, the median of {prof['passes']} interleaved passes "
+        f"{prof['warmup']} of warm-up, the median of {plural(prof['passes'], 'pass', 'interleaved passes')} "
         f"({prof['seconds']:,.0f} s in all): instructions executed by Envoy's worker thread per request (kernel time "
         "is not counted). Envoy ran at log level `warning` here, so scenario 3 has no log line in it; scenario 3 "
-        "ran last, and its figure includes its store's sweep, which valgrind's slowdown makes weigh more than it "
-        "does in real time.",
+        "ran last, and its figure may include its store's sweep, which valgrind's slowdown makes weigh more than "
+        "it does in real time.",
         "",
         provenance_line(prof["provenance"]),
         "",
@@ -446,8 +451,9 @@ def render_profile_reading(prof: dict[str, Any]) -> str:
     empty = {name: cost(name) for name in ("clock", "metric", "missing_header", "set_header")}
     floor_hot, filter_hot = total("s1.empty"), total("s1.filter")
     floor_init, filter_init = total("s3.empty"), total("s3.filter")
-    hot_budget = floor_hot * (1 / 0.90 - 1)
-    init_budget = floor_init * (1 / 0.80 - 1)
+    hot_target, init_target = prof["targets"]["hot_ratio"], prof["targets"]["init_ratio"]
+    hot_budget = floor_hot * (1 / hot_target - 1)
+    init_budget = floor_init * (1 / init_target - 1)
     return "\n".join(
         [
             f"- A hostcall that returns data (a header that is there, a shared-data value) costs "
@@ -458,12 +464,12 @@ def render_profile_reading(prof: dict[str, Any]) -> str:
             f"header reads: {3 * cost('header'):,.0f}; the SDK's map of all headers: {cost('header_map'):,.0f}.",
             f"- Hot path (scenario 1): the floor executes {floor_hot:,.0f} instructions per request, the session "
             f"filter {filter_hot:,.0f} ({filter_hot - floor_hot:+,.0f}): {floor_hot / filter_hot:.3f}× the floor by "
-            f"instruction count. At 0.90× the floor a filter may add {hot_budget:,.0f}; the header scan "
+            f"instruction count. At {hot_target:.2f}× the floor a filter may add {hot_budget:,.0f}; the header scan "
             f"({cost('header_scan'):,.0f}) and one clock read ({cost('clock'):,.0f}) take "
             f"{(cost('header_scan') + cost('clock')) / hot_budget:.0%} of that.",
             f"- Initialize (scenario 3): the floor {floor_init:,.0f}, the session filter {filter_init:,.0f} "
-            f"({filter_init - floor_init:+,.0f}): {floor_init / filter_init:.3f}× by instruction count. At 0.80× the "
-            f"floor a filter may add {init_budget:,.0f}.",
+            f"({filter_init - floor_init:+,.0f}): {floor_init / filter_init:.3f}× by instruction count. At "
+            f"{init_target:.2f}× the floor a filter may add {init_budget:,.0f}.",
         ]
     )
 
