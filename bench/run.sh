@@ -19,7 +19,8 @@
 #     --skip-cluster, --skip-profile     leave a run out (BENCH_SKIP_CLUSTER=1 too)
 #     --cluster-only [cluster.py flags]  only the cluster run, then the report
 #     --profile-only [profile.py flags]  only the profile run, then the report (also: `profile`)
-#     --no-write, --help                 passed to every run; --no-write also skips the report
+#     --no-write                         passed to every run; also skips the report
+#     --help                             this text
 #   python3 bench/report.py [--check]    only the tables, from the stored outputs
 #
 # Installs what it needs and is missing: wrk and h2load (nghttp2-client) from Debian, valgrind
@@ -54,7 +55,11 @@ for arg in "$@"; do
         --profile-only) matrix=0 cluster=0 ;;
         --quick) quick=1 ;;
         --no-write) write=0 common+=("$arg") ;;
-        -h | --help) common+=("$arg") ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+            log "each run's own flags: .venv/bin/python bench/{bench,cluster,profile}.py --help"
+            exit 0
+            ;;
         *) args+=("$arg") ;;
     esac
 done
@@ -134,7 +139,7 @@ fi
 if ((profile)); then
     run profile.py bench/profile.py "${profile_args[@]}"
 fi
-if ((write)) && [[ " ${common[*]} " != *" --help "* && " ${common[*]} " != *" -h "* ]]; then
+if ((write)); then
     run report.py bench/report.py
 fi
 exit "$status"
