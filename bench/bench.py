@@ -756,26 +756,15 @@ def verdicts(summary: dict[str, Any] | None, memory: dict[str, Any] | None) -> l
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()
     return {
         "nproc": os.cpu_count(),
-        "cpu": model,
+        "cpu": provenance.cpu_model(),
         "kernel": platform.release(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "load_average_at_start": os.getloadavg(),
         "wrk": wrk_version[0].split(" Copyright")[0] if wrk_version else "?",
     }
-
-
-def short_version(version: str) -> str:
-    """`<commit>/1.40.0/Clean/RELEASE/BoringSSL` -> `1.40.0 (RELEASE, BoringSSL)`."""
-    fields = version.split("/")
-    return f"{fields[1]} ({', '.join(fields[3:])})" if len(fields) >= 5 else version
 
 
 # --------------------------------------------------------------------------- main

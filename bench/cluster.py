@@ -798,7 +798,7 @@ def run(args: argparse.Namespace, origin: dict[str, Any]) -> dict[str, Any]:
             b = env.envoy("envoy-b", bootstrap_for(etcd, upstream.port, prefix, FILTER_CONFIG), workers=1,
                           cores=str(LOAD_CORE))  # fmt: skip
             results["envoy_version"] = bench.envoy_version(a)
-            log(f"Envoy {bench.short_version(results['envoy_version'])}: A (etcd, pid {a.pid}) and L (local, pid "
+            log(f"Envoy {report.short_version(results['envoy_version'])}: A (etcd, pid {a.pid}) and L (local, pid "
                 f"{local.pid}) on core {ENVOY_CORE}, B (etcd, pid {b.pid}) on core {LOAD_CORE}")  # fmt: skip
             # A VM starts its etcd machinery (the watch, the timer's calls) with its first store
             # operation: one session on each etcd Envoy first.
