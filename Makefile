@@ -57,13 +57,16 @@ fuzz-quick:
 fuzz:
 	bash scripts/fuzz.sh 120
 
-# The filter's cost against Envoy without it (BENCHMARKS.md); under 10 minutes.
+# Every benchmark run (the filter against Envoy without it, its memory, the etcd store, the
+# callgrind profile), each stored with its provenance in bench/*.json, then BENCHMARKS.md's
+# tables from them (bench/report.py): 14 to 20 minutes on 2 cores. `bash bench/run.sh --quick`
+# proves the machinery in a few minutes (its outputs say they are short).
 bench: setup build
 	bash bench/run.sh
 
-# Where the time goes: instructions per request and per hostcall under callgrind.
+# Only the callgrind profile (bench/profile.json), then the tables.
 bench-profile: setup build
-	bash bench/run.sh profile
+	bash bench/run.sh --profile-only
 
 # Session churn through Envoy for SOAK_SECONDS (default 180); the heap must stay flat.
 soak: setup build

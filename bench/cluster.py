@@ -26,8 +26,9 @@ Every process (etcd members, the demo server, Envoys, wrk, h2load, etcdctl) is s
 stopped by its pid. This process pins itself to core 1 at start, so everything it starts runs
 there except the Envoys it pins elsewhere (A, L and L2 on core 0, C and D on both cores).
 
-Writes bench/cluster.json and the cluster section of BENCHMARKS.md (between its bench:cluster
-markers). Exits 1 when a check of the harness failed (a wrong status, a transport error), 2
+Writes bench/cluster.json, with its provenance (bench/provenance.py: commit, clean tree, the
+SHA-256 of the filter's wasm, machine, settings); bench/report.py turns it into the cluster
+section of BENCHMARKS.md. Exits 1 when a check of the harness failed (a wrong status, a transport error), 2
 when the run could not be made; a missed target or an unexpected count of the filter is
 reported in the section (Observations), not an error.
 """
@@ -60,6 +61,8 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 import bench  # noqa: E402  (puts tests/e2e on sys.path)
 import harness  # noqa: E402
+import provenance  # noqa: E402
+import report  # noqa: E402
 from etcd_cluster import (  # noqa: E402
     ETCD_BIN,
     ETCDCTL_BIN,
@@ -72,8 +75,6 @@ from etcd_cluster import (  # noqa: E402
 
 RESULTS_JSON = BENCH / "cluster.json"
 WORKDIR = BENCH / "out" / "cluster"
-MARK_BEGIN = "<!-- bench:cluster:begin (written by bench/cluster.py; edit outside the markers) -->"
-MARK_END = "<!-- bench:cluster:end -->"
 
 # Ports nobody else uses (the tests: 22379/22380; make run-cluster: 2379/2380).
 CLIENT_PORT = 42379
@@ -717,7 +718,7 @@ def steady_writes(env: Env, upstream_port: int) -> dict[str, Any]:
     return out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, origin: dict[str, Any]) -> dict[str, Any]:
     for tool in ("wrk", "h2load", "taskset"):
         if shutil.which(tool) is None:
             raise HarnessError(f"{tool} is not installed (bench/run.sh installs it)")
@@ -749,12 +750,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         files[name].write_bytes(body)
 
     results: dict[str, Any] = {
+        "provenance": origin,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": bench.machine(),
         "command": args.command,
         "etcd_version": subprocess.run([ETCD_BIN, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
         .split(":")[-1].strip(),
         "etcd_ports": [CLIENT_PORT, PEER_PORT],
+        "etcd_hosts": list(HOSTS),
+        "cores": {"envoy": ENVOY_CORE, "load": LOAD_CORE},
+        "targets": {"hot_ratio": TARGET_HOT_RATIO},
         "wasm": {
             "sha256": hashlib.sha256(bench.WASM_FILTER.read_bytes()).hexdigest(),
             "modified": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(bench.WASM_FILTER.stat().st_mtime)),
@@ -793,7 +798,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             b = env.envoy("envoy-b", bootstrap_for(etcd, upstream.port, prefix, FILTER_CONFIG), workers=1,
                           cores=str(LOAD_CORE))  # fmt: skip
             results["envoy_version"] = bench.envoy_version(a)
-            log(f"Envoy {bench.short_version(results['envoy_version'])}: A (etcd, pid {a.pid}) and L (local, pid "
+            log(f"Envoy {report.short_version(results['envoy_version'])}: A (etcd, pid {a.pid}) and L (local, pid "
                 f"{local.pid}) on core {ENVOY_CORE}, B (etcd, pid {b.pid}) on core {LOAD_CORE}")  # fmt: skip
             # A VM starts its etcd machinery (the watch, the timer's calls) with its first store
             # operation: one session on each etcd Envoy first.
@@ -867,218 +872,6 @@ def _zombie(pid: int) -> bool:
 # --------------------------------------------------------------------------- output
 
 
-def fmt_range(r: Sequence[float]) -> str:
-    return f"{r[0]:.2f}–{r[1]:.2f}"
-
-
-def render_markdown(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    lines = [
-        MARK_BEGIN,
-        "",
-        f"Run of {results['date']} on {m['nproc']} cores ({m['cpu']}), Linux {m['kernel']}, "
-        f"Envoy {bench.short_version(results['envoy_version'])}, etcd {results['etcd_version']} (3 members on "
-        f"127.0.0.11-13, one machine, data on the local disk), {m['wrk']}. Command: `{results['command']}` "
-        f"({results['seconds']:.0f} s; the filter's wasm built {results['wasm']['modified']}, sha256 "
-        f"{results['wasm']['sha256'][:12]}). Load average at the start: "
-        + ", ".join(f"{x:.2f}" for x in m["load_average_at_start"])
-        + ".",
-    ]
-    hot = results.get("hot", {})
-    if hot:
-        lines += [
-            "",
-            "**1. Hot path, etcd store against local store** (`tools/call` on one initialized session; Envoy A with "
-            "`store.etcd`, Envoy L the same bootstrap without `store`, and on the direct_response route a control, "
-            f"L2, a second Envoy like L; all `--concurrency 1` on core {ENVOY_CORE}, wrk on core {LOAD_CORE}; one "
-            "run of each per round, the order rotating; medians, ratios per round):",
-            "",
-            "| route | rounds × s | etcd store (req/s) | local store (req/s) | etcd / local (range) "
-            "| control: local L2 / local L (range) | Envoy CPU µs/request: etcd / local (etcd − local, per round) "
-            "| etcd runs: requests / cache hits / misses / store calls |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|",
-        ]
-        for listener, h in hot.items():
-            st = h["etcd_runs_stats"]
-            control = (
-                f"{h['control_ratio']:.3f} ({fmt_range(h['control_ratio_range'])})" if h.get("control_ratio") else "–"
-            )
-            lines.append(
-                f"| {LISTENER_LABEL[listener]} (wrk -c{h['connections']}) | {h['rounds']} × {h['duration']} "
-                f"| {h['etcd_rps']:,.0f} | {h['local_rps']:,.0f} | **{h['ratio']:.3f}** ({fmt_range(h['ratio_range'])}) "
-                f"| {control} | {h['etcd_cpu_us']:.1f} / {h['local_cpu_us']:.1f} ({h['added_cpu_us']:+.1f}) "
-                f"| {h['etcd_runs_requests']:,} / {st['cache.hits']:,} / {st['cache.misses']} / {st['store.calls']} |"
-            )
-        timer = results.get("timer")
-        if timer:
-            lines += [
-                "",
-                f"`store.calls` of A while idle ({timer['seconds']:g} s before the runs): {timer['stats']['store.calls']}"
-                + (
-                    ": no timer call fell in that window (each VM's timer counts the sessions every 5 s and "
-                    "grants leases ahead, and those calls count too), so the runs' store calls are the "
-                    "requests' own, give or take a timer call."
-                    if timer["stats"]["store.calls"] == 0
-                    else f" ({timer['calls_per_s']:.2f}/s): a background the runs' store calls include."
-                ),
-            ]
-        d = hot.get(DIRECT)
-        if d:
-            verdict = "met" if d["ratio"] >= TARGET_HOT_RATIO else "**not met**"
-            ce, cl = d["cpu_us_range"]["etcd"], d["cpu_us_range"]["local"]
-            lines += [
-                "",
-                f"Target (within {100 * (1 - TARGET_HOT_RATIO):.0f}% of the local store on the hot path): "
-                f"{d['ratio']:.3f}× on the direct_response route, {verdict}"
-                + (
-                    f" (two identical local-store Envoys measured {d['control_ratio']:.3f}× in the same rounds)"
-                    if d.get("control_ratio")
-                    else ""
-                )
-                + f". Other processes on core {ENVOY_CORE} "
-                f"during the runs: median {100 * d['other_load']:.0f}%, at most {100 * d['other_load_max']:.0f}%; "
-                "time stolen by the hypervisor: median "
-                f"{100 * d['steal']:.1f}%, at most {100 * d['steal_max']:.1f}%. Envoy CPU µs per request across the "
-                f"rounds: etcd {ce[0]:.1f}–{ce[1]:.1f}, local {cl[0]:.1f}–{cl[1]:.1f}.",
-            ]
-            best = best_rounds(d)
-            if "etcd" in best and "local" in best:
-                b_e, b_l = best["etcd"], best["local"]
-                lines += [
-                    "",
-                    f"Best rounds (the least disturbed: noise only ever slows a run): etcd {b_e['rps']:,.0f} req/s "
-                    f"and {b_e['cpu_us']:.1f} µs of Envoy CPU per request, local {b_l['rps']:,.0f} req/s and "
-                    f"{b_l['cpu_us']:.1f} µs"
-                    + (
-                        f", control {best['control']['rps']:,.0f} req/s and {best['control']['cpu_us']:.1f} µs"
-                        if "control" in best
-                        else ""
-                    )
-                    + f": etcd / local **{b_e['rps'] / b_l['rps']:.3f}** by throughput, "
-                    f"{b_l['cpu_us'] / b_e['cpu_us']:.3f} by CPU time per request.",
-                ]
-            spread = d["ratio_range"][1] - d["ratio_range"][0]
-            if spread > 0.15:
-                lines += [
-                    "",
-                    f"**A noisy run**: the etcd/local ratio spread from {d['ratio_range'][0]:.2f} to "
-                    f"{d['ratio_range'][1]:.2f} across rounds"
-                    + (
-                        f", the control's from {d['control_ratio_range'][0]:.2f} to {d['control_ratio_range'][1]:.2f}"
-                        if d.get("control_ratio_range")
-                        else ""
-                    )
-                    + ", and each Envoy's CPU time per request moved from round to round with the same work per "
-                    "request. The median ratio is indicative only; re-run on a quiet machine before quoting it.",
-                ]
-            if d["etcd_runs_stats"]["cache.misses"] == 0 and d["etcd_runs_stats"]["store.calls"] == 0:
-                lines += [
-                    "",
-                    f"The etcd rounds made no etcd call: {d['etcd_runs_stats']['cache.hits']:,} cache hits, no miss, "
-                    "no store call (A's `mcp_session.cache.*` and `store.calls` around each run).",
-                ]
-    miss = results.get("miss")
-    if miss:
-        lines += [
-            "",
-            "**2. Cache misses** (sessions opened through Envoy B; then one `tools/call` per session on A, one at a "
-            "time on one keep-alive connection: each a miss, one linearizable `Range`; then the same requests again: "
-            "hits; µs as the client measured it):",
-            "",
-            "| route | sessions | miss p50 / p99 | hit p50 / p99 | a miss adds (p50 / p99) "
-            "| A's stats, miss pass: misses / hits / store calls |",
-            "|---|--:|--:|--:|--:|--:|",
-        ]
-        for listener, x in miss.items():
-            st = x["miss"]["stats"]
-            lines.append(
-                f"| {LISTENER_LABEL[listener]} | {x['n']} | {x['miss']['p50_us']:,.0f} / {x['miss']['p99_us']:,.0f} "
-                f"| {x['hit']['p50_us']:,.0f} / {x['hit']['p99_us']:,.0f} "
-                f"| **{x['added_p50_us']:+,.0f}** / {x['added_p99_us']:+,.0f} "
-                f"| {st['cache.misses']} / {st['cache.hits']} / {st['store.calls']} |"
-            )
-        o = next(iter(miss.values())).get("open")
-        if o:
-            lines += [
-                "",
-                f"Opening those sessions on B (`initialize`, then `notifications/initialized`) took "
-                f"{o['calls_per_session']:.2f} etcd calls and {o['writes_per_session']:.2f} writes per session "
-                "(the create; the initialized flag: the lookup's read, then one compare-and-swap on what it read).",
-            ]
-    init = results.get("initialize")
-    if init:
-        lines += [
-            "",
-            "**3. Initialize** (one at a time on one keep-alive connection, A and L interleaved request by request; "
-            "the etcd store writes each session with one `Txn` before the answer is released):",
-            "",
-            "| route | initializes | etcd store p50 / p99 | local store p50 / p99 | etcd adds (p50 / p99) "
-            "| etcd's mean WAL fsync meanwhile (one member) |",
-            "|---|--:|--:|--:|--:|--:|",
-        ]
-        for listener, x in init.items():
-            lines.append(
-                f"| {LISTENER_LABEL[listener]} | {x['n']} each | {x['etcd']['p50_us']:,.0f} / {x['etcd']['p99_us']:,.0f} "
-                f"| {x['local']['p50_us']:,.0f} / {x['local']['p99_us']:,.0f} "
-                f"| **{x['added_p50_us']:+,.0f}** / {x['added_p99_us']:+,.0f} | {x['wal_fsync_mean_us']:,.0f} µs |"
-            )
-    w = results.get("writes")
-    if w:
-        lines += [
-            "",
-            f"**4. etcd writes under steady use** ({w['sessions']} sessions, each used about once a second for "
-            f"{w['seconds']:.0f} s, alternately through Envoys C and D ({w['workers_per_envoy']} workers each), "
-            f"`idle_timeout_seconds` {w['idle_timeout_s']}: touch interval {w['touch_interval_s']:g} s; etcd's "
-            "`etcd_mvcc_put_total` and `etcd_mvcc_delete_total` before and after):",
-            "",
-            "| per session per minute | measured |",
-            "|---|--:|",
-            f"| requests | {w['requests_per_session_per_min']:.1f} |",
-            f"| etcd writes (puts + deletes; {w['puts']:.0f} + {w['deletes']:.0f} in all) "
-            f"| **{w['writes_per_session_per_min']:.2f}** |",
-            f"| expected at most: one touch per touch interval (60 / {w['touch_interval_s']:g}) "
-            f"| {w['expected_max_writes_per_session_per_min']:.1f} |",
-            f"| etcd revisions (write transactions) | {w['revisions_per_session_per_min']:.2f} |",
-            f"| cache misses (reads of etcd) in C and D | {w['misses_per_session_per_min']:.2f} |",
-            f"| store calls of C and D (the misses' reads and the touches) | {w['calls_per_session_per_min']:.2f} |",
-            "",
-            f"Besides the writes: {w['lease_grants_per_min']:.0f} lease grants a minute for the whole run (C and D, "
-            "a lease per window per Wasm VM, whatever the number of sessions).",
-        ]
-    by = results.get("bytes")
-    if by:
-        kb, vb = by["key_bytes"], by["value_bytes"]
-        lines += [
-            "",
-            f"**5. Bytes per session in etcd** ({by['sessions']:,} sessions created by `initialize` on A; "
-            f"{by['keys_total']:,} keys under the prefix `{by['prefix']}` afterwards):",
-            "",
-            "| measurement | bytes |",
-            "|---|--:|",
-            f"| key, as stored (`<prefix><32 hex>`; this prefix is {len(by['prefix'])} bytes) | {kb['median']:.0f}"
-            + (f" ({kb['min']}–{kb['max']})" if kb["min"] != kb["max"] else "") + " |",
-            f"| value, as stored (the record, secret zeroed) | {vb['median']:.0f}"
-            + (f" ({vb['min']}–{vb['max']})" if vb["min"] != vb["max"] else "") + " |",
-            f"| etcd backend in use (`etcd_mvcc_db_total_size_in_use_in_bytes`), growth per session "
-            f"| **{by['in_use_per_session']:,.0f}** |",
-            f"| etcd backend file (`etcd_mvcc_db_total_size_in_bytes`), growth per session | {by['db_per_session']:,.0f} |",
-        ]
-        if w and w.get("revisions"):
-            lines.append(
-                f"| backend in use per touch, until compaction (part 4: growth / revisions) "
-                f"| {w['in_use_growth_per_write']:,.0f} |"
-            )
-    obs = results.get("observations", [])
-    if obs:
-        lines += ["", "**Observations** (counts that differ from what the design says):", ""]
-        lines += [f"- {o}" for o in obs]
-    if results.get("problems"):
-        lines += ["", "**Harness checks that failed** (the numbers above are suspect):", ""]
-        lines += [f"- {p}" for p in results["problems"]]
-    lines += ["", MARK_END]
-    return "\n".join(lines)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -1098,22 +891,30 @@ def main() -> int:
     add("--steady-idle", type=int, default=200, help="idle timeout in steady use (default 200: a touch each 10 s)")
     add("--phases", default="hot,init,miss,bytes,writes", help="which parts to run (default all)")
     add("--log-level", default="info", help="Envoy's log level (default info)")
-    add("--no-write", action="store_true", help="print, but do not write cluster.json and BENCHMARKS.md")
-    add("--command", default="make bench", help="the command recorded in BENCHMARKS.md")
-    add("--render", action="store_true", help="only re-render BENCHMARKS.md from bench/cluster.json")
+    add("--no-write", action="store_true", help="print, but do not write bench/cluster.json")
+    add("--command", default="make bench", help="the command recorded in the provenance")
     args = parser.parse_args()
-    if args.render:
-        bench.write_section(render_markdown(json.loads(RESULTS_JSON.read_text())), MARK_BEGIN, MARK_END)
-        return 0
+    not_settings = ("no_write", "command")
+    settings = {k: v for k, v in vars(args).items() if k not in not_settings}
+    defaults = {k: v for k, v in vars(parser.parse_args([])).items() if k not in not_settings}
     unknown = set(args.phases.split(",")) - {"hot", "init", "miss", "bytes", "writes"}
     if unknown:
         raise HarnessError(f"unknown phases: {sorted(unknown)}")
-    results = run(args)
-    section = render_markdown(results)
-    print(section)
+    if args.phases != parser.get_default("phases") and not args.no_write:
+        log("only some phases (--phases): a partial run, bench/cluster.json is not written")
+        args.no_write = True
+    origin = provenance.collect(
+        command=args.command,
+        settings=settings,
+        defaults=defaults,
+        artifacts=[bench.WASM_FILTER],
+        envoy_version=bench.envoy_binary_version(),
+    )
+    results = run(args, origin)
+    print(report.render_cluster(results))
     if not args.no_write:
         RESULTS_JSON.write_text(json.dumps(results, indent=1) + "\n")
-        bench.write_section(section, MARK_BEGIN, MARK_END)
+        log(f"wrote {RESULTS_JSON.relative_to(REPO)}: `python3 bench/report.py` puts it in BENCHMARKS.md")
     log(f"done in {results['seconds']:.0f} s")
     for o in results["observations"]:
         log(f"observation: {o}")

@@ -18,8 +18,9 @@ Envoy's release binary has no symbols, so the split stops at these three. Instru
 not time (V8's generated code and Envoy's code do not run at the same instructions per cycle),
 but they are repeatable, and a difference between two listeners is the work one filter adds.
 
-Writes bench/profile.json and the profile section of BENCHMARKS.md (between its bench:profile
-markers). Run through `bash bench/run.sh profile`. Needs valgrind (installed by run.sh).
+Writes bench/profile.json, with its provenance (bench/provenance.py); bench/report.py turns it
+into the profile tables of BENCHMARKS.md. Run through `make bench` (after the other runs) or
+`bash bench/run.sh --profile-only`. Needs valgrind (installed by run.sh).
 """
 
 from __future__ import annotations
@@ -41,12 +42,13 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 import harness  # noqa: E402 (tests/e2e, put on the path by bench)
+import provenance  # noqa: E402
+import report as tables  # noqa: E402
 
 ENVOY_BINARY_GLOB = ".venv/lib/python3*/site-packages/envoy/_bin/envoy"
 PROBE_WASM = bench.BENCH / "hostcall-probe" / "target" / "wasm32-wasip1" / "release" / "hostcall_probe.wasm"
 RESULTS = bench.BENCH / "profile.json"
-MARK_BEGIN = "<!-- bench:profile:begin (written by bench/profile.py; edit outside the markers) -->"
-MARK_END = "<!-- bench:profile:end -->"
+EMPTY_WASM = bench.WASM_EMPTY
 CALLS = 10
 PROBES = {
     "probe_none": "",
@@ -71,7 +73,6 @@ DESCRIPTIONS = {
     "metric": "increment a counter",
     "set_header": "set a request header",
 }
-PARTS = ("envoy", "v8 code", "libc")
 
 
 def bootstrap() -> dict[str, Any]:
@@ -223,9 +224,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="measured requests per listener (default 300)")
     parser.add_argument("--warmup", type=int, default=50, help="requests before counting (default 50)")
     parser.add_argument("--passes", type=int, default=3, help="measurements per listener, median taken (default 3)")
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print, but do not write bench/profile.json")
     parser.add_argument("--reuse", action="store_true", help="re-read the last run's dumps instead of running")
+    parser.add_argument("--command", default="make bench", help="the command recorded in the provenance")
     args = parser.parse_args()
+    not_settings = ("no_write", "reuse", "command")
+    settings = {k: v for k, v in vars(args).items() if k not in not_settings}
+    defaults = {k: v for k, v in vars(parser.parse_args([])).items() if k not in not_settings}
     workdir = bench.BENCH / "out" / "callgrind"
     meta_path = workdir / "meta.json"
     if args.reuse:
@@ -238,6 +243,13 @@ def main() -> int:
         raise bench.HarnessError(f"{PROBE_WASM} is missing (bash bench/run.sh profile builds it)")
 
     workdir.mkdir(parents=True, exist_ok=True)
+    origin = provenance.collect(
+        command=args.command,
+        settings=settings,
+        defaults=defaults,
+        artifacts=[bench.WASM_FILTER, EMPTY_WASM, PROBE_WASM],
+        envoy_version=bench.envoy_binary_version(),
+    )
     cg = Callgrind(workdir)
     started = time.monotonic()
     bench.log("starting Envoy under callgrind (a minute or two)")
@@ -275,12 +287,17 @@ def main() -> int:
     finally:
         cg.stop()
     meta = {
+        "provenance": origin,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "envoy_version": version,
         "requests": args.requests,
         "warmup": args.warmup,
         "passes": args.passes,
         "seconds": round(time.monotonic() - started),
+        "scenarios": [[sc.key, sc.title] for sc in bench.SCENARIOS],
+        "calls": CALLS,
+        "hostcalls": {name: DESCRIPTIONS[name] for name in PROBES if name != "probe_none"},
+        "targets": {"hot_ratio": bench.TARGET_HOT_RATIO, "init_ratio": bench.TARGET_INIT_RATIO},
     }
     meta_path.write_text(json.dumps(meta) + "\n")
     return report(read_dumps(workdir), meta, problems, args.no_write)
@@ -296,56 +313,12 @@ def report(counts: dict[str, dict[str, int]], meta: dict[str, Any], problems: li
         measured.sort(key=lambda parts: sum(parts.values()))
         median_pass = measured[(len(measured) - 1) // 2]
         per_request[label] = {k: v / n for k, v in median_pass.items()}
-    version = meta["envoy_version"]
-
-    def total(label: str) -> float:
-        return sum(per_request[label].values())
-
-    lines = [
-        MARK_BEGIN,
-        "",
-        f"Measured {meta['date']} with `bash bench/run.sh profile`: Envoy "
-        f"{version.split('/')[1] if '/' in version else version} under `valgrind --tool=callgrind`, "
-        f"{n} requests per listener on one keep-alive connection after {meta['warmup']} of warm-up, "
-        f"the median of {meta.get('passes', 1)} interleaved passes: instructions executed by Envoy's worker thread "
-        "per request (kernel time is not counted). Envoy ran at log level `warning` here, so scenario 3 has no "
-        "log line in it; scenario 3 ran last, and its figure includes its store's sweep, which valgrind's "
-        "slowdown makes weigh more than it does in real time.",
-        "",
-        "| scenario | no filter | empty filter | session filter | filter − floor | of which envoy / v8 code / libc |",
-        "|---|--:|--:|--:|--:|--:|",
-    ]
-    for scenario in bench.SCENARIOS:
-        a, b, c = (f"s{scenario.key}.{x}" for x in bench.LISTENERS)
-        diff = {p: per_request[c].get(p, 0) - per_request[b].get(p, 0) for p in PARTS}
-        lines.append(
-            f"| {scenario.key}. {scenario.title} | {total(a):,.0f} | {total(b):,.0f} | {total(c):,.0f} "
-            f"| **{total(c) - total(b):+,.0f}** | {' / '.join(f'{diff[p]:+,.0f}' for p in PARTS)} |"
-        )
-    lines += [
-        "",
-        f"One hostcall, in instructions (bench/hostcall-probe making {CALLS} per request, minus the probe making "
-        f"none; the probe making none costs {total('probe.probe_none') - total('s1.empty'):+,.0f} against the "
-        "empty filter):",
-        "",
-        "| hostcall | instructions per call | of which envoy / v8 code / libc |",
-        "|---|--:|--:|",
-    ]
-    for name in PROBES:
-        if name == "probe_none":
-            continue
-        label, none = f"probe.{name}", "probe.probe_none"
-        diff = {p: (per_request[label].get(p, 0) - per_request[none].get(p, 0)) / CALLS for p in PARTS}
-        lines.append(
-            f"| {DESCRIPTIONS[name]} | {(total(label) - total(none)) / CALLS:,.0f} "
-            f"| {' / '.join(f'{diff[p]:,.0f}' for p in PARTS)} |"
-        )
-    lines += ["", MARK_END]
-    section = "\n".join(lines)
-    print(section)
+    results = meta | {"per_request": per_request}
+    for name in ("profile", "profile-reading"):
+        print(tables.BLOCKS[name][1](results) + "\n")
     if not no_write:
-        RESULTS.write_text(json.dumps(meta | {"per_request": per_request}, indent=1) + "\n")
-        bench.write_section(section, MARK_BEGIN, MARK_END)
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        bench.log(f"wrote {RESULTS.relative_to(bench.REPO)}: `python3 bench/report.py` puts it in BENCHMARKS.md")
     bench.log(f"done (the callgrind run took {meta['seconds']} s)")
     for line in problems:
         bench.log(f"CHECK FAILED: Envoy log: {line}")

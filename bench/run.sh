@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# `make bench`: what the filter costs against Envoy without it (issue 4); results in
-# BENCHMARKS.md, bench/results.json and bench/results.svg. 6 to 9 minutes on 2 cores. Then the
-# cluster figures (bench/cluster.py, about 2.5 minutes more): the etcd store against the local
-# store, with a 3-member etcd cluster; results in BENCHMARKS.md and bench/cluster.json.
+# `make bench`: every benchmark run, then the tables of BENCHMARKS.md from what they stored.
+#   1. bench/bench.py    the filter's cost against Envoy without it, and its memory
+#                        (bench/results.json; 7 to 10 minutes on 2 cores)
+#   2. bench/cluster.py  the etcd store against the local store, with a 3-member etcd cluster
+#                        (bench/cluster.json; about 2.5 minutes)
+#   3. bench/profile.py  where the time goes: instructions per request and per hostcall under
+#                        callgrind (bench/profile.json; 4 to 10 minutes)
+#   4. bench/report.py   BENCHMARKS.md's generated blocks and bench/results.svg, from the three
+#                        stored outputs (also after a run that failed: its output, if written,
+#                        lists what failed)
+# Each output records its provenance (bench/provenance.py): the commit, whether the tree was
+# clean, the SHA-256 of the Wasm modules measured, the machine and the settings.
 #
-#   bash bench/run.sh [bench.py flags]   the benchmark, e.g. --rounds 1 --duration 1 --skip-memory,
-#                                        then the cluster figures (--no-write, --render, --help: both)
-#     --skip-cluster                     ... without the cluster figures (or BENCH_SKIP_CLUSTER=1)
-#     --cluster-only [cluster.py flags]  only the cluster figures (see bench/cluster.py --help)
-#   bash bench/run.sh profile [flags]    where the time goes: instructions per request and per
-#                                        hostcall under callgrind (bench/profile.py, 4-10 minutes)
+#   bash bench/run.sh [flags]            all of it; flags it does not know go to bench.py
+#     --quick                            short settings for all three runs: proves the machinery
+#                                        in a few minutes; the outputs say "short" in their
+#                                        provenance, and BENCHMARKS.md says so
+#     --skip-cluster, --skip-profile     leave a run out (BENCH_SKIP_CLUSTER=1 too)
+#     --cluster-only [cluster.py flags]  only the cluster run, then the report
+#     --profile-only [profile.py flags]  only the profile run, then the report (also: `profile`)
+#     --no-write                         passed to every run; also skips the report
+#     --help                             this text
+#   python3 bench/report.py [--check]    only the tables, from the stored outputs
 #
 # Installs what it needs and is missing: wrk and h2load (nghttp2-client) from Debian, valgrind
-# for the profile; builds the benchmark's own Wasm filters. Expects the venv (make setup) and
-# the filter (make build): `make bench` depends on both.
+# for the profile (apt-get, as root or through sudo); builds the benchmark's own Wasm filters.
+# Expects the venv (make setup) and the filter (make build): `make bench` depends on both.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,17 +33,62 @@ cd "$root"
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 
-mode=bench
-if [[ "${1:-}" == "profile" ]]; then
-    mode=profile
-    shift
+matrix=1
+cluster=1
+profile=1
+quick=0
+write=1
+if [[ "${BENCH_SKIP_CLUSTER:-0}" != 0 ]]; then
+    cluster=0
 fi
+if [[ "${1:-}" == "profile" ]]; then
+    shift
+    set -- --profile-only "$@"
+fi
+args=()
+common=()
+for arg in "$@"; do
+    case "$arg" in
+        --skip-cluster) cluster=0 ;;
+        --skip-profile) profile=0 ;;
+        --cluster-only) matrix=0 profile=0 ;;
+        --profile-only) matrix=0 cluster=0 ;;
+        --quick) quick=1 ;;
+        --no-write) write=0 common+=("$arg") ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+            log "each run's own flags: .venv/bin/python bench/{bench,cluster,profile}.py --help"
+            exit 0
+            ;;
+        *) args+=("$arg") ;;
+    esac
+done
+if ((!matrix && !cluster && !profile)); then
+    log "nothing to run (an --*-only flag with the matching --skip-* flag or BENCH_SKIP_CLUSTER)"
+    exit 2
+fi
+# Flags this script does not know go to the one run that is asked for alone, else to bench.py.
+bench_args=() cluster_args=() profile_args=()
+if ((matrix)); then
+    bench_args=("${args[@]}")
+elif ((cluster)); then
+    cluster_args=("${args[@]}")
+else
+    profile_args=("${args[@]}")
+fi
+if ((quick)); then
+    bench_args=(--rounds 1 --duration 1 --warmup 1 --command "bash bench/run.sh --quick" "${bench_args[@]}")
+    cluster_args=(--rounds 2 --upstream-rounds 1 --sessions 50 --bytes-sessions 500 --steady-sessions 50
+        --steady-seconds 20 --command "bash bench/run.sh --quick" "${cluster_args[@]}")
+    profile_args=(--passes 1 --requests 100 --warmup 20 --command "bash bench/run.sh --quick" "${profile_args[@]}")
+fi
+bench_args+=("${common[@]}") cluster_args+=("${common[@]}") profile_args+=("${common[@]}")
 
 # Debian packages, installed only when their command is missing.
 packages=()
 command -v wrk >/dev/null 2>&1 || packages+=(wrk)
 command -v h2load >/dev/null 2>&1 || packages+=(nghttp2-client)
-if [[ "$mode" == profile ]]; then
+if ((profile)); then
     command -v valgrind >/dev/null 2>&1 || packages+=(valgrind)
 fi
 if ((${#packages[@]})); then
@@ -49,62 +106,40 @@ if [[ ! -x .venv/bin/python || ! -f target/wasm32-wasip1/release/mcp_session_fil
     log "the venv or the filter is missing: run 'make setup build' (make bench does)"
     exit 1
 fi
-
-if [[ "$mode" == profile ]]; then
-    # The floor: a proxy-wasm filter that overrides no callback (its own crate and lock file).
-    cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/empty-filter/Cargo.toml
-    cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/hostcall-probe/Cargo.toml
-    exec .venv/bin/python bench/profile.py "$@"
-fi
-
-# bench mode: bench.py, then bench/cluster.py. The two flags below are this script's; the rest
-# go to bench.py (to cluster.py with --cluster-only; --no-write, --render and --help go to both).
-matrix=1
-cluster=1
-if [[ "${BENCH_SKIP_CLUSTER:-0}" != 0 ]]; then
-    cluster=0
-fi
-args=()
-cluster_args=()
-for arg in "$@"; do
-    case "$arg" in
-        --skip-cluster) cluster=0 ;;
-        --cluster-only) matrix=0 ;;
-        *) args+=("$arg") ;;
-    esac
-done
-if ((!matrix && !cluster)); then
-    log "--cluster-only with --skip-cluster (or BENCH_SKIP_CLUSTER): nothing to run"
-    exit 2
-fi
-if ((matrix)); then
-    for arg in "${args[@]}"; do
-        case "$arg" in
-            --no-write | --render | -h | --help) cluster_args+=("$arg") ;;
-        esac
-    done
-else
-    cluster_args=("${args[@]}")
-fi
 if ((cluster)) && ! command -v etcd >/dev/null 2>&1; then
     log "etcd is missing for the cluster figures: run 'make setup' (installs Debian's etcd-server), or pass --skip-cluster"
     exit 1
 fi
 
-status=0
-if ((matrix)); then
-    # The floor: a proxy-wasm filter that overrides no callback (its own crate and lock file).
+# The floor: a proxy-wasm filter that overrides no callback; the probe making N hostcalls of a
+# kind (each its own crate and lock file).
+if ((matrix || profile)); then
     cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/empty-filter/Cargo.toml
-    .venv/bin/python bench/bench.py "${args[@]}" || status=$?
+fi
+if ((profile)); then
+    cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/hostcall-probe/Cargo.toml
+fi
+
+status=0
+run() {
+    local name="$1" rc=0
+    shift
+    log "$name: .venv/bin/python $*"
+    .venv/bin/python "$@" || rc=$?
+    log "$name done (exit $rc)"
+    ((status == 0)) && status=$rc
+    return 0
+}
+if ((matrix)); then
+    run bench.py bench/bench.py "${bench_args[@]}"
 fi
 if ((cluster)); then
-    if ((matrix)); then
-        log "bench.py done (exit $status); now the cluster figures (bench/cluster.py)"
-    fi
-    cluster_status=0
-    .venv/bin/python bench/cluster.py "${cluster_args[@]}" || cluster_status=$?
-    if ((status == 0)); then
-        status=$cluster_status
-    fi
+    run cluster.py bench/cluster.py "${cluster_args[@]}"
+fi
+if ((profile)); then
+    run profile.py bench/profile.py "${profile_args[@]}"
+fi
+if ((write)); then
+    run report.py bench/report.py
 fi
 exit "$status"
