@@ -1,0 +1,134 @@
+//! How sessions look in etcd (keys, values) and the etcd v3 messages the store sends, built
+//! with `prost`; Envoy's `GrpcService` naming the cluster.
+
+use super::*;
+
+/// The key of session `id`: the prefix and 128 bits of the ID's SHA-256, in hex.
+pub fn key(prefix: &str, id: &SessionId) -> Vec<u8> {
+    let digest: [u8; 16] = digest::digest_prefix(&[b"mcp-session-id\0", id.encode().as_bytes()]);
+    let mut key = Vec::with_capacity(prefix.len() + 32);
+    key.extend_from_slice(prefix.as_bytes());
+    for byte in digest {
+        key.extend_from_slice(format!("{byte:02x}").as_bytes());
+    }
+    key
+}
+
+/// The end of the key range of `prefix` (etcd's "prefix + 1").
+pub fn range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Envoy's `envoy.config.core.v3.GrpcService` naming `cluster`, as a proxy-wasm host takes the
+/// upstream of a gRPC call: passing the bare name also works, unless the name's bytes happen to
+/// parse as that message (Envoy tries that first; "h1" does). The SDK takes it as a `&str`: the
+/// message is ASCII for any ASCII name under 120 bytes (its tags and lengths are single bytes
+/// below 0x80); any other name goes bare.
+pub fn grpc_service(cluster: &str) -> String {
+    let message = encode(&proto::GrpcService {
+        envoy_grpc: Some(proto::EnvoyGrpc {
+            cluster_name: cluster.to_owned(),
+        }),
+    });
+    String::from_utf8(message).unwrap_or_else(|_| cluster.to_owned())
+}
+
+/// The value stored for a record: its encoding with the secret zeroed.
+pub fn value(record: &Record) -> Vec<u8> {
+    let mut stored = record.clone();
+    stored.secret = [0; crate::session_id::SECRET_LEN];
+    stored.encode()
+}
+
+/// The record in a value read back for `id` (the key matched, so the secret is the ID's).
+pub fn record_of(value: &[u8], id: &SessionId) -> Option<Record> {
+    let mut record = Record::decode(value)?;
+    record.secret = id.secret;
+    (record.state == State::Live).then_some(record)
+}
+
+pub(super) fn encode(message: &impl Message) -> Vec<u8> {
+    message.encode_to_vec()
+}
+
+pub(super) fn range(key: &[u8]) -> proto::RangeRequest {
+    proto::RangeRequest {
+        key: key.to_vec(),
+        ..Default::default()
+    }
+}
+
+pub(super) fn put(key: &[u8], record: &Record, lease: i64) -> proto::RequestOp {
+    proto::RequestOp {
+        request: Some(Request::Put(proto::PutRequest {
+            key: key.to_vec(),
+            value: value(record),
+            lease,
+        })),
+    }
+}
+
+pub(super) fn compare(key: &[u8], target: proto::compare::TargetUnion) -> proto::Compare {
+    proto::Compare {
+        result: proto::EQUAL,
+        target: match target {
+            proto::compare::TargetUnion::CreateRevision(_) => proto::TARGET_CREATE,
+            proto::compare::TargetUnion::ModRevision(_) => proto::TARGET_MOD,
+        },
+        key: key.to_vec(),
+        target_union: Some(target),
+    }
+}
+
+/// A Txn: if `key` still has `target`, run `then`; else read the key.
+pub(super) fn txn(key: &[u8], target: proto::compare::TargetUnion, then: proto::RequestOp) -> Call {
+    Call {
+        service: KV,
+        method: "Txn",
+        message: encode(&proto::TxnRequest {
+            compare: vec![compare(key, target)],
+            success: vec![then],
+            failure: vec![proto::RequestOp {
+                request: Some(Request::Range(range(key))),
+            }],
+        }),
+    }
+}
+
+/// The key-value a Txn's failure branch read, if any.
+pub(super) fn failure_read(response: &proto::TxnResponse) -> Option<&proto::KeyValue> {
+    response.responses.iter().find_map(|r| match &r.response {
+        Some(Response::Range(range)) => range.kvs.first(),
+        _ => None,
+    })
+}
+
+/// The session ID of a new session with `secret`. The slot only keys the caches: any bits of
+/// the secret will do.
+pub fn session_id(secret: [u8; crate::session_id::SECRET_LEN]) -> SessionId {
+    let [a, b, c, d, ..] = secret;
+    SessionId {
+        slot: u32::from_le_bytes([a, b, c, d]),
+        secret,
+    }
+}
+
+/// The mod revision, as the `u32` tag a lookup carries (unused by the machine).
+pub(super) fn revision_tag(revision: i64) -> u32 {
+    u32::try_from(revision & 0xffff_ffff).unwrap_or(0)
+}
+
+pub(super) fn read(key: &[u8]) -> Call {
+    Call {
+        service: KV,
+        method: "Range",
+        message: encode(&range(key)),
+    }
+}
