@@ -74,7 +74,7 @@ impl Record {
             secret,
             created_ms: now_ms,
             last_seen_ms: now_ms,
-            identity: bind.then(|| identity_digest(&secret, identity)),
+            identity: bind.then(|| identity_digest(identity)),
             upstream_id: None,
             upstream_host: None,
         }
@@ -194,19 +194,22 @@ impl Record {
             return true;
         }
         match &self.identity {
-            Some(have) => constant_time_eq(have, &identity_digest(&self.secret, identity)),
+            Some(have) => constant_time_eq(have, &identity_digest(identity)),
             None => false,
         }
     }
 }
 
-/// Digest of an identity header value, salted with the session secret so equal identities
-/// give unrelated digests across sessions. An absent header is an identity too (distinct from
-/// every present value, the empty one included).
-pub fn identity_digest(secret: &[u8; SECRET_LEN], value: Option<&[u8]>) -> [u8; DIGEST_LEN] {
+/// Digest of a caller identity (the identity header's value, or the verified claims or peer
+/// attributes, each length-prefixed): 128 bits of SHA-256, the same in every session and on
+/// every Envoy, so an operator can count, find and end one caller's sessions (`mcp-sessions`)
+/// and a limit per caller can be kept. It names the caller as a pseudonym: the value itself is
+/// never stored. An absent identity is an identity too (distinct from every present value, the
+/// empty one included); sessions are never bound to it (a missing identity is refused).
+pub fn identity_digest(value: Option<&[u8]>) -> [u8; DIGEST_LEN] {
     match value {
-        None => digest::digest_prefix(&[secret, b"\x00"]),
-        Some(v) => digest::digest_prefix(&[secret, b"\x01", v]),
+        None => digest::digest_prefix(&[b"mcp-identity\0", b"\x00"]),
+        Some(v) => digest::digest_prefix(&[b"mcp-identity\0", b"\x01", v]),
     }
 }
 
@@ -245,7 +248,7 @@ mod tests {
     #[test]
     fn round_trips_every_shape() {
         let mut bound = live();
-        bound.identity = Some(identity_digest(&bound.secret, Some(b"alice")));
+        bound.identity = Some(identity_digest(Some(b"alice")));
         let mut mapped = live();
         mapped.upstream_id = Some("f3a9c2-upstream".into());
         mapped.state = State::Pending;
@@ -303,14 +306,18 @@ mod tests {
     }
 
     #[test]
-    fn identity_digests_differ_by_value_and_secret() {
-        let s1 = [1u8; SECRET_LEN];
-        let s2 = [2u8; SECRET_LEN];
-        let alice = identity_digest(&s1, Some(b"alice"));
-        assert_eq!(alice, identity_digest(&s1, Some(b"alice")));
-        assert_ne!(alice, identity_digest(&s1, Some(b"bob")));
-        assert_ne!(alice, identity_digest(&s2, Some(b"alice")));
-        assert_ne!(identity_digest(&s1, None), identity_digest(&s1, Some(b"")));
+    fn identity_digests_differ_by_value_and_are_the_same_in_every_session() {
+        let alice = identity_digest(Some(b"alice"));
+        assert_eq!(alice, identity_digest(Some(b"alice")));
+        assert_ne!(alice, identity_digest(Some(b"bob")));
+        assert_ne!(identity_digest(None), identity_digest(Some(b"")));
+        // Pinned: `mcp-sessions revoke --identity` computes the same digest outside the filter.
+        let hex: String = alice.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex.len(), 32);
+        assert_eq!(
+            alice,
+            crate::digest::digest_prefix(&[b"mcp-identity\0", b"\x01", b"alice"])
+        );
     }
 
     #[test]

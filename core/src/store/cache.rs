@@ -139,7 +139,7 @@ mod tests {
     fn session(slot: u32, byte: u8, identity: Option<&[u8]>) -> (SessionId, Record) {
         let secret = [byte; 16];
         let record = Record {
-            identity: Some(identity_digest(&secret, identity)),
+            identity: Some(identity_digest(identity)),
             ..live_record(secret, T0)
         };
         (SessionId { slot, secret }, record)
