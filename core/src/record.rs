@@ -213,6 +213,22 @@ pub fn identity_digest(value: Option<&[u8]>) -> [u8; DIGEST_LEN] {
     }
 }
 
+/// The identity value of several parts (a JWT's claims, a peer certificate's attributes, in
+/// the configured order): each length-prefixed (u32, little-endian), so no two lists of parts
+/// read alike. `None` when a part is missing or empty.
+pub fn identity_of_parts<P: AsRef<[u8]>>(
+    parts: impl IntoIterator<Item = Option<P>>,
+) -> Option<Vec<u8>> {
+    let mut identity = Vec::new();
+    for part in parts {
+        let part = part.filter(|p| !p.as_ref().is_empty())?;
+        let part = part.as_ref();
+        identity.extend_from_slice(&u32::try_from(part.len()).ok()?.to_le_bytes());
+        identity.extend_from_slice(part);
+    }
+    Some(identity)
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {

@@ -47,6 +47,20 @@ impl SessionId {
         out
     }
 
+    /// 128 bits of the ID's SHA-256: a name for the session that does not let anyone use it,
+    /// the same on every Envoy (the etcd store keys sessions by it, in hex).
+    pub fn digest(&self) -> [u8; 16] {
+        crate::digest::digest_prefix(&[b"mcp-session-id\0", self.encode().as_bytes()])
+    }
+
+    /// The session's handle for access logs, traces and `mcp-sessions`: the first 64 bits of
+    /// [`SessionId::digest`] in hex (16 characters), which begin its etcd key.
+    pub fn handle(&self) -> String {
+        let mut out = String::with_capacity(16);
+        push_hex(&mut out, self.digest().get(..8).unwrap_or_default());
+        out
+    }
+
     /// A short form safe for logs: the slot and the first 2 bytes of the secret.
     pub fn short(&self) -> String {
         let mut out = format!("{:08x}:", self.slot);
@@ -159,5 +173,20 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn the_handle_names_a_session_without_revealing_it_and_begins_its_etcd_key() {
+        let id = SessionId {
+            slot: 7,
+            secret: [3; SECRET_LEN],
+        };
+        let handle = id.handle();
+        assert_eq!(handle.len(), 16);
+        assert!(!id.encode().contains(&handle));
+        let key = crate::store::etcd::key("p/", &id);
+        assert!(key.starts_with(format!("p/{handle}").as_bytes()));
+        let other = SessionId { slot: 8, ..id };
+        assert_ne!(other.handle(), handle);
     }
 }

@@ -18,7 +18,7 @@ use crate::metrics::Event as Count;
 use crate::policy::{
     self, HeadVerdict, HttpMethod, RequestHead, SessionVerdict, SessionlessBody, UninitializedBody,
 };
-use crate::record::{Record, MAX_UPSTREAM_ID};
+use crate::record::{identity_of_parts, Record, MAX_UPSTREAM_ID};
 use crate::rejection::Rejection;
 use crate::session_id::{SessionId, SECRET_LEN};
 use crate::store::{Ended, Lookup, StoreOp, StoreResult};
@@ -914,16 +914,7 @@ fn read_identity(
 ) -> Option<Vec<u8>> {
     match source? {
         IdentitySource::Header(_) => header.value.filter(|v| !v.is_empty()).map(<[u8]>::to_vec),
-        other => {
-            let mut identity = Vec::new();
-            for path in other.attributes() {
-                let value = attributes.get(&path).filter(|v| !v.is_empty())?;
-                let len = u32::try_from(value.len()).ok()?;
-                identity.extend_from_slice(&len.to_le_bytes());
-                identity.extend_from_slice(&value);
-            }
-            Some(identity)
-        }
+        other => identity_of_parts(other.attributes().iter().map(|path| attributes.get(path))),
     }
 }
 

@@ -3,9 +3,10 @@
 
 use super::*;
 
-/// The key of session `id`: the prefix and 128 bits of the ID's SHA-256, in hex.
+/// The key of session `id`: the prefix and its digest ([`SessionId::digest`]) in hex, which
+/// begins with its handle ([`SessionId::handle`]).
 pub fn key(prefix: &str, id: &SessionId) -> Vec<u8> {
-    let digest: [u8; 16] = digest::digest_prefix(&[b"mcp-session-id\0", id.encode().as_bytes()]);
+    let digest = id.digest();
     let mut key = Vec::with_capacity(prefix.len() + 32);
     key.extend_from_slice(prefix.as_bytes());
     for byte in digest {

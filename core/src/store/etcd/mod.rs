@@ -35,7 +35,6 @@ pub use watch::{WatchAction, WatchNews};
 
 use super::{Ended, Limits, Lookup, Next, Reservation, Source, StoreOp, StoreResult, Verdict};
 use crate::config::EtcdConfig;
-use crate::digest;
 use crate::record::{Record, State};
 use crate::session_id::SessionId;
 use prost::Message;
