@@ -51,6 +51,13 @@ pub struct RawConfig {
     /// `initialize`, for `envoy.load_balancing_policies.override_host`.
     #[serde(default)]
     pub affinity_header: Option<String>,
+    /// Expose each request's session handle, caller identity digest and outcome to access logs
+    /// and traces (filter state `wasm.mcp_session_{handle,identity,outcome}`).
+    #[serde(default)]
+    pub session_facts: bool,
+    /// Most live sessions one caller identity may hold; needs an identity key.
+    #[serde(default)]
+    pub max_sessions_per_identity: Option<u32>,
 }
 
 /// `store` as written: one backend.
@@ -233,6 +240,10 @@ pub struct Config {
     pub store: StoreConfig,
     /// Request header set to the upstream host that answered `initialize` (lowercase).
     pub affinity_header: Option<String>,
+    /// Expose session facts (handle, identity digest, outcome) to access logs.
+    pub session_facts: bool,
+    /// Most live sessions per caller identity (only with an identity key).
+    pub max_sessions_per_identity: Option<u32>,
 }
 
 /// Why a configuration was refused; the message names the key.
@@ -306,6 +317,8 @@ fn empty_raw() -> RawConfig {
         stateless: false,
         store: None,
         affinity_header: None,
+        session_facts: false,
+        max_sessions_per_identity: None,
     }
 }
 
@@ -417,6 +430,21 @@ impl TryFrom<RawConfig> for Config {
             Some(name) => Some(name.to_ascii_lowercase()),
             None => None,
         };
+        let max_sessions_per_identity = match raw.max_sessions_per_identity {
+            Some(_) if identity.is_none() => {
+                return bad(
+                    "max_sessions_per_identity",
+                    "needs one of identity_header, identity_jwt or identity_peer",
+                );
+            }
+            Some(n) if n == 0 || n > raw.max_sessions => {
+                return bad(
+                    "max_sessions_per_identity",
+                    "must be from 1 to max_sessions",
+                );
+            }
+            other => other,
+        };
         Ok(Config {
             paths: raw.paths,
             idle_timeout_ms: raw.idle_timeout_seconds * 1000,
@@ -429,6 +457,8 @@ impl TryFrom<RawConfig> for Config {
             stateless: raw.stateless,
             store,
             affinity_header,
+            session_facts: raw.session_facts,
+            max_sessions_per_identity,
         })
     }
 }
@@ -481,6 +511,12 @@ mod tests {
         assert_eq!(cfg.max_body_bytes, 1024);
         assert_eq!(cfg.identity_header(), Some("x-user-id"));
         assert!(!cfg.allow_delete && !cfg.enforce_initialized && cfg.stateless);
+        let cfg = parse(
+            r#"{"identity_header":"x-user","max_sessions_per_identity":3,"session_facts":true}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.max_sessions_per_identity, Some(3));
+        assert!(cfg.session_facts);
     }
 
     #[test]
@@ -531,6 +567,18 @@ mod tests {
             (r#"{"max_sessions":4294967296}"#, "`max_sessions`"),
             (r#"{"max_body_bytes":0}"#, "`max_body_bytes`"),
             (r#"{"paths":[]}"#, "`paths`"),
+            (
+                r#"{"max_sessions_per_identity":2}"#,
+                "`max_sessions_per_identity`",
+            ),
+            (
+                r#"{"identity_header":"x-user","max_sessions_per_identity":0}"#,
+                "`max_sessions_per_identity`",
+            ),
+            (
+                r#"{"identity_header":"x-user","max_sessions":5,"max_sessions_per_identity":6}"#,
+                "`max_sessions_per_identity`",
+            ),
             (r#"{"paths":["mcp"]}"#, "`paths`"),
             (r#"{"paths":["/mcp?x=1"]}"#, "`paths`"),
             (r#"{"paths":"/mcp"}"#, "`paths`"),

@@ -213,6 +213,17 @@ pub fn identity_digest(value: Option<&[u8]>) -> [u8; DIGEST_LEN] {
     }
 }
 
+/// A caller's handle for access logs and `mcp-sessions`: the first 64 bits of its
+/// [`identity_digest`] in hex (16 characters).
+pub fn identity_handle(value: &[u8]) -> String {
+    let mut out = String::with_capacity(16);
+    crate::session_id::push_hex(
+        &mut out,
+        identity_digest(Some(value)).get(..8).unwrap_or_default(),
+    );
+    out
+}
+
 /// The identity value of several parts (a JWT's claims, a peer certificate's attributes, in
 /// the configured order): each length-prefixed (u32, little-endian), so no two lists of parts
 /// read alike. `None` when a part is missing or empty.

@@ -87,7 +87,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
+/// Appends `bytes` in lowercase hex.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
     let digit = |n: u8| char::from_digit(u32::from(n), 16).unwrap_or('0');
     for b in bytes {
         out.push(digit(b >> 4));

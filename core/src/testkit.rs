@@ -610,6 +610,8 @@ pub struct StreamLog {
     pending: Option<(u32, Call)>,
     /// Sides the filter let go on after a call.
     resumed: Vec<Side>,
+    /// The facts the filter recorded for the access log, the last value of each.
+    pub facts: BTreeMap<String, String>,
 }
 
 impl StreamIo for StreamLog {
@@ -637,6 +639,10 @@ impl StreamIo for StreamLog {
 
     fn resume(&mut self, side: Side) {
         self.resumed.push(side);
+    }
+
+    fn set_fact(&mut self, name: &str, value: &str) {
+        self.facts.insert(name.to_owned(), value.to_owned());
     }
 }
 

@@ -176,6 +176,14 @@ impl World {
         self.send_on(0, request)
     }
 
+    /// Sends on worker 0; the response and the facts the filter recorded for the access log.
+    fn send_logged(&mut self, request: Request) -> (Response, BTreeMap<String, String>) {
+        let envoy = Envoy::new(&self.plugins[0]);
+        let upstream = &mut self.upstream;
+        let (response, log) = envoy.exchange(request, Some(&mut |r| upstream.answer(r)));
+        (response, log.facts)
+    }
+
     fn post(&mut self, body: &str, headers: &[(&str, &str)]) -> Response {
         self.send(Request::post(body, headers))
     }
@@ -1241,4 +1249,66 @@ fn with_etcd_unreachable_an_initialize_is_a_503_the_upstream_never_sees() {
         .all(|c| c.method == "LeaseGrant" || c.method == "Txn"));
     assert_eq!(process.stat("mcp_session.rejected.unavailable"), 1);
     assert_eq!(process.stat("mcp_session.created"), 0);
+}
+
+/// Issue 18: with `session_facts`, every request the filter handles says which session it
+/// belonged to (a handle that is not the ID), who sent it, and what the filter did.
+#[test]
+fn session_facts_name_the_session_the_caller_and_the_outcome() {
+    let config = r#"{"session_facts": true, "identity_header": "x-user"}"#;
+    let mut w = World::new(config);
+    let alice = ("x-user", "alice");
+    let facts = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (format!("mcp_session_{k}"), (*v).to_owned()))
+            .collect()
+    };
+    let (response, minted) = w.send_logged(Request::post(INITIALIZE, &[alice]));
+    let sid = response.header("mcp-session-id").unwrap().to_owned();
+    let handle = SessionId::parse(&sid).unwrap().handle();
+    let who = mcp_session_core::record::identity_handle(b"alice");
+    assert_eq!(
+        minted,
+        facts(&[
+            ("handle", &handle),
+            ("identity", &who),
+            ("outcome", "minted")
+        ])
+    );
+    assert!(!handle.is_empty() && !sid.contains(&handle));
+    let with = [("mcp-session-id", sid.as_str()), V, alice];
+    let (_, passed) = w.send_logged(Request::post(INITIALIZED, &with));
+    assert_eq!(
+        passed,
+        facts(&[
+            ("handle", &handle),
+            ("identity", &who),
+            ("outcome", "passed")
+        ])
+    );
+    let other = "00000001".to_owned() + &"ab".repeat(16);
+    let unknown = [("mcp-session-id", other.as_str()), V, alice];
+    let (response, refused) = w.send_logged(Request::post(TOOLS_LIST, &unknown));
+    assert_eq!(response.status, 404);
+    let other_handle = SessionId::parse(&other).unwrap().handle();
+    assert_eq!(
+        refused,
+        facts(&[
+            ("handle", &other_handle),
+            ("identity", &who),
+            ("outcome", "rejected.unknown")
+        ])
+    );
+    let (_, era) = w.send_logged(Request::post(
+        TOOLS_LIST,
+        &[("mcp-protocol-version", "2026-07-28")],
+    ));
+    assert_eq!(era, facts(&[("outcome", "sessionless")]));
+    let (_, ended) = w.send_logged(Request::bare("DELETE", &[("mcp-session-id", &sid), alice]));
+    assert_eq!(ended["mcp_session_outcome"], "ended");
+    // Off by default: nothing recorded.
+    let mut quiet = World::new("{}");
+    let (_, none) = quiet.send_logged(Request::post(INITIALIZE, &[]));
+    assert!(none.is_empty());
 }

@@ -129,6 +129,10 @@ impl StreamIo for Calls {
         TimerIo::call(self, upstream, call, timeout_ms)
     }
 
+    fn set_fact(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::set_property(vec![name], Some(value.as_bytes()));
+    }
+
     fn resume(&mut self, side: Side) {
         let resumed = match side {
             Side::Request => hostcalls::resume_http_request(),

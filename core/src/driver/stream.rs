@@ -50,6 +50,8 @@ pub trait StreamIo {
     ) -> Result<u32, u32>;
     /// Lets a side held for a call go on.
     fn resume(&mut self, side: Side);
+    /// Records a fact about this request for access logs and traces (`session_facts`).
+    fn set_fact(&mut self, name: &str, value: &str);
 }
 
 /// One stream's state in the driver: the request machine, and the store operation under way.
@@ -335,6 +337,7 @@ impl<H: Host> Worker<H> {
                             io.set_header(Side::Request, name, value.as_deref());
                         }
                     }
+                    Edit::Fact(name, value) => io.set_fact(name, &value),
                 }
             }
             if driven.call {

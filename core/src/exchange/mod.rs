@@ -18,7 +18,7 @@ use crate::metrics::Event as Count;
 use crate::policy::{
     self, HeadVerdict, HttpMethod, RequestHead, SessionVerdict, SessionlessBody, UninitializedBody,
 };
-use crate::record::{identity_of_parts, Record, MAX_UPSTREAM_ID};
+use crate::record::{identity_handle, identity_of_parts, Record, MAX_UPSTREAM_ID};
 use crate::rejection::Rejection;
 use crate::session_id::{SessionId, SECRET_LEN};
 use crate::store::{Ended, Lookup, StoreOp, StoreResult};
@@ -85,7 +85,18 @@ pub enum Edit {
     Response(&'static str, Option<String>),
     /// Set the configured `affinity_header` on the request, or remove it (`None`).
     Affinity(Option<String>),
+    /// A fact about this request for access logs and traces (`session_facts`): its name
+    /// (`mcp_session_handle`, `mcp_session_identity`, `mcp_session_outcome`) and value.
+    Fact(&'static str, String),
 }
+
+/// The fact naming the session a request presented or was given (its handle).
+pub const FACT_HANDLE: &str = "mcp_session_handle";
+/// The fact naming the caller (its identity handle), where an identity is configured.
+pub const FACT_IDENTITY: &str = "mcp_session_identity";
+/// The fact saying what the filter did: `minted`, `passed`, `ended`, `sessionless`, or
+/// `rejected.<reason>`.
+pub const FACT_OUTCOME: &str = "mcp_session_outcome";
 
 /// A local answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +242,8 @@ pub struct Exchange {
     identity: Option<Vec<u8>>,
     /// What the event being stepped counted.
     counts: Vec<(Count, u32)>,
+    /// Facts for the access log found while stepping, when `session_facts` is on.
+    facts: Option<Vec<Edit>>,
 }
 
 impl Default for Exchange {
@@ -251,6 +264,7 @@ impl Exchange {
             mark_initialized: false,
             identity: None,
             counts: Vec::new(),
+            facts: None,
         }
     }
 
@@ -285,9 +299,22 @@ impl Exchange {
     /// Feeds one event: `(state, event) -> step`. A [`Flow::Store`] is answered with
     /// [`Event::Stored`] (the driver, `crate::driver`, does that).
     pub fn step(&mut self, input: &Input<'_>, event: Event<'_>) -> Step {
+        if input.config.session_facts && self.facts.is_none() {
+            self.facts = Some(Vec::new());
+        }
         let mut step = self.on_event(input, event);
         step.counts = std::mem::take(&mut self.counts);
+        if let Some(facts) = &mut self.facts {
+            step.edits.append(facts);
+        }
         step
+    }
+
+    /// Notes a fact for the access log, when they are asked for.
+    fn fact(&mut self, name: &'static str, value: impl Into<String>) {
+        if let Some(facts) = &mut self.facts {
+            facts.push(Edit::Fact(name, value.into()));
+        }
     }
 
     fn count(&mut self, event: Count, n: u32) {
@@ -332,6 +359,12 @@ impl Exchange {
         );
         self.phase = Phase::Replied;
         self.count(Count::Rejected(rejection.reason), 1);
+        if self.facts.is_some() {
+            self.fact(
+                FACT_OUTCOME,
+                format!("rejected.{}", rejection.reason.name()),
+            );
+        }
         let mut headers = vec![("content-type", "application/json".to_owned())];
         headers.extend(rejection.headers.iter().map(|(k, v)| (*k, (*v).to_owned())));
         Flow::Respond(Box::new(Reply {
@@ -405,11 +438,13 @@ impl Exchange {
             HeadVerdict::Ignore => Flow::Continue.into(),
             HeadVerdict::Sessionless => {
                 self.count(Count::Sessionless, 1);
+                self.fact(FACT_OUTCOME, "sessionless");
                 Flow::Continue.into()
             }
             HeadVerdict::Reject(rejection) => self.reply(&rejection),
             HeadVerdict::ReadSessionlessBody => {
                 self.identity = read_identity(cfg.identity.as_ref(), identity, attributes);
+                self.identity_fact();
                 // Headers go on now (holding them would stop body callbacks on hosts without
                 // allow_on_headers_stop_iteration); the body is held until it is complete.
                 self.phase = Phase::SessionlessBody;
@@ -421,6 +456,10 @@ impl Exchange {
             }
             HeadVerdict::Session { id } => {
                 self.identity = read_identity(cfg.identity.as_ref(), identity, attributes);
+                if self.facts.is_some() {
+                    self.fact(FACT_HANDLE, id.handle());
+                    self.identity_fact();
+                }
                 if cfg.identity.is_some() && self.identity.is_none() {
                     return self.reply(&Rejection::identity_not_found());
                 }
@@ -443,6 +482,14 @@ impl Exchange {
         }
     }
 
+    /// The caller's identity handle, as a fact.
+    fn identity_fact(&mut self) {
+        if let (Some(_), Some(identity)) = (&self.facts, &self.identity) {
+            let handle = identity_handle(identity);
+            self.fact(FACT_IDENTITY, handle);
+        }
+    }
+
     fn on_session(
         &mut self,
         input: &Input<'_>,
@@ -461,7 +508,11 @@ impl Exchange {
         if input.config.affinity_header.is_some() {
             edits.push(Edit::Affinity(record.upstream_host.clone()));
         }
-        let mut step = match policy::on_session(input.config, method, record) {
+        let verdict = policy::on_session(input.config, method, record);
+        if verdict != SessionVerdict::End {
+            self.fact(FACT_OUTCOME, "passed"); // a rejection of its body says otherwise
+        }
+        let mut step = match verdict {
             SessionVerdict::Forward => Flow::Continue.into(),
             SessionVerdict::ReadUninitializedBody => {
                 self.phase = Phase::UninitializedBody;
@@ -563,6 +614,7 @@ impl Exchange {
             (Waiting::Delete, StoreResult::Ended(ended)) => match ended {
                 Ended::Ended(_) | Ended::EndedEarlier => {
                     self.count(Count::Terminated, 1);
+                    self.fact(FACT_OUTCOME, "ended");
                     if let Some(id) = &self.session {
                         info!("session {} ended by the client", id.short());
                     }
@@ -614,12 +666,17 @@ impl Exchange {
                     match (outcome, done) {
                         (Outcome::Result, true) => {
                             self.count(Count::Created, 1);
+                            if self.facts.is_some() {
+                                self.fact(FACT_HANDLE, id.handle());
+                                self.fact(FACT_OUTCOME, "minted");
+                            }
                             debug!("session {} created", id.short());
                         }
                         (Outcome::Result, false) => {
                             warn!("session {} could not be activated", id.short());
                         }
                         (Outcome::Error, _) => {
+                            self.fact(FACT_OUTCOME, "passed");
                             debug!("initialize failed; reservation {} released", id.short());
                         }
                     }
