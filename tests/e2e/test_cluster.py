@@ -664,6 +664,10 @@ def test_with_unavailable_local_an_envoy_keeps_serving_from_its_memory(
     a, b = pair.a, pair.b
     known = open_session(a.url())
     warm(a, known, 4)
+    # A worker's cache is emptied when its watch first opens (ends before it are unknown): fill
+    # the caches again once both workers' watches are up, or a loaded machine can leave none.
+    wait_for("A: both watches up", lambda: a.stats().get("store.watch_up", 0) >= 2, 10)
+    warm(a, known, 6)
 
     etcd.stop_all()
     # Served by a worker that validated it; a worker that never did cannot know: 503, not 404.
