@@ -198,12 +198,9 @@ impl<H: Host> Worker<H> {
 
     /// What the machine is given with each event.
     fn with_input<T>(&self, f: impl FnOnce(&Input<'_>) -> T) -> T {
+        let clock = || self.host.now_ms();
         let random = |buf: &mut [u8]| self.host.fill_random(buf);
-        f(&Input {
-            config: &self.config,
-            now_ms: self.host.now_ms(),
-            random: &random,
-        })
+        f(&Input::new(&self.config, &clock, &random))
     }
 
     /// Notes the ends seen so far, before a lookup (read the epoch before the store).

@@ -148,14 +148,43 @@ impl Step {
 
 /// What the machine is given besides an event: it reads no clock, no random source and no
 /// store of its own.
-#[derive(Clone, Copy)]
 pub struct Input<'a> {
     /// The configuration.
     pub config: &'a Config,
-    /// Now, ms since the Unix epoch.
-    pub now_ms: u64,
+    /// Reads the time, ms since the Unix epoch (a host crossing: read at most once per event,
+    /// and only by an event that needs it).
+    pub clock: &'a dyn Fn() -> u64,
     /// Fills a buffer from the CSPRNG (a new session's secret); false when it cannot.
     pub random: &'a dyn Fn(&mut [u8]) -> bool,
+    now: std::cell::Cell<Option<u64>>,
+}
+
+impl<'a> Input<'a> {
+    /// The input of one event.
+    pub fn new(
+        config: &'a Config,
+        clock: &'a dyn Fn() -> u64,
+        random: &'a dyn Fn(&mut [u8]) -> bool,
+    ) -> Input<'a> {
+        Input {
+            config,
+            clock,
+            random,
+            now: std::cell::Cell::new(None),
+        }
+    }
+
+    /// Now, ms since the Unix epoch: the clock read the first time it is asked for.
+    pub fn now_ms(&self) -> u64 {
+        match self.now.get() {
+            Some(now) => now,
+            None => {
+                let now = (self.clock)();
+                self.now.set(Some(now));
+                now
+            }
+        }
+    }
 }
 
 impl From<Flow> for Step {
@@ -464,7 +493,7 @@ impl Exchange {
                     return self.reply(&Rejection::identity_not_found());
                 }
                 let method = HttpMethod::of(method);
-                let now_ms = input.now_ms;
+                let now_ms = input.now_ms();
                 // The driver answers from its cache when it can.
                 self.waiting = Waiting::Lookup {
                     id,
@@ -584,7 +613,7 @@ impl Exchange {
         Flow::Store(Box::new(StoreOp::Reserve {
             secret,
             identity: self.identity.clone(),
-            now_ms: input.now_ms,
+            now_ms: input.now_ms(),
         }))
         .into()
     }
@@ -773,7 +802,7 @@ impl Exchange {
                 self.waiting = Waiting::UpstreamGone;
                 return Flow::Store(Box::new(StoreOp::End {
                     id,
-                    now_ms: input.now_ms,
+                    now_ms: input.now_ms(),
                 }))
                 .into();
             }
@@ -784,7 +813,7 @@ impl Exchange {
             self.waiting = Waiting::Initialized;
             Flow::Store(Box::new(StoreOp::MarkInitialized {
                 id,
-                now_ms: input.now_ms,
+                now_ms: input.now_ms(),
             }))
         } else {
             Flow::Continue
@@ -953,7 +982,7 @@ impl Exchange {
                 id: init.id,
                 reserved: init.reserved,
                 upstream_id: init.upstream_id,
-                now_ms: input.now_ms,
+                now_ms: input.now_ms(),
             },
             Outcome::Error => StoreOp::Release { id: init.id },
         };

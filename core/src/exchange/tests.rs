@@ -33,11 +33,7 @@ fn post(extra: &[(&str, &str)]) -> HeaderList {
 
 /// The input of a machine at [`T0`].
 fn at_t0<'a>(config: &'a Config, random: &'a dyn Fn(&mut [u8]) -> bool) -> Input<'a> {
-    Input {
-        config,
-        now_ms: T0,
-        random,
-    }
+    Input::new(config, &|| T0, random)
 }
 
 /// What a step does, in short: the flow, then what it counted.
