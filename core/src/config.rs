@@ -443,6 +443,12 @@ impl TryFrom<RawConfig> for Config {
                     "must be from 1 to max_sessions",
                 );
             }
+            Some(_) if matches!(store, StoreConfig::Etcd(_)) => {
+                return bad(
+                    "max_sessions_per_identity",
+                    "is not supported with store.etcd yet (only with the local store)",
+                );
+            }
             other => other,
         };
         Ok(Config {

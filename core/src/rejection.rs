@@ -30,11 +30,13 @@ pub enum Reason {
     Identity,
     /// The session store (etcd) cannot answer.
     Unavailable,
+    /// The caller holds `max_sessions_per_identity` live sessions already.
+    IdentityLimit,
 }
 
 impl Reason {
     /// Every reason, for defining the counters.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Missing,
         Reason::Unknown,
         Reason::Capacity,
@@ -45,6 +47,7 @@ impl Reason {
         Reason::Header,
         Reason::Identity,
         Reason::Unavailable,
+        Reason::IdentityLimit,
     ];
 
     /// The last part of the counter's name.
@@ -60,6 +63,7 @@ impl Reason {
             Reason::Header => "header",
             Reason::Identity => "identity",
             Reason::Unavailable => "unavailable",
+            Reason::IdentityLimit => "identity_limit",
         }
     }
 }
@@ -163,6 +167,19 @@ impl Rejection {
             "Service Unavailable: too many open sessions",
             Reason::Capacity,
         )
+    }
+
+    /// 429: the caller holds `max_sessions_per_identity` live sessions already; one of them
+    /// must end (DELETE, or idle expiry) first.
+    pub fn identity_limit() -> Rejection {
+        let mut rejection = Rejection::new(
+            429,
+            code::BAD_REQUEST,
+            "Too Many Requests: this caller holds too many open sessions",
+            Reason::IdentityLimit,
+        );
+        rejection.headers.push(("retry-after", "60"));
+        rejection
     }
 
     /// 400: unsupported `MCP-Protocol-Version`. The header's value is not echoed.

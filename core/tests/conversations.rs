@@ -1312,3 +1312,50 @@ fn session_facts_name_the_session_the_caller_and_the_outcome() {
     let (_, none) = quiet.send_logged(Request::post(INITIALIZE, &[]));
     assert!(none.is_empty());
 }
+
+/// Issue 18: `max_sessions_per_identity`. A caller at the limit gets 429 with Retry-After and
+/// a JSON-RPC error with its id; another caller is served; a DELETE, an expiry and a failed
+/// initialize each give the place back at once.
+#[test]
+fn a_caller_at_its_limit_gets_429_and_an_ended_session_frees_its_place() {
+    let config = r#"{"identity_header": "x-user", "max_sessions_per_identity": 2, "idle_timeout_seconds": 10}"#;
+    let mut w = World::new(config);
+    let (alice, bob) = (("x-user", "alice"), ("x-user", "bob"));
+    let first = w.open(&[alice]);
+    let _second = w.open(&[alice]);
+    let refused = w.post(
+        &INITIALIZE.replace(r#""id":1"#, r#""id":"third""#),
+        &[alice],
+    );
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("retry-after"), Some("60"));
+    assert_eq!(error_of(&refused), (-32000, Value::from("third")));
+    assert_eq!(w.stat("rejected.identity_limit"), 1);
+    // Another caller is not affected.
+    let _bobs = w.open(&[bob]);
+    // A DELETE gives the place back.
+    let ended = w.send(Request::bare(
+        "DELETE",
+        &[("mcp-session-id", &first), alice],
+    ));
+    assert_eq!(ended.status, 204);
+    let third = w.open(&[alice]);
+    assert_eq!(w.post(INITIALIZE, &[alice]).status, 429);
+    // Expiry gives the places back (found expired by the sweep or the next reservation).
+    w.process.advance(11_000);
+    let _ = w.plugins[0].sweep();
+    let _ = w.open(&[alice]);
+    let _ = w.open(&[alice]);
+    assert_eq!(w.post(INITIALIZE, &[alice]).status, 429);
+    let _ = third;
+    // An initialize the upstream refuses gives its place back.
+    let mut w = World::new(config);
+    w.upstream.init = InitAnswer::JsonError;
+    for _ in 0..3 {
+        assert_eq!(w.post(INITIALIZE, &[alice]).status, 200); // an error in place of a result
+    }
+    w.upstream.init = InitAnswer::Json;
+    let _ = w.open(&[alice]);
+    let _ = w.open(&[alice]);
+    assert_eq!(w.post(INITIALIZE, &[alice]).status, 429);
+}

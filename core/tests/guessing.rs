@@ -31,6 +31,7 @@ fn a_million_random_ids_never_hit_a_live_session() {
         lifetime_ms: 86_400_000,
         max_sessions: LIVE_SESSIONS,
         bind_identity: false,
+        per_identity: None,
     };
     let store = Store::new(&shared, limits);
     let mut probe = Rng::new(1);

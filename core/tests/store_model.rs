@@ -33,6 +33,7 @@ fn limits() -> Limits {
         lifetime_ms: LIFETIME,
         max_sessions: MAX,
         bind_identity: false,
+        per_identity: None,
     }
 }
 

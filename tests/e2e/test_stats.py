@@ -18,6 +18,7 @@ COUNTERS = [
     "rejected.header",
     "rejected.identity",
     "rejected.unavailable",
+    "rejected.identity_limit",
     "passthrough.sessionless",
     "epoch",
     # The etcd store's (defined with either store; they stay 0 without etcd).

@@ -99,6 +99,7 @@ impl<H: Host> Worker<H> {
             lifetime_ms: config.max_lifetime_ms,
             max_sessions: config.max_sessions,
             bind_identity: config.identity.is_some(),
+            per_identity: config.max_sessions_per_identity,
         };
         let (backend, upstream) = match (&config.store, config.stateless) {
             (StoreConfig::Etcd(etcd), false) => (

@@ -731,6 +731,10 @@ impl Exchange {
             (Waiting::Lookup { .. } | Waiting::Delete, StoreResult::Unavailable) => {
                 self.reply(&Rejection::unavailable())
             }
+            (Waiting::Reserve { request_id }, StoreResult::IdentityLimit) => {
+                debug!("initialize refused: the caller holds max_sessions_per_identity sessions");
+                self.reply(&Rejection::identity_limit().with_id(request_id))
+            }
             (Waiting::Reserve { request_id }, StoreResult::Unavailable) => {
                 // The session cannot be recorded: the upstream never sees this initialize.
                 warn!("initialize refused: the session store cannot record the session");

@@ -156,6 +156,7 @@ mod tests {
             lifetime_ms: 3_600_000,
             max_sessions: 100,
             bind_identity,
+            per_identity: None,
         }
     }
 

@@ -58,6 +58,8 @@ pub struct Limits {
     pub max_sessions: u32,
     /// Whether sessions are bound to an identity header.
     pub bind_identity: bool,
+    /// Most live sessions per caller identity (`max_sessions_per_identity`).
+    pub per_identity: Option<u32>,
 }
 
 impl Limits {
@@ -257,6 +259,8 @@ pub enum StoreResult {
     Ended(Ended),
     /// To [`StoreOp::Reserve`]; `None` when the store is full.
     Reserved(Option<Reservation>),
+    /// To [`StoreOp::Reserve`]: the caller holds `max_sessions_per_identity` sessions already.
+    IdentityLimit,
     /// To the others: whether the change was made.
     Done(bool),
     /// The store could not answer (etcd unreachable, too slow, without a leader).

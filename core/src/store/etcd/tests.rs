@@ -21,6 +21,7 @@ fn limits() -> Limits {
         lifetime_ms: 86_400_000,
         max_sessions: 100,
         bind_identity: false,
+        per_identity: None,
     }
 }
 

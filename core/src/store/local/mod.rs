@@ -20,6 +20,7 @@ use crate::record::{Record, State};
 use crate::session_id::{SessionId, SECRET_LEN};
 use std::cell::{Cell, RefCell};
 
+mod identities;
 mod slots;
 mod sweep;
 mod worker;
@@ -144,6 +145,7 @@ impl<S: SharedData> Store<S> {
             // Whoever wins this write counts the expiry; a loser reports not found.
             Verdict::Expired => match self.shared.set(&key, &[], Some(cas)) {
                 Ok(()) => {
+                    self.forget_identity(&record);
                     self.hint_free(&[id.slot]);
                     Lookup::Expired
                 }
@@ -220,6 +222,7 @@ impl<S: SharedData> Store<S> {
         mut approve: impl FnMut(&Record) -> bool,
     ) -> Option<Record> {
         let freed = self.rewrite(id, |record| approve(record).then(Vec::new))?;
+        self.forget_identity(&freed);
         self.hint_free(&[id.slot]);
         Some(freed)
     }

@@ -272,13 +272,19 @@ impl<S: SharedData> Store<S> {
             }
             return Claim::Busy; // never created: only its pool's owner creates it
         };
-        let was_live = match bytes.as_deref().and_then(Record::decode) {
-            None => false,
-            Some(record) if self.is_expired(&record, now_ms) => record.state == State::Live,
+        let expired = match bytes.as_deref().and_then(Record::decode) {
+            None => None,
+            Some(record) if self.is_expired(&record, now_ms) => Some(record),
             Some(_) => return Claim::Busy,
         };
         match self.shared.set(&key, encoded, Some(cas)) {
-            Ok(()) => Claim::Taken { was_live },
+            Ok(()) => {
+                if let Some(record) = &expired {
+                    self.forget_identity(record);
+                }
+                let was_live = expired.is_some_and(|r| r.state == State::Live);
+                Claim::Taken { was_live }
+            }
             Err(_) => Claim::Busy,
         }
     }

@@ -81,6 +81,7 @@ impl<S: SharedData> Store<S> {
                 continue;
             };
             if self.is_expired(&record, now_ms) && self.shared.set(&key, &[], Some(cas)).is_ok() {
+                self.forget_identity(&record);
                 match record.state {
                     State::Live => report.expired += 1,
                     State::Pending => report.stale_pending += 1,

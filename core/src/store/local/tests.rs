@@ -7,6 +7,7 @@ fn limits() -> Limits {
         lifetime_ms: 60_000,
         max_sessions: 4,
         bind_identity: false,
+        per_identity: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! One worker's side of the local store, and the one place that runs a [`StoreOp`] on it.
 
 use super::*;
+use crate::record::identity_digest;
 
 /// Most random slots an initialize probes before the table grows.
 pub const MAX_PROBES: u32 = 8;
@@ -65,6 +66,17 @@ impl Local {
                 } else {
                     0
                 };
+                // A place among the caller's sessions first (given back if no slot is found).
+                let counted = match (store.limits.per_identity, store.limits.bind_identity) {
+                    (Some(limit), true) => {
+                        let digest = identity_digest(identity.as_deref());
+                        if !store.take_identity_place(&digest, limit) {
+                            return StoreResult::IdentityLimit;
+                        }
+                        Some(digest)
+                    }
+                    _ => None,
+                };
                 let mut probe = || self.next_probe();
                 let reservation = match self.pool.try_borrow_mut() {
                     Ok(mut pool) => store.reserve_pooled(
@@ -86,6 +98,8 @@ impl Local {
                 if let Some(reservation) = &reservation {
                     let next = reservation.from.next_probe_budget(budget, MAX_PROBES);
                     self.probe_budget.set(next);
+                } else if let Some(digest) = &counted {
+                    store.give_identity_place(digest);
                 }
                 StoreResult::Reserved(reservation)
             }
