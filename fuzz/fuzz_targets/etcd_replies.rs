@@ -34,6 +34,7 @@ fuzz_target!(|case: Case| {
         lifetime_ms: 0,
         max_sessions: 10,
         bind_identity: false,
+        per_identity: None,
     };
     let id = SessionId {
         slot: 1,

@@ -70,6 +70,7 @@ fuzz_target!(|input: Input| {
         lifetime_ms: 1000 * u64::from(input.lifetime_s % 60),
         max_sessions: 1 + u32::from(input.max_sessions % 8),
         bind_identity: input.bind_identity,
+        per_identity: None,
     };
     let shared = FakeShared::default();
     let store = Store::new(&shared, limits);

@@ -187,4 +187,17 @@ impl Remote {
     pub fn counted(&self) -> u64 {
         self.count.get().0
     }
+
+    /// Whether a new session would pass `max_sessions`: the last count plus the sessions this
+    /// VM created since.
+    pub(super) fn full(&self, max_sessions: u32) -> bool {
+        let (counted, _, created) = self.count.get();
+        counted.saturating_add(created) >= u64::from(max_sessions)
+    }
+
+    /// Counts a session this VM created (in etcd, or in its memory while etcd was away).
+    pub(super) fn note_created(&self) {
+        let (n, at, created) = self.count.get();
+        self.count.set((n, at, created.saturating_add(1)));
+    }
 }

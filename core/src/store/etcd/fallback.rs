@@ -117,6 +117,11 @@ pub fn answer(
             identity,
             now_ms,
         } => {
+            // Sessions made while etcd is away count toward `max_sessions` too.
+            if remote.full(limits.max_sessions) {
+                return StoreResult::Reserved(None).into();
+            }
+            remote.note_created();
             let id = session_id(secret);
             let pending =
                 Record::pending(now_ms, secret, identity.as_deref(), limits.bind_identity);

@@ -56,8 +56,7 @@ impl Remote {
                 ref identity,
                 now_ms,
             } => {
-                let (counted, _, created) = self.count.get();
-                if counted.saturating_add(created) >= u64::from(limits.max_sessions) {
+                if self.full(limits.max_sessions) {
                     return Next::Done(StoreResult::Reserved(None));
                 }
                 let id = session_id(secret);
@@ -282,8 +281,7 @@ impl Remote {
                     return Next::Done(StoreResult::Reserved(None));
                 };
                 if r.succeeded {
-                    let (n, at, created) = self.count.get();
-                    self.count.set((n, at, created.saturating_add(1)));
+                    self.note_created();
                 }
                 self.note_unmarked(&flight.key, &record, revision);
                 Next::Done(StoreResult::Reserved(Some(Reservation {

@@ -67,7 +67,11 @@ impl Remote {
                         proto::WatchCreateRequest {
                             key: self.config.prefix.as_bytes().to_vec(),
                             range_end: range_end(&self.config.prefix),
-                            start_revision: if start > 0 { start + 1 } else { 0 },
+                            start_revision: if start > 0 {
+                                start.saturating_add(1)
+                            } else {
+                                0
+                            },
                             progress_notify: true,
                         },
                     )),
