@@ -111,10 +111,11 @@ pub(super) fn failure_read(response: &proto::TxnResponse) -> Option<&proto::KeyV
     })
 }
 
-/// The session ID of a new session with `secret`. The slot only keys the caches: any bits of
-/// the secret will do.
+/// The session ID of a new session with `secret`. The slot only keys the caches; it is drawn
+/// from a digest of the secret, not from the secret itself, so the slot (shown in full by the
+/// shortened IDs of the logs) tells nothing of the secret.
 pub fn session_id(secret: [u8; crate::session_id::SECRET_LEN]) -> SessionId {
-    let [a, b, c, d, ..] = secret;
+    let [a, b, c, d, ..] = crate::digest::digest_prefix::<16>(&[b"mcp-session-slot\0", &secret]);
     SessionId {
         slot: u32::from_le_bytes([a, b, c, d]),
         secret,
