@@ -481,7 +481,8 @@ fn fallback_memory(input: &Fallback, idle_ms: u64) {
                 let got = fall_back(&remote, &mut cache, &shared, epoch, &limits, op);
                 active = true;
                 // The cache gives up its entry for the slot whatever secret it holds, and does
-                // not look at the epoch first (`SessionCache::take`).
+                // not look at the epoch first (`SessionCache::take`). (Through the driver a
+                // forged ID never gets here: a DELETE looks its session up first.)
                 let expected = match model.cache.remove(&id.slot) {
                     Some((held, record)) if held == id => {
                         let key = key(PREFIX, &id);
