@@ -172,6 +172,8 @@ impl Status {
 enum Session {
     None,
     Minted(u8),
+    /// An ID in the filter's format that it never handed out (or only by chance).
+    Forged(u32, u128),
     Other(String),
 }
 
@@ -198,6 +200,7 @@ fuzz_target!(|input: (u8, Vec<Exchange>)| {
                 Some(minted[usize::from(*i) % minted.len()].clone())
             }
             Session::Minted(_) => None,
+            Session::Forged(slot, secret) => Some(format!("{slot:08x}{secret:032x}")),
             Session::Other(s) => Some(s.clone()),
         };
         if let Some(s) = &session {
