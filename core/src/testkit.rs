@@ -809,3 +809,209 @@ fn local(reply: Reply) -> Response {
         local: true,
     }
 }
+
+pub use fake_etcd::FakeEtcd;
+
+/// An etcd member in memory, for tests and fuzz targets.
+mod fake_etcd {
+    use crate::store::etcd::proto::{
+        self, compare::TargetUnion, request_op::Request, response_op::Response,
+    };
+    use crate::store::etcd::{Call, KV, LEASE};
+    use prost::Message;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    /// gRPC status of a request etcd would refuse (one that does not decode, a compare the
+    /// fake does not know).
+    const INVALID_ARGUMENT: u32 = 3;
+    /// gRPC status of a method the fake does not serve.
+    const UNIMPLEMENTED: u32 = 12;
+
+    /// Answers the calls the etcd store makes (`Range`, `DeleteRange`, `Txn` with `EQUAL`
+    /// compares on a create or mod revision, `LeaseGrant`) as one etcd member would: one
+    /// revision per write, create and mod revisions kept per key. Leases never expire; there
+    /// is no watch. Give [`FakeEtcd::answer`] to an `Envoy`'s `etcd` to run conversations
+    /// against it.
+    #[derive(Debug, Default)]
+    pub struct FakeEtcd {
+        state: RefCell<State>,
+    }
+
+    #[derive(Debug, Default)]
+    struct State {
+        keys: BTreeMap<Vec<u8>, proto::KeyValue>,
+        revision: i64,
+        leases: i64,
+    }
+
+    impl FakeEtcd {
+        /// An empty etcd at revision 0.
+        pub fn new() -> FakeEtcd {
+            FakeEtcd::default()
+        }
+
+        /// Answers `call`: gRPC status 0 and the response, or a failure status and nothing.
+        pub fn answer(&self, call: &Call) -> (u32, Option<Vec<u8>>) {
+            let mut state = self.state.borrow_mut();
+            let message = call.message.as_slice();
+            let response = match (call.service, call.method) {
+                (KV, "Range") => proto::RangeRequest::decode(message).ok().map(|r| {
+                    state
+                        .range(&r.key, &r.range_end, r.count_only)
+                        .encode_to_vec()
+                }),
+                (KV, "DeleteRange") => proto::DeleteRangeRequest::decode(message)
+                    .ok()
+                    .map(|r| state.delete(&r).encode_to_vec()),
+                (KV, "Txn") => proto::TxnRequest::decode(message)
+                    .ok()
+                    .and_then(|r| state.txn(&r))
+                    .map(|r| r.encode_to_vec()),
+                (LEASE, "LeaseGrant") => proto::LeaseGrantRequest::decode(message).ok().map(|r| {
+                    state.leases = state.leases.saturating_add(1);
+                    proto::LeaseGrantResponse {
+                        header: state.header(),
+                        id: state.leases,
+                        ttl: r.ttl,
+                        error: String::new(),
+                    }
+                    .encode_to_vec()
+                }),
+                _ => return (UNIMPLEMENTED, None),
+            };
+            match response {
+                Some(bytes) => (0, Some(bytes)),
+                None => (INVALID_ARGUMENT, None),
+            }
+        }
+
+        /// The keys held, in order.
+        pub fn keys(&self) -> Vec<Vec<u8>> {
+            self.state.borrow().keys.keys().cloned().collect()
+        }
+
+        /// The value held under `key`.
+        pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+            self.state.borrow().keys.get(key).map(|kv| kv.value.clone())
+        }
+
+        /// The revision of the last write.
+        pub fn revision(&self) -> i64 {
+            self.state.borrow().revision
+        }
+    }
+
+    impl State {
+        fn header(&self) -> Option<proto::ResponseHeader> {
+            Some(proto::ResponseHeader {
+                revision: self.revision,
+            })
+        }
+
+        /// `key` alone, or `[key, range_end)` (`range_end` "\0": every key from `key`).
+        fn range(&self, key: &[u8], range_end: &[u8], count_only: bool) -> proto::RangeResponse {
+            let kvs: Vec<proto::KeyValue> = self
+                .keys
+                .iter()
+                .filter(|(k, _)| match range_end {
+                    [] => k.as_slice() == key,
+                    [0] => k.as_slice() >= key,
+                    end => k.as_slice() >= key && k.as_slice() < end,
+                })
+                .map(|(_, kv)| kv.clone())
+                .collect();
+            proto::RangeResponse {
+                header: self.header(),
+                count: i64::try_from(kvs.len()).unwrap_or(i64::MAX),
+                kvs: if count_only { Vec::new() } else { kvs },
+            }
+        }
+
+        fn delete(&mut self, request: &proto::DeleteRangeRequest) -> proto::DeleteRangeResponse {
+            let previous = self.keys.remove(&request.key);
+            if previous.is_some() {
+                self.revision = self.revision.saturating_add(1);
+            }
+            proto::DeleteRangeResponse {
+                header: self.header(),
+                deleted: i64::from(previous.is_some()),
+                prev_kvs: previous.filter(|_| request.prev_kv).into_iter().collect(),
+            }
+        }
+
+        fn holds(&self, compare: &proto::Compare) -> Option<bool> {
+            if compare.result != proto::EQUAL {
+                return None;
+            }
+            let kv = self.keys.get(&compare.key);
+            Some(match compare.target_union.as_ref()? {
+                TargetUnion::CreateRevision(v) => kv.map_or(0, |kv| kv.create_revision) == *v,
+                TargetUnion::ModRevision(v) => kv.map_or(0, |kv| kv.mod_revision) == *v,
+            })
+        }
+
+        /// A transaction: one revision for all its writes.
+        fn txn(&mut self, request: &proto::TxnRequest) -> Option<proto::TxnResponse> {
+            let mut succeeded = true;
+            for compare in &request.compare {
+                succeeded &= self.holds(compare)?;
+            }
+            let ops = if succeeded {
+                &request.success
+            } else {
+                &request.failure
+            };
+            let writes = ops
+                .iter()
+                .any(|op| matches!(op.request, Some(Request::Put(_) | Request::DeleteRange(_))));
+            if writes {
+                self.revision = self.revision.saturating_add(1);
+            }
+            let revision = self.revision;
+            let mut responses = Vec::with_capacity(ops.len());
+            for op in ops {
+                let response = match op.request.as_ref()? {
+                    Request::Range(r) => {
+                        Response::Range(self.range(&r.key, &r.range_end, r.count_only))
+                    }
+                    Request::Put(put) => {
+                        let created = self
+                            .keys
+                            .get(&put.key)
+                            .map_or(revision, |kv| kv.create_revision);
+                        self.keys.insert(
+                            put.key.clone(),
+                            proto::KeyValue {
+                                key: put.key.clone(),
+                                create_revision: created,
+                                mod_revision: revision,
+                                value: put.value.clone(),
+                                lease: put.lease,
+                            },
+                        );
+                        Response::Put(proto::PutResponse {
+                            header: self.header(),
+                        })
+                    }
+                    Request::DeleteRange(delete) => {
+                        let previous = self.keys.remove(&delete.key);
+                        Response::DeleteRange(proto::DeleteRangeResponse {
+                            header: self.header(),
+                            deleted: i64::from(previous.is_some()),
+                            prev_kvs: previous.filter(|_| delete.prev_kv).into_iter().collect(),
+                        })
+                    }
+                };
+                responses.push(proto::ResponseOp {
+                    response: Some(response),
+                });
+            }
+            Some(proto::TxnResponse {
+                header: self.header(),
+                succeeded,
+                responses,
+            })
+        }
+    }
+}

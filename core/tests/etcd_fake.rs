@@ -1,0 +1,225 @@
+//! Whole conversations on two Envoys (two processes: no shared data, no epoch in common) that
+//! share one etcd, `testkit::FakeEtcd`: the fake that the exchange fuzz target answers calls
+//! with, checked here against what the etcd store promises (docs/DESIGN.md, "The etcd
+//! store"). The tests marked `#[ignore]` are findings: each fails today, and says why.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use mcp_session_core::driver::Worker;
+use mcp_session_core::store::etcd::Call;
+use mcp_session_core::testkit::{Envoy, FakeEtcd, FakeHost, Process, Request, Response, T0};
+use std::cell::Cell;
+use std::rc::Rc;
+
+const V: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+const TOOLS_LIST: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+
+/// A stateless MCP server.
+fn upstream(request: &Request) -> Response {
+    let json = [("content-type", "application/json")];
+    let body = String::from_utf8_lossy(&request.body);
+    if body.contains("\"initialize\"") {
+        Response::upstream(
+            200,
+            &json,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"up","version":"1"}}}"#,
+        )
+    } else if !body.contains("\"id\"") {
+        Response::upstream(202, &[], "")
+    } else {
+        Response::upstream(200, &json, r#"{"jsonrpc":"2.0","id":2,"result":{}}"#)
+    }
+}
+
+/// One Envoy of the fleet: its process, one worker, and whether etcd answers it.
+struct Node {
+    process: Rc<Process>,
+    worker: Worker<FakeHost>,
+    etcd: Rc<FakeEtcd>,
+    up: Rc<Cell<bool>>,
+}
+
+impl Node {
+    fn new(config: &str, etcd: &Rc<FakeEtcd>) -> Node {
+        let process = Process::new(T0);
+        let worker = Worker::new(FakeHost::new(&process, 7), config.as_bytes()).unwrap();
+        Node {
+            process,
+            worker,
+            etcd: Rc::clone(etcd),
+            up: Rc::new(Cell::new(true)),
+        }
+    }
+
+    fn send(&self, request: Request) -> Response {
+        let mut envoy = Envoy::new(&self.worker);
+        let (etcd, up) = (Rc::clone(&self.etcd), Rc::clone(&self.up));
+        envoy.etcd = Some(Box::new(move |call: &Call| {
+            if up.get() {
+                etcd.answer(call)
+            } else {
+                (14, None)
+            }
+        }));
+        envoy.send(request, &mut upstream)
+    }
+
+    fn open(&self) -> String {
+        let response = self.send(Request::post(INITIALIZE, &[]));
+        assert_eq!((response.status, response.local), (200, false));
+        let sid = response.header("mcp-session-id").unwrap().to_owned();
+        let response = self.send(Request::post(INITIALIZED, &[("mcp-session-id", &sid), V]));
+        assert_eq!(response.status, 202);
+        sid
+    }
+
+    fn call(&self, sid: &str) -> Response {
+        self.send(Request::post(TOOLS_LIST, &[("mcp-session-id", sid), V]))
+    }
+}
+
+const REJECT: &str = r#"{"store": {"etcd": {"cluster": "etcd", "timeout_ms": 1000}}}"#;
+
+#[test]
+fn a_session_opened_on_one_envoy_works_on_another_until_a_delete_anywhere() {
+    let etcd = Rc::new(FakeEtcd::new());
+    let (a, b) = (Node::new(REJECT, &etcd), Node::new(REJECT, &etcd));
+    let sid = a.open();
+    assert_eq!(etcd.keys().len(), 1, "one key per session");
+    let record = etcd.get(&etcd.keys()[0]).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&record).contains(&sid[8..]),
+        "etcd holds no usable ID"
+    );
+    assert_eq!(b.call(&sid).status, 200);
+    assert_eq!(a.call(&sid).status, 200);
+    let deleted = b.send(Request::bare("DELETE", &[("mcp-session-id", &sid)]));
+    assert_eq!((deleted.status, deleted.local), (204, true));
+    assert!(etcd.keys().is_empty());
+    assert_eq!(b.call(&sid).status, 404);
+    // A has no watch here: its cache trusts what it read for at most a second.
+    a.process.advance(1001);
+    assert_eq!(a.call(&sid).status, 404);
+}
+
+#[test]
+fn an_unreachable_etcd_is_503_never_404() {
+    let etcd = Rc::new(FakeEtcd::new());
+    let a = Node::new(REJECT, &etcd);
+    let sid = a.open();
+    a.up.set(false);
+    a.process.advance(1001); // past what the cache trusts without a watch
+    let response = a.call(&sid);
+    assert_eq!((response.status, response.local), (503, true));
+    assert_eq!(response.header("retry-after"), Some("1"));
+    let unknown = a.call(&"ab".repeat(20));
+    assert_eq!((unknown.status, unknown.local), (503, true));
+}
+
+/// Finding: with `unavailable: local`, sessions created while etcd is away are not counted
+/// against `max_sessions` (the Reserve counts only creations etcd acknowledged:
+/// `count.created` grows in `Stage::Create`, not in `fallback::answer`), so an outage opens
+/// the limit. DESIGN.md: "refused when the last count plus this VM's creations since reach
+/// max_sessions".
+#[test]
+#[ignore = "finding: sessions created under unavailable: local do not count toward max_sessions"]
+fn sessions_created_while_etcd_is_away_count_toward_max_sessions() {
+    let config = r#"{"max_sessions": 2, "store": {"etcd": {"cluster": "etcd", "timeout_ms": 1000, "unavailable": "local"}}}"#;
+    let etcd = Rc::new(FakeEtcd::new());
+    let a = Node::new(config, &etcd);
+    a.up.set(false);
+    let mut opened = 0;
+    for _ in 0..5 {
+        let response = a.send(Request::post(INITIALIZE, &[]));
+        if response.status == 200 && response.header("mcp-session-id").is_some() {
+            opened += 1;
+        }
+    }
+    assert!(opened <= 2, "{opened} sessions opened with max_sessions 2");
+}
+
+/// With `unavailable: local`, a DELETE with a forged ID that shares only the slot (the first 8
+/// hex digits; in the etcd store the first 4 bytes of the secret, which logs show) leaves the
+/// real session served from memory: a DELETE looks its session up first, so the forged one
+/// never reaches `fallback::answer`'s End (whose `SessionCache::take` gives up whatever the
+/// slot holds before comparing secrets).
+#[test]
+fn a_forged_delete_leaves_a_cached_session_alone_while_etcd_is_away() {
+    let config =
+        r#"{"store": {"etcd": {"cluster": "etcd", "timeout_ms": 1000, "unavailable": "local"}}}"#;
+    let etcd = Rc::new(FakeEtcd::new());
+    let a = Node::new(config, &etcd);
+    let sid = a.open();
+    assert_eq!(a.call(&sid).status, 200, "read from etcd, cached");
+    a.up.set(false);
+    a.process.advance(5000);
+    assert_eq!(
+        a.call(&sid).status,
+        200,
+        "served from memory while etcd is away"
+    );
+    let forged = format!("{}{}", &sid[..8], "0".repeat(32));
+    let refused = a.send(Request::bare("DELETE", &[("mcp-session-id", &forged)]));
+    assert_eq!(refused.status, 503);
+    assert_eq!(a.call(&sid).status, 200, "still served from memory");
+}
+
+/// Finding: an event at revision `i64::MAX` (etcd never gets there; something posing as it
+/// can) makes the next reopened watch compute `start + 1` in `Remote::watch_tick`: a panic
+/// with overflow checks on, a negative start revision without.
+#[test]
+#[ignore = "finding: Remote::watch_tick overflows after a watch event at revision i64::MAX"]
+fn a_watch_event_at_the_last_revision_does_not_overflow_the_reopen() {
+    use mcp_session_core::config::EtcdConfig;
+    use mcp_session_core::session_id::SessionId;
+    use mcp_session_core::store::etcd::{proto, Remote, WatchAction};
+    use mcp_session_core::store::{Limits, StoreOp};
+    use prost::Message;
+
+    let remote = Remote::new(
+        EtcdConfig {
+            cluster: "etcd".into(),
+            prefix: "p/".into(),
+            timeout_ms: 1000,
+            fall_back_to_local: false,
+        },
+        60_000,
+    );
+    let limits = Limits {
+        idle_ms: 60_000,
+        lifetime_ms: 0,
+        max_sessions: 1,
+        bind_identity: false,
+    };
+    let id = SessionId {
+        slot: 1,
+        secret: [1; 16],
+    };
+    let _ = remote.begin(StoreOp::Release { id }, &limits);
+    let message = proto::WatchResponse {
+        events: vec![proto::Event {
+            r#type: proto::EVENT_DELETE,
+            kv: Some(proto::KeyValue {
+                mod_revision: i64::MAX,
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    };
+    let _ = remote.watch_message(&message.encode_to_vec(), T0);
+    remote.watch_closed();
+    let WatchAction::Open(create) = remote.watch_tick(T0 + 1) else {
+        panic!("a closed watch reopens")
+    };
+    let create = proto::WatchRequest::decode(create.as_slice()).unwrap();
+    let Some(proto::watch_request::RequestUnion::Create(create)) = create.request_union else {
+        panic!("a create")
+    };
+    assert!(create.start_revision >= 0);
+}
