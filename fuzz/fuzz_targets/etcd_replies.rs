@@ -28,6 +28,8 @@ use mcp_session_core::session_id::SessionId;
 use mcp_session_core::store::cache::SessionCache;
 use mcp_session_core::store::etcd::fallback::{self, shared_key, Answer};
 use mcp_session_core::store::etcd::proto::{self, request_op::Request, watch_request};
+use mcp_session_core::store::etcd::session_id;
+use mcp_session_core::store::{Reservation, Source};
 use mcp_session_core::store::etcd::{
     key, value, Call, Chore, Remote, Reply, WatchAction, WatchNews, KV, LEASE,
 };
@@ -294,16 +296,10 @@ enum Step {
 }
 
 /// Five sessions, and one forged ID (the slot of the first, another secret), only looked up
-/// and ended. In the etcd store a session's slot is the first bytes of its secret.
+/// and ended. In the etcd store a session's slot is drawn from its secret (`session_id`).
 fn session(n: u8, forged_too: bool) -> SessionId {
     let n = n % if forged_too { 6 } else { 5 };
-    let real = |n: u8| {
-        let secret = [n + 1; 16];
-        SessionId {
-            slot: u32::from_le_bytes([n + 1; 4]),
-            secret,
-        }
-    };
+    let real = |n: u8| session_id([n + 1; 16]);
     if n == 5 {
         SessionId {
             secret: [0xee; 16],
@@ -349,6 +345,8 @@ struct Model {
     backlog: Vec<Queued>,
     /// Leases granted, by window.
     granted: HashMap<u64, i64>,
+    /// Sessions this VM created while etcd was away (they count toward max_sessions).
+    created: u32,
 }
 
 impl Model {
@@ -367,7 +365,12 @@ impl Model {
         self.cache.insert(id.slot, (id, record));
     }
 
+    /// One write per key, the last (etcd refuses a transaction that names a key twice).
     fn queue(&mut self, write: Queued) {
+        let key = match &write {
+            Queued::Put(key, _) | Queued::Delete(key) => key.clone(),
+        };
+        self.backlog.retain(|q| !matches!(q, Queued::Put(k, _) | Queued::Delete(k) if *k == key));
         if self.backlog.len() < BACKLOG_LIMIT {
             self.backlog.push(write);
         }
@@ -385,8 +388,11 @@ fn fall_back(
     op: StoreOp,
 ) -> Answer {
     let now = op.now_ms();
-    let Next::Call(flight) = remote.begin(op.clone(), limits) else {
-        panic!("{op:?} needs a call");
+    let flight = match remote.begin(op.clone(), limits) {
+        Next::Call(flight) => flight,
+        // Answered without etcd (a reservation past max_sessions).
+        Next::Done(result) => return result.into(),
+        Next::Unavailable(op) => panic!("{op:?} unavailable before any call"),
     };
     let given = match remote.advance(flight, Reply::Failed(14), limits, now + 10 * TIMEOUT_MS) {
         Next::Unavailable(given) => given,
@@ -416,6 +422,7 @@ fn fallback_memory(input: &Fallback, idle_ms: u64) {
         shared: HashMap::new(),
         backlog: Vec::new(),
         granted: HashMap::new(),
+        created: 0,
     };
     let mut epoch = 1;
     let mut now = T0;
@@ -433,7 +440,7 @@ fn fallback_memory(input: &Fallback, idle_ms: u64) {
                     live_record(id.secret, now.saturating_sub(u64::from(seen_back_ms)));
                 record.identity = limits
                     .bind_identity
-                    .then(|| identity_digest(&id.secret, identity(who).as_deref()));
+                    .then(|| identity_digest(identity(who).as_deref()));
                 cache.put(epoch, id.slot, record.clone());
                 model.put(epoch, id, record);
             }
@@ -504,28 +511,54 @@ fn fallback_memory(input: &Fallback, idle_ms: u64) {
             } => {
                 let id = session(n, false);
                 let identity = identity(who);
-                let reserved = Record::pending(
-                    now.saturating_sub(100),
-                    id.secret,
-                    identity.as_deref(),
-                    limits.bind_identity,
-                );
-                let upstream_id = upstream.then(|| "upstream-1".to_owned());
-                let op = StoreOp::Activate {
-                    id,
-                    reserved: reserved.clone(),
-                    upstream_id: upstream_id.clone(),
+                // The session is written when it is reserved, before the upstream sees the
+                // initialize; while etcd is away this Envoy keeps it. An activation writes only
+                // what the answer taught: a stateful upstream's own ID.
+                let reserve = StoreOp::Reserve {
+                    secret: id.secret,
+                    identity: identity.clone(),
                     now_ms: now,
                 };
-                let got = fall_back(&remote, &mut cache, &shared, epoch, &limits, op);
+                let got = fall_back(&remote, &mut cache, &shared, epoch, &limits, reserve);
                 active = true;
-                assert_eq!(got, StoreResult::Done(true).into(), "activate {id:?}");
-                let mut live = reserved.activated(now, upstream_id.as_deref());
+                if model.created >= limits.max_sessions {
+                    assert_eq!(got, StoreResult::Reserved(None).into(), "max_sessions");
+                    continue;
+                }
+                model.created += 1;
+                let mut live = Record::pending(now, id.secret, identity.as_deref(), limits.bind_identity)
+                    .activated(now, None);
                 live.initialized = true;
+                let reserved = Reservation {
+                    id,
+                    record: live.clone(),
+                    expired: 0,
+                    from: Source::Hint,
+                };
+                assert_eq!(
+                    got,
+                    StoreResult::Reserved(Some(reserved)).into(),
+                    "reserve {id:?}"
+                );
                 let key = key(PREFIX, &id);
                 model.shared.insert(key.clone(), live.clone());
-                model.queue(Queued::Put(key, live.clone()));
+                model.queue(Queued::Put(key.clone(), live.clone()));
                 model.put(epoch, id, live.clone());
+                if upstream {
+                    let upstream_id = Some("upstream-1".to_owned());
+                    let op = StoreOp::Activate {
+                        id,
+                        reserved: live.clone(),
+                        upstream_id: upstream_id.clone(),
+                        now_ms: now,
+                    };
+                    let got = fall_back(&remote, &mut cache, &shared, epoch, &limits, op);
+                    assert_eq!(got, StoreResult::Done(true).into(), "activate {id:?}");
+                    live = live.activated(now, upstream_id.as_deref());
+                    model.shared.insert(key.clone(), live.clone());
+                    model.queue(Queued::Put(key, live.clone()));
+                    model.put(epoch, id, live.clone());
+                }
                 // Another worker of this Envoy, with nothing cached, finds it at once.
                 let mut other = SessionCache::new(4);
                 let lookup = StoreOp::Lookup {
@@ -787,7 +820,7 @@ fn watch(messages: &[WatchInput], idle_ms: u64) {
         let Some(watch_request::RequestUnion::Create(create)) = create.request_union else {
             panic!("a create request");
         };
-        let resume = if revision > 0 { revision + 1 } else { 0 };
+        let resume = if revision > 0 { revision.saturating_add(1) } else { 0 };
         assert_eq!(
             create.start_revision, resume,
             "resumes after revision {revision}"
