@@ -30,6 +30,8 @@ trap 'exit 130' INT TERM
 # shellcheck source=scripts/wait_ready.sh
 source "$root/scripts/wait_ready.sh"
 
+ports_free run 8000 9901 10000
+
 # shellcheck disable=SC2086 # DEMO_FLAGS is a list of flags
 .venv/bin/python tests/servers/demo_server.py --port 8000 $demo_flags &
 demo_pid=$!
