@@ -10,7 +10,8 @@ with a prefix of the test's own) in front of one demo MCP server. What is checke
   its own to each worker, opened before the DELETE, and printed);
 - a restarted Envoy still serves the sessions;
 - a follower, then the leader, killed: requests keep succeeding, only those in flight at the
-  kill may fail (and never with 404);
+  kill may fail (and never with 404), or on a machine so loaded that the members stayed
+  without a leader for most of a request's `timeout_ms`, that request;
 - every member down: 503 with Retry-After and a JSON-RPC error, never 404 (an `initialize`:
   refused, or its result replaced by the error as docs/OPERATIONS.md says); members back: the
   same Envoys serve the same sessions again;
@@ -49,6 +50,7 @@ from harness import (
     PROTOCOL_VERSION,
     REQUEST_TIMEOUT,
     Envoy,
+    HarnessError,
     Timed,
     initialize_body,
     log_problems,
@@ -608,11 +610,48 @@ class Traffic:
         assert not any(t.is_alive() for t in self.threads), "a client did not stop"
 
 
+# The kill test's store deadline (see there) and the part of it left for the call after an
+# election: a call is made again while a quarter of `timeout_ms` is left (docs/OPERATIONS.md).
+KILL_TIMEOUT_S = 2.0
+RIDES_OUT_S = 0.75 * KILL_TIMEOUT_S
+# What each client must have served while a member is down, and again after it is back.
+STEPS_PER_PHASE = 5
+
+
+@dataclass
+class Leaderless:
+    """When the members had no leader they all knew, as the client saw it (polling `etcdctl
+    endpoint status`): certainly until at least `until` (a poll sent then still found none),
+    and over by `over` (a poll answered then found one)."""
+
+    until: float
+    over: float
+
+
+def wait_for_a_leader(etcd: EtcdCluster, since: float, timeout: float = 30.0) -> Leaderless:
+    """Poll the running members' status from `since` until they all name the same running
+    member their leader. A poll that fails says nothing either way."""
+    until = since
+    while True:
+        sent = time.monotonic()
+        try:
+            statuses = etcd.status()
+        except HarnessError:
+            statuses = None
+        if statuses is not None:
+            leaders = {s["leader"] for s in statuses}
+            if len(leaders) == 1 and leaders <= {s["member_id"] for s in statuses}:
+                return Leaderless(until, time.monotonic())
+            until = sent
+        assert time.monotonic() - since < timeout, f"etcd: no leader {timeout}s after the kill\n{etcd.describe()}"
+        time.sleep(0.02)
+
+
 def test_killing_a_follower_then_the_leader(cluster_envoys: Callable[..., Pair], etcd: EtcdCluster) -> None:
     # A store call must outlast an election to ride through a leader change: with these members
     # (heartbeat 100 ms, election timeout 500 ms) a linearizable read waits up to ~1.1 s for
     # the new leader (0.7 s measured); 2 s leaves room for the filter's retry.
-    pair = cluster_envoys(timeout_ms=2000)
+    pair = cluster_envoys(timeout_ms=int(KILL_TIMEOUT_S * 1000))
     a, b = pair.a, pair.b
     sessions = [open_session(a.url()), open_session(b.url())]
 
@@ -639,39 +678,79 @@ def test_killing_a_follower_then_the_leader(cluster_envoys: Callable[..., Pair],
         return t.status == 204, t
 
     traffic = Traffic()
+    clients = ("a", "b", "churn")
     traffic.run("a", on_session(a, sessions[1]))  # minted on B
     traffic.run("b", on_session(b, sessions[0]))  # minted on A
     traffic.run("churn", churn)
+
+    def every_client_served(since: float) -> bool:
+        """Each client has served STEPS_PER_PHASE steps that it began after `since`."""
+        with traffic.lock:
+            served = [o.client for o in traffic.outcomes if o.served and o.sent >= since]
+        return all(served.count(c) >= STEPS_PER_PHASE for c in clients)
+
+    def phase(what: str, since: float, at_least: float) -> None:
+        """Traffic goes on for `at_least` seconds from `since`, and until every client has been
+        served steps begun after it: waited for, not assumed from a count per second (a loaded
+        machine serves fewer steps, each one proves as much)."""
+        wait_for(f"every client served {STEPS_PER_PHASE} steps {what}", lambda: every_client_served(since), 30)
+        time.sleep(max(0.0, since + at_least - time.monotonic()))
+
     kills: list[tuple[str, float, float]] = []
+    leaderless: Leaderless | None = None
     try:
-        time.sleep(0.5)
+        phase("before the kills", time.monotonic(), 0.5)
         follower = etcd.followers()[0]
         started = time.monotonic()
         etcd.kill(follower)
         kills.append((f"follower {follower.name}", started, time.monotonic()))
-        time.sleep(2.0)
+        phase("with a follower down", kills[-1][2], 2.0)
         etcd.restart(follower)
-        time.sleep(0.5)
+        phase("with the follower back", time.monotonic(), 0.5)
         leader = etcd.leader()
         started = time.monotonic()
         etcd.kill(leader)
         kills.append((f"leader {leader.name}", started, time.monotonic()))
-        time.sleep(3.0)
+        leaderless = wait_for_a_leader(etcd, kills[-1][2])
+        phase("with the leader down", kills[-1][2], 3.0)
         etcd.restart(leader)
-        time.sleep(0.5)
+        phase("with the old leader back", time.monotonic(), 0.5)
     finally:
         traffic.stop()
+    assert leaderless is not None
+
+    def in_flight_at_a_kill(o: Outcome) -> bool:
+        return any(o.sent <= done and o.done >= start for _, start, done in kills)
+
+    def outlasted_by_the_election(o: Outcome) -> bool:
+        """A store answer refused after the leader's kill, by a request during which the members
+        certainly stayed without a leader for longer than the filter's last call can wait
+        (`RIDES_OUT_S` after the request began): the election outlasted `timeout_ms`, which
+        happens only on a loaded machine (it took 0.5 s to 1 s here when idle, with a 500 ms
+        election timeout), and the promise is to ride out an election shorter than that. A
+        404 is never excused; nor is a request that began after the members had a leader."""
+        t = o.answer
+        return t is not None and t.status != 404 and t.sent >= kills[-1][2] and leaderless.until >= t.sent + RIDES_OUT_S
 
     failures = [o for o in traffic.outcomes if not o.served]
-    in_flight = [o for o in failures if any(o.sent <= done and o.done >= start for _, start, done in kills)]
     described = "\n".join(o.describe() for o in failures)
     assert not [o for o in failures if o.answer is not None and o.answer.status == 404], described
-    assert [o for o in failures if o not in in_flight] == [], f"failed, not in flight at a kill {kills}:\n{described}"
+    in_flight = [o for o in failures if in_flight_at_a_kill(o)]
+    excused = [o for o in failures if not in_flight_at_a_kill(o) and outlasted_by_the_election(o)]
+    unexcused = [o for o in failures if o not in in_flight and o not in excused]
+    assert unexcused == [], (
+        f"failed, not in flight at a kill {kills}, the members without a leader from the second kill "
+        f"until at least {leaderless.until:.3f} and at most {leaderless.over:.3f}:\n{described}"
+    )
     # At most the one step each client had in flight at each kill.
     assert len(in_flight) <= len(traffic.threads) * len(kills), described
     served = len(traffic.outcomes) - len(failures)
-    print(f"\n{served} steps served, {len(failures)} failed (in flight at {[k for k, _, _ in kills]})")
-    assert served > 50, f"only {served} steps served in ~7 s"
+    election = f"{leaderless.until - kills[-1][2]:.3f}s to {leaderless.over - kills[-1][2]:.3f}s"
+    print(
+        f"\n{served} steps served, {len(in_flight)} failed in flight at {[k for k, _, _ in kills]}, "
+        f"{len(excused)} during an election longer than {RIDES_OUT_S}s; without a leader from the "
+        f"leader's kill for {election}"
+    )
     for envoy in (a, b):
         for session in sessions:
             t = add(envoy, session)
