@@ -1,6 +1,7 @@
 #![no_main]
 //! `record::Record::encode` then `decode` is the identity for every record the filter stores
-//! (an upstream session ID of 1 to 255 bytes, or none).
+//! (an upstream session ID of 1 to 255 bytes, or none; an upstream host, the optional
+//! affinity tail, of 1 to 255 bytes, or none).
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use mcp_session_core::record::{Record, State, MAX_UPSTREAM_ID};
@@ -14,13 +15,17 @@ struct Fields {
     last_seen_ms: u64,
     identity: Option<[u8; 16]>,
     upstream_id: Option<String>,
+    upstream_host: Option<String>,
+}
+
+/// What a record can hold: 1 to MAX_UPSTREAM_ID bytes (its length is one byte, and an empty
+/// one is written as none).
+fn storable(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty() && s.len() <= MAX_UPSTREAM_ID)
 }
 
 fuzz_target!(|f: Fields| {
     let state = if f.live { State::Live } else { State::Pending };
-    let upstream_id = f
-        .upstream_id
-        .filter(|u| !u.is_empty() && u.len() <= MAX_UPSTREAM_ID);
     let record = Record {
         state,
         initialized: f.initialized,
@@ -28,12 +33,13 @@ fuzz_target!(|f: Fields| {
         created_ms: f.created_ms,
         last_seen_ms: f.last_seen_ms,
         identity: f.identity,
-        upstream_id,
-        upstream_host: None,
+        upstream_id: storable(f.upstream_id),
+        upstream_host: storable(f.upstream_host),
     };
     let bytes = record.encode();
-    let extra =
-        record.identity.map_or(0, |d| d.len()) + record.upstream_id.as_ref().map_or(0, String::len);
+    let extra = record.identity.map_or(0, |d| d.len())
+        + record.upstream_id.as_ref().map_or(0, String::len)
+        + record.upstream_host.as_ref().map_or(0, |h| 1 + h.len());
     assert_eq!(bytes.len(), 36 + extra);
     assert_eq!(Record::decode(&bytes), Some(record));
 });

@@ -322,7 +322,8 @@ class EtcdCluster:
 
     def status(self) -> list[dict[str, Any]]:
         """`etcdctl endpoint status` of every running member: [{member, member_id, leader,
-        revision, raft_term}]."""
+        revision, raft_term}]; leader 0 when the member knows of none (during an election: the
+        JSON then leaves the field out, as protobuf's JSON does with zeros)."""
         out = []
         for entry in json.loads(self.etcdctl("endpoint", "status", "-w", "json").stdout):
             status = entry["Status"]
@@ -330,7 +331,7 @@ class EtcdCluster:
                 {
                     "member": self.by_endpoint(entry["Endpoint"]),
                     "member_id": status["header"]["member_id"],
-                    "leader": status["leader"],
+                    "leader": status.get("leader", 0),
                     "revision": status["header"]["revision"],
                     "raft_term": status["raftTerm"],
                 }

@@ -578,12 +578,19 @@ def timed_request(
     path: str = MCP_PATH,
     headers: Mapping[str, str] | None = None,
     timeout: float = REQUEST_TIMEOUT,
+    connection: http.client.HTTPConnection | None = None,
 ) -> Timed:
     """One request on a fresh connection to 127.0.0.1:`port` with the standard library's
     http.client: a few hundred microseconds of client work (an httpx client costs far more to
     build), so load and timing tests measure Envoy, not the client. `body` is JSON-encoded;
-    `protocol_version` is sent with a session only."""
-    h = {"accept": ACCEPT_BOTH, "connection": "close"}
+    `protocol_version` is sent with a session only.
+
+    `connection`: send it on this open connection instead and leave it open (keep-alive), so
+    `sent` .. `received` holds no connection setup and the request reaches the worker that
+    accepted that connection (`port` is then unused)."""
+    h = {"accept": ACCEPT_BOTH}
+    if connection is None:
+        h["connection"] = "close"
     payload = None
     if body is not None:
         payload = json.dumps(body).encode()
@@ -594,7 +601,7 @@ def timed_request(
             h["mcp-protocol-version"] = protocol_version
     h.update(headers or {})
     sent = time.monotonic()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, body=payload, headers=h)
         response = conn.getresponse()
@@ -602,7 +609,8 @@ def timed_request(
         got = {k.lower(): v for k, v in response.getheaders()}
         return Timed(response.status, got, data, sent, time.monotonic())
     finally:
-        conn.close()
+        if connection is None:
+            conn.close()
 
 
 def post(url: str, body: Any = None, **kwargs: Any) -> httpx.Response:

@@ -6,10 +6,12 @@ with a prefix of the test's own) in front of one demo MCP server. What is checke
 
 - a session minted on A is served by B, on both of B's workers, and the reverse, handshake
   state included;
-- a DELETE on B ends the session on A within 1 s (measured and printed);
+- a DELETE on B ends the session on every worker of A within 1 s (measured on a connection of
+  its own to each worker, opened before the DELETE, and printed);
 - a restarted Envoy still serves the sessions;
 - a follower, then the leader, killed: requests keep succeeding, only those in flight at the
-  kill may fail (and never with 404);
+  kill may fail (and never with 404), or on a machine so loaded that the members stayed
+  without a leader for most of a request's `timeout_ms`, that request;
 - every member down: 503 with Retry-After and a JSON-RPC error, never 404 (an `initialize`:
   refused, or its result replaced by the error as docs/OPERATIONS.md says); members back: the
   same Envoys serve the same sessions again;
@@ -33,6 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,9 @@ from sdk_client import run_sdk_session
 from harness import (
     INITIALIZED,
     PROTOCOL_VERSION,
+    REQUEST_TIMEOUT,
     Envoy,
+    HarnessError,
     Timed,
     initialize_body,
     log_problems,
@@ -72,7 +77,11 @@ STORE_STATS = (
     "rejected.unavailable",
 )
 
-# The promise: a DELETE answered by one Envoy is honoured by every Envoy within this.
+# The promise: a DELETE answered by one Envoy is honoured by every Envoy within this. Measured
+# from the DELETE's answer to each worker's first 404, on connections opened before the DELETE
+# (`Workers`): the interval holds the watch's news and one request on an open connection, no
+# connection setup and no accept queue, so a loaded machine (milliseconds per request) keeps
+# it; a worker that kept serving the session for most of a second would not.
 PROPAGATION_LIMIT = 1.0
 NOT_FOUND = (404, -32001, "Session not found")
 NOT_INITIALIZED = (400, -32000, "Bad Request: Session not initialized: send notifications/initialized first")
@@ -148,9 +157,13 @@ def pair(cluster_envoys: Callable[..., Pair]) -> Pair:
 # --------------------------------------------------------------------------- helpers
 
 
-def add(envoy: Envoy, session: str, a: int = 2, b: int = 3) -> Timed:
-    """tools/call add on a fresh connection (so requests spread over the workers)."""
-    return timed_request(envoy.port, "POST", tool_call("add", {"a": a, "b": b}, request_id=a), session=session)
+def add(
+    envoy: Envoy, session: str, a: int = 2, b: int = 3, connection: http.client.HTTPConnection | None = None
+) -> Timed:
+    """tools/call add on a fresh connection (so requests spread over the workers), or on
+    `connection` (one worker's, see `Workers`)."""
+    body = tool_call("add", {"a": a, "b": b}, request_id=a)
+    return timed_request(envoy.port, "POST", body, session=session, connection=connection)
 
 
 def added(t: Timed, a: int = 2, b: int = 3) -> bool:
@@ -244,28 +257,101 @@ def warm(envoy: Envoy, session: str, count: int = 6) -> None:
         assert added(t, i, 1), show(t)
 
 
-def time_until_not_found(envoy: Envoy, session: str, since: float, limit: float, streak: int = 10) -> float:
-    """Poll `envoy` with the session (a fresh connection each time, so every worker answers)
-    until `streak` answers in a row are 404; the time from `since` to the end of the first of
-    them: an upper bound of when the last worker of the Envoy learnt of the end. Each worker has
-    its own watch, so one may answer 404 a few milliseconds before another. Fails past 2 × limit."""
-    first = None
-    seen = 0
-    while True:
-        t = add(envoy, session)
-        if is_not_found(t):
-            if first is None:
-                first = t.received
-            seen += 1
-            if seen >= streak:
-                return first - since
-            continue
-        assert added(t), f"neither served nor 404: {show(t)}"
-        first, seen = None, 0
-        if t.received - since > 2 * limit:
-            raise AssertionError(
-                f"{envoy.name} still served the session {t.received - since:.3f}s after the DELETE; {store_state(envoy)}"
-            )
+class Workers:
+    """One open (keep-alive) connection to each worker of an Envoy, so a test can ask a given
+    worker, and time it, without connection setup in the interval.
+
+    Which worker accepted a connection: the one whose `downstream_cx_total` moved (the kernel
+    spreads new connections over the workers' listening sockets, so a few tries find them all).
+    Only for an Envoy nobody else connects to while this runs."""
+
+    def __init__(self, envoy: Envoy, tries: int = 64) -> None:
+        self.envoy = envoy
+        self.connections: dict[str, http.client.HTTPConnection] = {}
+        counts = envoy.worker_connections()
+        for _ in range(tries):
+            conn = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=REQUEST_TIMEOUT)
+            conn.connect()
+
+            def accepted(before: dict[str, int] = counts) -> tuple[dict[str, int], list[str]] | None:
+                now = envoy.worker_connections()
+                moved = [w for w in now if now[w] > before.get(w, 0)]
+                return (now, moved) if moved else None
+
+            counts, moved = wait_for(f"{envoy.name}: the connection counted by a worker", accepted, 10)
+            assert len(moved) == 1, f"another client connected to {envoy.name}: {moved}"
+            if moved[0] in self.connections:
+                conn.close()
+            else:
+                self.connections[moved[0]] = conn
+            if len(self.connections) == envoy.concurrency:
+                return
+        self.close()
+        raise AssertionError(f"{envoy.name}: not every worker took one of {tries} connections")
+
+    def add(self, worker: str, session: str, a: int = 2, b: int = 3) -> Timed:
+        """tools/call add on that worker's connection, which must still be the one it accepted
+        (a new one would land on any worker, and time a connection setup). Envoy may close it
+        after a 404 (the filter's comes before the request's body was read)."""
+        conn = self.connections[worker]
+        sock = conn.sock
+        assert sock is not None, f"{self.envoy.name} {worker}: the connection was closed"
+        t = add(self.envoy, session, a, b, connection=conn)
+        assert conn.sock is sock or t.status == 404, f"{self.envoy.name} {worker} closed the connection: {show(t)}"
+        return t
+
+    def warm(self, session: str) -> None:
+        """Every worker serves the session once, so every worker's cache holds it."""
+        for worker in self.connections:
+            t = self.add(worker, session, 1, 1)
+            assert added(t, 1, 1), f"{self.envoy.name} {worker}: {show(t)}"
+
+    def until_not_found(
+        self, session: str, since: float, limit: float, *, upstream_404: bool = False
+    ) -> dict[str, float]:
+        """Ask every worker at once, each on its connection, back to back, until it answers 404
+        (which may end that connection); by worker, the time from `since` (when the client had
+        the DELETE's answer) to the arrival of that 404: an upper bound of when the worker
+        honoured the end. A worker still serving the session 2 × limit after `since` fails.
+        (That it stays ended: `assert_stays_not_found`, on new connections.)
+
+        `upstream_404`: the upstream is stateful, so a worker that has not heard of the end yet
+        sends the request on with the upstream's own session ID, which the DELETE ended there
+        too: the upstream's 404 comes back through the filter, which ends its own session as
+        well (docs/OPERATIONS.md). That 404 also tells the client the session is gone."""
+
+        def ended(t: Timed) -> bool:
+            return is_not_found(t) or (upstream_404 and t.status == 404 and rejection(t) is not None)
+
+        def one(worker: str) -> float:
+            while True:
+                t = self.add(worker, session)
+                if ended(t):
+                    return t.received - since
+                assert added(t), f"{self.envoy.name} {worker}: neither served nor 404: {show(t)}"
+                assert t.sent - since < 2 * limit, (
+                    f"{self.envoy.name} {worker} still served the session {t.sent - since:.3f}s after the "
+                    f"DELETE; {store_state(self.envoy)}"
+                )
+
+        workers = list(self.connections)
+        with ThreadPoolExecutor(len(workers)) as pool:
+            return dict(zip(workers, pool.map(one, workers)))
+
+    def close(self) -> None:
+        for conn in self.connections.values():
+            conn.close()
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def slowest(times: dict[str, float]) -> float:
+    """When the last worker of an Envoy honoured the end (upper bound)."""
+    return max(times.values())
 
 
 def assert_stays_not_found(envoy: Envoy, session: str, count: int = 10) -> None:
@@ -429,10 +515,14 @@ def test_a_stateful_upstreams_session_is_mapped_on_every_envoy(cluster_envoys: C
         t = add(envoy, session, 4, 5)
         assert added(t, 4, 5), f"{envoy.name}: {show(t)}"
         assert t.headers.get("mcp-session-id") in (None, session), "never the upstream's ID"
-    assert delete(b, session).status in (200, 204)
-    # A learns of it through its watch within milliseconds (a request before that reaches the
-    # upstream, whose own 404 for its ended session ends ours too).
-    wait_for("A answers 404", lambda: is_not_found(add(a, session)), PROPAGATION_LIMIT)
+    with Workers(a) as workers:
+        deleted = delete(b, session)
+        assert deleted.status in (200, 204), show(deleted)
+        # A learns of it through its watch within milliseconds (a request before that reaches
+        # the upstream, whose own 404 for its ended session ends ours too).
+        times = workers.until_not_found(session, deleted.received, PROPAGATION_LIMIT, upstream_404=True)
+    assert slowest(times) < PROPAGATION_LIMIT, times
+    assert_stays_not_found(a, session)
 
 
 def test_a_delete_on_one_envoy_ends_the_session_everywhere_within_a_second(pair: Pair, record_property) -> None:
@@ -440,15 +530,16 @@ def test_a_delete_on_one_envoy_ends_the_session_everywhere_within_a_second(pair:
     times = []
     for _ in range(3):
         session = open_session(a.url())
-        warm(a, session)  # both of A's workers hold it in their caches
         warm(b, session, 2)
-        deleted = delete(b, session)
-        assert deleted.status == 204, show(deleted)
-        times.append(time_until_not_found(a, session, deleted.received, PROPAGATION_LIMIT))
+        with Workers(a) as workers:
+            workers.warm(session)  # both of A's workers hold it in their caches
+            deleted = delete(b, session)
+            assert deleted.status == 204, show(deleted)
+            times.append(slowest(workers.until_not_found(session, deleted.received, PROPAGATION_LIMIT)))
         assert_stays_not_found(a, session)  # on every worker, and it stays so
         assert_stays_not_found(b, session, 3)
     record_property("delete_propagation_seconds", times)
-    print(f"\nDELETE on B -> 404 on A after: {', '.join(f'{t * 1000:.1f} ms' for t in times)}")
+    print(f"\nDELETE on B -> 404 on every worker of A after: {', '.join(f'{t * 1000:.1f} ms' for t in times)}")
     assert max(times) < PROPAGATION_LIMIT, times
 
 
@@ -466,10 +557,13 @@ def test_sessions_survive_an_envoy_restart(pair: Pair) -> None:
     t = add(a, session, 5, 6)
     assert added(t, 5, 6), show(t)
     # The restarted A ends it for B as well.
-    deleted = delete(a, session)
-    assert deleted.status == 204, show(deleted)
-    elapsed = time_until_not_found(b, session, deleted.received, PROPAGATION_LIMIT)
-    assert elapsed < PROPAGATION_LIMIT, elapsed
+    with Workers(b) as workers:
+        workers.warm(session)
+        deleted = delete(a, session)
+        assert deleted.status == 204, show(deleted)
+        times = workers.until_not_found(session, deleted.received, PROPAGATION_LIMIT)
+    assert slowest(times) < PROPAGATION_LIMIT, times
+    assert_stays_not_found(b, session)
 
 
 # --------------------------------------------------------------------------- etcd failures
@@ -526,11 +620,48 @@ class Traffic:
         assert not any(t.is_alive() for t in self.threads), "a client did not stop"
 
 
+# The kill test's store deadline (see there) and the part of it left for the call after an
+# election: a call is made again while a quarter of `timeout_ms` is left (docs/OPERATIONS.md).
+KILL_TIMEOUT_S = 2.0
+RIDES_OUT_S = 0.75 * KILL_TIMEOUT_S
+# What each client must have served while a member is down, and again after it is back.
+STEPS_PER_PHASE = 5
+
+
+@dataclass
+class Leaderless:
+    """When the members had no leader they all knew, as the client saw it (polling `etcdctl
+    endpoint status`): certainly until at least `until` (a poll sent then still found none),
+    and over by `over` (a poll answered then found one)."""
+
+    until: float
+    over: float
+
+
+def wait_for_a_leader(etcd: EtcdCluster, since: float, timeout: float = 30.0) -> Leaderless:
+    """Poll the running members' status from `since` until they all name the same running
+    member their leader. A poll that fails says nothing either way."""
+    until = since
+    while True:
+        sent = time.monotonic()
+        try:
+            statuses = etcd.status()
+        except HarnessError:
+            statuses = None
+        if statuses is not None:
+            leaders = {s["leader"] for s in statuses}
+            if len(leaders) == 1 and leaders <= {s["member_id"] for s in statuses}:
+                return Leaderless(until, time.monotonic())
+            until = sent
+        assert time.monotonic() - since < timeout, f"etcd: no leader {timeout}s after the kill\n{etcd.describe()}"
+        time.sleep(0.02)
+
+
 def test_killing_a_follower_then_the_leader(cluster_envoys: Callable[..., Pair], etcd: EtcdCluster) -> None:
     # A store call must outlast an election to ride through a leader change: with these members
     # (heartbeat 100 ms, election timeout 500 ms) a linearizable read waits up to ~1.1 s for
     # the new leader (0.7 s measured); 2 s leaves room for the filter's retry.
-    pair = cluster_envoys(timeout_ms=2000)
+    pair = cluster_envoys(timeout_ms=int(KILL_TIMEOUT_S * 1000))
     a, b = pair.a, pair.b
     sessions = [open_session(a.url()), open_session(b.url())]
 
@@ -557,39 +688,79 @@ def test_killing_a_follower_then_the_leader(cluster_envoys: Callable[..., Pair],
         return t.status == 204, t
 
     traffic = Traffic()
+    clients = ("a", "b", "churn")
     traffic.run("a", on_session(a, sessions[1]))  # minted on B
     traffic.run("b", on_session(b, sessions[0]))  # minted on A
     traffic.run("churn", churn)
+
+    def every_client_served(since: float) -> bool:
+        """Each client has served STEPS_PER_PHASE steps that it began after `since`."""
+        with traffic.lock:
+            served = [o.client for o in traffic.outcomes if o.served and o.sent >= since]
+        return all(served.count(c) >= STEPS_PER_PHASE for c in clients)
+
+    def phase(what: str, since: float, at_least: float) -> None:
+        """Traffic goes on for `at_least` seconds from `since`, and until every client has been
+        served steps begun after it: waited for, not assumed from a count per second (a loaded
+        machine serves fewer steps, each one proves as much)."""
+        wait_for(f"every client served {STEPS_PER_PHASE} steps {what}", lambda: every_client_served(since), 30)
+        time.sleep(max(0.0, since + at_least - time.monotonic()))
+
     kills: list[tuple[str, float, float]] = []
+    leaderless: Leaderless | None = None
     try:
-        time.sleep(0.5)
+        phase("before the kills", time.monotonic(), 0.5)
         follower = etcd.followers()[0]
         started = time.monotonic()
         etcd.kill(follower)
         kills.append((f"follower {follower.name}", started, time.monotonic()))
-        time.sleep(2.0)
+        phase("with a follower down", kills[-1][2], 2.0)
         etcd.restart(follower)
-        time.sleep(0.5)
+        phase("with the follower back", time.monotonic(), 0.5)
         leader = etcd.leader()
         started = time.monotonic()
         etcd.kill(leader)
         kills.append((f"leader {leader.name}", started, time.monotonic()))
-        time.sleep(3.0)
+        leaderless = wait_for_a_leader(etcd, kills[-1][2])
+        phase("with the leader down", kills[-1][2], 3.0)
         etcd.restart(leader)
-        time.sleep(0.5)
+        phase("with the old leader back", time.monotonic(), 0.5)
     finally:
         traffic.stop()
+    assert leaderless is not None
+
+    def in_flight_at_a_kill(o: Outcome) -> bool:
+        return any(o.sent <= done and o.done >= start for _, start, done in kills)
+
+    def outlasted_by_the_election(o: Outcome) -> bool:
+        """A store answer refused after the leader's kill, by a request during which the members
+        certainly stayed without a leader for longer than the filter's last call can wait
+        (`RIDES_OUT_S` after the request began): the election outlasted `timeout_ms`, which
+        happens only on a loaded machine (it took 0.5 s to 1 s here when idle, with a 500 ms
+        election timeout), and the promise is to ride out an election shorter than that. A
+        404 is never excused; nor is a request that began after the members had a leader."""
+        t = o.answer
+        return t is not None and t.status != 404 and t.sent >= kills[-1][2] and leaderless.until >= t.sent + RIDES_OUT_S
 
     failures = [o for o in traffic.outcomes if not o.served]
-    in_flight = [o for o in failures if any(o.sent <= done and o.done >= start for _, start, done in kills)]
     described = "\n".join(o.describe() for o in failures)
     assert not [o for o in failures if o.answer is not None and o.answer.status == 404], described
-    assert [o for o in failures if o not in in_flight] == [], f"failed, not in flight at a kill {kills}:\n{described}"
+    in_flight = [o for o in failures if in_flight_at_a_kill(o)]
+    excused = [o for o in failures if not in_flight_at_a_kill(o) and outlasted_by_the_election(o)]
+    unexcused = [o for o in failures if o not in in_flight and o not in excused]
+    assert unexcused == [], (
+        f"failed, not in flight at a kill {kills}, the members without a leader from the second kill "
+        f"until at least {leaderless.until:.3f} and at most {leaderless.over:.3f}:\n{described}"
+    )
     # At most the one step each client had in flight at each kill.
     assert len(in_flight) <= len(traffic.threads) * len(kills), described
     served = len(traffic.outcomes) - len(failures)
-    print(f"\n{served} steps served, {len(failures)} failed (in flight at {[k for k, _, _ in kills]})")
-    assert served > 50, f"only {served} steps served in ~7 s"
+    election = f"{leaderless.until - kills[-1][2]:.3f}s to {leaderless.over - kills[-1][2]:.3f}s"
+    print(
+        f"\n{served} steps served, {len(in_flight)} failed in flight at {[k for k, _, _ in kills]}, "
+        f"{len(excused)} during an election longer than {RIDES_OUT_S}s; without a leader from the "
+        f"leader's kill for {election}"
+    )
     for envoy in (a, b):
         for session in sessions:
             t = add(envoy, session)
@@ -696,8 +867,12 @@ def test_with_unavailable_local_an_envoy_keeps_serving_from_its_memory(
     wait_for("B serves the session minted during the outage", lambda: added(add(b, minted)), 10)
     assert len(etcd.kvs(pair.prefix)) >= 2
     # And a DELETE made after the recovery ends it on A too.
-    assert delete(b, minted).status == 204
-    assert time_until_not_found(a, minted, time.monotonic(), PROPAGATION_LIMIT) < PROPAGATION_LIMIT
+    with Workers(a) as workers:
+        deleted = delete(b, minted)
+        assert deleted.status == 204, show(deleted)
+        times = workers.until_not_found(minted, deleted.received, PROPAGATION_LIMIT)
+    assert slowest(times) < PROPAGATION_LIMIT, times
+    assert_stays_not_found(a, minted)
 
 
 def test_a_delete_is_honoured_after_a_compaction(pair: Pair, etcd: EtcdCluster) -> None:
@@ -732,12 +907,12 @@ def test_a_delete_is_honoured_after_a_compaction(pair: Pair, etcd: EtcdCluster) 
 def assert_a_delete_on_b_reaches_a(a: Envoy, b: Envoy, session: str) -> None:
     """A serves the session; a DELETE on B ends it on every worker of A within the limit, and
     for good."""
-    t = add(a, session)
-    assert added(t), show(t)
-    deleted = delete(b, session)
-    assert deleted.status == 204, show(deleted)
-    elapsed = time_until_not_found(a, session, deleted.received, PROPAGATION_LIMIT)
-    assert elapsed < PROPAGATION_LIMIT, elapsed
+    with Workers(a) as workers:
+        workers.warm(session)
+        deleted = delete(b, session)
+        assert deleted.status == 204, show(deleted)
+        times = workers.until_not_found(session, deleted.received, PROPAGATION_LIMIT)
+    assert slowest(times) < PROPAGATION_LIMIT, times
     assert_stays_not_found(a, session)
 
 

@@ -8,10 +8,24 @@ from __future__ import annotations
 
 import time
 
-from harness import PROTOCOL_VERSION, assert_rejection, describe, open_session, post, rpc, stats_changes
+from harness import (
+    INITIALIZED,
+    PROTOCOL_VERSION,
+    SESSION_ID_RE,
+    assert_rejection,
+    describe,
+    initialize_body,
+    open_session,
+    post,
+    rpc,
+    stats_changes,
+    timed_request,
+)
 
 IDLE = {"paths": ["/mcp"], "idle_timeout_seconds": 2}
-LIFETIME = {"paths": ["/mcp"], "idle_timeout_seconds": 60, "max_lifetime_seconds": 3}
+LIFETIME_S = 3
+LIFETIME = {"paths": ["/mcp"], "idle_timeout_seconds": 60, "max_lifetime_seconds": LIFETIME_S}
+CLOCK_SLACK_S = 0.01  # Envoy's wall clock in ms against our monotonic clock
 
 
 def _list(envoy, session):
@@ -53,14 +67,29 @@ def test_sweep_reclaims_an_expired_session_without_any_request(envoy_for) -> Non
 
 
 def test_max_lifetime_ends_a_busy_session(envoy_for) -> None:
+    """Busy all through its lifetime, refused after it. The lifetime counts from the moment
+    the filter minted the session, somewhere inside the `initialize` the client timed: each
+    use is judged from that interval (a loaded machine may take long over the `initialize`;
+    a clock started before it would then probe too early)."""
     envoy = envoy_for("json", LIFETIME)
-    start = time.monotonic()
-    session = open_session(envoy.url())
-    while time.monotonic() - start < 2.5:  # busy, far from idle, within its lifetime
-        response = _list(envoy, session)
-        assert response.status_code == 200, describe(response)
+    port = envoy.port
+    init = timed_request(port, "POST", initialize_body())
+    session = init.headers.get("mcp-session-id", "")
+    assert init.status == 200 and SESSION_ID_RE.match(session), (init.status, init.body)
+    ack = timed_request(port, "POST", INITIALIZED, session=session)
+    assert ack.status == 202, (ack.status, ack.body)
+    last_use = None
+    while time.monotonic() - init.received < LIFETIME_S - 0.5:  # busy, far from idle
+        use = timed_request(port, "POST", rpc("tools/list", 1), session=session)
+        # Answered less than the lifetime after the `initialize` was sent: certainly within it.
+        if use.received - init.sent < LIFETIME_S - CLOCK_SLACK_S:
+            assert use.status == 200, (use.status, use.body)
+            last_use = use
         time.sleep(0.25)
-    time.sleep(max(0.0, 3.3 - (time.monotonic() - start)))
+    # Used (and so touched) in the last second of its lifetime, certainly: it must still end.
+    assert last_use is not None and last_use.sent > init.received + LIFETIME_S - 1.0, "the machine stalled the uses"
+    # Sent more than the lifetime after the `initialize` was answered: certainly past it.
+    time.sleep(max(0.0, init.received + LIFETIME_S + 0.3 - time.monotonic()))
     before = envoy.stats()
     gone = _list(envoy, session)
     assert_rejection(gone, 404, -32001, "Session not found")

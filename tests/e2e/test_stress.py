@@ -270,7 +270,13 @@ def test_hundreds_of_clients_open_use_and_delete_sessions_on_four_workers(workdi
 
     fresh = parallel(open_new, list(range(REUSE_SESSIONS)))
     old_slots = {s.slot for s in sessions}
-    assert {s.slot for s in fresh} <= old_slots, "a new session did not reuse a free slot"
+    # Most take a freed slot. Not necessarily all: a worker pops freed slots from the shared
+    # hint in batches, another worker's probe may claim them first, and after 4 such stale
+    # entries the initialize takes a fresh slot of its worker's pool instead (docs/DESIGN.md,
+    # "Claim a slot"); how often depends on how the workers interleave, which a loaded machine
+    # changes (one run: 49 of 50 reused). The old IDs are then rechecked whatever their slot.
+    reused = [s for s in fresh if s.slot in old_slots]
+    assert len(reused) > REUSE_SESSIONS // 2, f"only {len(reused)} of {REUSE_SESSIONS} new sessions reused a slot"
     assert not (problems := recheck(envoy.port, sessions)), "\n".join(problems[:20])
 
     def use_and_delete(session: Session) -> list[str]:
@@ -286,7 +292,10 @@ def test_hundreds_of_clients_open_use_and_delete_sessions_on_four_workers(workdi
     assert stats["created"] == stats["terminated"] + stats["expired"] == total, stats
     assert stats["live"] == 0, stats
     assert stats["rejected.unknown"] == CLIENTS + CLIENTS + REUSE_SESSIONS, stats
-    print(f"{CLIENTS} clients x {CALLS_PER_SESSION + 4} requests in {elapsed:.1f}s; workers {connections}")
+    print(
+        f"{CLIENTS} clients x {CALLS_PER_SESSION + 4} requests in {elapsed:.1f}s; workers {connections}; "
+        f"{len(reused)} of {REUSE_SESSIONS} new sessions in freed slots"
+    )
 
 
 # --------------------------------------------------------------------------- expiry under load
@@ -310,6 +319,14 @@ class Oracle:
         self.definite_success = 0
         self.definite_expired = 0
         self.uncertain = 0
+        self.served_for_certain: set[int] = set()  # id() of the exchanges judged definite successes
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "definite_success": self.definite_success,
+            "definite_expired": self.definite_expired,
+            "uncertain": self.uncertain,
+        }
 
     def judge(self, session: Session) -> list[str]:
         problems = []
@@ -329,6 +346,7 @@ class Oracle:
                     problems.append(f"valid {surely_idle:.3f}s after its last use: {where}")
             elif at_most_idle < self.idle - CLOCK_SLACK_S:
                 self.definite_success += 1
+                self.served_for_certain.add(id(x))
                 if not is_success(x):
                     problems.append(f"refused at most {at_most_idle:.3f}s after its last use: {where}")
             else:
@@ -421,11 +439,26 @@ def test_sessions_expire_while_in_use_and_only_when_idle(workdir, envoys, upstre
     assert not problems, f"{len(problems)} wrong answers:\n" + "\n".join(problems[:20])
     opened = [s for s in sessions if s.opened.what == "initialize"]
     assert len({s.id for s in opened}) == len(opened), "two initializes got the same session ID"
-    # The pausers' returns are certain expiries; most keeper and sharer calls are certain
-    # successes (a machine too loaded to tell is a failure to test, not a pass).
-    assert oracle.definite_expired >= pausers, vars(oracle)
-    steady_calls = sum(len(s.exchanges) for c in clients[: keepers + sharers] for s in c.sessions)
-    assert oracle.definite_success >= steady_calls // 2, vars(oracle)
+    # The pausers' returns are certain expiries (each waits IDLE_S + 0.3 s from its last answer,
+    # whatever the load). And every keeper and sharer proved, at least once, that use keeps a
+    # session: a call that began certainly more than the idle timeout after the session was
+    # opened, and was served when it had certainly been used less than the timeout before
+    # (a machine too loaded to tell is a failure to test, not a pass). Not "half of all their
+    # calls certain", as before: each call is certain only if it and the one before it took
+    # less than ~1.7 s in all, which ~90 threads on a loaded 2-core machine need not keep for
+    # half of them; one such call in each client's last second is what a loaded machine keeps.
+    assert oracle.definite_expired >= pausers, oracle.counts()
+
+    def kept_alive_by_use(session: Session) -> bool:
+        return any(
+            id(x) in oracle.served_for_certain and x.sent - session.opened.received >= IDLE_S + CLOCK_SLACK_S
+            for x in session.exchanges
+        )
+
+    steady = [s for c in clients[: keepers + sharers] for s in c.sessions]
+    assert len(steady) == keepers + sharers, len(steady)
+    unproven = [s.slot for s in steady if not kept_alive_by_use(s)]
+    assert not unproven, f"never certainly served past the idle timeout: {unproven}; {oracle.counts()}"
 
     # Every session not deleted ends by expiry: the sweep (or a new session taking its slot)
     # reclaims it within the timeout plus a sweep period or two.
@@ -441,5 +474,5 @@ def test_sessions_expire_while_in_use_and_only_when_idle(workdir, envoys, upstre
     assert envoy.stats()["rejected.unknown"] == refused + len(opened)
     print(
         f"{len(opened)} sessions, {deleted} deleted, {len(opened) - deleted} expired; "
-        f"oracle: {vars(oracle)}"
+        f"oracle: {oracle.counts()}"
     )
