@@ -270,7 +270,7 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
         Some(Target::Identity(identity)) => Some(identity.digest_hex()?),
         _ => None,
     };
-    let etcd = Etcd::connect(endpoints, timeout, &prefix).await?;
+    let etcd = Etcd::connect(&endpoints, timeout, &prefix).await?;
     match (&cli.command, target, digest) {
         (Command::List, _, _) => {
             let snapshot = etcd.snapshot(etcd.prefix()).await?;
@@ -327,9 +327,14 @@ async fn revoke_handle(etcd: &Etcd, handle: &str, json: bool) -> Result<String, 
             pretty(&json!({"revoked": [session.handle], "identity": session.identity}))
         } else {
             format!(
-                "revoked session {} (identity {}, opened {} ago)\n",
+                "revoked session {} ({}, opened {} ago)\n",
                 session.handle,
-                session.identity.as_deref().unwrap_or("-"),
+                session
+                    .identity
+                    .as_deref()
+                    .map_or("bound to no identity".to_owned(), |d| format!(
+                        "identity {d}"
+                    )),
                 view::span(now_ms().saturating_sub(session.created_ms)),
             )
         }),

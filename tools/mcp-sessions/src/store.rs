@@ -4,6 +4,7 @@
 use crate::view::{NotASession, Session};
 use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
 use mcp_session_core::store::etcd::range_end;
+use std::cell::Cell;
 use std::future::Future;
 use std::net::ToSocketAddrs;
 use std::time::Duration;
@@ -25,12 +26,30 @@ impl std::fmt::Display for EtcdError {
     }
 }
 
-/// The connection: the endpoints, each call's deadline, the key prefix.
-pub struct Etcd {
+/// One endpoint's client.
+struct Member {
+    /// `host:port`.
+    name: String,
     kv: KvClient,
-    endpoints: Vec<String>,
+}
+
+/// The connection: a client per endpoint (a call goes to the one that answered last, and on
+/// to the next when it cannot be reached), each call's deadline, the key prefix.
+pub struct Etcd {
+    members: Vec<Member>,
+    current: Cell<usize>,
     timeout: Duration,
     prefix: Vec<u8>,
+}
+
+/// How one call to one endpoint failed.
+enum Attempt {
+    /// Not reached, or it has no leader: the call was not carried out; the next may answer.
+    Unreachable(String),
+    /// No answer in time: a read can go to the next; a write may have been applied.
+    Timeout(String),
+    /// etcd answered with an error: no other member would answer otherwise.
+    Refused(String),
 }
 
 /// Every session under the prefix at one revision, and the keys that were not sessions.
@@ -88,49 +107,99 @@ impl IdentityRevoke {
 }
 
 impl Etcd {
-    /// A client for `endpoints` (URLs), each call bounded by `timeout`, reading `prefix`.
+    /// Clients for `endpoints` (URLs), each call bounded by `timeout`, reading `prefix`. Nothing
+    /// is sent yet.
     pub async fn connect(
-        endpoints: Vec<String>,
+        endpoints: &[String],
         timeout: Duration,
         prefix: &str,
     ) -> Result<Etcd, EtcdError> {
         let options = ConnectOptions::new()
+            // Each call's deadline is `attempt`'s, which tells a timeout from a refusal.
             .with_connect_timeout(timeout)
-            .with_timeout(timeout)
             // A member cut off from the leader refuses instead of serving what it last knew.
             .with_require_leader(true);
-        let client = bounded(
-            &endpoints,
-            timeout,
-            "connect",
-            Client::connect(endpoints.clone(), Some(options)),
-        )
-        .await?;
+        let mut members = Vec::with_capacity(endpoints.len());
+        for url in endpoints {
+            let name = url.strip_prefix("http://").unwrap_or(url).to_owned();
+            // Connecting only builds the channel: its connection is made by the first call.
+            let client = tokio::time::timeout(
+                timeout,
+                Client::connect([url.as_str()], Some(options.clone())),
+            )
+            .await
+            .map_err(|_| EtcdError(format!("{name}: the client did not start")))?
+            .map_err(|e| EtcdError(format!("{name}: {}", chain(&e))))?;
+            members.push(Member {
+                name,
+                kv: client.kv_client(),
+            });
+        }
         Ok(Etcd {
-            kv: client.kv_client(),
-            endpoints,
+            members,
+            current: Cell::new(0),
             timeout,
             prefix: prefix.as_bytes().to_vec(),
         })
     }
 
-    async fn call<T>(
-        &self,
-        what: &str,
-        future: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, EtcdError> {
-        bounded(&self.endpoints, self.timeout, what, future).await
+    /// Makes the call `what` with `call` on the member that answered last, and on the next
+    /// ones while a member cannot be reached (or, for a read, does not answer in time).
+    /// `write`: a call that may have been applied when its answer did not come in time, so it
+    /// is not made again elsewhere.
+    async fn call<T, F, Fut>(&self, what: &str, write: bool, mut call: F) -> Result<T, EtcdError>
+    where
+        F: FnMut(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.members.len();
+        let first = self.current.get();
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let index = (first + i) % n;
+            let Some(member) = self.members.get(index) else {
+                continue;
+            };
+            match attempt(&member.name, self.timeout, call(member.kv.clone())).await {
+                Ok(value) => {
+                    self.current.set(index);
+                    return Ok(value);
+                }
+                Err(Attempt::Refused(why)) => {
+                    return Err(EtcdError(format!(
+                        "etcd ({}) refused the {what}: {why}",
+                        member.name
+                    )))
+                }
+                Err(Attempt::Timeout(why)) if write => {
+                    return Err(EtcdError(format!(
+                        "etcd did not answer the {what} in time ({}: {why}): it may or may not have been carried out",
+                        member.name
+                    )))
+                }
+                Err(Attempt::Unreachable(why) | Attempt::Timeout(why)) => {
+                    failures.push(format!("{}: {why}", member.name));
+                }
+            }
+        }
+        Err(EtcdError(format!(
+            "cannot reach etcd ({what}): {}",
+            failures.join("; ")
+        )))
     }
 
     /// The number of keys under the prefix (one count-only read, as the filter's
     /// `mcp_session.live` is taken).
     pub async fn count(&self) -> Result<u64, EtcdError> {
-        let mut kv = self.kv.clone();
         let options = GetOptions::new()
             .with_range(range_end(&String::from_utf8_lossy(&self.prefix)))
             .with_count_only();
         let response = self
-            .call("count", kv.get(self.prefix.clone(), Some(options)))
+            .call("count", false, |mut kv| {
+                let options = options.clone();
+                let key = self.prefix.clone();
+                async move { kv.get(key, Some(options)).await }
+            })
             .await?;
         Ok(u64::try_from(response.count()).unwrap_or(0))
     }
@@ -138,7 +207,6 @@ impl Etcd {
     /// Every session under the prefix (whose keys begin with `start`, a longer prefix), read
     /// in pages at one revision (linearizable).
     pub async fn snapshot(&self, start: &[u8]) -> Result<Snapshot, EtcdError> {
-        let mut kv = self.kv.clone();
         let end = range_end_bytes(start);
         let mut from = start.to_vec();
         let mut out = Snapshot::default();
@@ -148,7 +216,11 @@ impl Etcd {
                 options = options.with_revision(out.revision);
             }
             let response = self
-                .call("read", kv.get(from.clone(), Some(options)))
+                .call("read", false, |mut kv| {
+                    let options = options.clone();
+                    let key = from.clone();
+                    async move { kv.get(key, Some(options)).await }
+                })
                 .await?;
             if out.revision == 0 {
                 out.revision = response.header().map_or(0, |h| h.revision());
@@ -179,9 +251,11 @@ impl Etcd {
             [one] => one.clone(),
             _ => return Ok(HandleRevoke::Ambiguous(found)),
         };
-        let mut kv = self.kv.clone();
         let deleted = self
-            .call("delete", kv.delete(session.key.clone(), None))
+            .call("delete", true, |mut kv| {
+                let key = session.key.clone();
+                async move { kv.delete(key, None).await }
+            })
             .await?;
         Ok(if deleted.deleted() > 0 {
             HandleRevoke::Revoked(session)
@@ -195,17 +269,20 @@ impl Etcd {
     /// fails, and then reads again to tell what that one did.
     pub async fn revoke_all(&self, sessions: &[Session]) -> IdentityRevoke {
         let mut out = IdentityRevoke::default();
-        let mut kv = self.kv.clone();
         let mut batches = sessions.chunks(MAX_TXN_OPS);
         for batch in batches.by_ref() {
-            let txn = Txn::new().and_then(
-                batch
-                    .iter()
-                    .map(|s| TxnOp::delete(s.key.clone(), None))
-                    .collect::<Vec<_>>(),
-            );
+            let deletes: Vec<TxnOp> = batch
+                .iter()
+                .map(|s| TxnOp::delete(s.key.clone(), None))
+                .collect();
             out.transactions += 1;
-            match self.call("transaction", kv.txn(txn)).await {
+            let sent = self
+                .call("transaction", true, |mut kv| {
+                    let txn = Txn::new().and_then(deletes.clone());
+                    async move { kv.txn(txn).await }
+                })
+                .await;
+            match sent {
                 Ok(response) => {
                     let answers = response.op_responses();
                     for (session, answer) in batch.iter().zip(answers.iter()) {
@@ -272,49 +349,28 @@ fn range_end_bytes(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// Runs `future` within `timeout`; an error says what failed, and for a connection problem
-/// what each endpoint answers to a plain TCP connect.
-async fn bounded<T>(
-    endpoints: &[String],
+/// Runs one call to the member `name` within `timeout`.
+async fn attempt<T>(
+    name: &str,
     timeout: Duration,
-    what: &str,
     future: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, EtcdError> {
+) -> Result<T, Attempt> {
     match tokio::time::timeout(timeout, future).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(etcd_client::Error::GRpcStatus(status)))
-            if status.code() == tonic::Code::Unavailable =>
-        {
-            Err(EtcdError(format!(
-                "cannot reach etcd ({what}): {}; {}",
-                status_text(&status),
-                probe(endpoints, timeout)
-            )))
-        }
-        Ok(Err(etcd_client::Error::GRpcStatus(status)))
-            if status.code() == tonic::Code::DeadlineExceeded =>
-        {
-            Err(EtcdError(format!(
-                "etcd did not answer the {what} within {}: {}; {}",
+        Ok(Err(etcd_client::Error::GRpcStatus(status))) => match status.code() {
+            tonic::Code::Unavailable => Err(Attempt::Unreachable(status_text(&status))),
+            tonic::Code::DeadlineExceeded => Err(Attempt::Timeout(format!(
+                "no answer within {} ({})",
                 crate::input::show_duration(timeout),
-                status.message(),
-                probe(endpoints, timeout)
-            )))
-        }
-        Ok(Err(etcd_client::Error::GRpcStatus(status))) => Err(EtcdError(format!(
-            "etcd refused the {what}: {:?}: {}",
-            status.code(),
-            status.message()
-        ))),
-        Ok(Err(error)) => Err(EtcdError(format!(
-            "cannot reach etcd ({what}): {}; {}",
-            chain(&error),
-            probe(endpoints, timeout)
-        ))),
-        Err(_) => Err(EtcdError(format!(
-            "etcd did not answer the {what} within {}; {}",
+                probe(name, timeout)
+            ))),
+            code => Err(Attempt::Refused(format!("{code:?}: {}", status.message()))),
+        },
+        Ok(Err(error)) => Err(Attempt::Unreachable(chain(&error))),
+        Err(_) => Err(Attempt::Timeout(format!(
+            "no answer within {} ({})",
             crate::input::show_duration(timeout),
-            probe(endpoints, timeout)
+            probe(name, timeout)
         ))),
     }
 }
@@ -349,27 +405,19 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// What a plain TCP connect to each endpoint says, for an error message.
-fn probe(endpoints: &[String], timeout: Duration) -> String {
+/// What a plain TCP connect to `authority` (`host:port`) says, for an error message.
+fn probe(authority: &str, timeout: Duration) -> String {
     let wait = timeout.min(Duration::from_secs(1));
-    let lines: Vec<String> = endpoints
-        .iter()
-        .map(|url| {
-            let authority = url.strip_prefix("http://").unwrap_or(url);
-            let outcome = match authority.to_socket_addrs() {
-                Err(e) => format!("cannot resolve: {e}"),
-                Ok(mut addrs) => match addrs.next() {
-                    None => "resolves to no address".to_owned(),
-                    Some(addr) => match std::net::TcpStream::connect_timeout(&addr, wait) {
-                        Ok(_) => "accepts TCP connections".to_owned(),
-                        Err(e) => e.to_string(),
-                    },
-                },
-            };
-            format!("{authority}: {outcome}")
-        })
-        .collect();
-    format!("endpoints: {}", lines.join("; "))
+    match authority.to_socket_addrs() {
+        Err(e) => format!("cannot resolve: {e}"),
+        Ok(mut addrs) => match addrs.next() {
+            None => "resolves to no address".to_owned(),
+            Some(addr) => match std::net::TcpStream::connect_timeout(&addr, wait) {
+                Ok(_) => "the port accepts TCP connections".to_owned(),
+                Err(e) => format!("a TCP connect says: {e}"),
+            },
+        },
+    }
 }
 
 /// The whole digests of sessions that share a handle, for an ambiguous match.
@@ -405,13 +453,16 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_connection_is_named_per_endpoint() {
+    fn a_probe_says_what_a_tcp_connect_says() {
         // Port 1 on loopback: nothing listens there.
-        let text = probe(
-            &["http://127.0.0.1:1".to_owned()],
-            Duration::from_millis(200),
-        );
-        assert!(text.starts_with("endpoints: 127.0.0.1:1: "), "{text}");
+        let text = probe("127.0.0.1:1", Duration::from_millis(200));
+        assert!(text.starts_with("a TCP connect says: "), "{text}");
         assert!(text.to_lowercase().contains("refused"), "{text}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap().to_string();
+        assert_eq!(
+            probe(&open, Duration::from_millis(200)),
+            "the port accepts TCP connections"
+        );
     }
 }
