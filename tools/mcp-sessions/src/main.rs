@@ -40,14 +40,15 @@ mod status {
     pub const BAD_INPUT: u8 = 2;
     /// etcd could not be reached or refused: nothing was deleted.
     pub const ETCD: u8 = 3;
-    /// A revocation stopped part-way: some sessions were deleted, some not (listed).
+    /// A revocation stopped part-way: some sessions were deleted, some not (listed), or it is
+    /// unknown whether a delete was carried out.
     pub const PARTIAL: u8 = 4;
 }
 
 const AFTER_HELP: &str = "\
 Exit status: 0 done; 1 no session matched (nothing deleted); 2 bad flags or values; \
 3 etcd could not be reached or refused (nothing deleted); 4 a revocation stopped part-way \
-(what was and was not deleted is printed).
+(what was and was not deleted is printed), or whether a delete was carried out is unknown.
 
 Every Envoy watches the prefix: a revoked session is answered 404 (as an unknown session) by \
 every Envoy within a second, in practice milliseconds.";
@@ -346,6 +347,21 @@ async fn revoke_handle(etcd: &Etcd, handle: &str, json: bool) -> Result<String, 
             "mcp-sessions: error: session {} ended before it could be revoked: nothing revoked\n",
             session.handle
         ))),
+        HandleRevoke::GoneAfterError(session, error) => Ok(if json {
+            pretty(&json!({"revoked": [session.handle], "identity": session.identity, "note": error.0}))
+        } else {
+            format!(
+                "revoked session {}: it is gone, though etcd's answer to the delete was lost ({error})\n",
+                session.handle
+            )
+        }),
+        HandleRevoke::Unknown(session, error) => Err(Failure::Partial(
+            String::new(),
+            format!(
+                "session {}: unknown whether it was revoked ({error}); run `mcp-sessions list` to see",
+                session.handle
+            ),
+        )),
         HandleRevoke::Ambiguous(sessions) => Err(Failure::Bad(BadInput(format!(
             "--handle {handle} matches {} sessions ({}): nothing revoked; give the whole digest",
             sessions.len(),

@@ -74,6 +74,10 @@ pub enum HandleRevoke {
     EndedMeanwhile(Session),
     /// More than one session begins with that handle: nothing was deleted.
     Ambiguous(Vec<Session>),
+    /// The delete got no answer, and a read afterwards found the session gone.
+    GoneAfterError(Session, EtcdError),
+    /// The delete got no answer, and no read could tell whether the session is gone.
+    Unknown(Session, EtcdError),
 }
 
 /// What a revocation by identity did, session by session (handles).
@@ -251,12 +255,23 @@ impl Etcd {
             [one] => one.clone(),
             _ => return Ok(HandleRevoke::Ambiguous(found)),
         };
-        let deleted = self
+        let sent = self
             .call("delete", true, |mut kv| {
                 let key = session.key.clone();
                 async move { kv.delete(key, None).await }
             })
-            .await?;
+            .await;
+        let deleted = match sent {
+            Ok(deleted) => deleted,
+            // It may or may not have been carried out: look.
+            Err(error) => {
+                return match self.snapshot(&session.key).await {
+                    Ok(now) if now.sessions.iter().any(|s| s.key == session.key) => Err(error),
+                    Ok(_) => Ok(HandleRevoke::GoneAfterError(session, error)),
+                    Err(_) => Ok(HandleRevoke::Unknown(session, error)),
+                };
+            }
+        };
         Ok(if deleted.deleted() > 0 {
             HandleRevoke::Revoked(session)
         } else {
