@@ -421,7 +421,7 @@ fn identity_json(digest: &str, o: &IdentityRevoke) -> serde_json::Value {
         "complete": o.complete(),
         "revoked": o.revoked,
         "ended_meanwhile": o.ended_meanwhile,
-        "gone_after_failed_transaction": o.gone,
+        "gone_after_lost_answer": o.gone,
         "not_revoked": o.not_revoked,
         "unknown": o.unknown,
         "transactions": o.transactions,
@@ -457,7 +457,7 @@ fn identity_text(digest: &str, o: &IdentityRevoke) -> String {
     for (what, handles) in [
         ("ended before their revocation (gone)", &o.ended_meanwhile),
         (
-            "gone after the failed transaction (most likely revoked by it)",
+            "gone after a transaction whose answer was lost (most likely revoked by it)",
             &o.gone,
         ),
         ("NOT revoked (still in etcd)", &o.not_revoked),

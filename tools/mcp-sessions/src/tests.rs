@@ -217,7 +217,7 @@ fn a_partial_revocation_says_what_was_and_was_not_deleted() {
     assert!(!partial.complete());
     let text = identity_text("dd", &partial);
     assert!(text.starts_with("INCOMPLETE: revoked 1 session(s) of identity dd (in 2 transactions of at most 128), not all:\n  aaaaaaaaaaaaaaaa\n"), "{text}");
-    assert!(text.contains("1 session(s) gone after the failed transaction (most likely revoked by it):\n  bbbbbbbbbbbbbbbb\n"), "{text}");
+    assert!(text.contains("1 session(s) gone after a transaction whose answer was lost (most likely revoked by it):\n  bbbbbbbbbbbbbbbb\n"), "{text}");
     assert!(
         text.contains("1 session(s) NOT revoked (still in etcd):\n  cccccccccccccccc\n"),
         "{text}"
@@ -226,4 +226,27 @@ fn a_partial_revocation_says_what_was_and_was_not_deleted() {
     assert_eq!(json["complete"], false);
     assert_eq!(json["not_revoked"][0], "cccccccccccccccc");
     assert_eq!(json["error"], "etcd did not answer");
+}
+
+#[test]
+fn sessions_found_gone_after_a_lost_answer_complete_the_revocation() {
+    let gone = IdentityRevoke {
+        revoked: vec!["aaaaaaaaaaaaaaaa".into()],
+        gone: vec!["bbbbbbbbbbbbbbbb".into()],
+        transactions: 2,
+        error: Some(EtcdError(
+            "etcd did not answer the transaction in time".into(),
+        )),
+        ..Default::default()
+    };
+    assert!(gone.complete());
+    let text = identity_text("dd", &gone);
+    assert!(
+        text.starts_with("revoked 1 session(s) of identity dd"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gone after a transaction whose answer was lost"),
+        "{text}"
+    );
 }
