@@ -859,7 +859,9 @@ def test_with_unavailable_local_an_envoy_keeps_serving_from_its_memory(
     assert ack.status == 202, show(ack)
     warm(a, minted, 4)
     stats = a.stats()
-    assert stats.get("store.fallbacks", 0) >= 2, stats
+    # At least the reservation of the session minted during the outage; the lookups that
+    # follow go to the fallback only on a worker whose cache misses, which timing decides.
+    assert stats.get("store.fallbacks", 0) >= 1, stats
     assert stats.get("rejected.unknown", 0) == 0, stats
 
     etcd.start()
