@@ -261,3 +261,80 @@ fn opening_a_session_costs_three_calls_two_of_them_writes() {
     let writes = calls.iter().filter(|m| **m != "Range").count();
     assert_eq!(writes, 2);
 }
+
+/// A timer host that opens streams with token 1 and makes no calls.
+struct Streams;
+
+impl mcp_session_core::driver::TimerIo for Streams {
+    fn call(
+        &mut self,
+        _: &mcp_session_core::driver::Upstream,
+        _: &Call,
+        _: u64,
+    ) -> Result<u32, u32> {
+        Err(14)
+    }
+    fn open_stream(
+        &mut self,
+        _: &mcp_session_core::driver::Upstream,
+        _: &Call,
+        _: &[(&str, &[u8])],
+    ) -> Option<u32> {
+        Some(1)
+    }
+    fn send(&mut self, _: u32, _: &[u8]) -> bool {
+        true
+    }
+    fn close(&mut self, _: u32) {}
+}
+
+/// Found by the loaded e2e runs (`test_with_unavailable_local_...`): a session made while etcd
+/// was away sat in the worker's cache without its etcd key in the watch's index, so a DELETE
+/// on another Envoy once etcd was back did not move the epoch, and the worker kept serving it
+/// from its cache for a whole touch interval. Failed before: the epoch did not move.
+#[test]
+fn a_session_made_while_etcd_was_away_is_forgotten_when_another_envoy_deletes_it() {
+    use mcp_session_core::store::etcd::proto;
+    use prost::Message;
+    const LOCAL: &str = r#"{"store": {"etcd": {"cluster": "etcd", "prefix": "p/", "timeout_ms": 1000, "unavailable": "local"}}}"#;
+    let etcd = Rc::new(FakeEtcd::new());
+    let a = Node::new(LOCAL, &etcd);
+    // The watch is up before the outage (a first session made the VM a serving one).
+    let _ = a.open();
+    a.worker.on_timer(&mut Streams);
+    let created = proto::WatchResponse {
+        created: true,
+        header: Some(proto::ResponseHeader { revision: 5 }),
+        ..Default::default()
+    };
+    a.worker
+        .stream_message(1, &created.encode_to_vec(), &mut Streams);
+    // etcd goes away; a session is made in this Envoy's memory and served from it.
+    a.up.set(false);
+    let response = a.send(Request::post(INITIALIZE, &[]));
+    assert_eq!(response.status, 200);
+    let sid = response.header("mcp-session-id").unwrap().to_owned();
+    let id = mcp_session_core::session_id::SessionId::parse(&sid).unwrap();
+    assert_eq!(a.call(&sid).status, 200, "served from this Envoy's memory");
+    // etcd is back, and another Envoy deletes the session: the watch says so.
+    a.up.set(true);
+    let epoch = a.process.stat("mcp_session.epoch");
+    let deleted = proto::WatchResponse {
+        header: Some(proto::ResponseHeader { revision: 9 }),
+        events: vec![proto::Event {
+            r#type: proto::EVENT_DELETE,
+            kv: Some(proto::KeyValue {
+                key: mcp_session_core::store::etcd::key("p/", &id),
+                mod_revision: 9,
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    };
+    a.worker
+        .stream_message(1, &deleted.encode_to_vec(), &mut Streams);
+    assert!(
+        a.process.stat("mcp_session.epoch") > epoch,
+        "the end moved the epoch"
+    );
+}
