@@ -443,12 +443,6 @@ impl TryFrom<RawConfig> for Config {
                     "must be from 1 to max_sessions",
                 );
             }
-            Some(_) if matches!(store, StoreConfig::Etcd(_)) => {
-                return bad(
-                    "max_sessions_per_identity",
-                    "is not supported with store.etcd yet (only with the local store)",
-                );
-            }
             other => other,
         };
         Ok(Config {
@@ -523,6 +517,13 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.max_sessions_per_identity, Some(3));
         assert!(cfg.session_facts);
+        // With etcd too: counted fleet-wide (each caller's index in etcd).
+        let cfg = parse(
+            r#"{"identity_header":"x-user","max_sessions_per_identity":3,"store":{"etcd":{"cluster":"etcd"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.max_sessions_per_identity, Some(3));
+        assert!(matches!(cfg.store, StoreConfig::Etcd(_)));
     }
 
     #[test]

@@ -900,6 +900,11 @@ mod fake_etcd {
         pub fn revision(&self) -> i64 {
             self.state.borrow().revision
         }
+
+        /// The lease `key` is held on (0: none).
+        pub fn lease(&self, key: &[u8]) -> Option<i64> {
+            self.state.borrow().keys.get(key).map(|kv| kv.lease)
+        }
     }
 
     impl State {
@@ -940,15 +945,33 @@ mod fake_etcd {
             }
         }
 
+        /// Whether `compare` holds: for its key, or for every key of `[key, range_end)` (an
+        /// empty range compares as a missing key), as etcd 3.4 does. EQUAL and LESS only.
         fn holds(&self, compare: &proto::Compare) -> Option<bool> {
-            if compare.result != proto::EQUAL {
-                return None;
+            let target = compare.target_union.as_ref()?;
+            let of = |kv: Option<&proto::KeyValue>| {
+                let (have, want) = match target {
+                    TargetUnion::CreateRevision(v) => (kv.map_or(0, |kv| kv.create_revision), *v),
+                    TargetUnion::ModRevision(v) => (kv.map_or(0, |kv| kv.mod_revision), *v),
+                };
+                match compare.result {
+                    proto::EQUAL => Some(have == want),
+                    proto::LESS => Some(have < want),
+                    _ => None,
+                }
+            };
+            if compare.range_end.is_empty() {
+                return of(self.keys.get(&compare.key));
             }
-            let kv = self.keys.get(&compare.key);
-            Some(match compare.target_union.as_ref()? {
-                TargetUnion::CreateRevision(v) => kv.map_or(0, |kv| kv.create_revision) == *v,
-                TargetUnion::ModRevision(v) => kv.map_or(0, |kv| kv.mod_revision) == *v,
-            })
+            let kvs = self.range(&compare.key, &compare.range_end, false).kvs;
+            if kvs.is_empty() {
+                return of(None);
+            }
+            let mut all = true;
+            for kv in &kvs {
+                all &= of(Some(kv))?;
+            }
+            Some(all)
         }
 
         /// A transaction: one revision for all its writes.

@@ -47,8 +47,13 @@ struct Node {
 
 impl Node {
     fn new(config: &str, etcd: &Rc<FakeEtcd>) -> Node {
+        Node::seeded(config, etcd, 7)
+    }
+
+    /// An Envoy whose random source starts from `seed` (two Envoys of one test need two).
+    fn seeded(config: &str, etcd: &Rc<FakeEtcd>, seed: u64) -> Node {
         let process = Process::new(T0);
-        let worker = Worker::new(FakeHost::new(&process, 7), config.as_bytes()).unwrap();
+        let worker = Worker::new(FakeHost::new(&process, seed), config.as_bytes()).unwrap();
         Node {
             process,
             worker,
@@ -336,5 +341,97 @@ fn a_session_made_while_etcd_was_away_is_forgotten_when_another_envoy_deletes_it
     assert!(
         a.process.stat("mcp_session.epoch") > epoch,
         "the end moved the epoch"
+    );
+}
+
+const PER_CALLER: &str = r#"{"identity_header": "x-user", "max_sessions_per_identity": 2, "store": {"etcd": {"cluster": "etcd", "prefix": "p/", "timeout_ms": 1000}}}"#;
+
+/// `max_sessions_per_identity` with etcd holds across Envoys: a caller's sessions on every
+/// Envoy count, the one over the limit gets the local store's 429, another caller is served,
+/// and a DELETE on either Envoy frees a place at once.
+#[test]
+fn a_limit_per_caller_holds_across_two_envoys_and_a_delete_frees_a_place() {
+    let etcd = Rc::new(FakeEtcd::new());
+    let (a, b) = (
+        Node::seeded(PER_CALLER, &etcd, 7),
+        Node::seeded(PER_CALLER, &etcd, 8),
+    );
+    let open = |node: &Node, user: &str| {
+        let response = node.send(Request::post(INITIALIZE, &[("x-user", user)]));
+        (
+            response.status,
+            response.header("mcp-session-id").map(str::to_owned),
+            response,
+        )
+    };
+    let (status, first, _) = open(&a, "alice");
+    assert_eq!(status, 200);
+    let (status, _, _) = open(&b, "alice");
+    assert_eq!(status, 200);
+    let (status, _, refused) = open(&a, "alice");
+    assert_eq!((status, refused.local), (429, true));
+    assert_eq!(refused.header("retry-after"), Some("60"));
+    assert_eq!(refused.header("mcp-session-id"), None);
+    let body = String::from_utf8_lossy(&refused.body);
+    assert!(
+        body.contains(r#""code":-32000"#) && body.contains(r#""id":1"#),
+        "{body}"
+    );
+    assert_eq!(a.process.stat("mcp_session.rejected.identity_limit"), 1);
+    assert_eq!(open(&b, "alice").0, 429, "on the other Envoy too");
+    assert_eq!(open(&b, "bob").0, 200, "another caller is served");
+    let sessions = etcd
+        .keys()
+        .iter()
+        .filter(|k| !k.starts_with(b"p/idn/"))
+        .count();
+    assert_eq!(
+        (sessions, etcd.keys().len()),
+        (3, 6),
+        "one index key per session"
+    );
+    // A DELETE on B of a session made on A frees a place on both.
+    let first = first.unwrap();
+    let deleted = b.send(Request::bare(
+        "DELETE",
+        &[("mcp-session-id", &first), ("x-user", "alice")],
+    ));
+    assert_eq!(deleted.status, 204);
+    assert_eq!(etcd.keys().len(), 4, "the session and its index key");
+    assert_eq!(open(&a, "alice").0, 200);
+    assert_eq!(open(&b, "alice").0, 429);
+}
+
+/// What an `initialize` costs with the limit (lease grants left out): a caller's first session
+/// one Txn, as without it; a later one two (the first's failure branch counts the caller's
+/// sessions); one over the limit one Txn that writes nothing.
+#[test]
+fn an_initialize_under_a_limit_per_caller_costs_one_or_two_creates() {
+    let etcd = Rc::new(FakeEtcd::new());
+    let node = Node::new(PER_CALLER, &etcd);
+    let calls: Rc<std::cell::RefCell<Vec<&'static str>>> = Rc::default();
+    let send = |request: Request| {
+        let mut envoy = Envoy::new(&node.worker);
+        let (etcd, calls) = (Rc::clone(&etcd), Rc::clone(&calls));
+        envoy.etcd = Some(Box::new(move |call: &Call| {
+            if call.method != "LeaseGrant" {
+                calls.borrow_mut().push(call.method);
+            }
+            etcd.answer(call)
+        }));
+        envoy.send(request, &mut upstream)
+    };
+    let mut costs = Vec::new();
+    for _ in 0..3 {
+        let response = send(Request::post(INITIALIZE, &[("x-user", "alice")]));
+        costs.push((response.status, calls.borrow_mut().split_off(0)));
+    }
+    assert_eq!(
+        costs,
+        vec![
+            (200, vec!["Txn"]),
+            (200, vec!["Txn", "Txn"]),
+            (429, vec!["Txn"]),
+        ]
     );
 }

@@ -206,7 +206,11 @@ fn one_operation(case: &Case, idle_ms: u64) {
             identity: None,
             now_ms: now,
         },
-        1 => StoreOp::End { id, now_ms: now },
+        1 => StoreOp::End {
+            id,
+            identity: None,
+            now_ms: now,
+        },
         2 => StoreOp::MarkInitialized { id, now_ms: now },
         3 => StoreOp::Activate {
             id,
@@ -486,7 +490,11 @@ fn fallback_memory(input: &Fallback, idle_ms: u64) {
             }
             Step::End { session: n } => {
                 let id = session(n, true);
-                let op = StoreOp::End { id, now_ms: now };
+                let op = StoreOp::End {
+            id,
+            identity: None,
+            now_ms: now,
+        };
                 let got = fall_back(&remote, &mut cache, &shared, epoch, &limits, op);
                 active = true;
                 // The cache gives up its entry for the slot whatever secret it holds, and does

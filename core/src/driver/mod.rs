@@ -103,7 +103,10 @@ impl<H: Host> Worker<H> {
         };
         let (backend, upstream) = match (&config.store, config.stateless) {
             (StoreConfig::Etcd(etcd), false) => (
-                Backend::Etcd(Box::new(Remote::new(etcd.clone(), config.idle_timeout_ms))),
+                Backend::Etcd(Box::new(
+                    Remote::new(etcd.clone(), config.idle_timeout_ms)
+                        .indexed(config.max_sessions_per_identity.is_some()),
+                )),
                 Upstream {
                     cluster: etcd.cluster.clone(),
                     grpc_service: etcd::grpc_service(&etcd.cluster),

@@ -553,7 +553,12 @@ impl Exchange {
             }
             SessionVerdict::End => {
                 self.waiting = Waiting::Delete;
-                Flow::Store(Box::new(StoreOp::End { id, now_ms })).into()
+                Flow::Store(Box::new(StoreOp::End {
+                    id,
+                    identity: self.identity.clone(),
+                    now_ms,
+                }))
+                .into()
             }
         };
         edits.append(&mut step.edits);
@@ -806,6 +811,7 @@ impl Exchange {
                 self.waiting = Waiting::UpstreamGone;
                 return Flow::Store(Box::new(StoreOp::End {
                     id,
+                    identity: self.identity.clone(),
                     now_ms: input.now_ms(),
                 }))
                 .into();
@@ -988,7 +994,10 @@ impl Exchange {
                 upstream_id: init.upstream_id,
                 now_ms: input.now_ms(),
             },
-            Outcome::Error => StoreOp::Release { id: init.id },
+            Outcome::Error => StoreOp::Release {
+                id: init.id,
+                identity: self.identity.clone(),
+            },
         };
         Flow::Store(Box::new(op)).into()
     }

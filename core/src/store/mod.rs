@@ -199,6 +199,9 @@ pub enum StoreOp {
     End {
         /// The session.
         id: SessionId,
+        /// The caller's identity value (the session's, which its lookup checked): the etcd
+        /// store ends the session's place in the caller's index with it.
+        identity: Option<Vec<u8>>,
         /// Now.
         now_ms: u64,
     },
@@ -226,6 +229,8 @@ pub enum StoreOp {
     Release {
         /// The session.
         id: SessionId,
+        /// The caller's identity value (as for [`StoreOp::End`]).
+        identity: Option<Vec<u8>>,
     },
     /// Record that the upstream accepted `notifications/initialized`: [`StoreResult::Done`].
     MarkInitialized {

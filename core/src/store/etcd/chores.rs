@@ -90,14 +90,16 @@ impl Remote {
         }
         let (_, counted_at, _) = self.count.get();
         if now_ms.saturating_sub(counted_at) >= COUNT_EVERY_MS && !busy(&|c| *c == Chore::Count) {
+            // The session keys only: not the callers' index.
+            let (key, range_end) = sessions_range(&self.config.prefix);
             calls.push((
                 Chore::Count,
                 Call {
                     service: KV,
                     method: "Range",
                     message: encode(&proto::RangeRequest {
-                        key: self.config.prefix.as_bytes().to_vec(),
-                        range_end: range_end(&self.config.prefix),
+                        key,
+                        range_end,
                         count_only: true,
                     }),
                 },
@@ -107,21 +109,18 @@ impl Remote {
         let backlog = self.backlog.borrow();
         if let (Some(lease), false) = (lease, backlog.is_empty()) {
             if !busy(&|c| matches!(c, Chore::Flush(_))) {
+                let taken = backlog.len().min(BACKLOG_BATCH);
+                // A put is two writes with its index key: at most 2 × 64, etcd's 128.
                 let batch: Vec<proto::RequestOp> = backlog
                     .iter()
-                    .take(BACKLOG_BATCH)
-                    .map(|op| match op {
-                        Backlog::Put(key, record) => put(key, record, lease),
-                        Backlog::Delete(key) => proto::RequestOp {
-                            request: Some(Request::DeleteRange(proto::DeleteRangeRequest {
-                                key: key.clone(),
-                                prev_kv: false,
-                            })),
-                        },
+                    .take(taken)
+                    .flat_map(|op| match op {
+                        Backlog::Put(key, record) => self.puts(key, record, lease),
+                        Backlog::Delete(key) => vec![delete(key.clone(), false)],
                     })
                     .collect();
                 calls.push((
-                    Chore::Flush(batch.len()),
+                    Chore::Flush(taken),
                     Call {
                         service: KV,
                         method: "Txn",

@@ -2,6 +2,7 @@
 //! with `prost`; Envoy's `GrpcService` naming the cluster.
 
 use super::*;
+use crate::record::DIGEST_LEN;
 
 /// The key of session `id`: the prefix and its digest ([`SessionId::digest`]) in hex, which
 /// begins with its handle ([`SessionId::handle`]).
@@ -15,9 +16,52 @@ pub fn key(prefix: &str, id: &SessionId) -> Vec<u8> {
     key
 }
 
+/// Where the index of each caller's sessions lives, under the prefix: `<prefix>idn/`. Session
+/// keys continue the prefix with a hex digit, so no session key begins with it, and
+/// [`sessions_range`] (what the count and the watch read) holds no index key.
+pub const INDEX: &str = "idn/";
+
+/// The keys of the sessions alone under `prefix`, `[prefix "0", prefix "g")`: every lowercase
+/// hex digit, and nothing of the [`INDEX`] ("i" comes after "g").
+pub fn sessions_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut start = prefix.as_bytes().to_vec();
+    let mut end = start.clone();
+    start.push(b'0');
+    end.push(b'g');
+    (start, end)
+}
+
+/// The index keys of the caller with identity digest `identity` begin with this:
+/// `<prefix>idn/<32 hex: identity digest>/`.
+pub fn identity_prefix(prefix: &str, identity: &[u8; DIGEST_LEN]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + INDEX.len() + 2 * DIGEST_LEN + 1);
+    key.extend_from_slice(prefix.as_bytes());
+    key.extend_from_slice(INDEX.as_bytes());
+    for byte in identity {
+        key.extend_from_slice(format!("{byte:02x}").as_bytes());
+    }
+    key.push(b'/');
+    key
+}
+
+/// The index key of the session stored under `session_key`, bound to `identity`:
+/// [`identity_prefix`] and the session key's digest. Empty value; it is written, leased and
+/// deleted with the session key, so counting the keys of an identity prefix counts the
+/// caller's sessions (`max_sessions_per_identity`).
+pub fn index_key(prefix: &str, identity: &[u8; DIGEST_LEN], session_key: &[u8]) -> Vec<u8> {
+    let mut key = identity_prefix(prefix, identity);
+    key.extend_from_slice(session_key.get(prefix.len()..).unwrap_or_default());
+    key
+}
+
 /// The end of the key range of `prefix` (etcd's "prefix + 1").
 pub fn range_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
+    range_end_of(prefix.as_bytes())
+}
+
+/// The end of the key range of the bytes `prefix`.
+pub fn range_end_of(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
             end.push(last + 1);
@@ -85,21 +129,93 @@ pub(super) fn compare(key: &[u8], target: proto::compare::TargetUnion) -> proto:
         },
         key: key.to_vec(),
         target_union: Some(target),
+        range_end: Vec::new(),
+    }
+}
+
+/// No key of `[key, range_end)` was created after `revision` (true for an empty range).
+pub(super) fn none_created_since(key: &[u8], range_end: Vec<u8>, revision: i64) -> proto::Compare {
+    proto::Compare {
+        result: proto::LESS,
+        target: proto::TARGET_CREATE,
+        key: key.to_vec(),
+        target_union: Some(proto::compare::TargetUnion::CreateRevision(
+            revision.saturating_add(1),
+        )),
+        range_end,
+    }
+}
+
+/// The put of an index key (empty, on the session's lease).
+pub(super) fn put_index(key: Vec<u8>, lease: i64) -> proto::RequestOp {
+    proto::RequestOp {
+        request: Some(Request::Put(proto::PutRequest {
+            key,
+            value: Vec::new(),
+            lease,
+        })),
+    }
+}
+
+/// The delete of one key.
+pub(super) fn delete(key: Vec<u8>, prev_kv: bool) -> proto::RequestOp {
+    proto::RequestOp {
+        request: Some(Request::DeleteRange(proto::DeleteRangeRequest {
+            key,
+            prev_kv,
+        })),
+    }
+}
+
+/// A count-only read of `[key, range_end)`.
+pub(super) fn count(key: Vec<u8>, range_end: Vec<u8>) -> proto::RequestOp {
+    proto::RequestOp {
+        request: Some(Request::Range(proto::RangeRequest {
+            key,
+            range_end,
+            count_only: true,
+        })),
     }
 }
 
 /// A Txn: if `key` still has `target`, run `then`; else read the key.
-pub(super) fn txn(key: &[u8], target: proto::compare::TargetUnion, then: proto::RequestOp) -> Call {
+pub(super) fn txn(
+    key: &[u8],
+    target: proto::compare::TargetUnion,
+    then: Vec<proto::RequestOp>,
+) -> Call {
+    txn_of(vec![compare(key, target)], then, vec![read_op(key)])
+}
+
+/// A Txn of its parts.
+pub(super) fn txn_of(
+    compare: Vec<proto::Compare>,
+    success: Vec<proto::RequestOp>,
+    failure: Vec<proto::RequestOp>,
+) -> Call {
     Call {
         service: KV,
         method: "Txn",
         message: encode(&proto::TxnRequest {
-            compare: vec![compare(key, target)],
-            success: vec![then],
-            failure: vec![proto::RequestOp {
-                request: Some(Request::Range(range(key))),
-            }],
+            compare,
+            success,
+            failure,
         }),
+    }
+}
+
+/// A read of `key` as a Txn's operation.
+pub(super) fn read_op(key: &[u8]) -> proto::RequestOp {
+    proto::RequestOp {
+        request: Some(Request::Range(range(key))),
+    }
+}
+
+/// The count the `at`th operation of a Txn's branch read (a count-only read), if it is one.
+pub(super) fn counted_at(response: &proto::TxnResponse, at: usize) -> Option<u64> {
+    match response.responses.get(at).and_then(|r| r.response.as_ref()) {
+        Some(Response::Range(range)) => u64::try_from(range.count).ok(),
+        _ => None,
     }
 }
 

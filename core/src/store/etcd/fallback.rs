@@ -97,6 +97,9 @@ pub fn answer(
             };
             let key = key(&id);
             let _ = shared.set(&shared_key(&key), &[], None);
+            if let Some(index) = remote.index_of(&key, held.identity.as_ref()) {
+                remote.defer_delete(index);
+            }
             remote.defer_delete(key);
             StoreResult::Ended(Ended::Ended(held)).into()
         }
@@ -117,7 +120,9 @@ pub fn answer(
             identity,
             now_ms,
         } => {
-            // Sessions made while etcd is away count toward `max_sessions` too.
+            // Sessions made while etcd is away count toward `max_sessions` too. Not toward
+            // `max_sessions_per_identity`: this Envoy cannot see the others' sessions; their
+            // index keys are written with them by the backlog, and count from then on.
             if remote.full(limits.max_sessions) {
                 return StoreResult::Reserved(None).into();
             }

@@ -2,6 +2,7 @@
 //! lease grant first), advanced by their answers, retried while the deadline allows.
 
 use super::*;
+use crate::record::identity_digest;
 
 /// Where an operation in flight is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,14 +11,17 @@ pub(super) enum Stage {
     Read,
     /// Lookup: restart the idle clock (CAS on the mod revision read).
     Touch { record: Record },
-    /// Lookup: the record had expired; delete it (CAS), whoever wins counts it.
-    Expire,
+    /// Lookup: the record had expired; delete it (CAS) and its index key, whoever wins
+    /// counts it.
+    Expire { index: Option<Vec<u8>> },
     /// MarkInitialized, Activate: write the record (CAS).
     Mark { record: Record },
-    /// End: delete, reading what was there.
-    Delete,
-    /// Reserve: create-if-absent.
-    Create { record: Record },
+    /// End: delete, reading what was there; with its index key (one Txn) when `indexed`.
+    Delete { indexed: bool },
+    /// Reserve: create-if-absent. With a limit per caller, the session's index key is created
+    /// with it, if no other key of the caller's index was created after revision `seen` (0: if
+    /// the caller has none); the failure branch counts the caller's keys at its revision.
+    Create { record: Record, seen: i64 },
     /// Get a lease for this window first, then make `then`'s write.
     Grant { then: Box<Stage>, revision: i64 },
 }
@@ -66,34 +70,56 @@ impl Remote {
                     Record::pending(now_ms, secret, identity.as_deref(), limits.bind_identity);
                 let record = pending.activated(now_ms, None);
                 let flight = self.flight(op, id, now_ms);
-                Next::Call(Box::new(self.write(flight, Stage::Create { record }, 0)))
+                // With a limit per caller, the first create bets the caller holds no session:
+                // one call then; else its failure counts them, and the next create is made
+                // against that count's revision.
+                let stage = Stage::Create { record, seen: 0 };
+                Next::Call(Box::new(self.write(flight, stage, 0)))
             }
-            StoreOp::Release { id } => {
+            StoreOp::Release { id, ref identity } => {
                 // An initialize that failed (or whose stream ended first): its record goes with
                 // the timer's next backlog flush; the stream does not wait for it.
                 let key = key(&self.config.prefix, &id);
                 if let Ok(mut unmarked) = self.unmarked.try_borrow_mut() {
                     unmarked.remove(&key);
                 }
+                let digest = identity.as_deref().map(|v| identity_digest(Some(v)));
+                if let Some(index) = self.index_of(&key, digest.as_ref()) {
+                    self.defer_delete(index);
+                }
                 self.defer_delete(key);
                 Next::Done(StoreResult::Done(true))
             }
             StoreOp::Lookup { id, now_ms, .. }
-            | StoreOp::End { id, now_ms }
+            | StoreOp::End { id, now_ms, .. }
             | StoreOp::MarkInitialized { id, now_ms } => {
                 let key = key(&self.config.prefix, &id);
-                let (stage, call) = match op {
-                    StoreOp::End { .. } => (
-                        Stage::Delete,
-                        Call {
-                            service: KV,
-                            method: "DeleteRange",
-                            message: encode(&proto::DeleteRangeRequest {
-                                key: key.clone(),
-                                prev_kv: true,
-                            }),
-                        },
-                    ),
+                let (stage, call) = match &op {
+                    StoreOp::End { identity, .. } => {
+                        let digest = identity.as_deref().map(|v| identity_digest(Some(v)));
+                        match self.index_of(&key, digest.as_ref()) {
+                            // The session's place in its caller's index goes with it.
+                            Some(index) => (
+                                Stage::Delete { indexed: true },
+                                txn_of(
+                                    Vec::new(),
+                                    vec![delete(key.clone(), true), delete(index, false)],
+                                    Vec::new(),
+                                ),
+                            ),
+                            None => (
+                                Stage::Delete { indexed: false },
+                                Call {
+                                    service: KV,
+                                    method: "DeleteRange",
+                                    message: encode(&proto::DeleteRangeRequest {
+                                        key: key.clone(),
+                                        prev_kv: true,
+                                    }),
+                                },
+                            ),
+                        }
+                    }
                     _ => (Stage::Read, read(&key)),
                 };
                 let read_before = match op {
@@ -191,27 +217,37 @@ impl Remote {
             return flight;
         };
         flight.call = match &stage {
-            Stage::Create { record } => txn(
-                &flight.key,
-                proto::compare::TargetUnion::CreateRevision(0),
-                put(&flight.key, record, lease),
-            ),
+            Stage::Create { record, seen } => {
+                let created = compare(&flight.key, proto::compare::TargetUnion::CreateRevision(0));
+                let puts = self.puts(&flight.key, record, lease);
+                match record.identity.as_ref().filter(|_| self.indexed) {
+                    None => txn_of(vec![created], puts, vec![read_op(&flight.key)]),
+                    Some(identity) => {
+                        let start = identity_prefix(&self.config.prefix, identity);
+                        let end = range_end_of(&start);
+                        txn_of(
+                            vec![created, none_created_since(&start, end.clone(), *seen)],
+                            puts,
+                            vec![read_op(&flight.key), count(start, end)],
+                        )
+                    }
+                }
+            }
             Stage::Touch { record } | Stage::Mark { record } => txn(
                 &flight.key,
                 proto::compare::TargetUnion::ModRevision(revision),
-                put(&flight.key, record, lease),
+                self.puts(&flight.key, record, lease),
             ),
-            Stage::Expire => txn(
-                &flight.key,
-                proto::compare::TargetUnion::ModRevision(revision),
-                proto::RequestOp {
-                    request: Some(Request::DeleteRange(proto::DeleteRangeRequest {
-                        key: flight.key.clone(),
-                        prev_kv: false,
-                    })),
-                },
-            ),
-            Stage::Read | Stage::Delete | Stage::Grant { .. } => flight.call.clone(),
+            Stage::Expire { index } => {
+                let mut deletes = vec![delete(flight.key.clone(), false)];
+                deletes.extend(index.iter().map(|index| delete(index.clone(), false)));
+                txn(
+                    &flight.key,
+                    proto::compare::TargetUnion::ModRevision(revision),
+                    deletes,
+                )
+            }
+            Stage::Read | Stage::Delete { .. } | Stage::Grant { .. } => flight.call.clone(),
         };
         flight.stage = stage;
         flight
@@ -234,7 +270,7 @@ impl Remote {
             Stage::Read => proto::RangeResponse::decode(bytes)
                 .ok()
                 .map(|r| self.on_read(*flight, r.kvs.first(), limits)),
-            Stage::Delete => proto::DeleteRangeResponse::decode(bytes).ok().map(|r| {
+            Stage::Delete { indexed } => deleted(bytes, indexed).map(|r| {
                 let ended = match r
                     .prev_kvs
                     .first()
@@ -264,7 +300,7 @@ impl Remote {
                     self.remember_lease(flight.op.now_ms(), r.id);
                     Next::Call(Box::new(self.write(*flight, *then, revision)))
                 }),
-            Stage::Create { record } => proto::TxnResponse::decode(bytes).ok().map(|r| {
+            Stage::Create { record, .. } => proto::TxnResponse::decode(bytes).ok().map(|r| {
                 // A retried create whose first attempt landed finds its own record.
                 let revision = if r.succeeded {
                     r.header.as_ref().map(|h| h.revision)
@@ -277,6 +313,10 @@ impl Remote {
                         .map(|kv| kv.mod_revision)
                 };
                 let Some(revision) = revision else {
+                    if failure_read(&r).is_none() && record.identity.is_some() && self.indexed {
+                        // The key is free: the caller's index changed since `seen`.
+                        return self.recount(*flight, record, &r, limits);
+                    }
                     // Another session holds this key: only a repeated secret could.
                     return Next::Done(StoreResult::Reserved(None));
                 };
@@ -309,7 +349,7 @@ impl Remote {
                     self.raced(*flight, failure_read(&r), limits)
                 }
             }),
-            Stage::Expire => proto::TxnResponse::decode(bytes).ok().map(|r| {
+            Stage::Expire { .. } => proto::TxnResponse::decode(bytes).ok().map(|r| {
                 Next::Done(StoreResult::Lookup(if r.succeeded {
                     Lookup::Expired
                 } else {
@@ -321,6 +361,36 @@ impl Remote {
             log::warn!("etcd answered with bytes that do not decode");
             Next::Unavailable(op)
         })
+    }
+
+    /// A create with a limit per caller failed on the caller's index: its failure branch
+    /// counted the caller's sessions at its revision. At the limit: refused. Below it: create
+    /// again, against that revision, at most [`MAX_CREATES`] times in all (the caller's other
+    /// `initialize`s keep winning: refused, the safe side).
+    fn recount(
+        &self,
+        mut flight: Flight,
+        record: Record,
+        response: &proto::TxnResponse,
+        limits: &Limits,
+    ) -> Next {
+        let (Some(held), Some(seen)) = (
+            counted_at(response, 1),
+            response.header.as_ref().map(|h| h.revision),
+        ) else {
+            log::warn!("etcd answered a create without the count of the caller's sessions");
+            return Next::Unavailable(flight.op);
+        };
+        let limit = limits.per_identity.map_or(u64::MAX, u64::from);
+        flight.races += 1;
+        if held >= limit || flight.races >= MAX_CREATES {
+            return Next::Done(StoreResult::IdentityLimit);
+        }
+        Next::Call(Box::new(self.write(
+            flight,
+            Stage::Create { record, seen },
+            0,
+        )))
     }
 
     /// A CAS lost (another Envoy touched or ended the session): decide again on what the
@@ -368,7 +438,12 @@ impl Remote {
                     self.timing.touch_ms,
                 );
                 if verdict == Verdict::Expired {
-                    return Next::Call(Box::new(self.write(flight, Stage::Expire, revision)));
+                    let index = self.index_of(&flight.key, record.identity.as_ref());
+                    return Next::Call(Box::new(self.write(
+                        flight,
+                        Stage::Expire { index },
+                        revision,
+                    )));
                 }
                 if !verdict.serves() {
                     return Next::Done(StoreResult::Lookup(Lookup::NotFound));
@@ -448,6 +523,19 @@ impl Remote {
     pub fn time_left(&self, flight: &Flight, now_ms: u64) -> u64 {
         let elapsed = now_ms.saturating_sub(flight.started_ms);
         self.config.timeout_ms.saturating_sub(elapsed).max(10)
+    }
+}
+
+/// What an end's delete removed: from a `DeleteRange`, or from the first operation of a Txn
+/// (the session key's delete, with its index key's after it).
+fn deleted(bytes: &[u8], indexed: bool) -> Option<proto::DeleteRangeResponse> {
+    if !indexed {
+        return proto::DeleteRangeResponse::decode(bytes).ok();
+    }
+    let response = proto::TxnResponse::decode(bytes).ok()?;
+    match response.responses.into_iter().next()?.response? {
+        Response::DeleteRange(deleted) => Some(deleted),
+        _ => None,
     }
 }
 

@@ -27,15 +27,21 @@ mod watch;
 
 use chores::Backlog;
 pub use chores::Chore;
-use codec::{encode, failure_read, put, read, revision_tag, txn};
-pub use codec::{grpc_service, key, range_end, record_of, session_id, value};
+use codec::{
+    compare, count, counted_at, delete, encode, failure_read, none_created_since, put, put_index,
+    read, read_op, revision_tag, txn, txn_of,
+};
+pub use codec::{
+    grpc_service, identity_prefix, index_key, key, range_end, range_end_of, record_of, session_id,
+    sessions_range, value, INDEX,
+};
 pub use flight::Flight;
 use watch::WatchState;
 pub use watch::{WatchAction, WatchNews};
 
 use super::{Ended, Limits, Lookup, Next, Reservation, Source, StoreOp, StoreResult, Verdict};
 use crate::config::EtcdConfig;
-use crate::record::{Record, State};
+use crate::record::{Record, State, DIGEST_LEN};
 use crate::session_id::SessionId;
 use prost::Message;
 use proto::request_op::Request;
@@ -64,6 +70,9 @@ pub const COUNT_EVERY_MS: u64 = 5000;
 const UNMARKED_LIMIT: usize = 1024;
 /// Most calls one failing operation makes (the first and its retries).
 const MAX_ATTEMPTS: u32 = 4;
+/// Most creates one `initialize` tries when other sessions of its caller keep appearing
+/// between its count and its create (`max_sessions_per_identity`).
+const MAX_CREATES: u32 = 3;
 /// Most writes one backlog flush sends (etcd's default limit is 128 operations per Txn).
 const BACKLOG_BATCH: usize = 64;
 /// Most writes kept while etcd is away with `unavailable: local`.
@@ -147,6 +156,8 @@ pub struct Remote {
     /// Sessions not initialized yet, as their lookups read them (record and mod revision): the
     /// `notifications/initialized` that follows marks them with one CAS, without reading again.
     unmarked: RefCell<HashMap<Vec<u8>, (Record, i64)>>,
+    /// Whether each session bound to an identity has an index key (`max_sessions_per_identity`).
+    indexed: bool,
 }
 
 impl Remote {
@@ -163,7 +174,35 @@ impl Remote {
             active: Cell::new(false),
             chores: RefCell::new(Vec::new()),
             unmarked: RefCell::new(HashMap::new()),
+            indexed: false,
         }
+    }
+
+    /// The store with (`true`) or without each caller's index of sessions, which
+    /// `max_sessions_per_identity` counts: every session bound to an identity then has an
+    /// index key, written, leased and deleted with its session key.
+    pub fn indexed(mut self, indexed: bool) -> Remote {
+        self.indexed = indexed;
+        self
+    }
+
+    /// The index key of the session under `key` bound to `identity`, when sessions are indexed.
+    pub(super) fn index_of(
+        &self,
+        key: &[u8],
+        identity: Option<&[u8; DIGEST_LEN]>,
+    ) -> Option<Vec<u8>> {
+        let identity = identity.filter(|_| self.indexed)?;
+        Some(index_key(&self.config.prefix, identity, key))
+    }
+
+    /// The writes of `record` under `key` on `lease`: the session key, and its index key.
+    pub(super) fn puts(&self, key: &[u8], record: &Record, lease: i64) -> Vec<proto::RequestOp> {
+        let mut ops = vec![put(key, record, lease)];
+        if let Some(index) = self.index_of(key, record.identity.as_ref()) {
+            ops.push(put_index(index, lease));
+        }
+        ops
     }
 
     /// The settings.

@@ -120,6 +120,8 @@ pub mod response_op {
 
 /// `Compare.result`.
 pub const EQUAL: i32 = 0;
+/// `Compare.result`.
+pub const LESS: i32 = 2;
 /// `Compare.target`.
 pub const TARGET_CREATE: i32 = 1;
 /// `Compare.target`.
@@ -135,6 +137,9 @@ pub struct Compare {
     pub key: Vec<u8>,
     #[prost(oneof = "compare::TargetUnion", tags = "5, 6")]
     pub target_union: Option<compare::TargetUnion>,
+    /// With it, the compare holds for every key of `[key, range_end)` (none: as a missing key).
+    #[prost(bytes = "vec", tag = "64")]
+    pub range_end: Vec<u8>,
 }
 
 pub mod compare {

@@ -339,7 +339,13 @@ fn an_activation_writes_only_what_the_answer_taught_and_a_release_is_deferred() 
     assert_eq!(flight.call().method, "Range");
     // A release: no call; the timer's next flush deletes the key.
     assert_eq!(
-        done(r.begin(StoreOp::Release { id: reservation.id }, &limits())),
+        done(r.begin(
+            StoreOp::Release {
+                id: reservation.id,
+                identity: None,
+            },
+            &limits()
+        )),
         StoreResult::Done(true)
     );
     let chores = r.chores(T0 + 10);
@@ -365,7 +371,13 @@ fn the_backlog_keeps_one_write_per_key_the_last() {
     r.defer_put(a.clone(), live_record([1; 16], T0));
     r.defer_put(b.clone(), live_record([2; 16], T0));
     r.defer_delete(a.clone());
-    let _ = r.begin(StoreOp::Release { id: id() }, &limits()); // makes the VM active
+    let _ = r.begin(
+        StoreOp::Release {
+            id: id(),
+            identity: None,
+        },
+        &limits(),
+    ); // makes the VM active
     let chores = r.chores(T0);
     let (_, flush) = chores
         .iter()
@@ -390,6 +402,7 @@ fn an_end_is_one_delete_that_reports_what_it_removed() {
     let r = remote();
     let op = StoreOp::End {
         id: id(),
+        identity: None,
         now_ms: T0 + 5,
     };
     let flight = call(r.begin(op.clone(), &limits()));
@@ -518,14 +531,20 @@ fn the_watch_opens_confirms_flushes_on_deletes_and_reopens_after_compaction() {
         WatchAction::Idle,
         "idle until the VM serves"
     );
-    let _ = r.begin(StoreOp::Release { id: id() }, &limits());
+    let _ = r.begin(
+        StoreOp::Release {
+            id: id(),
+            identity: None,
+        },
+        &limits(),
+    );
     let WatchAction::Open(create) = r.watch_tick(T0) else {
         panic!("open")
     };
     let create = proto::WatchRequest::decode(create.as_slice()).unwrap();
     assert!(matches!(
         create.request_union,
-        Some(proto::watch_request::RequestUnion::Create(ref c)) if c.start_revision == 0 && c.range_end == b"mcp-sessions0"
+        Some(proto::watch_request::RequestUnion::Create(ref c)) if c.start_revision == 0 && c.key == b"mcp-sessions/0" && c.range_end == b"mcp-sessions/g"
     ));
     assert!(!r.watch_fresh(T0));
     assert_eq!(r.trust_ms(T0), STALE_TRUST_MS);
@@ -604,4 +623,397 @@ fn a_new_sessions_slot_reveals_nothing_of_its_secret() {
     assert!(!short.contains("5a17c388"), "{short}");
     assert!(!short.contains("88c3175a"), "{short}");
     assert_ne!(session_id([0; 16]).slot, session_id([1; 16]).slot);
+}
+
+// `max_sessions_per_identity` with etcd: each session bound to a caller has an index key,
+// `<prefix>idn/<identity digest>/<session digest>`, written, leased and deleted with it.
+
+fn indexed() -> Remote {
+    remote().indexed(true)
+}
+
+fn per_caller(limit: u32) -> Limits {
+    Limits {
+        bind_identity: true,
+        per_identity: Some(limit),
+        ..limits()
+    }
+}
+
+fn reserve(secret: u8, caller: &str) -> StoreOp {
+    StoreOp::Reserve {
+        secret: [secret; 16],
+        identity: Some(caller.as_bytes().to_vec()),
+        now_ms: T0,
+    }
+}
+
+/// Runs `next` against `etcd` to its answer; the number of calls it made.
+fn run(
+    r: &Remote,
+    etcd: &crate::testkit::FakeEtcd,
+    mut next: Next,
+    limits: &Limits,
+) -> (StoreResult, usize) {
+    let mut calls = 0;
+    loop {
+        match next {
+            Next::Done(result) => return (result, calls),
+            Next::Unavailable(op) => panic!("unavailable: {op:?}"),
+            Next::Call(flight) => {
+                calls += 1;
+                let (status, answer) = etcd.answer(flight.call());
+                let answer = answer.unwrap_or_default();
+                next = r.advance(flight, Reply::of(status, &answer), limits, T0);
+            }
+        }
+    }
+}
+
+fn index_keys(etcd: &crate::testkit::FakeEtcd) -> Vec<Vec<u8>> {
+    etcd.keys()
+        .into_iter()
+        .filter(|k| k.starts_with(b"mcp-sessions/idn/"))
+        .collect()
+}
+
+#[test]
+fn the_index_lies_outside_the_range_of_the_sessions() {
+    let (start, end) = sessions_range("mcp-sessions/");
+    let session = key("mcp-sessions/", &id());
+    let digest = crate::record::identity_digest(Some(b"alice"));
+    let index = index_key("mcp-sessions/", &digest, &session);
+    assert!(session >= start && session < end);
+    assert!(!(index >= start && index < end), "{index:?}");
+    assert!(index.starts_with(&identity_prefix("mcp-sessions/", &digest)));
+    assert!(index.ends_with(&session["mcp-sessions/".len()..]));
+    assert_eq!(index.len(), "mcp-sessions/idn/".len() + 32 + 1 + 32);
+}
+
+/// The costs, in calls: a caller's first session 1 (the create bets on none), a later one 2
+/// (the create's failure counts them; the next create is made against that count), a refusal
+/// at the limit 1, which writes nothing. Without the index, 1 (unchanged).
+#[test]
+fn a_limit_per_caller_costs_one_create_and_a_second_once_the_caller_holds_sessions() {
+    let etcd = crate::testkit::FakeEtcd::new();
+    let r = indexed();
+    r.remember_lease(T0, 5);
+    let per = per_caller(2);
+    let limits = per;
+    let (first, calls) = run(&r, &etcd, r.begin(reserve(1, "alice"), &limits), &limits);
+    assert!(matches!(first, StoreResult::Reserved(Some(_))));
+    assert_eq!(calls, 1);
+    assert_eq!(etcd.keys().len(), 2, "the session and its index key");
+    let (second, calls) = run(&r, &etcd, r.begin(reserve(2, "alice"), &limits), &limits);
+    assert!(matches!(second, StoreResult::Reserved(Some(_))));
+    assert_eq!(calls, 2);
+    let revision = etcd.revision();
+    let (third, calls) = run(&r, &etcd, r.begin(reserve(3, "alice"), &limits), &limits);
+    assert_eq!((third, calls), (StoreResult::IdentityLimit, 1));
+    assert_eq!(etcd.revision(), revision, "a refusal writes nothing");
+    assert_eq!(index_keys(&etcd).len(), 2);
+    // Another caller is not counted with alice.
+    let (bob, calls) = run(&r, &etcd, r.begin(reserve(4, "bob"), &limits), &limits);
+    assert!(matches!(bob, StoreResult::Reserved(Some(_))));
+    assert_eq!(calls, 1);
+    // Both index keys are on the sessions' lease.
+    for key in etcd.keys() {
+        assert_eq!(etcd.lease(&key), Some(5), "{key:?}");
+    }
+    // Without the limit: one create, no index key.
+    let plain = FakeEtcdAndRemote::new();
+    let unlimited = self::limits();
+    let (made, calls) = run(
+        &plain.1,
+        &plain.0,
+        plain.1.begin(reserve(1, "alice"), &unlimited),
+        &unlimited,
+    );
+    assert!(matches!(made, StoreResult::Reserved(Some(_))));
+    assert_eq!((calls, plain.0.keys().len()), (1, 1));
+}
+
+struct FakeEtcdAndRemote(crate::testkit::FakeEtcd, Remote);
+
+impl FakeEtcdAndRemote {
+    fn new() -> FakeEtcdAndRemote {
+        let r = remote();
+        r.remember_lease(T0, 5);
+        FakeEtcdAndRemote(crate::testkit::FakeEtcd::new(), r)
+    }
+}
+
+/// Two Envoys' creates racing for a caller's last place: both counted one session at the same
+/// revision, both create against it; etcd takes the first, and the second's compare fails
+/// (a key of the caller was created since), its failure counts 2: refused. Never over.
+#[test]
+fn creates_racing_for_a_callers_last_place_let_one_through() {
+    let etcd = crate::testkit::FakeEtcd::new();
+    let (a, b) = (indexed(), indexed());
+    a.remember_lease(T0, 5);
+    b.remember_lease(T0, 6);
+    let limits = per_caller(2);
+    let (held, _) = run(&a, &etcd, a.begin(reserve(1, "alice"), &limits), &limits);
+    assert!(matches!(held, StoreResult::Reserved(Some(_))));
+    // Each first bets alice holds none, and learns she holds one.
+    let learn = |r: &Remote, secret: u8| {
+        let flight = call(r.begin(reserve(secret, "alice"), &limits));
+        let (status, answer) = etcd.answer(flight.call());
+        call(r.advance(
+            flight,
+            Reply::of(status, &answer.unwrap_or_default()),
+            &limits,
+            T0,
+        ))
+    };
+    let (from_a, from_b) = (learn(&a, 2), learn(&b, 3));
+    let (won, calls) = run(&a, &etcd, Next::Call(from_a), &limits);
+    assert!(matches!(won, StoreResult::Reserved(Some(_))));
+    assert_eq!(calls, 1);
+    let (lost, calls) = run(&b, &etcd, Next::Call(from_b), &limits);
+    assert_eq!((lost, calls), (StoreResult::IdentityLimit, 1));
+    assert_eq!(index_keys(&etcd).len(), 2);
+}
+
+/// A caller whose other sessions keep appearing between count and create is refused after
+/// three creates (the safe side), never let over.
+#[test]
+fn a_create_that_keeps_losing_to_the_callers_other_creates_is_refused() {
+    let r = indexed();
+    r.remember_lease(T0, 5);
+    let limits = per_caller(10);
+    let mut flight = call(r.begin(reserve(1, "alice"), &limits));
+    let lost = bytes(&proto::TxnResponse {
+        succeeded: false,
+        header: Some(proto::ResponseHeader { revision: 40 }),
+        responses: vec![
+            proto::ResponseOp {
+                response: Some(Response::Range(proto::RangeResponse::default())),
+            },
+            proto::ResponseOp {
+                response: Some(Response::Range(proto::RangeResponse {
+                    count: 3,
+                    ..Default::default()
+                })),
+            },
+        ],
+    });
+    for _ in 0..2 {
+        flight = call(r.advance(flight, Reply::Ok(&lost), &limits, T0));
+        let txn = proto::TxnRequest::decode(flight.call().message.as_slice()).unwrap();
+        assert_eq!(txn.compare[1].result, proto::LESS);
+        assert_eq!(
+            txn.compare[1].target_union,
+            Some(proto::compare::TargetUnion::CreateRevision(41)),
+            "no key of the caller created after the count's revision"
+        );
+    }
+    assert_eq!(
+        done(r.advance(flight, Reply::Ok(&lost), &limits, T0)),
+        StoreResult::IdentityLimit
+    );
+}
+
+/// The index key leaves with its session however it ends: a DELETE (one Txn), an expiry found
+/// by a lookup (the same CAS), a failed initialize (the backlog); and it moves to the lease of
+/// every write of its session (a touch), so etcd's own expiry takes both together.
+#[test]
+fn the_index_key_follows_its_session_through_touches_and_ends() {
+    let etcd = crate::testkit::FakeEtcd::new();
+    let r = indexed();
+    r.remember_lease(T0, 5);
+    let limits = per_caller(3);
+    let alice = Some(b"alice".to_vec());
+    let made = |secret: u8| match run(
+        &r,
+        &etcd,
+        r.begin(reserve(secret, "alice"), &limits),
+        &limits,
+    )
+    .0
+    {
+        StoreResult::Reserved(Some(reservation)) => reservation.id,
+        other => panic!("{other:?}"),
+    };
+    let (one, two, three) = (made(1), made(2), made(3));
+    assert_eq!(index_keys(&etcd).len(), 3);
+
+    // A touch, in a later window: both keys move to its lease.
+    let later = T0 + r.timing().touch_ms + r.timing().window_ms;
+    r.remember_lease(later, 8);
+    let touch = StoreOp::Lookup {
+        id: one,
+        identity: alice.clone(),
+        now_ms: later,
+    };
+    let mut next = r.begin(touch, &limits);
+    while let Next::Call(flight) = next {
+        let (status, answer) = etcd.answer(flight.call());
+        next = r.advance(
+            flight,
+            Reply::of(status, &answer.unwrap_or_default()),
+            &limits,
+            later,
+        );
+    }
+    assert!(matches!(
+        next,
+        Next::Done(StoreResult::Lookup(Lookup::Live(..)))
+    ));
+    let one_key = key("mcp-sessions/", &one);
+    let digest = crate::record::identity_digest(alice.as_deref());
+    assert_eq!(etcd.lease(&one_key), Some(8));
+    assert_eq!(
+        etcd.lease(&index_key("mcp-sessions/", &digest, &one_key)),
+        Some(8)
+    );
+
+    // A DELETE: one Txn removes both.
+    let end = StoreOp::End {
+        id: one,
+        identity: alice.clone(),
+        now_ms: later,
+    };
+    let (ended, calls) = run(&r, &etcd, r.begin(end, &limits), &limits);
+    assert!(
+        matches!(ended, StoreResult::Ended(Ended::Ended(_))),
+        "{ended:?}"
+    );
+    assert_eq!((calls, index_keys(&etcd).len()), (1, 2));
+
+    // An expiry found by a lookup: the CAS deletes both.
+    let gone = T0 + IDLE + 1;
+    let lookup = StoreOp::Lookup {
+        id: two,
+        identity: alice.clone(),
+        now_ms: gone,
+    };
+    let mut next = r.begin(lookup, &limits);
+    while let Next::Call(flight) = next {
+        let (status, answer) = etcd.answer(flight.call());
+        next = r.advance(
+            flight,
+            Reply::of(status, &answer.unwrap_or_default()),
+            &limits,
+            gone,
+        );
+    }
+    assert!(matches!(
+        next,
+        Next::Done(StoreResult::Lookup(Lookup::Expired))
+    ));
+    assert_eq!(index_keys(&etcd).len(), 1);
+
+    // A failed initialize: both deletes wait in the backlog, flushed in one Txn.
+    let release = StoreOp::Release {
+        id: three,
+        identity: alice,
+    };
+    assert_eq!(done(r.begin(release, &limits)), StoreResult::Done(true));
+    let flush = r
+        .chores(gone)
+        .into_iter()
+        .find(|(chore, _)| matches!(chore, Chore::Flush(2)))
+        .expect("a flush of two deletes");
+    let (status, answer) = etcd.answer(&flush.1);
+    assert!(r
+        .chore_done(
+            flush.0,
+            Reply::of(status, &answer.unwrap_or_default()),
+            gone
+        )
+        .is_some());
+    assert!(etcd.keys().is_empty(), "{:?}", etcd.keys());
+}
+
+/// What a VM counts for `max_sessions` and what its watch reports are the sessions' keys:
+/// the index keys are not sessions.
+#[test]
+fn the_session_count_and_the_watch_leave_the_index_out() {
+    let etcd = crate::testkit::FakeEtcd::new();
+    let r = indexed();
+    r.remember_lease(T0, 5);
+    r.remember_lease(T0 + COUNT_EVERY_MS, 5);
+    let limits = per_caller(3);
+    for secret in 1..=2 {
+        let (made, _) = run(
+            &r,
+            &etcd,
+            r.begin(reserve(secret, "alice"), &limits),
+            &limits,
+        );
+        assert!(matches!(made, StoreResult::Reserved(Some(_))));
+    }
+    assert_eq!(etcd.keys().len(), 4);
+    let count = r
+        .chores(T0 + COUNT_EVERY_MS)
+        .into_iter()
+        .find(|(chore, _)| *chore == Chore::Count)
+        .expect("a count");
+    let (status, answer) = etcd.answer(&count.1);
+    let answer = answer.unwrap_or_default();
+    assert!(r
+        .chore_done(
+            Chore::Count,
+            Reply::of(status, &answer),
+            T0 + COUNT_EVERY_MS
+        )
+        .is_some());
+    assert_eq!(r.counted(), 2);
+}
+
+/// With `unavailable: local`, a session made while etcd is away gets its index key when the
+/// backlog writes it, and one ended meanwhile takes its index key with it: the caller's count
+/// is right again once etcd is back. (The limit itself is not checked meanwhile.)
+#[test]
+fn the_backlog_writes_and_deletes_index_keys_with_their_sessions() {
+    use crate::store::cache::SessionCache;
+    use crate::testkit::{FakeEtcd, FakeShared};
+    let etcd = FakeEtcd::new();
+    let r = indexed();
+    r.remember_lease(T0, 5);
+    let limits = per_caller(1);
+    let (shared, mut cache) = (FakeShared::default(), SessionCache::new(16));
+    let release = StoreOp::Release {
+        id: id(),
+        identity: None,
+    };
+    let _ = r.begin(release, &limits); // a VM that served: its timer makes calls
+    let flush = |r: &Remote| {
+        let (chore, call) = r
+            .chores(T0)
+            .into_iter()
+            .find(|(chore, _)| matches!(chore, Chore::Flush(_)))
+            .expect("a flush");
+        let (status, answer) = etcd.answer(&call);
+        assert!(r
+            .chore_done(chore, Reply::of(status, &answer.unwrap_or_default()), T0)
+            .is_some());
+    };
+    let mut made = Vec::new();
+    for secret in [1, 2] {
+        let answer = fallback::answer(
+            &r,
+            &mut cache,
+            &shared,
+            1,
+            &limits,
+            reserve(secret, "alice"),
+        );
+        let StoreResult::Reserved(Some(reservation)) = answer.result else {
+            panic!("{answer:?}")
+        };
+        made.push(reservation.id);
+    }
+    flush(&r);
+    assert_eq!(index_keys(&etcd).len(), 2, "both counted once written");
+    let end = StoreOp::End {
+        id: made[0],
+        identity: Some(b"alice".to_vec()),
+        now_ms: T0,
+    };
+    let answer = fallback::answer(&r, &mut cache, &shared, 1, &limits, end);
+    assert!(matches!(answer.result, StoreResult::Ended(Ended::Ended(_))));
+    flush(&r);
+    assert_eq!((index_keys(&etcd).len(), etcd.keys().len()), (1, 2));
 }

@@ -62,11 +62,14 @@ impl Remote {
             WatchState::Closed => {
                 self.watch.set(WatchState::Opening { since_ms: now_ms });
                 let start = self.revision.get();
+                // The session keys only: the callers' index keys change with them, and would
+                // double what every VM is sent.
+                let (key, range_end) = sessions_range(&self.config.prefix);
                 WatchAction::Open(encode(&proto::WatchRequest {
                     request_union: Some(proto::watch_request::RequestUnion::Create(
                         proto::WatchCreateRequest {
-                            key: self.config.prefix.as_bytes().to_vec(),
-                            range_end: range_end(&self.config.prefix),
+                            key,
+                            range_end,
                             start_revision: if start > 0 {
                                 start.saturating_add(1)
                             } else {

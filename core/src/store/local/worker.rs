@@ -52,7 +52,7 @@ impl Local {
                 }
                 other => other,
             }),
-            StoreOp::End { id, now_ms } => StoreResult::Ended(store.end(&id, now_ms)),
+            StoreOp::End { id, now_ms, .. } => StoreResult::Ended(store.end(&id, now_ms)),
             StoreOp::Reserve {
                 secret,
                 identity,
@@ -114,7 +114,7 @@ impl Local {
                 now_ms,
                 upstream_id.as_deref(),
             )),
-            StoreOp::Release { id } => StoreResult::Done(store.release(&id)),
+            StoreOp::Release { id, .. } => StoreResult::Done(store.release(&id)),
             StoreOp::MarkInitialized { id, now_ms } => {
                 StoreResult::Done(store.mark_initialized(&id, now_ms))
             }
