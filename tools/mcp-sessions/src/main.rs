@@ -433,7 +433,10 @@ fn identity_text(digest: &str, o: &IdentityRevoke) -> String {
     let mut out = String::new();
     let how = match o.transactions {
         1 => "in one transaction".to_owned(),
-        n => format!("in {n} transactions of at most {}", store::MAX_TXN_OPS),
+        n => format!(
+            "in {n} transactions of at most {} sessions",
+            store::SESSIONS_PER_TXN
+        ),
     };
     if o.complete() {
         out.push_str(&format!(

@@ -3,7 +3,7 @@
 
 use crate::view::{NotASession, Session};
 use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
-use mcp_session_core::store::etcd::range_end;
+use mcp_session_core::store::etcd::{sessions_range, INDEX};
 use std::cell::Cell;
 use std::future::Future;
 use std::net::ToSocketAddrs;
@@ -15,6 +15,9 @@ const PAGE: i64 = 1000;
 
 /// Most deletes in one transaction: etcd's default `--max-txn-ops` (128).
 pub const MAX_TXN_OPS: usize = 128;
+
+/// Sessions revoked per transaction: each is two deletes, its key and its index key.
+pub const SESSIONS_PER_TXN: usize = MAX_TXN_OPS / 2;
 
 /// etcd could not do what was asked; nothing was changed unless the caller says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,16 +193,16 @@ impl Etcd {
         )))
     }
 
-    /// The number of keys under the prefix (one count-only read, as the filter's
-    /// `mcp_session.live` is taken).
+    /// The number of session keys under the prefix (one count-only read, as the filter's
+    /// `max_sessions` count is taken: the callers' index keys under `<prefix>idn/` are not
+    /// sessions).
     pub async fn count(&self) -> Result<u64, EtcdError> {
-        let options = GetOptions::new()
-            .with_range(range_end(&String::from_utf8_lossy(&self.prefix)))
-            .with_count_only();
+        let (start, end) = sessions_range(&String::from_utf8_lossy(&self.prefix));
+        let options = GetOptions::new().with_range(end).with_count_only();
         let response = self
             .call("count", false, |mut kv| {
                 let options = options.clone();
-                let key = self.prefix.clone();
+                let key = start.clone();
                 async move { kv.get(key, Some(options)).await }
             })
             .await?;
@@ -207,10 +210,14 @@ impl Etcd {
     }
 
     /// Every session under the prefix (whose keys begin with `start`, a longer prefix), read
-    /// in pages at one revision (linearizable).
+    /// in pages at one revision (linearizable). The whole prefix is read without the callers'
+    /// index (`<prefix>idn/`, kept by the filter with `max_sessions_per_identity`).
     pub async fn snapshot(&self, start: &[u8]) -> Result<Snapshot, EtcdError> {
-        let end = range_end_bytes(start);
-        let mut from = start.to_vec();
+        let (mut from, end) = if start == self.prefix.as_slice() {
+            sessions_range(&String::from_utf8_lossy(&self.prefix))
+        } else {
+            (start.to_vec(), range_end_bytes(start))
+        };
         let mut out = Snapshot::default();
         loop {
             let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
@@ -253,10 +260,11 @@ impl Etcd {
             [one] => one.clone(),
             _ => return Ok(HandleRevoke::Ambiguous(found)),
         };
+        let deletes = self.deletes(&session);
         let sent = self
             .call("delete", true, |mut kv| {
-                let key = session.key.clone();
-                async move { kv.delete(key, None).await }
+                let txn = Txn::new().and_then(deletes.clone());
+                async move { kv.txn(txn).await }
             })
             .await;
         let deleted = match sent {
@@ -270,7 +278,11 @@ impl Etcd {
                 };
             }
         };
-        Ok(if deleted.deleted() > 0 {
+        let deleted = match deleted.op_responses().first() {
+            Some(TxnOpResponse::Delete(d)) => d.deleted(),
+            _ => 0,
+        };
+        Ok(if deleted > 0 {
             HandleRevoke::Revoked(session)
         } else {
             HandleRevoke::EndedMeanwhile(session)
@@ -278,16 +290,13 @@ impl Etcd {
     }
 
     /// Deletes every session of `sessions` (found by a snapshot): one transaction per
-    /// [`MAX_TXN_OPS`] sessions, each all or nothing. Stops at the first transaction that
+    /// [`SESSIONS_PER_TXN`] sessions (with their index keys), each all or nothing. Stops at the first transaction that
     /// fails, and then reads again to tell what that one did.
     pub async fn revoke_all(&self, sessions: &[Session]) -> IdentityRevoke {
         let mut out = IdentityRevoke::default();
-        let mut batches = sessions.chunks(MAX_TXN_OPS);
+        let mut batches = sessions.chunks(SESSIONS_PER_TXN);
         for batch in batches.by_ref() {
-            let deletes: Vec<TxnOp> = batch
-                .iter()
-                .map(|s| TxnOp::delete(s.key.clone(), None))
-                .collect();
+            let deletes: Vec<TxnOp> = batch.iter().flat_map(|s| self.deletes(s)).collect();
             out.transactions += 1;
             let sent = self
                 .call("transaction", true, |mut kv| {
@@ -297,7 +306,9 @@ impl Etcd {
                 .await;
             match sent {
                 Ok(response) => {
-                    let answers = response.op_responses();
+                    // Each session's key, then its index key: the first of each pair says.
+                    let answers: Vec<TxnOpResponse> =
+                        response.op_responses().into_iter().step_by(2).collect();
                     for (session, answer) in batch.iter().zip(answers.iter()) {
                         match answer {
                             TxnOpResponse::Delete(d) if d.deleted() > 0 => {
@@ -327,6 +338,15 @@ impl Etcd {
         out
     }
 
+    /// The deletes that end `session`: its key, then its index key (the filter keeps one with
+    /// `max_sessions_per_identity`; deleting a key that is not there is no error), so the
+    /// caller's place is freed with it.
+    fn deletes(&self, session: &Session) -> Vec<TxnOp> {
+        let mut deletes = vec![TxnOp::delete(session.key.clone(), None)];
+        deletes.extend(index_key(&self.prefix, session).map(|index| TxnOp::delete(index, None)));
+        deletes
+    }
+
     /// A transaction over `batch` failed (it may still have been applied): which of its
     /// sessions are still there.
     async fn after_failure(&self, batch: &[Session], out: &mut IdentityRevoke) {
@@ -348,6 +368,19 @@ impl Etcd {
     pub fn prefix(&self) -> &[u8] {
         &self.prefix
     }
+}
+
+/// The key of `session` in its caller's index, `<prefix>idn/<identity digest>/<session
+/// digest>` (core's `store::etcd::index_key`), when it is bound to a caller.
+fn index_key(prefix: &[u8], session: &Session) -> Option<Vec<u8>> {
+    let identity = session.identity.as_ref()?;
+    let digest = session.key.get(prefix.len()..)?;
+    let mut index = prefix.to_vec();
+    index.extend_from_slice(INDEX.as_bytes());
+    index.extend_from_slice(identity.as_bytes());
+    index.push(b'/');
+    index.extend_from_slice(digest);
+    Some(index)
 }
 
 /// etcd's "prefix + 1" for a byte string.
@@ -453,7 +486,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sessions_index_key_is_the_one_the_filter_writes() {
+        use mcp_session_core::record::identity_digest;
+        use mcp_session_core::session_id::SessionId;
+        use mcp_session_core::store::etcd;
+        let prefix = "mcp-sessions/";
+        let id = SessionId {
+            slot: 1,
+            secret: [7; 16],
+        };
+        let key = etcd::key(prefix, &id);
+        let digest = identity_digest(Some(b"alice"));
+        let session = Session {
+            key: key.clone(),
+            handle: String::new(),
+            identity: Some(crate::input::hex(&digest)),
+            initialized: true,
+            mapped: false,
+            upstream_host: None,
+            pending: false,
+            created_ms: 0,
+            last_seen_ms: 0,
+        };
+        assert_eq!(
+            index_key(prefix.as_bytes(), &session),
+            Some(etcd::index_key(prefix, &digest, &key))
+        );
+        let unbound = Session {
+            identity: None,
+            ..session
+        };
+        assert_eq!(index_key(prefix.as_bytes(), &unbound), None);
+    }
+
+    #[test]
     fn the_range_of_a_prefix_ends_where_core_ends_it() {
+        use mcp_session_core::store::etcd::range_end;
         for prefix in ["mcp-sessions/", "a", "mcp-e2e/x-1/"] {
             assert_eq!(
                 range_end_bytes(prefix.as_bytes()),

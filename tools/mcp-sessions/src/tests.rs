@@ -216,7 +216,7 @@ fn a_partial_revocation_says_what_was_and_was_not_deleted() {
     };
     assert!(!partial.complete());
     let text = identity_text("dd", &partial);
-    assert!(text.starts_with("INCOMPLETE: revoked 1 session(s) of identity dd (in 2 transactions of at most 128), not all:\n  aaaaaaaaaaaaaaaa\n"), "{text}");
+    assert!(text.starts_with("INCOMPLETE: revoked 1 session(s) of identity dd (in 2 transactions of at most 64 sessions), not all:\n  aaaaaaaaaaaaaaaa\n"), "{text}");
     assert!(text.contains("1 session(s) gone after a transaction whose answer was lost (most likely revoked by it):\n  bbbbbbbbbbbbbbbb\n"), "{text}");
     assert!(
         text.contains("1 session(s) NOT revoked (still in etcd):\n  cccccccccccccccc\n"),
