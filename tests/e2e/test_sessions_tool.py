@@ -40,7 +40,7 @@ import httpx
 import pytest
 
 from etcd_cluster import EtcdCluster
-from harness import PROTOCOL_VERSION, REPO, Envoy, Timed, open_session, timed_request, tool_call
+from harness import PROTOCOL_VERSION, REPO, Envoy, Timed, initialize, open_session, timed_request, tool_call
 
 # test_cluster.py's fixtures (the etcd cluster of this module, each test's pair of Envoys) and
 # helpers. `etcd_whole` is autouse: every test starts with three healthy members.
@@ -380,6 +380,35 @@ def test_revoke_all_sessions_of_one_caller(cluster_envoys, sessions_tool, record
         t = add_as(envoy, bob, "bob")
         assert is_not_found(t), f"{envoy.name}: {show(t)}"
     assert mcp("count").stdout == "0\n"
+
+
+def test_with_a_limit_per_caller_the_index_is_no_session_and_a_revocation_frees_places(
+    cluster_envoys, sessions_tool, etcd: EtcdCluster
+) -> None:
+    """With `max_sessions_per_identity`, etcd also holds each session's index key
+    (`<prefix>idn/...`): `count` and `list` show the sessions only (no key reported as not a
+    session), and a revocation deletes the index keys with the sessions, so the caller gets its
+    places back at once on every Envoy."""
+    pair = cluster_envoys({**IDENTITY, "max_sessions_per_identity": 2})
+    a, b = pair.a, pair.b
+    mcp = sessions_tool(pair)
+    alice = [open_session(a.url(), headers=user("alice")), open_session(b.url(), headers=user("alice"))]
+    assert initialize(a.url(), headers=user("alice")).status_code == 429
+    assert etcd.count(pair.prefix) == 4, etcd.kvs(pair.prefix)
+    assert mcp("count").stdout == "2\n"
+    listed = mcp("list")
+    assert len(listed.stdout.splitlines()) == 1 + 2 and listed.stderr == "", listed
+    revoked = mcp("revoke", "--identity", "--header", "alice")
+    assert revoked.stdout.startswith("revoked 2 session(s)"), revoked
+    assert etcd.count(pair.prefix) == 0, etcd.kvs(pair.prefix)
+    for envoy in (a, b):
+        open_session(envoy.url(), headers=user("alice"))
+    assert initialize(b.url(), headers=user("alice")).status_code == 429
+    # By handle: the session and its index key.
+    one = json.loads(mcp("--json", "list").stdout)[0]["handle"]
+    mcp("revoke", "--handle", one)
+    assert etcd.count(pair.prefix) == 2, etcd.kvs(pair.prefix)
+    open_session(a.url(), headers=user("alice"))
 
 
 def put_records(etcd: EtcdCluster, prefix: str, count: int, who: bytes) -> list[str]:
