@@ -1003,6 +1003,8 @@ fn the_backlog_writes_and_deletes_index_keys_with_their_sessions() {
         let StoreResult::Reserved(Some(reservation)) = answer.result else {
             panic!("{answer:?}")
         };
+        // Cached, as the driver caches what the fallback made (so this worker can end it).
+        cache.put(1, reservation.id.slot, reservation.record);
         made.push(reservation.id);
     }
     flush(&r);
