@@ -41,6 +41,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 ENVOY_BIN = VENV_BIN / "envoy"
+# The Envoy binary itself (ENVOY_BIN is the package's launcher script).
+ENVOY_BINARY = next(iter(sorted((REPO / ".venv" / "lib").glob("python3*/site-packages/envoy/_bin/envoy"))), ENVOY_BIN)
 PYTHON = VENV_BIN / "python" if (VENV_BIN / "python").exists() else Path(sys.executable)
 WASM = REPO / "target" / "wasm32-wasip1" / "release" / "mcp_session_filter.wasm"
 NATIVE = REPO / "target" / "release" / "libmcp_session_native.so"
@@ -52,6 +54,10 @@ ARTIFACT = os.environ.get("MCP_ARTIFACT", "wasm")
 if ARTIFACT not in ("wasm", "native"):
     raise SystemExit(f"MCP_ARTIFACT must be wasm or native, not {ARTIFACT!r}")
 FILTER_PATH = NATIVE if ARTIFACT == "native" else WASM
+# Where each build's own lines, stats and facts show up in Envoy.
+LOG_COMPONENT = "[dynamic_modules]" if ARTIFACT == "native" else "[wasm]"
+PROMETHEUS_PREFIX = "envoy_dynamicmodulescustom_" if ARTIFACT == "native" else ""
+FACT_PREFIX = "" if ARTIFACT == "native" else "wasm."
 DYNAMIC_MODULE_FILTER = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
 REFERENCE_CONFIG = REPO / "envoy" / "envoy.yaml"
 DEMO_SERVER = REPO / "tests" / "servers" / "demo_server.py"
@@ -123,8 +129,7 @@ def render_bootstrap(
         if filter_config is not None:
             value = filter_config if isinstance(filter_config, str) else json.dumps(filter_config)
             plugin["configuration"]["value"] = value
-        if ARTIFACT == "native":
-            filters[filters.index(wasm_filter)] = native_filter(wasm_filter)
+        for_artifact(bootstrap)
     else:
         filters.remove(wasm_filter)
 
@@ -157,6 +162,24 @@ def native_filter(wasm_filter: Mapping[str, Any], module: Path = NATIVE) -> dict
             "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value},
         },
     }
+
+
+def for_artifact(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    """The bootstrap with the build under test: with MCP_ARTIFACT=native, the Wasm filter named
+    `mcp_session` of every listener becomes the native module (in place)."""
+    if ARTIFACT != "native":
+        return bootstrap
+    listeners = bootstrap["static_resources"].get("listeners", [])
+    # Access log formats name the session facts as each build sets them (envoy.native.yaml).
+    listeners[:] = json.loads(json.dumps(listeners).replace("FILTER_STATE(wasm.mcp_session_", "FILTER_STATE(mcp_session_"))
+    for listener in listeners:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                filters = network_filter.get("typed_config", {}).get("http_filters", [])
+                for i, f in enumerate(filters):
+                    if f["name"] == WASM_FILTER_NAME and "config" in f.get("typed_config", {}):
+                        filters[i] = native_filter(f)
+    return bootstrap
 
 
 def filter_configuration(f: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from harness import (
+    NATIVE,
     ENVOY_BIN,
     REPO,
     WASM,
@@ -93,11 +94,31 @@ def wasm_files(node: Any) -> Iterator[dict[str, Any]]:
             yield from wasm_files(value)
 
 
+def module_configs(node: Any) -> Iterator[dict[str, Any]]:
+    """Every `dynamic_module_config` (the native module) in a bootstrap."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "dynamic_module_config" and isinstance(value, dict):
+                yield value
+            else:
+                yield from module_configs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from module_configs(value)
+
+
 def with_wasm(bootstrap: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The bootstrap with its module at `path`: a Wasm config's `.wasm`, or a native config's
+    module by file path (`path` with the suffix `.so`)."""
     locals_ = list(wasm_files(bootstrap))
-    assert locals_, "no wasm module in this Envoy config"
+    modules = list(module_configs(bootstrap))
+    assert locals_ or modules, "no wasm or native module in this Envoy config"
     for local in locals_:
         local["filename"] = str(path)
+    for module in modules:
+        module.pop("name", None)
+        target = NATIVE if path == WASM else path.with_suffix(".so")
+        module["module"] = {"local": {"filename": str(target)}}
     return bootstrap
 
 
@@ -167,7 +188,7 @@ def test_shipped_envoy_config_with_a_missing_wasm_fails_validation(workdir, path
     result = validate_bootstrap(with_wasm(bootstrap, missing), workdir)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-4000:]
-    assert str(missing) in output, output[-4000:]
+    assert str(missing) in output or str(missing.with_suffix(".so")) in output, output[-4000:]
 
 
 # --------------------------------------------------------------------------- Docker Compose
@@ -227,7 +248,7 @@ def embedded_plugin_configs() -> list[tuple[str, dict[str, Any]]]:
     for path, doc in manifests("WasmPlugin"):
         out.append((f"{rel(path)} WasmPlugin/{doc['metadata']['name']}", doc["spec"]["pluginConfig"]))
     for path, doc in manifests("EnvoyExtensionPolicy"):
-        for wasm in doc["spec"]["wasm"]:
+        for wasm in doc["spec"].get("wasm", []) + doc["spec"].get("dynamicModule", []):
             out.append((f"{rel(path)} EnvoyExtensionPolicy/{doc['metadata']['name']} {wasm['name']}", wasm["config"]))
     return out
 
