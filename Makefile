@@ -93,7 +93,8 @@ bench-profile: setup build
 
 # Session churn through Envoy for SOAK_SECONDS (default 180); the heap must stay flat.
 soak: setup build
-	bash scripts/soak.sh
+	MCP_ARTIFACT=wasm bash scripts/soak.sh
+	MCP_ARTIFACT=native bash scripts/soak.sh
 
 # The module as an OCI image for Istio and Envoy Gateway (a single layer holding plugin.wasm),
 # $(IMAGE_NAME):$(IMAGE_TAG) in the project's podman store, .containers/ (README "OCI image").
