@@ -80,31 +80,34 @@ def manifests(kind: str) -> list[tuple[Path, dict[str, Any]]]:
     return [(f, d) for f in shipped_yaml_files() for d in documents(f) if kind_of(d) == "k8s" and d["kind"] == kind]
 
 
-def wasm_files(node: Any) -> Iterator[dict[str, Any]]:
-    """Every `vm_config.code.local` (the object holding `filename`) in a bootstrap."""
+def found(node: Any, pick) -> Iterator[dict[str, Any]]:
+    """Every object `pick(key, value)` returns for a key of a bootstrap, searched depth first
+    (not below what it returned)."""
     if isinstance(node, dict):
         for key, value in node.items():
-            local = value.get("code", {}).get("local") if key == "vm_config" and isinstance(value, dict) else None
-            if isinstance(local, dict) and "filename" in local:
-                yield local
+            hit = pick(key, value)
+            if hit is not None:
+                yield hit
             else:
-                yield from wasm_files(value)
+                yield from found(value, pick)
     elif isinstance(node, list):
         for value in node:
-            yield from wasm_files(value)
+            yield from found(value, pick)
+
+
+def wasm_files(node: Any) -> Iterator[dict[str, Any]]:
+    """Every `vm_config.code.local` (the object holding `filename`) in a bootstrap."""
+
+    def pick(key: str, value: Any) -> dict[str, Any] | None:
+        local = value.get("code", {}).get("local") if key == "vm_config" and isinstance(value, dict) else None
+        return local if isinstance(local, dict) and "filename" in local else None
+
+    return found(node, pick)
 
 
 def module_configs(node: Any) -> Iterator[dict[str, Any]]:
     """Every `dynamic_module_config` (the native module) in a bootstrap."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "dynamic_module_config" and isinstance(value, dict):
-                yield value
-            else:
-                yield from module_configs(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from module_configs(value)
+    return found(node, lambda key, value: value if key == "dynamic_module_config" and isinstance(value, dict) else None)
 
 
 def with_wasm(bootstrap: dict[str, Any], path: Path) -> dict[str, Any]:

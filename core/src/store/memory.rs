@@ -61,6 +61,15 @@ impl Table {
         self.entries().map.len()
     }
 
+    /// Total bytes held in values.
+    pub fn value_bytes(&self) -> usize {
+        self.entries()
+            .map
+            .values()
+            .map(|(value, _)| value.len())
+            .sum()
+    }
+
     /// Whether the table holds no key.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
