@@ -1,5 +1,8 @@
 # mcp-session-filter: the two commands users need are `make run` and `make test`.
 WASM := target/wasm32-wasip1/release/mcp_session_filter.wasm
+# The native build (an Envoy 1.40 dynamic module), from the same core; built with the `native`
+# profile (a panic unwinds to the module's boundary) and copied where Envoy users expect it.
+NATIVE := target/release/libmcp_session_native.so
 # The command-line tool for sessions kept in etcd (tools/mcp-sessions).
 TOOL := target/release/mcp-sessions
 VENV := .venv
@@ -10,15 +13,20 @@ IMAGE_NAME := localhost/mcp-session-filter
 IMAGE_TAG := $(VERSION)
 IMAGE_ARCHIVE := target/mcp-session-filter.oci.tar
 
-.PHONY: FORCE build tools setup run run-cluster test unit e2e lint fuzz-quick fuzz bench bench-profile soak fmt clean image image-archive
+.PHONY: FORCE build tools setup run run-native run-cluster test unit e2e lint fuzz-quick fuzz bench bench-profile soak fmt clean image image-archive
 
-build: $(WASM)
+build: $(WASM) $(NATIVE)
 
 # cargo decides whether the wasm is up to date: every source file of every crate in the build
 # counts (a list here went stale once: core/src/etcd/*.rs was missing from it).
 $(WASM): FORCE
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 	cargo build --locked --release --target wasm32-wasip1 -p mcp-session-filter
+
+$(NATIVE): FORCE
+	cargo build --locked --profile native -p mcp-session-native
+	@mkdir -p $(dir $@)
+	cp -p target/native/libmcp_session_native.so $@
 
 # mcp-sessions, the tool that lists, counts and ends the sessions kept in etcd (host build;
 # its etcd client generates code with protoc, which scripts/setup.sh installs when missing).
@@ -40,6 +48,10 @@ setup:
 run: build
 	bash scripts/run.sh
 
+# The same, with the native module (envoy/envoy.native.yaml) in place of the Wasm filter
+run-native: build
+	NATIVE=1 bash scripts/run.sh
+
 # Two filtering Envoys (:10000, :10001) sharing their sessions through a 3-member etcd cluster
 # on 127.0.0.11-13:2379, in front of the demo MCP server; mcp-sessions built for them
 run-cluster: build tools
@@ -58,7 +70,8 @@ lint:
 	cargo clippy --locked --release --target wasm32-wasip1 -p mcp-session-filter -- -D warnings
 
 e2e: setup build tools
-	$(VENV)/bin/python -m pytest tests/e2e -q
+	MCP_ARTIFACT=wasm $(VENV)/bin/python -m pytest tests/e2e -q
+	MCP_ARTIFACT=native $(VENV)/bin/python -m pytest tests/e2e -q
 
 # cargo-fuzz targets under fuzz/: 3 s each in `make test`, 120 s each here.
 fuzz-quick:
@@ -80,7 +93,8 @@ bench-profile: setup build
 
 # Session churn through Envoy for SOAK_SECONDS (default 180); the heap must stay flat.
 soak: setup build
-	bash scripts/soak.sh
+	MCP_ARTIFACT=wasm bash scripts/soak.sh
+	MCP_ARTIFACT=native bash scripts/soak.sh
 
 # The module as an OCI image for Istio and Envoy Gateway (a single layer holding plugin.wasm),
 # $(IMAGE_NAME):$(IMAGE_TAG) in the project's podman store, .containers/ (README "OCI image").

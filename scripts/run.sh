@@ -8,7 +8,15 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-wasm="target/wasm32-wasip1/release/mcp_session_filter.wasm"
+# NATIVE=1 (`make run-native`): the native module and envoy/envoy.native.yaml instead.
+if [[ -n "${NATIVE:-}" ]]; then
+    wasm="target/release/libmcp_session_native.so"
+    envoy_config="envoy/envoy.native.yaml"
+    export ENVOY_DYNAMIC_MODULES_SEARCH_PATH=target/release
+else
+    wasm="target/wasm32-wasip1/release/mcp_session_filter.wasm"
+    envoy_config="envoy/envoy.yaml"
+fi
 demo_flags="${DEMO_FLAGS:---stateless --json}"
 
 bash scripts/setup.sh
@@ -37,8 +45,8 @@ ports_free run 8000 9901 10000
 demo_pid=$!
 wait_ready http://127.0.0.1:8000/healthz "$demo_pid" "the demo server (port 8000)"
 
-.venv/bin/envoy -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart \
-    -l warning --component-log-level wasm:info &
+.venv/bin/envoy -c "$envoy_config" --concurrency 2 --disable-hot-restart \
+    -l warning --component-log-level wasm:info,dynamic_modules:info &
 envoy_pid=$!
 trap 'kill -INT "$envoy_pid" 2>/dev/null || true' INT TERM
 if ! wait_ready http://127.0.0.1:9901/ready "$envoy_pid" "Envoy (ports 10000, 9901)"; then

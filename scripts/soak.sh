@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make soak`: continuous MCP session churn through Envoy (2 workers) for SOAK_SECONDS
+# `make soak`: continuous MCP session churn through Envoy (2 workers) for SOAK_SECONDS,
+# once per build (MCP_ARTIFACT=wasm, then native; the harness renders that build)
 # (default 180); passes when every answer was right, the filter's stats add up, and Envoy's
 # heap stays flat once the live set is steady. Figures are printed as it runs.
 #   SOAK_SECONDS=600 make soak           a longer run

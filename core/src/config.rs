@@ -58,6 +58,10 @@ pub struct RawConfig {
     /// Most live sessions one caller identity may hold; needs an identity key.
     #[serde(default)]
     pub max_sessions_per_identity: Option<u32>,
+    /// The native module's session table: configurations naming the same table share its
+    /// sessions. The Wasm build keeps sessions per `vm_id` and ignores it.
+    #[serde(default)]
+    pub table: Option<String>,
 }
 
 /// `store` as written: one backend.
@@ -244,7 +248,12 @@ pub struct Config {
     pub session_facts: bool,
     /// Most live sessions per caller identity (only with an identity key).
     pub max_sessions_per_identity: Option<u32>,
+    /// The native module's session table (`"default"` unless named).
+    pub table: String,
 }
+
+/// The session table a configuration uses unless it names one.
+pub const DEFAULT_TABLE: &str = "default";
 
 /// Why a configuration was refused; the message names the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,6 +328,7 @@ fn empty_raw() -> RawConfig {
         affinity_header: None,
         session_facts: false,
         max_sessions_per_identity: None,
+        table: None,
     }
 }
 
@@ -445,6 +455,11 @@ impl TryFrom<RawConfig> for Config {
             }
             other => other,
         };
+        let table = raw.table.unwrap_or_else(|| DEFAULT_TABLE.to_string());
+        let printable = |b: u8| b.is_ascii_alphanumeric() || b"-_.".contains(&b);
+        if table.is_empty() || table.len() > 64 || !table.bytes().all(printable) {
+            return bad("table", "must be 1 to 64 of A-Z a-z 0-9 - _ .");
+        }
         Ok(Config {
             paths: raw.paths,
             idle_timeout_ms: raw.idle_timeout_seconds * 1000,
@@ -459,6 +474,7 @@ impl TryFrom<RawConfig> for Config {
             affinity_header,
             session_facts: raw.session_facts,
             max_sessions_per_identity,
+            table,
         })
     }
 }
@@ -614,6 +630,9 @@ mod tests {
             ),
             (r#"{"allow_delete":"no"}"#, "`allow_delete`"),
             (r#"{"max_sessions":5,"stateless":"yes"}"#, "`stateless`"),
+            (r#"{"table":""}"#, "`table`"),
+            (r#"{"table":"a/b"}"#, "`table`"),
+            (r#"{"table":5}"#, "`table`"),
             ("[1,2]", "invalid configuration"),
             ("{", "invalid configuration"),
         ];

@@ -18,6 +18,10 @@ pub const LIVE: &str = "mcp_session.live";
 /// moment ago may still be served without reading the store (src/cache.rs).
 pub const EPOCH: &str = "mcp_session.epoch";
 
+/// Panics caught at the native module's boundary (each failed one request closed); the Wasm
+/// build never counts it (a panic there fails the VM, see `fail_open`).
+pub const PANICS: &str = "mcp_session.panics";
+
 /// Gauge: this Envoy's VMs whose watch on the etcd store is up.
 pub const WATCH_UP: &str = "mcp_session.store.watch_up";
 
@@ -110,6 +114,8 @@ pub enum Metric {
     Store(StoreStat),
     /// Gauge: VMs whose etcd watch is up ([`WATCH_UP`]).
     WatchUp,
+    /// Counter: panics caught by a native host ([`PANICS`]).
+    Panics,
 }
 
 impl Metric {
@@ -122,7 +128,7 @@ impl Metric {
             Metric::Count(Event::Sessionless),
         ];
         all.extend(Reason::ALL.map(|r| Metric::Count(Event::Rejected(r))));
-        all.extend([Metric::Live, Metric::Epoch, Metric::WatchUp]);
+        all.extend([Metric::Live, Metric::Epoch, Metric::WatchUp, Metric::Panics]);
         all.extend(StoreStat::ALL.map(Metric::Store));
         all
     }
@@ -139,6 +145,7 @@ impl Metric {
             Metric::Epoch => EPOCH.into(),
             Metric::Store(stat) => stat.name().into(),
             Metric::WatchUp => WATCH_UP.into(),
+            Metric::Panics => PANICS.into(),
         }
     }
 
@@ -154,7 +161,14 @@ mod tests {
 
     #[test]
     fn names_share_the_prefix() {
-        for name in [CREATED, TERMINATED, EXPIRED, PASSTHROUGH_SESSIONLESS, LIVE] {
+        for name in [
+            CREATED,
+            TERMINATED,
+            EXPIRED,
+            PASSTHROUGH_SESSIONLESS,
+            LIVE,
+            PANICS,
+        ] {
             assert!(name.starts_with("mcp_session."), "{name}");
         }
         assert_eq!(rejected(Reason::Capacity), "mcp_session.rejected.capacity");

@@ -78,6 +78,20 @@ pub mod code {
     pub const BAD_REQUEST: i64 = -32000;
     /// Session not found.
     pub const SESSION_NOT_FOUND: i64 = -32001;
+    /// JSON-RPC 2.0: internal error.
+    pub const INTERNAL_ERROR: i64 = -32603;
+}
+
+/// The status and JSON-RPC error body of a request the filter itself failed on (a panic caught
+/// at a native module's boundary). Not a [`Reason`]: it is counted in `mcp_session.panics`.
+pub fn internal_error() -> (u32, Vec<u8>) {
+    let rejection = Rejection::new(
+        500,
+        code::INTERNAL_ERROR,
+        "Internal error: the session filter failed on this request",
+        Reason::Unavailable,
+    );
+    (rejection.status, rejection.body())
 }
 
 /// A refusal, ready to be sent as a local reply.
@@ -307,6 +321,15 @@ impl Rejection {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn an_internal_error_is_a_json_rpc_500() {
+        let (status, body) = internal_error();
+        assert_eq!(status, 500);
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], -32603);
+        assert_eq!(body["id"], Value::Null);
+    }
 
     #[test]
     fn every_rejection_has_a_json_rpc_body() {

@@ -13,9 +13,10 @@ use crate::record::{Record, State};
 use crate::session_id::{SessionId, SECRET_LEN};
 use crate::store::etcd::Call;
 use crate::store::local::slot_key;
+use crate::store::memory::Table;
 use crate::store::{Limits, SharedData, WriteError};
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 /// A clock reading for tests, ms since the epoch (March 2030): far enough from 0 that no
@@ -83,29 +84,24 @@ impl Rng {
     }
 }
 
-/// An in-memory [`SharedData`] with Envoy's exact semantics (cas counter from 1, writes to
-/// missing keys accept any cas, empty values kept as present keys).
+/// Envoy's shared data for tests: the native module's [`Table`] (Envoy's exact semantics: cas
+/// counter from 1, writes to missing keys accept any cas, empty values kept as present keys),
+/// with its reads and writes counted.
 #[derive(Debug, Default)]
 pub struct FakeShared {
-    inner: RefCell<SharedInner>,
+    table: Table,
     gets: Cell<u64>,
     sets: Cell<u64>,
-}
-
-#[derive(Debug, Default)]
-struct SharedInner {
-    map: HashMap<String, (Vec<u8>, u32)>,
-    next_cas: u32,
 }
 
 impl FakeShared {
     /// Number of keys ever created (the host never deletes one).
     pub fn key_count(&self) -> usize {
-        self.inner.borrow().map.len()
+        self.table.len()
     }
     /// Total bytes held in values.
     pub fn value_bytes(&self) -> usize {
-        self.inner.borrow().map.values().map(|(v, _)| v.len()).sum()
+        self.table.value_bytes()
     }
     /// Reads so far. A read that returns a value is what costs in Envoy (a VM crossing and
     /// an allocation callback, ~11,000 instructions), so tests bound it per operation.
@@ -121,26 +117,12 @@ impl FakeShared {
 impl SharedData for FakeShared {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         self.gets.set(self.gets.get().wrapping_add(1));
-        match self.inner.borrow().map.get(key) {
-            None => (None, None),
-            Some((v, cas)) if v.is_empty() => (None, Some(*cas)),
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-        }
+        self.table.get(key)
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
         self.sets.set(self.sets.get().wrapping_add(1));
-        let mut inner = self.inner.borrow_mut();
-        let current = inner.map.get(key).map(|(_, c)| *c);
-        if let (Some(have), Some(want)) = (current, cas) {
-            if want != 0 && want != have {
-                return Err(WriteError::CasMismatch);
-            }
-        }
-        inner.next_cas = inner.next_cas.wrapping_add(1).max(1);
-        let next = inner.next_cas;
-        inner.map.insert(key.to_string(), (value.to_vec(), next));
-        Ok(())
+        self.table.set(key, value, cas)
     }
 }
 

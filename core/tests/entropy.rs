@@ -1,6 +1,7 @@
 //! Session-ID entropy: 1,000,000 secrets drawn exactly as the filter draws them
 //! (`getrandom::fill` of 16 bytes; on wasm32-wasip1 that is WASI `random_get`, Envoy's
-//! BoringSSL `RAND_bytes`; here the host's `getrandom`), encoded as session IDs.
+//! BoringSSL `RAND_bytes`; here the host's `getrandom`, which is also exactly what the native
+//! module draws from, `native/src/lib.rs` `fill_random`), encoded as session IDs.
 //!
 //! Checks, each with a threshold whose false-failure probability is about 1e-9 or less:
 //! - no two IDs are equal;

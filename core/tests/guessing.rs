@@ -6,7 +6,10 @@
 //! `Store::lookup` (and `Store::end`, for DELETE), some through the header text and
 //! `SessionId::parse` first. None may
 //! be found, none may change the shared data, and every real session must still be there.
-//! (End to end, tests/e2e/test_hostile.py sends a few thousand guesses through Envoy.)
+//! The shared data is `FakeShared`, the native module's own `store::memory::Table` with its
+//! reads counted, so this is also the native path's store.
+//! (End to end, tests/e2e/test_hostile.py sends a few thousand guesses through Envoy, in the
+//! Wasm and the native pass.)
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use mcp_session_core::session_id::{SessionId, SECRET_LEN};

@@ -29,11 +29,11 @@ use mcp_session_core::store::cache::SessionCache;
 use mcp_session_core::store::etcd::fallback::{self, shared_key, Answer};
 use mcp_session_core::store::etcd::proto::{self, request_op::Request, watch_request};
 use mcp_session_core::store::etcd::session_id;
-use mcp_session_core::store::{Reservation, Source};
 use mcp_session_core::store::etcd::{
     key, value, Call, Chore, Remote, Reply, WatchAction, WatchNews, KV, LEASE,
 };
 use mcp_session_core::store::{Ended, Limits, Lookup, Next, SharedData, StoreOp, StoreResult};
+use mcp_session_core::store::{Reservation, Source};
 use mcp_session_core::testkit::{live_record, FakeShared, T0};
 use prost::Message;
 use std::collections::HashMap;
@@ -374,7 +374,8 @@ impl Model {
         let key = match &write {
             Queued::Put(key, _) | Queued::Delete(key) => key.clone(),
         };
-        self.backlog.retain(|q| !matches!(q, Queued::Put(k, _) | Queued::Delete(k) if *k == key));
+        self.backlog
+            .retain(|q| !matches!(q, Queued::Put(k, _) | Queued::Delete(k) if *k == key));
         if self.backlog.len() < BACKLOG_LIMIT {
             self.backlog.push(write);
         }
@@ -403,7 +404,12 @@ fn fall_back(
         other => panic!("a failure with no time left: {other:?}"),
     };
     assert_eq!(given, op);
-    fallback::answer(remote, cache, shared, epoch, limits, given)
+    let answer = fallback::answer(remote, cache, shared, epoch, limits, given);
+    // The driver caches what the fallback made.
+    if let Some((id, record)) = &answer.made {
+        cache.put(epoch, id.slot, record.clone());
+    }
+    answer
 }
 
 /// Part 2: `unavailable: local`.
@@ -472,8 +478,8 @@ fn fallback_memory(input: &Fallback, idle_ms: u64) {
                 let expected = if let Some((_, record)) = cached {
                     // However old the entry: etcd cannot say it ended.
                     Answer {
-                        result: StoreResult::Lookup(Lookup::Live(record.clone(), 0)),
                         stale: true,
+                        ..StoreResult::Lookup(Lookup::Live(record.clone(), 0)).into()
                     }
                 } else {
                     match model.shared.get(&key(PREFIX, &id)) {
@@ -534,8 +540,9 @@ fn fallback_memory(input: &Fallback, idle_ms: u64) {
                     continue;
                 }
                 model.created += 1;
-                let mut live = Record::pending(now, id.secret, identity.as_deref(), limits.bind_identity)
-                    .activated(now, None);
+                let mut live =
+                    Record::pending(now, id.secret, identity.as_deref(), limits.bind_identity)
+                        .activated(now, None);
                 live.initialized = true;
                 let reserved = Reservation {
                     id,
@@ -544,10 +551,11 @@ fn fallback_memory(input: &Fallback, idle_ms: u64) {
                     from: Source::Hint,
                 };
                 assert_eq!(
-                    got,
-                    StoreResult::Reserved(Some(reserved)).into(),
+                    got.result,
+                    StoreResult::Reserved(Some(reserved)),
                     "reserve {id:?}"
                 );
+                assert_eq!(got.made.as_ref().map(|(made, _)| *made), Some(id));
                 let key = key(PREFIX, &id);
                 model.shared.insert(key.clone(), live.clone());
                 model.queue(Queued::Put(key.clone(), live.clone()));
@@ -561,7 +569,7 @@ fn fallback_memory(input: &Fallback, idle_ms: u64) {
                         now_ms: now,
                     };
                     let got = fall_back(&remote, &mut cache, &shared, epoch, &limits, op);
-                    assert_eq!(got, StoreResult::Done(true).into(), "activate {id:?}");
+                    assert_eq!(got.result, StoreResult::Done(true), "activate {id:?}");
                     live = live.activated(now, upstream_id.as_deref());
                     model.shared.insert(key.clone(), live.clone());
                     model.queue(Queued::Put(key, live.clone()));
@@ -828,7 +836,11 @@ fn watch(messages: &[WatchInput], idle_ms: u64) {
         let Some(watch_request::RequestUnion::Create(create)) = create.request_union else {
             panic!("a create request");
         };
-        let resume = if revision > 0 { revision.saturating_add(1) } else { 0 };
+        let resume = if revision > 0 {
+            revision.saturating_add(1)
+        } else {
+            0
+        };
         assert_eq!(
             create.start_revision, resume,
             "resumes after revision {revision}"

@@ -136,7 +136,9 @@ enum Answer {
 impl Answer {
     fn bytes(&self, sse: bool) -> Vec<u8> {
         let json = match self {
-            Answer::Result => r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"up","version":"1"}}}"#,
+            Answer::Result => {
+                r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"up","version":"1"}}}"#
+            }
             Answer::Error => r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#,
             Answer::Raw(bytes) => return bytes.clone(),
         };
@@ -216,11 +218,23 @@ fuzz_target!(|input: (u8, Vec<Exchange>)| {
         request.headers.set(":method", Some(method));
         if let Some(u) = &x.identity {
             request.attributes.set(
-                &["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", "p", "sub"],
+                &[
+                    "metadata",
+                    "filter_metadata",
+                    "envoy.filters.http.jwt_authn",
+                    "p",
+                    "sub",
+                ],
                 u.as_bytes(),
             );
             request.attributes.set(
-                &["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", "p", "iss"],
+                &[
+                    "metadata",
+                    "filter_metadata",
+                    "envoy.filters.http.jwt_authn",
+                    "p",
+                    "iss",
+                ],
                 b"idp",
             );
         }
@@ -257,7 +271,11 @@ fuzz_target!(|input: (u8, Vec<Exchange>)| {
                 (status, message)
             }));
         }
-        let content_type = if x.sse { "text/event-stream" } else { "application/json" };
+        let content_type = if x.sse {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
         let response = envoy.send(request, &mut |_| {
             let mut r = Response::upstream(
                 x.status.code(),

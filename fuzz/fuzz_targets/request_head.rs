@@ -41,6 +41,9 @@ fuzz_target!(|h: Head| {
     };
     if let HeadVerdict::Session { id } = on_request_headers(&cfg, &head) {
         assert_eq!(Some(id.encode().as_str()), h.session_id.as_deref());
-        assert!(!h.session_id_repeated, "a repeated session header is never a session");
+        assert!(
+            !h.session_id_repeated,
+            "a repeated session header is never a session"
+        );
     }
 });

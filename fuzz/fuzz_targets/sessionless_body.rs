@@ -8,7 +8,10 @@ use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| match on_sessionless_body(data) {
     SessionlessBody::Initialize { id } => {
-        assert!(matches!(id.as_json().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9')));
+        assert!(matches!(
+            id.as_json().as_bytes().first(),
+            Some(b'"' | b'-' | b'0'..=b'9')
+        ));
     }
     SessionlessBody::Reject(r) => {
         let body = String::from_utf8(r.body()).expect("the reply is UTF-8");

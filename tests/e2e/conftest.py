@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from harness import WASM, Envoy, McpServer, log_problems, render_bootstrap
+from harness import ARTIFACT, FILTER_PATH, Envoy, McpServer, log_problems, render_bootstrap
 
 # The configuration most tests run against: the reference shape, a small body limit so the
 # 413 is cheap to reach.
@@ -78,8 +78,8 @@ class Envoys:
         key = (upstream.port, json.dumps(config, sort_keys=True), with_filter)
         if not fresh and key in self.shared:
             return self.shared[key]
-        if with_filter and not WASM.exists():
-            pytest.fail(f"the filter is not built: {WASM} is missing (run `make build`)", pytrace=False)
+        if with_filter and not FILTER_PATH.exists():
+            pytest.fail(f"the filter is not built: {FILTER_PATH} is missing (run `make build`)", pytrace=False)
         self.count += 1
         bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config=config, with_filter=with_filter)
         envoy = Envoy(bootstrap, self.workdir, name=f"envoy-{self.count}").start()
@@ -92,8 +92,8 @@ class Envoys:
         """An Envoy for a bootstrap a test built itself (more filters, TLS, another shipped
         file). Its log is checked after every test like the others'; the test stops it (and
         the pool stops it at the end of the run if the test did not get to)."""
-        if not WASM.exists():
-            pytest.fail(f"the filter is not built: {WASM} is missing (run `make build`)", pytrace=False)
+        if not FILTER_PATH.exists():
+            pytest.fail(f"the filter is not built: {FILTER_PATH} is missing (run `make build`)", pytrace=False)
         self.count += 1
         envoy = Envoy(bootstrap, self.workdir, name=f"envoy-{self.count}-{name}").start()
         self.all.append(envoy)
@@ -112,6 +112,20 @@ class Envoys:
     def stop_all(self) -> None:
         for envoy in self.all:
             envoy.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With MCP_ARTIFACT=native, tests marked `wasm_only` are skipped, with their reason."""
+    if ARTIFACT != "native":
+        return
+    for item in items:
+        marker = item.get_closest_marker("wasm_only")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=f"Wasm build only: {marker.args[0]}"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"filter build under test: {ARTIFACT} ({FILTER_PATH})"
 
 
 @pytest.fixture(scope="session")

@@ -41,14 +41,30 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 ENVOY_BIN = VENV_BIN / "envoy"
+# The Envoy binary itself (ENVOY_BIN is the package's launcher script).
+ENVOY_BINARY = next(iter(sorted((REPO / ".venv" / "lib").glob("python3*/site-packages/envoy/_bin/envoy"))), ENVOY_BIN)
 PYTHON = VENV_BIN / "python" if (VENV_BIN / "python").exists() else Path(sys.executable)
 WASM = REPO / "target" / "wasm32-wasip1" / "release" / "mcp_session_filter.wasm"
+NATIVE = REPO / "target" / "release" / "libmcp_session_native.so"
+
+# Which build of the filter the run tests: `wasm` (the proxy-wasm module) or `native` (the
+# Envoy dynamic module). `make e2e` runs the suite once for each; every bootstrap this module
+# renders carries that build, in the same place of the same shape.
+ARTIFACT = os.environ.get("MCP_ARTIFACT", "wasm")
+if ARTIFACT not in ("wasm", "native"):
+    raise SystemExit(f"MCP_ARTIFACT must be wasm or native, not {ARTIFACT!r}")
+FILTER_PATH = NATIVE if ARTIFACT == "native" else WASM
+# Where each build's own lines, stats and facts show up in Envoy.
+LOG_COMPONENT = "[dynamic_modules]" if ARTIFACT == "native" else "[wasm]"
+PROMETHEUS_PREFIX = "envoy_dynamicmodulescustom_" if ARTIFACT == "native" else ""
+FACT_PREFIX = "" if ARTIFACT == "native" else "wasm."
+DYNAMIC_MODULE_FILTER = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
 REFERENCE_CONFIG = REPO / "envoy" / "envoy.yaml"
 DEMO_SERVER = REPO / "tests" / "servers" / "demo_server.py"
 
 MCP_PATH = "/mcp"
 WASM_FILTER_NAME = "mcp_session"
-STATS_PREFIX = "wasmcustom.mcp_session."
+STATS_PREFIX = ("dynamicmodulescustom" if ARTIFACT == "native" else "wasmcustom") + ".mcp_session."
 
 PROTOCOL_VERSION = "2025-11-25"
 MODERN_PROTOCOL_VERSION = "2026-07-28"
@@ -62,7 +78,7 @@ SESSION_ID_RE = re.compile(r"^[0-9a-f]{40}$")
 # wasm component (VM failures, failed callbacks, on_configure refusing the config).
 LOG_PROBLEM_RES = (
     re.compile(r"panic", re.IGNORECASE),
-    re.compile(r"\[(?:error|critical)\]\[wasm\]"),
+    re.compile(r"\[(?:error|critical)\]\[(?:wasm|dynamic_modules)\]"),
 )
 
 READY_TIMEOUT = 30.0
@@ -113,6 +129,7 @@ def render_bootstrap(
         if filter_config is not None:
             value = filter_config if isinstance(filter_config, str) else json.dumps(filter_config)
             plugin["configuration"]["value"] = value
+        for_artifact(bootstrap)
     else:
         filters.remove(wasm_filter)
 
@@ -121,6 +138,54 @@ def render_bootstrap(
     (endpoint,) = locality["lb_endpoints"]
     endpoint["endpoint"]["address"]["socket_address"]["port_value"] = upstream_port
     return bootstrap
+
+
+def native_filter(wasm_filter: Mapping[str, Any], module: Path = NATIVE) -> dict[str, Any]:
+    """The native module in place of a rendered Wasm filter: the same name and the same JSON
+    configuration (its `vm_id` becomes the `table` unless the JSON names one), loaded by path."""
+    plugin = wasm_filter["typed_config"]["config"]
+    value = plugin["configuration"]["value"]
+    vm_id = plugin["vm_config"].get("vm_id")
+    try:
+        parsed = json.loads(value) if value.strip() else {}
+    except ValueError:
+        parsed = None  # malformed on purpose: passed verbatim
+    if isinstance(parsed, dict) and vm_id and vm_id != "mcp_session" and "table" not in parsed:
+        parsed["table"] = vm_id
+        value = json.dumps(parsed)
+    return {
+        "name": wasm_filter["name"],
+        "typed_config": {
+            "@type": DYNAMIC_MODULE_FILTER,
+            "dynamic_module_config": {"module": {"local": {"filename": str(module)}}, "do_not_close": True},
+            "filter_name": "mcp_session",
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value},
+        },
+    }
+
+
+def for_artifact(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    """The bootstrap with the build under test: with MCP_ARTIFACT=native, the Wasm filter named
+    `mcp_session` of every listener becomes the native module (in place)."""
+    if ARTIFACT != "native":
+        return bootstrap
+    listeners = bootstrap["static_resources"].get("listeners", [])
+    # Access log formats name the session facts as each build sets them (envoy.native.yaml).
+    listeners[:] = json.loads(json.dumps(listeners).replace("FILTER_STATE(wasm.mcp_session_", "FILTER_STATE(mcp_session_"))
+    for listener in listeners:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                filters = network_filter.get("typed_config", {}).get("http_filters", [])
+                for i, f in enumerate(filters):
+                    if f["name"] == WASM_FILTER_NAME and "config" in f.get("typed_config", {}):
+                        filters[i] = native_filter(f)
+    return bootstrap
+
+
+def filter_configuration(f: Mapping[str, Any]) -> dict[str, Any]:
+    """The StringValue holding a rendered filter's JSON, for either build."""
+    typed = f["typed_config"]
+    return typed["filter_config"] if typed["@type"] == DYNAMIC_MODULE_FILTER else typed["config"]["configuration"]
 
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -151,7 +216,7 @@ def write_lds(listener: Mapping[str, Any], lds_path: Path) -> None:
 def set_plugin_configuration(listener: dict[str, Any], filter_config: Mapping[str, Any]) -> None:
     for f in _http_connection_manager(listener)["http_filters"]:
         if f["name"] == WASM_FILTER_NAME:
-            f["typed_config"]["config"]["configuration"]["value"] = json.dumps(filter_config)
+            filter_configuration(f)["value"] = json.dumps(filter_config)
             return
     raise KeyError(WASM_FILTER_NAME)
 
@@ -167,7 +232,7 @@ def plugin_configuration(bootstrap: Mapping[str, Any]) -> str | None:
     (listener,) = bootstrap["static_resources"]["listeners"]
     for f in _http_connection_manager(dict(listener))["http_filters"]:
         if f["name"] == WASM_FILTER_NAME:
-            return f["typed_config"]["config"]["configuration"]["value"]
+            return filter_configuration(f)["value"]
     return None
 
 

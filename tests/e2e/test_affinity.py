@@ -40,6 +40,7 @@ from harness import (
     SESSION_ID_RE,
     TAG_HEADER,
     WASM,
+    for_artifact,
     WASM_FILTER_NAME,
     Envoy,
     McpServer,
@@ -96,7 +97,7 @@ def render_affinity(replicas: Sequence[McpServer], *, without_affinity: bool = F
         address = endpoint["endpoint"]["address"]["socket_address"]
         assert address["address"] == "127.0.0.1", address
         address["port_value"] = replica.port
-    return bootstrap
+    return for_artifact(bootstrap)
 
 
 @dataclass

@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 import report  # noqa: E402
 
+pytestmark = pytest.mark.wasm_only("checks BENCHMARKS.md, not a build")
+
 TEXT = report.BENCHMARKS_MD.read_text()
 
 

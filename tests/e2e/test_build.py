@@ -4,10 +4,14 @@ wasm's inputs, so a change under core/src/etcd/ left the old wasm in place)."""
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import time
 from pathlib import Path
+
+pytestmark = pytest.mark.wasm_only("tests the Wasm build's staleness rule")
 
 ROOT = Path(__file__).resolve().parents[2]
 WASM = ROOT / "target/wasm32-wasip1/release/mcp_session_filter.wasm"

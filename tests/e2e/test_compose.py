@@ -51,6 +51,7 @@ from harness import (
     tool_call,
 )
 
+
 CONTAINERS = REPO / "scripts" / "containers.sh"
 COMPOSE_FILE = REPO / "envoy" / "docker-compose.yaml"
 CLUSTER_COMPOSE_FILE = REPO / "envoy" / "docker-compose.cluster.yaml"
@@ -68,7 +69,7 @@ SERVICE_LABEL = "io.podman.compose.service"
 IMAGES_TIMEOUT = 600
 COMPOSE_TIMEOUT = 120
 
-pytestmark = pytest.mark.timeout(IMAGES_TIMEOUT + 2 * COMPOSE_TIMEOUT)
+pytestmark = [pytest.mark.timeout(IMAGES_TIMEOUT + 2 * COMPOSE_TIMEOUT), pytest.mark.wasm_only("the native compose variant is not written yet")]
 
 
 def containers(*args: str, timeout: float = COMPOSE_TIMEOUT) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from harness import WASM, Envoy, HarnessError, render_bootstrap, validate_bootstrap
+from harness import FILTER_PATH, LOG_COMPONENT, Envoy, HarnessError, render_bootstrap, validate_bootstrap
 
 FULL = {
     "paths": ["/mcp", "/other"],
@@ -34,8 +34,8 @@ BAD = [
 
 @pytest.fixture(autouse=True)
 def _wasm_built() -> None:
-    if not WASM.exists():
-        pytest.fail(f"the filter is not built: {WASM} is missing (run `make build`)", pytrace=False)
+    if not FILTER_PATH.exists():
+        pytest.fail(f"the filter is not built: {FILTER_PATH} is missing (run `make build`)", pytrace=False)
 
 
 @pytest.mark.parametrize("config", [None, {}, FULL], ids=["reference", "empty", "every key"])
@@ -52,7 +52,7 @@ def test_bad_configuration_is_refused_at_startup(workdir, upstream, config, name
     with pytest.raises(HarnessError, match="the process exited"):
         envoy.start()
     log = envoy.log_text()
-    refusal = [line for line in log.splitlines() if "[wasm]" in line and ("[error]" in line or "[critical]" in line)]
+    refusal = [line for line in log.splitlines() if LOG_COMPONENT in line and ("[error]" in line or "[critical]" in line)]
     assert refusal, log[-3000:]
     if names is not None:
         assert any(names in line for line in refusal), "\n".join(refusal)

@@ -503,6 +503,7 @@ def reload_stats(envoy: Envoy) -> dict[str, int]:
     return {name.rsplit(".", 1)[-1]: value for name, value in stats.items()}
 
 
+@pytest.mark.wasm_only("a Wasm VM failure and FAIL_RELOAD; the native panic containment is in test_native.py")
 @pytest.mark.timeout(BUILD_TIMEOUT + 120)
 def test_a_vm_failure_under_fail_reload_is_recovered_with_the_sessions(
     workdir, upstreams, fault_injection_wasm
@@ -614,6 +615,7 @@ def gated_upstream() -> Iterator[GatedUpstream]:
     upstream.close()
 
 
+@pytest.mark.wasm_only("a Wasm VM failure and FAIL_RELOAD; the native panic containment is in test_native.py")
 @pytest.mark.timeout(BUILD_TIMEOUT + 120)
 def test_an_initialize_in_flight_when_the_vm_fails_holds_its_slot_until_it_expires(
     workdir, gated_upstream, fault_injection_wasm

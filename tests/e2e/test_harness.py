@@ -23,6 +23,7 @@ from harness import (
 )
 
 
+@pytest.mark.wasm_only("checks envoy/envoy.yaml's Wasm filter; test_shipped_configs.py checks envoy.native.yaml")
 def test_reference_config_has_the_documented_shape() -> None:
     text = REFERENCE_CONFIG.read_text()
     assert "allow_on_headers_stop_iteration" not in text

@@ -29,6 +29,7 @@ import pytest
 
 from harness import REPO, WASM
 
+
 CONTAINERS = REPO / "scripts" / "containers.sh"
 VERSION = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["version"]
 # The Makefile's default name and tag.
@@ -42,7 +43,7 @@ GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 # it: a few seconds.
 MAKE_TIMEOUT = 300
 
-pytestmark = pytest.mark.timeout(3 * MAKE_TIMEOUT)
+pytestmark = [pytest.mark.timeout(3 * MAKE_TIMEOUT), pytest.mark.wasm_only("the OCI image carries the Wasm module")]
 
 
 def run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

@@ -24,6 +24,8 @@ import httpx
 import pytest
 
 from harness import (
+    ARTIFACT,
+    LOG_COMPONENT,
     PROTOCOL_VERSION,
     TAG_HEADER,
     Envoy,
@@ -138,7 +140,9 @@ def run_traffic(envoy: Envoy, upstream: McpServer) -> tuple[list[str], list[str]
     return [a, b, c, *t.upstream_ids()], [alice, bob, carol]
 
 
-@pytest.mark.parametrize("levels", [[], ["--component-log-level", "wasm:debug"]], ids=["info", "wasm-debug"])
+@pytest.mark.parametrize(
+    "levels", [[], ["--component-log-level", f"{LOG_COMPONENT.strip('[]')}:debug"]], ids=["info", "wasm-debug"]
+)
 def test_session_ids_and_identities_never_logged_above_debug(workdir: Path, upstreams, levels: list[str]) -> None:
     upstream = upstreams.get("stateful-json")
     bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config=CONFIG)
@@ -162,7 +166,13 @@ def test_session_ids_and_identities_never_logged_above_debug(workdir: Path, upst
     assert not leaks, "\n".join(leaks)
     assert envoy.log_problems() == []
 
-    wasm = [(level, line) for level, line in entries if "[wasm]" in line and "mcp_session" in line]
+    # The filter's own lines (the Wasm build's carry its plugin name; the native module's
+    # component holds only its lines and Envoy's line about loading it).
+    wasm = [
+        (level, line)
+        for level, line in entries
+        if LOG_COMPONENT in line and ("mcp_session" in line or ARTIFACT == "native")
+    ]
     # Session ends are logged at info; a creation only at debug (one line per initialize is a
     # measurable share of its cost at Envoy's default level: BENCHMARKS.md).
     assert any("ended" in line and level == "info" for level, line in wasm), "no session was logged as ended"

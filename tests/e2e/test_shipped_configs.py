@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from harness import (
+    NATIVE,
     ENVOY_BIN,
     REPO,
     WASM,
@@ -79,25 +80,48 @@ def manifests(kind: str) -> list[tuple[Path, dict[str, Any]]]:
     return [(f, d) for f in shipped_yaml_files() for d in documents(f) if kind_of(d) == "k8s" and d["kind"] == kind]
 
 
-def wasm_files(node: Any) -> Iterator[dict[str, Any]]:
-    """Every `vm_config.code.local` (the object holding `filename`) in a bootstrap."""
+def found(node: Any, pick) -> Iterator[dict[str, Any]]:
+    """Every object `pick(key, value)` returns for a key of a bootstrap, searched depth first
+    (not below what it returned)."""
     if isinstance(node, dict):
         for key, value in node.items():
-            local = value.get("code", {}).get("local") if key == "vm_config" and isinstance(value, dict) else None
-            if isinstance(local, dict) and "filename" in local:
-                yield local
+            hit = pick(key, value)
+            if hit is not None:
+                yield hit
             else:
-                yield from wasm_files(value)
+                yield from found(value, pick)
     elif isinstance(node, list):
         for value in node:
-            yield from wasm_files(value)
+            yield from found(value, pick)
+
+
+def wasm_files(node: Any) -> Iterator[dict[str, Any]]:
+    """Every `vm_config.code.local` (the object holding `filename`) in a bootstrap."""
+
+    def pick(key: str, value: Any) -> dict[str, Any] | None:
+        local = value.get("code", {}).get("local") if key == "vm_config" and isinstance(value, dict) else None
+        return local if isinstance(local, dict) and "filename" in local else None
+
+    return found(node, pick)
+
+
+def module_configs(node: Any) -> Iterator[dict[str, Any]]:
+    """Every `dynamic_module_config` (the native module) in a bootstrap."""
+    return found(node, lambda key, value: value if key == "dynamic_module_config" and isinstance(value, dict) else None)
 
 
 def with_wasm(bootstrap: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The bootstrap with its module at `path`: a Wasm config's `.wasm`, or a native config's
+    module by file path (`path` with the suffix `.so`)."""
     locals_ = list(wasm_files(bootstrap))
-    assert locals_, "no wasm module in this Envoy config"
+    modules = list(module_configs(bootstrap))
+    assert locals_ or modules, "no wasm or native module in this Envoy config"
     for local in locals_:
         local["filename"] = str(path)
+    for module in modules:
+        module.pop("name", None)
+        target = NATIVE if path == WASM else path.with_suffix(".so")
+        module["module"] = {"local": {"filename": str(target)}}
     return bootstrap
 
 
@@ -167,7 +191,7 @@ def test_shipped_envoy_config_with_a_missing_wasm_fails_validation(workdir, path
     result = validate_bootstrap(with_wasm(bootstrap, missing), workdir)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-4000:]
-    assert str(missing) in output, output[-4000:]
+    assert str(missing) in output or str(missing.with_suffix(".so")) in output, output[-4000:]
 
 
 # --------------------------------------------------------------------------- Docker Compose
@@ -227,7 +251,7 @@ def embedded_plugin_configs() -> list[tuple[str, dict[str, Any]]]:
     for path, doc in manifests("WasmPlugin"):
         out.append((f"{rel(path)} WasmPlugin/{doc['metadata']['name']}", doc["spec"]["pluginConfig"]))
     for path, doc in manifests("EnvoyExtensionPolicy"):
-        for wasm in doc["spec"]["wasm"]:
+        for wasm in doc["spec"].get("wasm", []) + doc["spec"].get("dynamicModule", []):
             out.append((f"{rel(path)} EnvoyExtensionPolicy/{doc['metadata']['name']} {wasm['name']}", wasm["config"]))
     return out
 

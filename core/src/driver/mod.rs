@@ -249,9 +249,15 @@ impl<H: Host> Worker<H> {
         // With etcd, a read answered after the watch reported an end may predate that end.
         let settled = (record.initialized || !self.config.enforce_initialized)
             && stamp.ends == self.ends_seen.get();
-        let (Some(epoch), Ok(mut cache), true) =
-            (stamp.epoch, self.cache.try_borrow_mut(), settled)
-        else {
+        if let (Some(epoch), true) = (stamp.epoch, settled) {
+            self.cache_put(epoch, id, record);
+        }
+    }
+
+    /// Puts a session in this worker's cache; with etcd, also in the index of the keys the
+    /// cache may hold, which the watch's ends are checked against.
+    fn cache_put(&self, epoch: u64, id: &SessionId, record: &Record) {
+        let Ok(mut cache) = self.cache.try_borrow_mut() else {
             return;
         };
         cache.put(epoch, id.slot, record.clone());

@@ -309,22 +309,13 @@ impl<H: Host> Worker<H> {
             return StoreResult::Unavailable;
         };
         let epoch = self.host.epoch().unwrap_or(0);
-        let made = match &op {
-            StoreOp::Activate { id, .. } => Some(*id),
-            _ => None,
-        };
         let answer = fallback::answer(remote, &mut cache, &self.host, epoch, &self.limits, op);
+        drop(cache);
         if answer.stale {
             self.count_store(StoreStat::StaleServes);
         }
-        // A session the fallback put in the cache is one the watch must know the cache holds,
-        // or a DELETE elsewhere once etcd is back would not empty it.
-        let made = match &answer.result {
-            StoreResult::Reserved(Some(reservation)) => Some(reservation.id),
-            _ => made,
-        };
-        if let (Some(id), Ok(mut keys)) = (made, self.cached_keys.try_borrow_mut()) {
-            keys.insert(etcd::key(&remote.config().prefix, &id));
+        if let Some((id, record)) = &answer.made {
+            self.cache_put(epoch, id, record);
         }
         answer.result
     }

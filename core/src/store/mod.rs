@@ -4,6 +4,8 @@
 //! - [`etcd`]: sessions in etcd (every Envoy of a fleet), answered later: an operation becomes
 //!   gRPC calls the host makes and feeds back.
 //! - [`cache`]: a worker's memory of sessions it validated a moment ago.
+//! - [`memory`]: shared data in process memory, for a host whose workers are threads (the
+//!   native module); the local store runs on it unchanged.
 //!
 //! The request machine asks for a [`StoreOp`] and gets a [`StoreResult`]; [`Backend::begin`]
 //! starts an operation on either backend and says what comes [`Next`]. What a record means for
@@ -14,6 +16,7 @@
 pub mod cache;
 pub mod etcd;
 pub mod local;
+pub mod memory;
 
 use crate::record::{Record, State};
 use crate::session_id::{SessionId, SECRET_LEN};

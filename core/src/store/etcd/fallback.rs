@@ -16,6 +16,9 @@ pub struct Answer {
     pub result: StoreResult,
     /// A session was served from a cache entry older than the cache may serve with etcd up.
     pub stale: bool,
+    /// A session made here while etcd is away, for the caller's cache: the workers serve it
+    /// from there (and the watch must know the cache holds it).
+    pub made: Option<(SessionId, Record)>,
 }
 
 impl From<StoreResult> for Answer {
@@ -23,6 +26,7 @@ impl From<StoreResult> for Answer {
         Answer {
             result,
             stale: false,
+            made: None,
         }
     }
 }
@@ -35,18 +39,10 @@ pub fn shared_key(etcd_key: &[u8]) -> String {
 
 /// Keeps a session made while etcd is away: every worker of this Envoy finds it in shared data
 /// until the backlog has written it to etcd.
-fn keep(
-    remote: &Remote,
-    cache: &mut SessionCache,
-    shared: &impl SharedData,
-    epoch: u64,
-    id: &SessionId,
-    live: &Record,
-) {
+fn keep(remote: &Remote, shared: &impl SharedData, id: &SessionId, live: &Record) {
     let key = key(&remote.config().prefix, id);
     let _ = shared.set(&shared_key(&key), &value(live), None);
     remote.defer_put(key, live.clone());
-    cache.put(epoch, id.slot, live.clone());
 }
 
 /// Answers `op` from this Envoy's memory (`epoch`: the cache's, as the caller read it).
@@ -69,8 +65,8 @@ pub fn answer(
                 cache.get_within(epoch, &id, identity.as_deref(), now_ms, limits, u64::MAX)
             {
                 return Answer {
-                    result: StoreResult::Lookup(Lookup::Live(record.clone(), 0)),
                     stale: true,
+                    ..StoreResult::Lookup(Lookup::Live(record.clone(), 0)).into()
                 };
             }
             // A session another worker of this Envoy created while etcd was away.
@@ -111,8 +107,11 @@ pub fn answer(
         } => {
             let mut live = reserved.activated(now_ms, upstream_id.as_deref());
             live.initialized = true;
-            keep(remote, cache, shared, epoch, &id, &live);
-            StoreResult::Done(true).into()
+            keep(remote, shared, &id, &live);
+            Answer {
+                made: Some((id, live)),
+                ..StoreResult::Done(true).into()
+            }
         }
         StoreOp::MarkInitialized { .. } | StoreOp::Release { .. } => StoreResult::Done(true).into(),
         StoreOp::Reserve {
@@ -133,14 +132,17 @@ pub fn answer(
             let mut live = pending.activated(now_ms, None);
             // Its `notifications/initialized` cannot be recorded while etcd is away.
             live.initialized = true;
-            keep(remote, cache, shared, epoch, &id, &live);
-            StoreResult::Reserved(Some(Reservation {
-                id,
-                record: live,
-                expired: 0,
-                from: Source::Hint,
-            }))
-            .into()
+            keep(remote, shared, &id, &live);
+            Answer {
+                made: Some((id, live.clone())),
+                ..StoreResult::Reserved(Some(Reservation {
+                    id,
+                    record: live,
+                    expired: 0,
+                    from: Source::Hint,
+                }))
+                .into()
+            }
         }
     }
 }

@@ -1,0 +1,184 @@
+//! Shared data in process memory, for a host whose workers are threads of one process (the
+//! native Envoy module): a [`SharedData`] with exactly the semantics the local store expects
+//! of Envoy's proxy-wasm shared data, plus the epoch counter the caches read.
+//!
+//! Tables are named (`"table"` in the configuration): every configuration that names the same
+//! table, in one process, shares its sessions, and a table outlives the configurations that
+//! use it, so a configuration update keeps every session. A table's memory is bounded by the
+//! local store's slots (`max_sessions`), as shared data's is.
+
+use super::{SharedData, WriteError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+/// One table: keys to values and their cas, and the epoch.
+#[derive(Debug, Default)]
+pub struct Table {
+    entries: Mutex<Entries>,
+    epoch: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    map: HashMap<Box<str>, (Box<[u8]>, u32)>,
+    next_cas: u32,
+}
+
+impl Table {
+    /// The table called `name` in this process, made empty the first time it is asked for.
+    pub fn named(name: &str) -> Arc<Table> {
+        static TABLES: OnceLock<Mutex<HashMap<String, Arc<Table>>>> = OnceLock::new();
+        let tables = TABLES.get_or_init(Mutex::default);
+        let mut tables = tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(tables.entry(name.to_string()).or_default())
+    }
+
+    fn entries(&self) -> MutexGuard<'_, Entries> {
+        // A panic while the lock was held (caught at the module's boundary) leaves the map
+        // as the last completed operation left it: every operation is one insert or read.
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds `delta` to the epoch and returns the new value.
+    pub fn advance_epoch(&self, delta: u64) -> u64 {
+        self.epoch
+            .fetch_add(delta, Ordering::AcqRel)
+            .wrapping_add(delta)
+    }
+
+    /// The epoch: moves on every end of a session in this table.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// How many keys the table holds (for tests and memory accounting).
+    pub fn len(&self) -> usize {
+        self.entries().map.len()
+    }
+
+    /// Total bytes held in values.
+    pub fn value_bytes(&self) -> usize {
+        self.entries()
+            .map
+            .values()
+            .map(|(value, _)| value.len())
+            .sum()
+    }
+
+    /// Whether the table holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl SharedData for Table {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.entries().map.get(key) {
+            None => (None, None),
+            Some((value, cas)) if value.is_empty() => (None, Some(*cas)),
+            Some((value, cas)) => (Some(value.to_vec()), Some(*cas)),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+        let mut entries = self.entries();
+        let current = entries.map.get(key).map(|(_, have)| *have);
+        if let (Some(have), Some(want)) = (current, cas) {
+            if want != 0 && want != have {
+                return Err(WriteError::CasMismatch);
+            }
+        }
+        entries.next_cas = entries.next_cas.wrapping_add(1).max(1);
+        let next = entries.next_cas;
+        match entries.map.get_mut(key) {
+            Some(entry) => *entry = (value.into(), next),
+            None => {
+                entries.map.insert(key.into(), (value.into(), next));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_has_shared_datas_semantics() {
+        let table = Table::default();
+        assert_eq!(table.get("k"), (None, None));
+        assert_eq!(
+            table.set("k", b"v1", Some(7)),
+            Ok(()),
+            "missing key: cas ignored"
+        );
+        let (value, cas) = table.get("k");
+        assert_eq!(value.as_deref(), Some(&b"v1"[..]));
+        let cas = cas.unwrap_or_default();
+        assert_eq!(
+            table.set("k", b"v2", Some(cas + 1)),
+            Err(WriteError::CasMismatch)
+        );
+        assert_eq!(table.set("k", b"v2", Some(cas)), Ok(()));
+        assert_eq!(
+            table.set("k", b"v3", Some(cas)),
+            Err(WriteError::CasMismatch)
+        );
+        assert_eq!(table.set("k", b"", None), Ok(()));
+        let (value, cas) = table.get("k");
+        assert_eq!(value, None, "an empty value reads as none");
+        assert!(cas.is_some(), "but the key is there");
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn tables_are_shared_by_name_and_outlive_their_users() {
+        let first = Table::named("memory-test-a");
+        first.advance_epoch(2);
+        assert_eq!(first.set("k", b"v", None), Ok(()));
+        drop(first);
+        let again = Table::named("memory-test-a");
+        assert_eq!(again.epoch(), 2);
+        assert_eq!(again.get("k").0.as_deref(), Some(&b"v"[..]));
+        let other = Table::named("memory-test-b");
+        assert_eq!(other.get("k"), (None, None));
+        assert_eq!(other.epoch(), 0);
+    }
+
+    #[test]
+    fn threads_writing_with_cas_never_lose_an_update() {
+        let table = Arc::new(Table::default());
+        assert_eq!(table.set("n", &0u32.to_le_bytes(), None), Ok(()));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let table = Arc::clone(&table);
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        loop {
+                            let (value, cas) = table.get("n");
+                            let n = value.map_or(0, |v| {
+                                u32::from_le_bytes(v.try_into().unwrap_or_default())
+                            });
+                            let written = table.set("n", &(n + 1).to_le_bytes(), cas);
+                            if written.is_ok() {
+                                break;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert!(thread.join().is_ok());
+        }
+        let (value, _) = table.get("n");
+        let n = value.map_or(0, |v| u32::from_le_bytes(v.try_into().unwrap_or_default()));
+        assert_eq!(n, 2000);
+    }
+}

@@ -1,0 +1,930 @@
+//! Envoy 1.40's dynamic-module ABI (v0.2.0), the part this module uses, and the only `unsafe`
+//! of the crate.
+//!
+//! - Declarations are written here by hand from Envoy's `abi.h` (`source/extensions/
+//!   dynamic_modules/abi/abi.h`, ABI "v0.2.0"): no SDK crate is published for it. Each callback
+//!   declared below is one the 1.40 binary exports (`tests/e2e/test_native.py` checks every
+//!   symbol the built module imports against `nm -D` of the Envoy the tests run), and each hook is one 1.40 resolves.
+//! - Every hook Envoy calls goes through [`guard`]: a panic is caught here and never unwinds
+//!   into Envoy (which would abort the process). A stream hook that panicked fails its request
+//!   closed ([`Filter::failed`]).
+//! - Above this file, Envoy is reached through safe handles: [`Envoy`] (one stream, valid
+//!   during one hook), [`EnvoyConfig`] (a filter configuration), [`Scheduler`].
+
+#![allow(unsafe_code)]
+
+use crate::{Filter, Filters, Outcome};
+use mcp_session_core::driver::{Action, Side};
+use mcp_session_core::exchange::Reply;
+use mcp_session_core::headers;
+use std::ffi::{c_char, c_void};
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// `{ptr, length}` of bytes Envoy owns, valid during the hook.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+impl EnvoyBuffer {
+    const EMPTY: EnvoyBuffer = EnvoyBuffer {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+
+    /// The bytes. Safety: Envoy keeps them valid while the hook that read them runs, and the
+    /// slice does not outlive the copy made from it there.
+    fn bytes<'a>(self) -> &'a [u8] {
+        if self.ptr.is_null() || self.length == 0 {
+            return &[];
+        }
+        // SAFETY: Envoy's contract for every buffer it hands out: `length` bytes at `ptr`,
+        // valid until the hook returns; every caller copies before returning.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.length) }
+    }
+}
+
+/// `{ptr, length}` of bytes this module owns, passed by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ModuleBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+impl ModuleBuffer {
+    const NONE: ModuleBuffer = ModuleBuffer {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+
+    fn of(bytes: &[u8]) -> ModuleBuffer {
+        ModuleBuffer {
+            ptr: bytes.as_ptr(),
+            length: bytes.len(),
+        }
+    }
+}
+
+/// A header as Envoy hands it out.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyHeader {
+    key: EnvoyBuffer,
+    value: EnvoyBuffer,
+}
+
+/// A header this module hands to Envoy.
+#[repr(C)]
+struct ModuleHeader {
+    key: ModuleBuffer,
+    value: ModuleBuffer,
+}
+
+type ConfigEnvoyPtr = *mut c_void;
+type ConfigModulePtr = *const c_void;
+type FilterEnvoyPtr = *mut c_void;
+type FilterModulePtr = *const c_void;
+type SchedulerPtr = *mut c_void;
+
+// envoy_dynamic_module_type_http_header_type
+const REQUEST_HEADER: u32 = 0;
+const RESPONSE_HEADER: u32 = 2;
+// envoy_dynamic_module_type_http_body_type
+const RECEIVED_REQUEST_BODY: u32 = 0;
+const BUFFERED_REQUEST_BODY: u32 = 1;
+const RECEIVED_RESPONSE_BODY: u32 = 2;
+const BUFFERED_RESPONSE_BODY: u32 = 3;
+// Every on_http_filter_*_status: Continue = 0; headers StopIteration = 1, body
+// StopIterationAndBuffer = 1.
+const CONTINUE: u32 = 0;
+const STOP: u32 = 1;
+// envoy_dynamic_module_type_metrics_result
+const METRICS_SUCCESS: u32 = 0;
+// envoy_dynamic_module_type_log_level: Trace 0 .. Critical 5, Off 6.
+const LOG_OFF: u32 = 6;
+
+/// The connection and upstream attributes the core asks for
+/// (`envoy_dynamic_module_type_attribute_id`).
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub enum Attribute {
+    /// `connection.subject_peer_certificate`
+    SubjectPeerCertificate = 33,
+    /// `connection.uri_san_peer_certificate`
+    UriSanPeerCertificate = 37,
+    /// `connection.sha256_peer_certificate_digest`
+    Sha256PeerCertificate = 38,
+    /// `upstream.address`
+    UpstreamAddress = 41,
+}
+
+extern "C" {
+    fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+    fn envoy_dynamic_module_callback_get_log_level() -> u32;
+    fn envoy_dynamic_module_callback_get_concurrency() -> u32;
+
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: ConfigEnvoyPtr,
+        name: ModuleBuffer,
+        labels: *const ModuleBuffer,
+        labels_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: ConfigEnvoyPtr,
+        name: ModuleBuffer,
+        labels: *const ModuleBuffer,
+        labels_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        labels: *const ModuleBuffer,
+        labels_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_gauge(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        labels: *const ModuleBuffer,
+        labels_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_decrement_gauge(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        labels: *const ModuleBuffer,
+        labels_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        labels: *const ModuleBuffer,
+        labels_length: usize,
+        value: u64,
+    ) -> u32;
+
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: ConfigEnvoyPtr,
+    ) -> SchedulerPtr;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: SchedulerPtr,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: SchedulerPtr);
+
+    fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+        headers: *mut EnvoyHeader,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter: FilterEnvoyPtr,
+        status: u32,
+        headers: *const ModuleHeader,
+        headers_length: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+    fn envoy_dynamic_module_callback_http_get_body_size(
+        filter: FilterEnvoyPtr,
+        body_type: u32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_body_chunks_size(
+        filter: FilterEnvoyPtr,
+        body_type: u32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_body_chunks(
+        filter: FilterEnvoyPtr,
+        body_type: u32,
+        chunks: *mut EnvoyBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_append_body(
+        filter: FilterEnvoyPtr,
+        body_type: u32,
+        data: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_drain_body(
+        filter: FilterEnvoyPtr,
+        body_type: u32,
+        bytes: usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterEnvoyPtr);
+    fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: FilterEnvoyPtr);
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter: FilterEnvoyPtr,
+        attribute: u32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
+        filter: FilterEnvoyPtr,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_get_worker_index(filter: FilterEnvoyPtr) -> u32;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Safe handles
+// ---------------------------------------------------------------------------------------------
+
+/// Log lines go to Envoy's log (component `dynamic_modules`).
+struct EnvoyLog;
+
+static LOGGER: EnvoyLog = EnvoyLog;
+
+impl log::Log for EnvoyLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            log::Level::Error => 4,
+            log::Level::Warn => 3,
+            log::Level::Info => 2,
+            log::Level::Debug => 1,
+            log::Level::Trace => 0,
+        };
+        let message = record.args().to_string();
+        // SAFETY: the buffer points at `message`, alive for the call.
+        unsafe { envoy_dynamic_module_callback_log(level, ModuleBuffer::of(message.as_bytes())) }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Sends the `log` facade to Envoy's log.
+pub fn install_logger() {
+    let _ = log::set_logger(&LOGGER);
+    refresh_log_level();
+}
+
+/// Follows Envoy's log level (it can change at runtime, through the admin interface).
+pub fn refresh_log_level() {
+    // SAFETY: no arguments; callable from any thread.
+    let level = unsafe { envoy_dynamic_module_callback_get_log_level() };
+    log::set_max_level(match level {
+        0 => log::LevelFilter::Trace,
+        1 => log::LevelFilter::Debug,
+        2 => log::LevelFilter::Info,
+        3 => log::LevelFilter::Warn,
+        l if l < LOG_OFF => log::LevelFilter::Error,
+        _ => log::LevelFilter::Off,
+    });
+}
+
+/// Envoy's worker threads (`--concurrency`). Main thread only.
+pub fn concurrency() -> u32 {
+    // SAFETY: no arguments; called from `on_http_filter_config_new`, on the main thread.
+    unsafe { envoy_dynamic_module_callback_get_concurrency() }
+}
+
+/// A filter configuration's Envoy side: stats and the scheduler. Envoy keeps it alive as long
+/// as the configuration object, which holds every user of this handle.
+#[derive(Clone, Copy)]
+pub struct EnvoyConfig {
+    ptr: ConfigEnvoyPtr,
+}
+
+// SAFETY: Envoy's stats are thread-safe (atomic counters and gauges); the config-level stat
+// callbacks take no lock on the main thread's state.
+unsafe impl Send for EnvoyConfig {}
+// SAFETY: as above.
+unsafe impl Sync for EnvoyConfig {}
+
+impl EnvoyConfig {
+    /// Defines a counter or a gauge (only during `on_http_filter_config_new`): its id.
+    pub fn define(&self, gauge: bool, name: &str) -> Option<usize> {
+        let mut id = 0usize;
+        let name = ModuleBuffer::of(name.as_bytes());
+        // SAFETY: `name` lives for the call; no labels; `id` is a valid out pointer.
+        let result = unsafe {
+            if gauge {
+                envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                    self.ptr,
+                    name,
+                    std::ptr::null(),
+                    0,
+                    &mut id,
+                )
+            } else {
+                envoy_dynamic_module_callback_http_filter_config_define_counter(
+                    self.ptr,
+                    name,
+                    std::ptr::null(),
+                    0,
+                    &mut id,
+                )
+            }
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Adds `delta` to a counter (negative deltas are ignored) or a gauge.
+    pub fn add(&self, gauge: bool, id: usize, delta: i64) {
+        let value = delta.unsigned_abs();
+        // SAFETY: `id` came from `define` on this configuration; no labels.
+        unsafe {
+            match (gauge, delta >= 0) {
+                (false, true) => {
+                    envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                        self.ptr,
+                        id,
+                        std::ptr::null(),
+                        0,
+                        value,
+                    )
+                }
+                (false, false) => METRICS_SUCCESS,
+                (true, true) => envoy_dynamic_module_callback_http_filter_config_increment_gauge(
+                    self.ptr,
+                    id,
+                    std::ptr::null(),
+                    0,
+                    value,
+                ),
+                (true, false) => envoy_dynamic_module_callback_http_filter_config_decrement_gauge(
+                    self.ptr,
+                    id,
+                    std::ptr::null(),
+                    0,
+                    value,
+                ),
+            };
+        }
+    }
+
+    /// Sets a gauge.
+    pub fn set_gauge(&self, id: usize, value: u64) {
+        // SAFETY: `id` came from `define` on this configuration; no labels.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                self.ptr,
+                id,
+                std::ptr::null(),
+                0,
+                value,
+            );
+        }
+    }
+}
+
+/// A configuration's scheduler: [`Scheduler::commit`] from any thread runs the configuration's
+/// `on_scheduled` on the main thread.
+pub struct Scheduler {
+    ptr: SchedulerPtr,
+}
+
+// SAFETY: committing to a scheduler from other threads is what Envoy's scheduler is for (it
+// posts to the main thread's dispatcher).
+unsafe impl Send for Scheduler {}
+// SAFETY: as above.
+unsafe impl Sync for Scheduler {}
+
+impl Scheduler {
+    /// A scheduler for `config` (main thread).
+    pub fn new(config: EnvoyConfig) -> Option<Scheduler> {
+        // SAFETY: `config` is the live configuration being created.
+        let ptr =
+            unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config.ptr) };
+        (!ptr.is_null()).then_some(Scheduler { ptr })
+    }
+
+    /// Asks for one `on_scheduled` on the main thread.
+    pub fn commit(&self) {
+        // SAFETY: `ptr` is live until `drop`, which runs after every commit (its thread is
+        // joined first).
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.ptr, 0) }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // SAFETY: deleted once, after its last use.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.ptr) }
+    }
+}
+
+/// One stream's Envoy side, during one hook.
+pub struct Envoy<'hook> {
+    ptr: FilterEnvoyPtr,
+    _hook: PhantomData<&'hook ()>,
+}
+
+impl Envoy<'_> {
+    fn new(ptr: FilterEnvoyPtr) -> Envoy<'static> {
+        Envoy {
+            ptr,
+            _hook: PhantomData,
+        }
+    }
+
+    /// One side's headers, in the core's serialized form.
+    pub fn header_map(&self, side: Side) -> Vec<u8> {
+        let kind = header_type(side);
+        // SAFETY: `ptr` is the stream of the running hook.
+        let size = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.ptr, kind) };
+        let empty = EnvoyHeader {
+            key: EnvoyBuffer::EMPTY,
+            value: EnvoyBuffer::EMPTY,
+        };
+        let mut found = vec![empty; size];
+        // SAFETY: `found` has room for the `size` headers Envoy reported.
+        let read = unsafe {
+            envoy_dynamic_module_callback_http_get_headers(self.ptr, kind, found.as_mut_ptr())
+        };
+        if !read {
+            return headers::serialize(&[]);
+        }
+        let pairs: Vec<(&[u8], &[u8])> = found
+            .iter()
+            .map(|h| (h.key.bytes(), h.value.bytes()))
+            .collect();
+        headers::serialize(&pairs)
+    }
+
+    /// Sets (replacing every copy) or removes a header.
+    pub fn set_header(&self, side: Side, name: &str, value: Option<&str>) {
+        let value = value.map_or(ModuleBuffer::NONE, |v| ModuleBuffer::of(v.as_bytes()));
+        // SAFETY: both buffers live for the call; a null value removes the header.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.ptr,
+                header_type(side),
+                ModuleBuffer::of(name.as_bytes()),
+                value,
+            );
+        }
+    }
+
+    /// Bytes held so far on a side: what earlier hooks buffered and the chunk of this hook.
+    pub fn body_size(&self, side: Side) -> usize {
+        let (buffered, received) = body_types(side);
+        // SAFETY: `ptr` is the stream of the running hook.
+        unsafe {
+            envoy_dynamic_module_callback_http_get_body_size(self.ptr, buffered).saturating_add(
+                envoy_dynamic_module_callback_http_get_body_size(self.ptr, received),
+            )
+        }
+    }
+
+    /// The body held so far on a side, buffered first.
+    pub fn body(&self, side: Side) -> Vec<u8> {
+        let (buffered, received) = body_types(side);
+        let mut body = Vec::with_capacity(self.body_size(side));
+        for kind in [buffered, received] {
+            // SAFETY: `ptr` is the stream of the running hook.
+            let n =
+                unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.ptr, kind) };
+            let mut chunks = vec![EnvoyBuffer::EMPTY; n];
+            // SAFETY: `chunks` has room for the `n` chunks Envoy reported.
+            let read = unsafe {
+                envoy_dynamic_module_callback_http_get_body_chunks(
+                    self.ptr,
+                    kind,
+                    chunks.as_mut_ptr(),
+                )
+            };
+            if read {
+                chunks
+                    .iter()
+                    .for_each(|c| body.extend_from_slice(c.bytes()));
+            }
+        }
+        body
+    }
+
+    /// Replaces everything held on a side with `body`.
+    pub fn replace_body(&self, side: Side, body: &[u8]) {
+        let (buffered, received) = body_types(side);
+        // SAFETY: `ptr` is the stream of the running hook; `body` lives for the call.
+        unsafe {
+            for kind in [buffered, received] {
+                let size = envoy_dynamic_module_callback_http_get_body_size(self.ptr, kind);
+                envoy_dynamic_module_callback_http_drain_body(self.ptr, kind, size);
+            }
+            let data = ModuleBuffer::of(body);
+            if !envoy_dynamic_module_callback_http_append_body(self.ptr, received, data) {
+                envoy_dynamic_module_callback_http_append_body(self.ptr, buffered, data);
+            }
+        }
+    }
+
+    /// Lets a held side go on.
+    pub fn resume(&self, side: Side) {
+        // SAFETY: `ptr` is the stream of the running hook.
+        unsafe {
+            match side {
+                Side::Request => {
+                    envoy_dynamic_module_callback_http_filter_continue_decoding(self.ptr)
+                }
+                Side::Response => {
+                    envoy_dynamic_module_callback_http_filter_continue_encoding(self.ptr)
+                }
+            }
+        }
+    }
+
+    /// A string attribute of the stream (`None` when Envoy has none).
+    pub fn attribute(&self, attribute: Attribute) -> Option<Vec<u8>> {
+        let mut found = EnvoyBuffer::EMPTY;
+        // SAFETY: `found` is a valid out pointer; its bytes are copied before the hook returns.
+        let read = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                self.ptr,
+                attribute as u32,
+                &mut found,
+            )
+        };
+        read.then(|| found.bytes().to_vec())
+    }
+
+    /// Sets filter state `key` (a string, for access logs: `%FILTER_STATE(key:PLAIN)%`).
+    pub fn set_filter_state(&self, key: &str, value: &str) {
+        // SAFETY: both buffers live for the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_filter_state_bytes(
+                self.ptr,
+                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            );
+        }
+    }
+
+    /// The index of the worker thread this stream runs on.
+    pub fn worker_index(&self) -> u32 {
+        // SAFETY: `ptr` is the stream of the running hook.
+        unsafe { envoy_dynamic_module_callback_http_filter_get_worker_index(self.ptr) }
+    }
+
+    /// Answers the stream locally. Envoy runs the answer through this filter's response hooks
+    /// before returning, so no `&mut Filter` may be alive across this call.
+    fn send_response(&self, reply: &Reply) {
+        let headers: Vec<ModuleHeader> = reply
+            .headers
+            .iter()
+            .map(|(name, value)| ModuleHeader {
+                key: ModuleBuffer::of(name.as_bytes()),
+                value: ModuleBuffer::of(value.as_bytes()),
+            })
+            .collect();
+        // SAFETY: the headers and body live for the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.ptr,
+                reply.status,
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(&reply.body),
+                ModuleBuffer::NONE,
+            )
+        }
+    }
+}
+
+fn header_type(side: Side) -> u32 {
+    match side {
+        Side::Request => REQUEST_HEADER,
+        Side::Response => RESPONSE_HEADER,
+    }
+}
+
+/// (buffered, received) body types of a side.
+fn body_types(side: Side) -> (u32, u32) {
+    match side {
+        Side::Request => (BUFFERED_REQUEST_BODY, RECEIVED_REQUEST_BODY),
+        Side::Response => (BUFFERED_RESPONSE_BODY, RECEIVED_RESPONSE_BODY),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hooks
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `hook`, catching a panic: nothing unwinds into Envoy.
+fn guard<R>(hook: impl FnOnce() -> R) -> Option<R> {
+    catch_unwind(AssertUnwindSafe(hook)).ok()
+}
+
+/// The configuration behind a module pointer, without taking Envoy's reference.
+///
+/// Safety: `ptr` came from `on_http_filter_config_new` and was not yet destroyed.
+unsafe fn filters<'a>(ptr: ConfigModulePtr) -> Option<&'a Filters> {
+    // SAFETY: per the function's contract, `ptr` is a live `Arc<Filters>`'s pointer.
+    unsafe { ptr.cast::<Filters>().as_ref() }
+}
+
+/// Runs a stream hook on its filter, then sends the local reply it asked for once the filter
+/// is no longer borrowed. A panic fails the request closed.
+fn stream_hook(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    hook: impl FnOnce(&mut Filter, &Envoy<'_>) -> Outcome,
+) -> u32 {
+    let envoy = Envoy::new(envoy);
+    let filter = filter.cast::<Filter>().cast_mut();
+    if filter.is_null() {
+        return CONTINUE;
+    }
+    // SAFETY: `filter` came from `on_http_filter_new` and lives until `on_http_filter_destroy`;
+    // Envoy calls one stream's hooks on one thread, and this borrow ends before anything that
+    // could call back into a hook of this stream (`send_response`).
+    let outcome = guard(|| hook(unsafe { &mut *filter }, &envoy))
+        // SAFETY: as above; the panicked borrow is gone.
+        .or_else(|| guard(|| unsafe { &mut *filter }.failed()));
+    let Some(outcome) = outcome else {
+        return CONTINUE;
+    };
+    if let Some(reply) = &outcome.reply {
+        let _ = guard(|| envoy.send_response(reply));
+    }
+    match outcome.action {
+        Action::Continue => CONTINUE,
+        Action::Pause => STOP,
+    }
+}
+
+/// # Safety
+/// Called by Envoy once, when it loads the module.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    let _ = guard(crate::program_init);
+    c"v0.2.0".as_ptr()
+}
+
+/// # Safety
+/// Called by Envoy on the main thread with buffers valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_envoy: ConfigEnvoyPtr,
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> ConfigModulePtr {
+    let envoy = EnvoyConfig { ptr: config_envoy };
+    match guard(|| Filters::new(envoy, config.bytes())).flatten() {
+        Some(filters) => Arc::into_raw(filters).cast(),
+        None => std::ptr::null(),
+    }
+}
+
+/// # Safety
+/// Called by Envoy once per configuration, after its last filter.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
+    config: ConfigModulePtr,
+) {
+    if config.is_null() {
+        return;
+    }
+    // SAFETY: `config` is the pointer `Arc::into_raw` gave Envoy; this takes that reference back.
+    let filters = unsafe { Arc::from_raw(config.cast::<Filters>()) };
+    let _ = guard(move || drop(filters));
+}
+
+/// # Safety
+/// Called by Envoy on the main thread after a `Scheduler::commit`.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    _config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    _event_id: u64,
+) {
+    // SAFETY: Envoy calls this only for a live configuration.
+    if let Some(filters) = unsafe { filters(config) } {
+        if guard(|| filters.on_scheduled()).is_none() {
+            let _ = guard(|| filters.count_panic());
+        }
+    }
+}
+
+/// # Safety
+/// Called by Envoy on a worker thread for each new stream.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config: ConfigModulePtr,
+    filter_envoy: FilterEnvoyPtr,
+) -> FilterModulePtr {
+    if config.is_null() {
+        return std::ptr::null();
+    }
+    // SAFETY: `config` is a live `Arc<Filters>` pointer; ManuallyDrop keeps Envoy's reference.
+    let filters = ManuallyDrop::new(unsafe { Arc::from_raw(config.cast::<Filters>()) });
+    let envoy = Envoy::new(filter_envoy);
+    match guard(|| Box::new(filters.new_filter(&envoy))) {
+        Some(filter) => Box::into_raw(filter).cast_const().cast(),
+        None => std::ptr::null(),
+    }
+}
+
+/// # Safety
+/// Called by Envoy once per filter, after its last hook.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: FilterModulePtr) {
+    if filter.is_null() {
+        return;
+    }
+    // SAFETY: `filter` is the pointer `Box::into_raw` gave Envoy; taken back once.
+    let filter = unsafe { Box::from_raw(filter.cast::<Filter>().cast_mut()) };
+    let _ = guard(move || drop(filter));
+}
+
+/// # Safety
+/// A stream hook (worker thread).
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    stream_hook(envoy, filter, |f, e| f.request_headers(e, end_of_stream))
+}
+
+/// # Safety
+/// A stream hook (worker thread).
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    stream_hook(envoy, filter, |f, e| f.request_body(e, end_of_stream))
+}
+
+/// # Safety
+/// A stream hook (worker thread).
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    stream_hook(envoy, filter, |f, e| f.response_headers(e, end_of_stream))
+}
+
+/// # Safety
+/// A stream hook (worker thread).
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    stream_hook(envoy, filter, |f, e| f.response_body(e, end_of_stream))
+}
+
+/// # Safety
+/// A stream hook (worker thread): the stream is over.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+) {
+    let _ = stream_hook(envoy, filter, |f, e| f.complete(e));
+}
+
+/// # Safety
+/// Trailers pass untouched.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+) -> u32 {
+    CONTINUE
+}
+
+/// # Safety
+/// Trailers pass untouched.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+) -> u32 {
+    CONTINUE
+}
+
+// Hooks Envoy 1.40 requires that this module has no use for (it makes no per-stream callouts,
+// streams or schedules, and ignores watermarks).
+
+/// # Safety
+/// Unused.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _callout_id: u64,
+    _result: u32,
+    _headers: *mut EnvoyHeader,
+    _headers_size: usize,
+    _chunks: *mut EnvoyBuffer,
+    _chunks_size: usize,
+) {
+}
+
+/// # Safety
+/// Unused.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _stream_id: u64,
+    _headers: *mut EnvoyHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+/// # Safety
+/// Unused.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _stream_id: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+/// # Safety
+/// Unused.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _stream_id: u64,
+    _trailers: *mut EnvoyHeader,
+    _trailers_size: usize,
+) {
+}
+
+/// # Safety
+/// Unused.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _stream_id: u64,
+) {
+}
+
+/// # Safety
+/// Unused.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _stream_id: u64,
+    _reason: u32,
+) {
+}
+
+/// # Safety
+/// Unused.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _event_id: u64,
+) {
+}
+
+/// # Safety
+/// Unused.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+) {
+}
+
+/// # Safety
+/// Unused.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+) {
+}

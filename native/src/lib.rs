@@ -1,0 +1,434 @@
+//! The native adapter: an Envoy dynamic module (Envoy 1.40, ABI v0.2.0) that hands Envoy's
+//! hooks to `mcp-session-core`'s [`Worker`] (the driver) and carries out what the driver asks
+//! ([`StreamIo`], [`TimerIo`], [`Host`]). Every decision is the core's; this file translates.
+//!
+//! - Threads: Envoy calls a stream's hooks on the worker thread that owns it, and a
+//!   configuration's hooks on the main thread. Each thread gets a `Worker` of its own (the
+//!   driver is single-threaded, as a Wasm VM is); they share one session [`Table`] in process
+//!   memory, named by the configuration's `"table"`, which outlives configuration updates.
+//! - The timer: a thread of this configuration wakes the main thread through Envoy's
+//!   scheduler every `Worker::tick_ms`; the main thread's `Worker` sweeps.
+//! - Panics: `abi.rs` catches every unwind at the boundary; [`Filter::failed`] answers a
+//!   JSON-RPC 500 and counts `mcp_session.panics`. `unsafe` lives only in `abi.rs`.
+//! - Not yet natively (refused when configured, with a log line naming the key): the etcd
+//!   store and `identity_jwt` (see README, "Native module").
+
+#[cfg(panic = "abort")]
+compile_error!("build the native module with `--profile native`: its boundary catches panics");
+
+mod abi;
+
+use abi::{Attribute, Envoy, EnvoyConfig, Scheduler};
+use log::{error, info};
+use mcp_session_core::config::{Config, IdentitySource, StoreConfig};
+use mcp_session_core::driver::{Action, Side, Stream, StreamIo, TimerIo, Upstream, Worker};
+use mcp_session_core::exchange::Reply;
+use mcp_session_core::host::{Attributes, Host, Serialized};
+use mcp_session_core::metrics::Metric;
+use mcp_session_core::rejection;
+use mcp_session_core::store::etcd::Call;
+use mcp_session_core::store::memory::Table;
+use mcp_session_core::store::{SharedData, WriteError};
+use std::collections::HashMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// gRPC status of a call that could not be made (UNAVAILABLE): the native module makes none.
+const NOT_SENT: u32 = 14;
+
+/// The core's [`Host`] natively: the clock, the operating system's CSPRNG, the session table
+/// in process memory (with its epoch), and the stats this configuration defined.
+#[derive(Clone)]
+struct Native {
+    table: Arc<Table>,
+    envoy: EnvoyConfig,
+    stats: Arc<HashMap<Metric, usize>>,
+}
+
+impl SharedData for Native {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.table.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+        self.table.set(key, value, cas)
+    }
+}
+
+impl Host for Native {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn fill_random(&self, buf: &mut [u8]) -> bool {
+        getrandom::fill(buf).is_ok()
+    }
+
+    fn increment(&self, metric: Metric, delta: i64) {
+        if metric == Metric::Epoch {
+            self.table.advance_epoch(delta.unsigned_abs());
+        }
+        if let Some(id) = self.stats.get(&metric) {
+            self.envoy.add(metric.is_gauge(), *id, delta);
+        }
+    }
+
+    fn record(&self, metric: Metric, value: u64) {
+        if let Some(id) = self.stats.get(&metric) {
+            self.envoy.set_gauge(*id, value);
+        }
+    }
+
+    fn epoch(&self) -> Option<u64> {
+        Some(self.table.epoch()).filter(|epoch| *epoch > 0)
+    }
+}
+
+/// A filter configuration: a `Worker` per Envoy worker thread, and one for the main thread
+/// (the timer's).
+pub struct Filters {
+    workers: Vec<Mutex<Worker<Native>>>,
+    main: Mutex<Worker<Native>>,
+    host: Native,
+    /// Wakes the main thread; stopped before the workers go.
+    ticker: Option<Ticker>,
+}
+
+impl Filters {
+    /// A configuration from its JSON; `None` (Envoy refuses it) when it is invalid.
+    pub(crate) fn new(envoy: EnvoyConfig, bytes: &[u8]) -> Option<Arc<Filters>> {
+        abi::refresh_log_level();
+        let stats = define_stats(envoy);
+        let table = match Config::parse(bytes) {
+            Ok(config) => config.table,
+            Err(e) => {
+                error!("mcp-session-native: configuration refused: {e}");
+                return None;
+            }
+        };
+        let host = Native {
+            table: Table::named(&table),
+            envoy,
+            stats,
+        };
+        let start = || match Worker::new(host.clone(), bytes) {
+            Ok(worker) => match unsupported(&worker) {
+                None => Some(Mutex::new(worker)),
+                Some(key) => {
+                    error!("mcp-session-native: configuration refused: `{key}` is not supported by the native module yet (use the Wasm build)");
+                    None
+                }
+            },
+            Err(e) => {
+                error!("mcp-session-native: configuration refused: {e}");
+                None
+            }
+        };
+        let main = start()?;
+        let workers = (0..abi::concurrency())
+            .map(|_| start())
+            .collect::<Option<_>>()?;
+        let mut filters = Filters {
+            workers,
+            main,
+            host,
+            ticker: None,
+        };
+        let period = Duration::from_millis(filters.main().tick_ms().max(1));
+        filters.ticker = Ticker::start(envoy, period);
+        Some(Arc::new(filters))
+    }
+
+    /// The `Worker` of Envoy worker thread `index` (the main thread's when out of range:
+    /// shared then, which the lock makes safe).
+    fn worker(&self, index: usize) -> MutexGuard<'_, Worker<Native>> {
+        let worker = self.workers.get(index).unwrap_or(&self.main);
+        // A panic caught while a worker was locked leaves its state as the last completed step
+        // left it; the lock is taken again rather than failing every later request.
+        worker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn main(&self) -> MutexGuard<'_, Worker<Native>> {
+        self.main.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The timer fired (main thread).
+    pub(crate) fn on_scheduled(&self) {
+        abi::refresh_log_level();
+        self.main().on_timer(&mut NoCalls);
+    }
+
+    /// A stream's filter, on the worker thread `envoy` runs on.
+    pub(crate) fn new_filter(self: &Arc<Filters>, envoy: &Envoy<'_>) -> Filter {
+        Filter {
+            filters: Arc::clone(self),
+            worker: envoy.worker_index() as usize,
+            stream: Stream::default(),
+            failed: false,
+        }
+    }
+
+    /// A panic was caught outside any stream (configuration or timer).
+    pub(crate) fn count_panic(&self) {
+        self.host.increment(Metric::Panics, 1);
+    }
+}
+
+impl Drop for Filters {
+    fn drop(&mut self) {
+        self.ticker = None;
+        for worker in self.workers.iter().chain([&self.main]) {
+            worker.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+        }
+    }
+}
+
+/// What a configuration asks that this module cannot do yet.
+fn unsupported(worker: &Worker<Native>) -> Option<&'static str> {
+    let config = worker.config();
+    if matches!(config.store, StoreConfig::Etcd(_)) {
+        return Some("store.etcd");
+    }
+    if matches!(config.identity, Some(IdentitySource::Jwt { .. })) {
+        return Some("identity_jwt");
+    }
+    None
+}
+
+fn define_stats(envoy: EnvoyConfig) -> Arc<HashMap<Metric, usize>> {
+    let define = |metric: Metric| {
+        let id = envoy.define(metric.is_gauge(), &metric.name());
+        if id.is_none() {
+            log::warn!("cannot define stat {}", metric.name());
+        }
+        Some((metric, id?))
+    };
+    Arc::new(Metric::all().into_iter().filter_map(define).collect())
+}
+
+/// The thread that wakes the main thread every period, through Envoy's scheduler.
+struct Ticker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(envoy: EnvoyConfig, period: Duration) -> Option<Ticker> {
+        let scheduler = Scheduler::new(envoy)?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("mcp-session-tick".into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
+                    scheduler.commit();
+                }
+            });
+        match thread {
+            Ok(thread) => Some(Ticker {
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                error!("mcp-session-native: cannot start the timer thread: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What a stream hook returns to the boundary: the action, and a local reply to send once the
+/// hook has let go of the filter (Envoy runs the reply through this filter's response hooks
+/// at once).
+pub(crate) struct Outcome {
+    pub action: Action,
+    pub reply: Option<Reply>,
+}
+
+/// One stream's filter.
+pub struct Filter {
+    filters: Arc<Filters>,
+    worker: usize,
+    stream: Stream,
+    /// A panic was caught on this stream: it was answered 500, and everything after passes.
+    failed: bool,
+}
+
+impl Filter {
+    fn run(
+        &mut self,
+        envoy: &Envoy<'_>,
+        step: impl FnOnce(&Worker<Native>, &mut Stream, &mut Io<'_, '_>) -> Action,
+    ) -> Outcome {
+        if self.failed {
+            return Outcome {
+                action: Action::Continue,
+                reply: None,
+            };
+        }
+        let mut io = Io { envoy, reply: None };
+        let action = step(&self.filters.worker(self.worker), &mut self.stream, &mut io);
+        Outcome {
+            action,
+            reply: io.reply,
+        }
+    }
+
+    pub(crate) fn request_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
+        self.run(envoy, |worker, stream, io| {
+            let headers = Serialized::new(|| io.envoy.header_map(Side::Request));
+            // Test builds only (`--features fault-injection`): a header that panics inside
+            // the module, with this worker locked, to prove the boundary holds.
+            #[cfg(feature = "fault-injection")]
+            if mcp_session_core::host::Headers::get(&headers, "x-mcp-session-filter-panic").count
+                > 0
+            {
+                #[allow(clippy::panic)]
+                {
+                    panic!("injected by x-mcp-session-filter-panic");
+                }
+            }
+            let attributes = Properties(io.envoy);
+            worker.request_headers(stream, &headers, &attributes, end_of_stream, io)
+        })
+    }
+
+    pub(crate) fn request_body(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
+        self.run(envoy, |worker, stream, io| {
+            let size = io.envoy.body_size(Side::Request);
+            let body = || io.envoy.body(Side::Request);
+            worker.request_body(stream, size, end_of_stream, &body, io)
+        })
+    }
+
+    pub(crate) fn response_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
+        self.run(envoy, |worker, stream, io| {
+            let headers = Serialized::new(|| io.envoy.header_map(Side::Response));
+            let attributes = Properties(io.envoy);
+            worker.response_headers(stream, &headers, &attributes, end_of_stream, io)
+        })
+    }
+
+    pub(crate) fn response_body(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
+        self.run(envoy, |worker, stream, io| {
+            let size = io.envoy.body_size(Side::Response);
+            let body = || io.envoy.body(Side::Response);
+            worker.response_body(stream, size, end_of_stream, &body, io)
+        })
+    }
+
+    pub(crate) fn complete(&mut self, envoy: &Envoy<'_>) -> Outcome {
+        self.run(envoy, |worker, stream, io| {
+            worker.stream_done(stream, io);
+            Action::Continue
+        })
+    }
+
+    /// A panic was caught in one of this stream's hooks: count it, and fail the request closed
+    /// with a JSON-RPC 500 (Envoy resets the stream instead when its response has begun).
+    pub(crate) fn failed(&mut self) -> Outcome {
+        self.filters.count_panic();
+        if self.failed {
+            return Outcome {
+                action: Action::Continue,
+                reply: None,
+            };
+        }
+        self.failed = true;
+        let (status, body) = rejection::internal_error();
+        let reply = Reply {
+            status,
+            headers: vec![("content-type", "application/json".to_string())],
+            body,
+        };
+        Outcome {
+            action: Action::Pause,
+            reply: Some(reply),
+        }
+    }
+}
+
+/// What the driver asks of one stream, carried out through its hook's [`Envoy`].
+struct Io<'a, 'e> {
+    envoy: &'a Envoy<'e>,
+    reply: Option<Reply>,
+}
+
+impl StreamIo for Io<'_, '_> {
+    fn set_header(&mut self, side: Side, name: &str, value: Option<&str>) {
+        self.envoy.set_header(side, name, value);
+    }
+
+    fn respond(&mut self, reply: &Reply) {
+        self.reply = Some(reply.clone());
+    }
+
+    fn replace_body(&mut self, body: &[u8]) {
+        self.envoy.replace_body(Side::Response, body);
+    }
+
+    fn call(&mut self, _: &Upstream, _: &Call, _: u64) -> Result<u32, u32> {
+        Err(NOT_SENT)
+    }
+
+    fn resume(&mut self, side: Side) {
+        self.envoy.resume(side);
+    }
+
+    fn set_fact(&mut self, name: &str, value: &str) {
+        self.envoy.set_filter_state(name, value);
+    }
+}
+
+/// The timer's calls: the native module makes none (no etcd store yet).
+struct NoCalls;
+
+impl TimerIo for NoCalls {
+    fn call(&mut self, _: &Upstream, _: &Call, _: u64) -> Result<u32, u32> {
+        Err(NOT_SENT)
+    }
+
+    fn open_stream(&mut self, _: &Upstream, _: &Call, _: &[(&str, &[u8])]) -> Option<u32> {
+        None
+    }
+
+    fn send(&mut self, _: u32, _: &[u8]) -> bool {
+        false
+    }
+
+    fn close(&mut self, _: u32) {}
+}
+
+/// Envoy's attributes of the stream being served, by the names the core asks for.
+struct Properties<'a, 'e>(&'a Envoy<'e>);
+
+impl Attributes for Properties<'_, '_> {
+    fn get(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let attribute = match path {
+            ["connection", "uri_san_peer_certificate"] => Attribute::UriSanPeerCertificate,
+            ["connection", "subject_peer_certificate"] => Attribute::SubjectPeerCertificate,
+            ["connection", "sha256_peer_certificate_digest"] => Attribute::Sha256PeerCertificate,
+            ["upstream", "address"] => Attribute::UpstreamAddress,
+            _ => return None,
+        };
+        self.0.attribute(attribute)
+    }
+}
+
+/// Runs once per process, when Envoy loads the module.
+pub(crate) fn program_init() {
+    abi::install_logger();
+    info!("mcp-session-native: loaded");
+}

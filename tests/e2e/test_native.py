@@ -1,0 +1,132 @@
+"""What only the native build (the Envoy dynamic module) has: its ABI against the Envoy that
+runs it, and a panic that never crosses into Envoy. Runs in the native pass of `make e2e`
+(MCP_ARTIFACT=native); every other test runs against both builds."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import (
+    ARTIFACT,
+    ENVOY_BINARY,
+    NATIVE,
+    REPO,
+    Envoy,
+    initialize,
+    open_session,
+    post,
+    render_bootstrap,
+    rpc,
+)
+
+pytestmark = pytest.mark.skipif(ARTIFACT != "native", reason="native build only (MCP_ARTIFACT=native)")
+
+# Hooks Envoy 1.40 requires of an HTTP filter module: without any one of them it refuses the
+# configuration ("Failed to resolve symbol").
+REQUIRED_HOOKS = [
+    "on_program_init",
+    "on_http_filter_config_new",
+    "on_http_filter_config_destroy",
+    "on_http_filter_new",
+    "on_http_filter_request_headers",
+    "on_http_filter_request_body",
+    "on_http_filter_request_trailers",
+    "on_http_filter_response_headers",
+    "on_http_filter_response_body",
+    "on_http_filter_response_trailers",
+    "on_http_filter_stream_complete",
+    "on_http_filter_destroy",
+    "on_http_filter_http_callout_done",
+    "on_http_filter_http_stream_headers",
+    "on_http_filter_http_stream_data",
+    "on_http_filter_http_stream_trailers",
+    "on_http_filter_http_stream_complete",
+    "on_http_filter_http_stream_reset",
+    "on_http_filter_scheduled",
+    "on_http_filter_downstream_above_write_buffer_high_watermark",
+    "on_http_filter_downstream_below_write_buffer_low_watermark",
+]
+
+FAULT_TARGET_DIR = REPO / "target" / "fault-injection"
+FAULT_MODULE = FAULT_TARGET_DIR / "native" / "libmcp_session_native.so"
+PANIC_HEADER = "x-mcp-session-filter-panic"
+BUILD_TIMEOUT = 900
+# What a caught panic leaves in Envoy's log: Rust's panic message (on stderr), nothing else.
+PANIC_LOG_RE = re.compile(r"panicked at native/src/lib\.rs|injected by x-mcp-session-filter-panic")
+
+
+def dynamic_symbols(path: Path, *, defined: bool) -> set[str]:
+    nm = shutil.which("nm")
+    assert nm, "nm (binutils) is needed to read the module's symbols"
+    flag = "--defined-only" if defined else "--undefined-only"
+    out = subprocess.run([nm, "-D", flag, str(path)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1] for line in out.splitlines() if line.strip()}
+
+
+def test_the_module_imports_only_callbacks_this_envoy_exports() -> None:
+    assert NATIVE.exists(), f"{NATIVE} is missing (run `make build`)"
+    envoy_binary = ENVOY_BINARY
+    wanted = {s for s in dynamic_symbols(NATIVE, defined=False) if s.startswith("envoy_dynamic_module_")}
+    assert wanted, "the module calls no Envoy callback?"
+    exported = dynamic_symbols(envoy_binary, defined=True)
+    assert wanted <= exported, f"callbacks this Envoy does not export: {sorted(wanted - exported)}"
+
+
+def test_the_module_defines_every_hook_envoy_requires() -> None:
+    defined = dynamic_symbols(NATIVE, defined=True)
+    missing = [h for h in REQUIRED_HOOKS if f"envoy_dynamic_module_{h}" not in defined]
+    assert not missing, missing
+
+
+@pytest.fixture(scope="module")
+def fault_injection_module() -> Path:
+    """The test-only module (`--features fault-injection`: a request header panics inside it),
+    in its own target directory so the released module is never replaced by it."""
+    command = [
+        "cargo", "build", "--locked", "--profile", "native", "-p", "mcp-session-native",
+        "--features", "fault-injection", "--target-dir", str(FAULT_TARGET_DIR),
+    ]  # fmt: skip
+    built = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
+    if built.returncode != 0 or not FAULT_MODULE.exists():
+        pytest.fail(f"building the fault-injection module failed:\n{built.stderr[-4000:]}", pytrace=False)
+    return FAULT_MODULE
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 120)
+def test_a_panic_fails_its_request_closed_and_envoy_serves_on(workdir, upstream, fault_injection_module) -> None:
+    bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config={"paths": ["/mcp"]})
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    (module,) = [f for f in filters if f["name"] == "mcp_session"]
+    module["typed_config"]["dynamic_module_config"]["module"]["local"]["filename"] = str(fault_injection_module)
+    # One worker: the request that panics and the ones after it meet the same Worker (whose
+    # lock the panic poisoned).
+    with Envoy(bootstrap, workdir, name="envoy-native-panic", concurrency=1) as envoy:
+        url = envoy.url()
+        session = open_session(url)
+        before = envoy.stats()
+
+        failed = post(url, rpc("tools/list", 7), headers={"mcp-session-id": session, PANIC_HEADER: "1"})
+        assert failed.status_code == 500, failed.text
+        assert failed.headers["content-type"] == "application/json"
+        body = json.loads(failed.text)
+        assert body["jsonrpc"] == "2.0" and body["error"]["code"] == -32603 and body["id"] is None, body
+
+        # The process, the worker and the session are all still there.
+        again = post(url, rpc("tools/list", 8), headers={"mcp-session-id": session})
+        assert again.status_code == 200, again.text
+        assert initialize(url).status_code == 200
+        after = envoy.stats()
+        assert after.get("panics", 0) - before.get("panics", 0) == 1, (before, after)
+        assert after.get("live", 0) == before.get("live", 0) + 1
+
+        problems = envoy.log_problems()
+        unexpected = [line for line in problems if not PANIC_LOG_RE.search(line)]
+        assert not unexpected, "\n".join(unexpected)
+        assert any(PANIC_LOG_RE.search(line) for line in problems), "the panic left no line in the log"
