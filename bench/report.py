@@ -306,7 +306,8 @@ def render_memory(r: dict[str, Any]) -> str:
         f"and then ends every session; the churn on a second store with idle timeout "
         f"{churn_cfg['idle_timeout_seconds']} s):",
         "",
-        "| measurement | Wasm: heap (bytes) | Wasm: per session | native: heap (bytes) | native: per session |",
+        "| measurement | Wasm: heap (bytes; below it, over the first row) | Wasm: per session "
+        "| native: heap (bytes; below it, over the first row) | native: per session |",
         "|---|--:|--:|--:|--:|",
     ]
 
