@@ -498,9 +498,9 @@ impl Envoy<'_> {
     fn body_chunks(&self, side: Side) -> Vec<EnvoyBuffer> {
         let (buffered, received) = body_types(side);
         let mut chunks = self.chunks(buffered);
-        // Behind a filter that buffered the body (e.g. `buffer`, Envoy's `mcp`), Envoy hands the
-        // next filter that buffer as the received data too: the same chunks under both kinds.
-        // Count and read them once, or the body comes out twice.
+        // Behind a filter that buffered the whole body and then let it go on (Envoy's `buffer`),
+        // Envoy hands the next filter that buffer as the received data too: the same chunks
+        // under both kinds. Count and read them once, or the body comes out twice.
         let new = self.chunks(received);
         if !same_chunks(&chunks, &new) {
             chunks.extend(new);

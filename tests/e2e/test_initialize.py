@@ -88,9 +88,10 @@ def test_initialize_with_a_string_id_and_extra_params(envoy) -> None:
 
 
 def test_initialize_behind_a_filter_that_buffered_the_body_mints_a_session(workdir, upstream) -> None:
-    """A filter before ours that buffers the whole request (`buffer` here; Envoy's `mcp` filter
-    does too) hands the body on in one piece: the filter reads it once. (The native build read
-    it twice, as buffered and as received, and refused every initialize as unparseable JSON.)"""
+    """A filter before ours that buffers the whole request (Envoy's `buffer`) hands the body on
+    in one piece: the filter reads it once. (The native build read it twice, as buffered and as
+    received, and refused every initialize as unparseable JSON; behind Envoy's `mcp` filter it
+    did not, test_mcp_filters.py passed with it.)"""
     bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config={})
     (listener,) = bootstrap["static_resources"]["listeners"]
     filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
