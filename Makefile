@@ -80,9 +80,10 @@ fuzz-quick:
 fuzz:
 	bash scripts/fuzz.sh 120
 
-# Every benchmark run (the filter against Envoy without it, its memory, the etcd store, the
-# callgrind profile), each stored with its provenance in bench/*.json, then BENCHMARKS.md's
-# tables from them (bench/report.py): 14 to 20 minutes on 2 cores. `bash bench/run.sh --quick`
+# Every benchmark run (both builds, Wasm and native, against Envoy without a filter, their
+# floors and Envoy's own mcp filter; each build's memory; the etcd store; the callgrind profile),
+# each stored with its provenance in bench/*.json, then BENCHMARKS.md's tables from them
+# (bench/report.py): 20 to 30 minutes on 2 cores. `bash bench/run.sh --quick`
 # proves the machinery in a few minutes (its outputs say they are short).
 bench: setup build
 	bash bench/run.sh

@@ -1,22 +1,25 @@
 """The filter's cost against Envoy without it, measured in one run (`make bench`).
 
-One Envoy (`--concurrency 1`, pinned to core 0) with listeners that differ only in the Wasm
-filter (bench/envoy.bench.yaml): none (the limit), the empty filter (the floor: any V8 Wasm
-filter; bench/empty-filter) and the session filter. wrk (pinned to core 1) drives five
-scenarios, listener after listener, for several rounds; every figure reported is a median over
-rounds, and every ratio is taken pair by pair within a round before its median. A second Envoy
-run measures the heap against the heap before the first session: per live session at the
-peak, what is left per peak session once every session expired, and the same after a churn of
-a million sessions on a second store.
+One Envoy (`--concurrency 1`, pinned to core 0) with listeners that differ only in the filter
+(bench/envoy.bench.yaml): none (the limit); the Wasm build: the empty filter (the Wasm floor:
+any V8 Wasm filter; bench/empty-filter) and the session filter; the native build: the empty
+dynamic module (the native floor: any dynamic module; bench/empty-native) and the session
+module (libmcp_session_native.so, the same JSON configuration); and, on the session hot path,
+Envoy's own `envoy.filters.http.mcp`. wrk (pinned to core 1) drives five scenarios, listener
+after listener, for several rounds; every figure reported is a median over rounds, and every
+ratio is taken pair by pair within a round before its median. Then, once per build, another
+Envoy run measures the heap against the heap before the first session: per live session at
+the peak, what is left per peak session once every session expired, and the same after a
+churn of a million sessions on a second store.
 
 Writes bench/results.json, with its provenance (bench/provenance.py: commit, clean tree, the
-SHA-256 of the Wasm modules measured, machine, settings); bench/report.py turns it into the
-tables of BENCHMARKS.md and bench/results.svg (bench/run.sh runs it after the runs). Exits
-non-zero when a check of the harness failed (a wrong status, a closed connection, a transport
-error): then the numbers are not what they say they are. Missing a performance target is
-reported, not an error.
+SHA-256 of the Wasm modules and native modules measured, machine, settings); bench/report.py
+turns it into the tables of BENCHMARKS.md and bench/results.svg (bench/run.sh runs it after
+the runs). Exits non-zero when a check of the harness failed (a wrong status, a closed
+connection, a transport error): then the numbers are not what they say they are. Missing a
+performance target is reported, not an error.
 
-Run it through `make bench` (bash bench/run.sh), which installs wrk and h2load and builds both
+Run it through `make bench` (bash bench/run.sh), which installs wrk and h2load and builds the
 filters first. Environment-free; the knobs are the flags (see --help).
 """
 
@@ -57,6 +60,8 @@ BENCH = REPO / "bench"
 ENVOY = harness.ENVOY_BIN
 WASM_FILTER = REPO / "target" / "wasm32-wasip1" / "release" / "mcp_session_filter.wasm"
 WASM_EMPTY = BENCH / "empty-filter" / "target" / "wasm32-wasip1" / "release" / "empty_filter.wasm"
+NATIVE_FILTER = harness.NATIVE  # target/release/libmcp_session_native.so (make build)
+NATIVE_EMPTY = BENCH / "empty-native" / "target" / "release" / "libempty_native.so"
 TEMPLATE = BENCH / "envoy.bench.yaml"
 WRK_SCRIPT = BENCH / "wrk.lua"
 RESULTS_JSON = BENCH / "results.json"
@@ -68,10 +73,25 @@ PATH = "/mcp"
 PROTOCOL_VERSION = "2025-11-25"
 SESSIONLESS_VERSION = "2026-07-28"
 
-# The three listeners every scenario compares, in the order they run within a round.
+# The listeners the scenarios compare, in the order they run within a round: Envoy alone, the
+# Wasm build (its floor, the session filter), the native build (its floor, the session module),
+# and Envoy's own MCP filter, on the scenarios that name it (Scenario.builtin) only.
 NOFILTER, EMPTY, FILTER = "nofilter", "empty", "filter"
-LISTENERS = (NOFILTER, EMPTY, FILTER)
-LABELS = {NOFILTER: "no filter", EMPTY: "empty filter (floor)", FILTER: "session filter"}
+EMPTY_NATIVE, NATIVE, MCP = "empty_native", "native", "mcp"
+LISTENERS = (NOFILTER, EMPTY, FILTER, EMPTY_NATIVE, NATIVE, MCP)
+LABELS = {
+    NOFILTER: "no filter",
+    EMPTY: "empty filter (Wasm floor)",
+    FILTER: "session filter (Wasm)",
+    EMPTY_NATIVE: "empty module (native floor)",
+    NATIVE: "session module (native)",
+    MCP: "Envoy's mcp filter",
+}
+# The listeners with sessions, by build; each answers a scenario with its `filter_status`.
+BUILDS = {"wasm": FILTER, "native": NATIVE}
+SESSION_LISTENERS = tuple(BUILDS.values())
+# Where each build's stats show in /stats (the same names after the prefix).
+STATS_PREFIX = {"wasm": "wasmcustom.mcp_session.", "native": "dynamicmodulescustom.mcp_session."}
 
 # The hot-path listener's plugin configuration: the defaults.
 FILTER_CONFIG: dict[str, Any] = {}
@@ -82,6 +102,10 @@ FILTER_CONFIG: dict[str, Any] = {}
 # only change is a capacity the run cannot reach: every initialize takes the normal path of a
 # store that only grows (the free-slot hint is empty, so the table grows by one slot).
 INITIALIZE_CONFIG: dict[str, Any] = {"max_sessions": 10_000_000}
+# The native listeners get the same JSON plus a "table" of their own: a Wasm listener's store
+# is its VM's (its vm_id), a native listener's is the table it names (default "default", which
+# every listener would then share).
+NATIVE_TABLES = {"filter": "bench_native", "initialize": "bench_native_initialize"}
 
 # The memory run: a store that holds the live set (its idle timeout, --live-idle, outlasts the
 # fill and then lets every session expire), and one that churns (short idle, so the sweep and
@@ -104,6 +128,12 @@ TARGET_INIT_RATIO = 0.80  # throughput vs the floor, scenario 3
 TARGET_BYTES_PER_LIVE_SESSION = 256
 TARGET_BYTES_LEFT_PER_PEAK_SESSION = 128
 TARGET_CHURN_SLACK = 0.10  # the heap during the churn: last checkpoint / first
+# Targets of the native build (issue 17), against Envoy without a filter; the memory targets
+# are the Wasm build's (the native table keeps shared data's semantics, a key per slot).
+TARGET_NATIVE_HOT_RATIO = 0.95  # throughput vs no filter, NATIVE_HOT_SCENARIOS
+NATIVE_HOT_SCENARIOS = ("1", "2")  # the session hot path and the 64 KiB call
+TARGET_NATIVE_INIT_RATIO = 0.85  # throughput vs no filter, scenario 3
+TARGET_NATIVE_VS_MCP = 1.5  # throughput vs Envoy's mcp filter, scenario 1
 
 
 STARTED = time.monotonic()
@@ -167,26 +197,39 @@ class Scenario:
     short: str  # for the chart
     body: str  # a key of BODIES
     headers: dict[str, str]  # {session} / {unknown} are filled in once a session exists
-    filter_listener: str  # where the session filter's side of this scenario runs
+    own_store: bool  # the session listeners' side runs on `<listener>_initialize` (see below)
     filter_status: int  # what the session filter answers (the others answer 200)
     hot_path: bool
+    builtin: bool = False  # Envoy's mcp filter runs this scenario too
 
     def request_headers(self, session: str, unknown: str) -> dict[str, str]:
         return {k: v.format(session=session, unknown=unknown) for k, v in self.headers.items()}
 
+    def listeners(self) -> tuple[str, ...]:
+        return tuple(x for x in LISTENERS if x != MCP or self.builtin)
+
+    def target(self, listener: str) -> str:
+        """The listener a run of this scenario on `listener` goes to."""
+        return f"{listener}_initialize" if self.own_store and listener in SESSION_LISTENERS else listener
+
+    def status(self, listener: str) -> int:
+        return self.filter_status if listener in SESSION_LISTENERS else 200
+
 
 SESSION_HEADERS = {"mcp-session-id": "{session}", "mcp-protocol-version": PROTOCOL_VERSION}
 SCENARIOS = (
-    Scenario("1", "hot path: tools/call on a session", "hot path", "tools_call", SESSION_HEADERS, FILTER, 200, True),
-    Scenario("2", "hot path: 64 KiB tools/call on a session", "hot path, 64 KiB", "tools_call_64k", SESSION_HEADERS, FILTER, 200, True),
-    Scenario("3", "initialize (mints a session)", "initialize", "initialize", {}, "filter_initialize", 200, False),
+    Scenario("1", "hot path: tools/call on a session", "hot path", "tools_call", SESSION_HEADERS, False, 200, True,
+             builtin=True),
+    Scenario("2", "hot path: 64 KiB tools/call on a session", "hot path, 64 KiB", "tools_call_64k", SESSION_HEADERS,
+             False, 200, True),
+    Scenario("3", "initialize (mints a session)", "initialize", "initialize", {}, True, 200, False),
     Scenario(
         "4",
         "sessionless era (2026-07-28) passes",
         "sessionless era",
         "tools_call",
         {"mcp-protocol-version": SESSIONLESS_VERSION},
-        FILTER,
+        False,
         200,
         True,
     ),
@@ -196,7 +239,7 @@ SCENARIOS = (
         "unknown session",
         "tools_call",
         {"mcp-session-id": "{unknown}", "mcp-protocol-version": PROTOCOL_VERSION},
-        FILTER,
+        False,
         404,
         False,
     ),
@@ -239,16 +282,36 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: fl
         time.sleep(interval)
 
 
+def native_config(config: dict[str, Any], store: str) -> dict[str, Any]:
+    """A Wasm listener's JSON for the native listener in its place: the same, and its own table."""
+    return config | {"table": NATIVE_TABLES[store]}
+
+
 def render_bootstrap(config_filter: dict[str, Any], config_initialize: dict[str, Any]) -> dict[str, Any]:
-    """bench/envoy.bench.yaml with the Wasm files and the two plugin configurations."""
+    """bench/envoy.bench.yaml with the modules and the two configurations (each build gets both)."""
     text = string.Template(TEMPLATE.read_text()).substitute(
         admin_port=0,
         wasm_empty=str(WASM_EMPTY),
         wasm_filter=str(WASM_FILTER),
+        native_empty=str(NATIVE_EMPTY),
+        native_filter=str(NATIVE_FILTER),
         config_filter=json.dumps(config_filter),
         config_initialize=json.dumps(config_initialize),
+        config_native=json.dumps(native_config(config_filter, "filter")),
+        config_native_initialize=json.dumps(native_config(config_initialize, "initialize")),
     )
     return yaml.safe_load(text)
+
+
+def filter_stats(envoy: harness.Envoy, build: str) -> dict[str, int]:
+    """One build's stats, names without its prefix (the harness's `stats` reads one build's only)."""
+    prefix = STATS_PREFIX[build]
+    out: dict[str, int] = {}
+    for line in envoy.admin_get("/stats?filter=mcp_session").text.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and name.startswith(prefix) and value.strip().lstrip("-").isdigit():
+            out[name[len(prefix) :]] = int(value)
+    return out
 
 
 def start_envoy(
@@ -315,7 +378,7 @@ def wrk(
     env["BENCH_BODY_FILE"] = str(body_file)
     env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in headers.items())
     env["BENCH_PATH"] = PATH
-    prefix = "filter_initialize" if listener == "filter_initialize" else listener
+    prefix = listener  # every listener's stat_prefix is its name
     cx_key = f"http.{prefix}.downstream_cx_total"
     cx_before = envoy.server_stats(rf"^http\.{prefix}\.downstream_cx_total$").get(cx_key, 0)
     cpu_before, core_before = cpu_ns(envoy.pid), core_busy_ns(ENVOY_CORE)
@@ -372,9 +435,9 @@ def h2load(
 # --------------------------------------------------------------------------- the runs
 
 
-def open_session(envoy: harness.Envoy, client: httpx.Client) -> str:
-    """A session on the hot-path listener, initialized as a client would."""
-    url = envoy.url(PATH, listener=FILTER)
+def open_session(envoy: harness.Envoy, client: httpx.Client, listener: str = FILTER) -> str:
+    """A session on a build's hot-path listener, initialized as a client would."""
+    url = envoy.url(PATH, listener=listener)
     headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
     answer = client.post(url, content=INITIALIZE, headers=headers)
     session = answer.headers.get("mcp-session-id")
@@ -390,42 +453,56 @@ def open_session(envoy: harness.Envoy, client: httpx.Client) -> str:
     return session
 
 
-def preflight(envoy: harness.Envoy, client: httpx.Client, files: dict[str, Path], session: str, unknown: str) -> None:
+@dataclass(frozen=True)
+class Sessions:
+    """The session each session listener's runs use, and a well-formed unknown ID for it."""
+
+    live: dict[str, str]
+    unknown: dict[str, str]
+
+    def headers(self, scenario: Scenario, listener: str) -> dict[str, str]:
+        # The listeners without sessions get the Wasm build's IDs: the same bytes, ignored.
+        key = listener if listener in self.live else FILTER
+        return scenario.request_headers(self.live[key], self.unknown[key])
+
+
+def preflight(envoy: harness.Envoy, client: httpx.Client, files: dict[str, Path], sessions: Sessions) -> None:
     """One request of every scenario on every listener answers as the scenario says."""
     for scenario in SCENARIOS:
-        for listener in (NOFILTER, EMPTY, scenario.filter_listener):
-            headers = {"content-type": "application/json"} | scenario.request_headers(session, unknown)
-            url = envoy.url(PATH, listener=listener)
+        for listener in scenario.listeners():
+            target = scenario.target(listener)
+            headers = {"content-type": "application/json"} | sessions.headers(scenario, listener)
+            url = envoy.url(PATH, listener=target)
             answer = client.post(url, content=files[scenario.body].read_bytes(), headers=headers)
-            want = scenario.filter_status if listener == scenario.filter_listener else 200
+            want = scenario.status(listener)
             if answer.status_code != want:
                 raise HarnessError(
-                    f"scenario {scenario.key} on {listener}: {answer.status_code}, expected {want}: {answer.text}"
+                    f"scenario {scenario.key} on {target}: {answer.status_code}, expected {want}: {answer.text}"
                 )
-            if scenario.key == "3" and listener == scenario.filter_listener and "mcp-session-id" not in answer.headers:
-                raise HarnessError("scenario 3: the filter answered the initialize without a session")
+            if scenario.key == "3" and listener in SESSION_LISTENERS and "mcp-session-id" not in answer.headers:
+                raise HarnessError(f"scenario 3: {target} answered the initialize without a session")
             if answer.headers.get("connection", "").lower() == "close":
-                raise HarnessError(f"scenario {scenario.key} on {listener}: Envoy closes the connection")
+                raise HarnessError(f"scenario {scenario.key} on {target}: Envoy closes the connection")
 
 
 def run_matrix(
     envoy: harness.Envoy, client: httpx.Client, files: dict[str, Path], args: argparse.Namespace, problems: list[str]
 ) -> list[Run]:
-    session = open_session(envoy, client)
+    live = {listener: open_session(envoy, client, listener) for listener in SESSION_LISTENERS}
     # A well-formed ID for the live session's slot with a wrong secret: the store reads the
     # record and compares the secret, the costliest way for an ID to be unknown.
-    unknown = session[:8] + secrets.token_hex(16)
-    preflight(envoy, client, files, session, unknown)
+    sessions = Sessions(live, {k: v[:8] + secrets.token_hex(16) for k, v in live.items()})
+    preflight(envoy, client, files, sessions)
     modes = (("throughput", args.connections, args.duration), ("latency", 1, args.latency_duration))
     runs: list[Run] = []
 
     def one(scenario: Scenario, listener: str, mode: str, connections: int, seconds: int, round_no: int) -> Run:
-        target = scenario.filter_listener if listener == FILTER else listener
-        headers = scenario.request_headers(session, unknown)
+        target = scenario.target(listener)
+        headers = sessions.headers(scenario, listener)
         result, measured = wrk(envoy, target, files[scenario.body], headers, connections, seconds)
         requests = result["requests"]
         status_errors = result["errors"]["status"]
-        expect_non_2xx = requests if (listener == FILTER and scenario.filter_status >= 300) else 0
+        expect_non_2xx = requests if scenario.status(listener) >= 300 else 0
         where = f"round {round_no}, scenario {scenario.key}, {listener}, {mode}"
         transport = {k: v for k, v in result["errors"].items() if k != "status" and v}
         if transport:
@@ -458,34 +535,34 @@ def run_matrix(
     if args.warmup > 0:
         log(f"warm-up: {args.warmup:g} s per scenario and listener (discarded)")
         for scenario in SCENARIOS:
-            for listener in LISTENERS:
+            for listener in scenario.listeners():
                 one(scenario, listener, "throughput", args.connections, args.warmup, 0)
     for round_no in range(1, args.rounds + 1):
         log(f"round {round_no}/{args.rounds}")
         for scenario in SCENARIOS:
             for mode, connections, seconds in modes:
-                for listener in LISTENERS:
+                for listener in scenario.listeners():
                     run = one(scenario, listener, mode, connections, seconds, round_no)
                     runs.append(run)
                 line = "  ".join(
-                    f"{r.listener}={r.rps:,.0f}/s p50={r.p50_us:.0f}us" for r in runs[-len(LISTENERS) :]
+                    f"{r.listener}={r.rps:,.0f}/s p50={r.p50_us:.0f}us" for r in runs[-len(scenario.listeners()) :]
                 )
                 log(f"  {scenario.key} {mode:10} {line}")
     return runs
 
 
 def run_at_cap(
-    envoy: harness.Envoy, client: httpx.Client, files: dict[str, Path], args: argparse.Namespace
+    envoy: harness.Envoy, client: httpx.Client, files: dict[str, Path], args: argparse.Namespace, listener: str = FILTER
 ) -> dict[str, Any]:
     """Initialize on the default configuration once the store is full: 503 after the free-slot
     hint and 16 random probes (before the hint: a scan of the whole table).
 
-    Runs after the matrix, on the hot-path listener, whose store holds one session so far.
-    (The stats cannot tell the two stores apart: both listeners' VMs define the same names.)
+    Runs after the matrix, on a build's hot-path listener, whose store holds one session so far.
+    (The stats cannot tell the two stores apart: both listeners define the same names.)
     """
     cap = 10_000  # the default max_sessions
-    log(f"at the cap: filling the default store ({cap - 1:,} initializes)")
-    url = envoy.url(PATH, listener=FILTER)
+    log(f"at the cap ({listener}): filling the default store ({cap - 1:,} initializes)")
+    url = envoy.url(PATH, listener=listener)
     minted = h2load(url, files["initialize"], {}, cap - 1)
     headers = {"content-type": "application/json"}
     for _ in range(100):  # in case a preflight initialize was not counted as expected
@@ -516,22 +593,29 @@ def run_at_cap(
         "envoy_cpu_us_per_request": cpu_us,
         "max_rps": 1e6 / cpu_us,
     }
-    log(f"  at the cap: p50 {out['p50_us']:,.0f} us, {cpu_us:,.0f} us of Envoy CPU per initialize (all 503)")
+    log(f"  at the cap ({listener}): p50 {out['p50_us']:,.0f} us, {cpu_us:,.0f} us of Envoy CPU per initialize "
+        "(all 503)")
     return out
 
 
-def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
+def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace, build: str = "wasm") -> dict[str, Any]:
     """The heap against the heap before the first session: per live session at the peak, and
     what is left per peak session once every session expired; then a churn of `args.churn`
-    sessions on a second store, and again what is left once they expired."""
+    sessions on a second store, and again what is left once they expired. One build's
+    listeners (`build`: wasm or native) in an Envoy of their own: the native module's sessions
+    are in process memory, the Wasm's in Envoy's shared data, both in the same heap."""
     # Memory, not speed: two workers and the load generator share both cores, so the million
     # initializes take half the time, and the store is written by two workers as in production.
     live_config = MEMORY_LIVE_CONFIG | {"idle_timeout_seconds": args.live_idle}
     bootstrap = render_bootstrap(live_config, MEMORY_CHURN_CONFIG)
-    envoy = start_envoy(workdir, "envoy-memory", bootstrap, "warning", workers=2, cores=BOTH_CORES)
+    name = "envoy-memory" if build == "wasm" else f"envoy-memory-{build}"
+    envoy = start_envoy(workdir, name, bootstrap, "warning", workers=2, cores=BOTH_CORES)
     h2load = functools.partial(globals()["h2load"], cores=BOTH_CORES)
+    stats = functools.partial(filter_stats, envoy, build)
+    listener = BUILDS[build]
+    log(f"memory ({build}): listeners {listener} and {listener}_initialize")
     try:
-        live_url, churn_url = envoy.url(PATH, listener=FILTER), envoy.url(PATH, listener="filter_initialize")
+        live_url, churn_url = envoy.url(PATH, listener=listener), envoy.url(PATH, listener=f"{listener}_initialize")
         # Warm both listeners with requests that create nothing (404: unknown session), on as
         # many connections as the fills use, so that what is allocated once per VM, per
         # connection or per stream is in the baseline and not charged to sessions.
@@ -539,17 +623,18 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace) 
         for url in (live_url, churn_url):
             h2load(url, files["tools_call"], unknown, 10_000)
         time.sleep(1)
-        if envoy.stats().get("created", 0):
+        if stats().get("created", 0):
             raise HarnessError("the memory run's baseline has sessions in it")
         base = heap_bytes(envoy)
         out: dict[str, Any] = {
+            "build": build,
             "configs": {"live": live_config, "churn": MEMORY_CHURN_CONFIG},
             "workers": 2,
             "baseline_heap": base,
             "live": [],
             "churn": [],
         }
-        log(f"memory: heap before the first session {base:,} bytes")
+        log(f"memory ({build}): heap before the first session {base:,} bytes")
 
         # 1. The live set, on a store whose idle timeout outlasts the fill: every reading is
         # taken while every session created is still live. Then all of them expire.
@@ -557,8 +642,8 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace) 
         first = time.monotonic()
         for target in args.live_sets:
             created += h2load(live_url, files["initialize"], {}, target - created)
-            wait_until("the live gauge", lambda: envoy.stats().get("live", 0) >= target, 10)
-            live = envoy.stats()["live"]
+            wait_until("the live gauge", lambda: stats().get("live", 0) >= target, 10)
+            live = stats()["live"]
             heap = heap_bytes(envoy)
             if time.monotonic() - first >= args.live_idle - 1:
                 raise HarnessError(
@@ -567,25 +652,26 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace) 
                 )
             per = (heap - base) / live
             out["live"].append({"sessions": live, "heap": heap, "bytes_per_session": per})
-            log(f"memory: {live:,} live sessions: heap {heap:,} bytes, {per:.0f} bytes per session over the baseline")
+            log(f"memory ({build}): {live:,} live sessions: heap {heap:,} bytes, {per:.0f} bytes per session over "
+                "the baseline")
         peak = out["live"][-1]["sessions"]
         if len(out["live"]) >= 2:
             a, b = out["live"][0], out["live"][-1]
             out["marginal_bytes_per_session"] = (b["heap"] - a["heap"]) / (b["sessions"] - a["sessions"])
         # Expiry, then the sweep (a full pass of the table in at most ~30 s) ends them.
         t0 = time.monotonic()
-        wait_until("the live set to expire", lambda: envoy.stats().get("live", 0) == 0, args.live_idle + 90, 1)
+        wait_until("the live set to expire", lambda: stats().get("live", 0) == 0, args.live_idle + 90, 1)
         time.sleep(1)
         heap = heap_bytes(envoy)
         out["live_expired"] = {
             "peak": peak,
             "heap": heap,
-            "stats": envoy.stats(),
+            "stats": stats(),
             "wait_seconds": round(time.monotonic() - t0, 1),
             "left_per_peak_session": (heap - base) / peak,
         }
         log(
-            f"memory: every live-set session expired: heap {heap:,} bytes, "
+            f"memory ({build}): every live-set session expired: heap {heap:,} bytes, "
             f"{(heap - base) / peak:.0f} bytes per peak session over the baseline"
         )
 
@@ -600,7 +686,7 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace) 
         def sample() -> None:
             while not stop.is_set():
                 try:
-                    samples.append(envoy.stats().get("live", 0))
+                    samples.append(stats().get("live", 0))
                 except Exception:  # noqa: BLE001 (an admin call that timed out under load: skip it)
                     pass
                 stop.wait(0.2)
@@ -614,10 +700,11 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace) 
                 ok = h2load(churn_url, files["initialize"], {}, n)
                 rate = n / (time.monotonic() - t0)
                 done += n
-                churn_live = envoy.stats().get("live", 0)
+                churn_live = stats().get("live", 0)
                 heap = heap_bytes(envoy)
                 out["churn"].append({"sent": done, "answered_2xx": ok, "live": churn_live, "heap": heap, "rate": rate})
-                log(f"memory: churn {done:,} sent ({rate:,.0f}/s), {churn_live:,} churn sessions live, heap {heap:,}")
+                log(f"memory ({build}): churn {done:,} sent ({rate:,.0f}/s), {churn_live:,} churn sessions live, "
+                    f"heap {heap:,}")
         finally:
             stop.set()
             sampler.join()
@@ -632,7 +719,7 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace) 
         t0 = time.monotonic()
         wait_until(
             "the churned sessions to expire",
-            lambda: envoy.stats().get("live", 0) == 0,
+            lambda: stats().get("live", 0) == 0,
             MEMORY_CHURN_IDLE_S + 90,
             interval=1,
         )
@@ -641,14 +728,14 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace) 
         peaks = peak + out["churn_peak"]
         out["after_churn"] = {
             "heap": after,
-            "stats": envoy.stats(),
+            "stats": stats(),
             "wait_seconds": round(time.monotonic() - t0, 1),
             "peaks": peaks,
             "left_per_peak_session": (after - base) / peaks,
             "churn_left_per_peak_session": (after - out["live_expired"]["heap"]) / out["churn_peak"],
         }
         log(
-            f"memory: after the churn, everything expired: heap {after:,} bytes, "
+            f"memory ({build}): after the churn, everything expired: heap {after:,} bytes, "
             f"{(after - base) / peaks:.0f} bytes per peak session over the baseline (peaks {peak:,} + "
             f"{out['churn_peak']:,}); during the churn the heap moved {out['churn_growth']:.3f}x from the first "
             "checkpoint to the last"
@@ -667,16 +754,52 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+# Per-round pairs the summary takes (key: listener, against). The Wasm build's keys are those
+# of the earlier outputs; a pair whose listeners did not both run a scenario is left out.
+RATIOS = {
+    "ratio_filter_nofilter": (FILTER, NOFILTER),
+    "ratio_filter_floor": (FILTER, EMPTY),
+    "ratio_floor_nofilter": (EMPTY, NOFILTER),
+    "ratio_native_nofilter": (NATIVE, NOFILTER),
+    "ratio_native_floor": (NATIVE, EMPTY_NATIVE),
+    "ratio_native_floor_nofilter": (EMPTY_NATIVE, NOFILTER),
+    "ratio_native_filter": (NATIVE, FILTER),
+    "ratio_native_mcp": (NATIVE, MCP),
+    "ratio_mcp_nofilter": (MCP, NOFILTER),
+}
+ADDED_P50 = {
+    "added_p50_us_vs_nofilter": (FILTER, NOFILTER),
+    "added_p50_us_vs_floor": (FILTER, EMPTY),
+    "floor_added_p50_us": (EMPTY, NOFILTER),
+    "native_added_p50_us_vs_nofilter": (NATIVE, NOFILTER),
+    "native_added_p50_us_vs_floor": (NATIVE, EMPTY_NATIVE),
+    "native_floor_added_p50_us": (EMPTY_NATIVE, NOFILTER),
+    "mcp_added_p50_us_vs_nofilter": (MCP, NOFILTER),
+}
+ADDED_CPU = {
+    "added_cpu_us_vs_floor": (FILTER, EMPTY),
+    "added_cpu_us_vs_nofilter": (FILTER, NOFILTER),
+    "native_added_cpu_us_vs_floor": (NATIVE, EMPTY_NATIVE),
+    "native_added_cpu_us_vs_nofilter": (NATIVE, NOFILTER),
+}
+# The spread of a ratio across rounds, to show how noisy the run was: each build's ratio to
+# its target's reference.
+RANGES = {
+    "ratio_filter_floor_range": (FILTER, EMPTY),
+    "ratio_native_nofilter_range": (NATIVE, NOFILTER),
+}
+
+
 def summarise(runs: list[Run]) -> dict[str, Any]:
     """Medians per scenario and listener; ratios and differences pair by pair per round."""
     out: dict[str, Any] = {}
     for scenario in SCENARIOS:
-        s: dict[str, Any] = {"title": scenario.title}
+        s: dict[str, Any] = {"title": scenario.title, "listeners": list(scenario.listeners())}
         for mode in ("throughput", "latency"):
             by = {(r.listener, r.round): r for r in runs if r.scenario == scenario.key and r.mode == mode}
             rounds = sorted({k[1] for k in by})
             m: dict[str, Any] = {}
-            for listener in LISTENERS:
+            for listener in scenario.listeners():
                 mine = [by[(listener, n)] for n in rounds if (listener, n) in by]
                 m[listener] = {
                     "rps": median(r.rps for r in mine),
@@ -688,65 +811,83 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
                     "load_cpu_share": median(r.load_cpu_share for r in mine),
                 }
 
-            def paired(f: Callable[[Run, Run], float], a: str, b: str) -> float:
-                return median(f(by[(a, n)], by[(b, n)]) for n in rounds if (a, n) in by and (b, n) in by)
+            def paired(f: Callable[[Run, Run], float], a: str, b: str) -> list[float]:
+                return [f(by[(a, n)], by[(b, n)]) for n in rounds if (a, n) in by and (b, n) in by]
 
-            m["ratio_filter_nofilter"] = paired(lambda x, y: x.rps / y.rps, FILTER, NOFILTER)
-            m["ratio_filter_floor"] = paired(lambda x, y: x.rps / y.rps, FILTER, EMPTY)
-            m["ratio_floor_nofilter"] = paired(lambda x, y: x.rps / y.rps, EMPTY, NOFILTER)
-            m["added_p50_us_vs_nofilter"] = paired(lambda x, y: x.p50_us - y.p50_us, FILTER, NOFILTER)
-            m["added_p50_us_vs_floor"] = paired(lambda x, y: x.p50_us - y.p50_us, FILTER, EMPTY)
-            m["floor_added_p50_us"] = paired(lambda x, y: x.p50_us - y.p50_us, EMPTY, NOFILTER)
-            m["added_cpu_us_vs_floor"] = paired(
-                lambda x, y: x.envoy_cpu_us_per_request - y.envoy_cpu_us_per_request, FILTER, EMPTY
-            )
-            m["added_cpu_us_vs_nofilter"] = paired(
-                lambda x, y: x.envoy_cpu_us_per_request - y.envoy_cpu_us_per_request, FILTER, NOFILTER
-            )
-            # The spread of the pair ratios, to show how noisy the run was.
-            ratios = [by[(FILTER, n)].rps / by[(EMPTY, n)].rps for n in rounds if (FILTER, n) in by and (EMPTY, n) in by]
-            m["ratio_filter_floor_range"] = [min(ratios), max(ratios)] if ratios else []
+            def put(table: dict[str, tuple[str, str]], f: Callable[[Run, Run], float]) -> None:
+                for key, (a, b) in table.items():
+                    values = paired(f, a, b)
+                    if values:
+                        m[key] = median(values)
+
+            put(RATIOS, lambda x, y: x.rps / y.rps)
+            put(ADDED_P50, lambda x, y: x.p50_us - y.p50_us)
+            put(ADDED_CPU, lambda x, y: x.envoy_cpu_us_per_request - y.envoy_cpu_us_per_request)
+            for key, (a, b) in RANGES.items():
+                ratios = paired(lambda x, y: x.rps / y.rps, a, b)
+                m[key] = [min(ratios), max(ratios)] if ratios else []
             s[mode] = m
         out[scenario.key] = s
     return out
 
 
-def verdicts(summary: dict[str, Any] | None, memory: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Each target of the issue, measured against this run."""
+def verdicts(
+    summary: dict[str, Any] | None, memory: dict[str, Any] | None, memory_native: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Each target of the issues, measured against this run: the Wasm build's (issue 4, against
+    its floor) and the native build's (issue 17, against no filter and Envoy's mcp filter)."""
     out: list[dict[str, Any]] = []
 
-    def verdict(target: str, measured: str, met: bool) -> None:
-        out.append({"target": target, "measured": measured, "met": met})
+    def verdict(build: str, target: str, measured: str, met: bool) -> None:
+        out.append({"build": build, "target": target, "measured": measured, "met": met})
 
     for scenario in SCENARIOS if summary else ():
         thr, lat = summary[scenario.key]["throughput"], summary[scenario.key]["latency"]
         ratio = thr["ratio_filter_floor"]
         if scenario.hot_path:
-            verdict(f"{scenario.key}: throughput >= {TARGET_HOT_RATIO:.2f}x floor", f"{ratio:.3f}x",
+            verdict("wasm", f"{scenario.key}: throughput >= {TARGET_HOT_RATIO:.2f}x floor", f"{ratio:.3f}x",
                     ratio >= TARGET_HOT_RATIO)  # fmt: skip
             added = lat["added_p50_us_vs_floor"]
-            verdict(f"{scenario.key}: added p50 over floor <= {TARGET_HOT_ADDED_US:g} us", f"{added:+.1f} us",
+            verdict("wasm", f"{scenario.key}: added p50 over floor <= {TARGET_HOT_ADDED_US:g} us", f"{added:+.1f} us",
                     added <= TARGET_HOT_ADDED_US)  # fmt: skip
         elif scenario.key == "3":
-            verdict(f"3: throughput >= {TARGET_INIT_RATIO:.2f}x floor", f"{ratio:.3f}x", ratio >= TARGET_INIT_RATIO)
-    if memory:
+            verdict("wasm", f"3: throughput >= {TARGET_INIT_RATIO:.2f}x floor", f"{ratio:.3f}x",
+                    ratio >= TARGET_INIT_RATIO)  # fmt: skip
+    for scenario in SCENARIOS if summary else ():
+        thr = summary[scenario.key]["throughput"]
+        ratio = thr.get("ratio_native_nofilter")
+        if ratio is None:
+            continue
+        if scenario.key in NATIVE_HOT_SCENARIOS:
+            verdict("native", f"{scenario.key}: throughput >= {TARGET_NATIVE_HOT_RATIO:.2f}x no filter",
+                    f"{ratio:.3f}x", ratio >= TARGET_NATIVE_HOT_RATIO)  # fmt: skip
+        elif scenario.key == "3":
+            verdict("native", f"3: throughput >= {TARGET_NATIVE_INIT_RATIO:.2f}x no filter", f"{ratio:.3f}x",
+                    ratio >= TARGET_NATIVE_INIT_RATIO)  # fmt: skip
+        if "ratio_native_mcp" in thr:
+            vs = thr["ratio_native_mcp"]
+            verdict("native", f"{scenario.key}: throughput >= {TARGET_NATIVE_VS_MCP:g}x Envoy's mcp filter",
+                    f"{vs:.3f}x", vs >= TARGET_NATIVE_VS_MCP)  # fmt: skip
+    for build, mem in (("wasm", memory), ("native", memory_native)):
+        if not mem:
+            continue
         # Every memory figure is against the heap before the first session.
-        for point in memory["live"]:
+        for point in mem["live"]:
             per = point["bytes_per_session"]
-            verdict(f"heap per live session at {point['sessions']:,} live <= {TARGET_BYTES_PER_LIVE_SESSION} B",
+            verdict(build, f"heap per live session at {point['sessions']:,} live <= {TARGET_BYTES_PER_LIVE_SESSION} B",
                     f"{per:.0f} B", per <= TARGET_BYTES_PER_LIVE_SESSION)  # fmt: skip
-        left = memory["live_expired"]["left_per_peak_session"]
-        verdict(f"heap left per peak session once all {memory['live_expired']['peak']:,} expired "
+        left = mem["live_expired"]["left_per_peak_session"]
+        verdict(build, f"heap left per peak session once all {mem['live_expired']['peak']:,} expired "
                 f"<= {TARGET_BYTES_LEFT_PER_PEAK_SESSION} B", f"{left:.0f} B",
                 left <= TARGET_BYTES_LEFT_PER_PEAK_SESSION)  # fmt: skip
         # The churn keeps its own live set (the sessions of its last few seconds); what must not
         # happen is a heap that grows with the sessions created, or stays up once they expired.
-        growth = memory["churn_growth"]
-        verdict(f"heap flat during the churn: last / first checkpoint <= {1 + TARGET_CHURN_SLACK:.2f}",
+        growth = mem["churn_growth"]
+        verdict(build, f"heap flat during the churn: last / first checkpoint <= {1 + TARGET_CHURN_SLACK:.2f}",
                 f"{growth:.3f}x", growth <= 1 + TARGET_CHURN_SLACK)  # fmt: skip
-        after = memory["after_churn"]
-        verdict(f"heap left per peak session once everything expired, {memory['churn'][-1]['sent']:,} churned "
-                f"too (peaks {memory['live_expired']['peak']:,} + {memory['churn_peak']:,}) "
+        after = mem["after_churn"]
+        verdict(build, f"heap left per peak session once everything expired, {mem['churn'][-1]['sent']:,} churned "
+                f"too (peaks {mem['live_expired']['peak']:,} + {mem['churn_peak']:,}) "
                 f"<= {TARGET_BYTES_LEFT_PER_PEAK_SESSION} B", f"{after['left_per_peak_session']:.0f} B",
                 after["left_per_peak_session"] <= TARGET_BYTES_LEFT_PER_PEAK_SESSION)  # fmt: skip
     return out
@@ -819,7 +960,7 @@ def main() -> int:
     for tool in ("wrk", "h2load", "taskset"):
         if shutil.which(tool) is None:
             raise HarnessError(f"{tool} is not installed (bench/run.sh installs it)")
-    for path in (ENVOY, WASM_FILTER, WASM_EMPTY):
+    for path in (ENVOY, WASM_FILTER, WASM_EMPTY, NATIVE_FILTER, NATIVE_EMPTY):
         if not path.exists():
             raise HarnessError(f"{path.relative_to(REPO)} is missing (run `make bench`)")
     if (os.cpu_count() or 1) < 2:
@@ -839,7 +980,7 @@ def main() -> int:
             command=args.command,
             settings=settings,
             defaults=defaults,
-            artifacts=[WASM_FILTER, WASM_EMPTY],
+            artifacts=[WASM_FILTER, WASM_EMPTY, NATIVE_FILTER, NATIVE_EMPTY],
             envoy_version=envoy_binary_version(),
         ),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -852,7 +993,13 @@ def main() -> int:
         "connections": args.connections,
         "log_level": args.log_level,
         "cores": {"envoy": ENVOY_CORE, "load": LOAD_CORE},
-        "configs": {"filter": FILTER_CONFIG, "filter_initialize": INITIALIZE_CONFIG},
+        "configs": {
+            "filter": FILTER_CONFIG,
+            "filter_initialize": INITIALIZE_CONFIG,
+            "native": native_config(FILTER_CONFIG, "filter"),
+            "native_initialize": native_config(INITIALIZE_CONFIG, "initialize"),
+        },
+        "labels": LABELS,
         "scenarios": [
             {"key": sc.key, "title": sc.title, "short": sc.short, "hot_path": sc.hot_path} for sc in SCENARIOS
         ],
@@ -863,6 +1010,10 @@ def main() -> int:
             "bytes_per_live_session": TARGET_BYTES_PER_LIVE_SESSION,
             "bytes_left_per_peak_session": TARGET_BYTES_LEFT_PER_PEAK_SESSION,
             "churn_slack": TARGET_CHURN_SLACK,
+            "native_hot_ratio": TARGET_NATIVE_HOT_RATIO,
+            "native_hot_scenarios": list(NATIVE_HOT_SCENARIOS),
+            "native_init_ratio": TARGET_NATIVE_INIT_RATIO,
+            "native_vs_mcp": TARGET_NATIVE_VS_MCP,
         },
     }
     problems: list[str] = []
@@ -874,8 +1025,10 @@ def main() -> int:
             results["envoy_version"] = envoy_version(envoy)
             log(f"Envoy {results['envoy_version']} (pid {envoy.pid}) on core {ENVOY_CORE}; ports {envoy.ports}")
             runs = run_matrix(envoy, client, files, args, problems)
-            results["filter_stats"] = envoy.stats()
+            results["filter_stats"] = filter_stats(envoy, "wasm")
+            results["native_stats"] = filter_stats(envoy, "native")
             results["at_cap"] = run_at_cap(envoy, client, files, args)
+            results["at_cap_native"] = run_at_cap(envoy, client, files, args, NATIVE)
             problems += [f"Envoy log: {line}" for line in envoy.log_problems()[:10]]
         finally:
             client.close()
@@ -884,14 +1037,16 @@ def main() -> int:
         results["summary"] = summarise(runs)
         results["other_load_median"] = median(r.other_load_share for r in runs)
     if not args.skip_memory:
-        results["memory"] = run_memory(workdir, files, args)
-        problems += [f"Envoy log (memory run): {line}" for line in results["memory"].pop("log_problems")[:10]]
+        for build, key in (("wasm", "memory"), ("native", "memory_native")):
+            results[key] = run_memory(workdir, files, args, build)
+            problems += [f"Envoy log ({build} memory run): {line}" for line in results[key].pop("log_problems")[:10]]
         results.setdefault("envoy_version", results["provenance"]["envoy_version"])
     results["problems"] = problems
     results["seconds"] = round(time.monotonic() - started, 1)
-    results["verdicts"] = verdicts(results.get("summary"), results.get("memory"))
+    results["verdicts"] = verdicts(results.get("summary"), results.get("memory"), results.get("memory_native"))
     if partial:
-        print(json.dumps({k: results[k] for k in ("summary", "memory", "verdicts") if k in results}, indent=1))
+        keys = ("summary", "memory", "memory_native", "verdicts")
+        print(json.dumps({k: results[k] for k in keys if k in results}, indent=1))
     else:
         for name in ("matrix", "memory", "targets"):
             print(report.BLOCKS[name][1](results) + "\n")

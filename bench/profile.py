@@ -6,10 +6,15 @@ under `valgrind --tool=callgrind`, sends each scenario's request N times on one 
 connection to each listener, and reads the instructions the worker thread executed per
 request, split by where they ran:
 
-- `envoy`: Envoy's own code (HTTP, the Wasm host side of every hostcall, V8's C++ runtime);
+- `envoy`: Envoy's own code (HTTP, the Wasm host side of every hostcall, V8's C++ runtime, the
+  dynamic-module host side of every callback);
 - `v8 code`: code V8 generated (the filter's compiled Wasm, V8 builtins and the trampolines
   between Wasm and C++): callgrind sees it as anonymous memory;
+- `module`: a native module's own code (libmcp_session_native.so, or the empty module);
 - `libc`: memcpy, memset, mutexes and the rest.
+
+Every listener of bench.py runs here: both builds, their floors, and Envoy's own MCP filter on
+the scenarios bench.py runs it on.
 
 The same Envoy also runs bench/hostcall-probe once per kind of hostcall (10 calls per request,
 against the probe making none), which prices one hostcall of each kind in instructions.
@@ -211,9 +216,14 @@ def split_by_part(path: Path) -> dict[str, int]:
     return dict(parts)
 
 
+NATIVE_MODULES = (bench.NATIVE_FILTER.name, bench.NATIVE_EMPTY.name)
+
+
 def part_of(obj: str) -> str:
     if obj.endswith("/envoy"):
         return "envoy"
+    if obj.rsplit("/", 1)[-1] in NATIVE_MODULES:
+        return "module"
     if obj in ("???", ""):
         return "v8 code"
     return "libc"  # libc, libm, ld.so
@@ -247,7 +257,7 @@ def main() -> int:
         command=args.command,
         settings=settings,
         defaults=defaults,
-        artifacts=[bench.WASM_FILTER, EMPTY_WASM, PROBE_WASM],
+        artifacts=[bench.WASM_FILTER, EMPTY_WASM, PROBE_WASM, bench.NATIVE_FILTER, bench.NATIVE_EMPTY],
         envoy_version=bench.envoy_binary_version(),
     )
     cg = Callgrind(workdir)
@@ -257,16 +267,15 @@ def main() -> int:
         cg.start()
         version = bench.envoy_version(cg.envoy)
         with httpx.Client(timeout=120) as client:
-            session = bench.open_session(cg.envoy, client)
-        unknown = session[:8] + "0" * 32
+            live = {listener: bench.open_session(cg.envoy, client, listener) for listener in bench.SESSION_LISTENERS}
+        sessions = bench.Sessions(live, {k: v[:8] + "0" * 32 for k, v in live.items()})
         base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
         plan = []
         for scenario in bench.SCENARIOS:
-            for listener in bench.LISTENERS:
-                target = scenario.filter_listener if listener == bench.FILTER else listener
-                want = scenario.filter_status if listener == bench.FILTER else 200
-                headers = base | scenario.request_headers(session, unknown)
-                plan.append((f"s{scenario.key}.{listener}", target, bench.BODIES[scenario.body], headers, want))
+            for listener in scenario.listeners():
+                headers = base | sessions.headers(scenario, listener)
+                plan.append((f"s{scenario.key}.{listener}", scenario.target(listener), bench.BODIES[scenario.body],
+                             headers, scenario.status(listener)))  # fmt: skip
         probe_headers = base | {"mcp-session-id": "0" * 40, "mcp-protocol-version": bench.PROTOCOL_VERSION}
         for name in PROBES:
             plan.append((f"probe.{name}", name, bench.BODIES["tools_call"], probe_headers, 200))
@@ -297,7 +306,13 @@ def main() -> int:
         "scenarios": [[sc.key, sc.title] for sc in bench.SCENARIOS],
         "calls": CALLS,
         "hostcalls": {name: DESCRIPTIONS[name] for name in PROBES if name != "probe_none"},
-        "targets": {"hot_ratio": bench.TARGET_HOT_RATIO, "init_ratio": bench.TARGET_INIT_RATIO},
+        "targets": {
+            "hot_ratio": bench.TARGET_HOT_RATIO,
+            "init_ratio": bench.TARGET_INIT_RATIO,
+            "native_hot_ratio": bench.TARGET_NATIVE_HOT_RATIO,
+            "native_init_ratio": bench.TARGET_NATIVE_INIT_RATIO,
+            "native_vs_mcp": bench.TARGET_NATIVE_VS_MCP,
+        },
     }
     meta_path.write_text(json.dumps(meta) + "\n")
     return report(read_dumps(workdir), meta, problems, args.no_write)

@@ -41,9 +41,36 @@ OUTPUTS = {
 }
 
 NOFILTER, EMPTY, FILTER = "nofilter", "empty", "filter"
-LISTENERS = (NOFILTER, EMPTY, FILTER)
-LABELS = {NOFILTER: "no filter", EMPTY: "empty filter (floor)", FILTER: "session filter"}
+EMPTY_NATIVE, NATIVE, MCP = "empty_native", "native", "mcp"
+# Every listener of bench/envoy.bench.yaml the tables show, in their order: Envoy alone, the Wasm
+# build, the native build, Envoy's own MCP filter. An output that lacks a listener (one measured
+# before the native build, or a scenario Envoy's filter did not run) shows "–" in its place.
+LISTENERS = (NOFILTER, EMPTY, FILTER, EMPTY_NATIVE, NATIVE, MCP)
+LABELS = {
+    NOFILTER: "no filter",
+    EMPTY: "empty filter (Wasm floor)",
+    FILTER: "session filter (Wasm)",
+    EMPTY_NATIVE: "empty module (native floor)",
+    NATIVE: "session module (native)",
+    MCP: "Envoy's mcp filter",
+}
+SHORT = {
+    NOFILTER: "none",
+    EMPTY: "Wasm floor",
+    FILTER: "Wasm",
+    EMPTY_NATIVE: "native floor",
+    NATIVE: "native",
+    MCP: "mcp filter",
+}
+# The parts of a callgrind count (bench/profile.py): `module` is a native module's own code (ours
+# or the empty one); each build's filter shows the parts it can run in.
 PARTS = ("envoy", "v8 code", "libc")
+# Natively the `v8 code` part (callgrind's unnamed code in anonymous memory, which every listener
+# has some of, the one without a filter too) is not V8's: it is shown as unnamed.
+NATIVE_PARTS = ("envoy", "module", "v8 code", "libc")
+NATIVE_ARTIFACT = "target/release/libmcp_session_native.so"
+WASM_ARTIFACT = "target/wasm32-wasip1/release/mcp_session_filter.wasm"
+DASH = "–"
 
 BEGIN = re.compile(r"<!-- generated:(?P<name>[\w-]+) from (?P<sources>[^ ]+(?:, [^ ]+)*) by bench/report\.py;[^>]*-->")
 
@@ -100,6 +127,18 @@ def provenance_line(p: dict[str, Any]) -> str:
     return text
 
 
+def fmt(v: Any, spec: str, bold: bool = False) -> str:
+    """`v` formatted, or a dash when the output has no such figure."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return DASH
+    text = format(v, spec)
+    return f"**{text}**" if bold else text
+
+
+def field(t: dict[str, Any], listener: str, name: str) -> Any:
+    return t.get(listener, {}).get(name)
+
+
 def block(name: str, sources: list[str], body: str) -> str:
     paths = ", ".join(rel(OUTPUTS[s]) for s in sources)
     return (
@@ -115,16 +154,19 @@ def block(name: str, sources: list[str], body: str) -> str:
 def render_runs(outputs: dict[str, dict[str, Any]]) -> str:
     """Which run each stored output comes from."""
     lines = [
-        "| output | written by | commit | clean tree | short run | started | seconds | filter wasm sha256 |",
-        "|---|---|---|:-:|:-:|---|--:|---|",
+        "| output | written by | commit | clean tree | short run | started | seconds | filter wasm sha256 "
+        "| native module sha256 |",
+        "|---|---|---|:-:|:-:|---|--:|---|---|",
     ]
     writers = {"results": "bench/bench.py", "cluster": "bench/cluster.py", "profile": "bench/profile.py"}
     for name, out in outputs.items():
         p = out["provenance"]
-        wasm = p["artifacts"].get("target/wasm32-wasip1/release/mcp_session_filter.wasm", {}).get("sha256", "–")
+        wasm = p["artifacts"].get(WASM_ARTIFACT, {}).get("sha256")
+        native = p["artifacts"].get(NATIVE_ARTIFACT, {}).get("sha256")
         lines.append(
             f"| `{rel(OUTPUTS[name])}` | `{writers[name]}` | `{p['commit'][:12]}` | {'yes' if p['clean'] else '**no**'} "
-            f"| {'**yes**' if p['short'] else 'no'} | {p['date']} | {out['seconds']:,.0f} | `{wasm[:16]}` |"
+            f"| {'**yes**' if p['short'] else 'no'} | {p['date']} | {out['seconds']:,.0f} "
+            f"| {f'`{wasm[:16]}`' if wasm else DASH} | {f'`{native[:16]}`' if native else 'not measured'} |"
         )
     total = sum(out["seconds"] for out in outputs.values())
     lines += ["", f"The three runs took {total / 60:.1f} minutes together (their `seconds`, added)."]
@@ -153,17 +195,20 @@ def render_matrix(r: dict[str, Any]) -> str:
         "",
         provenance_line(p),
     ]
-    spreads = {
-        key: v["throughput"]["ratio_filter_floor_range"] for key, v in s.items() if v["throughput"]["ratio_filter_floor_range"]
-    }
+    spreads = {}
+    for key, v in s.items():
+        for name, what in (("ratio_filter_floor_range", "Wasm/Wasm floor"),
+                           ("ratio_native_nofilter_range", "native/none")):  # fmt: skip
+            if v["throughput"].get(name):
+                spreads[(key, what)] = v["throughput"][name]
     widest = max(spreads.items(), key=lambda kv: kv[1][1] - kv[1][0], default=None)
     causes = []
     if r["other_load_median"] > 0.05:
         causes.append(f"other processes took {100 * r['other_load_median']:.0f}% of Envoy's core")
     if widest and widest[1][1] - widest[1][0] > 0.25:
         causes.append(
-            f"the filter/floor ratio of scenario {widest[0]} spread from {widest[1][0]:.2f} to {widest[1][1]:.2f} "
-            "across rounds"
+            f"the {widest[0][1]} ratio of scenario {widest[0][0]} spread from {widest[1][0]:.2f} to "
+            f"{widest[1][1]:.2f} across rounds"
         )
     if causes:
         lines.append(
@@ -171,52 +216,80 @@ def render_matrix(r: dict[str, Any]) -> str:
             "is steadier, and the instruction counts under *Where the time goes* do not move with the load. "
             "Re-run `make bench` on a quiet machine before quoting these numbers."
         )
+    if not any(NATIVE in sc["throughput"] for sc in s.values()):
+        lines.append(
+            "\nThis output was measured before the benchmark had native listeners: the native columns are empty "
+            "until `make bench` runs again."
+        )
     lines += [
         "",
         f"![throughput and added latency per scenario]({rel(RESULTS_SVG)})",
         "",
-        "**Throughput at saturation** (requests/s, medians; ratios are medians of per-round pairs):",
+        "**Throughput at saturation** (requests/s, medians; Envoy's mcp filter runs the session hot path only):",
         "",
-        "| scenario | no filter | empty filter (floor) | session filter | floor / no filter | filter / no filter "
-        "| filter / floor (range) | Envoy CPU µs/request: none / floor / filter |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        f"| scenario | {' | '.join(LABELS[x] for x in LISTENERS)} "
+        f"| Envoy CPU µs/request: {' / '.join(SHORT[x] for x in LISTENERS)} |",
+        "|---|" + "--:|" * (len(LISTENERS) + 1),
     ]
     for key, sc in s.items():
         t = sc["throughput"]
-        rng = t["ratio_filter_floor_range"]
+        cells = " | ".join(fmt(field(t, x, "rps"), ",.0f") for x in LISTENERS)
+        cpu = " / ".join(fmt(field(t, x, "cpu_us_per_request"), ".1f") for x in LISTENERS)
+        lines.append(f"| {key}. {sc['title']} | {cells} | {cpu} |")
+
+    def ranged(t: dict[str, Any], name: str) -> str:
+        rng = t.get(f"{name}_range") or []
+        return fmt(t.get(name), ".3f", bold=True) + (f" ({rng[0]:.2f}–{rng[1]:.2f})" if rng else "")
+
+    lines += [
+        "",
+        "**Throughput ratios** (medians of per-round pairs; in bold the ratio each build's targets are set on, "
+        "with its range across rounds):",
+        "",
+        "| scenario | Wasm floor / none | Wasm / none | Wasm / Wasm floor | native floor / none | native / none "
+        "| native / native floor | native / Wasm | mcp filter / none | native / mcp filter |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for key, sc in s.items():
+        t = sc["throughput"]
         lines.append(
-            f"| {key}. {sc['title']} | {t[NOFILTER]['rps']:,.0f} | {t[EMPTY]['rps']:,.0f} "
-            f"| {t[FILTER]['rps']:,.0f} | {t['ratio_floor_nofilter']:.3f} | {t['ratio_filter_nofilter']:.3f} "
-            f"| **{t['ratio_filter_floor']:.3f}** ({rng[0]:.2f}–{rng[1]:.2f}) "
-            f"| {t[NOFILTER]['cpu_us_per_request']:.1f} / {t[EMPTY]['cpu_us_per_request']:.1f} "
-            f"/ {t[FILTER]['cpu_us_per_request']:.1f} |"
+            f"| {key}. {sc['title']} | {fmt(t.get('ratio_floor_nofilter'), '.3f')} "
+            f"| {fmt(t.get('ratio_filter_nofilter'), '.3f')} | {ranged(t, 'ratio_filter_floor')} "
+            f"| {fmt(t.get('ratio_native_floor_nofilter'), '.3f')} | {ranged(t, 'ratio_native_nofilter')} "
+            f"| {fmt(t.get('ratio_native_floor'), '.3f')} | {fmt(t.get('ratio_native_filter'), '.3f')} "
+            f"| {fmt(t.get('ratio_mcp_nofilter'), '.3f')} | {fmt(t.get('ratio_native_mcp'), '.3f', bold=True)} |"
         )
     lines += [
         "",
-        "**Latency at concurrency 1** (µs, medians; added = filter − other, per-round pairs):",
+        "**Latency at concurrency 1** (µs, medians; added = listener − other, per-round pairs):",
         "",
-        "| scenario | p50 none / floor / filter | p99 none / floor / filter | floor adds (p50) "
-        "| filter adds vs no filter (p50) | filter adds vs floor (p50) |",
-        "|---|--:|--:|--:|--:|--:|",
+        f"| scenario | p50: {' / '.join(SHORT[x] for x in LISTENERS)} | p99: {' / '.join(SHORT[x] for x in LISTENERS)} "
+        "| Wasm floor adds | Wasm adds vs none | Wasm adds vs Wasm floor | native floor adds | native adds vs none "
+        "| native adds vs native floor |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for key, sc in s.items():
         t = sc["latency"]
         lines.append(
             f"| {key}. {sc['title']} "
-            f"| {t[NOFILTER]['p50_us']:.0f} / {t[EMPTY]['p50_us']:.0f} / {t[FILTER]['p50_us']:.0f} "
-            f"| {t[NOFILTER]['p99_us']:.0f} / {t[EMPTY]['p99_us']:.0f} / {t[FILTER]['p99_us']:.0f} "
-            f"| {t['floor_added_p50_us']:+.1f} | {t['added_p50_us_vs_nofilter']:+.1f} "
-            f"| **{t['added_p50_us_vs_floor']:+.1f}** |"
+            f"| {' / '.join(fmt(field(t, x, 'p50_us'), '.0f') for x in LISTENERS)} "
+            f"| {' / '.join(fmt(field(t, x, 'p99_us'), '.0f') for x in LISTENERS)} "
+            f"| {fmt(t.get('floor_added_p50_us'), '+.1f')} | {fmt(t.get('added_p50_us_vs_nofilter'), '+.1f')} "
+            f"| {fmt(t.get('added_p50_us_vs_floor'), '+.1f', bold=True)} "
+            f"| {fmt(t.get('native_floor_added_p50_us'), '+.1f')} "
+            f"| {fmt(t.get('native_added_p50_us_vs_nofilter'), '+.1f', bold=True)} "
+            f"| {fmt(t.get('native_added_p50_us_vs_floor'), '+.1f')} |"
         )
-    cap = r.get("at_cap")
-    if cap:
-        lines += [
-            "",
-            f"**Initialize at the cap** (the default configuration once {cap['live']:,} sessions = `max_sessions` "
-            f"are live; {cap['requests']} initializes one at a time, every answer a 503): p50 "
-            f"{cap['p50_us']:,.0f} µs, {cap['envoy_cpu_us_per_request']:,.0f} µs of Envoy CPU per request, so at "
-            f"most {cap['max_rps']:,.0f} refused initializes per second per worker.",
-        ]
+    for build, key in (("Wasm", "at_cap"), ("native", "at_cap_native")):
+        cap = r.get(key)
+        if cap:
+            lines += [
+                "",
+                f"**Initialize at the cap, {build}** (the default configuration once {cap['live']:,} sessions = "
+                f"`max_sessions` are live; {cap['requests']} initializes one at a time, every answer a 503): p50 "
+                f"{cap['p50_us']:,.0f} µs, {cap['envoy_cpu_us_per_request']:,.0f} µs of Envoy CPU per request, so at "
+                f"most {cap['max_rps']:,.0f} refused initializes per second per worker.",
+            ]
     if r["problems"]:
         lines += ["", "**Harness checks that failed** (the numbers above are suspect):", ""]
         lines += [f"- {x}" for x in r["problems"]]
@@ -224,60 +297,89 @@ def render_matrix(r: dict[str, Any]) -> str:
 
 
 def render_memory(r: dict[str, Any]) -> str:
-    mem = r["memory"]
-    live_cfg, churn_cfg = mem["configs"]["live"], mem["configs"]["churn"]
-    base = mem["baseline_heap"]
-    expired, after = mem["live_expired"], mem["after_churn"]
+    """The heap per session of each build, side by side (a build not measured shows dashes)."""
+    builds = [(name, r.get(key)) for name, key in (("Wasm", "memory"), ("native", "memory_native"))]
+    model = next(mem for _, mem in builds if mem)
+    live_cfg, churn_cfg = model["configs"]["live"], model["configs"]["churn"]
     lines = [
-        "**Memory** (Envoy heap: admin `/memory`, `allocated`, against the heap before the first session; a separate "
-        f"Envoy run with {mem['workers']} workers; the live set on a store with `max_sessions` "
+        "**Memory** (Envoy heap: admin `/memory`, `allocated`, against the heap before the first session; for each "
+        f"build a separate Envoy run with {model['workers']} workers; the live set on a store with `max_sessions` "
         f"{live_cfg['max_sessions']:,} and idle timeout {live_cfg['idle_timeout_seconds']} s, which outlasts its fill "
         f"and then ends every session; the churn on a second store with idle timeout "
         f"{churn_cfg['idle_timeout_seconds']} s):",
         "",
-        "| measurement | heap (bytes) | over the heap before the first session | per session |",
-        "|---|--:|--:|--:|",
-        f"| before the first session | {base:,} | | |",
+        "| measurement | Wasm: heap (bytes; below it, over the first row) | Wasm: per session "
+        "| native: heap (bytes; below it, over the first row) | native: per session |",
+        "|---|--:|--:|--:|--:|",
     ]
-    for point in mem["live"]:
-        lines.append(
-            f"| {point['sessions']:,} live sessions | {point['heap']:,} | {point['heap'] - base:+,} "
-            f"| **{point['bytes_per_session']:.0f} B** per live session |"
+
+    def row(label: str, cell: Callable[[dict[str, Any]], tuple[str, str]]) -> None:
+        cells = []
+        for _, mem in builds:
+            cells += list(cell(mem)) if mem else [DASH, DASH]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+
+    row("before the first session", lambda m: (f"{m['baseline_heap']:,}", ""))
+    for i, point in enumerate(model["live"]):
+        row(
+            f"{point['sessions']:,} live sessions",
+            lambda m: (
+                f"{m['live'][i]['heap'] - m['baseline_heap']:+,}",
+                f"**{m['live'][i]['bytes_per_session']:.0f} B** per live session"
+                + ("" if m["live"][i]["sessions"] == point["sessions"] else f" ({m['live'][i]['sessions']:,} live)"),
+            ),
         )
-    if "marginal_bytes_per_session" in mem:
-        lines.append(f"| marginal, between the two | | | {mem['marginal_bytes_per_session']:.0f} B per live session |")
-    lines.append(
-        f"| every one of the {expired['peak']:,} expired (found {expired['wait_seconds']:.0f} s after the last "
-        f"reading) | {expired['heap']:,} | {expired['heap'] - base:+,} "
-        f"| **{expired['left_per_peak_session']:.0f} B** left per peak session |"
+    if "marginal_bytes_per_session" in model:
+        row("marginal, between the first and the last",
+            lambda m: ("", f"{m['marginal_bytes_per_session']:.0f} B per live session"))  # fmt: skip
+    row(
+        f"every one of the {model['live_expired']['peak']:,} expired",
+        lambda m: (
+            f"{m['live_expired']['heap'] - m['baseline_heap']:+,}",
+            f"**{m['live_expired']['left_per_peak_session']:.0f} B** left per peak session (found "
+            f"{m['live_expired']['wait_seconds']:.0f} s after the last reading)",
+        ),
     )
-    for point in mem["churn"]:
-        lines.append(
-            f"| churn: {point['sent']:,} initializes sent ({point['live']:,} churn sessions live, "
-            f"{point['rate']:,.0f}/s) | {point['heap']:,} | {point['heap'] - base:+,} | |"
+    for i, point in enumerate(model["churn"]):
+        row(
+            f"churn: {point['sent']:,} initializes sent",
+            lambda m: (
+                f"{m['churn'][i]['heap'] - m['baseline_heap']:+,}",
+                f"{m['churn'][i]['live']:,} churn sessions live, {m['churn'][i]['rate']:,.0f}/s",
+            ),
         )
-    lines.append(
-        f"| after the churn, everything expired (peaks: {expired['peak']:,} live-set sessions and "
-        f"{mem['churn_peak']:,} churn sessions live at once) | {after['heap']:,} | {after['heap'] - base:+,} "
-        f"| **{after['left_per_peak_session']:.0f} B** left per peak session; the churn alone: "
-        f"{after['churn_left_per_peak_session']:.0f} B per churn peak session |"
+    row(
+        "after the churn, everything expired",
+        lambda m: (
+            f"{m['after_churn']['heap'] - m['baseline_heap']:+,}",
+            f"**{m['after_churn']['left_per_peak_session']:.0f} B** left per peak session (peaks: "
+            f"{m['live_expired']['peak']:,} live-set and {m['churn_peak']:,} churn sessions live at once); the churn "
+            f"alone: {m['after_churn']['churn_left_per_peak_session']:.0f} B per churn peak session",
+        ),
     )
-    lines += [
-        "",
-        f"The churn's peak is the highest `live` gauge of {mem['churn_samples']:,} readings taken while it ran "
-        f"({mem['churn_samples'] / mem['churn_seconds']:.1f} a second, and one at every checkpoint), so the true "
-        f"peak may be higher and the figure per peak session lower. The churn sent "
-        f"{mem['churn'][-1]['sent']:,} initializes ({mem['churn_rate']:,.0f}/s over {mem['churn_seconds']:.0f} s); "
-        "the heap moved "
-        f"{mem['churn_growth']:.3f}× from its first checkpoint to its last.",
-    ]
+    for name, mem in builds:
+        if not mem:
+            lines += ["", f"{name}: not measured in this output (it predates the native memory run)."]
+            continue
+        lines += [
+            "",
+            f"{name}: the churn's peak is the highest `live` gauge of {mem['churn_samples']:,} readings taken while "
+            f"it ran ({mem['churn_samples'] / mem['churn_seconds']:.1f} a second, and one at every checkpoint), so the "
+            "true peak may be higher and the figure per peak session lower. The churn sent "
+            f"{mem['churn'][-1]['sent']:,} initializes ({mem['churn_rate']:,.0f}/s over {mem['churn_seconds']:.0f} s); "
+            f"the heap moved {mem['churn_growth']:.3f}× from its first checkpoint to its last.",
+        ]
     return "\n".join(lines)
 
 
 def render_targets(r: dict[str, Any]) -> str:
-    lines = ["| target | measured | met |", "|---|--:|:-:|"]
+    builds = {"wasm": "Wasm (issue 4: against its floor)", "native": "native (issue 17: against no filter)"}
+    lines = ["| build | target | measured | met |", "|---|---|--:|:-:|"]
     for v in r["verdicts"]:
-        lines.append(f"| {v['target']} | {v['measured']} | {'yes' if v['met'] else '**no**'} |")
+        build = builds[v.get("build", "wasm")]
+        lines.append(f"| {build} | {v['target']} | {v['measured']} | {'yes' if v['met'] else '**no**'} |")
+    if not any(v.get("build") == "native" for v in r["verdicts"]):
+        lines += ["", "No verdict on the native build: this output predates its listeners."]
     return "\n".join(lines)
 
 
@@ -288,7 +390,16 @@ def render_svg(r: dict[str, Any]) -> str:
     titles = {sc["key"]: sc["short"] for sc in r["scenarios"]}
     hot = {sc["key"] for sc in r["scenarios"] if sc["hot_path"]}
     target_added = r["targets"]["hot_added_us"]
-    colours = {NOFILTER: "#9e9e9e", EMPTY: "#90caf9", FILTER: "#1565c0"}
+    colours = {
+        NOFILTER: "#9e9e9e",
+        EMPTY: "#90caf9",
+        FILTER: "#1565c0",
+        EMPTY_NATIVE: "#a5d6a7",
+        NATIVE: "#2e7d32",
+        MCP: "#ffb74d",
+    }
+    # The listeners this output measured, in the tables' order (an older output has three).
+    present = [x for x in LISTENERS if any(x in s[k]["throughput"] for k in keys)]
     width, panel_h, left, top = 900, 300, 70, 40
     plot_w = width - left - 20
     group_w = plot_w / len(keys)
@@ -328,38 +439,53 @@ def render_svg(r: dict[str, Any]) -> str:
     # Panel 1: throughput.
     y0, h = top + 10, panel_h - 60
     text(width / 2, y0 - 16, "Throughput at saturation (requests/s, median)", size=14, weight="bold")
-    vmax = max(s[k]["throughput"][lst]["rps"] for k in keys for lst in LISTENERS) * 1.1
+    vmax = max(s[k]["throughput"][lst]["rps"] for k in keys for lst in present if lst in s[k]["throughput"]) * 1.1
     scale = axis(y0, h, vmax, 5, "")
-    bar_w = group_w / 4.5
+    bar_w = group_w / (len(present) + 1.5)
+    # Above the Wasm filter's bar its ratio to its floor, above the native module's its ratio to no
+    # filter: what each build's targets are set on.
+    labels = {FILTER: "ratio_filter_floor", NATIVE: "ratio_native_nofilter"}
     for i, k in enumerate(keys):
-        x0 = left + i * group_w + group_w / 2 - 1.5 * bar_w
-        for j, lst in enumerate(LISTENERS):
+        x0 = left + i * group_w + group_w / 2 - len(present) / 2 * bar_w
+        for j, lst in enumerate(present):
+            if lst not in s[k]["throughput"]:
+                continue
             v = s[k]["throughput"][lst]["rps"]
             y = scale(v)
             out.append(
                 f'<rect x="{x0 + j * bar_w:.1f}" y="{y:.1f}" width="{bar_w - 2:.1f}" height="{y0 + h - y:.1f}" '
                 f'fill="{colours[lst]}"/>'
             )
-        ratio = s[k]["throughput"]["ratio_filter_floor"]
-        text(x0 + 2.5 * bar_w, scale(s[k]["throughput"][FILTER]["rps"]) - 5, f"{ratio:.2f}x", size=11)
+            if lst in labels and labels[lst] in s[k]["throughput"]:
+                ratio = s[k]["throughput"][labels[lst]]
+                text(x0 + (j + 0.5) * bar_w, y - 5, f"{ratio:.2f}", size=10)
         text(left + i * group_w + group_w / 2, y0 + h + 16, f"{k}. {titles[k]}", size=11)
-    lx = left + 10
-    for lst in LISTENERS:
-        out.append(f'<rect x="{lx}" y="{y0 + h + 28}" width="12" height="12" fill="{colours[lst]}"/>')
-        text(lx + 16, y0 + h + 38, LABELS[lst], anchor="start", size=11)
-        lx += 170
-    text(lx + 10, y0 + h + 38, "(label: session filter / floor)", anchor="start", size=11)
+    lx, ly = left + 10, y0 + h + 28
+    for lst in present:
+        if lx > width - 180:
+            lx, ly = left + 10, ly + 16
+        out.append(f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="{colours[lst]}"/>')
+        text(lx + 16, ly + 10, LABELS[lst], anchor="start", size=11)
+        lx += 190
+    text(lx + 10, ly + 10, "(labels: Wasm / Wasm floor, native / no filter)", anchor="start", size=11)
 
     # Panel 2: added p50 latency.
     y0 = top + panel_h + 60
     text(width / 2, y0 - 16, "Added p50 latency at concurrency 1 (µs over no filter, median of pairs)", size=14,
          weight="bold")  # fmt: skip
-    added = {k: (s[k]["latency"]["floor_added_p50_us"], s[k]["latency"]["added_p50_us_vs_nofilter"]) for k in keys}
-    vmax = max(max(max(a, b) for a, b in added.values()) * 1.1, 10)
+    names = {
+        EMPTY: "floor_added_p50_us",
+        FILTER: "added_p50_us_vs_nofilter",
+        EMPTY_NATIVE: "native_floor_added_p50_us",
+        NATIVE: "native_added_p50_us_vs_nofilter",
+    }
+    shown = [x for x in names if x in present]
+    added = {k: [s[k]["latency"].get(names[x], 0.0) for x in shown] for k in keys}
+    vmax = max(max(max(v) for v in added.values()) * 1.1, 10)
     scale = axis(y0, h, vmax, 5, "")
     for i, k in enumerate(keys):
-        x0 = left + i * group_w + group_w / 2 - bar_w
-        for j, (lst, v) in enumerate(zip((EMPTY, FILTER), added[k])):
+        x0 = left + i * group_w + group_w / 2 - len(shown) / 2 * bar_w
+        for j, (lst, v) in enumerate(zip(shown, added[k])):
             v = max(v, 0)
             y = scale(v)
             out.append(
@@ -375,15 +501,15 @@ def render_svg(r: dict[str, Any]) -> str:
             )
         text(left + i * group_w + group_w / 2, y0 + h + 16, f"{k}. {titles[k]}", size=11)
     lx = left + 10
-    for lst in (EMPTY, FILTER):
+    for lst in shown:
         out.append(f'<rect x="{lx}" y="{y0 + h + 28}" width="12" height="12" fill="{colours[lst]}"/>')
         text(lx + 16, y0 + h + 38, LABELS[lst], anchor="start", size=11)
-        lx += 170
-    out.append(
-        f'<line x1="{lx}" x2="{lx + 20}" y1="{y0 + h + 34}" y2="{y0 + h + 34}" stroke="#c62828" '
-        'stroke-dasharray="4 3"/>'
-    )
-    text(lx + 26, y0 + h + 38, f"target: floor + {target_added:g} µs (hot path)", anchor="start", size=11)
+        lx += 170 if len(shown) <= 2 else 190
+    ly = y0 + h + 34
+    if len(shown) > 2:  # the target's legend on a line of its own
+        lx, ly = left + 10, ly + 16
+    out.append(f'<line x1="{lx}" x2="{lx + 20}" y1="{ly}" y2="{ly}" stroke="#c62828" stroke-dasharray="4 3"/>')
+    text(lx + 26, ly + 4, f"Wasm target: Wasm floor + {target_added:g} µs (hot path)", anchor="start", size=11)
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -414,16 +540,29 @@ def render_profile(prof: dict[str, Any]) -> str:
         "",
         provenance_line(prof["provenance"]),
         "",
-        "| scenario | no filter | empty filter | session filter | filter − floor | of which envoy / v8 code / libc |",
-        "|---|--:|--:|--:|--:|--:|",
+        "| scenario | no filter | Wasm floor | Wasm filter | Wasm − Wasm floor | of which envoy / v8 code / libc "
+        "| native floor | native module | native − native floor | of which envoy / module / unnamed / libc "
+        "| native − no filter |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for key, title in prof["scenarios"]:
-        a, b, c = (f"s{key}.{x}" for x in LISTENERS)
+        a, b, c, d, e = (f"s{key}.{x}" for x in (NOFILTER, EMPTY, FILTER, EMPTY_NATIVE, NATIVE))
         diff = {p: per[c].get(p, 0) - per[b].get(p, 0) for p in PARTS}
-        lines.append(
+        row = (
             f"| {key}. {title} | {total(a):,.0f} | {total(b):,.0f} | {total(c):,.0f} "
-            f"| **{total(c) - total(b):+,.0f}** | {' / '.join(f'{diff[p]:+,.0f}' for p in PARTS)} |"
+            f"| **{total(c) - total(b):+,.0f}** | {' / '.join(f'{diff[p]:+,.0f}' for p in PARTS)} "
         )
+        if d in per and e in per:
+            ndiff = {p: per[e].get(p, 0) - per[d].get(p, 0) for p in NATIVE_PARTS}
+            row += (
+                f"| {total(d):,.0f} | {total(e):,.0f} | **{total(e) - total(d):+,.0f}** "
+                f"| {' / '.join(f'{ndiff[p]:+,.0f}' for p in NATIVE_PARTS)} | {total(e) - total(a):+,.0f} |"
+            )
+        else:
+            row += "| " + " | ".join([DASH] * 5) + " |"
+        lines.append(row)
+    if not any(f"s{key}.{NATIVE}" in per for key, _ in prof["scenarios"]):
+        lines += ["", "This profile predates the native listeners: their columns are empty until it runs again."]
     lines += [
         "",
         f"One hostcall, in instructions (bench/hostcall-probe making {prof['calls']} per request, minus the probe "
@@ -454,6 +593,24 @@ def render_profile_reading(prof: dict[str, Any]) -> str:
     hot_target, init_target = prof["targets"]["hot_ratio"], prof["targets"]["init_ratio"]
     hot_budget = floor_hot * (1 / hot_target - 1)
     init_budget = floor_init * (1 / init_target - 1)
+    native = []
+    if "s1.native" in per and "s3.native" in per:
+        targets = prof["targets"]
+        n_hot, n_init = targets.get("native_hot_ratio", 0.95), targets.get("native_init_ratio", 0.85)
+        for key, what, target in (("1", "Hot path", n_hot), ("3", "Initialize", n_init)):
+            none, nfloor, module = total(f"s{key}.nofilter"), total(f"s{key}.empty_native"), total(f"s{key}.native")
+            native.append(
+                f"- Native, {what.lower()} (scenario {key}): no filter {none:,.0f}, the native floor {nfloor:,.0f} "
+                f"({nfloor - none:+,.0f}), the session module {module:,.0f} ({module - nfloor:+,.0f} over its floor): "
+                f"{none / module:.3f}× no filter by instruction count. At {target:.2f}× no filter a filter may add "
+                f"{none * (1 / target - 1):,.0f} over no filter."
+                + (
+                    f" Envoy's mcp filter here: {total(f's{key}.mcp'):,.0f} ({total(f's{key}.mcp') - none:+,.0f} over "
+                    "no filter)."
+                    if f"s{key}.mcp" in per
+                    else ""
+                )
+            )
     return "\n".join(
         [
             f"- A hostcall that returns data (a header that is there, a shared-data value) costs "
@@ -471,6 +628,7 @@ def render_profile_reading(prof: dict[str, Any]) -> str:
             f"({filter_init - floor_init:+,.0f}): {floor_init / filter_init:.3f}× by instruction count. At "
             f"{init_target:.2f}× the floor a filter may add {init_budget:,.0f}.",
         ]
+        + native
     )
 
 

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark run, then the tables of BENCHMARKS.md from what they stored.
-#   1. bench/bench.py    the filter's cost against Envoy without it, and its memory
-#                        (bench/results.json; 7 to 10 minutes on 2 cores)
+#   1. bench/bench.py    both builds' cost (the Wasm filter, the native module) against Envoy
+#                        without a filter, their floors and Envoy's own mcp filter, and each
+#                        build's memory (bench/results.json; 11 to 15 minutes on 2 cores)
 #   2. bench/cluster.py  the etcd store against the local store, with a 3-member etcd cluster
 #                        (bench/cluster.json; about 2.5 minutes)
-#   3. bench/profile.py  where the time goes: instructions per request and per hostcall under
-#                        callgrind (bench/profile.json; 4 to 10 minutes)
+#   3. bench/profile.py  where the time goes: instructions per request of every listener, and
+#                        per hostcall, under callgrind (bench/profile.json; 6 to 14 minutes)
 #   4. bench/report.py   BENCHMARKS.md's generated blocks and bench/results.svg, from the three
 #                        stored outputs (also after a run that failed: its output, if written,
 #                        lists what failed)
 # Each output records its provenance (bench/provenance.py): the commit, whether the tree was
-# clean, the SHA-256 of the Wasm modules measured, the machine and the settings.
+# clean, the SHA-256 of the Wasm modules and native modules measured, the machine and the settings.
 #
 #   bash bench/run.sh [flags]            all of it; flags it does not know go to bench.py
 #     --quick                            short settings for all three runs: proves the machinery
@@ -24,8 +25,9 @@
 #   python3 bench/report.py [--check]    only the tables, from the stored outputs
 #
 # Installs what it needs and is missing: wrk and h2load (nghttp2-client) from Debian, valgrind
-# for the profile (apt-get, as root or through sudo); builds the benchmark's own Wasm filters.
-# Expects the venv (make setup) and the filter (make build): `make bench` depends on both.
+# for the profile (apt-get, as root or through sudo); builds the benchmark's own filters (the
+# empty Wasm filter, the hostcall probe, the empty native module). Expects the venv (make setup)
+# and both builds of the filter (make build): `make bench` depends on both.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -77,7 +79,7 @@ else
     profile_args=("${args[@]}")
 fi
 if ((quick)); then
-    bench_args=(--rounds 1 --duration 1 --warmup 1 --command "bash bench/run.sh --quick" "${bench_args[@]}")
+    bench_args=(--rounds 1 --duration 1 --warmup 1 --churn 200000 --command "bash bench/run.sh --quick" "${bench_args[@]}")
     cluster_args=(--rounds 2 --upstream-rounds 1 --sessions 50 --bytes-sessions 500 --steady-sessions 50
         --steady-seconds 20 --command "bash bench/run.sh --quick" "${cluster_args[@]}")
     profile_args=(--passes 1 --requests 100 --warmup 20 --command "bash bench/run.sh --quick" "${profile_args[@]}")
@@ -102,8 +104,9 @@ if ((${#packages[@]})); then
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
-if [[ ! -x .venv/bin/python || ! -f target/wasm32-wasip1/release/mcp_session_filter.wasm ]]; then
-    log "the venv or the filter is missing: run 'make setup build' (make bench does)"
+if [[ ! -x .venv/bin/python || ! -f target/wasm32-wasip1/release/mcp_session_filter.wasm ||
+    ! -f target/release/libmcp_session_native.so ]]; then
+    log "the venv or a build of the filter (Wasm, native) is missing: run 'make setup build' (make bench does)"
     exit 1
 fi
 if ((cluster)) && ! command -v etcd >/dev/null 2>&1; then
@@ -111,10 +114,11 @@ if ((cluster)) && ! command -v etcd >/dev/null 2>&1; then
     exit 1
 fi
 
-# The floor: a proxy-wasm filter that overrides no callback; the probe making N hostcalls of a
-# kind (each its own crate and lock file).
+# The floors: a proxy-wasm filter that overrides no callback, and a dynamic module whose every
+# hook returns Continue; the probe making N hostcalls of a kind (each its own crate and lock file).
 if ((matrix || profile)); then
     cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/empty-filter/Cargo.toml
+    cargo build --locked --release --manifest-path bench/empty-native/Cargo.toml
 fi
 if ((profile)); then
     cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/hostcall-probe/Cargo.toml

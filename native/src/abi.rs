@@ -512,39 +512,47 @@ impl Envoy<'_> {
 
     /// Bytes held so far on a side: what earlier hooks buffered and the chunk of this hook.
     pub fn body_size(&self, side: Side) -> usize {
-        let (buffered, received) = body_types(side);
-        // SAFETY: `ptr` is the stream of the running hook.
-        unsafe {
-            envoy_dynamic_module_callback_http_get_body_size(self.ptr, buffered).saturating_add(
-                envoy_dynamic_module_callback_http_get_body_size(self.ptr, received),
-            )
-        }
+        self.body_chunks(side).iter().map(|c| c.length).sum()
     }
 
     /// The body held so far on a side, buffered first.
     pub fn body(&self, side: Side) -> Vec<u8> {
-        let (buffered, received) = body_types(side);
-        let mut body = Vec::with_capacity(self.body_size(side));
-        for kind in [buffered, received] {
-            // SAFETY: `ptr` is the stream of the running hook.
-            let n =
-                unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.ptr, kind) };
-            let mut chunks = vec![EnvoyBuffer::EMPTY; n];
-            // SAFETY: `chunks` has room for the `n` chunks Envoy reported.
-            let read = unsafe {
-                envoy_dynamic_module_callback_http_get_body_chunks(
-                    self.ptr,
-                    kind,
-                    chunks.as_mut_ptr(),
-                )
-            };
-            if read {
-                chunks
-                    .iter()
-                    .for_each(|c| body.extend_from_slice(c.bytes()));
-            }
-        }
+        let chunks = self.body_chunks(side);
+        let mut body = Vec::with_capacity(chunks.iter().map(|c| c.length).sum());
+        chunks
+            .iter()
+            .for_each(|c| body.extend_from_slice(c.bytes()));
         body
+    }
+
+    /// The chunks held so far on a side, buffered first, each once.
+    fn body_chunks(&self, side: Side) -> Vec<EnvoyBuffer> {
+        let (buffered, received) = body_types(side);
+        let mut chunks = self.chunks(buffered);
+        // Behind a filter that buffered the whole body and then let it go on (Envoy's `buffer`),
+        // Envoy hands the next filter that buffer as the received data too: the same chunks
+        // under both kinds. Count and read them once, or the body comes out twice.
+        let new = self.chunks(received);
+        if !same_chunks(&chunks, &new) {
+            chunks.extend(new);
+        }
+        chunks
+    }
+
+    /// The chunks of one kind of body (empty when Envoy has none).
+    fn chunks(&self, kind: u32) -> Vec<EnvoyBuffer> {
+        // SAFETY: `ptr` is the stream of the running hook.
+        let n = unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.ptr, kind) };
+        let mut chunks = vec![EnvoyBuffer::EMPTY; n];
+        // SAFETY: `chunks` has room for the `n` chunks Envoy reported.
+        let read = unsafe {
+            envoy_dynamic_module_callback_http_get_body_chunks(self.ptr, kind, chunks.as_mut_ptr())
+        };
+        if read {
+            chunks
+        } else {
+            Vec::new()
+        }
     }
 
     /// Replaces everything held on a side with `body`.
@@ -643,6 +651,15 @@ fn header_type(side: Side) -> u32 {
 }
 
 /// (buffered, received) body types of a side.
+/// Whether two lists of chunks are the same memory (not only the same bytes).
+fn same_chunks(a: &[EnvoyBuffer], b: &[EnvoyBuffer]) -> bool {
+    !a.is_empty()
+        && a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.ptr == y.ptr && x.length == y.length)
+}
+
 fn body_types(side: Side) -> (u32, u32) {
     match side {
         Side::Request => (BUFFERED_REQUEST_BODY, RECEIVED_REQUEST_BODY),

@@ -9,6 +9,8 @@ from harness import (
     PROTOCOL_VERSION,
     SESSION_ID_RE,
     TAG_HEADER,
+    WASM_FILTER_NAME,
+    Envoy,
     assert_rejection,
     describe,
     expect_stats,
@@ -17,6 +19,7 @@ from harness import (
     initialize_body,
     new_tag,
     post,
+    render_bootstrap,
     rpc,
 )
 
@@ -82,3 +85,31 @@ def test_initialize_with_a_string_id_and_extra_params(envoy) -> None:
     assert response.status_code == 200, describe(response)
     assert first_message(response)["id"] == "init-1"
     assert SESSION_ID_RE.match(response.headers.get("mcp-session-id", "")), describe(response)
+
+
+def test_initialize_behind_a_filter_that_buffered_the_body_mints_a_session(workdir, upstream) -> None:
+    """A filter before ours that buffers the whole request (Envoy's `buffer`) hands the body on
+    in one piece: the filter reads it once. (The native build read it twice, as buffered and as
+    received, and refused every initialize as unparseable JSON; behind Envoy's `mcp` filter it
+    did not, test_mcp_filters.py passed with it.)"""
+    bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config={})
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    at = next(i for i, f in enumerate(filters) if f["name"] == WASM_FILTER_NAME)
+    filters.insert(at, {
+        "name": "read_body",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": 1048576,
+        },
+    })  # fmt: skip
+    with Envoy(bootstrap, workdir, name="envoy-behind-buffer") as envoy:
+        with expect_stats(envoy, {"created": 1, "live": 1}):
+            response = initialize(envoy.url())
+        assert response.status_code == 200, describe(response)
+        session = response.headers.get("mcp-session-id")
+        assert session is not None and SESSION_ID_RE.match(session), describe(response)
+        ack = post(envoy.url(), INITIALIZED, session=session, protocol_version=PROTOCOL_VERSION)
+        assert ack.status_code == 202, describe(ack)
+        listed = post(envoy.url(), rpc("tools/list", 2), session=session, protocol_version=PROTOCOL_VERSION)
+        assert listed.status_code == 200, describe(listed)
