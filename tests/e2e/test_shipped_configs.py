@@ -53,6 +53,24 @@ def shipped_yaml_files() -> list[Path]:
     return sorted(f for f in files if f.suffix in (".yaml", ".yml"))
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML (and Envoy's
+    loader) would keep the last silently, hiding whatever the first one meant."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: keys given here override the merged ones, as meant
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def documents(path: Path) -> list[Any]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
 
@@ -160,8 +178,11 @@ def test_the_shipped_files_are_found() -> None:
 @pytest.mark.parametrize("path", shipped_yaml_files(), ids=rel)
 def test_every_shipped_yaml_parses_and_is_known(path: Path) -> None:
     """Each document is an Envoy bootstrap, a compose file or a Kubernetes manifest: a new kind
-    of file needs a check here."""
-    docs = documents(path)
+    of file needs a check here. No mapping gives a key twice."""
+    try:
+        docs = [d for d in yaml.load_all(path.read_text(), Loader=UniqueKeyLoader) if d is not None]
+    except yaml.constructor.ConstructorError as e:
+        pytest.fail(f"{rel(path)}: {e}", pytrace=False)
     assert docs, f"{rel(path)} is empty"
     for doc in docs:
         assert kind_of(doc) != "unknown", f"{rel(path)}: a document of unknown kind: {list(doc)[:10]}"
