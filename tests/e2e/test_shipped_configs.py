@@ -5,8 +5,9 @@ No Docker engine or Kubernetes cluster runs here, so:
 - every Envoy configuration shipped in `envoy/` or `deploy/` (found by its shape, so a new one is
   picked up) passes `envoy --mode validate` with its wasm path pointed at the built module;
   validation loads the module and runs the filter's configuration (a missing module fails it);
-- `envoy/docker-compose.yaml` parses, mounts that Envoy config and the built wasm, and pins the
-  Envoy and MCP SDK versions the tests run;
+- `envoy/docker-compose.yaml` and `envoy/docker-compose.native.yaml` parse, mount a shipped
+  Envoy config and the built wasm or native module (read-only) where that config loads it, and
+  pin the Envoy and MCP SDK versions the tests run;
 - the Istio `WasmPlugin` and the Envoy Gateway `EnvoyExtensionPolicy` parse, and the plugin
   configuration each embeds is accepted by the filter: `envoy --mode validate`, then a real
   Envoy (2 workers) with it serves a session.
@@ -42,13 +43,32 @@ from harness import (
 
 ENVOY_DIR = REPO / "envoy"
 DEPLOY_DIR = REPO / "deploy"
-COMPOSE_FILE = ENVOY_DIR / "docker-compose.yaml"
+# Single-Envoy compose files: each runs the demo server behind one Envoy with one build.
+COMPOSE_FILES = {"wasm": ENVOY_DIR / "docker-compose.yaml", "native": ENVOY_DIR / "docker-compose.native.yaml"}
 CONFIGURED_RE = re.compile(r"mcp-session-filter: configured \((.*)\)")
 
 
 def shipped_yaml_files() -> list[Path]:
     files = [*ENVOY_DIR.glob("*.y*ml"), *DEPLOY_DIR.rglob("*.y*ml")]
     return sorted(f for f in files if f.suffix in (".yaml", ".yml"))
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML (and Envoy's
+    loader) would keep the last silently, hiding whatever the first one meant."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: keys given here override the merged ones, as meant
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def documents(path: Path) -> list[Any]:
@@ -143,14 +163,17 @@ def test_the_shipped_files_are_found() -> None:
     assert {
         "envoy/envoy.yaml",
         "envoy/envoy.compose.yaml",
+        "envoy/envoy.compose.native.yaml",
         "envoy/envoy.mcp-filters.yaml",
         "envoy/docker-compose.yaml",
+        "envoy/docker-compose.native.yaml",
         "deploy/istio/wasmplugin.yaml",
         "deploy/envoy-gateway/extension-policy.yaml",
     } <= names, names
     assert {rel(f) for f in envoy_configs()} >= {
         "envoy/envoy.yaml",
         "envoy/envoy.compose.yaml",
+        "envoy/envoy.compose.native.yaml",
         "envoy/envoy.mcp-filters.yaml",
     }
 
@@ -158,8 +181,11 @@ def test_the_shipped_files_are_found() -> None:
 @pytest.mark.parametrize("path", shipped_yaml_files(), ids=rel)
 def test_every_shipped_yaml_parses_and_is_known(path: Path) -> None:
     """Each document is an Envoy bootstrap, a compose file or a Kubernetes manifest: a new kind
-    of file needs a check here."""
-    docs = documents(path)
+    of file needs a check here. No mapping gives a key twice."""
+    try:
+        docs = [d for d in yaml.load_all(path.read_text(), Loader=UniqueKeyLoader) if d is not None]
+    except yaml.constructor.ConstructorError as e:
+        pytest.fail(f"{rel(path)}: {e}", pytrace=False)
     assert docs, f"{rel(path)} is empty"
     for doc in docs:
         assert kind_of(doc) != "unknown", f"{rel(path)}: a document of unknown kind: {list(doc)[:10]}"
@@ -204,17 +230,27 @@ def envoy_version() -> str:
     return m.group(1)
 
 
-def mounts(service: dict[str, Any]) -> dict[str, Path]:
-    """Container path -> host path (resolved against the compose file's folder)."""
+def mounts(service: dict[str, Any], *, read_only: bool = False) -> dict[str, Path]:
+    """Container path -> host path (resolved against the compose files' folder, envoy/);
+    `read_only`: only the volumes mounted `:ro`."""
     out = {}
     for volume in service.get("volumes", []):
-        source, target, *_ = volume.split(":")
-        out[target] = (COMPOSE_FILE.parent / source).resolve()
+        source, target, *options = volume.split(":")
+        if not read_only or "ro" in options:
+            out[target] = (ENVOY_DIR / source).resolve()
     return out
 
 
-def test_docker_compose_runs_the_tested_envoy_with_the_built_wasm() -> None:
-    (compose,) = documents(COMPOSE_FILE)
+def native_module_files(bootstrap: Any) -> set[str]:
+    """The file paths a bootstrap loads native modules from (`module.local.filename`)."""
+    return {m["module"]["local"]["filename"] for m in module_configs(bootstrap) if "module" in m}
+
+
+@pytest.mark.parametrize("build", sorted(COMPOSE_FILES))
+def test_docker_compose_runs_the_tested_envoy_with_the_built_module(build: str) -> None:
+    """Each single-Envoy compose file loads its build, the one `make build` makes, mounted
+    read-only where its Envoy config loads it from (and nothing of the other build)."""
+    (compose,) = documents(COMPOSE_FILES[build])
     services = compose["services"]
     assert {"envoy", "mcp-server"} <= set(services), services
     envoy = services["envoy"]
@@ -227,12 +263,19 @@ def test_docker_compose_runs_the_tested_envoy_with_the_built_wasm() -> None:
     assert config_target in mounted, (command, mounted)
     config_source = mounted[config_target]
     assert config_source.exists() and config_source in envoy_configs(), config_source
-    # Every wasm module that config loads is the built one, mounted.
+    # Every module that config loads is the built one of this build, mounted read-only; by
+    # file path (a native module found by name would need the search path in the container).
     (bootstrap,) = [d for d in documents(config_source) if kind_of(d) == "envoy"]
     wasm_targets = {local["filename"] for local in wasm_files(bootstrap)}
-    assert wasm_targets, bootstrap
-    for target in wasm_targets:
-        assert mounted.get(target) == WASM.resolve(), (target, mounted)
+    native_targets = native_module_files(bootstrap)
+    assert len(list(module_configs(bootstrap))) == len(native_targets), bootstrap
+    targets, built, other = (
+        (wasm_targets, WASM, native_targets) if build == "wasm" else (native_targets, NATIVE, wasm_targets)
+    )
+    assert targets and not other, bootstrap
+    read_only = mounts(envoy, read_only=True)
+    for target in targets:
+        assert read_only.get(target) == built.resolve(), (target, envoy["volumes"])
 
     # The demo server installs the MCP SDK the tests run.
     server = services["mcp-server"]
