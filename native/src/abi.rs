@@ -181,14 +181,6 @@ extern "C" {
     );
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: SchedulerPtr);
 
-    fn envoy_dynamic_module_callback_http_get_header(
-        filter: FilterEnvoyPtr,
-        header_type: u32,
-        key: ModuleBuffer,
-        result: *mut EnvoyBuffer,
-        index: usize,
-        count: *mut usize,
-    ) -> bool;
     fn envoy_dynamic_module_callback_http_get_headers_size(
         filter: FilterEnvoyPtr,
         header_type: u32,
@@ -446,29 +438,6 @@ impl Envoy<'_> {
         Envoy {
             ptr,
             _hook: PhantomData,
-        }
-    }
-
-    /// The first value of one header (`name` lowercase) and how many times it appears.
-    pub fn header(&self, side: Side, name: &str) -> (Option<Vec<u8>>, u32) {
-        let mut value = EnvoyBuffer::EMPTY;
-        let mut count = 0usize;
-        // SAFETY: `ptr` is the stream of the running hook; `name` lives for the call; both out
-        // pointers are valid; the value is copied before the hook returns.
-        let found = unsafe {
-            envoy_dynamic_module_callback_http_get_header(
-                self.ptr,
-                header_type(side),
-                ModuleBuffer::of(name.as_bytes()),
-                &mut value,
-                0,
-                &mut count,
-            )
-        };
-        let count = u32::try_from(count).unwrap_or(u32::MAX);
-        match (found, value.ptr.is_null()) {
-            (true, false) => (Some(value.bytes().to_vec()), count.max(1)),
-            _ => (None, 0),
         }
     }
 

@@ -23,14 +23,12 @@ use log::{error, info};
 use mcp_session_core::config::{Config, IdentitySource, StoreConfig};
 use mcp_session_core::driver::{Action, Side, Stream, StreamIo, TimerIo, Upstream, Worker};
 use mcp_session_core::exchange::Reply;
-use mcp_session_core::headers::{self, Header};
-use mcp_session_core::host::{Attributes, Headers, Host};
+use mcp_session_core::host::{Attributes, Host, Serialized};
 use mcp_session_core::metrics::Metric;
 use mcp_session_core::rejection;
 use mcp_session_core::store::etcd::Call;
 use mcp_session_core::store::memory::Table;
 use mcp_session_core::store::{SharedData, WriteError};
-use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -290,11 +288,13 @@ impl Filter {
 
     pub(crate) fn request_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
         self.run(envoy, |worker, stream, io| {
-            let headers = StreamHeaders::new(io.envoy, Side::Request);
+            let headers = Serialized::new(|| io.envoy.header_map(Side::Request));
             // Test builds only (`--features fault-injection`): a header that panics inside
             // the module, with this worker locked, to prove the boundary holds.
             #[cfg(feature = "fault-injection")]
-            if headers.get("x-mcp-session-filter-panic").count > 0 {
+            if mcp_session_core::host::Headers::get(&headers, "x-mcp-session-filter-panic").count
+                > 0
+            {
                 #[allow(clippy::panic)]
                 {
                     panic!("injected by x-mcp-session-filter-panic");
@@ -315,7 +315,7 @@ impl Filter {
 
     pub(crate) fn response_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
         self.run(envoy, |worker, stream, io| {
-            let headers = StreamHeaders::new(io.envoy, Side::Response);
+            let headers = Serialized::new(|| io.envoy.header_map(Side::Response));
             let attributes = Properties(io.envoy);
             worker.response_headers(stream, &headers, &attributes, end_of_stream, io)
         })
@@ -409,55 +409,6 @@ impl TimerIo for NoCalls {
     }
 
     fn close(&mut self, _: u32) {}
-}
-
-/// The names first asked for, and each one's first value and count.
-type Asked = (Vec<String>, Vec<(Option<Vec<u8>>, u32)>);
-
-/// One side's headers, read by name when the driver asks (one `get_header` per name, nothing
-/// else copied). The driver asks once per event for every header it needs; a later ask for
-/// other names (none today) reads the whole map once.
-struct StreamHeaders<'a, 'e> {
-    envoy: &'a Envoy<'e>,
-    side: Side,
-    asked: OnceCell<Asked>,
-    all: OnceCell<Vec<u8>>,
-}
-
-impl<'a, 'e> StreamHeaders<'a, 'e> {
-    fn new(envoy: &'a Envoy<'e>, side: Side) -> StreamHeaders<'a, 'e> {
-        StreamHeaders {
-            envoy,
-            side,
-            asked: OnceCell::new(),
-            all: OnceCell::new(),
-        }
-    }
-}
-
-impl Headers for StreamHeaders<'_, '_> {
-    fn find<'s>(&'s self, names: &[&str], found: &mut [Header<'s>]) {
-        let (asked, values) = self.asked.get_or_init(|| {
-            let values = names.iter().map(|n| self.envoy.header(self.side, n));
-            (
-                names.iter().map(|n| n.to_string()).collect(),
-                values.collect(),
-            )
-        });
-        if asked.iter().map(String::as_str).eq(names.iter().copied()) {
-            for (slot, (value, count)) in found.iter_mut().zip(values) {
-                *slot = Header {
-                    value: value.as_deref(),
-                    count: *count,
-                };
-            }
-            return;
-        }
-        let all = self.all.get_or_init(|| self.envoy.header_map(self.side));
-        if headers::scan_into(all, names, found).is_none() {
-            found.fill(Header::default());
-        }
-    }
 }
 
 /// Envoy's attributes of the stream being served, by the names the core asks for.
