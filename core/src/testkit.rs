@@ -715,7 +715,7 @@ impl<'p, H: Host> Envoy<'p, H> {
                 let end = i + 1 == pieces.len();
                 let whole = buffered.clone();
                 let read = move || whole.clone();
-                let action = worker.request_body(stream, buffered.len(), end, &read, log);
+                let action = worker.request_body(stream, &|| buffered.len(), end, &read, log);
                 let action = self.settle(stream, log, action);
                 request.headers = log.request.clone();
                 if let Some(reply) = log.reply.take() {
@@ -756,7 +756,7 @@ impl<'p, H: Host> Envoy<'p, H> {
             let end = i + 1 == pieces.len();
             let chunk = held.clone();
             let read = move || chunk.clone();
-            let action = worker.response_body(stream, held.len(), end, &read, log);
+            let action = worker.response_body(stream, &|| held.len(), end, &read, log);
             let action = self.settle(stream, log, action);
             if let Some(reply) = log.reply.take() {
                 return local(reply);

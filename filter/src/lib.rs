@@ -301,7 +301,7 @@ impl HttpContext for Http {
         let (stream, io) = (&mut self.stream, &mut Calls);
         action(
             self.worker
-                .request_body(stream, body_size, end_of_stream, &body, io),
+                .request_body(stream, &|| body_size, end_of_stream, &body, io),
         )
     }
 
@@ -323,7 +323,7 @@ impl HttpContext for Http {
         let (stream, io) = (&mut self.stream, &mut Calls);
         action(
             self.worker
-                .response_body(stream, body_size, end_of_stream, &body, io),
+                .response_body(stream, &|| body_size, end_of_stream, &body, io),
         )
     }
 

@@ -450,7 +450,16 @@ impl Envoy<'_> {
             key: EnvoyBuffer::EMPTY,
             value: EnvoyBuffer::EMPTY,
         };
-        let mut found = vec![empty; size];
+        // Requests carry a dozen headers or so: room for them on the stack, a Vec beyond.
+        let mut inline = [empty; 32];
+        let mut spilled = Vec::new();
+        let found: &mut [EnvoyHeader] = match inline.get_mut(..size) {
+            Some(room) => room,
+            None => {
+                spilled.resize(size, empty);
+                &mut spilled
+            }
+        };
         // SAFETY: `found` has room for the `size` headers Envoy reported.
         let read = unsafe {
             envoy_dynamic_module_callback_http_get_headers(self.ptr, kind, found.as_mut_ptr())
@@ -458,11 +467,7 @@ impl Envoy<'_> {
         if !read {
             return headers::serialize(&[]);
         }
-        let pairs: Vec<(&[u8], &[u8])> = found
-            .iter()
-            .map(|h| (h.key.bytes(), h.value.bytes()))
-            .collect();
-        headers::serialize(&pairs)
+        headers::serialize_iter(found.iter().map(|h| (h.key.bytes(), h.value.bytes())))
     }
 
     /// Sets (replacing every copy) or removes a header.

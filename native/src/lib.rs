@@ -307,9 +307,9 @@ impl Filter {
 
     pub(crate) fn request_body(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
         self.run(envoy, |worker, stream, io| {
-            let size = io.envoy.body_size(Side::Request);
+            let size = || io.envoy.body_size(Side::Request);
             let body = || io.envoy.body(Side::Request);
-            worker.request_body(stream, size, end_of_stream, &body, io)
+            worker.request_body(stream, &size, end_of_stream, &body, io)
         })
     }
 
@@ -323,9 +323,9 @@ impl Filter {
 
     pub(crate) fn response_body(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
         self.run(envoy, |worker, stream, io| {
-            let size = io.envoy.body_size(Side::Response);
+            let size = || io.envoy.body_size(Side::Response);
             let body = || io.envoy.body(Side::Response);
-            worker.response_body(stream, size, end_of_stream, &body, io)
+            worker.response_body(stream, &size, end_of_stream, &body, io)
         })
     }
 

@@ -96,11 +96,12 @@ impl<H: Host> Worker<H> {
         self.feed(stream, Side::Request, event, io)
     }
 
-    /// Request body data: `size` bytes buffered so far, read by `body` if needed.
+    /// Request body data: `size()` bytes buffered so far, read by `body` if needed (both asked
+    /// only when the machine reads this body: a host may pay to learn either).
     pub fn request_body(
         &self,
         stream: &mut Stream,
-        size: usize,
+        size: &dyn Fn() -> usize,
         end_of_stream: bool,
         body: &dyn Fn() -> Vec<u8>,
         io: &mut impl StreamIo,
@@ -112,7 +113,7 @@ impl<H: Host> Worker<H> {
             return Action::Continue;
         }
         let event = Event::RequestBody {
-            size,
+            size: size(),
             end_of_stream,
             body,
         };
@@ -139,11 +140,12 @@ impl<H: Host> Worker<H> {
         self.feed(stream, Side::Response, event, io)
     }
 
-    /// Response body data: `size` bytes in this chunk (all held so far when paused).
+    /// Response body data: `size()` bytes in this chunk (all held so far when paused), asked
+    /// only when the machine reads this body.
     pub fn response_body(
         &self,
         stream: &mut Stream,
-        size: usize,
+        size: &dyn Fn() -> usize,
         end_of_stream: bool,
         body: &dyn Fn() -> Vec<u8>,
         io: &mut impl StreamIo,
@@ -155,7 +157,7 @@ impl<H: Host> Worker<H> {
             return Action::Continue;
         }
         let event = Event::ResponseBody {
-            size,
+            size: size(),
             end_of_stream,
             body,
         };
