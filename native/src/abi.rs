@@ -318,13 +318,13 @@ impl EnvoyConfig {
     /// Defines a counter or a gauge (only during `on_http_filter_config_new`): its id.
     pub fn define(&self, gauge: bool, name: &str) -> Option<usize> {
         let mut id = 0usize;
-        let name = ModuleBuffer::of(name.as_bytes());
-        // SAFETY: `name` lives for the call; no labels; `id` is a valid out pointer.
+        let buffer = ModuleBuffer::of(name.as_bytes());
+        // SAFETY: `buffer` lives for the call; no labels; `id` is a valid out pointer.
         let result = unsafe {
             if gauge {
                 envoy_dynamic_module_callback_http_filter_config_define_gauge(
                     self.ptr,
-                    name,
+                    buffer,
                     std::ptr::null(),
                     0,
                     &mut id,
@@ -332,13 +332,16 @@ impl EnvoyConfig {
             } else {
                 envoy_dynamic_module_callback_http_filter_config_define_counter(
                     self.ptr,
-                    name,
+                    buffer,
                     std::ptr::null(),
                     0,
                     &mut id,
                 )
             }
         };
+        if result != METRICS_SUCCESS {
+            log::warn!("cannot define stat {name}");
+        }
         (result == METRICS_SUCCESS).then_some(id)
     }
 

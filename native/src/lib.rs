@@ -20,12 +20,13 @@ mod abi;
 
 use abi::{Attribute, Envoy, EnvoyConfig, Scheduler};
 use log::{error, info};
-use mcp_session_core::config::{Config, IdentitySource, StoreConfig};
-use mcp_session_core::driver::{Action, Side, Stream, StreamIo, TimerIo, Upstream, Worker};
+use mcp_session_core::config::{Config, ConfigError};
+use mcp_session_core::driver::{
+    Action, Capabilities, NoCalls, Side, Stream, StreamIo, TimerIo, Upstream, Worker,
+};
 use mcp_session_core::exchange::Reply;
 use mcp_session_core::host::{Attributes, Host, Serialized};
 use mcp_session_core::metrics::Metric;
-use mcp_session_core::rejection;
 use mcp_session_core::store::etcd::Call;
 use mcp_session_core::store::memory::Table;
 use mcp_session_core::store::{SharedData, WriteError};
@@ -34,9 +35,6 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// gRPC status of a call that could not be made (UNAVAILABLE): the native module makes none.
-const NOT_SENT: u32 = 14;
 
 /// The core's [`Host`] natively: the clock, the operating system's CSPRNG, the session table
 /// in process memory (with its epoch), and the stats this configuration defined.
@@ -103,30 +101,21 @@ impl Filters {
     pub(crate) fn new(envoy: EnvoyConfig, bytes: &[u8]) -> Option<Arc<Filters>> {
         abi::refresh_log_level();
         let stats = define_stats(envoy);
-        let table = match Config::parse(bytes) {
-            Ok(config) => config.table,
-            Err(e) => {
-                error!("mcp-session-native: configuration refused: {e}");
-                return None;
-            }
-        };
+        let table = Config::parse(bytes).map_or_else(refuse, |c| Some(c.table))?;
         let host = Native {
             table: Table::named(&table),
             envoy,
             stats,
         };
-        let start = || match Worker::new(host.clone(), bytes) {
-            Ok(worker) => match unsupported(&worker) {
-                None => Some(Mutex::new(worker)),
-                Some(key) => {
-                    error!("mcp-session-native: configuration refused: `{key}` is not supported by the native module yet (use the Wasm build)");
-                    None
-                }
-            },
-            Err(e) => {
-                error!("mcp-session-native: configuration refused: {e}");
-                None
-            }
+        // No gRPC calls and no nested metadata through this ABI yet: no etcd store, no
+        // identity_jwt (README, "Native module").
+        let capabilities = Capabilities {
+            calls: false,
+            nested_metadata: false,
+        };
+        let start = || match Worker::on_host(host.clone(), bytes, capabilities) {
+            Ok(worker) => Some(Mutex::new(worker)),
+            Err(e) => refuse(e),
         };
         let main = start()?;
         let workers = (0..abi::concurrency())
@@ -138,7 +127,7 @@ impl Filters {
             host,
             ticker: None,
         };
-        let period = Duration::from_millis(filters.main().tick_ms().max(1));
+        let period = Duration::from_millis(filters.worker(usize::MAX).tick_ms().max(1));
         filters.ticker = Ticker::start(envoy, period);
         Some(Arc::new(filters))
     }
@@ -152,14 +141,10 @@ impl Filters {
         worker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn main(&self) -> MutexGuard<'_, Worker<Native>> {
-        self.main.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The timer fired (main thread).
     pub(crate) fn on_scheduled(&self) {
         abi::refresh_log_level();
-        self.main().on_timer(&mut NoCalls);
+        self.worker(usize::MAX).on_timer(&mut NoCalls);
     }
 
     /// A stream's filter, on the worker thread `envoy` runs on.
@@ -187,26 +172,13 @@ impl Drop for Filters {
     }
 }
 
-/// What a configuration asks that this module cannot do yet.
-fn unsupported(worker: &Worker<Native>) -> Option<&'static str> {
-    let config = worker.config();
-    if matches!(config.store, StoreConfig::Etcd(_)) {
-        return Some("store.etcd");
-    }
-    if matches!(config.identity, Some(IdentitySource::Jwt { .. })) {
-        return Some("identity_jwt");
-    }
+fn refuse<T>(e: ConfigError) -> Option<T> {
+    error!("mcp-session-native: configuration refused: {e}");
     None
 }
 
 fn define_stats(envoy: EnvoyConfig) -> Arc<HashMap<Metric, usize>> {
-    let define = |metric: Metric| {
-        let id = envoy.define(metric.is_gauge(), &metric.name());
-        if id.is_none() {
-            log::warn!("cannot define stat {}", metric.name());
-        }
-        Some((metric, id?))
-    };
+    let define = |m: Metric| Some((m, envoy.define(m.is_gauge(), &m.name())?));
     Arc::new(Metric::all().into_iter().filter_map(define).collect())
 }
 
@@ -347,15 +319,9 @@ impl Filter {
             };
         }
         self.failed = true;
-        let (status, body) = rejection::internal_error();
-        let reply = Reply {
-            status,
-            headers: vec![("content-type", "application/json".to_string())],
-            body,
-        };
         Outcome {
             action: Action::Pause,
-            reply: Some(reply),
+            reply: Some(Reply::internal_error()),
         }
     }
 }
@@ -379,8 +345,8 @@ impl StreamIo for Io<'_, '_> {
         self.envoy.replace_body(Side::Response, body);
     }
 
-    fn call(&mut self, _: &Upstream, _: &Call, _: u64) -> Result<u32, u32> {
-        Err(NOT_SENT)
+    fn call(&mut self, upstream: &Upstream, call: &Call, timeout_ms: u64) -> Result<u32, u32> {
+        TimerIo::call(&mut NoCalls, upstream, call, timeout_ms)
     }
 
     fn resume(&mut self, side: Side) {
@@ -390,25 +356,6 @@ impl StreamIo for Io<'_, '_> {
     fn set_fact(&mut self, name: &str, value: &str) {
         self.envoy.set_filter_state(name, value);
     }
-}
-
-/// The timer's calls: the native module makes none (no etcd store yet).
-struct NoCalls;
-
-impl TimerIo for NoCalls {
-    fn call(&mut self, _: &Upstream, _: &Call, _: u64) -> Result<u32, u32> {
-        Err(NOT_SENT)
-    }
-
-    fn open_stream(&mut self, _: &Upstream, _: &Call, _: &[(&str, &[u8])]) -> Option<u32> {
-        None
-    }
-
-    fn send(&mut self, _: u32, _: &[u8]) -> bool {
-        false
-    }
-
-    fn close(&mut self, _: u32) {}
 }
 
 /// Envoy's attributes of the stream being served, by the names the core asks for.

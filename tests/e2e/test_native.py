@@ -18,6 +18,7 @@ from harness import (
     NATIVE,
     REPO,
     Envoy,
+    HarnessError,
     initialize,
     open_session,
     post,
@@ -130,3 +131,20 @@ def test_a_panic_fails_its_request_closed_and_envoy_serves_on(workdir, upstream,
         unexpected = [line for line in problems if not PANIC_LOG_RE.search(line)]
         assert not unexpected, "\n".join(unexpected)
         assert any(PANIC_LOG_RE.search(line) for line in problems), "the panic left no line in the log"
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"store": {"etcd": {"cluster": "etcd"}}}, "store.etcd"),
+        ({"identity_jwt": {"metadata_key": "jwt", "claims": ["sub"]}}, "identity_jwt"),
+    ],
+    ids=["etcd", "identity_jwt"],
+)
+def test_what_the_module_lacks_yet_is_refused_naming_the_key(workdir, upstream, config, key) -> None:
+    bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config=config)
+    envoy = Envoy(bootstrap, workdir, name=f"envoy-native-refuses-{key}")
+    with pytest.raises(HarnessError, match="the process exited"):
+        envoy.start()
+    refusal = [line for line in envoy.log_text().splitlines() if "configuration refused" in line]
+    assert any(f"`{key}` is not supported by this build yet" in line for line in refusal), refusal

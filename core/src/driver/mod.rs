@@ -17,9 +17,9 @@ mod stream;
 mod timer;
 
 pub use stream::{Action, Side, Stream, StreamIo};
-pub use timer::TimerIo;
+pub use timer::{NoCalls, TimerIo};
 
-use crate::config::{Config, ConfigError, StoreConfig};
+use crate::config::{Config, ConfigError, IdentitySource, StoreConfig};
 use crate::digest;
 use crate::exchange::Input;
 use crate::host::Host;
@@ -84,12 +84,58 @@ pub struct Worker<H: Host> {
     watch: Cell<Option<u32>>,
 }
 
+/// What a host can do beyond the [`Host`] trait. A configuration that needs more is refused,
+/// naming the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// gRPC calls and streams to an Envoy cluster (the etcd store).
+    pub calls: bool,
+    /// Attributes below a metadata key (`identity_jwt` reads the claims `jwt_authn` wrote as a
+    /// struct).
+    pub nested_metadata: bool,
+}
+
+impl Capabilities {
+    /// A proxy-wasm host: everything.
+    pub const ALL: Capabilities = Capabilities {
+        calls: true,
+        nested_metadata: true,
+    };
+
+    /// Why `config` cannot run on this host, if it cannot.
+    pub fn check(self, config: &Config) -> Result<(), ConfigError> {
+        let missing = |key: &str| {
+            Err(ConfigError(format!(
+                "`{key}` is not supported by this build yet (the Wasm build has it)"
+            )))
+        };
+        match (&config.store, &config.identity) {
+            (StoreConfig::Etcd(_), _) if !self.calls && !config.stateless => missing("store.etcd"),
+            (_, Some(IdentitySource::Jwt { .. })) if !self.nested_metadata => {
+                missing("identity_jwt")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl<H: Host> Worker<H> {
-    /// Starts a worker's configuration from its bytes. Moves the epoch (so a counter that
-    /// still reads 0 is one the host does not keep) and, with the local store, records this
-    /// configuration as the newest on it.
+    /// Starts a worker's configuration from its bytes on a host that can do everything
+    /// ([`Worker::on_host`]).
     pub fn new(host: H, configuration: &[u8]) -> Result<Worker<H>, ConfigError> {
+        Worker::on_host(host, configuration, Capabilities::ALL)
+    }
+
+    /// Starts a worker's configuration from its bytes, refusing what the host cannot do. Moves
+    /// the epoch (so a counter that still reads 0 is one the host does not keep) and, with the
+    /// local store, records this configuration as the newest on it.
+    pub fn on_host(
+        host: H,
+        configuration: &[u8],
+        capabilities: Capabilities,
+    ) -> Result<Worker<H>, ConfigError> {
         let config = Config::parse(configuration)?;
+        capabilities.check(&config)?;
         let mut seed = [0u8; 8];
         if !host.fill_random(&mut seed) {
             return Err(ConfigError("the host has no random source".into()));
@@ -298,5 +344,36 @@ impl<H: Host> Worker<H> {
             );
         }
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{FakeHost, Process, T0};
+
+    const ETCD: &str = r#"{"store":{"etcd":{"cluster":"etcd"}}}"#;
+    const JWT: &str = r#"{"identity_jwt":{"metadata_key":"jwt","claims":["sub"]}}"#;
+
+    #[test]
+    fn a_host_without_calls_or_nested_metadata_refuses_what_needs_them_by_key() {
+        let native = Capabilities {
+            calls: false,
+            nested_metadata: false,
+        };
+        let process = Process::new(T0);
+        let on =
+            |text: &str, caps| Worker::on_host(FakeHost::new(&process, 7), text.as_bytes(), caps);
+        let refused = |text: &str| on(text, native).err().map(|e| e.0).unwrap_or_default();
+        assert!(refused(ETCD).contains("`store.etcd`"), "{}", refused(ETCD));
+        assert!(refused(JWT).contains("`identity_jwt`"), "{}", refused(JWT));
+        assert!(on(r#"{"identity_peer":"uri_san"}"#, native).is_ok());
+        assert!(on(
+            r#"{"stateless":true,"store":{"etcd":{"cluster":"e"}}}"#,
+            native
+        )
+        .is_ok());
+        assert!(on(ETCD, Capabilities::ALL).is_ok());
+        assert!(on(JWT, Capabilities::ALL).is_ok());
     }
 }

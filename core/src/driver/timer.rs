@@ -25,6 +25,30 @@ pub trait TimerIo {
     fn close(&mut self, stream: u32);
 }
 
+/// The timer's [`TimerIo`] on a host that makes no calls (one whose [`super::Capabilities`]
+/// say so: its configurations have no etcd store).
+#[derive(Debug, Default)]
+pub struct NoCalls;
+
+/// gRPC UNAVAILABLE: what a call that cannot be made reports.
+const NOT_SENT: u32 = 14;
+
+impl TimerIo for NoCalls {
+    fn call(&mut self, _: &Upstream, _: &Call, _: u64) -> Result<u32, u32> {
+        Err(NOT_SENT)
+    }
+
+    fn open_stream(&mut self, _: &Upstream, _: &Call, _: &[(&str, &[u8])]) -> Option<u32> {
+        None
+    }
+
+    fn send(&mut self, _: u32, _: &[u8]) -> bool {
+        false
+    }
+
+    fn close(&mut self, _: u32) {}
+}
+
 impl<H: Host> Worker<H> {
     /// How often the host fires [`Worker::on_timer`], ms.
     pub fn tick_ms(&self) -> u64 {

@@ -109,6 +109,19 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
+impl Reply {
+    /// 500 with a JSON-RPC error (-32603): the filter itself failed on this request (a panic
+    /// caught at a native module's boundary).
+    pub fn internal_error() -> Reply {
+        let (status, body) = crate::rejection::internal_error();
+        Reply {
+            status,
+            headers: vec![("content-type", "application/json".to_string())],
+            body,
+        }
+    }
+}
+
 /// What to do with the stream after the edits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flow {

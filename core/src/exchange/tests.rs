@@ -418,3 +418,15 @@ fn an_initialize_by_table() {
     );
     assert_eq!(does(&step), rejected(503, Reason::Capacity));
 }
+
+#[test]
+fn an_internal_error_reply_is_a_json_rpc_500() {
+    let reply = Reply::internal_error();
+    assert_eq!(reply.status, 500);
+    assert_eq!(
+        reply.headers,
+        vec![("content-type", "application/json".to_string())]
+    );
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["error"]["code"], -32603);
+}
