@@ -20,7 +20,11 @@
 //!    nothing else does; the cache is flushed when a watch is created from revision 0, is
 //!    cancelled, or says something undecodable; the stream is closed in the last two cases;
 //!    a reopened watch resumes after the last revision seen (from now after a compaction).
+#[path = "common/says_nothing.rs"]
+mod common;
+
 use arbitrary::Arbitrary;
+use common::says_nothing;
 use libfuzzer_sys::fuzz_target;
 use mcp_session_core::config::EtcdConfig;
 use mcp_session_core::record::{identity_digest, Record};
@@ -30,7 +34,7 @@ use mcp_session_core::store::etcd::fallback::{self, shared_key, Answer};
 use mcp_session_core::store::etcd::proto::{self, request_op::Request, watch_request};
 use mcp_session_core::store::etcd::session_id;
 use mcp_session_core::store::etcd::{
-    key, value, Call, Chore, Remote, Reply, WatchAction, WatchNews, KV, LEASE,
+    key, value, Call, Chore, Remote, Reply, WatchAction, WatchNews,
 };
 use mcp_session_core::store::{Ended, Limits, Lookup, Next, SharedData, StoreOp, StoreResult};
 use mcp_session_core::store::{Reservation, Source};
@@ -154,22 +158,6 @@ impl Answer0 {
             }
             .encode_to_vec(),
         })
-    }
-}
-
-/// Whether an answer to `call` says nothing: the call failed, its bytes do not decode as the
-/// call's response, or a lease grant granted nothing.
-fn says_nothing(call: &Call, reply: Reply<'_>) -> bool {
-    let Reply::Ok(bytes) = reply else {
-        return true;
-    };
-    match (call.service, call.method) {
-        (KV, "Range") => proto::RangeResponse::decode(bytes).is_err(),
-        (KV, "DeleteRange") => proto::DeleteRangeResponse::decode(bytes).is_err(),
-        (KV, "Txn") => proto::TxnResponse::decode(bytes).is_err(),
-        (LEASE, "LeaseGrant") => proto::LeaseGrantResponse::decode(bytes)
-            .map_or(true, |r| r.id == 0 || !r.error.is_empty()),
-        other => panic!("an operation made an unexpected call {other:?}"),
     }
 }
 
@@ -497,10 +485,10 @@ fn fallback_memory(input: &Fallback, idle_ms: u64) {
             Step::End { session: n } => {
                 let id = session(n, true);
                 let op = StoreOp::End {
-            id,
-            identity: None,
-            now_ms: now,
-        };
+                    id,
+                    identity: None,
+                    now_ms: now,
+                };
                 let got = fall_back(&remote, &mut cache, &shared, epoch, &limits, op);
                 active = true;
                 // The cache gives up its entry for the slot whatever secret it holds, and does

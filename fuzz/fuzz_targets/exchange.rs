@@ -11,10 +11,14 @@
 //! call, bytes that do not decode, a lease grant of nothing) is never answered 404 by the
 //! filter (`unavailable: reject`), nor for a session this Envoy never handed out
 //! (`unavailable: local`).
+#[path = "common/says_nothing.rs"]
+mod common;
+
 use arbitrary::Arbitrary;
+use common::says_nothing;
 use libfuzzer_sys::fuzz_target;
 use mcp_session_core::driver::Worker;
-use mcp_session_core::store::etcd::{proto, Call, Reply, KV, LEASE};
+use mcp_session_core::store::etcd::{proto, Call, Reply};
 use mcp_session_core::testkit::{
     Chunks, Envoy, FakeEtcd, FakeHost, Process, Request, Response, T0,
 };
@@ -44,22 +48,6 @@ enum EtcdReply {
     Lost(u32),
     /// OK, with these bytes.
     Bytes(Vec<u8>),
-}
-
-/// Whether an answer to `call` says nothing: the call failed, its bytes do not decode as the
-/// call's response, or a lease grant granted nothing.
-fn says_nothing(call: &Call, reply: Reply<'_>) -> bool {
-    let Reply::Ok(bytes) = reply else {
-        return true;
-    };
-    match (call.service, call.method) {
-        (KV, "Range") => proto::RangeResponse::decode(bytes).is_err(),
-        (KV, "DeleteRange") => proto::DeleteRangeResponse::decode(bytes).is_err(),
-        (KV, "Txn") => proto::TxnResponse::decode(bytes).is_err(),
-        (LEASE, "LeaseGrant") => proto::LeaseGrantResponse::decode(bytes)
-            .map_or(true, |r| r.id == 0 || !r.error.is_empty()),
-        other => panic!("an exchange made an unexpected call {other:?}"),
-    }
 }
 
 /// Whether `call` creates a session (`Txn(create_revision == 0 ? Put : Range)`) and `reply`
