@@ -73,20 +73,14 @@ PATH = "/mcp"
 PROTOCOL_VERSION = "2025-11-25"
 SESSIONLESS_VERSION = "2026-07-28"
 
-# The listeners the scenarios compare, in the order they run within a round: Envoy alone, the
-# Wasm build (its floor, the session filter), the native build (its floor, the session module),
-# and Envoy's own MCP filter, on the scenarios that name it (Scenario.builtin) only.
-NOFILTER, EMPTY, FILTER = "nofilter", "empty", "filter"
-EMPTY_NATIVE, NATIVE, MCP = "empty_native", "native", "mcp"
-LISTENERS = (NOFILTER, EMPTY, FILTER, EMPTY_NATIVE, NATIVE, MCP)
-LABELS = {
-    NOFILTER: "no filter",
-    EMPTY: "empty filter (Wasm floor)",
-    FILTER: "session filter (Wasm)",
-    EMPTY_NATIVE: "empty module (native floor)",
-    NATIVE: "session module (native)",
-    MCP: "Envoy's mcp filter",
-}
+# The listeners the scenarios compare, in the order they run within a round (the order the
+# report's tables show them in, so they are defined once, there): Envoy alone, the Wasm build
+# (its floor, the session filter), the native build (its floor, the session module), and
+# Envoy's own MCP filter, on the scenarios that name it (Scenario.builtin) only.
+NOFILTER, EMPTY, FILTER = report.NOFILTER, report.EMPTY, report.FILTER
+EMPTY_NATIVE, NATIVE, MCP = report.EMPTY_NATIVE, report.NATIVE, report.MCP
+LISTENERS = report.LISTENERS
+LABELS = report.LABELS
 # The listeners with sessions, by build; each answers a scenario with its `filter_status`.
 BUILDS = {"wasm": FILTER, "native": NATIVE}
 SESSION_LISTENERS = tuple(BUILDS.values())
