@@ -12,6 +12,7 @@
 //!   its cache, and the one rule of what a record means for a caller.
 //! - [`host`]: the small [`host::Host`] trait the logic needs from a proxy.
 //! - [`policy`], [`message`], [`protocol`], [`rejection`]: the decisions, as pure functions.
+//! - [`grpc`]: gRPC as plain HTTP/2 calls, for a host that makes no gRPC calls of its own.
 //! - [`record`], [`session_id`], [`digest`], [`headers`], [`metrics`]: the vocabulary.
 //! - [`config`]: the configuration, parsed and checked.
 //! - [`testkit`]: the fake host and helpers shared by every test and fuzz target.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod digest;
 pub mod driver;
 pub mod exchange;
+pub mod grpc;
 pub mod headers;
 pub mod host;
 pub mod message;

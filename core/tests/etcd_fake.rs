@@ -435,3 +435,80 @@ fn an_initialize_under_a_limit_per_caller_costs_one_or_two_creates() {
         ]
     );
 }
+
+/// A host that hands over the watch as HTTP/2 bytes and headers (the native module, through
+/// `grpc`) hears what one that hands over gRPC messages hears: messages come out of chunks of
+/// any size, a DELETE of a cached session moves the epoch, and a status in the trailers, or
+/// bytes that are not gRPC messages, end the watch, which the next tick reopens.
+#[test]
+fn the_watch_as_http_bytes_hears_the_same_ends_and_a_status_ends_it() {
+    use mcp_session_core::grpc;
+    use mcp_session_core::store::etcd::proto;
+    use prost::Message;
+    const CONFIG: &str =
+        r#"{"store": {"etcd": {"cluster": "etcd", "prefix": "p/", "timeout_ms": 1000}}}"#;
+    let etcd = Rc::new(FakeEtcd::new());
+    let a = Node::new(CONFIG, &etcd);
+    // A first session makes the worker a serving one, which keeps a watch.
+    let _ = a.open();
+    a.worker.on_timer(&mut Streams);
+    let restarts = || a.process.stat("mcp_session.store.watch_restarts");
+    assert_eq!(restarts(), 1, "the watch opened");
+    let created = proto::WatchResponse {
+        created: true,
+        header: Some(proto::ResponseHeader { revision: 5 }),
+        ..Default::default()
+    };
+    // The stream's response headers state no status: the watch goes on.
+    a.worker.stream_headers(1, [(&b":status"[..], &b"200"[..])]);
+    a.worker
+        .stream_bytes(1, &grpc::frame(&created.encode_to_vec()), &mut Streams);
+    // A session served, so cached, then deleted by another Envoy.
+    let sid = a.open();
+    assert_eq!(a.call(&sid).status, 200);
+    let id = mcp_session_core::session_id::SessionId::parse(&sid).unwrap();
+    let deleted = proto::WatchResponse {
+        header: Some(proto::ResponseHeader { revision: 9 }),
+        events: vec![proto::Event {
+            r#type: proto::EVENT_DELETE,
+            kv: Some(proto::KeyValue {
+                key: mcp_session_core::store::etcd::key("p/", &id),
+                mod_revision: 9,
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    };
+    // Two messages in one run of bytes, cut anywhere.
+    let progress = proto::WatchResponse {
+        header: Some(proto::ResponseHeader { revision: 9 }),
+        ..Default::default()
+    };
+    let bytes = [
+        grpc::frame(&progress.encode_to_vec()),
+        grpc::frame(&deleted.encode_to_vec()),
+    ]
+    .concat();
+    let epoch = a.process.stat("mcp_session.epoch");
+    for chunk in bytes.chunks(3) {
+        a.worker.stream_bytes(1, chunk, &mut Streams);
+    }
+    assert!(
+        a.process.stat("mcp_session.epoch") > epoch,
+        "the end, cut into chunks of 3 bytes, moved the epoch"
+    );
+    // A token the worker did not open is someone else's.
+    a.worker
+        .stream_headers(2, [(&b"grpc-status"[..], &b"14"[..])]);
+    a.worker.on_timer(&mut Streams);
+    assert_eq!(restarts(), 1, "another stream's status ends nothing here");
+    // The trailers' status ends the watch; the next tick reopens it.
+    a.worker
+        .stream_headers(1, [(&b"grpc-status"[..], &b"14"[..])]);
+    a.worker.on_timer(&mut Streams);
+    assert_eq!(restarts(), 2, "reopened after the status");
+    // Bytes that are not gRPC messages end it too.
+    a.worker.stream_bytes(1, b"\x01\0\0\0\x01x", &mut Streams);
+    a.worker.on_timer(&mut Streams);
+    assert_eq!(restarts(), 3, "reopened after the broken framing");
+}

@@ -16,6 +16,7 @@
 use crate::{Filter, Filters, Outcome};
 use mcp_session_core::driver::{Action, Side};
 use mcp_session_core::exchange::Reply;
+use mcp_session_core::grpc;
 use mcp_session_core::headers;
 use std::ffi::{c_char, c_void};
 use std::marker::PhantomData;
@@ -104,6 +105,13 @@ const BUFFERED_RESPONSE_BODY: u32 = 3;
 // StopIterationAndBuffer = 1.
 const CONTINUE: u32 = 0;
 const STOP: u32 = 1;
+// Headers held for a call: StopAllIterationAndWatermark, as a proxy-wasm host makes of a
+// paused headers callback. With it Envoy hands the body that arrives meanwhile to this filter
+// once it resumes; with StopIteration (1) it would buffer the body in this filter without
+// showing it, and pass it on unread when the stream resumes.
+const STOP_ALL: u32 = 4;
+// envoy_dynamic_module_type_http_callout_init_result and _http_callout_result: Success = 0.
+const CALLOUT_SUCCESS: u32 = 0;
 // envoy_dynamic_module_type_metrics_result
 const METRICS_SUCCESS: u32 = 0;
 // envoy_dynamic_module_type_log_level: Trace 0 .. Critical 5, Off 6.
@@ -240,6 +248,45 @@ extern "C" {
         value: ModuleBuffer,
     ) -> bool;
     fn envoy_dynamic_module_callback_http_filter_get_worker_index(filter: FilterEnvoyPtr) -> u32;
+
+    fn envoy_dynamic_module_callback_http_filter_http_callout(
+        filter: FilterEnvoyPtr,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *const ModuleHeader,
+        headers_length: usize,
+        body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: ConfigEnvoyPtr,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *const ModuleHeader,
+        headers_length: usize,
+        body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_start_http_stream(
+        config: ConfigEnvoyPtr,
+        stream_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *const ModuleHeader,
+        headers_length: usize,
+        body: ModuleBuffer,
+        end_stream: bool,
+        timeout_ms: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_stream_send_data(
+        config: ConfigEnvoyPtr,
+        stream_id: u64,
+        data: ModuleBuffer,
+        end_stream: bool,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_config_reset_http_stream(
+        config: ConfigEnvoyPtr,
+        stream_id: u64,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -430,6 +477,125 @@ impl Drop for Scheduler {
     }
 }
 
+/// A configuration's calls and streams, on the main thread during one of its hooks (Envoy
+/// answers them there, through the configuration's hooks).
+pub struct MainThread<'hook> {
+    ptr: ConfigEnvoyPtr,
+    _hook: PhantomData<&'hook ()>,
+}
+
+impl MainThread<'_> {
+    fn new(ptr: ConfigEnvoyPtr) -> MainThread<'static> {
+        MainThread {
+            ptr,
+            _hook: PhantomData,
+        }
+    }
+
+    /// Makes a unary gRPC call on `cluster`: its token.
+    pub fn callout(&self, cluster: &str, request: &grpc::Request, timeout_ms: u64) -> Option<u32> {
+        let headers = module_headers(&request.headers);
+        let mut id = 0u64;
+        // SAFETY: `ptr` is the configuration of the running main-thread hook; every buffer
+        // lives for the call.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_http_callout(
+                self.ptr,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(&request.body),
+                timeout_ms,
+            )
+        };
+        token(result, id)
+    }
+
+    /// Opens a gRPC stream on `cluster` and sends the request's first message, leaving the
+    /// stream open: its token.
+    pub fn start_stream(&self, cluster: &str, request: &grpc::Request) -> Option<u32> {
+        let headers = module_headers(&request.headers);
+        let mut id = 0u64;
+        // SAFETY: as in `callout`. A timeout of 0 is none.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_start_http_stream(
+                self.ptr,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(&request.body),
+                false,
+                0,
+            )
+        };
+        token(result, id)
+    }
+
+    /// Sends framed bytes on an open stream; false when Envoy knows no such stream.
+    pub fn send(&self, stream: u32, data: &[u8]) -> bool {
+        // SAFETY: as in `callout`; an unknown id is refused by Envoy, not undefined.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_stream_send_data(
+                self.ptr,
+                u64::from(stream),
+                ModuleBuffer::of(data),
+                false,
+            )
+        }
+    }
+
+    /// Resets a stream (Envoy may report the reset at once, through this configuration's hook).
+    pub fn reset(&self, stream: u32) {
+        // SAFETY: as in `send`.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_reset_http_stream(
+                self.ptr,
+                u64::from(stream),
+            )
+        }
+    }
+}
+
+fn module_headers(headers: &[(String, Vec<u8>)]) -> Vec<ModuleHeader> {
+    headers
+        .iter()
+        .map(|(name, value)| ModuleHeader {
+            key: ModuleBuffer::of(name.as_bytes()),
+            value: ModuleBuffer::of(value),
+        })
+        .collect()
+}
+
+/// A started call's token, as the core counts them (Envoy's ids grow from 1; one past
+/// `u32::MAX` is treated as not made, and its answer is ignored).
+fn token(result: u32, id: u64) -> Option<u32> {
+    (result == CALLOUT_SUCCESS)
+        .then_some(u32::try_from(id).ok())
+        .flatten()
+}
+
+/// Safety: `ptr` is null or points to `length` values that Envoy keeps valid during the hook.
+unsafe fn envoy_slice<'a, T>(ptr: *const T, length: usize) -> &'a [T] {
+    if ptr.is_null() || length == 0 {
+        return &[];
+    }
+    // SAFETY: per the function's contract.
+    unsafe { std::slice::from_raw_parts(ptr, length) }
+}
+
+fn header_pairs(headers: &[EnvoyHeader]) -> Vec<(&[u8], &[u8])> {
+    headers
+        .iter()
+        .map(|h| (h.key.bytes(), h.value.bytes()))
+        .collect()
+}
+
+fn concat(chunks: &[EnvoyBuffer]) -> Vec<u8> {
+    chunks.iter().flat_map(|c| c.bytes()).copied().collect()
+}
+
 /// One stream's Envoy side, during one hook.
 pub struct Envoy<'hook> {
     ptr: FilterEnvoyPtr,
@@ -442,6 +608,26 @@ impl Envoy<'_> {
             ptr,
             _hook: PhantomData,
         }
+    }
+
+    /// Makes a gRPC call on `cluster` whose answer comes to this stream's
+    /// `on_http_filter_http_callout_done`: its token.
+    pub fn callout(&self, cluster: &str, request: &grpc::Request, timeout_ms: u64) -> Option<u32> {
+        let headers = module_headers(&request.headers);
+        let mut id = 0u64;
+        // SAFETY: `ptr` is the stream of the running hook; every buffer lives for the call.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_http_callout(
+                self.ptr,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(&request.body),
+                timeout_ms,
+            )
+        };
+        token(result, id)
     }
 
     /// One side's headers, in the core's serialized form.
@@ -666,6 +852,7 @@ unsafe fn filters<'a>(ptr: ConfigModulePtr) -> Option<&'a Filters> {
 fn stream_hook(
     envoy: FilterEnvoyPtr,
     filter: FilterModulePtr,
+    stop: u32,
     hook: impl FnOnce(&mut Filter, &Envoy<'_>) -> Outcome,
 ) -> u32 {
     let envoy = Envoy::new(envoy);
@@ -687,7 +874,7 @@ fn stream_hook(
     }
     match outcome.action {
         Action::Continue => CONTINUE,
-        Action::Pause => STOP,
+        Action::Pause => stop,
     }
 }
 
@@ -732,15 +919,15 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
 /// Called by Envoy on the main thread after a `Scheduler::commit`.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
-    _config_envoy: ConfigEnvoyPtr,
+    config_envoy: ConfigEnvoyPtr,
     config: ConfigModulePtr,
     _event_id: u64,
 ) {
     // SAFETY: Envoy calls this only for a live configuration.
-    if let Some(filters) = unsafe { filters(config) } {
-        if guard(|| filters.on_scheduled()).is_none() {
-            let _ = guard(|| filters.count_panic());
-        }
+    unsafe {
+        config_hook(config_envoy, config, |filters, main| {
+            filters.on_scheduled(main)
+        })
     }
 }
 
@@ -783,7 +970,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter: FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    stream_hook(envoy, filter, |f, e| f.request_headers(e, end_of_stream))
+    stream_hook(envoy, filter, STOP_ALL, |f, e| {
+        f.request_headers(e, end_of_stream)
+    })
 }
 
 /// # Safety
@@ -794,7 +983,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     filter: FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    stream_hook(envoy, filter, |f, e| f.request_body(e, end_of_stream))
+    stream_hook(envoy, filter, STOP, |f, e| f.request_body(e, end_of_stream))
 }
 
 /// # Safety
@@ -805,7 +994,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     filter: FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    stream_hook(envoy, filter, |f, e| f.response_headers(e, end_of_stream))
+    stream_hook(envoy, filter, STOP_ALL, |f, e| {
+        f.response_headers(e, end_of_stream)
+    })
 }
 
 /// # Safety
@@ -816,7 +1007,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     filter: FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    stream_hook(envoy, filter, |f, e| f.response_body(e, end_of_stream))
+    stream_hook(envoy, filter, STOP, |f, e| {
+        f.response_body(e, end_of_stream)
+    })
 }
 
 /// # Safety
@@ -826,7 +1019,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     envoy: FilterEnvoyPtr,
     filter: FilterModulePtr,
 ) {
-    let _ = stream_hook(envoy, filter, |f, e| f.complete(e));
+    let _ = stream_hook(envoy, filter, STOP, |f, e| f.complete(e));
 }
 
 /// # Safety
@@ -849,23 +1042,197 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     CONTINUE
 }
 
-// Hooks Envoy 1.40 requires that this module has no use for (it makes no per-stream callouts,
-// streams or schedules, and ignores watermarks).
-
 /// # Safety
-/// Unused.
+/// A stream hook (worker thread): the answer to a call the stream made. Envoy keeps `headers`
+/// and `chunks` valid during the hook.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _envoy: FilterEnvoyPtr,
-    _filter: FilterModulePtr,
-    _callout_id: u64,
-    _result: u32,
-    _headers: *mut EnvoyHeader,
-    _headers_size: usize,
-    _chunks: *mut EnvoyBuffer,
-    _chunks_size: usize,
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    callout_id: u64,
+    result: u32,
+    headers: *mut EnvoyHeader,
+    headers_size: usize,
+    chunks: *mut EnvoyBuffer,
+    chunks_size: usize,
 ) {
+    let Ok(token) = u32::try_from(callout_id) else {
+        return;
+    };
+    // SAFETY: per Envoy's contract, stated above.
+    let (headers, chunks) = unsafe {
+        (
+            envoy_slice(headers.cast_const(), headers_size),
+            envoy_slice(chunks.cast_const(), chunks_size),
+        )
+    };
+    let Some((status, message)) = guard(|| {
+        grpc::unary_answer(
+            result == CALLOUT_SUCCESS,
+            header_pairs(headers),
+            &concat(chunks),
+        )
+    }) else {
+        return;
+    };
+    let _ = stream_hook(envoy, filter, STOP, |f, e| {
+        f.call_answered(e, token, status, &message)
+    });
 }
+
+/// Runs a configuration's hook on the main thread; a panic is counted and goes no further.
+///
+/// Safety: `config` came from `on_http_filter_config_new` and was not yet destroyed.
+unsafe fn config_hook(
+    config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    hook: impl FnOnce(&Filters, &MainThread<'_>),
+) {
+    // SAFETY: per the function's contract.
+    if let Some(filters) = unsafe { filters(config) } {
+        let main = MainThread::new(config_envoy);
+        if guard(|| hook(filters, &main)).is_none() {
+            let _ = guard(|| filters.count_panic());
+        }
+    }
+}
+
+/// # Safety
+/// A configuration hook (main thread): the answer to one of its calls. Envoy keeps `headers`
+/// and `chunks` valid during the hook.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    callout_id: u64,
+    result: u32,
+    headers: *mut EnvoyHeader,
+    headers_size: usize,
+    chunks: *mut EnvoyBuffer,
+    chunks_size: usize,
+) {
+    let Ok(token) = u32::try_from(callout_id) else {
+        return;
+    };
+    // SAFETY: per Envoy's contract, stated above; `config` is live while Envoy calls its hooks.
+    unsafe {
+        let headers = envoy_slice(headers.cast_const(), headers_size);
+        let chunks = envoy_slice(chunks.cast_const(), chunks_size);
+        config_hook(config_envoy, config, |filters, _| {
+            let ok = result == CALLOUT_SUCCESS;
+            let (status, message) = grpc::unary_answer(ok, header_pairs(headers), &concat(chunks));
+            filters.call_answered(token, status, &message);
+        });
+    }
+}
+
+/// # Safety
+/// A configuration hook (main thread): a stream's response headers.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
+    config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    stream_id: u64,
+    headers: *mut EnvoyHeader,
+    headers_size: usize,
+    _end_stream: bool,
+) {
+    let Ok(token) = u32::try_from(stream_id) else {
+        return;
+    };
+    // SAFETY: as in `on_http_filter_config_http_callout_done`.
+    unsafe {
+        let headers = envoy_slice(headers.cast_const(), headers_size);
+        config_hook(config_envoy, config, |filters, _| {
+            filters.stream_headers(token, &header_pairs(headers));
+        });
+    }
+}
+
+/// # Safety
+/// A configuration hook (main thread): bytes on a stream.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
+    config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    stream_id: u64,
+    data: *const EnvoyBuffer,
+    data_count: usize,
+    _end_stream: bool,
+) {
+    let Ok(token) = u32::try_from(stream_id) else {
+        return;
+    };
+    // SAFETY: as in `on_http_filter_config_http_callout_done`.
+    unsafe {
+        let data = envoy_slice(data, data_count);
+        config_hook(config_envoy, config, |filters, main| {
+            filters.stream_bytes(main, token, &concat(data));
+        });
+    }
+}
+
+/// # Safety
+/// A configuration hook (main thread): a stream's trailers.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailers(
+    config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    stream_id: u64,
+    trailers: *mut EnvoyHeader,
+    trailers_size: usize,
+) {
+    let Ok(token) = u32::try_from(stream_id) else {
+        return;
+    };
+    // SAFETY: as in `on_http_filter_config_http_callout_done`.
+    unsafe {
+        let trailers = envoy_slice(trailers.cast_const(), trailers_size);
+        config_hook(config_envoy, config, |filters, _| {
+            filters.stream_headers(token, &header_pairs(trailers));
+        });
+    }
+}
+
+/// # Safety
+/// A configuration hook (main thread): a stream ended.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete(
+    config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    stream_id: u64,
+) {
+    if let Ok(token) = u32::try_from(stream_id) {
+        // SAFETY: `config` is live while Envoy calls its hooks.
+        unsafe {
+            config_hook(config_envoy, config, |filters, _| {
+                filters.stream_closed(token, grpc::OK);
+            });
+        }
+    }
+}
+
+/// # Safety
+/// A configuration hook (main thread): a stream was reset (by either end) or failed.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
+    config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    stream_id: u64,
+    _reason: u32,
+) {
+    if let Ok(token) = u32::try_from(stream_id) {
+        // SAFETY: `config` is live while Envoy calls its hooks.
+        unsafe {
+            config_hook(config_envoy, config, |filters, _| {
+                filters.stream_closed(token, grpc::UNAVAILABLE);
+            });
+        }
+    }
+}
+
+// Hooks Envoy 1.40 requires that this module has no use for (it makes no per-stream streams
+// or schedules, and ignores watermarks).
 
 /// # Safety
 /// Unused.

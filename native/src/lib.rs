@@ -7,32 +7,38 @@
 //!   driver is single-threaded, as a Wasm VM is); they share one session [`Table`] in process
 //!   memory, named by the configuration's `"table"`, which outlives configuration updates.
 //! - The timer: a thread of this configuration wakes the main thread through Envoy's
-//!   scheduler every `Worker::tick_ms`; the main thread's `Worker` sweeps.
+//!   scheduler every `Worker::tick_ms`, and the main thread runs every `Worker`'s timer: the
+//!   sweep, and with etcd each worker's leases, count, backlog and watch, through the
+//!   configuration's calls and streams (answered on the main thread). A stream's own etcd
+//!   calls are the stream's callouts, answered on its worker thread. gRPC goes as plain HTTP/2
+//!   ([`grpc`]).
 //! - Panics: `abi.rs` catches every unwind at the boundary; [`Filter::failed`] answers a
 //!   JSON-RPC 500 and counts `mcp_session.panics`. `unsafe` lives only in `abi.rs`.
-//! - Not yet natively (refused when configured, with a log line naming the key): the etcd
-//!   store and `identity_jwt` (see README, "Native module").
+//! - Not natively (refused when configured, with a log line naming the key): `identity_jwt`
+//!   (see README, "Native module").
 
 #[cfg(panic = "abort")]
 compile_error!("build the native module with `--profile native`: its boundary catches panics");
 
 mod abi;
 
-use abi::{Attribute, Envoy, EnvoyConfig, Scheduler};
+use abi::{Attribute, Envoy, EnvoyConfig, MainThread, Scheduler};
 use log::{error, info};
 use mcp_session_core::config::{Config, ConfigError};
 use mcp_session_core::driver::{
-    Action, Capabilities, NoCalls, Side, Stream, StreamIo, TimerIo, Upstream, Worker,
+    Action, Capabilities, Side, Stream, StreamIo, TimerIo, Upstream, Worker,
 };
 use mcp_session_core::exchange::Reply;
+use mcp_session_core::grpc;
 use mcp_session_core::host::{Attributes, Host, Serialized};
 use mcp_session_core::metrics::Metric;
 use mcp_session_core::store::etcd::Call;
 use mcp_session_core::store::memory::Table;
 use mcp_session_core::store::{SharedData, WriteError};
+use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 use std::collections::HashMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -86,11 +92,12 @@ impl Host for Native {
     }
 }
 
-/// A filter configuration: a `Worker` per Envoy worker thread, and one for the main thread
-/// (the timer's).
+/// A filter configuration: a `Worker` per Envoy worker thread, and one for the main thread.
+/// Each is locked by whichever thread runs it (its worker's streams, or the main thread's
+/// timer and answers); the lock is reentrant, as Envoy may answer a call at once.
 pub struct Filters {
-    workers: Vec<Mutex<Worker<Native>>>,
-    main: Mutex<Worker<Native>>,
+    workers: Vec<ReentrantMutex<Worker<Native>>>,
+    main: ReentrantMutex<Worker<Native>>,
     host: Native,
     /// Wakes the main thread; stopped before the workers go.
     ticker: Option<Ticker>,
@@ -107,14 +114,13 @@ impl Filters {
             envoy,
             stats,
         };
-        // No gRPC calls and no nested metadata through this ABI yet: no etcd store, no
-        // identity_jwt (README, "Native module").
+        // No nested metadata through this ABI: no identity_jwt (README, "Native module").
         let capabilities = Capabilities {
-            calls: false,
+            calls: true,
             nested_metadata: false,
         };
         let start = || match Worker::on_host(host.clone(), bytes, capabilities) {
-            Ok(worker) => Some(Mutex::new(worker)),
+            Ok(worker) => Some(ReentrantMutex::new(worker)),
             Err(e) => refuse(e),
         };
         let main = start()?;
@@ -133,18 +139,44 @@ impl Filters {
     }
 
     /// The `Worker` of Envoy worker thread `index` (the main thread's when out of range:
-    /// shared then, which the lock makes safe).
-    fn worker(&self, index: usize) -> MutexGuard<'_, Worker<Native>> {
-        let worker = self.workers.get(index).unwrap_or(&self.main);
-        // A panic caught while a worker was locked leaves its state as the last completed step
-        // left it; the lock is taken again rather than failing every later request.
-        worker.lock().unwrap_or_else(|p| p.into_inner())
+    /// shared then, which the lock makes safe). A panic caught while a worker was locked
+    /// leaves its state as the last completed step left it.
+    fn worker(&self, index: usize) -> ReentrantMutexGuard<'_, Worker<Native>> {
+        self.workers.get(index).unwrap_or(&self.main).lock()
+    }
+
+    /// Runs `f` on every `Worker` in turn (main thread): each ignores the tokens of calls and
+    /// streams it did not make.
+    fn each(&self, f: impl Fn(&Worker<Native>)) {
+        for worker in self.workers.iter().chain([&self.main]) {
+            f(&worker.lock());
+        }
     }
 
     /// The timer fired (main thread).
-    pub(crate) fn on_scheduled(&self) {
+    pub(crate) fn on_scheduled(&self, main: &MainThread<'_>) {
         abi::refresh_log_level();
-        self.worker(usize::MAX).on_timer(&mut NoCalls);
+        self.each(|worker| worker.on_timer(&mut Calls(main)));
+    }
+
+    /// The answer to a call the timer made (main thread).
+    pub(crate) fn call_answered(&self, token: u32, status: u32, message: &[u8]) {
+        self.each(|worker| worker.call_answered(token, status, message));
+    }
+
+    /// Headers or trailers on a stream the timer opened (main thread).
+    pub(crate) fn stream_headers(&self, token: u32, headers: &[(&[u8], &[u8])]) {
+        self.each(|worker| worker.stream_headers(token, headers.iter().copied()));
+    }
+
+    /// Bytes on a stream the timer opened (main thread).
+    pub(crate) fn stream_bytes(&self, main: &MainThread<'_>, token: u32, bytes: &[u8]) {
+        self.each(|worker| worker.stream_bytes(token, bytes, &mut Calls(main)));
+    }
+
+    /// A stream the timer opened ended (main thread).
+    pub(crate) fn stream_closed(&self, token: u32, status: u32) {
+        self.each(|worker| worker.stream_closed(token, status));
     }
 
     /// A stream's filter, on the worker thread `envoy` runs on.
@@ -166,9 +198,7 @@ impl Filters {
 impl Drop for Filters {
     fn drop(&mut self) {
         self.ticker = None;
-        for worker in self.workers.iter().chain([&self.main]) {
-            worker.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
-        }
+        self.each(|worker| worker.shutdown());
     }
 }
 
@@ -301,6 +331,19 @@ impl Filter {
         })
     }
 
+    pub(crate) fn call_answered(
+        &mut self,
+        envoy: &Envoy<'_>,
+        token: u32,
+        status: u32,
+        message: &[u8],
+    ) -> Outcome {
+        self.run(envoy, |worker, stream, io| {
+            worker.stream_call_answered(stream, token, status, message, io);
+            Action::Continue
+        })
+    }
+
     pub(crate) fn complete(&mut self, envoy: &Envoy<'_>) -> Outcome {
         self.run(envoy, |worker, stream, io| {
             worker.stream_done(stream, io);
@@ -346,7 +389,9 @@ impl StreamIo for Io<'_, '_> {
     }
 
     fn call(&mut self, upstream: &Upstream, call: &Call, timeout_ms: u64) -> Result<u32, u32> {
-        TimerIo::call(&mut NoCalls, upstream, call, timeout_ms)
+        let request = grpc_request(upstream, call, &[]);
+        let token = self.envoy.callout(&upstream.cluster, &request, timeout_ms);
+        token.ok_or(grpc::UNAVAILABLE)
     }
 
     fn resume(&mut self, side: Side) {
@@ -356,6 +401,45 @@ impl StreamIo for Io<'_, '_> {
     fn set_fact(&mut self, name: &str, value: &str) {
         self.envoy.set_filter_state(name, value);
     }
+}
+
+/// What the driver asks of the main thread: the timer's calls and the watch stream.
+struct Calls<'a, 'h>(&'a MainThread<'h>);
+
+impl TimerIo for Calls<'_, '_> {
+    fn call(&mut self, upstream: &Upstream, call: &Call, timeout_ms: u64) -> Result<u32, u32> {
+        let request = grpc_request(upstream, call, &[]);
+        let token = self.0.callout(&upstream.cluster, &request, timeout_ms);
+        token.ok_or(grpc::UNAVAILABLE)
+    }
+
+    fn open_stream(
+        &mut self,
+        upstream: &Upstream,
+        call: &Call,
+        metadata: &[(&str, &[u8])],
+    ) -> Option<u32> {
+        self.0
+            .start_stream(&upstream.cluster, &grpc_request(upstream, call, metadata))
+    }
+
+    fn send(&mut self, stream: u32, message: &[u8]) -> bool {
+        self.0.send(stream, &grpc::frame(message))
+    }
+
+    fn close(&mut self, stream: u32) {
+        self.0.reset(stream);
+    }
+}
+
+fn grpc_request(upstream: &Upstream, call: &Call, metadata: &[(&str, &[u8])]) -> grpc::Request {
+    grpc::Request::new(
+        &upstream.cluster,
+        call.service,
+        call.method,
+        &call.message,
+        metadata,
+    )
 }
 
 /// Envoy's attributes of the stream being served, by the names the core asks for.

@@ -45,7 +45,16 @@ from typing import Any
 import httpx
 import yaml
 
-from harness import REPO, WASM, HarnessError, _terminate, _wait_until, plugin_configuration, render_bootstrap
+from harness import (
+    REPO,
+    WASM,
+    HarnessError,
+    _terminate,
+    _wait_until,
+    filter_configuration,
+    plugin_configuration,
+    render_bootstrap,
+)
 
 ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -455,7 +464,7 @@ def without_store(bootstrap: Mapping[str, Any]) -> dict[str, Any]:
     (listener,) = out["static_resources"]["listeners"]
     for f in listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]:
         if f["name"] == "mcp_session":
-            value = f["typed_config"]["config"]["configuration"]
+            value = filter_configuration(f)
             config = json.loads(value["value"])
             config.pop("store", None)
             value["value"] = json.dumps(config)

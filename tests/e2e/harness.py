@@ -298,7 +298,7 @@ class Envoy:
         concurrency: int = 2,
         extra_args: Sequence[str] = (),
         *,
-        log_level: str = "info",
+        log_level: str = os.environ.get("E2E_ENVOY_LOG_LEVEL", "info"),
         cpus: str | None = None,
         wrapper: Sequence[str] = (),
         binary: Path = ENVOY_BIN,

@@ -62,7 +62,6 @@ from harness import (
     validate_bootstrap,
 )
 
-pytestmark = pytest.mark.wasm_only("the etcd store is not in the native module yet")
 
 # Every counter and gauge the etcd store adds (under wasmcustom.mcp_session.).
 STORE_STATS = (

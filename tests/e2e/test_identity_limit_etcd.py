@@ -27,7 +27,6 @@ from harness import describe, initialize, initialize_body, open_session, request
 # `etcd_whole` is autouse: every test starts with three healthy members.
 from test_cluster import cluster_envoys, etcd, etcd_whole  # noqa: F401 (fixtures are used by name)
 
-pytestmark = pytest.mark.wasm_only("the etcd store is not in the native module yet")
 
 LIMIT = 2
 CONFIG = {"identity_header": "x-user", "max_sessions_per_identity": LIMIT}

@@ -58,7 +58,6 @@ from test_cluster import (  # noqa: F401 (fixtures are used by name)
     show,
 )
 
-pytestmark = pytest.mark.wasm_only("the etcd store is not in the native module yet")
 
 TOOL = REPO / "target" / "release" / "mcp-sessions"
 IDENTITY = {"identity_header": "x-user"}

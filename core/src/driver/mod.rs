@@ -22,6 +22,7 @@ pub use timer::{NoCalls, TimerIo};
 use crate::config::{Config, ConfigError, IdentitySource, StoreConfig};
 use crate::digest;
 use crate::exchange::Input;
+use crate::grpc;
 use crate::host::Host;
 use crate::metrics::{Event as Count, Metric, StoreStat};
 use crate::record::Record;
@@ -82,6 +83,9 @@ pub struct Worker<H: Host> {
     chores: RefCell<HashMap<u32, Chore>>,
     /// The watch stream's token, while open.
     watch: Cell<Option<u32>>,
+    /// The watch's bytes not yet cut into messages, from a host that hands over HTTP/2 data
+    /// ([`Worker::stream_bytes`]).
+    frames: RefCell<grpc::Deframer>,
 }
 
 /// What a host can do beyond the [`Host`] trait. A configuration that needs more is refused,
@@ -176,6 +180,7 @@ impl<H: Host> Worker<H> {
             cached_keys: RefCell::new(HashSet::new()),
             chores: RefCell::new(HashMap::new()),
             watch: Cell::new(None),
+            frames: RefCell::new(grpc::Deframer::default()),
             config,
         };
         if !worker.config.stateless && worker.backend.remote().is_none() {

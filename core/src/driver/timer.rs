@@ -2,6 +2,7 @@
 //! watch stream and chores (leases ahead of time, the session count, the backlog).
 
 use super::{Upstream, Worker, TICK_MS};
+use crate::grpc;
 use crate::host::Host;
 use crate::metrics::{Metric, StoreStat};
 use crate::store::etcd::{self, fallback, Call, Remote, WatchAction};
@@ -74,6 +75,7 @@ impl<H: Host> Worker<H> {
                     method: "Watch",
                     message: create,
                 };
+                self.forget_frames();
                 match io.open_stream(&self.upstream, &call, &[etcd::WATCH_METADATA]) {
                     Some(token) => self.watch.set(Some(token)),
                     None => {
@@ -136,6 +138,44 @@ impl<H: Host> Worker<H> {
         self.note_watch(now);
     }
 
+    /// Bytes on a stream the worker opened, from a host that hands over a stream's HTTP/2 data
+    /// rather than its gRPC messages: each whole message goes to [`Worker::stream_message`];
+    /// bytes that break the framing close the stream.
+    pub fn stream_bytes(&self, token: u32, bytes: &[u8], io: &mut impl TimerIo) {
+        let (Some(remote), true) = (self.backend.remote(), self.watch.get() == Some(token)) else {
+            return;
+        };
+        let messages: Vec<_> = match self.frames.try_borrow_mut() {
+            Ok(mut frames) => {
+                frames.push(bytes);
+                std::iter::from_fn(|| frames.next()).collect()
+            }
+            Err(_) => return,
+        };
+        for message in messages {
+            match message {
+                Ok(message) => self.stream_message(token, &message, io),
+                Err(grpc::Malformed) => {
+                    warn!("the etcd watch sent bytes that are not gRPC messages; reopening it");
+                    self.close_watch(remote, io);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The headers or trailers of a stream the worker opened, from a host that hands them over
+    /// as HTTP: a gRPC status in them (or an HTTP status that maps to one) ends the stream.
+    pub fn stream_headers<'h>(
+        &self,
+        token: u32,
+        headers: impl IntoIterator<Item = (&'h [u8], &'h [u8])>,
+    ) {
+        if let Some(status) = grpc::status_in(headers) {
+            self.stream_closed(token, status);
+        }
+    }
+
     /// A stream the worker opened closed (the host closed it, or the other side did).
     pub fn stream_closed(&self, token: u32, status: u32) {
         let Some(remote) = self.backend.remote() else {
@@ -145,16 +185,24 @@ impl<H: Host> Worker<H> {
             return;
         }
         self.watch.set(None);
+        self.forget_frames();
         warn!("the etcd watch closed (gRPC status {status}); reopening it");
         remote.watch_closed();
         self.note_watch(self.host.now_ms());
     }
 
     fn close_watch(&self, remote: &Remote, io: &mut impl TimerIo) {
+        self.forget_frames();
         if let Some(token) = self.watch.take() {
             io.close(token);
         }
         remote.watch_closed();
+    }
+
+    fn forget_frames(&self) {
+        if let Ok(mut frames) = self.frames.try_borrow_mut() {
+            frames.clear();
+        }
     }
 
     /// The answer to a timer chore: the session count sets the `live` gauge; sessions a
