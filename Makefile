@@ -23,10 +23,14 @@ $(WASM): FORCE
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 	cargo build --locked --release --target wasm32-wasip1 -p mcp-session-filter
 
+# Copied to a new file and renamed into place: an Envoy that loaded the module keeps the old
+# file's pages, where writing over the file in place changed code under a running Envoy and
+# crashed it (seen when a build ran beside the e2e suite).
 $(NATIVE): FORCE
 	cargo build --locked --profile native -p mcp-session-native
 	@mkdir -p $(dir $@)
-	cp -p target/native/libmcp_session_native.so $@
+	cp -p target/native/libmcp_session_native.so $@.new
+	mv -f $@.new $@
 
 # mcp-sessions, the tool that lists, counts and ends the sessions kept in etcd (host build;
 # its etcd client generates code with protoc, which scripts/setup.sh installs when missing).

@@ -18,11 +18,15 @@ use mcp_session_core::driver::{Action, Side};
 use mcp_session_core::exchange::Reply;
 use mcp_session_core::grpc;
 use mcp_session_core::headers;
+use mcp_session_core::host::Attributes;
 use std::ffi::{c_char, c_void};
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// `{ptr, length}` of bytes Envoy owns, valid during the hook.
 #[repr(C)]
@@ -121,7 +125,7 @@ const LOG_OFF: u32 = 6;
 /// (`envoy_dynamic_module_type_attribute_id`).
 #[derive(Debug, Clone, Copy)]
 #[repr(u32)]
-pub enum Attribute {
+enum Attribute {
     /// `connection.subject_peer_certificate`
     SubjectPeerCertificate = 33,
     /// `connection.uri_san_peer_certificate`
@@ -443,7 +447,7 @@ impl EnvoyConfig {
 
 /// A configuration's scheduler: [`Scheduler::commit`] from any thread runs the configuration's
 /// `on_scheduled` on the main thread.
-pub struct Scheduler {
+struct Scheduler {
     ptr: SchedulerPtr,
 }
 
@@ -455,7 +459,7 @@ unsafe impl Sync for Scheduler {}
 
 impl Scheduler {
     /// A scheduler for `config` (main thread).
-    pub fn new(config: EnvoyConfig) -> Option<Scheduler> {
+    fn new(config: EnvoyConfig) -> Option<Scheduler> {
         // SAFETY: `config` is the live configuration being created.
         let ptr =
             unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config.ptr) };
@@ -463,7 +467,7 @@ impl Scheduler {
     }
 
     /// Asks for one `on_scheduled` on the main thread.
-    pub fn commit(&self) {
+    fn commit(&self) {
         // SAFETY: `ptr` is live until `drop`, which runs after every commit (its thread is
         // joined first).
         unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.ptr, 0) }
@@ -474,6 +478,63 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         // SAFETY: deleted once, after its last use.
         unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.ptr) }
+    }
+}
+
+/// The host's timer, which Envoy gives a dynamic module only as a scheduler: a thread that
+/// commits to it every period, so that the configuration's `on_scheduled` runs on the main
+/// thread that often. Dropping it stops and joins the thread.
+pub struct Ticker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    /// Starts the thread (main thread, while `envoy` is being created).
+    pub fn start(envoy: EnvoyConfig, period: Duration) -> Option<Ticker> {
+        let scheduler = Scheduler::new(envoy)?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("mcp-session-tick".into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
+                    scheduler.commit();
+                }
+            });
+        match thread {
+            Ok(thread) => Some(Ticker {
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                log::error!("mcp-session-native: cannot start the timer thread: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The connection and upstream attributes of the stream being served, by the names the core
+/// asks for.
+impl Attributes for Envoy<'_> {
+    fn get(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let attribute = match path {
+            ["connection", "uri_san_peer_certificate"] => Attribute::UriSanPeerCertificate,
+            ["connection", "subject_peer_certificate"] => Attribute::SubjectPeerCertificate,
+            ["connection", "sha256_peer_certificate_digest"] => Attribute::Sha256PeerCertificate,
+            ["upstream", "address"] => Attribute::UpstreamAddress,
+            _ => return None,
+        };
+        self.attribute(attribute)
     }
 }
 
@@ -750,7 +811,7 @@ impl Envoy<'_> {
     }
 
     /// A string attribute of the stream (`None` when Envoy has none).
-    pub fn attribute(&self, attribute: Attribute) -> Option<Vec<u8>> {
+    fn attribute(&self, attribute: Attribute) -> Option<Vec<u8>> {
         let mut found = EnvoyBuffer::EMPTY;
         // SAFETY: `found` is a valid out pointer; its bytes are copied before the hook returns.
         let read = unsafe {

@@ -22,7 +22,7 @@ compile_error!("build the native module with `--profile native`: its boundary ca
 
 mod abi;
 
-use abi::{Attribute, Envoy, EnvoyConfig, MainThread, Scheduler};
+use abi::{Envoy, EnvoyConfig, MainThread, Ticker};
 use log::{error, info};
 use mcp_session_core::config::{Config, ConfigError};
 use mcp_session_core::driver::{
@@ -30,16 +30,14 @@ use mcp_session_core::driver::{
 };
 use mcp_session_core::exchange::Reply;
 use mcp_session_core::grpc;
-use mcp_session_core::host::{Attributes, Host, Serialized};
+use mcp_session_core::host::{Host, Serialized};
 use mcp_session_core::metrics::Metric;
 use mcp_session_core::store::etcd::Call;
 use mcp_session_core::store::memory::Table;
 use mcp_session_core::store::{SharedData, WriteError};
 use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 use std::collections::HashMap;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The core's [`Host`] natively: the clock, the operating system's CSPRNG, the session table
@@ -212,51 +210,20 @@ fn define_stats(envoy: EnvoyConfig) -> Arc<HashMap<Metric, usize>> {
     Arc::new(Metric::all().into_iter().filter_map(define).collect())
 }
 
-/// The thread that wakes the main thread every period, through Envoy's scheduler.
-struct Ticker {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Ticker {
-    fn start(envoy: EnvoyConfig, period: Duration) -> Option<Ticker> {
-        let scheduler = Scheduler::new(envoy)?;
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("mcp-session-tick".into())
-            .spawn(move || {
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
-                    scheduler.commit();
-                }
-            });
-        match thread {
-            Ok(thread) => Some(Ticker {
-                stop: Some(stop),
-                thread: Some(thread),
-            }),
-            Err(e) => {
-                error!("mcp-session-native: cannot start the timer thread: {e}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// What a stream hook returns to the boundary: the action, and a local reply to send once the
 /// hook has let go of the filter (Envoy runs the reply through this filter's response hooks
 /// at once).
 pub(crate) struct Outcome {
     pub action: Action,
     pub reply: Option<Reply>,
+}
+
+impl Outcome {
+    /// Let the stream go on, untouched.
+    const PASS: Outcome = Outcome {
+        action: Action::Continue,
+        reply: None,
+    };
 }
 
 /// One stream's filter.
@@ -275,10 +242,7 @@ impl Filter {
         step: impl FnOnce(&Worker<Native>, &mut Stream, &mut Io<'_, '_>) -> Action,
     ) -> Outcome {
         if self.failed {
-            return Outcome {
-                action: Action::Continue,
-                reply: None,
-            };
+            return Outcome::PASS;
         }
         let mut io = Io { envoy, reply: None };
         let action = step(&self.filters.worker(self.worker), &mut self.stream, &mut io);
@@ -302,8 +266,8 @@ impl Filter {
                     panic!("injected by x-mcp-session-filter-panic");
                 }
             }
-            let attributes = Properties(io.envoy);
-            worker.request_headers(stream, &headers, &attributes, end_of_stream, io)
+            let attributes = io.envoy;
+            worker.request_headers(stream, &headers, attributes, end_of_stream, io)
         })
     }
 
@@ -318,8 +282,8 @@ impl Filter {
     pub(crate) fn response_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
         self.run(envoy, |worker, stream, io| {
             let headers = Serialized::new(|| io.envoy.header_map(Side::Response));
-            let attributes = Properties(io.envoy);
-            worker.response_headers(stream, &headers, &attributes, end_of_stream, io)
+            let attributes = io.envoy;
+            worker.response_headers(stream, &headers, attributes, end_of_stream, io)
         })
     }
 
@@ -356,10 +320,7 @@ impl Filter {
     pub(crate) fn failed(&mut self) -> Outcome {
         self.filters.count_panic();
         if self.failed {
-            return Outcome {
-                action: Action::Continue,
-                reply: None,
-            };
+            return Outcome::PASS;
         }
         self.failed = true;
         Outcome {
@@ -389,7 +350,7 @@ impl StreamIo for Io<'_, '_> {
     }
 
     fn call(&mut self, upstream: &Upstream, call: &Call, timeout_ms: u64) -> Result<u32, u32> {
-        let request = grpc_request(upstream, call, &[]);
+        let request = call.http(&upstream.cluster, &[]);
         let token = self.envoy.callout(&upstream.cluster, &request, timeout_ms);
         token.ok_or(grpc::UNAVAILABLE)
     }
@@ -408,7 +369,7 @@ struct Calls<'a, 'h>(&'a MainThread<'h>);
 
 impl TimerIo for Calls<'_, '_> {
     fn call(&mut self, upstream: &Upstream, call: &Call, timeout_ms: u64) -> Result<u32, u32> {
-        let request = grpc_request(upstream, call, &[]);
+        let request = call.http(&upstream.cluster, &[]);
         let token = self.0.callout(&upstream.cluster, &request, timeout_ms);
         token.ok_or(grpc::UNAVAILABLE)
     }
@@ -419,8 +380,8 @@ impl TimerIo for Calls<'_, '_> {
         call: &Call,
         metadata: &[(&str, &[u8])],
     ) -> Option<u32> {
-        self.0
-            .start_stream(&upstream.cluster, &grpc_request(upstream, call, metadata))
+        let request = call.http(&upstream.cluster, metadata);
+        self.0.start_stream(&upstream.cluster, &request)
     }
 
     fn send(&mut self, stream: u32, message: &[u8]) -> bool {
@@ -429,32 +390,6 @@ impl TimerIo for Calls<'_, '_> {
 
     fn close(&mut self, stream: u32) {
         self.0.reset(stream);
-    }
-}
-
-fn grpc_request(upstream: &Upstream, call: &Call, metadata: &[(&str, &[u8])]) -> grpc::Request {
-    grpc::Request::new(
-        &upstream.cluster,
-        call.service,
-        call.method,
-        &call.message,
-        metadata,
-    )
-}
-
-/// Envoy's attributes of the stream being served, by the names the core asks for.
-struct Properties<'a, 'e>(&'a Envoy<'e>);
-
-impl Attributes for Properties<'_, '_> {
-    fn get(&self, path: &[&str]) -> Option<Vec<u8>> {
-        let attribute = match path {
-            ["connection", "uri_san_peer_certificate"] => Attribute::UriSanPeerCertificate,
-            ["connection", "subject_peer_certificate"] => Attribute::SubjectPeerCertificate,
-            ["connection", "sha256_peer_certificate_digest"] => Attribute::Sha256PeerCertificate,
-            ["upstream", "address"] => Attribute::UpstreamAddress,
-            _ => return None,
-        };
-        self.0.attribute(attribute)
     }
 }
 

@@ -4,10 +4,10 @@
 image store of the project's own, under `.containers/`, and builds stand-ins for the images the
 compose files name (`containers/images.sh`): nothing is pulled, and a warm run reuses them.
 
-Each pass of `make e2e` runs the compose file of its build (harness ARTIFACT):
-`envoy/docker-compose.yaml` with MCP_ARTIFACT=wasm, `envoy/docker-compose.native.yaml` with
-MCP_ARTIFACT=native; the cluster file (etcd) only in the Wasm pass, as the native module has no
-etcd store yet.
+Each pass of `make e2e` runs the compose files of its build (harness ARTIFACT):
+`envoy/docker-compose.yaml` and the cluster file (two Envoys, etcd)
+`envoy/docker-compose.cluster.yaml` with MCP_ARTIFACT=wasm; `envoy/docker-compose.native.yaml`
+and `envoy/docker-compose.cluster.native.yaml` with MCP_ARTIFACT=native.
 
 For each compose file: bring it up unmodified, wait on its own healthchecks (podman 4.3 ignores
 `condition: service_healthy`, and with no systemd nothing runs the checks: the test runs them),
@@ -65,7 +65,12 @@ COMPOSE_FILES = {
     "native": REPO / "envoy" / "docker-compose.native.yaml",
 }
 COMPOSE_FILE = COMPOSE_FILES[ARTIFACT]
-CLUSTER_COMPOSE_FILE = REPO / "envoy" / "docker-compose.cluster.yaml"
+# Two Envoys sharing sessions through a 3-member etcd cluster, with the build under test.
+CLUSTER_COMPOSE_FILES = {
+    "wasm": REPO / "envoy" / "docker-compose.cluster.yaml",
+    "native": REPO / "envoy" / "docker-compose.cluster.native.yaml",
+}
+CLUSTER_COMPOSE_FILE = CLUSTER_COMPOSE_FILES[ARTIFACT]
 
 # The Envoy image the compose files name, and the container ports of envoy/envoy.compose.yaml.
 ENVOY_IMAGE = "envoyproxy/envoy:"
@@ -376,11 +381,11 @@ def test_compose_file_serves_the_readme_walk_through(compose: Callable[[Path], C
 END_PROPAGATION_TIMEOUT = 2.0
 
 
-@pytest.mark.wasm_only("the native module has no etcd store yet")
 def test_cluster_compose_file_shares_sessions_between_two_envoys(compose: Callable[[Path], ComposeProject]) -> None:
-    """envoy/docker-compose.cluster.yaml: two Envoys (:10000, :10001) with one session store, a
+    """The cluster compose file of the build under test (docker-compose.cluster.yaml or
+    docker-compose.cluster.native.yaml): two Envoys (:10000, :10001) with one session store, a
     3-member etcd cluster. A session minted by one is used and ended through the other, and the
-    first then answers 404 for it."""
+    first then answers 404 for it, counted in that build's stats."""
     project = compose(CLUSTER_COMPOSE_FILE)
     envoys = {envoy.port: envoy for envoy in project.envoys().values()}
     assert set(envoys) == {10000, 10001}, envoys

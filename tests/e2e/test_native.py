@@ -54,6 +54,18 @@ REQUIRED_HOOKS = [
     "on_http_filter_downstream_below_write_buffer_low_watermark",
 ]
 
+# Optional hooks Envoy resolves when present and silently does without otherwise: the timer and
+# the etcd store's calls and watch streams would then never be answered.
+CONFIG_HOOKS = [
+    "on_http_filter_config_scheduled",
+    "on_http_filter_config_http_callout_done",
+    "on_http_filter_config_http_stream_headers",
+    "on_http_filter_config_http_stream_data",
+    "on_http_filter_config_http_stream_trailers",
+    "on_http_filter_config_http_stream_complete",
+    "on_http_filter_config_http_stream_reset",
+]
+
 FAULT_TARGET_DIR = REPO / "target" / "fault-injection"
 FAULT_MODULE = FAULT_TARGET_DIR / "native" / "libmcp_session_native.so"
 PANIC_HEADER = "x-mcp-session-filter-panic"
@@ -107,7 +119,7 @@ def test_a_panic_fails_its_request_closed_and_envoy_serves_on(workdir, upstream,
     (module,) = [f for f in filters if f["name"] == "mcp_session"]
     module["typed_config"]["dynamic_module_config"]["module"]["local"]["filename"] = str(fault_injection_module)
     # One worker: the request that panics and the ones after it meet the same Worker (whose
-    # lock the panic poisoned).
+    # lock the panic held).
     with Envoy(bootstrap, workdir, name="envoy-native-panic", concurrency=1) as envoy:
         url = envoy.url()
         session = open_session(url)
@@ -133,15 +145,38 @@ def test_a_panic_fails_its_request_closed_and_envoy_serves_on(workdir, upstream,
         assert any(PANIC_LOG_RE.search(line) for line in problems), "the panic left no line in the log"
 
 
+def test_the_module_defines_the_configuration_hooks_its_timer_and_etcd_need() -> None:
+    defined = dynamic_symbols(NATIVE, defined=True)
+    missing = [h for h in CONFIG_HOOKS if f"envoy_dynamic_module_{h}" not in defined]
+    assert not missing, missing
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 60)
+def test_a_rebuild_never_writes_over_the_module_a_running_envoy_loaded(workdir, upstream) -> None:
+    """`make` puts the new module in place by a rename, so an Envoy that loaded the old file keeps
+    its pages. Written over in place (`cp`), the file changed under a running Envoy and crashed
+    it, in the middle of the e2e suite, when a build ran beside it."""
+    bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config={"paths": ["/mcp"]})
+    with Envoy(bootstrap, workdir, name="envoy-native-rebuild") as envoy:
+        session = open_session(envoy.url())
+        before = NATIVE.stat().st_ino
+        target = str(NATIVE.relative_to(REPO))
+        made = subprocess.run(["make", target], cwd=REPO, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
+        assert made.returncode == 0, made.stderr[-4000:]
+        assert NATIVE.stat().st_ino != before, "the module was written over in place"
+        again = post(envoy.url(), rpc("tools/list", 2), headers={"mcp-session-id": session})
+        assert again.status_code == 200, again.text
+        assert envoy.log_problems() == []
+
+
 @pytest.mark.parametrize(
     ("config", "key"),
-    [
-        ({"store": {"etcd": {"cluster": "etcd"}}}, "store.etcd"),
-        ({"identity_jwt": {"metadata_key": "jwt", "claims": ["sub"]}}, "identity_jwt"),
-    ],
-    ids=["etcd", "identity_jwt"],
+    [({"identity_jwt": {"metadata_key": "jwt", "claims": ["sub"]}}, "identity_jwt")],
+    ids=["identity_jwt"],
 )
-def test_what_the_module_lacks_yet_is_refused_naming_the_key(workdir, upstream, config, key) -> None:
+def test_what_the_module_lacks_is_refused_naming_the_key(workdir, upstream, config, key) -> None:
+    """`identity_jwt` reads the claims jwt_authn writes as a struct below a metadata key; the
+    1.40 ABI reads metadata one level deep, scalars only (README, "Native module")."""
     bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config=config)
     envoy = Envoy(bootstrap, workdir, name=f"envoy-native-refuses-{key}")
     with pytest.raises(HarnessError, match="the process exited"):

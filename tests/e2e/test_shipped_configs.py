@@ -5,9 +5,10 @@ No Docker engine or Kubernetes cluster runs here, so:
 - every Envoy configuration shipped in `envoy/` or `deploy/` (found by its shape, so a new one is
   picked up) passes `envoy --mode validate` with its wasm path pointed at the built module;
   validation loads the module and runs the filter's configuration (a missing module fails it);
-- `envoy/docker-compose.yaml` and `envoy/docker-compose.native.yaml` parse, mount a shipped
-  Envoy config and the built wasm or native module (read-only) where that config loads it, and
-  pin the Envoy and MCP SDK versions the tests run;
+- the compose files (`envoy/docker-compose.yaml`, `envoy/docker-compose.cluster.yaml` and their
+  `.native.yaml` variants) parse, give each Envoy a shipped Envoy config and the built wasm or
+  native module (read-only) where that config loads it, and pin the Envoy and MCP SDK versions
+  the tests run;
 - the Istio `WasmPlugin` and the Envoy Gateway `EnvoyExtensionPolicy` parse, and the plugin
   configuration each embeds is accepted by the filter: `envoy --mode validate`, then a real
   Envoy (2 workers) with it serves a session.
@@ -43,8 +44,13 @@ from harness import (
 
 ENVOY_DIR = REPO / "envoy"
 DEPLOY_DIR = REPO / "deploy"
-# Single-Envoy compose files: each runs the demo server behind one Envoy with one build.
-COMPOSE_FILES = {"wasm": ENVOY_DIR / "docker-compose.yaml", "native": ENVOY_DIR / "docker-compose.native.yaml"}
+# The compose files, by build: each runs the demo server behind its Envoys with one build, the
+# single-Envoy file one, the cluster file two (sharing sessions through etcd).
+COMPOSE_FILES = {
+    "wasm": [ENVOY_DIR / "docker-compose.yaml", ENVOY_DIR / "docker-compose.cluster.yaml"],
+    "native": [ENVOY_DIR / "docker-compose.native.yaml", ENVOY_DIR / "docker-compose.cluster.native.yaml"],
+}
+ENVOY_IMAGE = "envoyproxy/envoy:"
 CONFIGURED_RE = re.compile(r"mcp-session-filter: configured \((.*)\)")
 
 
@@ -164,9 +170,13 @@ def test_the_shipped_files_are_found() -> None:
         "envoy/envoy.yaml",
         "envoy/envoy.compose.yaml",
         "envoy/envoy.compose.native.yaml",
+        "envoy/envoy.compose-cluster.yaml",
+        "envoy/envoy.compose-cluster.native.yaml",
         "envoy/envoy.mcp-filters.yaml",
         "envoy/docker-compose.yaml",
         "envoy/docker-compose.native.yaml",
+        "envoy/docker-compose.cluster.yaml",
+        "envoy/docker-compose.cluster.native.yaml",
         "deploy/istio/wasmplugin.yaml",
         "deploy/envoy-gateway/extension-policy.yaml",
     } <= names, names
@@ -174,8 +184,13 @@ def test_the_shipped_files_are_found() -> None:
         "envoy/envoy.yaml",
         "envoy/envoy.compose.yaml",
         "envoy/envoy.compose.native.yaml",
+        "envoy/envoy.compose-cluster.yaml",
+        "envoy/envoy.compose-cluster.native.yaml",
         "envoy/envoy.mcp-filters.yaml",
     }
+    # Every compose file shipped is one checked below.
+    composes = {rel(f) for f in shipped_yaml_files() if any(kind_of(d) == "compose" for d in documents(f))}
+    assert composes == {rel(f) for files in COMPOSE_FILES.values() for f in files}, composes
 
 
 @pytest.mark.parametrize("path", shipped_yaml_files(), ids=rel)
@@ -246,36 +261,42 @@ def native_module_files(bootstrap: Any) -> set[str]:
     return {m["module"]["local"]["filename"] for m in module_configs(bootstrap) if "module" in m}
 
 
-@pytest.mark.parametrize("build", sorted(COMPOSE_FILES))
-def test_docker_compose_runs_the_tested_envoy_with_the_built_module(build: str) -> None:
-    """Each single-Envoy compose file loads its build, the one `make build` makes, mounted
-    read-only where its Envoy config loads it from (and nothing of the other build)."""
-    (compose,) = documents(COMPOSE_FILES[build])
+@pytest.mark.parametrize(
+    ("build", "path"),
+    [(build, path) for build, files in sorted(COMPOSE_FILES.items()) for path in files],
+    ids=lambda value: rel(value) if isinstance(value, Path) else value,
+)
+def test_docker_compose_runs_the_tested_envoy_with_the_built_module(build: str, path: Path) -> None:
+    """Each compose file's Envoys load its build, the one `make build` makes, mounted read-only
+    where their Envoy config loads it from (and nothing of the other build)."""
+    (compose,) = documents(path)
     services = compose["services"]
-    assert {"envoy", "mcp-server"} <= set(services), services
-    envoy = services["envoy"]
-    assert envoy["image"] == f"envoyproxy/envoy:v{envoy_version()}", envoy["image"]
+    assert "mcp-server" in services, services
+    envoys = {name: spec for name, spec in services.items() if str(spec.get("image", "")).startswith(ENVOY_IMAGE)}
+    assert len(envoys) == (2 if "cluster" in path.name else 1), services
+    for name, envoy in envoys.items():
+        assert envoy["image"] == f"envoyproxy/envoy:v{envoy_version()}", (name, envoy["image"])
 
-    # The command's -c names a mounted file, which is a shipped Envoy config (validated above).
-    command = envoy["command"]
-    config_target = command[command.index("-c") + 1]
-    mounted = mounts(envoy)
-    assert config_target in mounted, (command, mounted)
-    config_source = mounted[config_target]
-    assert config_source.exists() and config_source in envoy_configs(), config_source
-    # Every module that config loads is the built one of this build, mounted read-only; by
-    # file path (a native module found by name would need the search path in the container).
-    (bootstrap,) = [d for d in documents(config_source) if kind_of(d) == "envoy"]
-    wasm_targets = {local["filename"] for local in wasm_files(bootstrap)}
-    native_targets = native_module_files(bootstrap)
-    assert len(list(module_configs(bootstrap))) == len(native_targets), bootstrap
-    targets, built, other = (
-        (wasm_targets, WASM, native_targets) if build == "wasm" else (native_targets, NATIVE, wasm_targets)
-    )
-    assert targets and not other, bootstrap
-    read_only = mounts(envoy, read_only=True)
-    for target in targets:
-        assert read_only.get(target) == built.resolve(), (target, envoy["volumes"])
+        # The command's -c names a mounted file, which is a shipped Envoy config (validated above).
+        command = envoy["command"]
+        config_target = command[command.index("-c") + 1]
+        mounted = mounts(envoy)
+        assert config_target in mounted, (name, command, mounted)
+        config_source = mounted[config_target]
+        assert config_source.exists() and config_source in envoy_configs(), (name, config_source)
+        # Every module that config loads is the built one of this build, mounted read-only; by
+        # file path (a native module found by name would need the search path in the container).
+        (bootstrap,) = [d for d in documents(config_source) if kind_of(d) == "envoy"]
+        wasm_targets = {local["filename"] for local in wasm_files(bootstrap)}
+        native_targets = native_module_files(bootstrap)
+        assert len(list(module_configs(bootstrap))) == len(native_targets), bootstrap
+        targets, built, other = (
+            (wasm_targets, WASM, native_targets) if build == "wasm" else (native_targets, NATIVE, wasm_targets)
+        )
+        assert targets and not other, (name, bootstrap)
+        read_only = mounts(envoy, read_only=True)
+        for target in targets:
+            assert read_only.get(target) == built.resolve(), (name, target, envoy["volumes"])
 
     # The demo server installs the MCP SDK the tests run.
     server = services["mcp-server"]

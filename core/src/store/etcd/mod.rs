@@ -89,6 +89,20 @@ pub struct Call {
     pub message: Vec<u8>,
 }
 
+impl Call {
+    /// The call as an HTTP/2 request to `authority` (Envoy's cluster name), for a host that
+    /// makes HTTP calls but not gRPC ones ([`crate::grpc`]).
+    pub fn http(&self, authority: &str, metadata: &[(&str, &[u8])]) -> crate::grpc::Request {
+        crate::grpc::Request::new(
+            authority,
+            self.service,
+            self.method,
+            &self.message,
+            metadata,
+        )
+    }
+}
+
 /// How a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply<'a> {
