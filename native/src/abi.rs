@@ -19,6 +19,7 @@ use mcp_session_core::exchange::Reply;
 use mcp_session_core::grpc;
 use mcp_session_core::headers;
 use mcp_session_core::host::Attributes;
+use std::cell::Cell;
 use std::ffi::{c_char, c_void};
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
@@ -908,8 +909,26 @@ unsafe fn filters<'a>(ptr: ConfigModulePtr) -> Option<&'a Filters> {
     unsafe { ptr.cast::<Filters>().as_ref() }
 }
 
-/// Runs a stream hook on its filter, then sends the local reply it asked for once the filter
-/// is no longer borrowed. A panic fails the request closed.
+thread_local! {
+    /// A stream hook of this thread holds its filter borrowed.
+    static BORROWED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with [`BORROWED`] set; a hook that finds it set was called from inside another.
+fn borrowed<R>(f: impl FnOnce() -> R) -> R {
+    let before = BORROWED.with(|b| b.replace(true));
+    let result = f();
+    BORROWED.with(|b| b.set(before));
+    result
+}
+
+/// Runs a stream hook on its filter, then does what must wait until the filter is no longer
+/// borrowed: the local reply it asked for, and resuming the stream (Envoy runs either through
+/// this filter's own hooks at once). A panic fails the request closed.
+///
+/// A hook Envoy calls while another holds the filter is dropped: the one case is a callout
+/// Envoy answers inline, before it returns (a cluster with no healthy host), which it then
+/// reports as not made, and the driver counts it failed.
 fn stream_hook(
     envoy: FilterEnvoyPtr,
     filter: FilterModulePtr,
@@ -918,20 +937,25 @@ fn stream_hook(
 ) -> u32 {
     let envoy = Envoy::new(envoy);
     let filter = filter.cast::<Filter>().cast_mut();
-    if filter.is_null() {
+    if filter.is_null() || BORROWED.with(Cell::get) {
         return CONTINUE;
     }
     // SAFETY: `filter` came from `on_http_filter_new` and lives until `on_http_filter_destroy`;
-    // Envoy calls one stream's hooks on one thread, and this borrow ends before anything that
-    // could call back into a hook of this stream (`send_response`).
-    let outcome = guard(|| hook(unsafe { &mut *filter }, &envoy))
-        // SAFETY: as above; the panicked borrow is gone.
-        .or_else(|| guard(|| unsafe { &mut *filter }.failed()));
+    // Envoy calls one stream's hooks on one thread, and `BORROWED` keeps a hook it calls while
+    // this borrow lives from taking another.
+    let outcome = borrowed(|| {
+        guard(|| hook(unsafe { &mut *filter }, &envoy))
+            // SAFETY: as above; the panicked borrow is gone.
+            .or_else(|| guard(|| unsafe { &mut *filter }.failed()))
+    });
     let Some(outcome) = outcome else {
         return CONTINUE;
     };
     if let Some(reply) = &outcome.reply {
         let _ = guard(|| envoy.send_response(reply));
+    }
+    if let Some(side) = outcome.resume {
+        let _ = guard(|| envoy.resume(side));
     }
     match outcome.action {
         Action::Continue => CONTINUE,

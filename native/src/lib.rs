@@ -33,8 +33,7 @@ use mcp_session_core::grpc;
 use mcp_session_core::host::{Host, Serialized};
 use mcp_session_core::metrics::Metric;
 use mcp_session_core::store::etcd::Call;
-use mcp_session_core::store::memory::Table;
-use mcp_session_core::store::{SharedData, WriteError};
+use mcp_session_core::store::{memory::Table, SharedData, WriteError};
 use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -210,12 +209,13 @@ fn define_stats(envoy: EnvoyConfig) -> Arc<HashMap<Metric, usize>> {
     Arc::new(Metric::all().into_iter().filter_map(define).collect())
 }
 
-/// What a stream hook returns to the boundary: the action, and a local reply to send once the
-/// hook has let go of the filter (Envoy runs the reply through this filter's response hooks
-/// at once).
+/// What a stream hook returns to the boundary: the action, and what to do once the hook has
+/// let go of the filter (Envoy runs a local reply, or a resumed stream, through this filter's
+/// hooks at once): the local reply to send, the side to resume.
 pub(crate) struct Outcome {
     pub action: Action,
     pub reply: Option<Reply>,
+    pub resume: Option<Side>,
 }
 
 impl Outcome {
@@ -223,6 +223,7 @@ impl Outcome {
     const PASS: Outcome = Outcome {
         action: Action::Continue,
         reply: None,
+        resume: None,
     };
 }
 
@@ -244,12 +245,12 @@ impl Filter {
         if self.failed {
             return Outcome::PASS;
         }
-        let mut io = Io { envoy, reply: None };
-        let action = step(&self.filters.worker(self.worker), &mut self.stream, &mut io);
-        Outcome {
-            action,
-            reply: io.reply,
-        }
+        let mut io = Io {
+            envoy,
+            after: Outcome::PASS,
+        };
+        io.after.action = step(&self.filters.worker(self.worker), &mut self.stream, &mut io);
+        io.after
     }
 
     pub(crate) fn request_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
@@ -266,8 +267,7 @@ impl Filter {
                     panic!("injected by x-mcp-session-filter-panic");
                 }
             }
-            let attributes = io.envoy;
-            worker.request_headers(stream, &headers, attributes, end_of_stream, io)
+            worker.request_headers(stream, &headers, io.envoy, end_of_stream, io)
         })
     }
 
@@ -282,8 +282,7 @@ impl Filter {
     pub(crate) fn response_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
         self.run(envoy, |worker, stream, io| {
             let headers = Serialized::new(|| io.envoy.header_map(Side::Response));
-            let attributes = io.envoy;
-            worker.response_headers(stream, &headers, attributes, end_of_stream, io)
+            worker.response_headers(stream, &headers, io.envoy, end_of_stream, io)
         })
     }
 
@@ -326,6 +325,7 @@ impl Filter {
         Outcome {
             action: Action::Pause,
             reply: Some(Reply::internal_error()),
+            resume: None,
         }
     }
 }
@@ -333,7 +333,8 @@ impl Filter {
 /// What the driver asks of one stream, carried out through its hook's [`Envoy`].
 struct Io<'a, 'e> {
     envoy: &'a Envoy<'e>,
-    reply: Option<Reply>,
+    /// What the boundary does once the hook let go of the filter.
+    after: Outcome,
 }
 
 impl StreamIo for Io<'_, '_> {
@@ -342,7 +343,7 @@ impl StreamIo for Io<'_, '_> {
     }
 
     fn respond(&mut self, reply: &Reply) {
-        self.reply = Some(reply.clone());
+        self.after.reply = Some(reply.clone());
     }
 
     fn replace_body(&mut self, body: &[u8]) {
@@ -356,7 +357,7 @@ impl StreamIo for Io<'_, '_> {
     }
 
     fn resume(&mut self, side: Side) {
-        self.envoy.resume(side);
+        self.after.resume = Some(side);
     }
 
     fn set_fact(&mut self, name: &str, value: &str) {
