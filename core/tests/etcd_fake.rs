@@ -37,6 +37,9 @@ fn upstream(request: &Request) -> Response {
     }
 }
 
+/// The methods of the etcd calls a test saw, in order.
+type Calls = Rc<std::cell::RefCell<Vec<&'static str>>>;
+
 /// One Envoy of the fleet: its process, one worker, and whether etcd answers it.
 struct Node {
     process: Rc<Process>,
@@ -71,6 +74,19 @@ impl Node {
             } else {
                 (14, None)
             }
+        }));
+        envoy.send(request, &mut upstream)
+    }
+
+    /// [`Node::send`], noting the method of each etcd call but the timer's lease grants.
+    fn send_counting(&self, calls: &Calls, request: Request) -> Response {
+        let mut envoy = Envoy::new(&self.worker);
+        let (etcd, calls) = (Rc::clone(&self.etcd), Rc::clone(calls));
+        envoy.etcd = Some(Box::new(move |call: &Call| {
+            if call.method != "LeaseGrant" {
+                calls.borrow_mut().push(call.method);
+            }
+            etcd.answer(call)
         }));
         envoy.send(request, &mut upstream)
     }
@@ -243,18 +259,8 @@ fn a_watch_event_at_the_last_revision_does_not_overflow_the_reopen() {
 fn opening_a_session_costs_three_calls_two_of_them_writes() {
     let etcd = Rc::new(FakeEtcd::new());
     let node = Node::new(REJECT, &etcd);
-    let calls: Rc<std::cell::RefCell<Vec<&'static str>>> = Rc::default();
-    let send = |request: Request| {
-        let mut envoy = Envoy::new(&node.worker);
-        let (etcd, calls) = (Rc::clone(&etcd), Rc::clone(&calls));
-        envoy.etcd = Some(Box::new(move |call: &Call| {
-            if call.method != "LeaseGrant" {
-                calls.borrow_mut().push(call.method);
-            }
-            etcd.answer(call)
-        }));
-        envoy.send(request, &mut upstream)
-    };
+    let calls: Calls = Rc::default();
+    let send = |request: Request| node.send_counting(&calls, request);
     let response = send(Request::post(INITIALIZE, &[]));
     let sid = response.header("mcp-session-id").unwrap().to_owned();
     assert_eq!(
@@ -293,13 +299,43 @@ impl mcp_session_core::driver::TimerIo for Streams {
     fn close(&mut self, _: u32) {}
 }
 
+/// The watch's first answer: created, at `revision`.
+fn watch_created(revision: i64) -> mcp_session_core::store::etcd::proto::WatchResponse {
+    use mcp_session_core::store::etcd::proto;
+    proto::WatchResponse {
+        created: true,
+        header: Some(proto::ResponseHeader { revision }),
+        ..Default::default()
+    }
+}
+
+/// A watch answer: the key of session `id` under `prefix` deleted at `revision`.
+fn watch_deleted(
+    prefix: &str,
+    id: &mcp_session_core::session_id::SessionId,
+    revision: i64,
+) -> mcp_session_core::store::etcd::proto::WatchResponse {
+    use mcp_session_core::store::etcd::proto;
+    proto::WatchResponse {
+        header: Some(proto::ResponseHeader { revision }),
+        events: vec![proto::Event {
+            r#type: proto::EVENT_DELETE,
+            kv: Some(proto::KeyValue {
+                key: mcp_session_core::store::etcd::key(prefix, id),
+                mod_revision: revision,
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    }
+}
+
 /// Found by the loaded e2e runs (`test_with_unavailable_local_...`): a session made while etcd
 /// was away sat in the worker's cache without its etcd key in the watch's index, so a DELETE
 /// on another Envoy once etcd was back did not move the epoch, and the worker kept serving it
 /// from its cache for a whole touch interval. Failed before: the epoch did not move.
 #[test]
 fn a_session_made_while_etcd_was_away_is_forgotten_when_another_envoy_deletes_it() {
-    use mcp_session_core::store::etcd::proto;
     use prost::Message;
     const LOCAL: &str = r#"{"store": {"etcd": {"cluster": "etcd", "prefix": "p/", "timeout_ms": 1000, "unavailable": "local"}}}"#;
     let etcd = Rc::new(FakeEtcd::new());
@@ -307,11 +343,7 @@ fn a_session_made_while_etcd_was_away_is_forgotten_when_another_envoy_deletes_it
     // The watch is up before the outage (a first session made the VM a serving one).
     let _ = a.open();
     a.worker.on_timer(&mut Streams);
-    let created = proto::WatchResponse {
-        created: true,
-        header: Some(proto::ResponseHeader { revision: 5 }),
-        ..Default::default()
-    };
+    let created = watch_created(5);
     a.worker
         .stream_message(1, &created.encode_to_vec(), &mut Streams);
     // etcd goes away; a session is made in this Envoy's memory and served from it.
@@ -324,18 +356,7 @@ fn a_session_made_while_etcd_was_away_is_forgotten_when_another_envoy_deletes_it
     // etcd is back, and another Envoy deletes the session: the watch says so.
     a.up.set(true);
     let epoch = a.process.stat("mcp_session.epoch");
-    let deleted = proto::WatchResponse {
-        header: Some(proto::ResponseHeader { revision: 9 }),
-        events: vec![proto::Event {
-            r#type: proto::EVENT_DELETE,
-            kv: Some(proto::KeyValue {
-                key: mcp_session_core::store::etcd::key("p/", &id),
-                mod_revision: 9,
-                ..Default::default()
-            }),
-        }],
-        ..Default::default()
-    };
+    let deleted = watch_deleted("p/", &id, 9);
     a.worker
         .stream_message(1, &deleted.encode_to_vec(), &mut Streams);
     assert!(
@@ -409,18 +430,8 @@ fn a_limit_per_caller_holds_across_two_envoys_and_a_delete_frees_a_place() {
 fn an_initialize_under_a_limit_per_caller_costs_one_or_two_creates() {
     let etcd = Rc::new(FakeEtcd::new());
     let node = Node::new(PER_CALLER, &etcd);
-    let calls: Rc<std::cell::RefCell<Vec<&'static str>>> = Rc::default();
-    let send = |request: Request| {
-        let mut envoy = Envoy::new(&node.worker);
-        let (etcd, calls) = (Rc::clone(&etcd), Rc::clone(&calls));
-        envoy.etcd = Some(Box::new(move |call: &Call| {
-            if call.method != "LeaseGrant" {
-                calls.borrow_mut().push(call.method);
-            }
-            etcd.answer(call)
-        }));
-        envoy.send(request, &mut upstream)
-    };
+    let calls: Calls = Rc::default();
+    let send = |request: Request| node.send_counting(&calls, request);
     let mut costs = Vec::new();
     for _ in 0..3 {
         let response = send(Request::post(INITIALIZE, &[("x-user", "alice")]));
@@ -454,11 +465,7 @@ fn the_watch_as_http_bytes_hears_the_same_ends_and_a_status_ends_it() {
     a.worker.on_timer(&mut Streams);
     let restarts = || a.process.stat("mcp_session.store.watch_restarts");
     assert_eq!(restarts(), 1, "the watch opened");
-    let created = proto::WatchResponse {
-        created: true,
-        header: Some(proto::ResponseHeader { revision: 5 }),
-        ..Default::default()
-    };
+    let created = watch_created(5);
     // The stream's response headers state no status: the watch goes on.
     a.worker.stream_headers(1, [(&b":status"[..], &b"200"[..])]);
     a.worker
@@ -467,18 +474,7 @@ fn the_watch_as_http_bytes_hears_the_same_ends_and_a_status_ends_it() {
     let sid = a.open();
     assert_eq!(a.call(&sid).status, 200);
     let id = mcp_session_core::session_id::SessionId::parse(&sid).unwrap();
-    let deleted = proto::WatchResponse {
-        header: Some(proto::ResponseHeader { revision: 9 }),
-        events: vec![proto::Event {
-            r#type: proto::EVENT_DELETE,
-            kv: Some(proto::KeyValue {
-                key: mcp_session_core::store::etcd::key("p/", &id),
-                mod_revision: 9,
-                ..Default::default()
-            }),
-        }],
-        ..Default::default()
-    };
+    let deleted = watch_deleted("p/", &id, 9);
     // Two messages in one run of bytes, cut anywhere.
     let progress = proto::WatchResponse {
         header: Some(proto::ResponseHeader { revision: 9 }),

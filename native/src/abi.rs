@@ -556,22 +556,9 @@ impl MainThread<'_> {
 
     /// Makes a unary gRPC call on `cluster`: its token.
     pub fn callout(&self, cluster: &str, request: &grpc::Request, timeout_ms: u64) -> Option<u32> {
-        let headers = module_headers(&request.headers);
-        let mut id = 0u64;
-        // SAFETY: `ptr` is the configuration of the running main-thread hook; every buffer
-        // lives for the call.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_http_callout(
-                self.ptr,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                headers.as_ptr(),
-                headers.len(),
-                ModuleBuffer::of(&request.body),
-                timeout_ms,
-            )
-        };
-        token(result, id)
+        let f = envoy_dynamic_module_callback_http_filter_config_http_callout;
+        // SAFETY: `ptr` is the configuration of the running main-thread hook, what `f` takes.
+        unsafe { callout(f, self.ptr, cluster, request, timeout_ms) }
     }
 
     /// Opens a gRPC stream on `cluster` and sends the request's first message, leaving the
@@ -618,6 +605,45 @@ impl MainThread<'_> {
             )
         }
     }
+}
+
+/// A stream's or a configuration's `http_callout` (the same signature on either handle).
+type Callout = unsafe extern "C" fn(
+    *mut c_void,
+    *mut u64,
+    ModuleBuffer,
+    *const ModuleHeader,
+    usize,
+    ModuleBuffer,
+    u64,
+) -> u32;
+
+/// Starts `request` on `cluster` through `f`: its token.
+///
+/// Safety: `ptr` is the live handle `f` takes (a stream's or a configuration's), in a hook on
+/// its thread.
+unsafe fn callout(
+    f: Callout,
+    ptr: *mut c_void,
+    cluster: &str,
+    request: &grpc::Request,
+    timeout_ms: u64,
+) -> Option<u32> {
+    let headers = module_headers(&request.headers);
+    let mut id = 0u64;
+    // SAFETY: per the function's contract; every buffer lives for the call.
+    let result = unsafe {
+        f(
+            ptr,
+            &mut id,
+            ModuleBuffer::of(cluster.as_bytes()),
+            headers.as_ptr(),
+            headers.len(),
+            ModuleBuffer::of(&request.body),
+            timeout_ms,
+        )
+    };
+    token(result, id)
 }
 
 fn module_headers(headers: &[(String, Vec<u8>)]) -> Vec<ModuleHeader> {
@@ -675,21 +701,9 @@ impl Envoy<'_> {
     /// Makes a gRPC call on `cluster` whose answer comes to this stream's
     /// `on_http_filter_http_callout_done`: its token.
     pub fn callout(&self, cluster: &str, request: &grpc::Request, timeout_ms: u64) -> Option<u32> {
-        let headers = module_headers(&request.headers);
-        let mut id = 0u64;
-        // SAFETY: `ptr` is the stream of the running hook; every buffer lives for the call.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_http_callout(
-                self.ptr,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                headers.as_ptr(),
-                headers.len(),
-                ModuleBuffer::of(&request.body),
-                timeout_ms,
-            )
-        };
-        token(result, id)
+        let f = envoy_dynamic_module_callback_http_filter_http_callout;
+        // SAFETY: `ptr` is the stream of the running hook, what `f` takes.
+        unsafe { callout(f, self.ptr, cluster, request, timeout_ms) }
     }
 
     /// One side's headers, in the core's serialized form.
