@@ -1196,6 +1196,26 @@ unsafe fn config_hook(
     }
 }
 
+/// [`config_hook`] for a hook about one of the configuration's calls or streams: `id` becomes
+/// the core's token (one that does not fit was never handed out, and is ignored).
+///
+/// Safety: as [`config_hook`].
+unsafe fn call_hook(
+    config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    id: u64,
+    hook: impl FnOnce(&Filters, &MainThread<'_>, u32),
+) {
+    if let Ok(token) = u32::try_from(id) {
+        // SAFETY: per the function's contract.
+        unsafe {
+            config_hook(config_envoy, config, |filters, main| {
+                hook(filters, main, token)
+            })
+        }
+    }
+}
+
 /// # Safety
 /// A configuration hook (main thread): the answer to one of its calls. Envoy keeps `headers`
 /// and `chunks` valid during the hook.
@@ -1210,14 +1230,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
     chunks: *mut EnvoyBuffer,
     chunks_size: usize,
 ) {
-    let Ok(token) = u32::try_from(callout_id) else {
-        return;
-    };
     // SAFETY: per Envoy's contract, stated above; `config` is live while Envoy calls its hooks.
     unsafe {
         let headers = envoy_slice(headers.cast_const(), headers_size);
         let chunks = envoy_slice(chunks.cast_const(), chunks_size);
-        config_hook(config_envoy, config, |filters, _| {
+        call_hook(config_envoy, config, callout_id, |filters, _, token| {
             let ok = result == CALLOUT_SUCCESS;
             let (status, message) = grpc::unary_answer(ok, header_pairs(headers), &concat(chunks));
             filters.call_answered(token, status, &message);
@@ -1236,13 +1253,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_
     headers_size: usize,
     _end_stream: bool,
 ) {
-    let Ok(token) = u32::try_from(stream_id) else {
-        return;
-    };
     // SAFETY: as in `on_http_filter_config_http_callout_done`.
     unsafe {
         let headers = envoy_slice(headers.cast_const(), headers_size);
-        config_hook(config_envoy, config, |filters, _| {
+        call_hook(config_envoy, config, stream_id, |filters, _, token| {
             filters.stream_headers(token, &header_pairs(headers));
         });
     }
@@ -1259,13 +1273,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_
     data_count: usize,
     _end_stream: bool,
 ) {
-    let Ok(token) = u32::try_from(stream_id) else {
-        return;
-    };
     // SAFETY: as in `on_http_filter_config_http_callout_done`.
     unsafe {
         let data = envoy_slice(data, data_count);
-        config_hook(config_envoy, config, |filters, main| {
+        call_hook(config_envoy, config, stream_id, |filters, main, token| {
             filters.stream_bytes(main, token, &concat(data));
         });
     }
@@ -1281,13 +1292,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_
     trailers: *mut EnvoyHeader,
     trailers_size: usize,
 ) {
-    let Ok(token) = u32::try_from(stream_id) else {
-        return;
-    };
     // SAFETY: as in `on_http_filter_config_http_callout_done`.
     unsafe {
         let trailers = envoy_slice(trailers.cast_const(), trailers_size);
-        config_hook(config_envoy, config, |filters, _| {
+        call_hook(config_envoy, config, stream_id, |filters, _, token| {
             filters.stream_headers(token, &header_pairs(trailers));
         });
     }
@@ -1301,13 +1309,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_
     config: ConfigModulePtr,
     stream_id: u64,
 ) {
-    if let Ok(token) = u32::try_from(stream_id) {
-        // SAFETY: `config` is live while Envoy calls its hooks.
-        unsafe {
-            config_hook(config_envoy, config, |filters, _| {
-                filters.stream_closed(token, grpc::OK);
-            });
-        }
+    // SAFETY: `config` is live while Envoy calls its hooks.
+    unsafe {
+        call_hook(config_envoy, config, stream_id, |filters, _, token| {
+            filters.stream_closed(token, grpc::OK);
+        });
     }
 }
 
@@ -1320,13 +1326,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_
     stream_id: u64,
     _reason: u32,
 ) {
-    if let Ok(token) = u32::try_from(stream_id) {
-        // SAFETY: `config` is live while Envoy calls its hooks.
-        unsafe {
-            config_hook(config_envoy, config, |filters, _| {
-                filters.stream_closed(token, grpc::UNAVAILABLE);
-            });
-        }
+    // SAFETY: `config` is live while Envoy calls its hooks.
+    unsafe {
+        call_hook(config_envoy, config, stream_id, |filters, _, token| {
+            filters.stream_closed(token, grpc::UNAVAILABLE);
+        });
     }
 }
 

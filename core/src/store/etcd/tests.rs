@@ -652,8 +652,19 @@ fn reserve(secret: u8, caller: &str) -> StoreOp {
 fn run(
     r: &Remote,
     etcd: &crate::testkit::FakeEtcd,
+    next: Next,
+    limits: &Limits,
+) -> (StoreResult, usize) {
+    run_at(r, etcd, next, limits, T0)
+}
+
+/// [`run`], its answers fed back at `now_ms`.
+fn run_at(
+    r: &Remote,
+    etcd: &crate::testkit::FakeEtcd,
     mut next: Next,
     limits: &Limits,
+    now_ms: u64,
 ) -> (StoreResult, usize) {
     let mut calls = 0;
     loop {
@@ -664,7 +675,7 @@ fn run(
                 calls += 1;
                 let (status, answer) = etcd.answer(flight.call());
                 let answer = answer.unwrap_or_default();
-                next = r.advance(flight, Reply::of(status, &answer), limits, T0);
+                next = r.advance(flight, Reply::of(status, &answer), limits, now_ms);
             }
         }
     }
@@ -846,20 +857,8 @@ fn the_index_key_follows_its_session_through_touches_and_ends() {
         identity: alice.clone(),
         now_ms: later,
     };
-    let mut next = r.begin(touch, &limits);
-    while let Next::Call(flight) = next {
-        let (status, answer) = etcd.answer(flight.call());
-        next = r.advance(
-            flight,
-            Reply::of(status, &answer.unwrap_or_default()),
-            &limits,
-            later,
-        );
-    }
-    assert!(matches!(
-        next,
-        Next::Done(StoreResult::Lookup(Lookup::Live(..)))
-    ));
+    let (touched, _) = run_at(&r, &etcd, r.begin(touch, &limits), &limits, later);
+    assert!(matches!(touched, StoreResult::Lookup(Lookup::Live(..))));
     let one_key = key("mcp-sessions/", &one);
     let digest = crate::record::identity_digest(alice.as_deref());
     assert_eq!(etcd.lease(&one_key), Some(8));
@@ -888,20 +887,8 @@ fn the_index_key_follows_its_session_through_touches_and_ends() {
         identity: alice.clone(),
         now_ms: gone,
     };
-    let mut next = r.begin(lookup, &limits);
-    while let Next::Call(flight) = next {
-        let (status, answer) = etcd.answer(flight.call());
-        next = r.advance(
-            flight,
-            Reply::of(status, &answer.unwrap_or_default()),
-            &limits,
-            gone,
-        );
-    }
-    assert!(matches!(
-        next,
-        Next::Done(StoreResult::Lookup(Lookup::Expired))
-    ));
+    let (expired, _) = run_at(&r, &etcd, r.begin(lookup, &limits), &limits, gone);
+    assert!(matches!(expired, StoreResult::Lookup(Lookup::Expired)));
     assert_eq!(index_keys(&etcd).len(), 1);
 
     // A failed initialize: both deletes wait in the backlog, flushed in one Txn.
