@@ -237,8 +237,13 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print, but do not write bench/profile.json")
     parser.add_argument("--reuse", action="store_true", help="re-read the last run's dumps instead of running")
     parser.add_argument("--command", default="make bench", help="the command recorded in the provenance")
+    parser.add_argument(
+        "--only",
+        metavar="REGEX",
+        help="measure only the labels that match (e.g. 's1\\.(filter|empty)$'); prints instructions per request and writes nothing",
+    )
     args = parser.parse_args()
-    not_settings = ("no_write", "reuse", "command")
+    not_settings = ("no_write", "reuse", "command", "only")
     settings = {k: v for k, v in vars(args).items() if k not in not_settings}
     defaults = {k: v for k, v in vars(parser.parse_args([])).items() if k not in not_settings}
     workdir = bench.BENCH / "out" / "callgrind"
@@ -279,6 +284,8 @@ def main() -> int:
         probe_headers = base | {"mcp-session-id": "0" * 40, "mcp-protocol-version": bench.PROTOCOL_VERSION}
         for name in PROBES:
             plan.append((f"probe.{name}", name, bench.BODIES["tools_call"], probe_headers, 200))
+        if args.only:
+            plan = [item for item in plan if re.search(args.only, item[0])]
         # Several passes, interleaved, and the median pass per label: now and then a timer or
         # a V8 garbage collection lands on the worker in the middle of one measurement.
         # Scenario 3 comes last: every initialize adds a slot to its listener's store, and from
@@ -295,6 +302,11 @@ def main() -> int:
         problems = cg.envoy.log_problems()
     finally:
         cg.stop()
+    if args.only:
+        for label, parts in sorted(read_dumps(workdir).items()):
+            per = {k: round(v / args.requests) for k, v in parts.items()}
+            print(f"{label:24} {sum(per.values()):>9,}  {per}")
+        return 0
     meta = {
         "provenance": origin,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
