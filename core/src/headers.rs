@@ -42,26 +42,78 @@ pub fn scan<'a, const N: usize>(map: &'a [u8], names: [&str; N]) -> Option<[Head
 /// [`scan`] into `found` (as long as `names`; entries past it are left alone). `None` when the
 /// map is malformed (then `found` may be partly filled).
 pub fn scan_into<'a>(map: &'a [u8], names: &[&str], found: &mut [Header<'a>]) -> Option<()> {
+    // For each name length (63: any longer), the wanted names that long, as bits: most pairs
+    // are passed over on one lookup, the others compared only with names of their length.
+    // Names past the 8th (never, in the filter) are compared with every pair.
+    let mut by_len = [0u8; 64];
+    for (at, name) in names.iter().enumerate().take(8) {
+        if let (false, Some(bits)) = (name.is_empty(), by_len.get_mut(name.len().min(63))) {
+            *bits |= 1 << at;
+        }
+    }
     let count = read_u32(map, 0)?;
-    let sizes_end = count.checked_mul(8)?.checked_add(4)?;
-    let mut data = sizes_end;
-    for pair in 0..count {
-        let name_len = read_u32(map, 4 + pair * 8)?;
-        let value_len = read_u32(map, 8 + pair * 8)?;
-        let name = map.get(data..data.checked_add(name_len)?)?;
-        let value_at = data.checked_add(name_len)?.checked_add(1)?;
-        let value = map.get(value_at..value_at.checked_add(value_len)?)?;
-        data = value_at.checked_add(value_len)?.checked_add(1)?;
-        for (want, slot) in names.iter().zip(found.iter_mut()) {
-            if !want.is_empty() && name.eq_ignore_ascii_case(want.as_bytes()) {
-                if slot.value.is_none() {
-                    slot.value = Some(value);
+    let (sizes, mut data) = map.get(4..)?.split_at_checked(count.checked_mul(8)?)?;
+    for size in sizes.chunks_exact(8) {
+        let [n0, n1, n2, n3, v0, v1, v2, v3]: [u8; 8] = size.try_into().ok()?;
+        let name_len = usize::try_from(u32::from_le_bytes([n0, n1, n2, n3])).ok()?;
+        let value_len = usize::try_from(u32::from_le_bytes([v0, v1, v2, v3])).ok()?;
+        let (name, rest) = data.split_at_checked(name_len)?;
+        let (value, rest) = rest.get(1..)?.split_at_checked(value_len)?;
+        data = rest.get(1..)?;
+        let mut bits = by_len.get(name_len.min(63)).copied().unwrap_or(0);
+        while bits != 0 {
+            let at = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if let (Some(want), Some(slot)) = (names.get(at), found.get_mut(at)) {
+                note(slot, name, want.as_bytes(), value);
+            }
+        }
+        if names.len() > 8 {
+            for (want, slot) in names.iter().zip(found.iter_mut()).skip(8) {
+                if !want.is_empty() {
+                    note(slot, name, want.as_bytes(), value);
                 }
-                slot.count = slot.count.saturating_add(1);
             }
         }
     }
-    (data <= map.len()).then_some(())
+    Some(())
+}
+
+#[inline]
+/// Counts `value` in `slot` when header `name` is `want`, regardless of ASCII case (Envoy
+/// hands names in lowercase, so the exact comparison settles nearly every match).
+fn note<'a>(slot: &mut Header<'a>, name: &[u8], want: &[u8], value: &'a [u8]) {
+    if want.len() == name.len() && (same(name, want) || name.eq_ignore_ascii_case(want)) {
+        if slot.value.is_none() {
+            slot.value = Some(value);
+        }
+        slot.count = slot.count.saturating_add(1);
+    }
+}
+
+/// Whether `a` and `b`, of one length, hold the same bytes: compared a word at a time (the
+/// last word overlapping the one before), as Wasm's `memcmp` goes a byte at a time.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    fn words<const N: usize>(a: &[u8], b: &[u8]) -> bool {
+        let word = |s: &[u8], at: usize| -> Option<[u8; N]> {
+            s.get(at..at.checked_add(N)?)?.try_into().ok()
+        };
+        let len = a.len();
+        let mut at = 0;
+        while at + N < len {
+            if word(a, at) != word(b, at) {
+                return false;
+            }
+            at += N;
+        }
+        word(a, len.saturating_sub(N)) == word(b, len.saturating_sub(N))
+    }
+    match a.len() {
+        _ if a.len() != b.len() => false,
+        0..4 => a == b,
+        4..8 => words::<4>(a, b),
+        _ => words::<8>(a, b),
+    }
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
@@ -118,6 +170,62 @@ mod tests {
         assert!(session.repeated());
         assert_eq!(version, Header::default());
         assert_eq!(empty, Header::default());
+    }
+
+    #[test]
+    fn names_of_one_length_and_long_names_are_all_found() {
+        let long = "x-".repeat(40);
+        let longer = "y-".repeat(40);
+        let map = serialize(&[
+            (b"content-length", b"7"),
+            (b"mcp-session-id", b"s"),
+            (long.as_bytes(), b"l"),
+            (longer.as_bytes(), b"m"),
+            (b"", b"empty name"),
+        ]);
+        let [session, length, l, m, empty] = scan(
+            &map,
+            ["mcp-session-id", "content-length", &long, &longer, ""],
+        )
+        .unwrap();
+        assert_eq!(session.text(), Some("s"));
+        assert_eq!(length.text(), Some("7"));
+        assert_eq!((l.text(), m.text()), (Some("l"), Some("m")));
+        assert_eq!(empty, Header::default());
+    }
+
+    #[test]
+    fn more_names_than_the_length_table_holds_are_found_too() {
+        let names: Vec<String> = (0..40).map(|n| format!("h{n}")).collect();
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = names
+            .iter()
+            .rev()
+            .map(|n| (n.to_uppercase().into_bytes(), n.clone().into_bytes()))
+            .collect();
+        let refs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+        let map = serialize(&refs);
+        let wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut found = vec![Header::default(); wanted.len()];
+        scan_into(&map, &wanted, &mut found).unwrap();
+        for (name, header) in names.iter().zip(&found) {
+            assert_eq!(header.text(), Some(name.as_str()));
+            assert_eq!(header.count, 1, "{name}");
+        }
+    }
+
+    #[test]
+    fn same_agrees_with_slice_equality_at_every_length_and_position() {
+        let base: Vec<u8> = (0..40u8).map(|n| b'a' + n % 26).collect();
+        for len in 0..base.len() {
+            let a = &base[..len];
+            assert!(same(a, a), "{len}");
+            assert!(!same(a, &base[..len + 1]), "{len}: lengths differ");
+            for at in 0..len {
+                let mut b = a.to_vec();
+                b[at] ^= 0x20;
+                assert!(!same(a, &b), "{len}: byte {at} differs");
+            }
+        }
     }
 
     #[test]
