@@ -286,12 +286,12 @@ impl Config {
     }
 
     /// Whether requests to `path` (which may carry a query string) are guarded.
-    pub fn guards(&self, path: &str) -> bool {
-        let bare = path.split_once('?').map_or(path, |(p, _)| p);
-        match &self.paths {
-            None => true,
-            Some(paths) => paths.iter().any(|p| p == bare),
-        }
+    pub fn guards(&self, path: &[u8]) -> bool {
+        let Some(paths) = &self.paths else {
+            return true;
+        };
+        let bare = path.split(|b| *b == b'?').next().unwrap_or_default();
+        paths.iter().any(|p| p.as_bytes() == bare)
     }
 }
 
@@ -652,12 +652,12 @@ mod tests {
     #[test]
     fn guards_exact_paths_ignoring_query() {
         let all = parse("{}").unwrap();
-        assert!(all.guards("/anything?x"));
+        assert!(all.guards(b"/anything?x"));
         let some = parse(r#"{"paths":["/mcp"]}"#).unwrap();
-        assert!(some.guards("/mcp"));
-        assert!(some.guards("/mcp?session=1"));
-        assert!(!some.guards("/mcp/"));
-        assert!(!some.guards("/mcpx"));
-        assert!(!some.guards("/"));
+        assert!(some.guards(b"/mcp"));
+        assert!(some.guards(b"/mcp?session=1"));
+        assert!(!some.guards(b"/mcp/"));
+        assert!(!some.guards(b"/mcpx"));
+        assert!(!some.guards(b"/"));
     }
 }

@@ -15,17 +15,17 @@ use crate::session_id::SessionId;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestHead<'a> {
     /// `:method`.
-    pub method: &'a str,
-    /// `:path`, query included.
-    pub path: &'a str,
-    /// `mcp-session-id`.
-    pub session_id: Option<&'a str>,
-    /// `mcp-protocol-version`.
-    pub protocol_version: Option<&'a str>,
-    /// `content-type`.
-    pub content_type: Option<&'a str>,
+    pub method: &'a [u8],
+    /// `:path`, query included (bytes: read only when `paths` is configured).
+    pub path: &'a [u8],
+    /// `mcp-session-id`, as it came.
+    pub session_id: Option<&'a [u8]>,
+    /// `mcp-protocol-version`, as it came.
+    pub protocol_version: Option<&'a [u8]>,
+    /// `content-type` (bytes, as `content-length`: read only for a request without a session).
+    pub content_type: Option<&'a [u8]>,
     /// `content-length`.
-    pub content_length: Option<&'a str>,
+    pub content_length: Option<&'a [u8]>,
     /// `mcp-session-id` appears more than once.
     pub session_id_repeated: bool,
     /// The configured identity header appears more than once.
@@ -75,7 +75,10 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> HeadVerdict {
     }
     // An empty header is no session ID: the same 400 as a missing one, so a client that sends
     // one learns to initialize instead of looping on 404s.
-    match head.session_id.filter(|value| !value.trim().is_empty()) {
+    match head
+        .session_id
+        .filter(|value| !value.iter().all(u8::is_ascii_whitespace))
+    {
         None => match method {
             // Refused on its declared length before anything goes upstream: the headers of a
             // body the filter reads are forwarded at once, and the upstream could answer them.
@@ -86,7 +89,7 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> HeadVerdict {
             HttpMethod::Post => HeadVerdict::Reject(Rejection::unsupported_media_type()),
             _ => HeadVerdict::Reject(Rejection::missing_session()),
         },
-        Some(value) => match SessionId::parse(value) {
+        Some(value) => match SessionId::parse_bytes(value) {
             Some(id) => HeadVerdict::Session { id },
             None => HeadVerdict::Reject(Rejection::session_not_found()),
         },
@@ -95,9 +98,9 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> HeadVerdict {
 
 /// Whether a `content-length` value declares more than `limit` bytes. A value that is not a
 /// number is Envoy's to refuse (it does, before any filter runs); here it declares nothing.
-fn declares_more_than(content_length: Option<&str>, limit: usize) -> bool {
+fn declares_more_than(content_length: Option<&[u8]>, limit: usize) -> bool {
     content_length
-        .and_then(|v| v.trim().parse::<u64>().ok())
+        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
         .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
 }
 
@@ -194,12 +197,12 @@ pub fn on_uninitialized_body(body: &[u8]) -> UninitializedBody {
 
 /// Whether a content type is JSON (`application/json`, any parameters, any case). A missing
 /// content type is given the benefit of the doubt: the body check decides.
-fn is_json(content_type: Option<&str>) -> bool {
+fn is_json(content_type: Option<&[u8]>) -> bool {
     let Some(value) = content_type else {
         return true;
     };
-    let media = value.split(';').next().unwrap_or("").trim();
-    media.eq_ignore_ascii_case("application/json")
+    let media = value.split(|b| *b == b';').next().unwrap_or_default();
+    media.trim_ascii().eq_ignore_ascii_case(b"application/json")
 }
 
 /// The HTTP methods MCP's Streamable HTTP transport uses.
@@ -217,11 +220,11 @@ pub enum HttpMethod {
 
 impl HttpMethod {
     /// The method named `method` (case-sensitive, as HTTP methods are).
-    pub fn of(method: &str) -> HttpMethod {
+    pub fn of(method: &[u8]) -> HttpMethod {
         match method {
-            "POST" => HttpMethod::Post,
-            "GET" => HttpMethod::Get,
-            "DELETE" => HttpMethod::Delete,
+            b"POST" => HttpMethod::Post,
+            b"GET" => HttpMethod::Get,
+            b"DELETE" => HttpMethod::Delete,
             _ => HttpMethod::Other,
         }
     }
@@ -245,11 +248,11 @@ mod tests {
         version: Option<&'a str>,
     ) -> RequestHead<'a> {
         RequestHead {
-            method,
-            path: "/mcp",
-            session_id: session,
-            protocol_version: version,
-            content_type: Some("application/json"),
+            method: method.as_bytes(),
+            path: b"/mcp",
+            session_id: session.map(str::as_bytes),
+            protocol_version: version.map(str::as_bytes),
+            content_type: Some(b"application/json"),
             content_length: None,
             session_id_repeated: false,
             identity_repeated: false,
@@ -270,7 +273,7 @@ mod tests {
             (None, Ok(HeadVerdict::ReadSessionlessBody)),
         ] {
             let mut h = head("POST", None, None);
-            h.content_length = length;
+            h.content_length = length.map(str::as_bytes);
             let got = on_request_headers(&c, &h);
             match want {
                 Ok(v) => assert_eq!(got, v, "{length:?}"),
@@ -278,7 +281,7 @@ mod tests {
             }
         }
         let mut on_session = head("POST", Some(ID), None);
-        on_session.content_length = Some("101");
+        on_session.content_length = Some(b"101");
         assert!(
             matches!(
                 on_request_headers(&c, &on_session),
@@ -432,7 +435,7 @@ mod tests {
             (Some("multipart/form-data"), false),
         ] {
             let mut h = head("POST", None, None);
-            h.content_type = ct;
+            h.content_type = ct.map(str::as_bytes);
             let got = on_request_headers(&c, &h);
             if ok {
                 assert_eq!(got, HeadVerdict::ReadSessionlessBody, "{ct:?}");
@@ -446,9 +449,9 @@ mod tests {
     fn paths_stateless_and_delete_switches() {
         let only = cfg(r#"{"paths":["/mcp"]}"#);
         let mut h = head("GET", None, None);
-        h.path = "/health";
+        h.path = b"/health";
         assert_eq!(on_request_headers(&only, &h), HeadVerdict::Ignore);
-        h.path = "/mcp?x=1";
+        h.path = b"/mcp?x=1";
         assert_eq!(
             reason(&on_request_headers(&only, &h)),
             Some((400, Reason::Missing))

@@ -23,19 +23,20 @@ pub enum Era {
     Unsupported,
 }
 
-/// Classifies the value of an `MCP-Protocol-Version` header (`None` when absent).
+/// Classifies the value of an `MCP-Protocol-Version` header as it came (`None` when absent);
+/// spaces and tabs around it do not count.
 ///
 /// Revisions are `YYYY-MM-DD` dates, so later revisions compare greater as strings; any
 /// well-formed date from [`FIRST_SESSIONLESS_REVISION`] on counts as sessionless, which keeps
 /// future revisions working without a filter update.
-pub fn classify(header: Option<&str>) -> Era {
+pub fn classify(header: Option<&[u8]>) -> Era {
     let Some(value) = header else {
         return Era::Unstated;
     };
-    let value = value.trim();
-    if HANDSHAKE_REVISIONS.contains(&value) {
+    let value = value.trim_ascii();
+    if HANDSHAKE_REVISIONS.iter().any(|r| r.as_bytes() == value) {
         Era::Handshake
-    } else if is_revision_date(value) && value >= FIRST_SESSIONLESS_REVISION {
+    } else if is_revision_date(value) && value >= FIRST_SESSIONLESS_REVISION.as_bytes() {
         Era::Sessionless
     } else {
         Era::Unsupported
@@ -43,8 +44,7 @@ pub fn classify(header: Option<&str>) -> Era {
 }
 
 /// True when `value` has the shape of a revision: `YYYY-MM-DD`, digits and dashes.
-fn is_revision_date(value: &str) -> bool {
-    let bytes = value.as_bytes();
+fn is_revision_date(bytes: &[u8]) -> bool {
     bytes.len() == 10
         && bytes.iter().enumerate().all(|(i, b)| match i {
             4 | 7 => *b == b'-',
@@ -76,7 +76,11 @@ mod tests {
             (Some("2026/07/28"), Era::Unsupported),
         ];
         for (header, want) in cases {
-            assert_eq!(classify(*header), *want, "header {header:?}");
+            assert_eq!(
+                classify(header.map(str::as_bytes)),
+                *want,
+                "header {header:?}"
+            );
         }
     }
 }

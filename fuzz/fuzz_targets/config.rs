@@ -10,6 +10,6 @@ fuzz_target!(|data: &[u8]| {
         assert!(cfg
             .paths
             .as_ref()
-            .is_none_or(|p| p.iter().all(|p| cfg.guards(p))));
+            .is_none_or(|p| p.iter().all(|p| cfg.guards(p.as_bytes()))));
     }
 });

@@ -5,11 +5,11 @@ use libfuzzer_sys::fuzz_target;
 use mcp_session_core::protocol::{classify, Era, FIRST_SESSIONLESS_REVISION, HANDSHAKE_REVISIONS};
 
 fuzz_target!(|data: &[u8]| {
-    let value = String::from_utf8_lossy(data);
-    match classify(Some(&value)) {
-        Era::Handshake => assert!(HANDSHAKE_REVISIONS.contains(&value.trim())),
+    let value = data.trim_ascii();
+    match classify(Some(data)) {
+        Era::Handshake => assert!(HANDSHAKE_REVISIONS.iter().any(|r| r.as_bytes() == value)),
         Era::Sessionless => {
-            assert!(value.trim().len() == 10 && value.trim() >= FIRST_SESSIONLESS_REVISION)
+            assert!(value.len() == 10 && value >= FIRST_SESSIONLESS_REVISION.as_bytes())
         }
         Era::Unsupported => {}
         Era::Unstated => panic!("a present header is never unstated"),

@@ -30,12 +30,12 @@ fuzz_target!(|h: Head| {
     let config = CONFIGS[usize::from(h.config) % CONFIGS.len()];
     let cfg = Config::parse(config.as_bytes()).expect("the fixed configurations are valid");
     let head = RequestHead {
-        method: &h.method,
-        path: &h.path,
-        session_id: h.session_id.as_deref(),
-        protocol_version: h.protocol_version.as_deref(),
-        content_type: h.content_type.as_deref(),
-        content_length: h.content_length.as_deref(),
+        method: h.method.as_bytes(),
+        path: h.path.as_bytes(),
+        session_id: h.session_id.as_deref().map(str::as_bytes),
+        protocol_version: h.protocol_version.as_deref().map(str::as_bytes),
+        content_type: h.content_type.as_deref().map(str::as_bytes),
+        content_length: h.content_length.as_deref().map(str::as_bytes),
         session_id_repeated: h.session_id_repeated,
         identity_repeated: h.identity_repeated,
     };

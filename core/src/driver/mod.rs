@@ -266,31 +266,31 @@ impl<H: Host> Worker<H> {
         }
     }
 
-    /// The record of session `id` from the worker's cache, if it may serve.
-    fn cached(
+    /// `serve` applied to the record of session `id` in the worker's cache, if it may serve
+    /// (lent, not copied: a copy of a record costs a call out of the Wasm VM).
+    fn cached<T>(
         &self,
         stamp: Stamp,
         id: &SessionId,
         identity: Option<&[u8]>,
         now_ms: u64,
-    ) -> Option<Record> {
+        serve: impl FnOnce(&Record) -> T,
+    ) -> Option<T> {
         let epoch = stamp.epoch?;
         let mut cache = self.cache.try_borrow_mut().ok()?;
         let Some(remote) = self.backend.remote() else {
             return cache
                 .get(epoch, id, identity, now_ms, &self.limits)
-                .cloned();
+                .map(serve);
         };
         let trust = remote.trust_ms(now_ms);
-        let hit = cache
-            .get_within(epoch, id, identity, now_ms, &self.limits, trust)
-            .cloned();
+        let hit = cache.get_within(epoch, id, identity, now_ms, &self.limits, trust);
         self.count_store(if hit.is_some() {
             StoreStat::CacheHits
         } else {
             StoreStat::CacheMisses
         });
-        hit
+        hit.map(serve)
     }
 
     /// Remembers a live record just read from the store, at the epoch read before that read.

@@ -6,6 +6,7 @@ use super::{Stamp, Worker};
 use crate::exchange::{Edit, Event, Exchange, Flow, Reply, Step};
 use crate::host::{Attributes, Headers, Host};
 use crate::metrics::StoreStat;
+use crate::record::Record;
 use crate::session_id::SessionId;
 use crate::store::etcd::{self, fallback, Call, Flight};
 use crate::store::{Lookup, Next, StoreOp, StoreResult};
@@ -216,16 +217,21 @@ impl<H: Host> Worker<H> {
             let Flow::Store(op) = step.flow else {
                 return step.into();
             };
-            let result = match self.begin(stream, *op) {
-                Next::Done(result) => result,
-                Next::Unavailable(op) => self.unavailable(op),
-                Next::Call(flight) => {
-                    stream.flight = Some(flight);
-                    step.flow = Flow::Pause;
-                    return Driven { step, call: true };
+            let mut next = match self.answer_cached(stream, &op) {
+                Some(next) => next,
+                None => {
+                    let result = match self.backend.begin(&self.host, self.limits, *op) {
+                        Next::Done(result) => result,
+                        Next::Unavailable(op) => self.unavailable(op),
+                        Next::Call(flight) => {
+                            stream.flight = Some(flight);
+                            step.flow = Flow::Pause;
+                            return Driven { step, call: true };
+                        }
+                    };
+                    self.answer(stream, result)
                 }
             };
-            let mut next = self.answer(stream, result);
             step.edits.append(&mut next.edits);
             step.flow = next.flow;
             step.counts = next.counts;
@@ -237,22 +243,27 @@ impl<H: Host> Worker<H> {
         step.into()
     }
 
-    /// Starts a store operation: a lookup is answered from the cache when it can be.
-    fn begin(&self, stream: &mut Stream, op: StoreOp) -> Next {
-        if let StoreOp::Lookup {
+    /// The machine's next step when the worker's cache answers `op` (a lookup of a session it
+    /// holds); `None` when the store must. A lookup the cache cannot answer notes the epoch
+    /// first, so an end between this and the store's read empties the cache.
+    fn answer_cached(&self, stream: &mut Stream, op: &StoreOp) -> Option<Step> {
+        let StoreOp::Lookup {
             id,
-            ref identity,
+            identity,
             now_ms,
         } = op
-        {
-            // The epoch is read before the store, so an end between the two empties the cache.
-            let stamp = self.stamp();
-            if let Some(record) = self.cached(stamp, &id, identity.as_deref(), now_ms) {
-                return Next::Done(StoreResult::Lookup(Lookup::Live(record, 0)));
-            }
-            stream.lookup = Some((stamp, id));
+        else {
+            return None;
+        };
+        let stamp = self.stamp();
+        let exchange = &mut stream.exchange;
+        let live =
+            |record: &Record| self.with_input(|input| exchange.step(input, Event::Live(record)));
+        let step = self.cached(stamp, id, identity.as_deref(), *now_ms, live);
+        if step.is_none() {
+            stream.lookup = Some((stamp, *id));
         }
-        self.backend.begin(&self.host, self.limits, op)
+        step
     }
 
     /// Feeds a store's answer to the machine (caching a looked-up session first).

@@ -72,6 +72,9 @@ pub enum Event<'a> {
     },
     /// The store answered the operation the machine waited for.
     Stored(StoreResult),
+    /// The session the machine looked up is live: the answer to a [`StoreOp::Lookup`] that a
+    /// worker's cache gives without the store (borrowed, not copied: on the hot path).
+    Live(&'a Record),
     /// The stream is over (completed, reset or refused).
     Done,
 }
@@ -388,6 +391,7 @@ impl Exchange {
                 body,
             } => self.on_response_body(input, size, end_of_stream, body),
             Event::Stored(result) => self.on_stored(input, result),
+            Event::Live(record) => self.on_live(input, record),
             Event::Done => self.on_done(input),
         }
     }
@@ -439,14 +443,14 @@ impl Exchange {
         headers.find(&names, &mut found);
         let [method, path, session_id, protocol_version, content_type, content_length, identity] =
             found;
-        let method = method.text().unwrap_or_default();
+        let method = method.value.unwrap_or_default();
         let head = RequestHead {
             method,
-            path: path.text().unwrap_or_default(),
-            session_id: session_id.text(),
-            protocol_version: protocol_version.text(),
-            content_type: content_type.text(),
-            content_length: content_length.text(),
+            path: path.value.unwrap_or_default(),
+            session_id: session_id.value,
+            protocol_version: protocol_version.value,
+            content_type: content_type.value,
+            content_length: content_length.value,
             session_id_repeated: session_id.repeated(),
             identity_repeated: identity.repeated(),
         };
@@ -470,7 +474,7 @@ impl Exchange {
         &mut self,
         input: &Input<'_>,
         verdict: HeadVerdict,
-        method: &str,
+        method: &[u8],
         identity: Header<'_>,
         attributes: &dyn Attributes,
         end_of_stream: bool,
@@ -634,6 +638,22 @@ impl Exchange {
             now_ms: input.now_ms(),
         }))
         .into()
+    }
+
+    /// A live session's record, for the lookup waited for.
+    fn on_live(&mut self, input: &Input<'_>, record: &Record) -> Step {
+        match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
+            Waiting::Lookup {
+                id,
+                method,
+                end_of_stream,
+                now_ms,
+            } => self.on_session(input, id, record, method, end_of_stream, now_ms),
+            waiting => {
+                warn!("a live session does not answer {waiting:?}");
+                Flow::Continue.into()
+            }
+        }
     }
 
     fn on_stored(&mut self, input: &Input<'_>, result: StoreResult) -> Step {

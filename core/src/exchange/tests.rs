@@ -296,10 +296,21 @@ fn store_answers_by_table() {
         ),
     ];
     for (name, headers, result, expected) in rows {
+        // A cache's answer (Event::Live) is the store's live answer, lent.
+        if let StoreResult::Lookup(Lookup::Live(record, _)) = &result {
+            let (mut exchange, _) = request("{}", headers, "");
+            let step = exchange.step(&input, Event::Live(record));
+            assert_eq!(does(&step), expected, "{name}, from a cache");
+        }
         let (mut exchange, _) = request("{}", headers, "");
         let step = exchange.step(&input, Event::Stored(result));
         assert_eq!(does(&step), expected, "{name}");
     }
+    // A live session when no lookup is waited for (a host's mistake) changes nothing.
+    let sessionless = post(&[("mcp-protocol-version", "2026-07-28")]);
+    let (mut exchange, _) = request("{}", &sessionless, CALL);
+    let step = exchange.step(&input, Event::Live(&live));
+    assert_eq!(does(&step), Does::Continue);
     // A DELETE: the end, answered.
     let (mut exchange, _) = request("{}", &delete, "");
     let _ = exchange.step(
