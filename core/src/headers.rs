@@ -42,15 +42,7 @@ pub fn scan<'a, const N: usize>(map: &'a [u8], names: [&str; N]) -> Option<[Head
 /// [`scan`] into `found` (as long as `names`; entries past it are left alone). `None` when the
 /// map is malformed (then `found` may be partly filled).
 pub fn scan_into<'a>(map: &'a [u8], names: &[&str], found: &mut [Header<'a>]) -> Option<()> {
-    // For each name length (63: any longer), the wanted names that long, as bits: most pairs
-    // are passed over on one lookup, the others compared only with names of their length.
-    // Names past the 8th (never, in the filter) are compared with every pair.
-    let mut by_len = [0u8; 64];
-    for (at, name) in names.iter().enumerate().take(8) {
-        if let (false, Some(bits)) = (name.is_empty(), by_len.get_mut(name.len().min(63))) {
-            *bits |= 1 << at;
-        }
-    }
+    let wanted = Wanted::new(names);
     let count = read_u32(map, 0)?;
     let (sizes, mut data) = map.get(4..)?.split_at_checked(count.checked_mul(8)?)?;
     for size in sizes.chunks_exact(8) {
@@ -60,7 +52,44 @@ pub fn scan_into<'a>(map: &'a [u8], names: &[&str], found: &mut [Header<'a>]) ->
         let (name, rest) = data.split_at_checked(name_len)?;
         let (value, rest) = rest.get(1..)?.split_at_checked(value_len)?;
         data = rest.get(1..)?;
-        let mut bits = by_len.get(name_len.min(63)).copied().unwrap_or(0);
+        wanted.offer(names, found, name, value);
+    }
+    Some(())
+}
+
+/// [`scan_into`] over pairs a host hands out as they are (a native module reads Envoy's
+/// header map in place, with nothing to serialize).
+pub fn scan_pairs<'a>(
+    pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    names: &[&str],
+    found: &mut [Header<'a>],
+) {
+    let wanted = Wanted::new(names);
+    for (name, value) in pairs {
+        wanted.offer(names, found, name, value);
+    }
+}
+
+/// For each name length (63: any longer), the wanted names that long, as bits: most pairs
+/// are passed over on one lookup, the others compared only with names of their length.
+/// Names past the 8th (never, in the filter) are compared with every pair.
+struct Wanted([u8; 64]);
+
+impl Wanted {
+    fn new(names: &[&str]) -> Wanted {
+        let mut by_len = [0u8; 64];
+        for (at, name) in names.iter().enumerate().take(8) {
+            if let (false, Some(bits)) = (name.is_empty(), by_len.get_mut(name.len().min(63))) {
+                *bits |= 1 << at;
+            }
+        }
+        Wanted(by_len)
+    }
+
+    /// Counts the pair `name: value` in the slot of each of `names` it is.
+    #[inline]
+    fn offer<'a>(&self, names: &[&str], found: &mut [Header<'a>], name: &[u8], value: &'a [u8]) {
+        let mut bits = self.0.get(name.len().min(63)).copied().unwrap_or(0);
         while bits != 0 {
             let at = bits.trailing_zeros() as usize;
             bits &= bits - 1;
@@ -76,12 +105,11 @@ pub fn scan_into<'a>(map: &'a [u8], names: &[&str], found: &mut [Header<'a>]) ->
             }
         }
     }
-    Some(())
 }
 
-#[inline]
 /// Counts `value` in `slot` when header `name` is `want`, regardless of ASCII case (Envoy
 /// hands names in lowercase, so the exact comparison settles nearly every match).
+#[inline]
 fn note<'a>(slot: &mut Header<'a>, name: &[u8], want: &[u8], value: &'a [u8]) {
     if want.len() == name.len() && (same(name, want) || name.eq_ignore_ascii_case(want)) {
         if slot.value.is_none() {
@@ -226,6 +254,24 @@ mod tests {
                 assert!(!same(a, &b), "{len}: byte {at} differs");
             }
         }
+    }
+
+    #[test]
+    fn pairs_as_a_host_holds_them_are_found_as_in_the_serialized_map() {
+        let pairs: [(&[u8], &[u8]); 5] = [
+            (b":method", b"POST"),
+            (b"Mcp-Session-Id", b"first"),
+            (b"content-type", b"application/json"),
+            (b"mcp-session-id", b"second"),
+            (b"", b"x"),
+        ];
+        let names = [":method", "mcp-session-id", "accept", "content-type", ""];
+        let map = serialize(&pairs);
+        let serialized = scan(&map, names).unwrap();
+        let mut in_place = [Header::default(); 5];
+        scan_pairs(pairs.iter().copied(), &names, &mut in_place);
+        assert_eq!(in_place, serialized);
+        assert_eq!(in_place[1].count, 2);
     }
 
     #[test]

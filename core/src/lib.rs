@@ -45,3 +45,9 @@ pub mod rejection;
 pub mod session_id;
 pub mod store;
 pub mod testkit;
+
+/// A hash map for keys the filter makes itself (its stats, its store's keys, slots of sessions
+/// it validated), never ones a client chooses: foldhash with a fixed seed, a few
+/// multiplications where SipHash's defence against chosen keys costs a hundred instructions
+/// per lookup on the request path.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;

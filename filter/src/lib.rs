@@ -19,10 +19,10 @@ use mcp_session_core::host::{Attributes, Host, Serialized};
 use mcp_session_core::metrics::Metric;
 use mcp_session_core::store::etcd::Call;
 use mcp_session_core::store::{SharedData, WriteError};
+use mcp_session_core::FastMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{self, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -37,7 +37,7 @@ proxy_wasm::main! {{
 /// The core's [`Host`] in Envoy: the clock, WASI's `random_get` (BoringSSL's CSPRNG in
 /// Envoy), shared data, and the stats this VM defined.
 struct Envoy {
-    metrics: HashMap<Metric, u32>,
+    metrics: FastMap<Metric, u32>,
 }
 
 impl Envoy {

@@ -17,8 +17,8 @@ use crate::{Filter, Filters, Outcome};
 use mcp_session_core::driver::{Action, Side};
 use mcp_session_core::exchange::Reply;
 use mcp_session_core::grpc;
-use mcp_session_core::headers;
-use mcp_session_core::host::Attributes;
+use mcp_session_core::headers::{self, Header};
+use mcp_session_core::host::{Attributes, Headers};
 use std::cell::Cell;
 use std::ffi::{c_char, c_void};
 use std::marker::PhantomData;
@@ -50,7 +50,8 @@ impl EnvoyBuffer {
             return &[];
         }
         // SAFETY: Envoy's contract for every buffer it hands out: `length` bytes at `ptr`,
-        // valid until the hook returns; every caller copies before returning.
+        // valid until the hook returns (a header's value: until that header changes); no
+        // caller keeps one past the hook, and [`HeaderView`] says why none outlives a change.
         unsafe { std::slice::from_raw_parts(self.ptr, self.length) }
     }
 }
@@ -690,6 +691,51 @@ pub struct Envoy<'hook> {
     _hook: PhantomData<&'hook ()>,
 }
 
+/// One side's headers as Envoy holds them: each [`Headers::find`] takes the pairs' addresses
+/// from Envoy and scans them where they are, with nothing copied.
+///
+/// The values found point into Envoy's header map. They stay valid while the hook runs, until
+/// that header is changed; the core reads them only while it decides a step, and changes
+/// headers only after (its request machine holds no borrowed data), so none is read late.
+pub struct HeaderView<'e> {
+    envoy: &'e Envoy<'e>,
+    side: Side,
+}
+
+impl Headers for HeaderView<'_> {
+    fn find<'s>(&'s self, names: &[&str], found: &mut [Header<'s>]) {
+        let (ptr, kind) = (self.envoy.ptr, header_type(self.side));
+        // SAFETY: `ptr` is the stream of the running hook.
+        let size = unsafe { envoy_dynamic_module_callback_http_get_headers_size(ptr, kind) };
+        let empty = EnvoyHeader {
+            key: EnvoyBuffer::EMPTY,
+            value: EnvoyBuffer::EMPTY,
+        };
+        // Requests carry a dozen headers or so: room for them on the stack, a Vec beyond.
+        let mut inline = [empty; 32];
+        let mut spilled = Vec::new();
+        let pairs: &mut [EnvoyHeader] = match inline.get_mut(..size) {
+            Some(room) => room,
+            None => {
+                spilled.resize(size, empty);
+                &mut spilled
+            }
+        };
+        // SAFETY: `pairs` has room for the `size` headers Envoy reported.
+        let read = unsafe {
+            envoy_dynamic_module_callback_http_get_headers(ptr, kind, pairs.as_mut_ptr())
+        };
+        found.fill(Header::default());
+        if read {
+            headers::scan_pairs(
+                pairs.iter().map(|h| (h.key.bytes(), h.value.bytes())),
+                names,
+                found,
+            );
+        }
+    }
+}
+
 impl Envoy<'_> {
     fn new(ptr: FilterEnvoyPtr) -> Envoy<'static> {
         Envoy {
@@ -706,36 +752,13 @@ impl Envoy<'_> {
         unsafe { callout(f, self.ptr, cluster, request, timeout_ms) }
     }
 
-    /// One side's headers, in the core's serialized form.
-    pub fn header_map(&self, side: Side) -> Vec<u8> {
-        let kind = header_type(side);
-        // SAFETY: `ptr` is the stream of the running hook.
-        let size = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.ptr, kind) };
-        let empty = EnvoyHeader {
-            key: EnvoyBuffer::EMPTY,
-            value: EnvoyBuffer::EMPTY,
-        };
-        // Requests carry a dozen headers or so: room for them on the stack, a Vec beyond.
-        let mut inline = [empty; 32];
-        let mut spilled = Vec::new();
-        let found: &mut [EnvoyHeader] = match inline.get_mut(..size) {
-            Some(room) => room,
-            None => {
-                spilled.resize(size, empty);
-                &mut spilled
-            }
-        };
-        // SAFETY: `found` has room for the `size` headers Envoy reported.
-        let read = unsafe {
-            envoy_dynamic_module_callback_http_get_headers(self.ptr, kind, found.as_mut_ptr())
-        };
-        if !read {
-            return headers::serialize(&[]);
-        }
-        headers::serialize_iter(found.iter().map(|h| (h.key.bytes(), h.value.bytes())))
+    /// One side's headers, read in place when the core asks.
+    pub fn headers(&self, side: Side) -> HeaderView<'_> {
+        HeaderView { envoy: self, side }
     }
 
-    /// Sets (replacing every copy) or removes a header.
+    /// Sets (replacing every copy) or removes a header (the values a [`HeaderView`] found for
+    /// that name are no longer valid: the core has finished with them by then).
     pub fn set_header(&self, side: Side, name: &str, value: Option<&str>) {
         let value = value.map_or(ModuleBuffer::NONE, |v| ModuleBuffer::of(v.as_bytes()));
         // SAFETY: both buffers live for the call; a null value removes the header.

@@ -30,12 +30,12 @@ use mcp_session_core::driver::{
 };
 use mcp_session_core::exchange::Reply;
 use mcp_session_core::grpc;
-use mcp_session_core::host::{Host, Serialized};
+use mcp_session_core::host::Host;
 use mcp_session_core::metrics::Metric;
 use mcp_session_core::store::etcd::Call;
 use mcp_session_core::store::{memory::Table, SharedData, WriteError};
+use mcp_session_core::FastMap;
 use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,7 +45,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 struct Native {
     table: Arc<Table>,
     envoy: EnvoyConfig,
-    stats: Arc<HashMap<Metric, usize>>,
+    stats: Arc<FastMap<Metric, usize>>,
 }
 
 impl SharedData for Native {
@@ -204,7 +204,7 @@ fn refuse<T>(e: ConfigError) -> Option<T> {
     None
 }
 
-fn define_stats(envoy: EnvoyConfig) -> Arc<HashMap<Metric, usize>> {
+fn define_stats(envoy: EnvoyConfig) -> Arc<FastMap<Metric, usize>> {
     let define = |m: Metric| Some((m, envoy.define(m.is_gauge(), &m.name())?));
     Arc::new(Metric::all().into_iter().filter_map(define).collect())
 }
@@ -255,7 +255,7 @@ impl Filter {
 
     pub(crate) fn request_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
         self.run(envoy, |worker, stream, io| {
-            let headers = Serialized::new(|| io.envoy.header_map(Side::Request));
+            let headers = io.envoy.headers(Side::Request);
             // Test builds only (`--features fault-injection`): a header that panics inside
             // the module, with this worker locked, to prove the boundary holds.
             #[cfg(feature = "fault-injection")]
@@ -281,7 +281,7 @@ impl Filter {
 
     pub(crate) fn response_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
         self.run(envoy, |worker, stream, io| {
-            let headers = Serialized::new(|| io.envoy.header_map(Side::Response));
+            let headers = io.envoy.headers(Side::Response);
             worker.response_headers(stream, &headers, io.envoy, end_of_stream, io)
         })
     }

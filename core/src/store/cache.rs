@@ -21,36 +21,14 @@
 use super::{Limits, Verdict};
 use crate::record::Record;
 use crate::session_id::SessionId;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
-/// Hashes a slot number with one multiplication (Fibonacci hashing) instead of SipHash: the
-/// cache is on every request's path, and only sessions the store validated are ever inserted,
-/// so no client can choose the keys to flood one bucket.
-#[derive(Debug, Default, Clone, Copy)]
-struct SlotHasher(u64);
-
-impl Hasher for SlotHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0 << 8 | u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
+use crate::FastMap;
 
 /// Sessions a worker validated recently, keyed by slot.
 #[derive(Debug)]
 pub struct SessionCache {
     epoch: u64,
-    entries: HashMap<u32, Record, BuildHasherDefault<SlotHasher>>,
+    // Only sessions the store validated are inserted: no client chooses the keys.
+    entries: FastMap<u32, Record>,
     capacity: usize,
 }
 
@@ -59,7 +37,7 @@ impl SessionCache {
     pub fn new(capacity: usize) -> SessionCache {
         SessionCache {
             epoch: 0,
-            entries: HashMap::default(),
+            entries: FastMap::default(),
             capacity,
         }
     }

@@ -8,6 +8,7 @@
 //! local store's slots (`max_sessions`), as shared data's is.
 
 use super::{SharedData, WriteError};
+use crate::FastMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -21,7 +22,7 @@ pub struct Table {
 
 #[derive(Debug, Default)]
 struct Entries {
-    map: HashMap<Box<str>, (Box<[u8]>, u32)>,
+    map: FastMap<Box<str>, (Box<[u8]>, u32)>,
     next_cas: u32,
 }
 
