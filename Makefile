@@ -13,7 +13,7 @@ IMAGE_NAME := localhost/mcp-session-filter
 IMAGE_TAG := $(VERSION)
 IMAGE_ARCHIVE := target/mcp-session-filter.oci.tar
 
-.PHONY: FORCE build tools setup run run-native run-cluster test unit e2e lint fuzz-quick fuzz bench bench-profile soak fmt clean image image-archive
+.PHONY: FORCE build tools setup run run-native run-cluster test unit e2e lint fuzz-quick fuzz bench bench-profile bench-wasm-code soak fmt clean image image-archive
 
 build: $(WASM) $(NATIVE)
 
@@ -95,6 +95,11 @@ bench: setup build
 # Only the callgrind profile (bench/profile.json), then the tables.
 bench-profile: setup build
 	bash bench/run.sh --profile-only
+
+# Which of the Wasm module's functions a hot-path request's instructions go to (Node's V8
+# under callgrind with V8's code map: bench/wasm-code/run.sh); a guide for optimizing.
+bench-wasm-code: setup
+	bash bench/wasm-code/run.sh
 
 # Session churn through Envoy for SOAK_SECONDS (default 180); the heap must stay flat.
 soak: setup build
