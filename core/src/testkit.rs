@@ -4,6 +4,7 @@
 //! header maps, and an [`Envoy`] that runs whole exchanges through a [`Worker`] the way the
 //! proxy calls the filter. Nothing here is a secret source or used by the filter at run time.
 
+use crate::config::EtcdConfig;
 use crate::driver::{Action, Side, Stream, StreamIo, Upstream, Worker};
 use crate::exchange::Reply;
 use crate::headers::Header;
@@ -11,10 +12,10 @@ use crate::host::{Attributes, Headers, Host};
 use crate::metrics::Metric;
 use crate::record::{Record, State};
 use crate::session_id::{SessionId, SECRET_LEN};
-use crate::store::etcd::Call;
+use crate::store::etcd::{Call, Remote};
 use crate::store::local::slot_key;
 use crate::store::memory::Table;
-use crate::store::{Limits, SharedData, WriteError};
+use crate::store::{Limits, SharedData, StoreOp, WriteError};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -36,6 +37,36 @@ pub fn live_record(secret: [u8; SECRET_LEN], now_ms: u64) -> Record {
         upstream_id: None,
         upstream_host: None,
     }
+}
+
+/// An etcd store as the tests configure one: cluster `etcd`, a 1 s deadline, keys under
+/// `prefix`, sessions idle after `idle_ms`; `fall_back_to_local` is `unavailable: local`.
+pub fn etcd_remote(prefix: &str, idle_ms: u64, fall_back_to_local: bool) -> Remote {
+    Remote::new(
+        EtcdConfig {
+            cluster: "etcd".into(),
+            prefix: prefix.into(),
+            timeout_ms: 1000,
+            fall_back_to_local,
+        },
+        idle_ms,
+    )
+}
+
+/// Makes `remote` a VM that serves requests: only such a VM's timer makes calls. Any
+/// operation that reaches etcd does; this one is a lookup, left unanswered (a release would
+/// queue a delete of its own in the backlog).
+pub fn start_serving(remote: &Remote, limits: &Limits) {
+    let id = SessionId {
+        slot: 1,
+        secret: [1; SECRET_LEN],
+    };
+    let lookup = StoreOp::Lookup {
+        id,
+        identity: None,
+        now_ms: 0,
+    };
+    let _ = remote.begin(lookup, limits);
 }
 
 /// splitmix64: reproducible, fast, not secret. Every seed, 0 included, gives a full stream.

@@ -19,29 +19,20 @@
     clippy::indexing_slicing
 )]
 
-use mcp_session_core::config::EtcdConfig;
 use mcp_session_core::record::Record;
-use mcp_session_core::session_id::SessionId;
 use mcp_session_core::store::etcd::proto::{self, request_op::Request};
 use mcp_session_core::store::etcd::{value, Call, Chore, Remote, Reply};
-use mcp_session_core::store::{Limits, StoreOp};
-use mcp_session_core::testkit::{live_record, T0};
+use mcp_session_core::store::Limits;
+use mcp_session_core::testkit::{etcd_remote, live_record, start_serving, T0};
 use prost::Message;
 
 const IDLE: u64 = 600_000;
 const BATCH: usize = 64;
 const LIMIT: usize = 16_384;
 
+/// With `unavailable: local`: the configuration that keeps a backlog.
 fn remote() -> Remote {
-    Remote::new(
-        EtcdConfig {
-            cluster: "etcd".into(),
-            prefix: "p/".into(),
-            timeout_ms: 1000,
-            fall_back_to_local: true,
-        },
-        IDLE,
-    )
+    etcd_remote("p/", IDLE, true)
 }
 
 fn limits() -> Limits {
@@ -57,20 +48,7 @@ fn limits() -> Limits {
 /// A VM that serves requests keeps chores; one that never did makes no calls.
 fn serving() -> Remote {
     let r = remote();
-    let id = SessionId {
-        slot: 1,
-        secret: [1; 16],
-    };
-    // Any operation that reaches etcd makes the VM a serving one (a release would queue a
-    // delete of its own in the backlog).
-    let _ = r.begin(
-        StoreOp::Lookup {
-            id,
-            identity: None,
-            now_ms: 0,
-        },
-        &limits(),
-    );
+    start_serving(&r, &limits());
     r
 }
 
@@ -106,6 +84,12 @@ fn make(r: &Remote, i: usize) -> Sent {
             lease: 0,
         }
     }
+}
+
+/// Makes writes `range` of a test; what a flush under lease 7 sends for them.
+fn made_under_7(r: &Remote, range: std::ops::Range<usize>) -> Vec<Sent> {
+    let made: Vec<Sent> = range.map(|i| make(r, i)).collect();
+    with_lease(&made, 7)
 }
 
 fn with_lease(sent: &[Sent], lease: i64) -> Vec<Sent> {
@@ -196,6 +180,16 @@ fn sent(call: &Call) -> Vec<Sent> {
         .collect()
 }
 
+/// Runs the next flush at `now`, which must send `batch` and nothing else, and has etcd take
+/// it: the keys reported written are `batch`'s.
+fn flush_taken(r: &Remote, now: u64, batch: &[Sent]) {
+    let (chore, call) = tick(r, now, None).expect("a flush");
+    assert_eq!(chore, Chore::Flush(batch.len()));
+    assert_eq!(sent(&call), batch);
+    let written = r.chore_done(chore, Reply::Ok(&succeeded()), now);
+    assert_eq!(written, Some(keys(batch)));
+}
+
 /// A serving VM with lease 7 for the window of `T0`.
 fn leased() -> Remote {
     let r = serving();
@@ -206,33 +200,23 @@ fn leased() -> Remote {
 #[test]
 fn the_writes_reach_etcd_in_the_order_they_were_made() {
     let r = leased();
-    let made: Vec<Sent> = (0..10).map(|i| make(&r, i)).collect();
+    let mut made = made_under_7(&r, 0..10);
     // The same key again, deleted after its put: the last write of a key is the one kept (a
     // transaction naming a key twice is refused by etcd: "duplicate key given in txn request").
     r.defer_delete(key(0));
-    let mut made = with_lease(&made, 7);
     made.remove(0);
     made.push(Sent::Delete(key(0)));
-    let (chore, call) = tick(&r, T0, None).expect("a flush");
-    assert_eq!(chore, Chore::Flush(10));
-    assert_eq!(sent(&call), made);
-    let written = r.chore_done(chore, Reply::Ok(&succeeded()), T0);
-    assert_eq!(written, Some(keys(&made)));
+    flush_taken(&r, T0, &made);
     assert!(tick(&r, T0, None).is_none(), "all written");
 }
 
 #[test]
 fn a_flush_is_a_batch_of_at_most_64_writes() {
     let r = leased();
-    let made = with_lease(&(0..150).map(|i| make(&r, i)).collect::<Vec<_>>(), 7);
+    let made = made_under_7(&r, 0..150);
     let mut at = 0;
     for expected in [BATCH, BATCH, 150 - 2 * BATCH] {
-        let (chore, call) = tick(&r, T0, None).expect("a flush");
-        assert_eq!(chore, Chore::Flush(expected));
-        let batch = &made[at..at + expected];
-        assert_eq!(sent(&call), batch);
-        let written = r.chore_done(chore, Reply::Ok(&succeeded()), T0);
-        assert_eq!(written, Some(keys(batch)));
+        flush_taken(&r, T0, &made[at..at + expected]);
         at += expected;
     }
     assert!(tick(&r, T0, None).is_none());
@@ -241,7 +225,7 @@ fn a_flush_is_a_batch_of_at_most_64_writes() {
 #[test]
 fn a_failed_flush_keeps_every_write_and_the_next_sends_the_same_batch() {
     let r = leased();
-    let made = with_lease(&(0..100).map(|i| make(&r, i)).collect::<Vec<_>>(), 7);
+    let made = made_under_7(&r, 0..100);
     let (chore, first) = tick(&r, T0, None).expect("a flush");
     assert_eq!(chore, Chore::Flush(BATCH));
     assert_eq!(sent(&first), &made[..BATCH]);
@@ -277,35 +261,27 @@ fn a_failed_flush_keeps_every_write_and_the_next_sends_the_same_batch() {
 #[test]
 fn a_flush_removes_exactly_its_batch_and_writes_made_meanwhile_wait_for_the_next() {
     let r = leased();
-    let first = with_lease(&(0..3).map(|i| make(&r, i)).collect::<Vec<_>>(), 7);
+    let first = made_under_7(&r, 0..3);
     let (chore, call) = tick(&r, T0, None).expect("a flush");
     assert_eq!(chore, Chore::Flush(3));
     assert_eq!(sent(&call), first);
     // While it is in flight: two more writes, and no second flush.
-    let later = with_lease(&(3..5).map(|i| make(&r, i)).collect::<Vec<_>>(), 7);
+    let later = made_under_7(&r, 3..5);
     assert!(
         tick(&r, T0 + 500, None).is_none(),
         "one flush in flight at a time"
     );
     let written = r.chore_done(chore, Reply::Ok(&succeeded()), T0 + 600);
     assert_eq!(written, Some(keys(&first)));
-    let (chore, call) = tick(&r, T0 + 1000, None).expect("the writes made meanwhile");
-    assert_eq!(chore, Chore::Flush(2));
-    assert_eq!(sent(&call), later);
-    assert_eq!(
-        r.chore_done(chore, Reply::Ok(&succeeded()), T0 + 1000),
-        Some(keys(&later))
-    );
+    // The writes made meanwhile.
+    flush_taken(&r, T0 + 1000, &later);
     assert!(tick(&r, T0 + 1000, None).is_none());
 }
 
 #[test]
 fn the_backlog_keeps_16384_writes_and_drops_only_those_after() {
     let r = leased();
-    let made = with_lease(
-        &(0..LIMIT + 100).map(|i| make(&r, i)).collect::<Vec<_>>(),
-        7,
-    );
+    let made = made_under_7(&r, 0..LIMIT + 100);
     let mut written: Vec<Vec<u8>> = Vec::new();
     let mut flushes = 0;
     while let Some((chore, call)) = tick(&r, T0, None) {

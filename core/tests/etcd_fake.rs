@@ -11,8 +11,10 @@
 
 use mcp_session_core::driver::Worker;
 use mcp_session_core::store::etcd::Call;
-use mcp_session_core::testkit::{Envoy, FakeEtcd, FakeHost, Process, Request, Response, T0};
-use std::cell::Cell;
+use mcp_session_core::testkit::{
+    Envoy, EtcdAnswer, FakeEtcd, FakeHost, Process, Request, Response, T0,
+};
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 const V: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
@@ -36,9 +38,6 @@ fn upstream(request: &Request) -> Response {
         Response::upstream(200, &json, r#"{"jsonrpc":"2.0","id":2,"result":{}}"#)
     }
 }
-
-/// The methods of the etcd calls a test saw, in order.
-type Calls = Rc<std::cell::RefCell<Vec<&'static str>>>;
 
 /// One Envoy of the fleet: its process, one worker, and whether etcd answers it.
 struct Node {
@@ -66,28 +65,40 @@ impl Node {
     }
 
     fn send(&self, request: Request) -> Response {
-        let mut envoy = Envoy::new(&self.worker);
         let (etcd, up) = (Rc::clone(&self.etcd), Rc::clone(&self.up));
-        envoy.etcd = Some(Box::new(move |call: &Call| {
-            if up.get() {
-                etcd.answer(call)
-            } else {
-                (14, None)
-            }
-        }));
-        envoy.send(request, &mut upstream)
+        self.send_answering(
+            request,
+            Box::new(move |call: &Call| {
+                if up.get() {
+                    etcd.answer(call)
+                } else {
+                    (14, None)
+                }
+            }),
+        )
     }
 
-    /// [`Node::send`], noting the method of each etcd call but the timer's lease grants.
-    fn send_counting(&self, calls: &Calls, request: Request) -> Response {
+    /// [`Node::send`] with etcd up, and the methods of the etcd calls it made in order, the
+    /// timer's lease grants left out.
+    fn send_noting_calls(&self, request: Request) -> (Response, Vec<&'static str>) {
+        let calls: Rc<RefCell<Vec<&'static str>>> = Rc::default();
+        let (etcd, noted) = (Rc::clone(&self.etcd), Rc::clone(&calls));
+        let response = self.send_answering(
+            request,
+            Box::new(move |call: &Call| {
+                if call.method != "LeaseGrant" {
+                    noted.borrow_mut().push(call.method);
+                }
+                etcd.answer(call)
+            }),
+        );
+        (response, calls.take())
+    }
+
+    /// Sends `request` through this Envoy, its etcd calls answered by `etcd`.
+    fn send_answering(&self, request: Request, etcd: EtcdAnswer) -> Response {
         let mut envoy = Envoy::new(&self.worker);
-        let (etcd, calls) = (Rc::clone(&self.etcd), Rc::clone(calls));
-        envoy.etcd = Some(Box::new(move |call: &Call| {
-            if call.method != "LeaseGrant" {
-                calls.borrow_mut().push(call.method);
-            }
-            etcd.answer(call)
-        }));
+        envoy.etcd = Some(etcd);
         envoy.send(request, &mut upstream)
     }
 
@@ -195,21 +206,12 @@ fn a_forged_delete_leaves_a_cached_session_alone_while_etcd_is_away() {
 /// with overflow checks on, a negative start revision without.
 #[test]
 fn a_watch_event_at_the_last_revision_does_not_overflow_the_reopen() {
-    use mcp_session_core::config::EtcdConfig;
-    use mcp_session_core::session_id::SessionId;
-    use mcp_session_core::store::etcd::{proto, Remote, WatchAction};
-    use mcp_session_core::store::{Limits, StoreOp};
+    use mcp_session_core::store::etcd::{proto, WatchAction};
+    use mcp_session_core::store::Limits;
+    use mcp_session_core::testkit::{etcd_remote, start_serving};
     use prost::Message;
 
-    let remote = Remote::new(
-        EtcdConfig {
-            cluster: "etcd".into(),
-            prefix: "p/".into(),
-            timeout_ms: 1000,
-            fall_back_to_local: false,
-        },
-        60_000,
-    );
+    let remote = etcd_remote("p/", 60_000, false);
     let limits = Limits {
         idle_ms: 60_000,
         lifetime_ms: 0,
@@ -217,18 +219,7 @@ fn a_watch_event_at_the_last_revision_does_not_overflow_the_reopen() {
         bind_identity: false,
         per_identity: None,
     };
-    let id = SessionId {
-        slot: 1,
-        secret: [1; 16],
-    };
-    let _ = remote.begin(
-        StoreOp::Lookup {
-            id,
-            identity: None,
-            now_ms: 0,
-        },
-        &limits,
-    );
+    start_serving(&remote, &limits);
     let message = proto::WatchResponse {
         events: vec![proto::Event {
             r#type: proto::EVENT_DELETE,
@@ -259,15 +250,12 @@ fn a_watch_event_at_the_last_revision_does_not_overflow_the_reopen() {
 fn opening_a_session_costs_three_calls_two_of_them_writes() {
     let etcd = Rc::new(FakeEtcd::new());
     let node = Node::new(REJECT, &etcd);
-    let calls: Calls = Rc::default();
-    let send = |request: Request| node.send_counting(&calls, request);
-    let response = send(Request::post(INITIALIZE, &[]));
+    let (response, mut calls) = node.send_noting_calls(Request::post(INITIALIZE, &[]));
     let sid = response.header("mcp-session-id").unwrap().to_owned();
-    assert_eq!(
-        send(Request::post(INITIALIZED, &[("mcp-session-id", &sid), V])).status,
-        202
-    );
-    let calls = calls.borrow().clone();
+    let (response, more) =
+        node.send_noting_calls(Request::post(INITIALIZED, &[("mcp-session-id", &sid), V]));
+    assert_eq!(response.status, 202);
+    calls.extend(more);
     assert_eq!(calls, vec!["Txn", "Range", "Txn"], "create, lookup, mark");
     let writes = calls.iter().filter(|m| **m != "Range").count();
     assert_eq!(writes, 2);
@@ -430,12 +418,11 @@ fn a_limit_per_caller_holds_across_two_envoys_and_a_delete_frees_a_place() {
 fn an_initialize_under_a_limit_per_caller_costs_one_or_two_creates() {
     let etcd = Rc::new(FakeEtcd::new());
     let node = Node::new(PER_CALLER, &etcd);
-    let calls: Calls = Rc::default();
-    let send = |request: Request| node.send_counting(&calls, request);
     let mut costs = Vec::new();
     for _ in 0..3 {
-        let response = send(Request::post(INITIALIZE, &[("x-user", "alice")]));
-        costs.push((response.status, calls.borrow_mut().split_off(0)));
+        let (response, calls) =
+            node.send_noting_calls(Request::post(INITIALIZE, &[("x-user", "alice")]));
+        costs.push((response.status, calls));
     }
     assert_eq!(
         costs,

@@ -150,6 +150,31 @@ fn may_be_expired(world: &Rc<World>, k: &Known, now: u64) -> bool {
     world.model.borrow().may_be_expired(k, now)
 }
 
+/// The store reported `id` expired at `now`, live (`prior`) until the operation freed it: the
+/// model agrees it may have expired by then, and counts it.
+fn expired(world: &Rc<World>, id: &SessionId, prior: Option<KnownState>, now: u64) {
+    let k = current(world, id);
+    assert!(
+        prior == Some(KnownState::Live) && may_be_expired(world, &k, now),
+        "{k:?} was {prior:?}"
+    );
+    world.model.borrow_mut().ended(id);
+}
+
+/// The store found no `id`: if the model holds it live, it may have expired by the latest time
+/// any worker has seen, and someone else reclaimed it (counted there).
+fn not_found(world: &Rc<World>, id: &SessionId) {
+    let k = current(world, id);
+    let latest = world.now.get();
+    assert!(
+        k.state != KnownState::Live || may_be_expired(world, &k, latest),
+        "live session {k:?} not found at {latest}"
+    );
+    if k.state == KnownState::Live {
+        world.model.borrow_mut().gone(id);
+    }
+}
+
 /// One operation by some worker.
 fn step(world: &Rc<World>) {
     let op = world.rng.borrow_mut().below(100);
@@ -293,24 +318,11 @@ fn step(world: &Rc<World>) {
                 }
                 Lookup::Expired => {
                     count(world, "lookup expired");
-                    let k = current(world, &id);
-                    assert!(
-                        prior == Some(KnownState::Live) && may_be_expired(world, &k, now),
-                        "{k:?} was {prior:?}"
-                    );
-                    world.model.borrow_mut().ended(&id);
+                    expired(world, &id, prior, now);
                 }
                 Lookup::NotFound => {
                     count(world, "lookup not found");
-                    let k = current(world, &id);
-                    assert!(
-                        k.state != KnownState::Live || may_be_expired(world, &k, world.now.get()),
-                        "live session {k:?} not found at {now}"
-                    );
-                    if k.state == KnownState::Live {
-                        // Someone else reclaimed it as expired (counted there).
-                        world.model.borrow_mut().gone(&id);
-                    }
+                    not_found(world, &id);
                 }
             }
         }
@@ -327,25 +339,12 @@ fn step(world: &Rc<World>) {
                 }
                 Ended::Expired => {
                     count(world, "end expired");
-                    let k = current(world, &id);
-                    assert!(
-                        prior == Some(KnownState::Live) && may_be_expired(world, &k, now),
-                        "{k:?} was {prior:?}"
-                    );
-                    world.model.borrow_mut().ended(&id);
+                    expired(world, &id, prior, now);
                 }
                 Ended::EndedEarlier => panic!("the local store never retries an end"),
                 Ended::NotFound => {
                     count(world, "end not found");
-                    let k = current(world, &id);
-                    let latest = world.now.get();
-                    assert!(
-                        k.state != KnownState::Live || may_be_expired(world, &k, latest),
-                        "{k:?}"
-                    );
-                    if k.state == KnownState::Live {
-                        world.model.borrow_mut().gone(&id);
-                    }
+                    not_found(world, &id);
                 }
             }
         }

@@ -1,18 +1,10 @@
 use super::*;
-use crate::testkit::{live_record, T0};
+use crate::testkit::{etcd_remote, live_record, FakeEtcd, T0};
 
 const IDLE: u64 = 600_000;
 
 fn remote() -> Remote {
-    Remote::new(
-        EtcdConfig {
-            cluster: "etcd".into(),
-            prefix: "mcp-sessions/".into(),
-            timeout_ms: 1000,
-            fall_back_to_local: false,
-        },
-        IDLE,
-    )
+    etcd_remote("mcp-sessions/", IDLE, false)
 }
 
 fn limits() -> Limits {
@@ -60,6 +52,93 @@ fn done(next: Next) -> StoreResult {
     }
 }
 
+/// [`Remote::advance`] under [`limits`], the call having answered `answer`.
+fn advance_ok(r: &Remote, flight: Box<Flight>, answer: &[u8], now: u64) -> Next {
+    r.advance(flight, Reply::Ok(answer), &limits(), now)
+}
+
+/// The transaction `call` sends.
+fn txn_of(call: &Call) -> proto::TxnRequest {
+    proto::TxnRequest::decode(call.message.as_slice()).unwrap()
+}
+
+/// A lookup of [`id`] at `now_ms`, for no caller.
+fn lookup(now_ms: u64) -> StoreOp {
+    StoreOp::Lookup {
+        id: id(),
+        identity: None,
+        now_ms,
+    }
+}
+
+/// A release of [`id`]: no call, but it makes the VM a serving one and queues a delete.
+fn release() -> StoreOp {
+    StoreOp::Release {
+        id: id(),
+        identity: None,
+    }
+}
+
+/// A read's answer: `record` under [`id`]'s key, last written at `mod_revision`.
+fn found(record: &Record, mod_revision: i64) -> Vec<u8> {
+    bytes(&proto::RangeResponse {
+        kvs: vec![kv(record, mod_revision)],
+        ..Default::default()
+    })
+}
+
+/// Begins a lookup of [`id`] at `now` and answers its read with the session live since `T0`,
+/// at revision 12: the call that comes next.
+fn read_live(r: &Remote, now: u64) -> Box<Flight> {
+    let flight = call(r.begin(lookup(now), &limits()));
+    let answer = found(&live_record(id().secret, T0), 12);
+    call(advance_ok(r, flight, &answer, now))
+}
+
+/// What a lookup at `now` comes to when, the session read live since `T0` ([`read_live`]), its
+/// write under a CAS (a touch, or the delete of an expired record) is answered `answer`.
+fn lookup_whose_write_got(now: u64, answer: &proto::TxnResponse) -> StoreResult {
+    let r = remote();
+    r.remember_lease(now, 5);
+    let flight = read_live(&r, now);
+    done(advance_ok(&r, flight, &bytes(answer), now))
+}
+
+/// A reservation of [`id`]'s secret at `T0`, for no caller.
+fn reserve_id() -> StoreOp {
+    StoreOp::Reserve {
+        secret: id().secret,
+        identity: None,
+        now_ms: T0,
+    }
+}
+
+/// The answer to a create that etcd made at revision 7.
+fn created() -> Vec<u8> {
+    bytes(&proto::TxnResponse {
+        succeeded: true,
+        header: Some(proto::ResponseHeader { revision: 7 }),
+        ..Default::default()
+    })
+}
+
+/// The reservation `flight`, a create, hands out once etcd made it ([`created`]).
+fn reservation(r: &Remote, flight: Box<Flight>) -> Reservation {
+    let StoreResult::Reserved(Some(reservation)) = done(advance_ok(r, flight, &created(), T0))
+    else {
+        panic!("a reservation")
+    };
+    reservation
+}
+
+/// The flush among the timer's chores at `now`.
+fn flush(r: &Remote, now: u64) -> (Chore, Call) {
+    r.chores(now)
+        .into_iter()
+        .find(|(chore, _)| matches!(chore, Chore::Flush(_)))
+        .expect("a flush")
+}
+
 fn granted(r: &Remote, flight: Box<Flight>, now: u64) -> Box<Flight> {
     assert_eq!(flight.call().method, "LeaseGrant");
     let grant = bytes(&proto::LeaseGrantResponse {
@@ -67,7 +146,7 @@ fn granted(r: &Remote, flight: Box<Flight>, now: u64) -> Box<Flight> {
         ttl: r.timing().lease_ttl_s,
         ..Default::default()
     });
-    call(r.advance(flight, Reply::Ok(&grant), &limits(), now))
+    call(advance_ok(r, flight, &grant, now))
 }
 
 #[test]
@@ -113,18 +192,10 @@ fn keys_and_values_hold_no_session_id() {
 fn a_lookup_of_a_recently_touched_session_is_one_read() {
     let r = remote();
     let now = T0 + 1_000;
-    let op = StoreOp::Lookup {
-        id: id(),
-        identity: None,
-        now_ms: now,
-    };
-    let flight = call(r.begin(op, &limits()));
+    let flight = call(r.begin(lookup(now), &limits()));
     assert_eq!((flight.call().service, flight.call().method), (KV, "Range"));
-    let answer = bytes(&proto::RangeResponse {
-        kvs: vec![kv(&live_record(id().secret, T0), 12)],
-        ..Default::default()
-    });
-    let result = done(r.advance(flight, Reply::Ok(&answer), &limits(), now));
+    let answer = found(&live_record(id().secret, T0), 12);
+    let result = done(advance_ok(&r, flight, &answer, now));
     assert!(
         matches!(result, StoreResult::Lookup(Lookup::Live(record, 12)) if record.last_seen_ms == T0)
     );
@@ -134,19 +205,8 @@ fn a_lookup_of_a_recently_touched_session_is_one_read() {
 fn a_lookup_due_a_touch_writes_once_under_a_cas_with_a_shared_lease() {
     let r = remote();
     let now = T0 + r.timing().touch_ms;
-    let op = StoreOp::Lookup {
-        id: id(),
-        identity: None,
-        now_ms: now,
-    };
-    let flight = call(r.begin(op.clone(), &limits()));
-    let answer = bytes(&proto::RangeResponse {
-        kvs: vec![kv(&live_record(id().secret, T0), 12)],
-        ..Default::default()
-    });
-    let flight = call(r.advance(flight, Reply::Ok(&answer), &limits(), now));
-    let flight = granted(&r, flight, now);
-    let txn = proto::TxnRequest::decode(flight.call().message.as_slice()).unwrap();
+    let flight = granted(&r, read_live(&r, now), now);
+    let txn = txn_of(flight.call());
     assert_eq!(txn.compare.len(), 1);
     assert_eq!(
         txn.compare[0].target_union,
@@ -161,66 +221,41 @@ fn a_lookup_due_a_touch_writes_once_under_a_cas_with_a_shared_lease() {
         succeeded: true,
         responses: Vec::new(),
     });
-    let result = done(r.advance(flight, Reply::Ok(&ok), &limits(), now));
+    let result = done(advance_ok(&r, flight, &ok, now));
     assert!(
         matches!(result, StoreResult::Lookup(Lookup::Live(record, 13)) if record.last_seen_ms == now)
     );
 
     // The next touch in the same window reuses the lease: no grant.
-    let flight = call(r.begin(op, &limits()));
-    let flight = call(r.advance(flight, Reply::Ok(&answer), &limits(), now));
-    assert_eq!(flight.call().method, "Txn");
+    assert_eq!(read_live(&r, now).call().method, "Txn");
 }
 
 #[test]
 fn a_touch_that_loses_to_a_delete_finds_nothing() {
-    let r = remote();
-    let now = T0 + r.timing().touch_ms;
-    r.remember_lease(now, 5);
-    let op = StoreOp::Lookup {
-        id: id(),
-        identity: None,
-        now_ms: now,
-    };
-    let flight = call(r.begin(op, &limits()));
-    let answer = bytes(&proto::RangeResponse {
-        kvs: vec![kv(&live_record(id().secret, T0), 12)],
-        ..Default::default()
-    });
-    let flight = call(r.advance(flight, Reply::Ok(&answer), &limits(), now));
-    let lost = bytes(&proto::TxnResponse {
+    let now = T0 + remote().timing().touch_ms;
+    let lost = proto::TxnResponse {
         succeeded: false,
         responses: vec![proto::ResponseOp {
             response: Some(Response::Range(proto::RangeResponse::default())),
         }],
         ..Default::default()
-    });
-    let result = done(r.advance(flight, Reply::Ok(&lost), &limits(), now));
-    assert_eq!(result, StoreResult::Lookup(Lookup::NotFound));
+    };
+    assert_eq!(
+        lookup_whose_write_got(now, &lost),
+        StoreResult::Lookup(Lookup::NotFound)
+    );
 }
 
 #[test]
 fn an_expired_record_is_deleted_under_a_cas_and_counted_once() {
-    let r = remote();
-    let now = T0 + IDLE + 1;
-    r.remember_lease(now, 5);
-    let op = StoreOp::Lookup {
-        id: id(),
-        identity: None,
-        now_ms: now,
-    };
-    let flight = call(r.begin(op, &limits()));
-    let answer = bytes(&proto::RangeResponse {
-        kvs: vec![kv(&live_record(id().secret, T0), 12)],
-        ..Default::default()
-    });
-    let flight = call(r.advance(flight, Reply::Ok(&answer), &limits(), now));
-    let won = bytes(&proto::TxnResponse {
+    let won = proto::TxnResponse {
         succeeded: true,
         ..Default::default()
-    });
-    let result = done(r.advance(flight, Reply::Ok(&won), &limits(), now));
-    assert_eq!(result, StoreResult::Lookup(Lookup::Expired));
+    };
+    assert_eq!(
+        lookup_whose_write_got(T0 + IDLE + 1, &won),
+        StoreResult::Lookup(Lookup::Expired)
+    );
 }
 
 #[test]
@@ -228,36 +263,21 @@ fn a_reservation_is_one_create_if_absent_and_a_retried_create_recognises_itself(
     let r = remote();
     r.remember_lease(T0, 5);
     let secret = id().secret;
-    let op = StoreOp::Reserve {
-        secret,
-        identity: None,
-        now_ms: T0,
-    };
-    let flight = call(r.begin(op.clone(), &limits()));
-    let txn = proto::TxnRequest::decode(flight.call().message.as_slice()).unwrap();
+    let flight = call(r.begin(reserve_id(), &limits()));
     assert_eq!(
-        txn.compare[0].target_union,
+        txn_of(flight.call()).compare[0].target_union,
         Some(proto::compare::TargetUnion::CreateRevision(0))
     );
-    let ok = bytes(&proto::TxnResponse {
-        succeeded: true,
-        header: Some(proto::ResponseHeader { revision: 7 }),
-        ..Default::default()
-    });
-    let StoreResult::Reserved(Some(reservation)) =
-        done(r.advance(flight, Reply::Ok(&ok), &limits(), T0))
-    else {
-        panic!("a reservation")
-    };
+    let reservation = reservation(&r, flight);
     // Written live, not initialized, before the upstream sees the initialize.
     assert_eq!(reservation.id, session_id(secret));
     assert_eq!(reservation.record.state, State::Live);
     assert!(!reservation.record.initialized);
     // The first attempt landed but its answer was lost: the retry finds its own record.
-    let flight = call(r.begin(op.clone(), &limits()));
+    let flight = call(r.begin(reserve_id(), &limits()));
     let mut mine = live_record(secret, T0);
     mine.initialized = false;
-    let found = |record: &Record| {
+    let key_held_by = |record: &Record| {
         bytes(&proto::TxnResponse {
             succeeded: false,
             responses: vec![proto::ResponseOp {
@@ -270,14 +290,14 @@ fn a_reservation_is_one_create_if_absent_and_a_retried_create_recognises_itself(
         })
     };
     assert!(matches!(
-        done(r.advance(flight, Reply::Ok(&found(&mine)), &limits(), T0)),
+        done(advance_ok(&r, flight, &key_held_by(&mine), T0)),
         StoreResult::Reserved(Some(_))
     ));
     // Someone else's record under the same key: not ours.
-    let flight = call(r.begin(op, &limits()));
+    let flight = call(r.begin(reserve_id(), &limits()));
     let theirs = live_record(secret, T0 - 5);
     assert_eq!(
-        done(r.advance(flight, Reply::Ok(&found(&theirs)), &limits(), T0)),
+        done(advance_ok(&r, flight, &key_held_by(&theirs), T0)),
         StoreResult::Reserved(None)
     );
 }
@@ -289,38 +309,19 @@ fn a_reservation_is_one_create_if_absent_and_a_retried_create_recognises_itself(
 fn an_activation_writes_only_what_the_answer_taught_and_a_release_is_deferred() {
     let r = remote();
     r.remember_lease(T0, 5);
-    let secret = id().secret;
-    let reserve = StoreOp::Reserve {
-        secret,
-        identity: None,
-        now_ms: T0,
-    };
-    let flight = call(r.begin(reserve, &limits()));
-    let ok = bytes(&proto::TxnResponse {
-        succeeded: true,
-        header: Some(proto::ResponseHeader { revision: 7 }),
-        ..Default::default()
-    });
-    let StoreResult::Reserved(Some(reservation)) =
-        done(r.advance(flight, Reply::Ok(&ok), &limits(), T0))
-    else {
-        panic!("a reservation")
-    };
-    let plain = StoreOp::Activate {
+    let reservation = reservation(&r, call(r.begin(reserve_id(), &limits())));
+    let activate = |upstream_id: Option<&str>| StoreOp::Activate {
         id: reservation.id,
         reserved: reservation.record.clone(),
-        upstream_id: None,
+        upstream_id: upstream_id.map(str::to_owned),
         now_ms: T0 + 5,
     };
-    assert_eq!(done(r.begin(plain, &limits())), StoreResult::Done(true));
-    let mapped = StoreOp::Activate {
-        id: reservation.id,
-        reserved: reservation.record.clone(),
-        upstream_id: Some("up-1".into()),
-        now_ms: T0 + 5,
-    };
-    let flight = call(r.begin(mapped.clone(), &limits()));
-    let txn = proto::TxnRequest::decode(flight.call().message.as_slice()).unwrap();
+    assert_eq!(
+        done(r.begin(activate(None), &limits())),
+        StoreResult::Done(true)
+    );
+    let flight = call(r.begin(activate(Some("up-1")), &limits()));
+    let txn = txn_of(flight.call());
     assert_eq!(
         txn.compare[0].target_union,
         Some(proto::compare::TargetUnion::ModRevision(7))
@@ -331,11 +332,11 @@ fn an_activation_writes_only_what_the_answer_taught_and_a_release_is_deferred() 
     let written = record_of(&put.value, &reservation.id).unwrap();
     assert_eq!(written.upstream_id.as_deref(), Some("up-1"));
     assert_eq!(
-        done(r.advance(flight, Reply::Ok(&ok), &limits(), T0 + 5)),
+        done(advance_ok(&r, flight, &created(), T0 + 5)),
         StoreResult::Done(true)
     );
     // Without the create's revision at hand: a read first.
-    let flight = call(r.begin(mapped, &limits()));
+    let flight = call(r.begin(activate(Some("up-1")), &limits()));
     assert_eq!(flight.call().method, "Range");
     // A release: no call; the timer's next flush deletes the key.
     assert_eq!(
@@ -348,14 +349,10 @@ fn an_activation_writes_only_what_the_answer_taught_and_a_release_is_deferred() 
         )),
         StoreResult::Done(true)
     );
-    let chores = r.chores(T0 + 10);
-    let flush = chores
-        .iter()
-        .find(|(chore, _)| matches!(chore, Chore::Flush(1)))
-        .expect("a flush of the release");
-    let txn = proto::TxnRequest::decode(flush.1.message.as_slice()).unwrap();
+    let (chore, sent) = flush(&r, T0 + 10);
+    assert_eq!(chore, Chore::Flush(1), "a flush of the release");
     assert!(matches!(
-        &txn.success[0].request,
+        &txn_of(&sent).success[0].request,
         Some(proto::request_op::Request::DeleteRange(d)) if d.key == key("mcp-sessions/", &reservation.id)
     ));
 }
@@ -371,20 +368,9 @@ fn the_backlog_keeps_one_write_per_key_the_last() {
     r.defer_put(a.clone(), live_record([1; 16], T0));
     r.defer_put(b.clone(), live_record([2; 16], T0));
     r.defer_delete(a.clone());
-    let _ = r.begin(
-        StoreOp::Release {
-            id: id(),
-            identity: None,
-        },
-        &limits(),
-    ); // makes the VM active
-    let chores = r.chores(T0);
-    let (_, flush) = chores
-        .iter()
-        .find(|(chore, _)| matches!(chore, Chore::Flush(_)))
-        .expect("a flush");
-    let txn = proto::TxnRequest::decode(flush.message.as_slice()).unwrap();
-    let keys: Vec<(bool, Vec<u8>)> = txn
+    let _ = r.begin(release(), &limits()); // makes the VM active
+    let (_, sent) = flush(&r, T0);
+    let keys: Vec<(bool, Vec<u8>)> = txn_of(&sent)
         .success
         .iter()
         .map(|op| match &op.request {
@@ -413,13 +399,13 @@ fn an_end_is_one_delete_that_reports_what_it_removed() {
         ..Default::default()
     });
     assert!(matches!(
-        done(r.advance(flight, Reply::Ok(&deleted), &limits(), T0 + 5)),
+        done(advance_ok(&r, flight, &deleted, T0 + 5)),
         StoreResult::Ended(Ended::Ended(_))
     ));
     let flight = call(r.begin(op.clone(), &limits()));
     let nothing = bytes(&proto::DeleteRangeResponse::default());
     assert_eq!(
-        done(r.advance(flight, Reply::Ok(&nothing), &limits(), T0 + 5)),
+        done(advance_ok(&r, flight, &nothing, T0 + 5)),
         StoreResult::Ended(Ended::NotFound)
     );
     // The first attempt timed out (it may have landed); the retry finds nothing: that is
@@ -428,7 +414,7 @@ fn an_end_is_one_delete_that_reports_what_it_removed() {
     let retry = call(r.advance(flight, Reply::Failed(4), &limits(), T0 + 600));
     assert_eq!(retry.call().method, "DeleteRange");
     assert_eq!(
-        done(r.advance(retry, Reply::Ok(&nothing), &limits(), T0 + 600)),
+        done(advance_ok(&r, retry, &nothing, T0 + 600)),
         StoreResult::Ended(Ended::EndedEarlier)
     );
 }
@@ -436,11 +422,7 @@ fn an_end_is_one_delete_that_reports_what_it_removed() {
 #[test]
 fn a_failed_call_is_made_once_more_then_etcd_is_unavailable() {
     let r = remote();
-    let op = StoreOp::Lookup {
-        id: id(),
-        identity: None,
-        now_ms: T0,
-    };
+    let op = lookup(T0);
     let mut flight = call(r.begin(op.clone(), &limits()));
     for at in [10, 20, 30] {
         flight = call(r.advance(flight, Reply::Failed(14), &limits(), T0 + at));
@@ -458,16 +440,9 @@ fn a_failed_call_is_made_once_more_then_etcd_is_unavailable() {
         Next::Unavailable(_)
     ));
     // Garbage is a failure too, never a 404.
-    let flight = call(r.begin(
-        StoreOp::Lookup {
-            id: id(),
-            identity: None,
-            now_ms: T0,
-        },
-        &limits(),
-    ));
+    let flight = call(r.begin(lookup(T0), &limits()));
     assert!(matches!(
-        r.advance(flight, Reply::Ok(&[0xff, 0xff, 0xff]), &limits(), T0),
+        advance_ok(&r, flight, &[0xff, 0xff, 0xff], T0),
         Next::Unavailable(_)
     ));
 }
@@ -478,25 +453,15 @@ fn marking_initialized_after_the_requests_own_lookup_is_one_cas() {
     r.remember_lease(T0, 5);
     let mut fresh = live_record(id().secret, T0);
     fresh.initialized = false;
-    let lookup = StoreOp::Lookup {
-        id: id(),
-        identity: None,
-        now_ms: T0 + 1,
-    };
-    let flight = call(r.begin(lookup, &limits()));
-    let answer = bytes(&proto::RangeResponse {
-        kvs: vec![kv(&fresh, 8)],
-        ..Default::default()
-    });
-    let _ = done(r.advance(flight, Reply::Ok(&answer), &limits(), T0 + 1));
+    let flight = call(r.begin(lookup(T0 + 1), &limits()));
+    let _ = done(advance_ok(&r, flight, &found(&fresh, 8), T0 + 1));
     let mark = StoreOp::MarkInitialized {
         id: id(),
         now_ms: T0 + 2,
     };
     let flight = call(r.begin(mark.clone(), &limits()));
-    let txn = proto::TxnRequest::decode(flight.call().message.as_slice()).unwrap();
     assert_eq!(
-        txn.compare[0].target_union,
+        txn_of(flight.call()).compare[0].target_union,
         Some(proto::compare::TargetUnion::ModRevision(8))
     );
     // Without a lookup just before: a read first.
@@ -523,6 +488,20 @@ fn reserve_respects_the_counted_sessions() {
     assert_eq!(done(r.begin(op, &limits())), StoreResult::Reserved(None));
 }
 
+/// The watch the timer opens at `now`: the create it sends.
+fn watch_opened(r: &Remote, now: u64) -> proto::WatchCreateRequest {
+    let WatchAction::Open(request) = r.watch_tick(now) else {
+        panic!("a watch opened at {now}")
+    };
+    match proto::WatchRequest::decode(request.as_slice())
+        .unwrap()
+        .request_union
+    {
+        Some(proto::watch_request::RequestUnion::Create(create)) => create,
+        other => panic!("a create: {other:?}"),
+    }
+}
+
 #[test]
 fn the_watch_opens_confirms_flushes_on_deletes_and_reopens_after_compaction() {
     let r = remote();
@@ -531,21 +510,11 @@ fn the_watch_opens_confirms_flushes_on_deletes_and_reopens_after_compaction() {
         WatchAction::Idle,
         "idle until the VM serves"
     );
-    let _ = r.begin(
-        StoreOp::Release {
-            id: id(),
-            identity: None,
-        },
-        &limits(),
+    let _ = r.begin(release(), &limits());
+    let c = watch_opened(&r, T0);
+    assert!(
+        c.start_revision == 0 && c.key == b"mcp-sessions/0" && c.range_end == b"mcp-sessions/g"
     );
-    let WatchAction::Open(create) = r.watch_tick(T0) else {
-        panic!("open")
-    };
-    let create = proto::WatchRequest::decode(create.as_slice()).unwrap();
-    assert!(matches!(
-        create.request_union,
-        Some(proto::watch_request::RequestUnion::Create(ref c)) if c.start_revision == 0 && c.key == b"mcp-sessions/0" && c.range_end == b"mcp-sessions/g"
-    ));
     assert!(!r.watch_fresh(T0));
     assert_eq!(r.trust_ms(T0), STALE_TRUST_MS);
     let created = bytes(&proto::WatchResponse {
@@ -583,14 +552,7 @@ fn the_watch_opens_confirms_flushes_on_deletes_and_reopens_after_compaction() {
     );
     r.watch_closed();
     // Reopened after the last revision seen.
-    let WatchAction::Open(create) = r.watch_tick(T0 + 5000) else {
-        panic!("reopen")
-    };
-    let create = proto::WatchRequest::decode(create.as_slice()).unwrap();
-    assert!(matches!(
-        create.request_union,
-        Some(proto::watch_request::RequestUnion::Create(ref c)) if c.start_revision == 42
-    ));
+    assert_eq!(watch_opened(&r, T0 + 5000).start_revision, 42);
     // Compacted past it: cancelled, flushed, and the next watch starts from now.
     let compacted = bytes(&proto::WatchResponse {
         canceled: true,
@@ -599,14 +561,7 @@ fn the_watch_opens_confirms_flushes_on_deletes_and_reopens_after_compaction() {
     });
     let news = r.watch_message(&compacted, T0 + 5010);
     assert!(news.flush && news.close);
-    let WatchAction::Open(create) = r.watch_tick(T0 + 5500) else {
-        panic!("reopen")
-    };
-    let create = proto::WatchRequest::decode(create.as_slice()).unwrap();
-    assert!(matches!(
-        create.request_union,
-        Some(proto::watch_request::RequestUnion::Create(ref c)) if c.start_revision == 0
-    ));
+    assert_eq!(watch_opened(&r, T0 + 5500).start_revision, 0);
 }
 
 /// The shortened ID of the logs shows the slot in full and two bytes of the secret: with the
@@ -648,20 +603,53 @@ fn reserve(secret: u8, caller: &str) -> StoreOp {
     }
 }
 
-/// Runs `next` against `etcd` to its answer; the number of calls it made.
-fn run(
+/// A fake etcd, and `r` holding lease 5 for the window of `T0`.
+fn on_etcd(r: Remote) -> (FakeEtcd, Remote) {
+    r.remember_lease(T0, 5);
+    (FakeEtcd::new(), r)
+}
+
+/// Has `etcd` answer `flight`'s call, the answer fed back at `now_ms`: what comes next.
+fn answered_by(
+    etcd: &FakeEtcd,
     r: &Remote,
-    etcd: &crate::testkit::FakeEtcd,
-    next: Next,
+    flight: Box<Flight>,
     limits: &Limits,
-) -> (StoreResult, usize) {
+    now_ms: u64,
+) -> Next {
+    let (status, answer) = etcd.answer(flight.call());
+    r.advance(
+        flight,
+        Reply::of(status, &answer.unwrap_or_default()),
+        limits,
+        now_ms,
+    )
+}
+
+/// Has `etcd` answer a chore's `call`: what [`Remote::chore_done`] returns.
+fn chore_answered_by(
+    etcd: &FakeEtcd,
+    r: &Remote,
+    (chore, call): (Chore, Call),
+    now_ms: u64,
+) -> Option<Vec<Vec<u8>>> {
+    let (status, answer) = etcd.answer(&call);
+    r.chore_done(
+        chore,
+        Reply::of(status, &answer.unwrap_or_default()),
+        now_ms,
+    )
+}
+
+/// Runs `next` against `etcd` to its answer; the number of calls it made.
+fn run(r: &Remote, etcd: &FakeEtcd, next: Next, limits: &Limits) -> (StoreResult, usize) {
     run_at(r, etcd, next, limits, T0)
 }
 
 /// [`run`], its answers fed back at `now_ms`.
 fn run_at(
     r: &Remote,
-    etcd: &crate::testkit::FakeEtcd,
+    etcd: &FakeEtcd,
     mut next: Next,
     limits: &Limits,
     now_ms: u64,
@@ -673,15 +661,18 @@ fn run_at(
             Next::Unavailable(op) => panic!("unavailable: {op:?}"),
             Next::Call(flight) => {
                 calls += 1;
-                let (status, answer) = etcd.answer(flight.call());
-                let answer = answer.unwrap_or_default();
-                next = r.advance(flight, Reply::of(status, &answer), limits, now_ms);
+                next = answered_by(etcd, r, flight, limits, now_ms);
             }
         }
     }
 }
 
-fn index_keys(etcd: &crate::testkit::FakeEtcd) -> Vec<Vec<u8>> {
+/// Begins `op` and [`run`]s it.
+fn ask(r: &Remote, etcd: &FakeEtcd, op: StoreOp, limits: &Limits) -> (StoreResult, usize) {
+    run(r, etcd, r.begin(op, limits), limits)
+}
+
+fn index_keys(etcd: &FakeEtcd) -> Vec<Vec<u8>> {
     etcd.keys()
         .into_iter()
         .filter(|k| k.starts_with(b"mcp-sessions/idn/"))
@@ -706,25 +697,22 @@ fn the_index_lies_outside_the_range_of_the_sessions() {
 /// at the limit 1, which writes nothing. Without the index, 1 (unchanged).
 #[test]
 fn a_limit_per_caller_costs_one_create_and_a_second_once_the_caller_holds_sessions() {
-    let etcd = crate::testkit::FakeEtcd::new();
-    let r = indexed();
-    r.remember_lease(T0, 5);
-    let per = per_caller(2);
-    let limits = per;
-    let (first, calls) = run(&r, &etcd, r.begin(reserve(1, "alice"), &limits), &limits);
+    let (etcd, r) = on_etcd(indexed());
+    let limits = per_caller(2);
+    let (first, calls) = ask(&r, &etcd, reserve(1, "alice"), &limits);
     assert!(matches!(first, StoreResult::Reserved(Some(_))));
     assert_eq!(calls, 1);
     assert_eq!(etcd.keys().len(), 2, "the session and its index key");
-    let (second, calls) = run(&r, &etcd, r.begin(reserve(2, "alice"), &limits), &limits);
+    let (second, calls) = ask(&r, &etcd, reserve(2, "alice"), &limits);
     assert!(matches!(second, StoreResult::Reserved(Some(_))));
     assert_eq!(calls, 2);
     let revision = etcd.revision();
-    let (third, calls) = run(&r, &etcd, r.begin(reserve(3, "alice"), &limits), &limits);
+    let (third, calls) = ask(&r, &etcd, reserve(3, "alice"), &limits);
     assert_eq!((third, calls), (StoreResult::IdentityLimit, 1));
     assert_eq!(etcd.revision(), revision, "a refusal writes nothing");
     assert_eq!(index_keys(&etcd).len(), 2);
     // Another caller is not counted with alice.
-    let (bob, calls) = run(&r, &etcd, r.begin(reserve(4, "bob"), &limits), &limits);
+    let (bob, calls) = ask(&r, &etcd, reserve(4, "bob"), &limits);
     assert!(matches!(bob, StoreResult::Reserved(Some(_))));
     assert_eq!(calls, 1);
     // Both index keys are on the sessions' lease.
@@ -732,26 +720,10 @@ fn a_limit_per_caller_costs_one_create_and_a_second_once_the_caller_holds_sessio
         assert_eq!(etcd.lease(&key), Some(5), "{key:?}");
     }
     // Without the limit: one create, no index key.
-    let plain = FakeEtcdAndRemote::new();
-    let unlimited = self::limits();
-    let (made, calls) = run(
-        &plain.1,
-        &plain.0,
-        plain.1.begin(reserve(1, "alice"), &unlimited),
-        &unlimited,
-    );
+    let (plain_etcd, plain) = on_etcd(remote());
+    let (made, calls) = ask(&plain, &plain_etcd, reserve(1, "alice"), &self::limits());
     assert!(matches!(made, StoreResult::Reserved(Some(_))));
-    assert_eq!((calls, plain.0.keys().len()), (1, 1));
-}
-
-struct FakeEtcdAndRemote(crate::testkit::FakeEtcd, Remote);
-
-impl FakeEtcdAndRemote {
-    fn new() -> FakeEtcdAndRemote {
-        let r = remote();
-        r.remember_lease(T0, 5);
-        FakeEtcdAndRemote(crate::testkit::FakeEtcd::new(), r)
-    }
+    assert_eq!((calls, plain_etcd.keys().len()), (1, 1));
 }
 
 /// Two Envoys' creates racing for a caller's last place: both counted one session at the same
@@ -759,23 +731,16 @@ impl FakeEtcdAndRemote {
 /// (a key of the caller was created since), its failure counts 2: refused. Never over.
 #[test]
 fn creates_racing_for_a_callers_last_place_let_one_through() {
-    let etcd = crate::testkit::FakeEtcd::new();
-    let (a, b) = (indexed(), indexed());
-    a.remember_lease(T0, 5);
+    let (etcd, a) = on_etcd(indexed());
+    let b = indexed();
     b.remember_lease(T0, 6);
     let limits = per_caller(2);
-    let (held, _) = run(&a, &etcd, a.begin(reserve(1, "alice"), &limits), &limits);
+    let (held, _) = ask(&a, &etcd, reserve(1, "alice"), &limits);
     assert!(matches!(held, StoreResult::Reserved(Some(_))));
     // Each first bets alice holds none, and learns she holds one.
     let learn = |r: &Remote, secret: u8| {
         let flight = call(r.begin(reserve(secret, "alice"), &limits));
-        let (status, answer) = etcd.answer(flight.call());
-        call(r.advance(
-            flight,
-            Reply::of(status, &answer.unwrap_or_default()),
-            &limits,
-            T0,
-        ))
+        call(answered_by(&etcd, r, flight, &limits, T0))
     };
     let (from_a, from_b) = (learn(&a, 2), learn(&b, 3));
     let (won, calls) = run(&a, &etcd, Next::Call(from_a), &limits);
@@ -811,7 +776,7 @@ fn a_create_that_keeps_losing_to_the_callers_other_creates_is_refused() {
     });
     for _ in 0..2 {
         flight = call(r.advance(flight, Reply::Ok(&lost), &limits, T0));
-        let txn = proto::TxnRequest::decode(flight.call().message.as_slice()).unwrap();
+        let txn = txn_of(flight.call());
         assert_eq!(txn.compare[1].result, proto::LESS);
         assert_eq!(
             txn.compare[1].target_union,
@@ -830,19 +795,10 @@ fn a_create_that_keeps_losing_to_the_callers_other_creates_is_refused() {
 /// every write of its session (a touch), so etcd's own expiry takes both together.
 #[test]
 fn the_index_key_follows_its_session_through_touches_and_ends() {
-    let etcd = crate::testkit::FakeEtcd::new();
-    let r = indexed();
-    r.remember_lease(T0, 5);
+    let (etcd, r) = on_etcd(indexed());
     let limits = per_caller(3);
     let alice = Some(b"alice".to_vec());
-    let made = |secret: u8| match run(
-        &r,
-        &etcd,
-        r.begin(reserve(secret, "alice"), &limits),
-        &limits,
-    )
-    .0
-    {
+    let made = |secret: u8| match ask(&r, &etcd, reserve(secret, "alice"), &limits).0 {
         StoreResult::Reserved(Some(reservation)) => reservation.id,
         other => panic!("{other:?}"),
     };
@@ -873,7 +829,7 @@ fn the_index_key_follows_its_session_through_touches_and_ends() {
         identity: alice.clone(),
         now_ms: later,
     };
-    let (ended, calls) = run(&r, &etcd, r.begin(end, &limits), &limits);
+    let (ended, calls) = ask(&r, &etcd, end, &limits);
     assert!(
         matches!(ended, StoreResult::Ended(Ended::Ended(_))),
         "{ended:?}"
@@ -897,19 +853,9 @@ fn the_index_key_follows_its_session_through_touches_and_ends() {
         identity: alice,
     };
     assert_eq!(done(r.begin(release, &limits)), StoreResult::Done(true));
-    let flush = r
-        .chores(gone)
-        .into_iter()
-        .find(|(chore, _)| matches!(chore, Chore::Flush(2)))
-        .expect("a flush of two deletes");
-    let (status, answer) = etcd.answer(&flush.1);
-    assert!(r
-        .chore_done(
-            flush.0,
-            Reply::of(status, &answer.unwrap_or_default()),
-            gone
-        )
-        .is_some());
+    let deletes = flush(&r, gone);
+    assert_eq!(deletes.0, Chore::Flush(2), "a flush of two deletes");
+    assert!(chore_answered_by(&etcd, &r, deletes, gone).is_some());
     assert!(etcd.keys().is_empty(), "{:?}", etcd.keys());
 }
 
@@ -917,18 +863,11 @@ fn the_index_key_follows_its_session_through_touches_and_ends() {
 /// the index keys are not sessions.
 #[test]
 fn the_session_count_and_the_watch_leave_the_index_out() {
-    let etcd = crate::testkit::FakeEtcd::new();
-    let r = indexed();
-    r.remember_lease(T0, 5);
+    let (etcd, r) = on_etcd(indexed());
     r.remember_lease(T0 + COUNT_EVERY_MS, 5);
     let limits = per_caller(3);
     for secret in 1..=2 {
-        let (made, _) = run(
-            &r,
-            &etcd,
-            r.begin(reserve(secret, "alice"), &limits),
-            &limits,
-        );
+        let (made, _) = ask(&r, &etcd, reserve(secret, "alice"), &limits);
         assert!(matches!(made, StoreResult::Reserved(Some(_))));
     }
     assert_eq!(etcd.keys().len(), 4);
@@ -937,15 +876,7 @@ fn the_session_count_and_the_watch_leave_the_index_out() {
         .into_iter()
         .find(|(chore, _)| *chore == Chore::Count)
         .expect("a count");
-    let (status, answer) = etcd.answer(&count.1);
-    let answer = answer.unwrap_or_default();
-    assert!(r
-        .chore_done(
-            Chore::Count,
-            Reply::of(status, &answer),
-            T0 + COUNT_EVERY_MS
-        )
-        .is_some());
+    assert!(chore_answered_by(&etcd, &r, count, T0 + COUNT_EVERY_MS).is_some());
     assert_eq!(r.counted(), 2);
 }
 
@@ -955,28 +886,12 @@ fn the_session_count_and_the_watch_leave_the_index_out() {
 #[test]
 fn the_backlog_writes_and_deletes_index_keys_with_their_sessions() {
     use crate::store::cache::SessionCache;
-    use crate::testkit::{FakeEtcd, FakeShared};
-    let etcd = FakeEtcd::new();
-    let r = indexed();
-    r.remember_lease(T0, 5);
+    use crate::testkit::FakeShared;
+    let (etcd, r) = on_etcd(indexed());
     let limits = per_caller(1);
     let (shared, mut cache) = (FakeShared::default(), SessionCache::new(16));
-    let release = StoreOp::Release {
-        id: id(),
-        identity: None,
-    };
-    let _ = r.begin(release, &limits); // a VM that served: its timer makes calls
-    let flush = |r: &Remote| {
-        let (chore, call) = r
-            .chores(T0)
-            .into_iter()
-            .find(|(chore, _)| matches!(chore, Chore::Flush(_)))
-            .expect("a flush");
-        let (status, answer) = etcd.answer(&call);
-        assert!(r
-            .chore_done(chore, Reply::of(status, &answer.unwrap_or_default()), T0)
-            .is_some());
-    };
+    let _ = r.begin(release(), &limits); // a VM that served: its timer makes calls
+    let flush_taken = |r: &Remote| assert!(chore_answered_by(&etcd, r, flush(r, T0), T0).is_some());
     let mut made = Vec::new();
     for secret in [1, 2] {
         let answer = fallback::answer(
@@ -994,7 +909,7 @@ fn the_backlog_writes_and_deletes_index_keys_with_their_sessions() {
         cache.put(1, reservation.id.slot, reservation.record);
         made.push(reservation.id);
     }
-    flush(&r);
+    flush_taken(&r);
     assert_eq!(index_keys(&etcd).len(), 2, "both counted once written");
     let end = StoreOp::End {
         id: made[0],
@@ -1003,6 +918,6 @@ fn the_backlog_writes_and_deletes_index_keys_with_their_sessions() {
     };
     let answer = fallback::answer(&r, &mut cache, &shared, 1, &limits, end);
     assert!(matches!(answer.result, StoreResult::Ended(Ended::Ended(_))));
-    flush(&r);
+    flush_taken(&r);
     assert_eq!((index_keys(&etcd).len(), etcd.keys().len()), (1, 2));
 }

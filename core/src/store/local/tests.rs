@@ -11,8 +11,42 @@ fn limits() -> Limits {
     }
 }
 
+/// [`limits`] with room for `max` sessions.
+fn capped(max: u32) -> Limits {
+    Limits {
+        max_sessions: max,
+        ..limits()
+    }
+}
+
 fn secret(n: u8) -> [u8; SECRET_LEN] {
     [n; SECRET_LEN]
+}
+
+/// Reserves `secret(n)` at `now` for no identity, probing with `rng`.
+fn reserve(store: &Store<&FakeShared>, now: u64, n: u8, rng: &mut Rng) -> Option<Reservation> {
+    store.reserve(now, secret(n), None, &mut rng.probes())
+}
+
+/// Opens session `secret(n)` at `now`: reserved, then activated.
+fn open_with(store: &Store<&FakeShared>, n: u8, now: u64, rng: &mut Rng) -> SessionId {
+    let r = reserve(store, now, n, rng).unwrap();
+    assert!(store.activate(&r.id, now, None));
+    r.id
+}
+
+/// Whether a lookup at `now`, for no identity, finds `id` live.
+fn is_live(store: &Store<&FakeShared>, id: &SessionId, now: u64) -> bool {
+    matches!(store.lookup(id, now, None), Lookup::Live(..))
+}
+
+/// Looks `id` up at `now`, as a request does (it must be live), and touches it: whether
+/// that wrote.
+fn touched(store: &Store<&FakeShared>, id: &SessionId, now: u64) -> bool {
+    let Lookup::Live(record, cas) = store.lookup(id, now, None) else {
+        panic!("{id:?} not live at {now}")
+    };
+    store.touch(id, &record, cas, now)
 }
 
 fn hint(shared: &FakeShared) -> Vec<u32> {
@@ -32,30 +66,25 @@ fn gets_of<T>(shared: &FakeShared, call: impl FnOnce() -> T) -> (T, u64) {
 
 /// A store of `max` slots, every one holding a live session opened at `now`.
 fn full(shared: &FakeShared, max: u32, now: u64) -> (Store<&FakeShared>, Vec<SessionId>) {
-    let mut l = limits();
-    l.max_sessions = max;
-    let store = Store::new(shared, l);
+    let store = Store::new(shared, capped(max));
     let mut rng = Rng::new(21);
     let ids = (0..max)
-        .map(|n| {
-            let r = store
-                .reserve(now, secret((n % 251) as u8), None, &mut rng.probes())
-                .unwrap();
-            assert!(store.activate(&r.id, now, None));
-            r.id
-        })
+        .map(|n| open_with(&store, (n % 251) as u8, now, &mut rng))
         .collect();
     assert_eq!(store.high_water(), max);
     (store, ids)
 }
 
+/// A store of [`limits`] with one session open, opened at `T0`.
+fn one_open(shared: &FakeShared) -> (Store<&FakeShared>, SessionId) {
+    let store = Store::new(shared, limits());
+    let id = open(&store, 1, T0);
+    (store, id)
+}
+
+/// [`open_with`], probing with a generator of its own.
 fn open(store: &Store<&FakeShared>, n: u8, now: u64) -> SessionId {
-    let mut rng = Rng::new(u64::from(n) + 7);
-    let r = store
-        .reserve(now, secret(n), None, &mut rng.probes())
-        .unwrap();
-    assert!(store.activate(&r.id, now, None));
-    r.id
+    open_with(store, n, now, &mut Rng::new(u64::from(n) + 7))
 }
 
 #[test]
@@ -64,14 +93,10 @@ fn probing_before_growing_reclaims_expired_sessions_the_sweep_has_not_reached() 
     let store = Store::new(&shared, limits());
     let mut rng = Rng::new(7);
     for n in 0..3 {
-        store
-            .reserve(T0, secret(n), None, &mut rng.probes())
-            .unwrap();
+        reserve(&store, T0, n, &mut rng).unwrap();
     }
     let later = T0 + limits().idle_ms; // all three expired, none swept
-    let without = store
-        .reserve(later, secret(9), None, &mut rng.probes())
-        .unwrap();
+    let without = reserve(&store, later, 9, &mut rng).unwrap();
     assert_eq!(
         without.from,
         Source::Grown,
@@ -120,9 +145,7 @@ fn session_lifecycle() {
     let shared = FakeShared::default();
     let store = Store::new(&shared, limits());
     let mut rng = Rng::new(1);
-    let r = store
-        .reserve(T0, secret(1), None, &mut rng.probes())
-        .unwrap();
+    let r = reserve(&store, T0, 1, &mut rng).unwrap();
     assert_eq!(
         store.lookup(&r.id, T0, None),
         Lookup::NotFound,
@@ -148,8 +171,7 @@ fn session_lifecycle() {
 #[test]
 fn wrong_secret_or_slot_is_not_found() {
     let shared = FakeShared::default();
-    let store = Store::new(&shared, limits());
-    let id = open(&store, 1, T0);
+    let (store, id) = one_open(&shared);
     let mut guess = id;
     guess.secret[15] ^= 1;
     assert_eq!(store.lookup(&guess, T0, None), Lookup::NotFound);
@@ -159,10 +181,7 @@ fn wrong_secret_or_slot_is_not_found() {
     assert_eq!(store.lookup(&other_slot, T0, None), Lookup::NotFound);
     other_slot.slot = u32::MAX;
     assert_eq!(store.lookup(&other_slot, T0, None), Lookup::NotFound);
-    assert!(
-        matches!(store.lookup(&id, T0, None), Lookup::Live(..)),
-        "still there"
-    );
+    assert!(is_live(&store, &id, T0), "still there");
 }
 
 #[test]
@@ -171,15 +190,9 @@ fn capacity_is_enforced_and_slots_are_reused() {
     let store = Store::new(&shared, limits());
     let ids: Vec<_> = (1..=4).map(|n| open(&store, n, T0)).collect();
     let mut rng = Rng::new(99);
-    assert_eq!(
-        store.reserve(T0, secret(9), None, &mut rng.probes()),
-        None,
-        "full"
-    );
+    assert_eq!(reserve(&store, T0, 9, &mut rng), None, "full");
     assert!(matches!(store.end(&ids[2], T0), Ended::Ended(_)));
-    let r = store
-        .reserve(T0, secret(9), None, &mut rng.probes())
-        .unwrap();
+    let r = reserve(&store, T0, 9, &mut rng).unwrap();
     assert_eq!(r.id.slot, ids[2].slot, "the freed slot is reused");
     assert_eq!(store.high_water(), 4);
     assert_eq!(
@@ -192,12 +205,8 @@ fn capacity_is_enforced_and_slots_are_reused() {
 #[test]
 fn expired_sessions_are_refused_then_reclaimed_once() {
     let shared = FakeShared::default();
-    let store = Store::new(&shared, limits());
-    let id = open(&store, 1, T0);
-    assert!(matches!(
-        store.lookup(&id, T0 + 9_999, None),
-        Lookup::Live(..)
-    ));
+    let (store, id) = one_open(&shared);
+    assert!(is_live(&store, &id, T0 + 9_999));
     assert_eq!(store.lookup(&id, T0 + 10_000, None), Lookup::Expired);
     assert_eq!(
         store.lookup(&id, T0 + 10_001, None),
@@ -209,38 +218,24 @@ fn expired_sessions_are_refused_then_reclaimed_once() {
 #[test]
 fn touch_restarts_the_idle_clock_but_not_on_every_request() {
     let shared = FakeShared::default();
-    let store = Store::new(&shared, limits());
-    let id = open(&store, 1, T0);
-    let Lookup::Live(r, cas) = store.lookup(&id, T0 + 100, None) else {
-        panic!()
-    };
+    let (store, id) = one_open(&shared);
     assert!(
-        !store.touch(&id, &r, cas, T0 + 100),
+        !touched(&store, &id, T0 + 100),
         "within the touch interval: no write"
     );
-    let Lookup::Live(r, cas) = store.lookup(&id, T0 + 9_000, None) else {
-        panic!()
-    };
-    assert!(store.touch(&id, &r, cas, T0 + 9_000));
-    assert!(matches!(
-        store.lookup(&id, T0 + 18_999, None),
-        Lookup::Live(..)
-    ));
+    assert!(touched(&store, &id, T0 + 9_000));
+    assert!(is_live(&store, &id, T0 + 18_999));
     assert_eq!(store.lookup(&id, T0 + 19_000, None), Lookup::Expired);
 }
 
 #[test]
 fn absolute_lifetime_ends_even_busy_sessions() {
     let shared = FakeShared::default();
-    let store = Store::new(&shared, limits());
-    let id = open(&store, 1, T0);
+    let (store, id) = one_open(&shared);
     let mut now = T0;
     while now + 5_000 < T0 + 60_000 {
         now += 5_000;
-        let Lookup::Live(r, cas) = store.lookup(&id, now, None) else {
-            panic!("at {now}")
-        };
-        store.touch(&id, &r, cas, now);
+        touched(&store, &id, now);
     }
     assert_eq!(store.lookup(&id, T0 + 60_000, None), Lookup::Expired);
 }
@@ -248,9 +243,13 @@ fn absolute_lifetime_ends_even_busy_sessions() {
 #[test]
 fn identity_binding() {
     let shared = FakeShared::default();
-    let mut l = limits();
-    l.bind_identity = true;
-    let store = Store::new(&shared, l);
+    let store = Store::new(
+        &shared,
+        Limits {
+            bind_identity: true,
+            ..limits()
+        },
+    );
     let mut rng = Rng::new(5);
     let r = store
         .reserve(T0, secret(1), Some(b"alice"), &mut rng.probes())
@@ -274,9 +273,7 @@ fn release_frees_only_pending_reservations() {
     let shared = FakeShared::default();
     let store = Store::new(&shared, limits());
     let mut rng = Rng::new(3);
-    let r = store
-        .reserve(T0, secret(1), None, &mut rng.probes())
-        .unwrap();
+    let r = reserve(&store, T0, 1, &mut rng).unwrap();
     assert!(store.release(&r.id));
     assert!(
         !store.activate(&r.id, T0, None),
@@ -293,9 +290,7 @@ fn sweep_reclaims_expired_sessions_one_step_per_period() {
     let a = open(&store, 1, T0);
     let _b = open(&store, 2, T0 + 5_000);
     let mut rng = Rng::new(8);
-    let _pending = store
-        .reserve(T0, secret(3), None, &mut rng.probes())
-        .unwrap();
+    let _pending = reserve(&store, T0, 3, &mut rng).unwrap();
     let first = store.sweep(T0 + 10_000);
     assert_eq!(
         first,
@@ -330,16 +325,12 @@ fn sweep_reclaims_expired_sessions_one_step_per_period() {
 #[test]
 fn keys_track_peak_sessions_not_sessions_ever_created() {
     let shared = FakeShared::default();
-    let mut l = limits();
-    l.max_sessions = 1000;
-    let store = Store::new(&shared, l);
+    let store = Store::new(&shared, capped(1000));
     let mut rng = Rng::new(11);
     let mut open_ids = Vec::new();
     for round in 0..20_000u64 {
         let now = T0 + round;
-        let r = store
-            .reserve(now, secret((round % 250) as u8), None, &mut rng.probes())
-            .unwrap();
+        let r = reserve(&store, now, (round % 250) as u8, &mut rng).unwrap();
         store.activate(&r.id, now, None);
         open_ids.push(r.id);
         if open_ids.len() > 50 {
@@ -368,14 +359,10 @@ fn create_only_write_cannot_overwrite_an_existing_key() {
 #[test]
 fn a_growing_table_costs_two_reads_per_reserve() {
     let shared = FakeShared::default();
-    let mut l = limits();
-    l.max_sessions = 10_000;
-    let store = Store::new(&shared, l);
+    let store = Store::new(&shared, capped(10_000));
     let mut rng = Rng::new(4);
     for n in 0..2_000u32 {
-        let (r, gets) = gets_of(&shared, || {
-            store.reserve(T0, secret((n % 251) as u8), None, &mut rng.probes())
-        });
+        let (r, gets) = gets_of(&shared, || reserve(&store, T0, (n % 251) as u8, &mut rng));
         assert_eq!(r.unwrap().id.slot, n);
         // The hint (missing: nothing was ever freed) and the high-water mark.
         assert!(gets <= 2, "reserve {n} read {gets} keys");
@@ -385,13 +372,9 @@ fn a_growing_table_costs_two_reads_per_reserve() {
 #[test]
 fn probing_then_growing_reads_the_high_water_mark_once() {
     let shared = FakeShared::default();
-    let mut l = limits();
-    l.max_sessions = 10_000;
-    let store = Store::new(&shared, l);
+    let store = Store::new(&shared, capped(10_000));
     let mut rng = Rng::new(5);
-    store
-        .reserve(T0, secret(1), None, &mut rng.probes())
-        .unwrap();
+    reserve(&store, T0, 1, &mut rng).unwrap();
     for n in 1..200u32 {
         let (r, gets) = gets_of(&shared, || {
             store.reserve_probing(T0, secret(2), None, &mut rng.probes(), 1)
@@ -409,9 +392,7 @@ fn a_refused_reserve_at_the_cap_costs_a_bounded_number_of_reads() {
     let (store, ids) = full(&shared, 10_000, T0);
     let mut rng = Rng::new(6);
     for _ in 0..100 {
-        let (r, gets) = gets_of(&shared, || {
-            store.reserve(T0 + 1, secret(7), None, &mut rng.probes())
-        });
+        let (r, gets) = gets_of(&shared, || reserve(&store, T0 + 1, 7, &mut rng));
         assert_eq!(r, None);
         // The hint, the high-water mark, CAP_PROBES random slots: 18, not 10,011.
         assert!(gets <= 20, "a refused reserve read {gets} keys");
@@ -419,9 +400,7 @@ fn a_refused_reserve_at_the_cap_costs_a_bounded_number_of_reads() {
     // Worst case: a hint full of stale entries (slots taken again behind its back).
     let stale: Vec<u32> = (0..HINT_MAX as u32).collect();
     set_hint(&shared, &stale);
-    let (r, gets) = gets_of(&shared, || {
-        store.reserve(T0 + 1, secret(7), None, &mut rng.probes())
-    });
+    let (r, gets) = gets_of(&shared, || reserve(&store, T0 + 1, 7, &mut rng));
     assert_eq!(r, None);
     // HINT_CLAIMS times the hint and a slot, the mark, CAP_PROBES slots.
     assert_eq!(gets, (2 * HINT_CLAIMS + 1) as u64 + u64::from(CAP_PROBES));
@@ -431,7 +410,7 @@ fn a_refused_reserve_at_the_cap_costs_a_bounded_number_of_reads() {
         "the stale entries tried are dropped"
     );
     for id in &ids {
-        assert!(matches!(store.lookup(id, T0 + 1, None), Lookup::Live(..)));
+        assert!(is_live(&store, id, T0 + 1));
     }
 }
 
@@ -441,29 +420,23 @@ fn a_slot_freed_at_the_cap_is_found_by_the_next_reserve() {
     let (store, ids) = full(&shared, 5_000, T0);
     let mut rng = Rng::new(9);
     // Refused first: the hint is empty and every slot is live.
-    assert_eq!(store.reserve(T0, secret(1), None, &mut rng.probes()), None);
+    assert_eq!(reserve(&store, T0, 1, &mut rng), None);
     for (n, victim) in [17usize, 4_999, 0, 2_500].into_iter().enumerate() {
         let (ended, end_gets) = gets_of(&shared, || store.end(&ids[victim], T0));
         assert!(matches!(ended, Ended::Ended(_)));
         assert_eq!(end_gets, 2, "the slot and the hint");
-        let (r, gets) = gets_of(&shared, || {
-            store.reserve(T0, secret(n as u8), None, &mut rng.probes())
-        });
+        let (r, gets) = gets_of(&shared, || reserve(&store, T0, n as u8, &mut rng));
         let r = r.unwrap();
         assert_eq!(r.id.slot, ids[victim].slot, "the freed slot, at once");
         assert_eq!(r.expired, 0);
         assert_eq!(gets, 2, "the hint and the slot");
-        assert_eq!(store.reserve(T0, secret(1), None, &mut rng.probes()), None);
+        assert_eq!(reserve(&store, T0, 1, &mut rng), None);
     }
     // A failed initialize's slot, likewise.
     assert!(matches!(store.end(&ids[1], T0), Ended::Ended(_)));
-    let r = store
-        .reserve(T0, secret(4), None, &mut rng.probes())
-        .unwrap();
+    let r = reserve(&store, T0, 4, &mut rng).unwrap();
     assert!(store.release(&r.id));
-    let again = store
-        .reserve(T0, secret(5), None, &mut rng.probes())
-        .unwrap();
+    let again = reserve(&store, T0, 5, &mut rng).unwrap();
     assert_eq!(again.id.slot, r.id.slot, "a released slot, at once");
     assert_eq!(store.high_water(), 5_000);
 }
@@ -471,18 +444,14 @@ fn a_slot_freed_at_the_cap_is_found_by_the_next_reserve() {
 #[test]
 fn a_session_expired_by_lookup_frees_its_slot_for_the_next_reserve() {
     let shared = FakeShared::default();
-    let mut l = limits();
-    l.max_sessions = 3;
-    let store = Store::new(&shared, l);
+    let store = Store::new(&shared, capped(3));
     let old = open(&store, 1, T0);
     let _b = open(&store, 2, T0 + 5_000);
     let _c = open(&store, 3, T0 + 5_000);
     assert_eq!(store.lookup(&old, T0 + 10_000, None), Lookup::Expired);
     assert_eq!(hint(&shared), vec![old.slot]);
     let mut rng = Rng::new(2);
-    let r = store
-        .reserve(T0 + 10_000, secret(4), None, &mut rng.probes())
-        .unwrap();
+    let r = reserve(&store, T0 + 10_000, 4, &mut rng).unwrap();
     assert_eq!(r.id.slot, old.slot);
     assert_eq!(r.expired, 0, "counted by the lookup, not again here");
 }
@@ -496,34 +465,20 @@ fn a_stale_hint_entry_is_never_double_claimed() {
     // Slot 2 and 6 were taken again behind the hint's back (slot 2 listed twice); the
     // hint is a stack, so they come first.
     set_hint(&shared, &[5, 2, 6, 2]);
-    let before: Vec<_> = [2u32, 6]
-        .iter()
-        .map(|&slot| shared.get(&slot_key(slot)))
-        .collect();
-    let r = store
-        .reserve(T0 + 1, secret(40), None, &mut rng.probes())
-        .unwrap();
+    let slots_2_and_6 = || [2u32, 6].map(|slot| shared.get(&slot_key(slot)));
+    let before = slots_2_and_6();
+    let r = reserve(&store, T0 + 1, 40, &mut rng).unwrap();
     assert_eq!(r.id.slot, 5, "the one really free slot");
     assert_eq!(r.expired, 0);
-    let after: Vec<_> = [2u32, 6]
-        .iter()
-        .map(|&slot| shared.get(&slot_key(slot)))
-        .collect();
-    assert_eq!(before, after, "live slots untouched");
+    assert_eq!(before, slots_2_and_6(), "live slots untouched");
     assert!(hint(&shared).is_empty(), "stale entries dropped");
-    assert_eq!(
-        store.reserve(T0 + 1, secret(41), None, &mut rng.probes()),
-        None
-    );
+    assert_eq!(reserve(&store, T0 + 1, 41, &mut rng), None);
     for (n, id) in ids.iter().enumerate() {
-        let found = store.lookup(id, T0 + 2, None);
-        assert_eq!(matches!(found, Lookup::Live(..)), n != 5, "slot {n}");
+        assert_eq!(is_live(&store, id, T0 + 2), n != 5, "slot {n}");
     }
     // A stale entry whose session has expired since: reclaimed, and reported.
     set_hint(&shared, &[3]);
-    let r = store
-        .reserve(T0 + 10_000, secret(42), None, &mut rng.probes())
-        .unwrap();
+    let r = reserve(&store, T0 + 10_000, 42, &mut rng).unwrap();
     assert_eq!((r.id.slot, r.expired), (3, 1));
 }
 
@@ -570,28 +525,22 @@ fn a_stale_hint_entry_from_a_race_is_never_double_claimed() {
     assert_eq!(hint(&shared), vec![1], "A's entry, stale");
     let mut rng = Rng::new(3);
     assert_eq!(
-        store.reserve(T0, secret(51), None, &mut rng.probes()),
+        reserve(&store, T0, 51, &mut rng),
         None,
         "C finds nothing free"
     );
-    assert!(matches!(store.lookup(&b, T0, None), Lookup::Live(..)));
+    assert!(is_live(&store, &b, T0));
 }
 
 #[test]
 fn the_sweep_refills_the_hint() {
     let shared = FakeShared::default();
-    let mut l = limits();
-    l.max_sessions = 1_000;
-    let store = Store::new(&shared, l);
+    let store = Store::new(&shared, capped(1_000));
     let mut rng = Rng::new(13);
     let mut ids = Vec::new();
     for n in 0..400u32 {
         let now = if n % 4 == 0 { T0 } else { T0 + 5_000 };
-        let r = store
-            .reserve(now, secret((n % 251) as u8), None, &mut rng.probes())
-            .unwrap();
-        assert!(store.activate(&r.id, now, None));
-        ids.push(r.id);
+        ids.push(open_with(&store, (n % 251) as u8, now, &mut rng));
     }
     // Slots 1, 5, 9, ... freed behind the hint's back (as if their hint writes were
     // lost); slots 0, 4, 8, ... expire at T0 + 10 s.
@@ -610,9 +559,7 @@ fn the_sweep_refills_the_hint() {
     assert!(held.iter().all(|slot| slot % 4 <= 1), "only free slots");
     // Reserves now reuse them: no growth, two reads each.
     for n in 0..HINT_MAX {
-        let (r, gets) = gets_of(&shared, || {
-            store.reserve(T0 + 10_000, secret(n as u8), None, &mut rng.probes())
-        });
+        let (r, gets) = gets_of(&shared, || reserve(&store, T0 + 10_000, n as u8, &mut rng));
         let r = r.unwrap();
         assert!(r.id.slot % 4 <= 1);
         assert_eq!(gets, 2);
@@ -642,22 +589,14 @@ fn hint_entries_past_a_lowered_limit_are_dropped() {
         assert!(matches!(store.end(id, T0), Ended::Ended(_)));
     }
     assert_eq!(hint(&shared).len(), 8);
-    let mut l = limits();
-    l.max_sessions = 4;
-    let small = Store::new(&shared, l);
+    let small = Store::new(&shared, capped(4));
     let mut rng = Rng::new(14);
     let mut slots: Vec<u32> = (0..4)
-        .map(|n| {
-            small
-                .reserve(T0, secret(60 + n), None, &mut rng.probes())
-                .unwrap()
-                .id
-                .slot
-        })
+        .map(|n| reserve(&small, T0, 60 + n, &mut rng).unwrap().id.slot)
         .collect();
     slots.sort_unstable();
     assert_eq!(slots, vec![0, 1, 2, 3]);
-    assert_eq!(small.reserve(T0, secret(70), None, &mut rng.probes()), None);
+    assert_eq!(reserve(&small, T0, 70, &mut rng), None);
     assert!(hint(&shared).is_empty());
 }
 
@@ -680,9 +619,7 @@ fn pooled(store: &Store<&FakeShared>, pool: &mut SlotPool, n: u8, now: u64) -> O
 #[test]
 fn pools_of_two_workers_take_distinct_blocks_and_write_once_per_reservation() {
     let shared = FakeShared::default();
-    let mut l = limits();
-    l.max_sessions = 1_000;
-    let store = Store::new(&shared, l);
+    let store = Store::new(&shared, capped(1_000));
     let (mut a, mut b) = (SlotPool::new(), SlotPool::new());
     let mut slots = Vec::new();
     let mut writes = Vec::new();
@@ -719,9 +656,7 @@ fn near_the_limit_a_grant_is_one_slot_so_no_worker_refuses_while_there_is_room()
 #[test]
 fn returned_pools_give_their_slots_to_the_next_reservation() {
     let shared = FakeShared::default();
-    let mut l = limits();
-    l.max_sessions = 1_000;
-    let store = Store::new(&shared, l);
+    let store = Store::new(&shared, capped(1_000));
     let mut a = SlotPool::new();
     let first = pooled(&store, &mut a, 1, T0).unwrap();
     assert_eq!(a.len(), 7, "the rest of its block");
@@ -739,9 +674,7 @@ fn returned_pools_give_their_slots_to_the_next_reservation() {
 #[test]
 fn a_pooled_freed_slot_taken_meanwhile_is_skipped() {
     let shared = FakeShared::default();
-    let mut l = limits();
-    l.max_sessions = 1_000;
-    let store = Store::new(&shared, l);
+    let store = Store::new(&shared, capped(1_000));
     let mut a = SlotPool::new();
     let ids: Vec<SessionId> = (0..3)
         .map(|n| {
@@ -796,9 +729,7 @@ fn a_young_reservation_is_activated_with_one_write_and_no_read() {
 #[test]
 fn an_old_reservation_taken_over_is_not_overwritten() {
     let shared = FakeShared::default();
-    let mut l = limits();
-    l.max_sessions = 1;
-    let store = Store::new(&shared, l);
+    let store = Store::new(&shared, capped(1));
     let slow = store.reserve(T0, secret(1), None, &mut || 0).unwrap();
     // Its initialize outlives the idle timeout: another one takes the expired slot.
     let later = T0 + 10_001;
@@ -806,10 +737,7 @@ fn an_old_reservation_taken_over_is_not_overwritten() {
     assert_eq!(fast.id.slot, slow.id.slot);
     assert!(!store.activate_reserved(&slow.id, &slow.record, later, None));
     assert!(store.activate_reserved(&fast.id, &fast.record, later, None));
-    assert!(matches!(
-        store.lookup(&fast.id, later, None),
-        Lookup::Live(..)
-    ));
+    assert!(is_live(&store, &fast.id, later));
     // Within the margin of the timeout, the compare-and-swap is used too.
     let edge = store.reserve(T0, secret(3), None, &mut || 0);
     assert_eq!(edge, None, "full");
@@ -822,15 +750,12 @@ fn an_old_reservation_taken_over_is_not_overwritten() {
 #[test]
 fn at_the_limit_a_slot_left_in_another_workers_pool_is_taken() {
     let shared = FakeShared::default();
-    let mut l = limits();
-    l.max_sessions = 1_000;
-    let store = Store::new(&shared, l);
+    let store = Store::new(&shared, capped(1_000));
     let mut a = SlotPool::new();
     let first = pooled(&store, &mut a, 1, T0).unwrap();
     assert_eq!((first.id.slot, a.len()), (0, 7));
     // The limit comes down to the mark (a configuration update): no room left to grant.
-    l.max_sessions = 8;
-    let small = Store::new(&shared, l);
+    let small = Store::new(&shared, capped(8));
     let mut b = SlotPool::new();
     let mut n = 0;
     let taken = small
