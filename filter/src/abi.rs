@@ -1,6 +1,6 @@
-//! The two calls of the proxy-wasm ABI used without the SDK's wrappers, which copy every
-//! header into owned strings (`get_map_bytes`) or panic on a status they do not expect
-//! (`get_metric`). The only `unsafe` of the adapter.
+//! The three calls of the proxy-wasm ABI used without the SDK's wrappers, which copy every
+//! header into owned strings (`get_map_bytes`), panic on a status they do not expect
+//! (`get_metric`) or convert the clock through `SystemTime`. The only `unsafe` of the adapter.
 
 use proxy_wasm::types::MapType;
 
@@ -12,6 +12,7 @@ extern "C" {
         return_map_size: *mut usize,
     ) -> u32;
     fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
 }
 
 /// A whole header map as the host serializes it (see `headers::scan`), in one hostcall;
@@ -28,6 +29,20 @@ pub fn header_map(map: MapType) -> Vec<u8> {
             return Vec::new();
         }
         Vec::from_raw_parts(data, size, size)
+    }
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch (0 when the host cannot tell): the
+/// host's nanoseconds divided, where the SDK's `SystemTime` costs a 128-bit conversion on
+/// every request.
+pub fn now_ms() -> u64 {
+    let mut nanos: u64 = 0;
+    // SAFETY: the host writes one u64 through the pointer, which outlives the call.
+    let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
+    if status == 0 {
+        nanos / 1_000_000
+    } else {
+        0
     }
 }
 

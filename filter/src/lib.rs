@@ -24,7 +24,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{self, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 /// gRPC status of a call that could not even be made (no such cluster, no memory).
 const NOT_SENT: u32 = 14;
@@ -38,6 +38,8 @@ proxy_wasm::main! {{
 /// Envoy), shared data, and the stats this VM defined.
 struct Envoy {
     metrics: FastMap<Metric, u32>,
+    /// The epoch's stat, read on every request on a session.
+    epoch: Option<u32>,
 }
 
 impl Envoy {
@@ -49,8 +51,9 @@ impl Envoy {
             let id = id.inspect_err(|s| warn!("cannot define stat {}: {s:?}", metric.name()));
             Some((metric, id.ok()?))
         };
-        let metrics = Metric::all().into_iter().filter_map(define).collect();
-        Envoy { metrics }
+        let metrics: FastMap<Metric, u32> = Metric::all().into_iter().filter_map(define).collect();
+        let epoch = metrics.get(&Metric::Epoch).copied();
+        Envoy { metrics, epoch }
     }
 }
 
@@ -69,10 +72,7 @@ impl SharedData for Envoy {
 
 impl Host for Envoy {
     fn now_ms(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        abi::now_ms()
     }
 
     fn fill_random(&self, buf: &mut [u8]) -> bool {
@@ -92,7 +92,7 @@ impl Host for Envoy {
     }
 
     fn epoch(&self) -> Option<u64> {
-        abi::get_metric(*self.metrics.get(&Metric::Epoch)?).filter(|value| *value > 0)
+        abi::get_metric(self.epoch?).filter(|value| *value > 0)
     }
 }
 
