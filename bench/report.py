@@ -532,7 +532,9 @@ def render_profile(prof: dict[str, Any]) -> str:
     lines = [
         f"Measured {prof['date']} with `{prof['provenance']['command']}`: Envoy {short_version(prof['envoy_version'])} "
         f"under `valgrind --tool=callgrind`, {n} requests per listener on one keep-alive connection after "
-        f"{prof['warmup']} of warm-up, the median of {plural(prof['passes'], 'pass', 'interleaved passes')} "
+        f"{prof['warmup']} of warm-up, the {prof.get('pass_taken', 'median')} of "
+        f"{plural(prof['passes'], 'pass', 'interleaved passes')} (what else lands on the worker, a timer, a "
+        "garbage collection, a store's sweep, only adds instructions) "
         f"({prof['seconds']:,.0f} s in all): instructions executed by Envoy's worker thread per request (kernel time "
         "is not counted). Envoy ran at log level `warning` here, so scenario 3 has no log line in it; scenario 3 "
         "ran last, and its figure may include its store's sweep, which valgrind's slowdown makes weigh more than "
