@@ -162,27 +162,29 @@ impl<'de> Visitor<'de> for MessageVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
         let mut method: Option<Value> = None;
-        let mut id: Option<Box<RawValue>> = None;
+        // Borrowed from the body (every caller reads a byte slice): no copy of the id's text
+        // but the one a request keeps.
+        let mut id: Option<&'de RawValue> = None;
         let mut error = false;
         let mut result = false;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match key.as_ref() {
-                "method" => method = Some(map.next_value()?),
-                "id" => id = Some(map.next_value()?),
-                "error" => {
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Method => method = Some(map.next_value()?),
+                Key::Id => id = Some(map.next_value()?),
+                Key::Error => {
                     error = true;
                     map.next_value::<IgnoredAny>()?;
                 }
-                "result" => {
+                Key::Result => {
                     result = true;
                     map.next_value::<IgnoredAny>()?;
                 }
-                _ => {
+                Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        let id = id.map(|raw| (raw.get() == "null", RequestId::from_raw(&raw)));
+        let id = id.map(|raw| (raw.get() == "null", RequestId::from_raw(raw)));
         Ok(match (method, id) {
             (Some(Value::String(method)), Some((_, Some(id)))) => Message::Request { method, id },
             (Some(Value::String(method)), None | Some((true, _))) => {
@@ -215,6 +217,42 @@ impl<'de> Visitor<'de> for MessageVisitor {
     }
     fn visit_unit<E: de::Error>(self) -> Result<Message, E> {
         Ok(Message::Invalid)
+    }
+}
+
+/// A member name of a message, read without a copy (serde's `String` and `Cow<str>` both
+/// allocate one per key).
+enum Key {
+    Method,
+    Id,
+    Error,
+    Result,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl Visitor<'_> for KeyVisitor {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+        Ok(match key {
+            "method" => Key::Method,
+            "id" => Key::Id,
+            "error" => Key::Error,
+            "result" => Key::Result,
+            _ => Key::Other,
+        })
     }
 }
 
@@ -342,6 +380,19 @@ mod tests {
             (
                 r#"  {"params":[1,[2,{"a":[]}]],"method":"tools/call","id":7} "#,
                 request("tools/call", json!(7)),
+            ),
+            // Escaped member names are the same names (serde_json unescapes them into a
+            // scratch buffer, not the body), and an escaped string id is echoed as written.
+            (
+                r#"{"\u006dethod":"initialize","i\u0064":"\u0061"}"#,
+                Message::Request {
+                    method: INITIALIZE.into(),
+                    id: RequestId(r#""\u0061""#.into()),
+                },
+            ),
+            (
+                r#"{"id":1,"\u0065rror":{}}"#,
+                Message::Response { error: true },
             ),
         ];
         for (text, want) in cases {
