@@ -94,8 +94,12 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Appends `bytes` in lowercase hex.
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    let digit = |n: u8| char::from_digit(u32::from(n), 16).unwrap_or('0');
-    for b in bytes {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    // Both indexes are below 16, so the compiler drops the bounds checks; the digits are
+    // ASCII, pushed without a char's UTF-8 encoding.
+    let digit = |n: u8| char::from(DIGITS.get(usize::from(n)).copied().unwrap_or(b'0'));
+    for &b in bytes {
         out.push(digit(b >> 4));
         out.push(digit(b & 0x0f));
     }

@@ -96,7 +96,8 @@ fn freed(world: &Rc<World>, key: &str) {
     let Some((id, depth)) = world.freeing.get() else {
         return;
     };
-    if depth == world.depth.get() && slot_key(id.slot) == key && world.freed_from.get().is_none() {
+    if depth == world.depth.get() && &*slot_key(id.slot) == key && world.freed_from.get().is_none()
+    {
         world.freed_from.set(world.model.borrow_mut().gone(&id));
     }
 }

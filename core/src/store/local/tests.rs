@@ -783,3 +783,15 @@ fn at_the_limit_a_slot_left_in_another_workers_pool_is_taken() {
     }
     assert!(!mine.contains(&taken.id.slot), "{mine:?} {taken:?}");
 }
+
+#[test]
+fn a_slot_key_is_the_slot_in_eight_lowercase_hex_digits() {
+    for (slot, key) in [
+        (0, "mcps/00000000"),
+        (0x1a2b, "mcps/00001a2b"),
+        (0xdead_beef, "mcps/deadbeef"),
+        (u32::MAX, "mcps/ffffffff"),
+    ] {
+        assert_eq!(&*slot_key(slot), key);
+    }
+}
