@@ -87,22 +87,34 @@ impl SharedData for Table {
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
-        let mut entries = self.entries();
-        let current = entries.map.get(key).map(|(_, have)| *have);
-        if let (Some(have), Some(want)) = (current, cas) {
-            if want != 0 && want != have {
-                return Err(WriteError::CasMismatch);
-            }
-        }
-        entries.next_cas = entries.next_cas.wrapping_add(1).max(1);
-        let next = entries.next_cas;
+        let mut guard = self.entries();
+        let entries = &mut *guard;
+        let mut next = || {
+            entries.next_cas = entries.next_cas.wrapping_add(1).max(1);
+            entries.next_cas
+        };
+        // One lookup: an initialize writes twice, and hashing the key again cost more than
+        // the check itself.
         match entries.map.get_mut(key) {
-            Some(entry) => *entry = (value.into(), next),
+            Some((_, have)) if matches!(cas, Some(want) if want != 0 && want != *have) => {
+                Err(WriteError::CasMismatch)
+            }
+            // A record's update keeps its length: written in place, no allocation.
+            Some((stored, have)) if stored.len() == value.len() => {
+                stored.copy_from_slice(value);
+                *have = next();
+                Ok(())
+            }
+            Some(entry) => {
+                *entry = (value.into(), next());
+                Ok(())
+            }
             None => {
-                entries.map.insert(key.into(), (value.into(), next));
+                let cas = next();
+                entries.map.insert(key.into(), (value.into(), cas));
+                Ok(())
             }
         }
-        Ok(())
     }
 }
 
@@ -136,6 +148,15 @@ mod tests {
         assert_eq!(value, None, "an empty value reads as none");
         assert!(cas.is_some(), "but the key is there");
         assert_eq!(table.len(), 1);
+        // Values of the same length are written in place, others replace the value; either
+        // way the next read sees exactly what was written, under a new cas.
+        for value in [&b"abcd"[..], b"wxyz", b"longer value", b"ab"] {
+            let before = table.get("k").1;
+            assert_eq!(table.set("k", value, before), Ok(()));
+            let (read, after) = table.get("k");
+            assert_eq!(read.as_deref(), Some(value));
+            assert_ne!(after, before);
+        }
     }
 
     #[test]
