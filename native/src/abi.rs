@@ -22,7 +22,7 @@ use mcp_session_core::host::{Attributes, Headers};
 use std::cell::Cell;
 use std::ffi::{c_char, c_void};
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -205,6 +205,12 @@ extern "C" {
         headers: *mut EnvoyHeader,
     ) -> bool;
     fn envoy_dynamic_module_callback_http_set_header(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
         filter: FilterEnvoyPtr,
         header_type: u32,
         key: ModuleBuffer,
@@ -707,26 +713,28 @@ impl Headers for HeaderView<'_> {
         let (ptr, kind) = (self.envoy.ptr, header_type(self.side));
         // SAFETY: `ptr` is the stream of the running hook.
         let size = unsafe { envoy_dynamic_module_callback_http_get_headers_size(ptr, kind) };
-        let empty = EnvoyHeader {
-            key: EnvoyBuffer::EMPTY,
-            value: EnvoyBuffer::EMPTY,
-        };
-        // Requests carry a dozen headers or so: room for them on the stack, a Vec beyond.
-        let mut inline = [empty; 32];
+        // Requests carry a dozen headers or so: room for them on the stack, a Vec beyond. The
+        // room is not initialized: Envoy writes every entry it reported (zeroing a kilobyte
+        // per request was a tenth of the hot path's own code).
+        let mut inline = [const { MaybeUninit::<EnvoyHeader>::uninit() }; 32];
         let mut spilled = Vec::new();
-        let pairs: &mut [EnvoyHeader] = match inline.get_mut(..size) {
+        let room: &mut [MaybeUninit<EnvoyHeader>] = match inline.get_mut(..size) {
             Some(room) => room,
             None => {
-                spilled.resize(size, empty);
+                spilled.resize_with(size, MaybeUninit::uninit);
                 &mut spilled
             }
         };
-        // SAFETY: `pairs` has room for the `size` headers Envoy reported.
+        // SAFETY: `room` has space for the `size` headers Envoy reported in this hook.
         let read = unsafe {
-            envoy_dynamic_module_callback_http_get_headers(ptr, kind, pairs.as_mut_ptr())
+            envoy_dynamic_module_callback_http_get_headers(ptr, kind, room.as_mut_ptr().cast())
         };
         found.fill(Header::default());
         if read {
+            // SAFETY: Envoy wrote all `size` entries when it returns true; `EnvoyHeader` is
+            // plain data (pointers and lengths), valid for any bits Envoy writes.
+            let pairs: &[EnvoyHeader] =
+                unsafe { std::slice::from_raw_parts(room.as_ptr().cast(), room.len()) };
             headers::scan_pairs(
                 pairs.iter().map(|h| (h.key.bytes(), h.value.bytes())),
                 names,
@@ -772,48 +780,83 @@ impl Envoy<'_> {
         }
     }
 
+    /// Adds a header (a copy more, where one is there already).
+    pub fn add_header(&self, side: Side, name: &str, value: &str) {
+        // SAFETY: both buffers live for the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.ptr,
+                header_type(side),
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            );
+        }
+    }
+
     /// Bytes held so far on a side: what earlier hooks buffered and the chunk of this hook.
     pub fn body_size(&self, side: Side) -> usize {
-        self.body_chunks(side).iter().map(|c| c.length).sum()
+        self.with_body_chunks(side, |chunks| chunks.iter().map(|c| c.length).sum())
     }
 
     /// The body held so far on a side, buffered first.
     pub fn body(&self, side: Side) -> Vec<u8> {
-        let chunks = self.body_chunks(side);
-        let mut body = Vec::with_capacity(chunks.iter().map(|c| c.length).sum());
-        chunks
-            .iter()
-            .for_each(|c| body.extend_from_slice(c.bytes()));
-        body
-    }
-
-    /// The chunks held so far on a side, buffered first, each once.
-    fn body_chunks(&self, side: Side) -> Vec<EnvoyBuffer> {
-        let (buffered, received) = body_types(side);
-        let mut chunks = self.chunks(buffered);
-        // Behind a filter that buffered the whole body and then let it go on (Envoy's `buffer`),
-        // Envoy hands the next filter that buffer as the received data too: the same chunks
-        // under both kinds. Count and read them once, or the body comes out twice.
-        let new = self.chunks(received);
-        if !same_chunks(&chunks, &new) {
-            chunks.extend(new);
-        }
-        chunks
-    }
-
-    /// The chunks of one kind of body (empty when Envoy has none).
-    fn chunks(&self, kind: u32) -> Vec<EnvoyBuffer> {
-        // SAFETY: `ptr` is the stream of the running hook.
-        let n = unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.ptr, kind) };
-        let mut chunks = vec![EnvoyBuffer::EMPTY; n];
-        // SAFETY: `chunks` has room for the `n` chunks Envoy reported.
-        let read = unsafe {
-            envoy_dynamic_module_callback_http_get_body_chunks(self.ptr, kind, chunks.as_mut_ptr())
-        };
-        if read {
+        self.with_body_chunks(side, |chunks| {
+            let mut body = Vec::with_capacity(chunks.iter().map(|c| c.length).sum());
             chunks
-        } else {
-            Vec::new()
+                .iter()
+                .for_each(|c| body.extend_from_slice(c.bytes()));
+            body
+        })
+    }
+
+    /// Runs `f` on the chunks held so far on a side, buffered first, each once. They are read
+    /// onto the stack: an initialize asks for its bodies' sizes and bytes, four times in all,
+    /// and a heap list of chunks each time cost more than Envoy's answers (make bench).
+    fn with_body_chunks<R>(&self, side: Side, f: impl FnOnce(&[EnvoyBuffer]) -> R) -> R {
+        let (buffered, received) = body_types(side);
+        // SAFETY: `ptr` is the stream of the running hook.
+        let (n_buffered, n_received) = unsafe {
+            (
+                envoy_dynamic_module_callback_http_get_body_chunks_size(self.ptr, buffered),
+                envoy_dynamic_module_callback_http_get_body_chunks_size(self.ptr, received),
+            )
+        };
+        let total = n_buffered.saturating_add(n_received);
+        let mut inline = [EnvoyBuffer::EMPTY; 16];
+        let mut spilled = Vec::new();
+        let room: &mut [EnvoyBuffer] = match inline.get_mut(..total) {
+            Some(room) => room,
+            None => {
+                spilled.resize(total, EnvoyBuffer::EMPTY);
+                &mut spilled
+            }
+        };
+        let Some((first, second)) = room.split_at_mut_checked(n_buffered) else {
+            return f(&[]);
+        };
+        let got_first = self.chunks_into(buffered, first);
+        let got_second = self.chunks_into(received, second);
+        let (first, second) = (&*first, &*second);
+        let chunks = match (got_first, got_second) {
+            // Behind a filter that buffered the whole body and then let it go on (Envoy's
+            // `buffer`), Envoy hands the next filter that buffer as the received data too: the
+            // same chunks under both kinds. Read them once, or the body comes out twice.
+            (true, true) if same_chunks(first, second) => first,
+            (true, true) => &*room,
+            (true, false) => first,
+            (false, true) => second,
+            (false, false) => &[],
+        };
+        f(chunks)
+    }
+
+    /// Reads the chunks of one kind of body into `room` (sized by Envoy's count); false when
+    /// Envoy has none.
+    fn chunks_into(&self, kind: u32, room: &mut [EnvoyBuffer]) -> bool {
+        // SAFETY: `ptr` is the stream of the running hook; `room` has space for the count
+        // Envoy reported for this kind in the same hook.
+        unsafe {
+            envoy_dynamic_module_callback_http_get_body_chunks(self.ptr, kind, room.as_mut_ptr())
         }
     }
 

@@ -342,6 +342,10 @@ impl StreamIo for Io<'_, '_> {
         self.envoy.set_header(side, name, value);
     }
 
+    fn add_header(&mut self, side: Side, name: &str, value: &str) {
+        self.envoy.add_header(side, name, value);
+    }
+
     fn respond(&mut self, reply: &Reply) {
         self.after.reply = Some(reply.clone());
     }

@@ -37,6 +37,8 @@ pub enum Action {
 pub trait StreamIo {
     /// Sets (replacing every copy) or removes (`None`) a header of one side.
     fn set_header(&mut self, side: Side, name: &str, value: Option<&str>);
+    /// Adds a header to one side, which does not carry one of that name.
+    fn add_header(&mut self, side: Side, name: &str, value: &str);
     /// Answers the stream locally.
     fn respond(&mut self, reply: &Reply);
     /// Replaces the response body held so far.
@@ -349,6 +351,7 @@ impl<H: Host> Worker<H> {
                     Edit::Response(name, value) => {
                         io.set_header(Side::Response, name, value.as_deref())
                     }
+                    Edit::ResponseAdd(name, value) => io.add_header(Side::Response, name, &value),
                     Edit::Affinity(value) => {
                         if let Some(name) = &self.config.affinity_header {
                             io.set_header(Side::Request, name, value.as_deref());

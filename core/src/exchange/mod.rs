@@ -86,6 +86,10 @@ pub enum Edit {
     Request(&'static str, String),
     /// Set a response header, or remove it (`None`).
     Response(&'static str, Option<String>),
+    /// Add a response header the response does not carry (the machine read the headers and
+    /// found none of that name): a host appends it without first looking for copies to
+    /// replace, which costs Envoy more than the append itself.
+    ResponseAdd(&'static str, String),
     /// Set the configured `affinity_header` on the request, or remove it (`None`).
     Affinity(Option<String>),
     /// A fact about this request for access logs and traces (`session_facts`): its name
@@ -907,6 +911,12 @@ impl Exchange {
         let Some(init) = &mut self.initialize else {
             return Flow::Continue.into();
         };
+        // A header the response lacks is added, not set: Envoy's set first looks for copies.
+        let ours = init.id.encode();
+        let mut edits = vec![match upstream_id {
+            Some(_) => Edit::Response(SESSION_HEADER, Some(ours)),
+            None => Edit::ResponseAdd(SESSION_HEADER, ours),
+        }];
         init.upstream_id = upstream_id;
         if input.config.affinity_header.is_some() {
             init.reserved.upstream_host = attributes
@@ -914,14 +924,14 @@ impl Exchange {
                 .and_then(|v| String::from_utf8(v).ok())
                 .filter(|v| !v.is_empty() && v.len() <= MAX_UPSTREAM_ID);
         }
-        let mut edits = vec![Edit::Response(SESSION_HEADER, Some(init.id.encode()))];
         match expose.text() {
             Some(list) if list.to_ascii_lowercase().contains(SESSION_HEADER) => {}
             Some(list) if !list.trim().is_empty() => edits.push(Edit::Response(
                 EXPOSE_HEADER,
                 Some(format!("{list}, {SESSION_HEADER}")),
             )),
-            _ => edits.push(Edit::Response(EXPOSE_HEADER, Some(SESSION_HEADER.into()))),
+            Some(_) => edits.push(Edit::Response(EXPOSE_HEADER, Some(SESSION_HEADER.into()))),
+            None => edits.push(Edit::ResponseAdd(EXPOSE_HEADER, SESSION_HEADER.into())),
         }
         let content_type = content_type.text().unwrap_or_default();
         init.answer = if content_type

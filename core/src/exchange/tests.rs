@@ -371,7 +371,7 @@ fn an_initialize_by_table() {
         );
         let sets_id = step
             .edits
-            .contains(&Edit::Response(SESSION_HEADER, Some(id().encode())));
+            .contains(&Edit::ResponseAdd(SESSION_HEADER, id().encode()));
         assert_eq!(sets_id, headers.value(":status") == Some("200"), "{name}");
         let step = if matches!(step.flow, Flow::Store(_)) {
             step
@@ -395,6 +395,69 @@ fn an_initialize_by_table() {
             created,
             "{name}"
         );
+    }
+    // The header edits of a 2xx answer: a header the answer lacks is added (a host's add does
+    // not look for copies), one it carries is set (replaced), and the expose list keeps what
+    // the upstream exposed.
+    let ours = || id().encode();
+    let expose = |v: &str| Edit::Response(EXPOSE_HEADER, Some(v.to_owned()));
+    type Row<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<Edit>);
+    let edit_rows: Vec<Row> = vec![
+        (
+            "neither header: both added",
+            vec![],
+            vec![
+                Edit::ResponseAdd(SESSION_HEADER, ours()),
+                Edit::ResponseAdd(EXPOSE_HEADER, SESSION_HEADER.into()),
+            ],
+        ),
+        (
+            "the upstream's own session ID is replaced",
+            vec![(SESSION_HEADER, "upstream-1")],
+            vec![
+                Edit::Response(SESSION_HEADER, Some(ours())),
+                Edit::ResponseAdd(EXPOSE_HEADER, SESSION_HEADER.into()),
+            ],
+        ),
+        (
+            "an expose list gets ours appended",
+            vec![(EXPOSE_HEADER, "x-a")],
+            vec![
+                Edit::ResponseAdd(SESSION_HEADER, ours()),
+                expose("x-a, mcp-session-id"),
+            ],
+        ),
+        (
+            "a blank expose list is replaced",
+            vec![(EXPOSE_HEADER, " ")],
+            vec![
+                Edit::ResponseAdd(SESSION_HEADER, ours()),
+                expose(SESSION_HEADER),
+            ],
+        ),
+        (
+            "an expose list that names it already stays",
+            vec![(EXPOSE_HEADER, "X-A, Mcp-Session-Id")],
+            vec![Edit::ResponseAdd(SESSION_HEADER, ours())],
+        ),
+    ];
+    for (name, extra, want) in edit_rows {
+        let mut pairs = vec![(":status", "200"), ("content-type", "application/json")];
+        pairs.extend(extra);
+        let (mut exchange, _) = request("{}", &post(&[]), INITIALIZE);
+        exchange.step(
+            &input,
+            Event::Stored(StoreResult::Reserved(Some(reservation.clone()))),
+        );
+        let step = exchange.step(
+            &input,
+            Event::ResponseHeaders {
+                headers: &HeaderList::of(&pairs),
+                attributes: &AttributeMap::default(),
+                end_of_stream: false,
+            },
+        );
+        assert_eq!(step.edits, want, "{name}");
     }
     // The store is full: 503 with the request's id.
     let (mut exchange, _) = request("{}", &post(&[]), INITIALIZE);
