@@ -149,20 +149,13 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
     usize::try_from(u32::from_le_bytes(word)).ok()
 }
 
-/// Serializes pairs as the proxy-wasm host does (for the native module, tests and fuzzing).
+/// Serializes pairs as the proxy-wasm host does (for tests and fuzzing), into one allocation.
 pub fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-    serialize_iter(pairs.iter().copied())
-}
-
-/// [`serialize`] from an iterator of pairs (walked twice), into one allocation.
-pub fn serialize_iter<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
-    let (count, bytes) = pairs.clone().fold((0usize, 0usize), |(c, b), (n, v)| {
-        (c + 1, b + n.len() + v.len())
-    });
-    let mut out = Vec::with_capacity(4 + count * 10 + bytes);
+    let bytes: usize = pairs.iter().map(|(n, v)| n.len() + v.len()).sum();
+    let mut out = Vec::with_capacity(4 + pairs.len() * 10 + bytes);
     let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
-    out.extend_from_slice(&len(count));
-    for (name, value) in pairs.clone() {
+    out.extend_from_slice(&len(pairs.len()));
+    for (name, value) in pairs {
         out.extend_from_slice(&len(name.len()));
         out.extend_from_slice(&len(value.len()));
     }
