@@ -216,13 +216,22 @@ impl<H: Host> Worker<H> {
             for (event, n) in std::mem::take(&mut step.counts) {
                 self.count(event, n);
             }
-            let Flow::Store(op) = step.flow else {
-                return step.into();
+            let op = match step.flow {
+                Flow::Store(op) => *op,
+                Flow::Lookup => match stream.exchange.lookup_op() {
+                    Some(op) => op,
+                    None => {
+                        error!("the machine asked for a lookup it does not wait for");
+                        step.flow = Flow::Continue;
+                        return step.into();
+                    }
+                },
+                _ => return step.into(),
             };
             let mut next = match self.answer_cached(stream, &op) {
                 Some(next) => next,
                 None => {
-                    let result = match self.backend.begin(&self.host, self.limits, *op) {
+                    let result = match self.backend.begin(&self.host, self.limits, op) {
                         Next::Done(result) => result,
                         Next::Unavailable(op) => self.unavailable(op),
                         Next::Call(flight) => {
@@ -238,7 +247,7 @@ impl<H: Host> Worker<H> {
             step.flow = next.flow;
             step.counts = next.counts;
         }
-        if matches!(step.flow, Flow::Store(_)) {
+        if matches!(step.flow, Flow::Store(_) | Flow::Lookup) {
             error!("store operations chained past {MAX_CHAINED_OPS}; letting traffic go on");
             step.flow = Flow::Continue;
         }
@@ -388,7 +397,7 @@ impl<H: Host> Worker<H> {
                     io.replace_body(&body);
                     Action::Continue
                 }
-                Flow::Store(_) => Action::Continue, // drive() never leaves one
+                Flow::Store(_) | Flow::Lookup => Action::Continue, // drive() never leaves one
             };
         }
     }

@@ -140,6 +140,10 @@ pub enum Flow {
     Respond(Box<Reply>),
     /// Run this store operation and feed its answer back as [`Event::Stored`].
     Store(Box<StoreOp>),
+    /// Look up the session the request presented ([`Exchange::lookup_op`] says which) and
+    /// feed the answer back, as for [`Flow::Store`]. The hot path's one store operation, kept
+    /// out of the heap: the machine holds what it needs already.
+    Lookup,
     /// Replace the response body held so far with this, then let it go on (the headers have
     /// left already).
     Replace(Vec<u8>),
@@ -522,13 +526,21 @@ impl Exchange {
                     end_of_stream,
                     now_ms,
                 };
-                Flow::Store(Box::new(StoreOp::Lookup {
-                    id,
-                    identity: self.identity.clone(),
-                    now_ms,
-                }))
-                .into()
+                Flow::Lookup.into()
             }
+        }
+    }
+
+    /// The lookup a [`Flow::Lookup`] asks for: the session this exchange waits for, for its
+    /// caller; `None` when it waits for no lookup.
+    pub fn lookup_op(&self) -> Option<StoreOp> {
+        match self.waiting {
+            Waiting::Lookup { id, now_ms, .. } => Some(StoreOp::Lookup {
+                id,
+                identity: self.identity.clone(),
+                now_ms,
+            }),
+            _ => None,
         }
     }
 

@@ -56,6 +56,7 @@ fn does(step: &Step) -> Does {
         Flow::Pause => Does::Pause,
         Flow::Respond(reply) => Does::Respond(reply.status, step.counts.clone()),
         Flow::Replace(_) => Does::Replace,
+        Flow::Lookup => Does::Lookup,
         Flow::Store(op) => match **op {
             StoreOp::Lookup { .. } => Does::Lookup,
             StoreOp::Reserve { .. } => Does::Reserve,
@@ -323,6 +324,44 @@ fn store_answers_by_table() {
     );
     assert_eq!(step.counts, vec![(Count::Terminated, 1)]);
     assert!(matches!(&step.flow, Flow::Respond(reply) if reply.status == 204));
+}
+
+/// A request on a session asks for a lookup without a boxed operation ([`Flow::Lookup`]);
+/// the operation it stands for names the session, the caller's identity and the time, and
+/// there is none once the lookup was answered.
+#[test]
+fn a_lookup_names_the_session_the_caller_and_the_time() {
+    let sid = id().encode();
+    let rows: Vec<(&str, Vec<(&str, &str)>, Option<Vec<u8>>)> = vec![
+        ("{}", vec![], None),
+        (
+            r#"{"identity_header": "x-user"}"#,
+            vec![("x-user", "alice")],
+            Some(b"alice".to_vec()),
+        ),
+    ];
+    for (config, extra, identity) in rows {
+        let mut pairs = vec![HANDSHAKE, ("mcp-session-id", sid.as_str())];
+        pairs.extend(extra);
+        let (mut exchange, step) = request(config, &post(&pairs), CALL);
+        assert_eq!(step.flow, Flow::Lookup, "{config}");
+        assert_eq!(
+            exchange.lookup_op(),
+            Some(StoreOp::Lookup {
+                id: id(),
+                identity,
+                now_ms: T0,
+            }),
+            "{config}"
+        );
+        let config = Config::parse(config.as_bytes()).unwrap();
+        let random = |_: &mut [u8]| true;
+        exchange.step(
+            &at_t0(&config, &random),
+            Event::Stored(StoreResult::Lookup(Lookup::NotFound)),
+        );
+        assert_eq!(exchange.lookup_op(), None, "answered");
+    }
 }
 
 /// An initialize from reservation to decision: the session header is set on a 2xx, the
