@@ -332,7 +332,8 @@ fn store_answers_by_table() {
 #[test]
 fn a_lookup_names_the_session_the_caller_and_the_time() {
     let sid = id().encode();
-    let rows: Vec<(&str, Vec<(&str, &str)>, Option<Vec<u8>>)> = vec![
+    type Row<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<Vec<u8>>);
+    let rows: Vec<Row> = vec![
         ("{}", vec![], None),
         (
             r#"{"identity_header": "x-user"}"#,
