@@ -39,6 +39,9 @@ def test_initialize_mints_a_session(envoy_for, upstreams, kind: str) -> None:
     assert session is not None and SESSION_ID_RE.match(session), info
     exposed = [h.strip().lower() for h in response.headers.get("access-control-expose-headers", "").split(",")]
     assert "mcp-session-id" in exposed, info
+    # Added where the answer lacks them, set where it has them: one copy of each either way.
+    assert response.headers.get_list("mcp-session-id") == [session], info
+    assert len(response.headers.get_list("access-control-expose-headers")) == 1, info
 
     (seen,) = upstreams.get(kind).requests(tag)
     assert "mcp-session-id" not in seen["headers"]
