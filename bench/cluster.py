@@ -22,13 +22,18 @@ so that Envoy, not the Python server, is what a run measures. Figures:
    come often), S sessions each used about once a second through C and D alternately; etcd's
    write counters (its /metrics) before and after, per session per minute.
 
+One build per run, the one the end-to-end harness renders: the Wasm filter by default, the
+native module with MCP_ARTIFACT=native (tests/e2e/harness.py puts it in place of the Wasm
+filter in every bootstrap). `make bench` (bench/run.sh) runs this script once per build.
+
 Every process (etcd members, the demo server, Envoys, wrk, h2load, etcdctl) is started here and
 stopped by its pid. This process pins itself to core 1 at start, so everything it starts runs
 there except the Envoys it pins elsewhere (A, L and L2 on core 0, C and D on both cores).
 
-Writes bench/cluster.json, with its provenance (bench/provenance.py: commit, clean tree, the
-SHA-256 of the filter's wasm, machine, settings); bench/report.py turns it into the cluster
-section of BENCHMARKS.md. Exits 1 when a check of the harness failed (a wrong status, a transport error), 2
+Writes bench/cluster.json (the Wasm filter) or bench/cluster.native.json (the native module),
+with its provenance (bench/provenance.py: commit, clean tree, the SHA-256 of the build measured,
+machine, settings); bench/report.py turns each into the cluster section of its build in
+BENCHMARKS.md. Exits 1 when a check of the harness failed (a wrong status, a transport error), 2
 when the run could not be made; a missed target or an unexpected count of the filter is
 reported in the section (Observations), not an error.
 """
@@ -73,8 +78,13 @@ from etcd_cluster import (  # noqa: E402
     without_store,
 )
 
-RESULTS_JSON = BENCH / "cluster.json"
-WORKDIR = BENCH / "out" / "cluster"
+# The build measured (MCP_ARTIFACT, read by the harness at import), its file, and where its
+# figures go.
+ARTIFACT = harness.ARTIFACT
+FILTER = bench.NATIVE_FILTER if ARTIFACT == "native" else bench.WASM_FILTER
+RESULTS_JSON = report.OUTPUTS[report.CLUSTER_OUTPUT[ARTIFACT]]
+# Logs and data per build: a native run after a Wasm one keeps the Wasm run's logs.
+WORKDIR = BENCH / "out" / ("cluster-native" if ARTIFACT == "native" else "cluster")
 
 # Ports nobody else uses (the tests: 22379/22380; make run-cluster: 2379/2380).
 CLIENT_PORT = 42379
@@ -348,8 +358,8 @@ STORE_STATS = ("cache.hits", "cache.misses", "store.calls", "store.errors", "sto
 
 
 def wait_watch_up(envoy: harness.Envoy, want: int, timeout: float = 15) -> None:
-    """The Envoy's VMs have their Watch up (store.watch_up), so cached sessions are trusted
-    for a touch interval rather than 1 s."""
+    """The Envoy's VMs (natively: its workers) have their Watch up (store.watch_up), so cached
+    sessions are trusted for a touch interval rather than 1 s."""
     deadline = time.monotonic() + timeout
     while envoy.stats().get("store.watch_up", 0) < want:
         if time.monotonic() > deadline:
@@ -495,8 +505,9 @@ def hot_path(env: Env, a: harness.Envoy, local: harness.Envoy, control: harness.
 
 
 def timer_calls(a: harness.Envoy, seconds: float) -> dict[str, Any]:
-    """store.calls of an idle Envoy over `seconds`: its VMs' timer chores (session count every
-    5 s per VM, a lease per window), the background of every etcd figure."""
+    """store.calls of an idle Envoy over `seconds`: its VMs' (natively: its workers') timer
+    chores (session count every 5 s per VM, a lease per window), the background of every etcd
+    figure."""
     before = a.stats()
     time.sleep(seconds)
     after = a.stats()
@@ -724,7 +735,7 @@ def run(args: argparse.Namespace, origin: dict[str, Any]) -> dict[str, Any]:
             raise HarnessError(f"{tool} is not installed (bench/run.sh installs it)")
     for path, hint in ((Path(ETCD_BIN), "make setup installs Debian's etcd-server"),
                        (Path(ETCDCTL_BIN), "make setup installs Debian's etcd-client"),
-                       (bench.ENVOY, "make setup"), (bench.WASM_FILTER, "make build")):  # fmt: skip
+                       (bench.ENVOY, "make setup"), (FILTER, "make build")):  # fmt: skip
         if not path.exists():
             raise HarnessError(f"{path} is missing ({hint})")
     if (os.cpu_count() or 1) < 2:
@@ -754,15 +765,17 @@ def run(args: argparse.Namespace, origin: dict[str, Any]) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": bench.machine(),
         "command": args.command,
+        "artifact": ARTIFACT,
         "etcd_version": subprocess.run([ETCD_BIN, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
         .split(":")[-1].strip(),
         "etcd_ports": [CLIENT_PORT, PEER_PORT],
         "etcd_hosts": list(HOSTS),
         "cores": {"envoy": ENVOY_CORE, "load": LOAD_CORE},
         "targets": {"hot_ratio": TARGET_HOT_RATIO},
-        "wasm": {
-            "sha256": hashlib.sha256(bench.WASM_FILTER.read_bytes()).hexdigest(),
-            "modified": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(bench.WASM_FILTER.stat().st_mtime)),
+        # The build measured, under its name ("wasm" or "native").
+        ARTIFACT: {
+            "sha256": hashlib.sha256(FILTER.read_bytes()).hexdigest(),
+            "modified": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(FILTER.stat().st_mtime)),
         },
         "config": FILTER_CONFIG,
         "log_level": args.log_level,
@@ -772,6 +785,7 @@ def run(args: argparse.Namespace, origin: dict[str, Any]) -> dict[str, Any]:
     pids: list[int] = []
     phases = set(args.phases.split(","))
     with ExitStack() as stack:
+        log(f"build: {ARTIFACT} ({FILTER.relative_to(REPO)}), figures to {RESULTS_JSON.relative_to(REPO)}")
         log(f"etcd: 3 members on 127.0.0.11-13, client port {CLIENT_PORT}, peer port {PEER_PORT}")
         etcd = EtcdCluster(WORKDIR / "etcd", client_port=CLIENT_PORT, peer_port=PEER_PORT)
         stack.callback(etcd.stop_all)
@@ -800,8 +814,8 @@ def run(args: argparse.Namespace, origin: dict[str, Any]) -> dict[str, Any]:
             results["envoy_version"] = bench.envoy_version(a)
             log(f"Envoy {report.short_version(results['envoy_version'])}: A (etcd, pid {a.pid}) and L (local, pid "
                 f"{local.pid}) on core {ENVOY_CORE}, B (etcd, pid {b.pid}) on core {LOAD_CORE}")  # fmt: skip
-            # A VM starts its etcd machinery (the watch, the timer's calls) with its first store
-            # operation: one session on each etcd Envoy first.
+            # A VM (natively: a worker) starts its etcd machinery (the watch, the timer's calls)
+            # with its first store operation: one session on each etcd Envoy first.
             for e in (a, b):
                 open_session(Conn(e.ports[DIRECT]), f"{e.name}/{DIRECT}")
                 wait_watch_up(e, 1)
@@ -848,7 +862,7 @@ def run(args: argparse.Namespace, origin: dict[str, Any]) -> dict[str, Any]:
         results["etcd_metrics_end"] = {k: v for k, v in end.items() if k in WRITE_METRICS}
         results["etcd_metrics_missing"] = [k for k in WRITE_METRICS if k not in end]
     # The members' data (their WAL files preallocate 64 MB each) is not needed after the run;
-    # their logs stay in bench/out/cluster/etcd.
+    # their logs stay in bench/out/cluster/etcd (natively: bench/out/cluster-native/etcd).
     for member in etcd.members:
         shutil.rmtree(member.data_dir, ignore_errors=True)
     # Every process started here is stopped: check it by pid.
@@ -891,7 +905,7 @@ def main() -> int:
     add("--steady-idle", type=int, default=200, help="idle timeout in steady use (default 200: a touch each 10 s)")
     add("--phases", default="hot,init,miss,bytes,writes", help="which parts to run (default all)")
     add("--log-level", default="info", help="Envoy's log level (default info)")
-    add("--no-write", action="store_true", help="print, but do not write bench/cluster.json")
+    add("--no-write", action="store_true", help=f"print, but do not write {RESULTS_JSON.relative_to(REPO)}")
     add("--command", default="make bench", help="the command recorded in the provenance")
     args = parser.parse_args()
     not_settings = ("no_write", "command")
@@ -901,13 +915,13 @@ def main() -> int:
     if unknown:
         raise HarnessError(f"unknown phases: {sorted(unknown)}")
     if args.phases != parser.get_default("phases") and not args.no_write:
-        log("only some phases (--phases): a partial run, bench/cluster.json is not written")
+        log(f"only some phases (--phases): a partial run, {RESULTS_JSON.relative_to(REPO)} is not written")
         args.no_write = True
     origin = provenance.collect(
         command=args.command,
         settings=settings,
         defaults=defaults,
-        artifacts=[bench.WASM_FILTER],
+        artifacts=[FILTER],
         envoy_version=bench.envoy_binary_version(),
     )
     results = run(args, origin)

@@ -1,14 +1,14 @@
 """Where a stored benchmark output comes from: the `provenance` object of bench/*.json.
 
-bench/bench.py, bench/cluster.py and bench/profile.py each store one, so that a figure can be
-traced to the code and the machine that produced it:
+bench/bench.py, bench/cluster.py (once per build) and bench/profile.py each store one, so that a
+figure can be traced to the code and the machine that produced it:
 
 - `commit`: `git rev-parse HEAD` when the run started;
 - `clean`: whether the tracked files matched that commit (`git status --porcelain
   --untracked-files=no`), leaving out the files a benchmark run itself rewrites (its stored
   outputs, bench/results.svg and BENCHMARKS.md); `changed` lists the others when not clean;
-- `artifacts`: the SHA-256 and size of every Wasm module the run measured (the filter, and the
-  benchmark's own filters where used), by path;
+- `artifacts`: the SHA-256 and size of every Wasm module and native module the run measured
+  (the filter's builds, and the benchmark's own filters where used), by path;
 - `cpu` (/proc/cpuinfo "model name"), `nproc`, `kernel`, `envoy_version`, `date` (UTC);
 - `command` and `settings`: the flags the run was given; `short` is true when any of them
   differs from its default (a quick run, not the published figures), and `deviations` names
@@ -31,7 +31,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 # Files a benchmark run writes itself: their being modified does not make the tree unclean.
-OUTPUTS = ("bench/results.json", "bench/cluster.json", "bench/profile.json", "bench/results.svg", "BENCHMARKS.md")
+OUTPUTS = (
+    "bench/results.json",
+    "bench/cluster.json",
+    "bench/cluster.native.json",
+    "bench/profile.json",
+    "bench/results.svg",
+    "BENCHMARKS.md",
+)
 
 
 def git(*args: str) -> str:

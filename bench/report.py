@@ -7,11 +7,14 @@ Every number in BENCHMARKS.md stands between a pair of markers
     <!-- /generated:NAME -->
 
 and is written here from the output the marker names: bench/results.json (bench/bench.py),
-bench/cluster.json (bench/cluster.py) or bench/profile.json (bench/profile.py). Each output
-carries its `provenance` (bench/provenance.py: the commit, whether the tree was clean, the
-SHA-256 of the Wasm modules measured, the machine, the settings). The prose around the blocks
-is not touched, and states no measured number of its own (tests/e2e/test_benchmarks_doc.py
-checks both: every block as this script writes it from its output, and the prose).
+bench/cluster.json and bench/cluster.native.json (bench/cluster.py, once per build: the Wasm
+filter, then the native module with MCP_ARTIFACT=native) or bench/profile.json
+(bench/profile.py). Each output carries its `provenance` (bench/provenance.py: the commit,
+whether the tree was clean, the SHA-256 of the Wasm modules and native modules measured, the
+machine, the settings). An output that may be missing (OPTIONAL: the native cluster run, which
+older trees lack) renders as a line saying so. The prose around the blocks is not touched, and
+states no measured number of its own (tests/e2e/test_benchmarks_doc.py checks both: every
+block as this script writes it from its output, and the prose).
 
     python3 bench/report.py           rewrite the blocks of BENCHMARKS.md and bench/results.svg
     python3 bench/report.py --check   exit 1, naming them, when any differs from its output
@@ -37,8 +40,15 @@ RESULTS_SVG = BENCH / "results.svg"
 OUTPUTS = {
     "results": BENCH / "results.json",
     "cluster": BENCH / "cluster.json",
+    "cluster_native": BENCH / "cluster.native.json",
     "profile": BENCH / "profile.json",
 }
+# Outputs whose absence the page states instead of failing.
+OPTIONAL = ("cluster_native",)
+# bench/cluster.py's output per build (MCP_ARTIFACT); an output without `artifact` is the Wasm
+# filter's (it predates the native run).
+CLUSTER_OUTPUT = {"wasm": "cluster", "native": "cluster_native"}
+BUILD_NAME = {"wasm": "Wasm", "native": "native"}
 
 NOFILTER, EMPTY, FILTER = "nofilter", "empty", "filter"
 EMPTY_NATIVE, NATIVE, MCP = "empty_native", "native", "mcp"
@@ -75,7 +85,10 @@ DASH = "–"
 BEGIN = re.compile(r"<!-- generated:(?P<name>[\w-]+) from (?P<sources>[^ ]+(?:, [^ ]+)*) by bench/report\.py;[^>]*-->")
 
 
-def load(name: str) -> dict[str, Any]:
+def load(name: str) -> dict[str, Any] | None:
+    """The stored output `name`; None when it is an OPTIONAL one and missing."""
+    if name in OPTIONAL and not OUTPUTS[name].exists():
+        return None
     return json.loads(OUTPUTS[name].read_text())
 
 
@@ -151,15 +164,23 @@ def block(name: str, sources: list[str], body: str) -> str:
 # --------------------------------------------------------------------------- the runs
 
 
-def render_runs(outputs: dict[str, dict[str, Any]]) -> str:
-    """Which run each stored output comes from."""
+def render_runs(outputs: dict[str, dict[str, Any] | None]) -> str:
+    """Which run each stored output comes from (a missing OPTIONAL output: a row saying so)."""
     lines = [
         "| output | written by | commit | clean tree | short run | started | seconds | filter wasm sha256 "
         "| native module sha256 |",
         "|---|---|---|:-:|:-:|---|--:|---|---|",
     ]
-    writers = {"results": "bench/bench.py", "cluster": "bench/cluster.py", "profile": "bench/profile.py"}
+    writers = {
+        "results": "bench/bench.py",
+        "cluster": "bench/cluster.py",
+        "cluster_native": "MCP_ARTIFACT=native bench/cluster.py",
+        "profile": "bench/profile.py",
+    }
     for name, out in outputs.items():
+        if out is None:
+            lines.append(f"| `{rel(OUTPUTS[name])}` | `{writers[name]}` | **missing** |" + f" {DASH} |" * 6)
+            continue
         p = out["provenance"]
         wasm = p["artifacts"].get(WASM_ARTIFACT, {}).get("sha256")
         native = p["artifacts"].get(NATIVE_ARTIFACT, {}).get("sha256")
@@ -168,8 +189,9 @@ def render_runs(outputs: dict[str, dict[str, Any]]) -> str:
             f"| {'**yes**' if p['short'] else 'no'} | {p['date']} | {out['seconds']:,.0f} "
             f"| {f'`{wasm[:16]}`' if wasm else DASH} | {f'`{native[:16]}`' if native else 'not measured'} |"
         )
-    total = sum(out["seconds"] for out in outputs.values())
-    lines += ["", f"The three runs took {total / 60:.1f} minutes together (their `seconds`, added)."]
+    present = [out for out in outputs.values() if out is not None]
+    total = sum(out["seconds"] for out in present)
+    lines += ["", f"The {len(present)} runs took {total / 60:.1f} minutes together (their `seconds`, added)."]
     return "\n".join(lines)
 
 
@@ -644,11 +666,20 @@ def fmt_range(r: list[float]) -> str:
     return f"{r[0]:.2f}–{r[1]:.2f}"
 
 
+def cluster_heading(build: str) -> str:
+    return f"### {BUILD_NAME[build].capitalize()} build"
+
+
 def render_cluster(results: dict[str, Any]) -> str:
+    """One build's cluster section (bench/cluster.py's output), under a heading naming the build."""
     m = results["machine"]
     cores = results["cores"]
     hosts = results["etcd_hosts"]
+    build = results.get("artifact", "wasm")
+    unit = "VM" if build == "wasm" else "worker"  # what keeps a store's own leases, count and Watch
     lines = [
+        cluster_heading(build),
+        "",
         f"Run of {results['date']} on {m['nproc']} cores ({m['cpu']}), Linux {m['kernel']}, "
         f"Envoy {short_version(results['envoy_version'])}, etcd {results['etcd_version']} ({len(hosts)} members on "
         f"{', '.join(hosts)}, client port {results['etcd_ports'][0]}, peer port {results['etcd_ports'][1]}, one "
@@ -689,7 +720,7 @@ def render_cluster(results: dict[str, Any]) -> str:
                 "",
                 f"`store.calls` of A while idle ({timer['seconds']:g} s before the runs): {timer['stats']['store.calls']}"
                 + (
-                    ": no timer call fell in that window (each VM's timer counts the sessions and grants leases "
+                    f": no timer call fell in that window (each {unit}'s timer counts the sessions and grants leases "
                     "ahead, and those calls count too), so the runs' store calls are the requests' own, give or "
                     "take a timer call."
                     if timer["stats"]["store.calls"] == 0
@@ -817,7 +848,7 @@ def render_cluster(results: dict[str, Any]) -> str:
             f"| store calls of C and D (the misses' reads and the touches) | {w['calls_per_session_per_min']:.2f} |",
             "",
             f"Besides the writes: {w['lease_grants_per_min']:.0f} lease grants a minute for the whole run (C and D, "
-            "a lease per window per Wasm VM, whatever the number of sessions).",
+            f"a lease per window per {'Wasm VM' if build == 'wasm' else 'worker'}, whatever the number of sessions).",
         ]
     by = results.get("bytes")
     if by:
@@ -854,18 +885,41 @@ def render_cluster(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_cluster_of(build: str) -> Callable[[dict[str, Any] | None], str]:
+    """The renderer of the block of `build`'s cluster output: its section, or that it is missing."""
+
+    def renderer(results: dict[str, Any] | None) -> str:
+        path = rel(OUTPUTS[CLUSTER_OUTPUT[build]])
+        if results is None:
+            return (
+                f"{cluster_heading(build)}\n\nThe {BUILD_NAME[build]} cluster run is missing: there is no `{path}`. "
+                "`make bench` writes it (`bash bench/run.sh --cluster-only` makes only the cluster runs), with "
+                f"`MCP_ARTIFACT={build} bench/cluster.py`."
+            )
+        measured = results.get("artifact", "wasm")
+        if measured != build:
+            raise ValueError(f"{path} holds a run of the {measured} build, not of the {build} one")
+        return render_cluster(results)
+
+    return renderer
+
+
 # --------------------------------------------------------------------------- the blocks
 
 
 # name -> (the outputs it is written from, the renderer)
 BLOCKS: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
-    "runs": (("results", "cluster", "profile"), lambda r, c, p: render_runs({"results": r, "cluster": c, "profile": p})),
+    "runs": (
+        ("results", "cluster", "cluster_native", "profile"),
+        lambda r, c, cn, p: render_runs({"results": r, "cluster": c, "cluster_native": cn, "profile": p}),
+    ),
     "matrix": (("results",), render_matrix),
     "memory": (("results",), render_memory),
     "targets": (("results",), render_targets),
     "profile": (("profile",), render_profile),
     "profile-reading": (("profile",), render_profile_reading),
-    "cluster": (("cluster",), render_cluster),
+    "cluster": (("cluster",), render_cluster_of("wasm")),
+    "cluster-native": (("cluster_native",), render_cluster_of("native")),
 }
 
 

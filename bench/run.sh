@@ -3,22 +3,24 @@
 #   1. bench/bench.py    both builds' cost (the Wasm filter, the native module) against Envoy
 #                        without a filter, their floors and Envoy's own mcp filter, and each
 #                        build's memory (bench/results.json; 11 to 15 minutes on 2 cores)
-#   2. bench/cluster.py  the etcd store against the local store, with a 3-member etcd cluster
-#                        (bench/cluster.json; about 2.5 minutes)
+#   2. bench/cluster.py  the etcd store against the local store, with a 3-member etcd cluster,
+#                        once per build with the same flags: the Wasm filter (bench/cluster.json),
+#                        then the native module, MCP_ARTIFACT=native (bench/cluster.native.json);
+#                        about 2.5 minutes each
 #   3. bench/profile.py  where the time goes: instructions per request of every listener, and
 #                        per hostcall, under callgrind (bench/profile.json; 6 to 14 minutes)
-#   4. bench/report.py   BENCHMARKS.md's generated blocks and bench/results.svg, from the three
-#                        stored outputs (also after a run that failed: its output, if written,
-#                        lists what failed)
+#   4. bench/report.py   BENCHMARKS.md's generated blocks and bench/results.svg, from the stored
+#                        outputs (also after a run that failed: its output, if written, lists
+#                        what failed)
 # Each output records its provenance (bench/provenance.py): the commit, whether the tree was
 # clean, the SHA-256 of the Wasm modules and native modules measured, the machine and the settings.
 #
 #   bash bench/run.sh [flags]            all of it; flags it does not know go to bench.py
-#     --quick                            short settings for all three runs: proves the machinery
+#     --quick                            short settings for every run: proves the machinery
 #                                        in a few minutes; the outputs say "short" in their
 #                                        provenance, and BENCHMARKS.md says so
 #     --skip-cluster, --skip-profile     leave a run out (BENCH_SKIP_CLUSTER=1 too)
-#     --cluster-only [cluster.py flags]  only the cluster run, then the report
+#     --cluster-only [cluster.py flags]  only the cluster runs (both builds), then the report
 #     --profile-only [profile.py flags]  only the profile run, then the report (also: `profile`)
 #     --no-write                         passed to every run; also skips the report
 #     --help                             this text
@@ -125,25 +127,31 @@ if ((profile)); then
 fi
 
 status=0
+# run NAME COMMAND...: runs COMMAND, logs it and its exit status; the first failure is the exit
+# status of the script, and the runs after it still run.
 run() {
     local name="$1" rc=0
     shift
-    log "$name: .venv/bin/python $*"
-    .venv/bin/python "$@" || rc=$?
+    log "$name: $*"
+    "$@" || rc=$?
     log "$name done (exit $rc)"
     ((status == 0)) && status=$rc
     return 0
 }
 if ((matrix)); then
-    run bench.py bench/bench.py "${bench_args[@]}"
+    # bench.py and profile.py render each build themselves: a shell's MCP_ARTIFACT must not
+    # turn their Wasm listeners into the native module (the harness reads it).
+    run bench.py env MCP_ARTIFACT=wasm .venv/bin/python bench/bench.py "${bench_args[@]}"
 fi
 if ((cluster)); then
-    run cluster.py bench/cluster.py "${cluster_args[@]}"
+    # One run per build, the same flags; the harness renders the build MCP_ARTIFACT names.
+    run "cluster.py (Wasm)" env MCP_ARTIFACT=wasm .venv/bin/python bench/cluster.py "${cluster_args[@]}"
+    run "cluster.py (native)" env MCP_ARTIFACT=native .venv/bin/python bench/cluster.py "${cluster_args[@]}"
 fi
 if ((profile)); then
-    run profile.py bench/profile.py "${profile_args[@]}"
+    run profile.py env MCP_ARTIFACT=wasm .venv/bin/python bench/profile.py "${profile_args[@]}"
 fi
 if ((write)); then
-    run report.py bench/report.py
+    run report.py .venv/bin/python bench/report.py
 fi
 exit "$status"
