@@ -26,7 +26,7 @@ use abi::{Envoy, EnvoyConfig, MainThread, Ticker};
 use log::{error, info};
 use mcp_session_core::config::{Config, ConfigError};
 use mcp_session_core::driver::{
-    Action, Capabilities, Side, Stream, StreamIo, TimerIo, Upstream, Worker,
+    Action, Capabilities, Hook, Side, Stream, StreamIo, TimerIo, Upstream, Worker,
 };
 use mcp_session_core::exchange::Reply;
 use mcp_session_core::grpc;
@@ -240,9 +240,11 @@ impl Filter {
     fn run(
         &mut self,
         envoy: &Envoy<'_>,
+        hook: Option<Hook>,
         step: impl FnOnce(&Worker<Native>, &mut Stream, &mut Io<'_, '_>) -> Action,
     ) -> Outcome {
-        if self.failed {
+        // The core says when a hook has nothing to do: then the worker is not even locked.
+        if self.failed || hook.is_some_and(|hook| self.stream.passes(hook)) {
             return Outcome::PASS;
         }
         let mut io = Io {
@@ -254,7 +256,7 @@ impl Filter {
     }
 
     pub(crate) fn request_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
-        self.run(envoy, |worker, stream, io| {
+        self.run(envoy, None, |worker, stream, io| {
             let headers = io.envoy.headers(Side::Request);
             // Test builds only (`--features fault-injection`): a header that panics inside
             // the module, with this worker locked, to prove the boundary holds.
@@ -272,7 +274,7 @@ impl Filter {
     }
 
     pub(crate) fn request_body(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
-        self.run(envoy, |worker, stream, io| {
+        self.run(envoy, Some(Hook::RequestBody), |worker, stream, io| {
             let size = || io.envoy.body_size(Side::Request);
             let body = || io.envoy.body(Side::Request);
             worker.request_body(stream, &size, end_of_stream, &body, io)
@@ -280,14 +282,14 @@ impl Filter {
     }
 
     pub(crate) fn response_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
-        self.run(envoy, |worker, stream, io| {
+        self.run(envoy, Some(Hook::ResponseHeaders), |worker, stream, io| {
             let headers = io.envoy.headers(Side::Response);
             worker.response_headers(stream, &headers, io.envoy, end_of_stream, io)
         })
     }
 
     pub(crate) fn response_body(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
-        self.run(envoy, |worker, stream, io| {
+        self.run(envoy, Some(Hook::ResponseBody), |worker, stream, io| {
             let size = || io.envoy.body_size(Side::Response);
             let body = || io.envoy.body(Side::Response);
             worker.response_body(stream, &size, end_of_stream, &body, io)
@@ -301,14 +303,14 @@ impl Filter {
         status: u32,
         message: &[u8],
     ) -> Outcome {
-        self.run(envoy, |worker, stream, io| {
+        self.run(envoy, None, |worker, stream, io| {
             worker.stream_call_answered(stream, token, status, message, io);
             Action::Continue
         })
     }
 
     pub(crate) fn complete(&mut self, envoy: &Envoy<'_>) -> Outcome {
-        self.run(envoy, |worker, stream, io| {
+        self.run(envoy, Some(Hook::Done), |worker, stream, io| {
             worker.stream_done(stream, io);
             Action::Continue
         })

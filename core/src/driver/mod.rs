@@ -16,7 +16,7 @@
 mod stream;
 mod timer;
 
-pub use stream::{Action, Side, Stream, StreamIo};
+pub use stream::{Action, Hook, Side, Stream, StreamIo};
 pub use timer::{NoCalls, TimerIo};
 
 use crate::config::{Config, ConfigError, IdentitySource, StoreConfig};
@@ -380,5 +380,49 @@ mod tests {
         .is_ok());
         assert!(on(ETCD, Capabilities::ALL).is_ok());
         assert!(on(JWT, Capabilities::ALL).is_ok());
+    }
+
+    /// What a host may skip: a stream that reads nothing passes every hook; an initialize
+    /// that waits for its body passes none of its request's.
+    #[test]
+    fn a_stream_passes_the_hooks_it_has_nothing_to_do_in() {
+        let process = Process::new(T0);
+        let worker = Worker::on_host(FakeHost::new(&process, 7), b"{}", Capabilities::ALL)
+            .map_err(|e| e.0)
+            .unwrap();
+        let all = [
+            Hook::RequestBody,
+            Hook::ResponseHeaders,
+            Hook::ResponseBody,
+            Hook::Done,
+        ];
+        let fresh = Stream::default();
+        assert!(all.iter().all(|&hook| fresh.passes(hook)));
+
+        let init = crate::testkit::Request::post(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+            &[],
+        );
+        let mut stream = Stream::default();
+        let mut log = crate::testkit::StreamLog::default();
+        worker.request_headers(
+            &mut stream,
+            &init.headers,
+            &init.attributes,
+            false,
+            &mut log,
+        );
+        assert!(!stream.passes(Hook::RequestBody), "its body is read");
+        // The sessionless era passes untouched.
+        let mut sessionless = Stream::default();
+        let era = crate::testkit::Request::post("{}", &[("mcp-protocol-version", "2026-07-28")]);
+        worker.request_headers(
+            &mut sessionless,
+            &era.headers,
+            &era.attributes,
+            false,
+            &mut log,
+        );
+        assert!(all.iter().all(|&hook| sessionless.passes(hook)));
     }
 }

@@ -69,6 +69,34 @@ pub struct Stream {
     held: Option<(Side, u32)>,
 }
 
+/// A hook a host may skip when its stream has nothing to do in it ([`Stream::passes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// [`Worker::request_body`].
+    RequestBody,
+    /// [`Worker::response_headers`].
+    ResponseHeaders,
+    /// [`Worker::response_body`].
+    ResponseBody,
+    /// [`Worker::stream_done`].
+    Done,
+}
+
+impl Stream {
+    /// True when the worker's `hook` would let this stream go on without reading or doing
+    /// anything: a host may then answer Continue at once, without the worker (on the hot path,
+    /// every hook after the request headers).
+    pub fn passes(&self, hook: Hook) -> bool {
+        let free = self.held.is_none();
+        match hook {
+            Hook::RequestBody => free && !self.exchange.reads_request_body(),
+            Hook::ResponseHeaders => !self.exchange.reads_response_headers(),
+            Hook::ResponseBody => free && !self.exchange.reads_response_body(),
+            Hook::Done => !(free && self.exchange.holds_reservation()),
+        }
+    }
+}
+
 /// A step, and whether a call must be made first (`Stream::flight`).
 struct Driven {
     step: Step,
@@ -109,11 +137,11 @@ impl<H: Host> Worker<H> {
         body: &dyn Fn() -> Vec<u8>,
         io: &mut impl StreamIo,
     ) -> Action {
+        if stream.passes(Hook::RequestBody) {
+            return Action::Continue;
+        }
         if stream.held.is_some() {
             return Action::Pause; // held until etcd answers
-        }
-        if !stream.exchange.reads_request_body() {
-            return Action::Continue;
         }
         let event = Event::RequestBody {
             size: size(),
@@ -132,7 +160,7 @@ impl<H: Host> Worker<H> {
         end_of_stream: bool,
         io: &mut impl StreamIo,
     ) -> Action {
-        if !stream.exchange.reads_response_headers() {
+        if stream.passes(Hook::ResponseHeaders) {
             return Action::Continue; // the hot path: nothing to do
         }
         let event = Event::ResponseHeaders {
@@ -153,11 +181,11 @@ impl<H: Host> Worker<H> {
         body: &dyn Fn() -> Vec<u8>,
         io: &mut impl StreamIo,
     ) -> Action {
+        if stream.passes(Hook::ResponseBody) {
+            return Action::Continue;
+        }
         if stream.held.is_some() {
             return Action::Pause; // held until etcd answers
-        }
-        if !stream.exchange.reads_response_body() {
-            return Action::Continue;
         }
         let event = Event::ResponseBody {
             size: size(),
@@ -170,7 +198,7 @@ impl<H: Host> Worker<H> {
     /// The stream is over (completed, reset or refused): a reservation still held is freed.
     /// One that waits for etcd is left to its call's answer.
     pub fn stream_done(&self, stream: &mut Stream, io: &mut impl StreamIo) {
-        if stream.exchange.holds_reservation() && stream.held.is_none() {
+        if !stream.passes(Hook::Done) {
             let _ = self.feed(stream, Side::Response, Event::Done, io);
         }
     }
