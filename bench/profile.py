@@ -8,8 +8,13 @@ request, split by where they ran:
 
 - `envoy`: Envoy's own code (HTTP, the Wasm host side of every hostcall, V8's C++ runtime, the
   dynamic-module host side of every callback);
-- `v8 code`: code V8 generated (the filter's compiled Wasm, V8 builtins and the trampolines
-  between Wasm and C++): callgrind sees it as anonymous memory;
+- `v8 code`: code callgrind cannot place in a file: what V8 generated (the filter's compiled
+  Wasm, V8 builtins and the trampolines between Wasm and C++, in anonymous memory), and also
+  Envoy's allocator: tcmalloc's fast paths live in the binary's own `google_malloc` section,
+  which callgrind does not map to the binary (its addresses fall in that section once
+  valgrind's load offset is taken off, and a native module's calls name them `malloc` and
+  `free`). So every listener has some, the one without a filter too, and natively it grows
+  with the allocations a module makes and causes;
 - `module`: a native module's own code (libmcp_session_native.so, or the empty module);
 - `libc`: memcpy, memset, mutexes and the rest.
 

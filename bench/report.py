@@ -75,8 +75,9 @@ SHORT = {
 # The parts of a callgrind count (bench/profile.py): `module` is a native module's own code (ours
 # or the empty one); each build's filter shows the parts it can run in.
 PARTS = ("envoy", "v8 code", "libc")
-# Natively the `v8 code` part (callgrind's unnamed code in anonymous memory, which every listener
-# has some of, the one without a filter too) is not V8's: it is shown as unnamed.
+# Natively the `v8 code` part (code callgrind cannot place in a file: mostly Envoy's tcmalloc,
+# whose `google_malloc` section it does not map to the binary; every listener has some, the one
+# without a filter too) is not V8's: it is shown as unnamed.
 NATIVE_PARTS = ("envoy", "module", "v8 code", "libc")
 NATIVE_ARTIFACT = "target/release/libmcp_session_native.so"
 WASM_ARTIFACT = "target/wasm32-wasip1/release/mcp_session_filter.wasm"
