@@ -94,15 +94,19 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Appends `bytes` in lowercase hex.
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     out.reserve(bytes.len() * 2);
-    // Both indexes are below 16, so the compiler drops the bounds checks; the digits are
-    // ASCII, pushed without a char's UTF-8 encoding.
-    let digit = |n: u8| char::from(DIGITS.get(usize::from(n)).copied().unwrap_or(b'0'));
+    // ASCII digits, pushed without a char's UTF-8 encoding.
     for &b in bytes {
-        out.push(digit(b >> 4));
-        out.push(digit(b & 0x0f));
+        out.push(char::from(hex_digit(b >> 4)));
+        out.push(char::from(hex_digit(b)));
     }
+}
+
+/// The lowercase hex digit of `n`'s low four bits (a table lookup: the index is below 16, so
+/// the compiler drops the bounds check).
+pub fn hex_digit(n: u8) -> u8 {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    DIGITS.get(usize::from(n & 0x0f)).copied().unwrap_or(b'0')
 }
 
 /// Decodes lowercase hex into `out` (exactly twice as many digits as bytes, in groups of

@@ -68,11 +68,9 @@ pub fn slot_key(slot: u32) -> SlotKey {
     // Not `format!` nor a `String`: an initialize builds this key twice, and the formatting
     // machinery and the allocation cost more than the rest of the store's write (make
     // bench's native profile).
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut key = *b"mcps/00000000";
-    for (i, place) in key.iter_mut().skip(5).enumerate() {
-        let nibble = (slot >> (28 - 4 * i)) & 0xf;
-        *place = DIGITS.get(nibble as usize).copied().unwrap_or(b'0');
+    for (place, shift) in key.iter_mut().skip(5).zip((0..8).rev()) {
+        *place = crate::session_id::hex_digit((slot >> (4 * shift)) as u8);
     }
     SlotKey(key)
 }
