@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import dataclasses
 import json
 import re
 import shutil
@@ -168,10 +169,10 @@ class Callgrind:
         self.envoy.stop()
 
 
-def read_dumps(workdir: Path) -> dict[str, dict[str, int]]:
-    """Instructions of the busiest thread per dump (the worker, which served the requests),
-    split by part, keyed by dump label."""
-    by_label: dict[str, dict[str, int]] = {}
+def read_dumps(workdir: Path) -> dict[str, Dump]:
+    """The busiest thread of each dump (the worker, which served the requests), keyed by dump
+    label."""
+    by_label: dict[str, Dump] = {}
     for path in workdir.glob("callgrind.out.*"):
         with open(path, errors="replace") as f:
             head = f.read(4096)
@@ -179,28 +180,47 @@ def read_dumps(workdir: Path) -> dict[str, dict[str, int]]:
         if not match:
             continue
         label = match.group(1)
-        parts = split_by_part(path)
-        if sum(parts.values()) > sum(by_label.get(label, {}).values()):
-            by_label[label] = parts
+        dump = read_dump(path)
+        if label not in by_label or dump.total() > by_label[label].total():
+            by_label[label] = dump
     return by_label
 
 
-def split_by_part(path: Path) -> dict[str, int]:
-    """Self cost (Ir) per part, read from a callgrind output file.
+@dataclasses.dataclass
+class Dump:
+    """One thread's instructions: self cost per part, and the inclusive cost of each Envoy
+    callback a native module called, with how many calls."""
 
-    The format: `ob=` sets the object of the functions that follow (`(id) name` defines a
-    compressed name, in `ob=` or `cob=` lines, and `(id)` refers to one); a cost line is `<position> <Ir>`; a `calls=` line
-    is followed by the inclusive cost of that call, which is the callee's and is skipped.
+    parts: dict[str, int]
+    callbacks: dict[str, list[int]]
+
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+
+CALLBACK = "envoy_dynamic_module_callback_"
+
+
+def read_dump(path: Path) -> Dump:
+    """Reads a callgrind output file.
+
+    The format: `ob=` sets the object of the functions that follow, `cfn=` names a function
+    called (`(id) name` defines a compressed name, and `(id)` alone refers to one; objects and
+    functions each have their own ids); a cost line is `<position> <Ir>`; a `calls=<count> ...`
+    line is followed by the inclusive cost of that call, which is the callee's: not counted in
+    the caller's part, but kept per callback when a native module calls into Envoy.
     """
-    names: dict[str, str] = {}
+    objects: dict[str, str] = {}
+    functions: dict[str, str] = {}
     parts: dict[str, int] = collections.Counter()
-    current = ""
-    skip_next = False
+    callbacks: dict[str, list[int]] = {}
+    current = callee = ""
+    call: int | None = None
     with open(path, errors="replace") as lines:
         for line in lines:
-            if line.startswith(("ob=", "cob=")):
-                # Both define compressed names; only ob= changes the current object.
+            if line.startswith(("ob=", "cob=", "fn=", "cfn=")):
                 key, _, value = line.rstrip("\n").partition("=")
+                names = objects if key in ("ob", "cob") else functions
                 m = re.match(r"\((\d+)\)(?: (.*))?", value)
                 name = value.strip()
                 if m:
@@ -209,16 +229,22 @@ def split_by_part(path: Path) -> dict[str, int]:
                     name = names.get(m.group(1), "")
                 if key == "ob":
                     current = name
+                elif key == "cfn":
+                    callee = name
             elif line.startswith("calls="):
-                skip_next = True
+                call = int(line[6:].split()[0])
             elif line[:1].isdigit() or line[:1] in "+-*":
-                if skip_next:
-                    skip_next = False
-                    continue
                 fields = line.split()
-                if len(fields) >= 2:
+                if len(fields) < 2:
+                    continue
+                if call is None:
                     parts[part_of(current)] += int(fields[1])
-    return dict(parts)
+                elif part_of(current) == "module" and callee.startswith(CALLBACK):
+                    seen = callbacks.setdefault(callee.removeprefix(CALLBACK), [0, 0])
+                    seen[0] += int(fields[1])
+                    seen[1] += call
+                call = None
+    return Dump(dict(parts), callbacks)
 
 
 NATIVE_MODULES = (bench.NATIVE_FILTER.name, bench.NATIVE_EMPTY.name)
@@ -309,8 +335,8 @@ def main() -> int:
     finally:
         cg.stop()
     if args.only:
-        for label, parts in sorted(read_dumps(workdir).items()):
-            per = {k: round(v / args.requests) for k, v in parts.items()}
+        for label, dump in sorted(read_dumps(workdir).items()):
+            per = {k: round(v / args.requests) for k, v in dump.parts.items()}
             print(f"{label:24} {sum(per.values()):>9,}  {per}")
         return 0
     meta = {
@@ -336,17 +362,18 @@ def main() -> int:
     return report(read_dumps(workdir), meta, problems, args.no_write)
 
 
-def report(counts: dict[str, dict[str, int]], meta: dict[str, Any], problems: list[str], no_write: bool) -> int:
+def report(dumps: dict[str, Dump], meta: dict[str, Any], problems: list[str], no_write: bool) -> int:
     n = meta["requests"]
-    passes: dict[str, list[dict[str, int]]] = collections.defaultdict(list)
-    for label, parts in counts.items():
-        passes[label.split("@")[0]].append(parts)
-    per_request = {}
+    passes: dict[str, list[Dump]] = collections.defaultdict(list)
+    for label, dump in dumps.items():
+        passes[label.split("@")[0]].append(dump)
+    per_request, callbacks = {}, {}
     for label, measured in passes.items():
-        measured.sort(key=lambda parts: sum(parts.values()))
-        lowest = measured[0]
-        per_request[label] = {k: v / n for k, v in lowest.items()}
-    results = meta | {"pass_taken": "lowest", "per_request": per_request}
+        lowest = min(measured, key=Dump.total)
+        per_request[label] = {k: v / n for k, v in lowest.parts.items()}
+        if lowest.callbacks:
+            callbacks[label] = {k: {"instructions": ir / n, "calls": c / n} for k, (ir, c) in lowest.callbacks.items()}
+    results = meta | {"pass_taken": "lowest", "per_request": per_request, "callbacks": callbacks}
     for name in ("profile", "profile-reading"):
         print(tables.BLOCKS[name][1](results) + "\n")
     if not no_write:

@@ -636,6 +636,7 @@ def render_profile_reading(prof: dict[str, Any]) -> str:
                     else ""
                 )
             )
+            native += native_callbacks(prof, key, none, nfloor, module, target)
     return "\n".join(
         [
             f"- A hostcall that returns data (a header that is there, a shared-data value) costs "
@@ -655,6 +656,35 @@ def render_profile_reading(prof: dict[str, Any]) -> str:
         ]
         + native
     )
+
+
+def native_callbacks(prof: dict[str, Any], key: str, none: float, nfloor: float, module: float, target: float) -> list[str]:
+    """What the native module's calls into Envoy cost in scenario `key` (inclusive, per request),
+    and on the hot path what a module that only read the request headers would leave of the
+    target's budget."""
+    calls = prof.get("callbacks", {}).get(f"s{key}.native")
+    if not calls:
+        return []
+    spent = sum(c["instructions"] for c in calls.values())
+    listed = ", ".join(
+        f"`{name}` {c['instructions']:,.0f} ({c['calls']:.0f}×)"
+        for name, c in sorted(calls.items(), key=lambda kv: -kv[1]["instructions"])
+    )
+    lines = [
+        f"  - Envoy's callbacks the module made (inclusive, per request): {listed}; {spent:,.0f} in all, "
+        f"{spent / (module - nfloor):.0%} of what the module adds."
+    ]
+    headers = sum(calls.get(name, {}).get("instructions", 0) for name in ("http_get_headers_size", "http_get_headers"))
+    if key == "1" and headers:
+        bound = nfloor + headers
+        left = none / target - bound
+        lines.append(
+            f"  - The native floor plus one read of the request headers (those two callbacks, nothing else): "
+            f"{bound:,.0f}, {none / bound:.3f}× no filter. Under {target:.2f}× no filter that leaves {left:,.0f} "
+            f"instructions for everything else a session module does per request (its hooks, its stream's "
+            f"allocation, the scan, the session lookup); this one spends {module - bound:,.0f} there."
+        )
+    return lines
 
 
 # --------------------------------------------------------------------------- bench/cluster.json
