@@ -14,7 +14,7 @@
 #![allow(unsafe_code)]
 
 use crate::{Filter, Filters, Outcome};
-use mcp_session_core::driver::{Action, Side};
+use mcp_session_core::driver::{Action, Hook, Side};
 use mcp_session_core::exchange::Reply;
 use mcp_session_core::grpc;
 use mcp_session_core::headers::{self, Header};
@@ -1002,6 +1002,18 @@ fn borrowed<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
+/// Whether the core says a stream's `hook` has nothing to do ([`Filter::passes`]): then the
+/// hook answers Continue at once, without taking the filter or its worker (on the hot path,
+/// every hook after the request headers).
+fn passes(filter: FilterModulePtr, hook: Hook) -> bool {
+    let filter = filter.cast::<Filter>();
+    if filter.is_null() || BORROWED.with(Cell::get) {
+        return false;
+    }
+    // SAFETY: as in `stream_hook`; a shared borrow, and no other lives (`BORROWED` is unset).
+    guard(|| unsafe { &*filter }.passes(hook)).unwrap_or(false)
+}
+
 /// Runs a stream hook on its filter, then does what must wait until the filter is no longer
 /// borrowed: the local reply it asked for, and resuming the stream (Envoy runs either through
 /// this filter's own hooks at once). A panic fails the request closed.
@@ -1148,6 +1160,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     filter: FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
+    if passes(filter, Hook::RequestBody) {
+        return CONTINUE;
+    }
     stream_hook(envoy, filter, STOP, |f, e| f.request_body(e, end_of_stream))
 }
 
@@ -1159,6 +1174,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     filter: FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
+    if passes(filter, Hook::ResponseHeaders) {
+        return CONTINUE;
+    }
     stream_hook(envoy, filter, STOP_ALL, |f, e| {
         f.response_headers(e, end_of_stream)
     })
@@ -1172,6 +1190,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     filter: FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
+    if passes(filter, Hook::ResponseBody) {
+        return CONTINUE;
+    }
     stream_hook(envoy, filter, STOP, |f, e| {
         f.response_body(e, end_of_stream)
     })
@@ -1184,7 +1205,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     envoy: FilterEnvoyPtr,
     filter: FilterModulePtr,
 ) {
-    let _ = stream_hook(envoy, filter, STOP, |f, e| f.complete(e));
+    if !passes(filter, Hook::Done) {
+        let _ = stream_hook(envoy, filter, STOP, |f, e| f.complete(e));
+    }
 }
 
 /// # Safety

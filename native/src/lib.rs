@@ -237,14 +237,18 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Whether `hook` has nothing to do on this stream: the core says so, or a panic was caught
+    /// on it. The boundary then answers Continue without taking the filter or the worker.
+    pub(crate) fn passes(&self, hook: Hook) -> bool {
+        self.failed || self.stream.passes(hook)
+    }
+
     fn run(
         &mut self,
         envoy: &Envoy<'_>,
-        hook: Option<Hook>,
         step: impl FnOnce(&Worker<Native>, &mut Stream, &mut Io<'_, '_>) -> Action,
     ) -> Outcome {
-        // The core says when a hook has nothing to do: then the worker is not even locked.
-        if self.failed || hook.is_some_and(|hook| self.stream.passes(hook)) {
+        if self.failed {
             return Outcome::PASS;
         }
         let mut io = Io {
@@ -256,7 +260,7 @@ impl Filter {
     }
 
     pub(crate) fn request_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
-        self.run(envoy, None, |worker, stream, io| {
+        self.run(envoy, |worker, stream, io| {
             let headers = io.envoy.headers(Side::Request);
             // Test builds only (`--features fault-injection`): a header that panics inside
             // the module, with this worker locked, to prove the boundary holds.
@@ -274,7 +278,7 @@ impl Filter {
     }
 
     pub(crate) fn request_body(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
-        self.run(envoy, Some(Hook::RequestBody), |worker, stream, io| {
+        self.run(envoy, |worker, stream, io| {
             let size = || io.envoy.body_size(Side::Request);
             let body = || io.envoy.body(Side::Request);
             worker.request_body(stream, &size, end_of_stream, &body, io)
@@ -282,14 +286,14 @@ impl Filter {
     }
 
     pub(crate) fn response_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
-        self.run(envoy, Some(Hook::ResponseHeaders), |worker, stream, io| {
+        self.run(envoy, |worker, stream, io| {
             let headers = io.envoy.headers(Side::Response);
             worker.response_headers(stream, &headers, io.envoy, end_of_stream, io)
         })
     }
 
     pub(crate) fn response_body(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
-        self.run(envoy, Some(Hook::ResponseBody), |worker, stream, io| {
+        self.run(envoy, |worker, stream, io| {
             let size = || io.envoy.body_size(Side::Response);
             let body = || io.envoy.body(Side::Response);
             worker.response_body(stream, &size, end_of_stream, &body, io)
@@ -303,14 +307,14 @@ impl Filter {
         status: u32,
         message: &[u8],
     ) -> Outcome {
-        self.run(envoy, None, |worker, stream, io| {
+        self.run(envoy, |worker, stream, io| {
             worker.stream_call_answered(stream, token, status, message, io);
             Action::Continue
         })
     }
 
     pub(crate) fn complete(&mut self, envoy: &Envoy<'_>) -> Outcome {
-        self.run(envoy, Some(Hook::Done), |worker, stream, io| {
+        self.run(envoy, |worker, stream, io| {
             worker.stream_done(stream, io);
             Action::Continue
         })
