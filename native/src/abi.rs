@@ -810,8 +810,8 @@ impl Envoy<'_> {
     }
 
     /// Runs `f` on the chunks held so far on a side, buffered first, each once. They are read
-    /// onto the stack: an initialize asks for its bodies' sizes and bytes, four times in all,
-    /// and a heap list of chunks each time cost more than Envoy's answers (make bench).
+    /// onto the stack: an initialize reads both its bodies, and a heap list of chunks each time
+    /// cost more than Envoy's answers (make bench).
     fn with_body_chunks<R>(&self, side: Side, f: impl FnOnce(&[EnvoyBuffer]) -> R) -> R {
         let (buffered, received) = body_types(side);
         // SAFETY: `ptr` is the stream of the running hook.

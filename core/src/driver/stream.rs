@@ -144,7 +144,7 @@ impl<H: Host> Worker<H> {
             return Action::Pause; // held until etcd answers
         }
         let event = Event::RequestBody {
-            size: size(),
+            size,
             end_of_stream,
             body,
         };
@@ -188,7 +188,7 @@ impl<H: Host> Worker<H> {
             return Action::Pause; // held until etcd answers
         }
         let event = Event::ResponseBody {
-            size: size(),
+            size,
             end_of_stream,
             body,
         };

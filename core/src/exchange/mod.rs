@@ -42,10 +42,10 @@ pub enum Event<'a> {
         /// No body follows.
         end_of_stream: bool,
     },
-    /// Request body data arrived: `size` bytes are buffered so far.
+    /// Request body data arrived: `size()` bytes are buffered so far.
     RequestBody {
-        /// Bytes buffered.
-        size: usize,
+        /// Bytes buffered (asked only before the body is complete: a host may pay to learn it).
+        size: &'a dyn Fn() -> usize,
         /// The body is complete.
         end_of_stream: bool,
         /// Reads the buffered body (only called when the machine needs it).
@@ -61,10 +61,11 @@ pub enum Event<'a> {
         /// No body follows.
         end_of_stream: bool,
     },
-    /// A response body chunk arrived (`size` bytes).
+    /// A response body chunk arrived (`size()` bytes).
     ResponseBody {
-        /// Bytes in this chunk; all the bytes held so far, when the machine paused the body.
-        size: usize,
+        /// Bytes in this chunk; all the bytes held so far, when the machine paused the body
+        /// (asked only while it holds the body).
+        size: &'a dyn Fn() -> usize,
         /// The body is complete.
         end_of_stream: bool,
         /// Reads this chunk (only called when the machine needs it).
@@ -602,7 +603,7 @@ impl Exchange {
     fn on_request_body(
         &mut self,
         input: &Input<'_>,
-        size: usize,
+        size: &dyn Fn() -> usize,
         end_of_stream: bool,
         body: &dyn Fn() -> Vec<u8>,
     ) -> Step {
@@ -611,13 +612,18 @@ impl Exchange {
             Phase::Pass | Phase::Replied => return Flow::Continue.into(),
         }
         let limit = input.config.max_body_bytes;
-        if size > limit {
-            return self.reply(&Rejection::body_too_large(limit));
-        }
         if !end_of_stream {
+            if size() > limit {
+                return self.reply(&Rejection::body_too_large(limit));
+            }
             return Flow::Pause.into(); // buffer until the whole body is here
         }
-        self.on_complete_body(input, &body())
+        // Complete: the body read is all of it (its size is not asked apart).
+        let body = body();
+        if body.len() > limit {
+            return self.reply(&Rejection::body_too_large(limit));
+        }
+        self.on_complete_body(input, &body)
     }
 
     fn on_complete_body(&mut self, input: &Input<'_>, body: &[u8]) -> Step {
@@ -970,7 +976,7 @@ impl Exchange {
     fn on_response_body(
         &mut self,
         input: &Input<'_>,
-        size: usize,
+        size: &dyn Fn() -> usize,
         end_of_stream: bool,
         body: &dyn Fn() -> Vec<u8>,
     ) -> Step {
@@ -988,7 +994,7 @@ impl Exchange {
                 if hold {
                     // Held (the host buffers it: `size` and `body()` are all of it so far) until
                     // the decision and its write, and read once, when it is decided.
-                    if size <= limit && !end_of_stream {
+                    if !end_of_stream && size() <= limit {
                         return Flow::Pause.into();
                     }
                     *buffer = body();

@@ -93,7 +93,7 @@ fn request(config: &str, headers: &HeaderList, body: &str) -> (Exchange, Step) {
     let step = exchange.step(
         &input,
         Event::RequestBody {
-            size: body.len(),
+            size: &|| body.len(),
             end_of_stream: true,
             body: &read,
         },
@@ -421,7 +421,7 @@ fn an_initialize_by_table() {
             exchange.step(
                 &input,
                 Event::ResponseBody {
-                    size: body.len(),
+                    size: &|| body.len(),
                     end_of_stream: true,
                     body: &read,
                 },
@@ -525,7 +525,7 @@ fn an_initialize_by_table() {
     let step = exchange.step(
         &input,
         Event::RequestBody {
-            size: INITIALIZE.len(),
+            size: &|| INITIALIZE.len(),
             end_of_stream: true,
             body: &read,
         },
@@ -543,4 +543,65 @@ fn an_internal_error_reply_is_a_json_rpc_500() {
     );
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(body["error"]["code"], -32603);
+}
+
+/// A request body's size is asked only while the body is incomplete (the limit is checked on
+/// what is buffered so far); a complete body is read once and measured as read (a native host
+/// pays Envoy callbacks for each).
+#[test]
+fn a_request_body_size_is_asked_only_before_the_body_is_complete() {
+    type Row<'a> = (&'a str, bool, usize, Does, usize);
+    let rows: [Row<'_>; 4] = [
+        ("incomplete, under the limit", false, 10, Does::Pause, 1),
+        (
+            "incomplete, over the limit",
+            false,
+            17,
+            rejected(413, Reason::Body),
+            1,
+        ),
+        ("complete, under the limit", true, 0, Does::Reserve, 0),
+        (
+            "complete, over the limit",
+            true,
+            0,
+            rejected(413, Reason::Body),
+            0,
+        ),
+    ];
+    for (name, end_of_stream, buffered, expected, asked) in rows {
+        let limit = if expected == Does::Reserve { 1024 } else { 16 };
+        let config = Config::parse(format!(r#"{{"max_body_bytes": {limit}}}"#).as_bytes()).unwrap();
+        let random = |buf: &mut [u8]| {
+            buf.fill(9);
+            true
+        };
+        let input = at_t0(&config, &random);
+        let mut exchange = Exchange::new();
+        let headers = post(&[]);
+        let _ = exchange.step(
+            &input,
+            Event::RequestHeaders {
+                headers: &headers,
+                attributes: &AttributeMap::default(),
+                end_of_stream: false,
+            },
+        );
+        let sizes = std::cell::Cell::new(0);
+        let size = || {
+            sizes.set(sizes.get() + 1);
+            buffered
+        };
+        let read = || INITIALIZE.as_bytes().to_vec();
+        let step = exchange.step(
+            &input,
+            Event::RequestBody {
+                size: &size,
+                end_of_stream,
+                body: &read,
+            },
+        );
+        assert_eq!(does(&step), expected, "{name}");
+        assert_eq!(sizes.get(), asked, "{name}: times the size was asked");
+    }
 }
