@@ -101,6 +101,20 @@ fn request(config: &str, headers: &HeaderList, body: &str) -> (Exchange, Step) {
     (exchange, step)
 }
 
+/// A new machine that has seen the headers of a sessionless POST whose body is to follow.
+fn awaiting_body(input: &Input<'_>) -> Exchange {
+    let mut exchange = Exchange::new();
+    let _ = exchange.step(
+        input,
+        Event::RequestHeaders {
+            headers: &post(&[]),
+            attributes: &AttributeMap::default(),
+            end_of_stream: false,
+        },
+    );
+    exchange
+}
+
 fn rejected(status: u32, reason: Reason) -> Does {
     Does::Respond(status, vec![(Count::Rejected(reason), 1)])
 }
@@ -511,16 +525,7 @@ fn an_initialize_by_table() {
     let config = Config::parse(b"{}").unwrap();
     let none = |_: &mut [u8]| false;
     let input = at_t0(&config, &none);
-    let mut exchange = Exchange::new();
-    let headers = post(&[]);
-    let _ = exchange.step(
-        &input,
-        Event::RequestHeaders {
-            headers: &headers,
-            attributes: &AttributeMap::default(),
-            end_of_stream: false,
-        },
-    );
+    let mut exchange = awaiting_body(&input);
     let read = || INITIALIZE.as_bytes().to_vec();
     let step = exchange.step(
         &input,
@@ -577,16 +582,7 @@ fn a_request_body_size_is_asked_only_before_the_body_is_complete() {
             true
         };
         let input = at_t0(&config, &random);
-        let mut exchange = Exchange::new();
-        let headers = post(&[]);
-        let _ = exchange.step(
-            &input,
-            Event::RequestHeaders {
-                headers: &headers,
-                attributes: &AttributeMap::default(),
-                end_of_stream: false,
-            },
-        );
+        let mut exchange = awaiting_body(&input);
         let sizes = std::cell::Cell::new(0);
         let size = || {
             sizes.set(sizes.get() + 1);
