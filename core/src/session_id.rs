@@ -92,13 +92,17 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Appends `bytes` in lowercase hex.
+/// Appends `bytes` in lowercase hex: sixteen bytes at a time onto the stack, then pushed as
+/// one `str` (a push per digit checked the capacity forty times per session ID).
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
     out.reserve(bytes.len() * 2);
-    // ASCII digits, pushed without a char's UTF-8 encoding.
-    for &b in bytes {
-        out.push(char::from(hex_digit(b >> 4)));
-        out.push(char::from(hex_digit(b)));
+    for chunk in bytes.chunks(16) {
+        let mut digits = [0u8; 32];
+        for (pair, &b) in digits.chunks_exact_mut(2).zip(chunk) {
+            pair.copy_from_slice(&[hex_digit(b >> 4), hex_digit(b)]);
+        }
+        let digits = digits.get(..chunk.len() * 2).unwrap_or_default();
+        out.push_str(std::str::from_utf8(digits).unwrap_or_default());
     }
 }
 
@@ -158,6 +162,17 @@ mod tests {
             secret: [
                 0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0xfe, 0xff,
             ],
+        }
+    }
+
+    #[test]
+    fn hex_of_any_length_is_each_byte_in_two_lowercase_digits() {
+        let bytes: Vec<u8> = (0..=255u8).rev().step_by(7).collect();
+        for len in 0..=bytes.len() {
+            let mut out = String::from("x");
+            push_hex(&mut out, &bytes[..len]);
+            let want: String = bytes[..len].iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(out, format!("x{want}"), "{len} bytes");
         }
     }
 
