@@ -994,6 +994,11 @@ thread_local! {
     static BORROWED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether a stream hook may take `filter`: Envoy gave one, and no hook of this thread holds it.
+fn takeable(filter: *const Filter) -> bool {
+    !filter.is_null() && !BORROWED.with(Cell::get)
+}
+
 /// Runs `f` with [`BORROWED`] set; a hook that finds it set was called from inside another.
 fn borrowed<R>(f: impl FnOnce() -> R) -> R {
     let before = BORROWED.with(|b| b.replace(true));
@@ -1007,7 +1012,7 @@ fn borrowed<R>(f: impl FnOnce() -> R) -> R {
 /// every hook after the request headers).
 fn passes(filter: FilterModulePtr, hook: Hook) -> bool {
     let filter = filter.cast::<Filter>();
-    if filter.is_null() || BORROWED.with(Cell::get) {
+    if !takeable(filter) {
         return false;
     }
     // SAFETY: as in `stream_hook`; a shared borrow, and no other lives (`BORROWED` is unset).
@@ -1029,7 +1034,7 @@ fn stream_hook(
 ) -> u32 {
     let envoy = Envoy::new(envoy);
     let filter = filter.cast::<Filter>().cast_mut();
-    if filter.is_null() || BORROWED.with(Cell::get) {
+    if !takeable(filter) {
         return CONTINUE;
     }
     // SAFETY: `filter` came from `on_http_filter_new` and lives until `on_http_filter_destroy`;
