@@ -76,6 +76,7 @@ pub fn scan_pairs<'a>(
 struct Wanted([u8; 64]);
 
 impl Wanted {
+    #[inline]
     fn new(names: &[&str]) -> Wanted {
         let mut by_len = [0u8; 64];
         for (at, name) in names.iter().enumerate().take(8) {
@@ -107,11 +108,10 @@ impl Wanted {
     }
 }
 
-/// Counts `value` in `slot` when header `name` is `want`, regardless of ASCII case (Envoy
-/// hands names in lowercase, so the exact comparison settles nearly every match).
+/// Counts `value` in `slot` when header `name` is `want`, regardless of ASCII case.
 #[inline]
 fn note<'a>(slot: &mut Header<'a>, name: &[u8], want: &[u8], value: &'a [u8]) {
-    if want.len() == name.len() && (same(name, want) || name.eq_ignore_ascii_case(want)) {
+    if matches(name, want) {
         if slot.value.is_none() {
             slot.value = Some(value);
         }
@@ -119,28 +119,50 @@ fn note<'a>(slot: &mut Header<'a>, name: &[u8], want: &[u8], value: &'a [u8]) {
     }
 }
 
-/// Whether `a` and `b`, of one length, hold the same bytes: compared a word at a time (the
-/// last word overlapping the one before), as Wasm's `memcmp` goes a byte at a time.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    fn words<const N: usize>(a: &[u8], b: &[u8]) -> bool {
-        let word = |s: &[u8], at: usize| -> Option<[u8; N]> {
-            s.get(at..at.checked_add(N)?)?.try_into().ok()
-        };
-        let len = a.len();
-        let mut at = 0;
-        while at + N < len {
-            if word(a, at) != word(b, at) {
-                return false;
-            }
-            at += N;
-        }
-        word(a, len.saturating_sub(N)) == word(b, len.saturating_sub(N))
+/// Whether header `name` is `want`, regardless of ASCII case. Compared a word at a time (the
+/// last word overlapping the one before; Wasm's `memcmp` goes a byte at a time), as the XOR of
+/// the two: a name of the wanted length that differs in any bit but the case bit (0x20) of a
+/// byte, which is what most such names do, is settled at once; only one that differs in case
+/// bits alone (Envoy hands names in lowercase, so nearly never) is compared again byte by byte.
+#[inline]
+fn matches(name: &[u8], want: &[u8]) -> bool {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    let len = name.len();
+    if len != want.len() {
+        return false;
     }
-    match a.len() {
-        _ if a.len() != b.len() => false,
-        0..4 => a == b,
-        4..8 => words::<4>(a, b),
-        _ => words::<8>(a, b),
+    let diff = match len {
+        0..4 => name
+            .iter()
+            .zip(want)
+            .fold(0, |diff, (a, b)| diff | u64::from(a ^ b)),
+        4..8 => xor::<4>(name, want, 0) | xor::<4>(name, want, len - 4),
+        _ => {
+            let mut diff = 0;
+            let mut at = 0;
+            while at + 8 < len && diff & !CASE == 0 {
+                diff |= xor::<8>(name, want, at);
+                at += 8;
+            }
+            diff | xor::<8>(name, want, len - 8)
+        }
+    };
+    diff == 0 || (diff & !CASE == 0 && name.eq_ignore_ascii_case(want))
+}
+
+/// The XOR of the `N` (4 or 8) bytes of `a` and of `b` at `at`; all ones when either is too
+/// short (callers stay in range), which no comparison takes for a match.
+#[inline]
+fn xor<const N: usize>(a: &[u8], b: &[u8], at: usize) -> u64 {
+    let word = |s: &[u8]| {
+        let bytes = s.get(at..)?.first_chunk::<N>()?;
+        let mut word = [0u8; 8];
+        word.get_mut(..N)?.copy_from_slice(bytes);
+        Some(u64::from_ne_bytes(word))
+    };
+    match (word(a), word(b)) {
+        (Some(a), Some(b)) => a ^ b,
+        _ => u64::MAX,
     }
 }
 
@@ -235,18 +257,30 @@ mod tests {
     }
 
     #[test]
-    fn same_agrees_with_slice_equality_at_every_length_and_position() {
-        let base: Vec<u8> = (0..40u8).map(|n| b'a' + n % 26).collect();
+    fn matches_agrees_with_eq_ignore_ascii_case_at_every_length_and_position() {
+        // Letters, digits and the punctuation of header names; `@`/`` ` `` and `[`/`{` differ
+        // from each other in the case bit alone without being letters.
+        let base: Vec<u8> = b"mcp-session-id:@[0123456789abcdefghijklmnopqrstuvwxyz".to_vec();
         for len in 0..base.len() {
             let a = &base[..len];
-            assert!(same(a, a), "{len}");
-            assert!(!same(a, &base[..len + 1]), "{len}: lengths differ");
+            assert!(matches(a, a), "{len}");
+            assert!(!matches(a, &base[..len + 1]), "{len}: lengths differ");
             for at in 0..len {
-                let mut b = a.to_vec();
-                b[at] ^= 0x20;
-                assert!(!same(a, &b), "{len}: byte {at} differs");
+                for bit in [0x20, 0x01, 0x40, 0x80] {
+                    let mut b = a.to_vec();
+                    b[at] ^= bit;
+                    assert_eq!(
+                        matches(a, &b),
+                        a.eq_ignore_ascii_case(&b),
+                        "{len}: byte {at} ^ {bit:#x}"
+                    );
+                }
             }
         }
+        assert!(matches(b"Mcp-Session-Id", b"mcp-session-id"));
+        assert!(!matches(b"@", b"`"));
+        assert!(!matches(b"x-[", b"x-{"));
+        assert!(!matches(b"0123456789[", b"0123456789{"));
     }
 
     #[test]
