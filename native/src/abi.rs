@@ -19,7 +19,7 @@ use mcp_session_core::exchange::Reply;
 use mcp_session_core::grpc;
 use mcp_session_core::headers::{self, Header};
 use mcp_session_core::host::{Attributes, Headers};
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::ffi::{c_char, c_void};
 use std::marker::PhantomData;
 use std::mem::{ManuallyDrop, MaybeUninit};
@@ -989,34 +989,37 @@ unsafe fn filters<'a>(ptr: ConfigModulePtr) -> Option<&'a Filters> {
     unsafe { ptr.cast::<Filters>().as_ref() }
 }
 
-thread_local! {
-    /// A stream hook of this thread holds its filter borrowed.
-    static BORROWED: Cell<bool> = const { Cell::new(false) };
+/// A stream's filter as Envoy holds it (`on_http_filter_new` gives Envoy a `Box<Slot>`'s
+/// pointer, `on_http_filter_destroy` takes it back): the filter, and whether a hook holds it.
+/// Envoy calls one stream's hooks on one thread, so the flag needs no atomics; it lives with
+/// the filter rather than in a thread-local, which in a shared library costs a call to reach.
+struct Slot {
+    busy: Cell<bool>,
+    filter: UnsafeCell<Filter>,
 }
 
-/// Whether a stream hook may take `filter`: Envoy gave one, and no hook of this thread holds it.
-fn takeable(filter: *const Filter) -> bool {
-    !filter.is_null() && !BORROWED.with(Cell::get)
-}
-
-/// Runs `f` with [`BORROWED`] set; a hook that finds it set was called from inside another.
-fn borrowed<R>(f: impl FnOnce() -> R) -> R {
-    let before = BORROWED.with(|b| b.replace(true));
-    let result = f();
-    BORROWED.with(|b| b.set(before));
-    result
+/// The slot behind a filter pointer Envoy gave back; `None` when it is null.
+///
+/// Safety: `filter` is null, or came from `on_http_filter_new` and was not yet destroyed.
+unsafe fn slot<'a>(filter: FilterModulePtr) -> Option<&'a Slot> {
+    // SAFETY: per the function's contract; a `Slot` is only ever borrowed shared.
+    unsafe { filter.cast::<Slot>().as_ref() }
 }
 
 /// Whether the core says a stream's `hook` has nothing to do ([`Filter::passes`]): then the
 /// hook answers Continue at once, without taking the filter or its worker (on the hot path,
 /// every hook after the request headers).
-fn passes(filter: FilterModulePtr, hook: Hook) -> bool {
-    let filter = filter.cast::<Filter>();
-    if !takeable(filter) {
-        return false;
+///
+/// Safety: as [`slot`].
+unsafe fn passes(filter: FilterModulePtr, hook: Hook) -> bool {
+    // SAFETY: per the function's contract.
+    match unsafe { slot(filter) } {
+        // SAFETY: no hook holds the filter (`busy` is unset), so this shared borrow is alone.
+        Some(slot) if !slot.busy.get() => {
+            guard(|| unsafe { &*slot.filter.get() }.passes(hook)).unwrap_or(false)
+        }
+        _ => false,
     }
-    // SAFETY: as in `stream_hook`; a shared borrow, and no other lives (`BORROWED` is unset).
-    guard(|| unsafe { &*filter }.passes(hook)).unwrap_or(false)
 }
 
 /// Runs a stream hook on its filter, then does what must wait until the filter is no longer
@@ -1026,25 +1029,28 @@ fn passes(filter: FilterModulePtr, hook: Hook) -> bool {
 /// A hook Envoy calls while another holds the filter is dropped: the one case is a callout
 /// Envoy answers inline, before it returns (a cluster with no healthy host), which it then
 /// reports as not made, and the driver counts it failed.
-fn stream_hook(
+///
+/// Safety: as [`slot`].
+unsafe fn stream_hook(
     envoy: FilterEnvoyPtr,
     filter: FilterModulePtr,
     stop: u32,
     hook: impl FnOnce(&mut Filter, &Envoy<'_>) -> Outcome,
 ) -> u32 {
     let envoy = Envoy::new(envoy);
-    let filter = filter.cast::<Filter>().cast_mut();
-    if !takeable(filter) {
+    // SAFETY: per the function's contract.
+    let Some(slot) = (unsafe { slot(filter) }) else {
+        return CONTINUE;
+    };
+    if slot.busy.replace(true) {
         return CONTINUE;
     }
-    // SAFETY: `filter` came from `on_http_filter_new` and lives until `on_http_filter_destroy`;
-    // Envoy calls one stream's hooks on one thread, and `BORROWED` keeps a hook it calls while
-    // this borrow lives from taking another.
-    let outcome = borrowed(|| {
-        guard(|| hook(unsafe { &mut *filter }, &envoy))
-            // SAFETY: as above; the panicked borrow is gone.
-            .or_else(|| guard(|| unsafe { &mut *filter }.failed()))
-    });
+    // SAFETY: the filter lives until `on_http_filter_destroy`, and `busy` (set until the hook
+    // is done) keeps a hook Envoy calls while this borrow lives from taking another.
+    let outcome = guard(|| hook(unsafe { &mut *slot.filter.get() }, &envoy))
+        // SAFETY: as above; the panicked borrow is gone.
+        .or_else(|| guard(|| unsafe { &mut *slot.filter.get() }.failed()));
+    slot.busy.set(false);
     let Some(outcome) = outcome else {
         return CONTINUE;
     };
@@ -1126,8 +1132,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     // SAFETY: `config` is a live `Arc<Filters>` pointer; ManuallyDrop keeps Envoy's reference.
     let filters = ManuallyDrop::new(unsafe { Arc::from_raw(config.cast::<Filters>()) });
     let envoy = Envoy::new(filter_envoy);
-    match guard(|| Box::new(filters.new_filter(&envoy))) {
-        Some(filter) => Box::into_raw(filter).cast_const().cast(),
+    let slot = || Slot {
+        busy: Cell::new(false),
+        filter: UnsafeCell::new(filters.new_filter(&envoy)),
+    };
+    match guard(|| Box::new(slot())) {
+        Some(slot) => Box::into_raw(slot).cast_const().cast(),
         None => std::ptr::null(),
     }
 }
@@ -1140,7 +1150,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: Fil
         return;
     }
     // SAFETY: `filter` is the pointer `Box::into_raw` gave Envoy; taken back once.
-    let filter = unsafe { Box::from_raw(filter.cast::<Filter>().cast_mut()) };
+    let filter = unsafe { Box::from_raw(filter.cast::<Slot>().cast_mut()) };
     let _ = guard(move || drop(filter));
 }
 
