@@ -52,20 +52,46 @@ impl From<Value> for RequestId {
     }
 }
 
+/// A method, as far as sessions care: one of the three the filter acts on, or another (read
+/// without a copy of its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// [`INITIALIZE`].
+    Initialize,
+    /// [`INITIALIZED`].
+    Initialized,
+    /// [`PING`].
+    Ping,
+    /// Any other name.
+    Other,
+}
+
+impl Method {
+    /// The method called `name`.
+    pub fn named(name: &str) -> Method {
+        match name {
+            INITIALIZE => Method::Initialize,
+            INITIALIZED => Method::Initialized,
+            PING => Method::Ping,
+            _ => Method::Other,
+        }
+    }
+}
+
 /// One JSON-RPC message, reduced to what session handling needs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     /// A request: it has a method and an id.
     Request {
-        /// The method name.
-        method: String,
+        /// The method.
+        method: Method,
         /// The id, as sent (a string or a number).
         id: RequestId,
     },
     /// A notification: a method and no id.
     Notification {
-        /// The method name.
-        method: String,
+        /// The method.
+        method: Method,
     },
     /// A response: no method; `error` says whether it carries an error instead of a result.
     Response {
@@ -79,35 +105,51 @@ pub enum Message {
 
 impl Message {
     /// The method, for requests and notifications.
-    pub fn method(&self) -> Option<&str> {
+    pub fn method(&self) -> Option<Method> {
         match self {
-            Message::Request { method, .. } | Message::Notification { method } => Some(method),
+            Message::Request { method, .. } | Message::Notification { method } => Some(*method),
             _ => None,
         }
     }
 }
 
-/// A request body: one message, or a batch (a JSON array, 2025-03-26 only).
+/// A request body: one message, or a batch (a JSON array, 2025-03-26 only). A single message
+/// is held as it is, with no list allocated for it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Body {
-    /// True when the body was a JSON array.
-    pub batch: bool,
-    /// The messages, in order.
-    pub messages: Vec<Message>,
+pub enum Body {
+    /// One message (a JSON object).
+    One(Message),
+    /// A JSON array of messages, in order.
+    Batch(Vec<Message>),
 }
 
 impl Body {
+    /// True when the body was a JSON array.
+    pub fn is_batch(&self) -> bool {
+        matches!(self, Body::Batch(_))
+    }
+
+    /// The messages, in order.
+    pub fn messages(&self) -> &[Message] {
+        match self {
+            Body::One(message) => std::slice::from_ref(message),
+            Body::Batch(messages) => messages,
+        }
+    }
+
     /// The id to echo in an error reply: the id of the single request, else null.
     pub fn reply_id(&self) -> RequestId {
-        match self.messages.as_slice() {
-            [Message::Request { id, .. }] if !self.batch => id.clone(),
+        match self {
+            Body::One(Message::Request { id, .. }) => id.clone(),
             _ => RequestId::null(),
         }
     }
 
     /// True when any message is an `initialize` request or notification.
     pub fn has_initialize(&self) -> bool {
-        self.messages.iter().any(|m| m.method() == Some(INITIALIZE))
+        self.messages()
+            .iter()
+            .any(|m| m.method() == Some(Method::Initialize))
     }
 }
 
@@ -129,19 +171,13 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, BodyError> {
         if messages.is_empty() || messages.contains(&Message::Invalid) {
             return Err(BodyError::NotJsonRpc);
         }
-        Ok(Body {
-            batch: true,
-            messages,
-        })
+        Ok(Body::Batch(messages))
     } else {
         let message: Message = serde_json::from_slice(bytes).map_err(|_| BodyError::NotJson)?;
         if message == Message::Invalid {
             return Err(BodyError::NotJsonRpc);
         }
-        Ok(Body {
-            batch: false,
-            messages: vec![message],
-        })
+        Ok(Body::One(message))
     }
 }
 
@@ -161,7 +197,7 @@ impl<'de> Visitor<'de> for MessageVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
-        let mut method: Option<Value> = None;
+        let mut method: Option<MethodValue> = None;
         // Borrowed from the body (every caller reads a byte slice): no copy of the id's text
         // but the one a request keeps.
         let mut id: Option<&'de RawValue> = None;
@@ -186,8 +222,10 @@ impl<'de> Visitor<'de> for MessageVisitor {
         }
         let id = id.map(|raw| (raw.get() == "null", RequestId::from_raw(raw)));
         Ok(match (method, id) {
-            (Some(Value::String(method)), Some((_, Some(id)))) => Message::Request { method, id },
-            (Some(Value::String(method)), None | Some((true, _))) => {
+            (Some(MethodValue::Name(method)), Some((_, Some(id)))) => {
+                Message::Request { method, id }
+            }
+            (Some(MethodValue::Name(method)), None | Some((true, _))) => {
                 Message::Notification { method }
             }
             (None, _) if error || result => Message::Response { error },
@@ -217,6 +255,59 @@ impl<'de> Visitor<'de> for MessageVisitor {
     }
     fn visit_unit<E: de::Error>(self) -> Result<Message, E> {
         Ok(Message::Invalid)
+    }
+}
+
+/// A `method` member's value: a name, or anything else (the message is then not JSON-RPC),
+/// skipped as any member the filter does not read.
+enum MethodValue {
+    Name(Method),
+    NotString,
+}
+
+impl<'de> Deserialize<'de> for MethodValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MethodVisitor)
+    }
+}
+
+struct MethodVisitor;
+
+impl<'de> Visitor<'de> for MethodVisitor {
+    type Value = MethodValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a method name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<MethodValue, E> {
+        Ok(MethodValue::Name(Method::named(name)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MethodValue, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(MethodValue::NotString)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MethodValue, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(MethodValue::NotString)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<MethodValue, E> {
+        Ok(MethodValue::NotString)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<MethodValue, E> {
+        Ok(MethodValue::NotString)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<MethodValue, E> {
+        Ok(MethodValue::NotString)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<MethodValue, E> {
+        Ok(MethodValue::NotString)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<MethodValue, E> {
+        Ok(MethodValue::NotString)
     }
 }
 
@@ -274,10 +365,7 @@ pub enum Outcome {
 /// The first response in a complete JSON response body, if the body is one.
 pub fn json_outcome(body: &[u8]) -> Option<Outcome> {
     match parse_body(body) {
-        Ok(Body {
-            batch: false,
-            messages,
-        }) => messages.first().and_then(outcome_of),
+        Ok(Body::One(message)) => outcome_of(&message),
         _ => None,
     }
 }
@@ -348,7 +436,7 @@ mod tests {
 
     fn request(method: &str, id: Value) -> Message {
         Message::Request {
-            method: method.into(),
+            method: Method::named(method),
             id: id.into(),
         }
     }
@@ -364,12 +452,14 @@ mod tests {
             (
                 r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
                 Message::Notification {
-                    method: INITIALIZED.into(),
+                    method: Method::Initialized,
                 },
             ),
             (
                 r#"{"method":"x","id":null}"#,
-                Message::Notification { method: "x".into() },
+                Message::Notification {
+                    method: Method::Other,
+                },
             ),
             (
                 r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
@@ -392,7 +482,7 @@ mod tests {
             (
                 r#"{"\u006dethod":"initialize","i\u0064":"\u0061"}"#,
                 Message::Request {
-                    method: INITIALIZE.into(),
+                    method: Method::Initialize,
                     id: RequestId(r#""\u0061""#.into()),
                 },
             ),
@@ -402,9 +492,7 @@ mod tests {
             ),
         ];
         for (text, want) in cases {
-            let body = parse_body(text.as_bytes()).unwrap();
-            assert!(!body.batch, "{text}");
-            assert_eq!(body.messages, vec![want], "{text}");
+            assert_eq!(parse_body(text.as_bytes()), Ok(Body::One(want)), "{text}");
         }
     }
 
@@ -417,8 +505,7 @@ mod tests {
             b"{\"id\":1,\"method\":\"ping\",\"params\":{\"x\xff\":1}}",
         ];
         for bytes in bodies {
-            let body = parse_body(bytes).unwrap();
-            assert_eq!(body.messages, vec![request("ping", json!(1))]);
+            assert_eq!(parse_body(bytes), Ok(Body::One(request("ping", json!(1)))));
         }
     }
 
@@ -461,10 +548,11 @@ mod tests {
             );
         }
         // Nesting inside ignored members is skipped without recursion: no stack to exhaust.
-        let body = parse_body(deep_params.as_bytes()).unwrap();
         assert_eq!(
-            body.messages,
-            vec![Message::Notification { method: "x".into() }]
+            parse_body(deep_params.as_bytes()),
+            Ok(Body::One(Message::Notification {
+                method: Method::Other
+            }))
         );
     }
 
@@ -474,10 +562,10 @@ mod tests {
             br#"[{"method":"notifications/initialized"},{"method":"initialize","id":2},{"id":3,"result":{}}]"#,
         )
         .unwrap();
-        assert!(body.batch);
+        assert!(body.is_batch());
         assert!(body.has_initialize());
         assert_eq!(body.reply_id(), RequestId::null());
-        assert_eq!(body.messages.len(), 3);
+        assert_eq!(body.messages().len(), 3);
     }
 
     #[test]

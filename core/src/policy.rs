@@ -5,7 +5,7 @@
 //! [`on_uninitialized_body`] decides once the body is complete. Nothing here touches the host.
 
 use crate::config::Config;
-use crate::message::{self, parse_body, BodyError, Message, RequestId};
+use crate::message::{parse_body, Body, BodyError, Message, Method, RequestId};
 use crate::protocol::{self, Era};
 use crate::record::Record;
 use crate::rejection::Rejection;
@@ -145,13 +145,15 @@ pub fn on_sessionless_body(body: &[u8]) -> SessionlessBody {
         Err(BodyError::NotJson) => return SessionlessBody::Reject(Rejection::parse_error()),
         Err(BodyError::NotJsonRpc) => return SessionlessBody::Reject(Rejection::not_json_rpc()),
     };
-    if parsed.batch && parsed.has_initialize() {
+    if parsed.is_batch() && parsed.has_initialize() {
         return SessionlessBody::Reject(Rejection::initialize_in_batch());
     }
-    match parsed.messages.as_slice() {
-        [Message::Request { method, id }] if method == message::INITIALIZE => {
-            SessionlessBody::Initialize { id: id.clone() }
-        }
+    match parsed {
+        // The id moves into the decision: an initialize copies nothing of its body.
+        Body::One(Message::Request {
+            method: Method::Initialize,
+            id,
+        }) => SessionlessBody::Initialize { id },
         _ => SessionlessBody::Reject(Rejection::missing_session().with_id(parsed.reply_id())),
     }
 }
@@ -176,17 +178,19 @@ pub fn on_uninitialized_body(body: &[u8]) -> UninitializedBody {
         return UninitializedBody::Forward { initialized: false };
     };
     let mut initialized = false;
-    for m in &parsed.messages {
+    for m in parsed.messages() {
         match m {
-            Message::Request { method, id } if method != message::PING => {
-                let id = if parsed.batch {
+            Message::Request { method, id } if *method != Method::Ping => {
+                let id = if parsed.is_batch() {
                     RequestId::null()
                 } else {
                     id.clone()
                 };
                 return UninitializedBody::Reject(Rejection::not_initialized().with_id(id));
             }
-            Message::Notification { method } if method == message::INITIALIZED => {
+            Message::Notification {
+                method: Method::Initialized,
+            } => {
                 initialized = true;
             }
             _ => {}

@@ -3,13 +3,13 @@
 //! as a plain JSON tree, the filter reads the same messages from it (duplicate keys included:
 //! the last one wins in both, as in the Python and TypeScript SDKs).
 use libfuzzer_sys::fuzz_target;
-use mcp_session_core::message::{parse_body, BodyError, Message, RequestId};
+use mcp_session_core::message::{parse_body, BodyError, Message, Method, RequestId};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
     let parsed = parse_body(data);
     if let Ok(body) = &parsed {
-        assert!(!body.messages.is_empty() && (body.batch || body.messages.len() == 1));
+        assert!(!body.messages().is_empty() && (body.is_batch() || body.messages().len() == 1));
     }
     if let Ok(tree) = serde_json::from_slice::<Value>(data) {
         let want = match &tree {
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         };
         match want {
             Some(messages) => assert_eq!(
-                parsed.map(|b| b.messages.into_iter().map(normal).collect()),
+                parsed.map(|b| b.messages().iter().cloned().map(normal).collect()),
                 Ok(messages)
             ),
             None => assert_eq!(parsed.map(|_| ()), Err(BodyError::NotJsonRpc)),
@@ -35,12 +35,12 @@ fn message(value: &Value) -> Option<Message> {
     match (map.get("method"), map.get("id")) {
         (Some(Value::String(method)), Some(id @ (Value::String(_) | Value::Number(_)))) => {
             Some(Message::Request {
-                method: method.clone(),
+                method: Method::named(method),
                 id: id.clone().into(),
             })
         }
         (Some(Value::String(method)), None | Some(Value::Null)) => Some(Message::Notification {
-            method: method.clone(),
+            method: Method::named(method),
         }),
         (None, _) if map.contains_key("error") || map.contains_key("result") => {
             Some(Message::Response {

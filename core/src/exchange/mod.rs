@@ -931,10 +931,12 @@ impl Exchange {
         };
         // A header the response lacks is added, not set: Envoy's set first looks for copies.
         let ours = init.id.encode();
-        let mut edits = vec![match upstream_id {
+        // Room for the expose header's edit too: one allocation, not a second to grow.
+        let mut edits = Vec::with_capacity(2);
+        edits.push(match upstream_id {
             Some(_) => Edit::Response(SESSION_HEADER, Some(ours)),
             None => Edit::ResponseAdd(SESSION_HEADER, ours),
-        }];
+        });
         init.upstream_id = upstream_id;
         if input.config.affinity_header.is_some() {
             init.reserved.upstream_host = attributes
