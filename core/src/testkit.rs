@@ -16,6 +16,7 @@ use crate::store::etcd::{Call, Remote};
 use crate::store::local::slot_key;
 use crate::store::memory::Table;
 use crate::store::{Limits, SharedData, StoreOp, WriteError};
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -754,7 +755,7 @@ impl<'p, H: Host> Envoy<'p, H> {
                 buffered.extend_from_slice(piece);
                 let end = i + 1 == pieces.len();
                 let whole = buffered.clone();
-                let read = move || whole.clone();
+                let read = move || Cow::Owned(whole.clone());
                 let action = worker.request_body(stream, &|| buffered.len(), end, &read, log);
                 let action = self.settle(stream, log, action);
                 request.headers = log.request.clone();
@@ -795,7 +796,7 @@ impl<'p, H: Host> Envoy<'p, H> {
             held.extend_from_slice(piece);
             let end = i + 1 == pieces.len();
             let chunk = held.clone();
-            let read = move || chunk.clone();
+            let read = move || Cow::Owned(chunk.clone());
             let action = worker.response_body(stream, &|| held.len(), end, &read, log);
             let action = self.settle(stream, log, action);
             if let Some(reply) = log.reply.take() {

@@ -23,6 +23,7 @@ use mcp_session_core::FastMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{self, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -350,11 +351,9 @@ fn map_of(side: Side) -> MapType {
     }
 }
 
-fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
-    hostcalls::get_buffer(kind, 0, size)
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+fn buffer(kind: BufferType, size: usize) -> Cow<'static, [u8]> {
+    let bytes = hostcalls::get_buffer(kind, 0, size).ok().flatten();
+    Cow::Owned(bytes.unwrap_or_default())
 }
 
 /// Envoy's attributes of the stream being served (`get_property`).

@@ -19,6 +19,7 @@ use mcp_session_core::exchange::Reply;
 use mcp_session_core::grpc;
 use mcp_session_core::headers::{self, Header};
 use mcp_session_core::host::{Attributes, Headers};
+use std::borrow::Cow;
 use std::cell::{Cell, UnsafeCell};
 use std::ffi::{c_char, c_void};
 use std::marker::PhantomData;
@@ -43,8 +44,8 @@ impl EnvoyBuffer {
         length: 0,
     };
 
-    /// The bytes. Safety: Envoy keeps them valid while the hook that read them runs, and the
-    /// slice does not outlive the copy made from it there.
+    /// The bytes. Safety: Envoy keeps them valid while the hook that read them runs, and no
+    /// slice outlives that hook (one that leaves a function borrows the hook's `Envoy`).
     fn bytes<'a>(self) -> &'a [u8] {
         if self.ptr.is_null() || self.length == 0 {
             return &[];
@@ -798,14 +799,19 @@ impl Envoy<'_> {
         self.with_body_chunks(side, |chunks| chunks.iter().map(|c| c.length).sum())
     }
 
-    /// The body held so far on a side, buffered first.
-    pub fn body(&self, side: Side) -> Vec<u8> {
-        self.with_body_chunks(side, |chunks| {
-            let mut body = Vec::with_capacity(chunks.iter().map(|c| c.length).sum());
-            chunks
-                .iter()
-                .for_each(|c| body.extend_from_slice(c.bytes()));
-            body
+    /// The body held so far on a side, buffered first: where Envoy holds it in one chunk (an
+    /// `initialize` and its answer, as a rule), borrowed for the hook, with nothing copied.
+    pub fn body(&self, side: Side) -> Cow<'_, [u8]> {
+        self.with_body_chunks(side, |chunks| match chunks {
+            [] => Cow::Borrowed(&[][..]),
+            // The chunk's bytes stay valid while this hook runs; the borrow of `self` (this
+            // hook's Envoy) keeps the slice from outliving it.
+            [one] => Cow::Borrowed(one.bytes()),
+            many => {
+                let mut body = Vec::with_capacity(many.iter().map(|c| c.length).sum());
+                many.iter().for_each(|c| body.extend_from_slice(c.bytes()));
+                Cow::Owned(body)
+            }
         })
     }
 

@@ -3,7 +3,7 @@
 //! `Envoy` both go through it.
 
 use super::{Stamp, Worker};
-use crate::exchange::{Edit, Event, Exchange, Flow, Reply, Step};
+use crate::exchange::{Edit, Event, Exchange, Flow, ReadBody, Reply, Step};
 use crate::host::{Attributes, Headers, Host};
 use crate::metrics::StoreStat;
 use crate::record::Record;
@@ -129,12 +129,12 @@ impl<H: Host> Worker<H> {
 
     /// Request body data: `size()` bytes buffered so far, read by `body` if needed (both asked
     /// only when the machine reads this body: a host may pay to learn either).
-    pub fn request_body(
+    pub fn request_body<'b>(
         &self,
         stream: &mut Stream,
-        size: &dyn Fn() -> usize,
+        size: &'b dyn Fn() -> usize,
         end_of_stream: bool,
-        body: &dyn Fn() -> Vec<u8>,
+        body: &'b ReadBody<'b>,
         io: &mut impl StreamIo,
     ) -> Action {
         if stream.passes(Hook::RequestBody) {
@@ -173,12 +173,12 @@ impl<H: Host> Worker<H> {
 
     /// Response body data: `size()` bytes in this chunk (all held so far when paused), asked
     /// only when the machine reads this body.
-    pub fn response_body(
+    pub fn response_body<'b>(
         &self,
         stream: &mut Stream,
-        size: &dyn Fn() -> usize,
+        size: &'b dyn Fn() -> usize,
         end_of_stream: bool,
-        body: &dyn Fn() -> Vec<u8>,
+        body: &'b ReadBody<'b>,
         io: &mut impl StreamIo,
     ) -> Action {
         if stream.passes(Hook::ResponseBody) {

@@ -23,6 +23,7 @@ use crate::rejection::Rejection;
 use crate::session_id::{SessionId, SECRET_LEN};
 use crate::store::{Ended, Lookup, StoreOp, StoreResult};
 use log::{debug, info, warn};
+use std::borrow::Cow;
 
 /// The session header, in both directions.
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -30,6 +31,10 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
 /// The CORS header that lets a browser client read the session header.
 pub const EXPOSE_HEADER: &str = "access-control-expose-headers";
+
+/// Reads a body a host holds: borrowed where the host keeps it in one piece for the event
+/// (Envoy's dynamic modules), a copy where it is read out (proxy-wasm) or in pieces.
+pub type ReadBody<'a> = dyn Fn() -> Cow<'a, [u8]> + 'a;
 
 /// What happened, as the host reports it.
 pub enum Event<'a> {
@@ -49,7 +54,7 @@ pub enum Event<'a> {
         /// The body is complete.
         end_of_stream: bool,
         /// Reads the buffered body (only called when the machine needs it).
-        body: &'a dyn Fn() -> Vec<u8>,
+        body: &'a ReadBody<'a>,
     },
     /// The response's headers arrived.
     ResponseHeaders {
@@ -69,7 +74,7 @@ pub enum Event<'a> {
         /// The body is complete.
         end_of_stream: bool,
         /// Reads this chunk (only called when the machine needs it).
-        body: &'a dyn Fn() -> Vec<u8>,
+        body: &'a ReadBody<'a>,
     },
     /// The store answered the operation the machine waited for.
     Stored(StoreResult),
@@ -605,7 +610,7 @@ impl Exchange {
         input: &Input<'_>,
         size: &dyn Fn() -> usize,
         end_of_stream: bool,
-        body: &dyn Fn() -> Vec<u8>,
+        body: &ReadBody<'_>,
     ) -> Step {
         match self.phase {
             Phase::SessionlessBody | Phase::UninitializedBody => {}
@@ -980,7 +985,7 @@ impl Exchange {
         input: &Input<'_>,
         size: &dyn Fn() -> usize,
         end_of_stream: bool,
-        body: &dyn Fn() -> Vec<u8>,
+        body: &ReadBody<'_>,
     ) -> Step {
         let Some(init) = &mut self.initialize else {
             return Flow::Continue.into();
@@ -993,20 +998,27 @@ impl Exchange {
         let outcome = match &mut init.answer {
             Answer::Awaiting => return Flow::Continue.into(),
             Answer::Json(buffer) => {
-                if hold {
+                let whole;
+                let answer: &[u8] = if hold {
                     // Held (the host buffers it: `size` and `body()` are all of it so far) until
                     // the decision and its write, and read once, when it is decided.
                     if !end_of_stream && size() <= limit {
                         return Flow::Pause.into();
                     }
-                    *buffer = body();
+                    *buffer = body().into_owned();
+                    buffer
+                } else if buffer.is_empty() && end_of_stream {
+                    // The whole answer in one event: read where the host holds it, no copy.
+                    whole = body();
+                    &whole
                 } else {
                     buffer.extend_from_slice(&body());
-                }
-                if buffer.len() > limit {
+                    buffer
+                };
+                if answer.len() > limit {
                     Some(Outcome::Result) // too big to read: give it the benefit of the doubt
                 } else if end_of_stream {
-                    Some(json_outcome(buffer).unwrap_or(Outcome::Error))
+                    Some(json_outcome(answer).unwrap_or(Outcome::Error))
                 } else {
                     None
                 }

@@ -89,7 +89,7 @@ fn request(config: &str, headers: &HeaderList, body: &str) -> (Exchange, Step) {
         return (exchange, step);
     }
     let bytes = body.as_bytes().to_vec();
-    let read = move || bytes.clone();
+    let read = move || Cow::Owned(bytes.clone());
     let step = exchange.step(
         &input,
         Event::RequestBody {
@@ -431,7 +431,7 @@ fn an_initialize_by_table() {
             step
         } else {
             let bytes = body.as_bytes().to_vec();
-            let read = move || bytes.clone();
+            let read = move || Cow::Owned(bytes.clone());
             exchange.step(
                 &input,
                 Event::ResponseBody {
@@ -526,7 +526,7 @@ fn an_initialize_by_table() {
     let none = |_: &mut [u8]| false;
     let input = at_t0(&config, &none);
     let mut exchange = awaiting_body(&input);
-    let read = || INITIALIZE.as_bytes().to_vec();
+    let read = || Cow::Borrowed(INITIALIZE.as_bytes());
     let step = exchange.step(
         &input,
         Event::RequestBody {
@@ -588,7 +588,7 @@ fn a_request_body_size_is_asked_only_before_the_body_is_complete() {
             sizes.set(sizes.get() + 1);
             buffered
         };
-        let read = || INITIALIZE.as_bytes().to_vec();
+        let read = || Cow::Borrowed(INITIALIZE.as_bytes());
         let step = exchange.step(
             &input,
             Event::RequestBody {
