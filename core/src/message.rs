@@ -220,14 +220,14 @@ impl<'de> Visitor<'de> for MessageVisitor {
                 }
             }
         }
-        let id = id.map(|raw| (raw.get() == "null", RequestId::from_raw(raw)));
+        // The id is copied only for a request (a response's is not kept).
         Ok(match (method, id) {
-            (Some(MethodValue::Name(method)), Some((_, Some(id)))) => {
-                Message::Request { method, id }
-            }
-            (Some(MethodValue::Name(method)), None | Some((true, _))) => {
-                Message::Notification { method }
-            }
+            (Some(MethodValue::Name(method)), Some(raw)) => match RequestId::from_raw(raw) {
+                Some(id) => Message::Request { method, id },
+                None if raw.get() == "null" => Message::Notification { method },
+                None => Message::Invalid,
+            },
+            (Some(MethodValue::Name(method)), None) => Message::Notification { method },
             (None, _) if error || result => Message::Response { error },
             _ => Message::Invalid,
         })
