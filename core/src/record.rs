@@ -14,6 +14,41 @@ const FLAG_IDENTITY: u8 = 2;
 pub const DIGEST_LEN: usize = 16;
 /// Longest upstream session ID the record can hold.
 pub const MAX_UPSTREAM_ID: usize = 255;
+/// The longest encoding: the fixed part (35 bytes), an identity digest, and an upstream
+/// session ID and an upstream host of the longest each, with their lengths.
+const MAX_ENCODED: usize = 35 + DIGEST_LEN + 2 * (1 + MAX_UPSTREAM_ID);
+
+/// A record's encoding, held on the stack ([`Record::encoded`]): a write of the session table
+/// copies it where it keeps it, so the encoding needs no allocation of its own.
+pub struct Encoded {
+    bytes: [u8; MAX_ENCODED],
+    len: usize,
+}
+
+impl Encoded {
+    /// Appends `bytes` (a record never encodes to more than [`MAX_ENCODED`]).
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len.saturating_add(bytes.len());
+        if let Some(to) = self.bytes.get_mut(self.len..end) {
+            to.copy_from_slice(bytes);
+            self.len = end;
+        }
+    }
+}
+
+impl std::ops::Deref for Encoded {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+}
+
+impl AsRef<[u8]> for Encoded {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,14 +127,21 @@ impl Record {
 
     /// Serialises the record.
     pub fn encode(&self) -> Vec<u8> {
+        self.encoded().to_vec()
+    }
+
+    /// Serialises the record onto the stack: what a store write copies where it keeps it.
+    pub fn encoded(&self) -> Encoded {
         let upstream = self.upstream_id.as_deref().unwrap_or("").as_bytes();
         let upstream = upstream.get(..MAX_UPSTREAM_ID).unwrap_or(upstream);
-        let mut out = Vec::with_capacity(36 + DIGEST_LEN + 1 + upstream.len());
-        out.push(FORMAT_VERSION);
-        out.push(match self.state {
+        let mut out = Encoded {
+            bytes: [0; MAX_ENCODED],
+            len: 0,
+        };
+        let state = match self.state {
             State::Pending => 1,
             State::Live => 2,
-        });
+        };
         let mut flags = 0;
         if self.initialized {
             flags |= FLAG_INITIALIZED;
@@ -107,22 +149,22 @@ impl Record {
         if self.identity.is_some() {
             flags |= FLAG_IDENTITY;
         }
-        out.push(flags);
-        out.extend_from_slice(&self.secret);
-        out.extend_from_slice(&self.created_ms.to_le_bytes());
-        out.extend_from_slice(&self.last_seen_ms.to_le_bytes());
+        out.put(&[FORMAT_VERSION, state, flags]);
+        out.put(&self.secret);
+        out.put(&self.created_ms.to_le_bytes());
+        out.put(&self.last_seen_ms.to_le_bytes());
         if let Some(digest) = &self.identity {
-            out.extend_from_slice(digest);
+            out.put(digest);
         }
         // Bounded to MAX_UPSTREAM_ID above, so the length fits a byte.
-        out.push(u8::try_from(upstream.len()).unwrap_or(u8::MAX));
-        out.extend_from_slice(upstream);
+        out.put(&[u8::try_from(upstream.len()).unwrap_or(u8::MAX)]);
+        out.put(upstream);
         // Optional tail: the upstream host (records without one end here).
         if let Some(host) = &self.upstream_host {
             let host = host.as_bytes();
             let host = host.get(..MAX_UPSTREAM_ID).unwrap_or(host);
-            out.push(u8::try_from(host.len()).unwrap_or(u8::MAX));
-            out.extend_from_slice(host);
+            out.put(&[u8::try_from(host.len()).unwrap_or(u8::MAX)]);
+            out.put(host);
         }
         out
     }
@@ -282,11 +324,20 @@ mod tests {
         mapped.initialized = false;
         let mut both = bound.clone();
         both.upstream_id = Some("x".repeat(MAX_UPSTREAM_ID));
-        for record in [live(), bound, mapped, both] {
+        // The longest there is: every field at its largest, on the stack buffer's last byte.
+        let mut longest = both.clone();
+        longest.upstream_host = Some("h".repeat(MAX_UPSTREAM_ID));
+        for record in [live(), bound, mapped, both, longest.clone()] {
             let bytes = record.encode();
             assert_eq!(Record::decode(&bytes), Some(record.clone()), "{record:?}");
+            assert_eq!(&*record.encoded(), &bytes[..], "{record:?}");
         }
         assert_eq!(live().encode().len(), 36, "the base record stays small");
+        assert_eq!(longest.encode().len(), MAX_ENCODED);
+        // Longer than a record can hold is cut to it, as before, and still fits.
+        let mut over = longest;
+        over.upstream_host = Some("h".repeat(MAX_UPSTREAM_ID + 9));
+        assert_eq!(over.encode().len(), MAX_ENCODED);
     }
 
     #[test]

@@ -147,7 +147,7 @@ impl<S: SharedData> Store<S> {
         }
         let live = pending.activated(now_ms, upstream_id);
         self.shared
-            .set(&slot_key(id.slot), &live.encode(), None)
+            .set(&slot_key(id.slot), &live.encoded(), None)
             .is_ok()
     }
 
@@ -191,7 +191,7 @@ impl<S: SharedData> Store<S> {
         let mut fresh = record.clone();
         fresh.last_seen_ms = now_ms;
         self.shared
-            .set(&slot_key(id.slot), &fresh.encode(), Some(cas))
+            .set(&slot_key(id.slot), &fresh.encoded(), Some(cas))
             .is_ok()
     }
 
@@ -235,7 +235,7 @@ impl<S: SharedData> Store<S> {
         self.rewrite(id, |record| {
             let mut changed = record.clone();
             change(&mut changed)?;
-            Some(changed.encode())
+            Some(changed.encoded())
         })
         .map(|_| ())
     }
@@ -256,10 +256,10 @@ impl<S: SharedData> Store<S> {
     /// The compare-and-swap loop under `update` and `free_if`: reads the record `id` names
     /// (its secret must match), asks `next` for the bytes to write in its place (`None`: leave
     /// it), and retries when another worker wrote first. Returns the record that was replaced.
-    pub(super) fn rewrite(
+    pub(super) fn rewrite<V: AsRef<[u8]>>(
         &self,
         id: &SessionId,
-        mut next: impl FnMut(&Record) -> Option<Vec<u8>>,
+        mut next: impl FnMut(&Record) -> Option<V>,
     ) -> Option<Record> {
         let key = slot_key(id.slot);
         for _ in 0..CAS_ATTEMPTS {
@@ -271,7 +271,7 @@ impl<S: SharedData> Store<S> {
                 return None;
             }
             let value = next(&record)?;
-            match self.shared.set(&key, &value, Some(cas)) {
+            match self.shared.set(&key, value.as_ref(), Some(cas)) {
                 Ok(()) => return Some(record),
                 Err(WriteError::CasMismatch) => continue,
                 Err(WriteError::Host) => return None,

@@ -133,7 +133,7 @@ impl<S: SharedData> Store<S> {
         pool: &mut SlotPool,
     ) -> Option<Reservation> {
         let record = Record::pending(now_ms, secret, identity, self.limits.bind_identity);
-        let encoded = record.encode();
+        let encoded = record.encoded();
         let reserved = |slot, was_live: bool, from| Reservation {
             id: SessionId { slot, secret },
             record: record.clone(),
