@@ -259,7 +259,7 @@ impl<'de> Visitor<'de> for MessageVisitor {
 }
 
 /// A `method` member's value: a name, or anything else (the message is then not JSON-RPC),
-/// skipped as any member the filter does not read.
+/// read as a JSON value (see `MethodVisitor::visit_map`).
 enum MethodValue {
     Name(Method),
     NotString,

@@ -44,12 +44,6 @@ impl std::ops::Deref for Encoded {
     }
 }
 
-impl AsRef<[u8]> for Encoded {
-    fn as_ref(&self) -> &[u8] {
-        self
-    }
-}
-
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

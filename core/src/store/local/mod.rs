@@ -256,7 +256,7 @@ impl<S: SharedData> Store<S> {
     /// The compare-and-swap loop under `update` and `free_if`: reads the record `id` names
     /// (its secret must match), asks `next` for the bytes to write in its place (`None`: leave
     /// it), and retries when another worker wrote first. Returns the record that was replaced.
-    pub(super) fn rewrite<V: AsRef<[u8]>>(
+    pub(super) fn rewrite<V: std::ops::Deref<Target = [u8]>>(
         &self,
         id: &SessionId,
         mut next: impl FnMut(&Record) -> Option<V>,
@@ -271,7 +271,7 @@ impl<S: SharedData> Store<S> {
                 return None;
             }
             let value = next(&record)?;
-            match self.shared.set(&key, value.as_ref(), Some(cas)) {
+            match self.shared.set(&key, &value, Some(cas)) {
                 Ok(()) => return Some(record),
                 Err(WriteError::CasMismatch) => continue,
                 Err(WriteError::Host) => return None,
