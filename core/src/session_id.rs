@@ -46,9 +46,12 @@ impl SessionId {
 
     /// The header value for this ID.
     pub fn encode(&self) -> String {
+        let mut bytes = [0u8; ENCODED_LEN / 2];
+        let (slot, secret) = bytes.split_at_mut(4);
+        slot.copy_from_slice(&self.slot.to_be_bytes());
+        secret.copy_from_slice(&self.secret);
         let mut out = String::with_capacity(ENCODED_LEN);
-        push_hex(&mut out, &self.slot.to_be_bytes());
-        push_hex(&mut out, &self.secret);
+        push_hex(&mut out, &bytes);
         out
     }
 
@@ -92,24 +95,45 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Appends `bytes` in lowercase hex: sixteen bytes at a time onto the stack, then pushed as
-/// one `str` (a push per digit checked the capacity forty times per session ID).
+/// Appends `bytes` in lowercase hex: a session ID's twenty bytes at a time onto the stack, two
+/// digits per byte from one table, then pushed as one `str` (a push per digit checked the
+/// capacity forty times per session ID; a digit at a time cost twice the lookups).
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
     out.reserve(bytes.len() * 2);
-    for chunk in bytes.chunks(16) {
-        let mut digits = [0u8; 32];
+    for chunk in bytes.chunks(ENCODED_LEN / 2) {
+        let mut digits = [0u8; ENCODED_LEN];
         for (pair, &b) in digits.chunks_exact_mut(2).zip(chunk) {
-            pair.copy_from_slice(&[hex_digit(b >> 4), hex_digit(b)]);
+            pair.copy_from_slice(&hex_pair(b));
         }
         let digits = digits.get(..chunk.len() * 2).unwrap_or_default();
         out.push_str(std::str::from_utf8(digits).unwrap_or_default());
     }
 }
 
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Every byte's two lowercase hex digits. Built at compile time, where an index out of range
+/// fails the build rather than panicking.
+#[allow(clippy::indexing_slicing)]
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [DIGITS[b >> 4], DIGITS[b & 0x0f]];
+        b += 1;
+    }
+    pairs
+};
+
+/// The two lowercase hex digits of `b` (a table lookup: any `u8` is in range, so the compiler
+/// drops the bounds check).
+fn hex_pair(b: u8) -> [u8; 2] {
+    HEX_PAIRS.get(usize::from(b)).copied().unwrap_or_default()
+}
+
 /// The lowercase hex digit of `n`'s low four bits (a table lookup: the index is below 16, so
 /// the compiler drops the bounds check).
 pub fn hex_digit(n: u8) -> u8 {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     DIGITS.get(usize::from(n & 0x0f)).copied().unwrap_or(b'0')
 }
 
@@ -172,6 +196,19 @@ mod tests {
             let mut out = String::from("x");
             push_hex(&mut out, &bytes[..len]);
             let want: String = bytes[..len].iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(out, format!("x{want}"), "{len} bytes");
+        }
+    }
+
+    /// Every byte value, and inputs longer than one stack buffer, as `format!` writes them.
+    #[test]
+    fn push_hex_writes_what_format_does() {
+        let all: Vec<u8> = (0..=255).collect();
+        for len in [0, 1, 19, 20, 21, 45, 256] {
+            let bytes = all.get(..len).unwrap();
+            let mut out = String::from("x");
+            push_hex(&mut out, bytes);
+            let want: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             assert_eq!(out, format!("x{want}"), "{len} bytes");
         }
     }

@@ -245,11 +245,10 @@ impl<H: Host> Worker<H> {
                 self.count(event, n);
             }
             let op = match step.flow {
-                Flow::Store(op) => *op,
-                Flow::Lookup => match stream.exchange.lookup_op() {
+                Flow::Store => match stream.exchange.take_store_op() {
                     Some(op) => op,
                     None => {
-                        error!("the machine asked for a lookup it does not wait for");
+                        error!("the machine asked for a store operation it does not hold");
                         step.flow = Flow::Continue;
                         return step.into();
                     }
@@ -275,7 +274,7 @@ impl<H: Host> Worker<H> {
             step.flow = next.flow;
             step.counts = next.counts;
         }
-        if matches!(step.flow, Flow::Store(_) | Flow::Lookup) {
+        if matches!(step.flow, Flow::Store) {
             error!("store operations chained past {MAX_CHAINED_OPS}; letting traffic go on");
             step.flow = Flow::Continue;
         }
@@ -425,7 +424,7 @@ impl<H: Host> Worker<H> {
                     io.replace_body(&body);
                     Action::Continue
                 }
-                Flow::Store(_) | Flow::Lookup => Action::Continue, // drive() never leaves one
+                Flow::Store => Action::Continue, // drive() never leaves one
             };
         }
     }

@@ -94,8 +94,8 @@ pub enum Edit {
     Response(&'static str, Option<String>),
     /// Add a response header the response does not carry (the machine read the headers and
     /// found none of that name): a host appends it without first looking for copies to
-    /// replace, which costs Envoy more than the append itself.
-    ResponseAdd(&'static str, String),
+    /// replace, which costs Envoy more than the append itself. A constant value is not copied.
+    ResponseAdd(&'static str, Cow<'static, str>),
     /// Set the configured `affinity_header` on the request, or remove it (`None`).
     Affinity(Option<String>),
     /// A fact about this request for access logs and traces (`session_facts`): its name
@@ -144,12 +144,10 @@ pub enum Flow {
     Pause,
     /// Answer locally; the stream goes no further.
     Respond(Box<Reply>),
-    /// Run this store operation and feed its answer back as [`Event::Stored`].
-    Store(Box<StoreOp>),
-    /// Look up the session the request presented ([`Exchange::lookup_op`] says which) and
-    /// feed the answer back, as for [`Flow::Store`]. The hot path's one store operation, kept
-    /// out of the heap: the machine holds what it needs already.
-    Lookup,
+    /// Run the store operation [`Exchange::take_store_op`] gives and feed its answer back as
+    /// [`Event::Stored`]. The machine keeps the operation itself, so that a step carries no
+    /// heap allocation for it (an `initialize` runs two, the hot path's lookup one).
+    Store,
     /// Replace the response body held so far with this, then let it go on (the headers have
     /// left already).
     Replace(Vec<u8>),
@@ -303,6 +301,9 @@ pub struct Exchange {
     counts: Vec<(Count, u32)>,
     /// Facts for the access log found while stepping, when `session_facts` is on.
     facts: Option<Vec<Edit>>,
+    /// The store operation the last step's [`Flow::Store`] asks for (a lookup is built from
+    /// what the machine waits for instead).
+    op: Option<StoreOp>,
 }
 
 impl Default for Exchange {
@@ -324,6 +325,7 @@ impl Exchange {
             identity: None,
             counts: Vec::new(),
             facts: None,
+            op: None,
         }
     }
 
@@ -361,6 +363,8 @@ impl Exchange {
         if input.config.session_facts && self.facts.is_none() {
             self.facts = Some(Vec::new());
         }
+        // An operation a step kept but did not ask for (its flow was replaced) is not run.
+        self.op = None;
         let mut step = self.on_event(input, event);
         step.counts = std::mem::take(&mut self.counts);
         if let Some(facts) = &mut self.facts {
@@ -532,14 +536,18 @@ impl Exchange {
                     end_of_stream,
                     now_ms,
                 };
-                Flow::Lookup.into()
+                Flow::Store.into()
             }
         }
     }
 
-    /// The lookup a [`Flow::Lookup`] asks for: the session this exchange waits for, for its
-    /// caller; `None` when it waits for no lookup.
-    pub fn lookup_op(&self) -> Option<StoreOp> {
+    /// The store operation a [`Flow::Store`] asks for, once: the one the step kept, else the
+    /// lookup of the session this exchange waits for, for its caller; `None` when it asks for
+    /// none.
+    pub fn take_store_op(&mut self) -> Option<StoreOp> {
+        if let Some(op) = self.op.take() {
+            return Some(op);
+        }
         match self.waiting {
             Waiting::Lookup { id, now_ms, .. } => Some(StoreOp::Lookup {
                 id,
@@ -548,6 +556,12 @@ impl Exchange {
             }),
             _ => None,
         }
+    }
+
+    /// Keeps `op` for the driver to take ([`Exchange::take_store_op`]).
+    fn store(&mut self, op: StoreOp) -> Flow {
+        self.op = Some(op);
+        Flow::Store
     }
 
     /// The caller's identity handle, as a fact.
@@ -592,11 +606,11 @@ impl Exchange {
             }
             SessionVerdict::End => {
                 self.waiting = Waiting::Delete;
-                Flow::Store(Box::new(StoreOp::End {
+                self.store(StoreOp::End {
                     id,
                     identity: self.identity.clone(),
                     now_ms,
-                }))
+                })
                 .into()
             }
         };
@@ -659,11 +673,11 @@ impl Exchange {
             return self.reply(&Rejection::capacity().with_id(request_id));
         }
         self.waiting = Waiting::Reserve { request_id };
-        Flow::Store(Box::new(StoreOp::Reserve {
+        self.store(StoreOp::Reserve {
             secret,
             identity: self.identity.clone(),
             now_ms: input.now_ms(),
-        }))
+        })
         .into()
     }
 
@@ -869,22 +883,23 @@ impl Exchange {
             if status == 404 {
                 // The upstream lost its session: ours is useless now.
                 self.waiting = Waiting::UpstreamGone;
-                return Flow::Store(Box::new(StoreOp::End {
-                    id,
-                    identity: self.identity.clone(),
-                    now_ms: input.now_ms(),
-                }))
-                .into();
+                return self
+                    .store(StoreOp::End {
+                        id,
+                        identity: self.identity.clone(),
+                        now_ms: input.now_ms(),
+                    })
+                    .into();
             }
             // Never show the client the upstream's own ID.
             edits.push(Edit::Response(SESSION_HEADER, Some(id.encode())));
         }
         let flow = if self.mark_initialized && (200..300).contains(&status) {
             self.waiting = Waiting::Initialized;
-            Flow::Store(Box::new(StoreOp::MarkInitialized {
+            self.store(StoreOp::MarkInitialized {
                 id,
                 now_ms: input.now_ms(),
-            }))
+            })
         } else {
             Flow::Continue
         };
@@ -940,7 +955,7 @@ impl Exchange {
         let mut edits = Vec::with_capacity(2);
         edits.push(match upstream_id {
             Some(_) => Edit::Response(SESSION_HEADER, Some(ours)),
-            None => Edit::ResponseAdd(SESSION_HEADER, ours),
+            None => Edit::ResponseAdd(SESSION_HEADER, ours.into()),
         });
         init.upstream_id = upstream_id;
         if input.config.affinity_header.is_some() {
@@ -956,12 +971,16 @@ impl Exchange {
                 Some(format!("{list}, {SESSION_HEADER}")),
             )),
             Some(_) => edits.push(Edit::Response(EXPOSE_HEADER, Some(SESSION_HEADER.into()))),
-            None => edits.push(Edit::ResponseAdd(EXPOSE_HEADER, SESSION_HEADER.into())),
+            None => edits.push(Edit::ResponseAdd(
+                EXPOSE_HEADER,
+                Cow::Borrowed(SESSION_HEADER),
+            )),
         }
-        let content_type = content_type.text().unwrap_or_default();
+        const SSE: &[u8] = b"text/event-stream";
+        let content_type = content_type.value.unwrap_or_default();
         init.answer = if content_type
-            .to_ascii_lowercase()
-            .starts_with("text/event-stream")
+            .get(..SSE.len())
+            .is_some_and(|media| media.eq_ignore_ascii_case(SSE))
         {
             Answer::Sse(SseScanner::default(), 0)
         } else {
@@ -1074,7 +1093,7 @@ impl Exchange {
                 identity: self.identity.clone(),
             },
         };
-        Flow::Store(Box::new(op)).into()
+        self.store(op).into()
     }
 }
 

@@ -50,20 +50,20 @@ enum Does {
     Replace,
 }
 
-fn does(step: &Step) -> Does {
+fn does(exchange: &mut Exchange, step: &Step) -> Does {
     match &step.flow {
         Flow::Continue => Does::Continue,
         Flow::Pause => Does::Pause,
         Flow::Respond(reply) => Does::Respond(reply.status, step.counts.clone()),
         Flow::Replace(_) => Does::Replace,
-        Flow::Lookup => Does::Lookup,
-        Flow::Store(op) => match **op {
-            StoreOp::Lookup { .. } => Does::Lookup,
-            StoreOp::Reserve { .. } => Does::Reserve,
-            StoreOp::Activate { .. } => Does::Activate,
-            StoreOp::Release { .. } => Does::Release,
-            StoreOp::End { .. } => Does::End,
-            StoreOp::MarkInitialized { .. } => Does::Continue,
+        Flow::Store => match exchange.take_store_op() {
+            None => panic!("a store flow with no operation"),
+            Some(StoreOp::Lookup { .. }) => Does::Lookup,
+            Some(StoreOp::Reserve { .. }) => Does::Reserve,
+            Some(StoreOp::Activate { .. }) => Does::Activate,
+            Some(StoreOp::Release { .. }) => Does::Release,
+            Some(StoreOp::End { .. }) => Does::End,
+            Some(StoreOp::MarkInitialized { .. }) => Does::Continue,
         },
     }
 }
@@ -242,8 +242,8 @@ fn requests_by_table() {
         ),
     ];
     for (name, config, headers, body, expected) in rows {
-        let (_, step) = request(config, &headers, body);
-        assert_eq!(does(&step), expected, "{name}");
+        let (mut exchange, step) = request(config, &headers, body);
+        assert_eq!(does(&mut exchange, &step), expected, "{name}");
     }
 }
 
@@ -315,17 +315,17 @@ fn store_answers_by_table() {
         if let StoreResult::Lookup(Lookup::Live(record, _)) = &result {
             let (mut exchange, _) = request("{}", headers, "");
             let step = exchange.step(&input, Event::Live(record));
-            assert_eq!(does(&step), expected, "{name}, from a cache");
+            assert_eq!(does(&mut exchange, &step), expected, "{name}, from a cache");
         }
         let (mut exchange, _) = request("{}", headers, "");
         let step = exchange.step(&input, Event::Stored(result));
-        assert_eq!(does(&step), expected, "{name}");
+        assert_eq!(does(&mut exchange, &step), expected, "{name}");
     }
     // A live session when no lookup is waited for (a host's mistake) changes nothing.
     let sessionless = post(&[("mcp-protocol-version", "2026-07-28")]);
     let (mut exchange, _) = request("{}", &sessionless, CALL);
     let step = exchange.step(&input, Event::Live(&live));
-    assert_eq!(does(&step), Does::Continue);
+    assert_eq!(does(&mut exchange, &step), Does::Continue);
     // A DELETE: the end, answered.
     let (mut exchange, _) = request("{}", &delete, "");
     let _ = exchange.step(
@@ -340,7 +340,7 @@ fn store_answers_by_table() {
     assert!(matches!(&step.flow, Flow::Respond(reply) if reply.status == 204));
 }
 
-/// A request on a session asks for a lookup without a boxed operation ([`Flow::Lookup`]);
+/// A request on a session asks for a lookup ([`Flow::Store`], the machine holding the operation);
 /// the operation it stands for names the session, the caller's identity and the time, and
 /// there is none once the lookup was answered.
 #[test]
@@ -359,9 +359,9 @@ fn a_lookup_names_the_session_the_caller_and_the_time() {
         let mut pairs = vec![HANDSHAKE, ("mcp-session-id", sid.as_str())];
         pairs.extend(extra);
         let (mut exchange, step) = request(config, &post(&pairs), CALL);
-        assert_eq!(step.flow, Flow::Lookup, "{config}");
+        assert_eq!(step.flow, Flow::Store, "{config}");
         assert_eq!(
-            exchange.lookup_op(),
+            exchange.take_store_op(),
             Some(StoreOp::Lookup {
                 id: id(),
                 identity,
@@ -375,7 +375,7 @@ fn a_lookup_names_the_session_the_caller_and_the_time() {
             &at_t0(&config, &random),
             Event::Stored(StoreResult::Lookup(Lookup::NotFound)),
         );
-        assert_eq!(exchange.lookup_op(), None, "answered");
+        assert_eq!(exchange.take_store_op(), None, "answered");
     }
 }
 
@@ -409,12 +409,12 @@ fn an_initialize_by_table() {
     ];
     for (name, headers, body, expected) in rows {
         let (mut exchange, step) = request("{}", &post(&[]), INITIALIZE);
-        assert_eq!(does(&step), Does::Reserve, "{name}");
+        assert_eq!(does(&mut exchange, &step), Does::Reserve, "{name}");
         let step = exchange.step(
             &input,
             Event::Stored(StoreResult::Reserved(Some(reservation.clone()))),
         );
-        assert_eq!(does(&step), Does::Continue, "{name}");
+        assert_eq!(does(&mut exchange, &step), Does::Continue, "{name}");
         let step = exchange.step(
             &input,
             Event::ResponseHeaders {
@@ -425,9 +425,9 @@ fn an_initialize_by_table() {
         );
         let sets_id = step
             .edits
-            .contains(&Edit::ResponseAdd(SESSION_HEADER, id().encode()));
+            .contains(&Edit::ResponseAdd(SESSION_HEADER, id().encode().into()));
         assert_eq!(sets_id, headers.value(":status") == Some("200"), "{name}");
-        let step = if matches!(step.flow, Flow::Store(_)) {
+        let step = if matches!(step.flow, Flow::Store) {
             step
         } else {
             let bytes = body.as_bytes().to_vec();
@@ -441,7 +441,7 @@ fn an_initialize_by_table() {
                 },
             )
         };
-        assert_eq!(does(&step), expected, "{name}");
+        assert_eq!(does(&mut exchange, &step), expected, "{name}");
         let step = exchange.step(&input, Event::Stored(StoreResult::Done(true)));
         let created = expected == Does::Activate;
         assert_eq!(
@@ -461,7 +461,7 @@ fn an_initialize_by_table() {
             "neither header: both added",
             vec![],
             vec![
-                Edit::ResponseAdd(SESSION_HEADER, ours()),
+                Edit::ResponseAdd(SESSION_HEADER, ours().into()),
                 Edit::ResponseAdd(EXPOSE_HEADER, SESSION_HEADER.into()),
             ],
         ),
@@ -477,7 +477,7 @@ fn an_initialize_by_table() {
             "an expose list gets ours appended",
             vec![(EXPOSE_HEADER, "x-a")],
             vec![
-                Edit::ResponseAdd(SESSION_HEADER, ours()),
+                Edit::ResponseAdd(SESSION_HEADER, ours().into()),
                 expose("x-a, mcp-session-id"),
             ],
         ),
@@ -485,14 +485,14 @@ fn an_initialize_by_table() {
             "a blank expose list is replaced",
             vec![(EXPOSE_HEADER, " ")],
             vec![
-                Edit::ResponseAdd(SESSION_HEADER, ours()),
+                Edit::ResponseAdd(SESSION_HEADER, ours().into()),
                 expose(SESSION_HEADER),
             ],
         ),
         (
             "an expose list that names it already stays",
             vec![(EXPOSE_HEADER, "X-A, Mcp-Session-Id")],
-            vec![Edit::ResponseAdd(SESSION_HEADER, ours())],
+            vec![Edit::ResponseAdd(SESSION_HEADER, ours().into())],
         ),
     ];
     for (name, extra, want) in edit_rows {
@@ -516,7 +516,7 @@ fn an_initialize_by_table() {
     // The store is full: 503 with the request's id.
     let (mut exchange, _) = request("{}", &post(&[]), INITIALIZE);
     let step = exchange.step(&input, Event::Stored(StoreResult::Reserved(None)));
-    assert_eq!(does(&step), rejected(503, Reason::Capacity));
+    assert_eq!(does(&mut exchange, &step), rejected(503, Reason::Capacity));
     let Flow::Respond(reply) = step.flow else {
         unreachable!()
     };
@@ -535,7 +535,7 @@ fn an_initialize_by_table() {
             body: &read,
         },
     );
-    assert_eq!(does(&step), rejected(503, Reason::Capacity));
+    assert_eq!(does(&mut exchange, &step), rejected(503, Reason::Capacity));
 }
 
 #[test]
@@ -597,7 +597,7 @@ fn a_request_body_size_is_asked_only_before_the_body_is_complete() {
                 body: &read,
             },
         );
-        assert_eq!(does(&step), expected, "{name}");
+        assert_eq!(does(&mut exchange, &step), expected, "{name}");
         assert_eq!(sizes.get(), asked, "{name}: times the size was asked");
     }
 }
