@@ -1,13 +1,17 @@
 #![no_main]
-//! `message::parse_body` on any bytes: never panics, and wherever serde_json can read the body
-//! as a plain JSON tree, the filter reads the same messages from it (duplicate keys included:
-//! the last one wins in both, as in the Python and TypeScript SDKs).
+//! `message::parse_body` on any bytes: never panics; reads every body as serde_json alone does
+//! (its quick reading of the usual message agrees with `parse_body_with_serde`); and wherever
+//! serde_json can read the body as a plain JSON tree, the filter reads the same messages from it
+//! (duplicate keys included: the last one wins in both, as in the Python and TypeScript SDKs).
 use libfuzzer_sys::fuzz_target;
-use mcp_session_core::message::{parse_body, BodyError, Message, Method, RequestId};
+use mcp_session_core::message::{
+    parse_body, parse_body_with_serde, BodyError, Message, Method, RequestId,
+};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
     let parsed = parse_body(data);
+    assert_eq!(parsed, parse_body_with_serde(data));
     if let Ok(body) = &parsed {
         assert!(!body.messages().is_empty() && (body.is_batch() || body.messages().len() == 1));
     }

@@ -1,0 +1,725 @@
+//! MCP message inspection: what a JSON-RPC body is, read without building a full JSON tree.
+//!
+//! The filter reads bodies in two places only: sessionless POSTs (is this an `initialize`?)
+//! and POSTs on a session still waiting for `notifications/initialized`; and, on the way
+//! back, the upstream's answer to `initialize` (a result, or an error?), which may be plain
+//! JSON or a Server-Sent Events stream.
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::fmt;
+
+mod skim;
+
+/// The method that opens a session.
+pub const INITIALIZE: &str = "initialize";
+/// The notification that ends the handshake.
+pub const INITIALIZED: &str = "notifications/initialized";
+/// The one request allowed before the handshake ends.
+pub const PING: &str = "ping";
+
+/// A JSON-RPC request id exactly as the client wrote it (a string or a number, as JSON text),
+/// or null: echoed byte for byte in error answers, so that an id no `f64` can hold (`1e400`,
+/// `123456789012345678901234567890`) comes back as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// The null id (of an error answered before the id could be read).
+    pub fn null() -> RequestId {
+        RequestId("null".into())
+    }
+
+    /// The JSON text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
+    /// A string or number id from raw JSON text; `None` for anything else.
+    fn from_raw(text: &str) -> Option<RequestId> {
+        match text.as_bytes().first() {
+            Some(b'"' | b'-' | b'0'..=b'9') => Some(RequestId(text.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+impl From<Value> for RequestId {
+    /// The id as serde_json writes `value` (for ids the filter builds itself, and tests).
+    fn from(value: Value) -> RequestId {
+        RequestId(value.to_string())
+    }
+}
+
+/// A method, as far as sessions care: one of the three the filter acts on, or another (read
+/// without a copy of its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// [`INITIALIZE`].
+    Initialize,
+    /// [`INITIALIZED`].
+    Initialized,
+    /// [`PING`].
+    Ping,
+    /// Any other name.
+    Other,
+}
+
+impl Method {
+    /// The method called `name`.
+    pub fn named(name: &str) -> Method {
+        Method::of_bytes(name.as_bytes())
+    }
+
+    /// The method called `name`, given as bytes.
+    fn of_bytes(name: &[u8]) -> Method {
+        const INITIALIZE_BYTES: &[u8] = INITIALIZE.as_bytes();
+        const INITIALIZED_BYTES: &[u8] = INITIALIZED.as_bytes();
+        const PING_BYTES: &[u8] = PING.as_bytes();
+        match name {
+            INITIALIZE_BYTES => Method::Initialize,
+            INITIALIZED_BYTES => Method::Initialized,
+            PING_BYTES => Method::Ping,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// One JSON-RPC message, reduced to what session handling needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// A request: it has a method and an id.
+    Request {
+        /// The method.
+        method: Method,
+        /// The id, as sent (a string or a number).
+        id: RequestId,
+    },
+    /// A notification: a method and no id.
+    Notification {
+        /// The method.
+        method: Method,
+    },
+    /// A response: no method; `error` says whether it carries an error instead of a result.
+    Response {
+        /// True for an error response.
+        error: bool,
+    },
+    /// A JSON value that is not a JSON-RPC message (a number, a string, a method that is not
+    /// a string...).
+    Invalid,
+}
+
+impl Message {
+    /// The method, for requests and notifications.
+    pub fn method(&self) -> Option<Method> {
+        match self {
+            Message::Request { method, .. } | Message::Notification { method } => Some(*method),
+            _ => None,
+        }
+    }
+}
+
+/// A request body: one message, or a batch (a JSON array, 2025-03-26 only). A single message
+/// is held as it is, with no list allocated for it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// One message (a JSON object).
+    One(Message),
+    /// A JSON array of messages, in order.
+    Batch(Vec<Message>),
+}
+
+impl Body {
+    /// True when the body was a JSON array.
+    pub fn is_batch(&self) -> bool {
+        matches!(self, Body::Batch(_))
+    }
+
+    /// The messages, in order.
+    pub fn messages(&self) -> &[Message] {
+        match self {
+            Body::One(message) => std::slice::from_ref(message),
+            Body::Batch(messages) => messages,
+        }
+    }
+
+    /// The id to echo in an error reply: the id of the single request, else null.
+    pub fn reply_id(&self) -> RequestId {
+        match self {
+            Body::One(Message::Request { id, .. }) => id.clone(),
+            _ => RequestId::null(),
+        }
+    }
+
+    /// True when any message is an `initialize` request or notification.
+    pub fn has_initialize(&self) -> bool {
+        self.messages()
+            .iter()
+            .any(|m| m.method() == Some(Method::Initialize))
+    }
+}
+
+/// Why a body could not be read as JSON-RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not JSON at all (syntax, encoding, nesting deeper than serde_json's limit of 128).
+    NotJson,
+    /// JSON, but not a JSON-RPC message or batch of them (e.g. `42`, `[]`).
+    NotJsonRpc,
+}
+
+/// Reads a request body: the usual single message quickly (`skim`), any other body with
+/// serde_json ([`parse_body_with_serde`]), which reads it the same way.
+pub fn parse_body(bytes: &[u8]) -> Result<Body, BodyError> {
+    match skim::message(bytes) {
+        Some(Message::Invalid) => Err(BodyError::NotJsonRpc),
+        Some(message) => Ok(Body::One(message)),
+        None => parse_body_with_serde(bytes),
+    }
+}
+
+/// [`parse_body`] by serde_json alone: what the quick reading must agree with (the tests and
+/// the `parse_body` fuzz target compare the two).
+pub fn parse_body_with_serde(bytes: &[u8]) -> Result<Body, BodyError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let messages: Vec<Message> =
+            serde_json::from_slice(bytes).map_err(|_| BodyError::NotJson)?;
+        if messages.is_empty() || messages.contains(&Message::Invalid) {
+            return Err(BodyError::NotJsonRpc);
+        }
+        Ok(Body::Batch(messages))
+    } else {
+        let message: Message = serde_json::from_slice(bytes).map_err(|_| BodyError::NotJson)?;
+        if message == Message::Invalid {
+            return Err(BodyError::NotJsonRpc);
+        }
+        Ok(Body::One(message))
+    }
+}
+
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MessageVisitor)
+    }
+}
+
+struct MessageVisitor;
+
+impl<'de> Visitor<'de> for MessageVisitor {
+    type Value = Message;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC message")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+        let mut method: Option<MethodValue> = None;
+        // Borrowed from the body (every caller reads a byte slice): no copy of the id's text
+        // but the one a request keeps.
+        let mut id: Option<&'de RawValue> = None;
+        let mut error = false;
+        let mut result = false;
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Method => method = Some(map.next_value()?),
+                Key::Id => id = Some(map.next_value()?),
+                Key::Error => {
+                    error = true;
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Key::Result => {
+                    result = true;
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(message_of(method, id.map(RawValue::get), error, result))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Message, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Message::Invalid)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Message, E> {
+        Ok(Message::Invalid)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Message, E> {
+        Ok(Message::Invalid)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Message, E> {
+        Ok(Message::Invalid)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Message, E> {
+        Ok(Message::Invalid)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Message, E> {
+        Ok(Message::Invalid)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Message, E> {
+        Ok(Message::Invalid)
+    }
+}
+
+/// The message a JSON object's members make: its last `method` and `id` (the id as JSON text),
+/// and whether it has an `error` or a `result` member. The id is copied only for a request (a
+/// response's is not kept).
+fn message_of(method: Option<MethodValue>, id: Option<&str>, error: bool, result: bool) -> Message {
+    match (method, id) {
+        (Some(MethodValue::Name(method)), Some(raw)) => match RequestId::from_raw(raw) {
+            Some(id) => Message::Request { method, id },
+            None if raw == "null" => Message::Notification { method },
+            None => Message::Invalid,
+        },
+        (Some(MethodValue::Name(method)), None) => Message::Notification { method },
+        (None, _) if error || result => Message::Response { error },
+        _ => Message::Invalid,
+    }
+}
+
+/// A `method` member's value: a name, or anything else (the message is then not JSON-RPC),
+/// read as a JSON value (see `MethodVisitor::visit_map`).
+enum MethodValue {
+    Name(Method),
+    NotString,
+}
+
+impl<'de> Deserialize<'de> for MethodValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MethodVisitor)
+    }
+}
+
+struct MethodVisitor;
+
+impl<'de> Visitor<'de> for MethodVisitor {
+    type Value = MethodValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a method name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<MethodValue, E> {
+        Ok(MethodValue::Name(Method::named(name)))
+    }
+
+    // A method that is an object or an array is read as a JSON value, as the method always
+    // was: nesting deeper than serde_json's limit of 128 is then a parse error (-32700), not
+    // skipped as a member the filter does not read would be (the hostile-input rows).
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MethodValue, A::Error> {
+        while map.next_entry::<IgnoredAny, Value>()?.is_some() {}
+        Ok(MethodValue::NotString)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MethodValue, A::Error> {
+        while seq.next_element::<Value>()?.is_some() {}
+        Ok(MethodValue::NotString)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<MethodValue, E> {
+        Ok(MethodValue::NotString)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<MethodValue, E> {
+        Ok(MethodValue::NotString)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<MethodValue, E> {
+        Ok(MethodValue::NotString)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<MethodValue, E> {
+        Ok(MethodValue::NotString)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<MethodValue, E> {
+        Ok(MethodValue::NotString)
+    }
+}
+
+/// A member name of a message, read without a copy (serde's `String` and `Cow<str>` both
+/// allocate one per key) and as bytes: serde_json then unescapes it without checking it as
+/// UTF-8, as it skips every string the filter does not read (a name the filter knows is ASCII;
+/// any other is skipped with its value).
+enum Key {
+    Method,
+    Id,
+    Error,
+    Result,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_bytes(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl Visitor<'_> for KeyVisitor {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<Key, E> {
+        Ok(match key {
+            b"method" => Key::Method,
+            b"id" => Key::Id,
+            b"error" => Key::Error,
+            b"result" => Key::Result,
+            _ => Key::Other,
+        })
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+        self.visit_bytes(key.as_bytes())
+    }
+}
+
+/// How the upstream answered `initialize`, once the answer has been seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A JSON-RPC result: the session is good.
+    Result,
+    /// A JSON-RPC error: no session.
+    Error,
+}
+
+/// The first response in a complete JSON response body, if the body is one.
+pub fn json_outcome(body: &[u8]) -> Option<Outcome> {
+    match parse_body(body) {
+        Ok(Body::One(message)) => outcome_of(&message),
+        _ => None,
+    }
+}
+
+fn outcome_of(message: &Message) -> Option<Outcome> {
+    match message {
+        Message::Response { error: false } => Some(Outcome::Result),
+        Message::Response { error: true } => Some(Outcome::Error),
+        _ => None,
+    }
+}
+
+/// Finds the first JSON-RPC response in a Server-Sent Events stream fed chunk by chunk,
+/// skipping notifications and requests the server sends before it. Holds at most one
+/// unfinished event; the caller bounds the total it feeds.
+#[derive(Debug, Default)]
+pub struct SseScanner {
+    line: Vec<u8>,
+    data: Vec<u8>,
+    after_cr: bool,
+}
+
+impl SseScanner {
+    /// Feeds the next chunk; returns the outcome once a response event is complete.
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<Outcome> {
+        for &byte in chunk {
+            // Lines end in CRLF, LF or CR (the SSE grammar); a LF right after a CR is the
+            // second half of one line ending.
+            let after_cr = std::mem::replace(&mut self.after_cr, byte == b'\r');
+            match byte {
+                b'\n' if after_cr => {}
+                b'\n' | b'\r' => {
+                    if let Some(outcome) = self.end_line() {
+                        return Some(outcome);
+                    }
+                }
+                _ => self.line.push(byte),
+            }
+        }
+        None
+    }
+
+    fn end_line(&mut self) -> Option<Outcome> {
+        let line = std::mem::take(&mut self.line);
+        if line.is_empty() {
+            // A blank line dispatches the event.
+            let data = std::mem::take(&mut self.data);
+            return json_outcome(&data);
+        }
+        if let Some(value) = line.strip_prefix(b"data") {
+            if value.is_empty() || value.first() == Some(&b':') {
+                let value = value.get(1..).unwrap_or_default();
+                let value = value.strip_prefix(b" ").unwrap_or(value);
+                if !self.data.is_empty() {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(value);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(method: &str, id: Value) -> Message {
+        Message::Request {
+            method: Method::named(method),
+            id: id.into(),
+        }
+    }
+
+    #[test]
+    fn reads_single_messages() {
+        let cases: Vec<(&str, Message)> = vec![
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#,
+                request("initialize", json!(1)),
+            ),
+            (r#"{"method":"ping","id":"a"}"#, request("ping", json!("a"))),
+            (
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                Message::Notification {
+                    method: Method::Initialized,
+                },
+            ),
+            (
+                r#"{"method":"x","id":null}"#,
+                Message::Notification {
+                    method: Method::Other,
+                },
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+                Message::Response { error: false },
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":null}"#,
+                Message::Response { error: false },
+            ),
+            (
+                r#"{"id":1,"error":{"code":-1,"message":"m"}}"#,
+                Message::Response { error: true },
+            ),
+            (
+                r#"  {"params":[1,[2,{"a":[]}]],"method":"tools/call","id":7} "#,
+                request("tools/call", json!(7)),
+            ),
+            // Escaped member names are the same names (serde_json unescapes them into a
+            // scratch buffer, not the body), and an escaped string id is echoed as written.
+            (
+                r#"{"\u006dethod":"initialize","i\u0064":"\u0061"}"#,
+                Message::Request {
+                    method: Method::Initialize,
+                    id: RequestId(r#""\u0061""#.into()),
+                },
+            ),
+            (
+                r#"{"id":1,"\u0065rror":{}}"#,
+                Message::Response { error: true },
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_body(text.as_bytes()), Ok(Body::One(want)), "{text}");
+        }
+    }
+
+    /// What the filter reads is checked as text (a method that is not UTF-8 is refused, below);
+    /// a member it skips is not, at the top level as anywhere in the body.
+    #[test]
+    fn a_member_name_the_filter_skips_is_not_checked_as_text() {
+        let bodies: [&[u8]; 2] = [
+            b"{\"id\":1,\"method\":\"ping\",\"x\xff\":1}",
+            b"{\"id\":1,\"method\":\"ping\",\"params\":{\"x\xff\":1}}",
+        ];
+        for bytes in bodies {
+            assert_eq!(parse_body(bytes), Ok(Body::One(request("ping", json!(1)))));
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_json_rpc() {
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        let very_deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        let very_deep_object = "{\"a\":".repeat(100_000) + "1" + &"}".repeat(100_000);
+        let deep_method = format!(
+            r#"{{"id":1,"method":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let deep_params = format!(
+            r#"{{"method":"x","params":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let cases: Vec<(&[u8], BodyError)> = vec![
+            (b"", BodyError::NotJson),
+            (b"{", BodyError::NotJson),
+            (b"{\"method\":\"initialize\",\"id\":1", BodyError::NotJson),
+            (b"\xff\xfe", BodyError::NotJson),
+            (b"{\"method\":\"\xff\",\"id\":1}", BodyError::NotJson),
+            (b"nul", BodyError::NotJson),
+            (b"42", BodyError::NotJsonRpc),
+            (b"\"initialize\"", BodyError::NotJsonRpc),
+            (b"null", BodyError::NotJsonRpc),
+            (b"[]", BodyError::NotJsonRpc),
+            (b"[1]", BodyError::NotJsonRpc),
+            (b"{}", BodyError::NotJsonRpc),
+            (b"{\"method\":5,\"id\":1}", BodyError::NotJsonRpc),
+            (deep_method.as_bytes(), BodyError::NotJson),
+            (
+                b"{\"method\":[[1],{\"a\":[]}],\"id\":1}",
+                BodyError::NotJsonRpc,
+            ),
+            (b"{\"method\":\"x\",\"id\":{}}", BodyError::NotJsonRpc),
+            (deep.as_bytes(), BodyError::NotJsonRpc),
+            (very_deep.as_bytes(), BodyError::NotJsonRpc),
+            (very_deep_object.as_bytes(), BodyError::NotJsonRpc),
+        ];
+        for (bytes, want) in cases {
+            let shown: String = String::from_utf8_lossy(bytes).chars().take(60).collect();
+            assert_eq!(
+                parse_body(bytes),
+                Err(want),
+                "{shown:?} ({} bytes)",
+                bytes.len()
+            );
+        }
+        // Nesting inside ignored members is skipped without recursion: no stack to exhaust.
+        assert_eq!(
+            parse_body(deep_params.as_bytes()),
+            Ok(Body::One(Message::Notification {
+                method: Method::Other
+            }))
+        );
+    }
+
+    /// The quick reading and serde_json's agree on every body below and on every one-byte
+    /// change of each (a byte removed, doubled, or replaced by one that matters to JSON, or the
+    /// body cut there); and the quick reading does answer for the usual bodies (else the test
+    /// would prove nothing).
+    #[test]
+    fn skim_agrees_with_serde_json() {
+        let seeds: &[&[u8]] = &[
+            br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{"listChanged":false}},"serverInfo":{"name":"s","version":"1.0.0"}}}"#,
+            br#" { "jsonrpc" : "2.0" , "id" : "a\"b\u00e9" , "error" : { "code" : -32602.5e+3 , "message" : "bad\n" , "data" : [ true , false , null , 0 , -0.0E-1 ] } } "#,
+            br#"{"method":"notifications/initialized","jsonrpc":"2.0","id":null,"params":[]}"#,
+            br#"{"id":7,"method":"ping","method":"tools/call","id":"x","error":1,"result":2}"#,
+            "{\"jsonrpc\":\"2.0\",\"id\":12345678901234567890,\"method\":\"tools/call\",\"params\":{\"text\":\"h\u{e9}llo \\ud800\"}}".as_bytes(),
+            br#"{"\u006dethod":"initialize","id":1}"#,
+            br#"{"method":["initialize"],"id":{"a":[1,{"b":2}]}}"#,
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+            br#"{}"#,
+        ];
+        let swaps = b"\"\\{}[]:,0-+.eEu ntf1\x1f\x7f\x80\xff";
+        let mut answered = 0;
+        for seed in seeds {
+            if skim::message(seed).is_some() {
+                answered += 1;
+            }
+            let mut bodies = vec![seed.to_vec()];
+            for (at, &byte) in seed.iter().enumerate() {
+                let mut removed = seed.to_vec();
+                removed.remove(at);
+                let mut doubled = seed.to_vec();
+                doubled.insert(at, byte);
+                bodies.extend([removed, doubled, seed[..at].to_vec()]);
+                for &swap in swaps {
+                    let mut swapped = seed.to_vec();
+                    swapped[at] = swap;
+                    bodies.push(swapped);
+                }
+            }
+            for body in bodies {
+                assert_eq!(
+                    parse_body(&body),
+                    parse_body_with_serde(&body),
+                    "{:?}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+        }
+        assert!(
+            answered >= 6,
+            "the quick reading answered for {answered} seeds"
+        );
+    }
+
+    #[test]
+    fn reads_batches() {
+        let body = parse_body(
+            br#"[{"method":"notifications/initialized"},{"method":"initialize","id":2},{"id":3,"result":{}}]"#,
+        )
+        .unwrap();
+        assert!(body.is_batch());
+        assert!(body.has_initialize());
+        assert_eq!(body.reply_id(), RequestId::null());
+        assert_eq!(body.messages().len(), 3);
+    }
+
+    #[test]
+    fn reply_id_is_the_single_requests_id() {
+        let body = parse_body(br#"{"method":"tools/list","id":"x-1"}"#).unwrap();
+        assert_eq!(body.reply_id(), json!("x-1").into());
+        let body = parse_body(br#"{"method":"notifications/x"}"#).unwrap();
+        assert_eq!(body.reply_id(), RequestId::null());
+    }
+
+    #[test]
+    fn json_outcomes() {
+        assert_eq!(
+            json_outcome(br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25"}}"#),
+            Some(Outcome::Result)
+        );
+        assert_eq!(
+            json_outcome(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"bad"}}"#),
+            Some(Outcome::Error)
+        );
+        assert_eq!(json_outcome(b"not json"), None);
+        assert_eq!(json_outcome(br#"{"method":"x"}"#), None);
+    }
+
+    #[test]
+    fn sse_scanner_finds_the_response_in_any_chunking() {
+        let stream = "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\r\n\r\n\
+                      : comment\n\
+                      id: 7\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\ndata: \"result\":{}}\n\n";
+        let bytes = stream.as_bytes();
+        for split in 0..bytes.len() {
+            let mut scanner = SseScanner::default();
+            let (a, b) = bytes.split_at(split);
+            let got = scanner.feed(a).or_else(|| scanner.feed(b));
+            assert_eq!(got, Some(Outcome::Result), "split at {split}");
+        }
+        // One byte at a time.
+        let mut scanner = SseScanner::default();
+        let got = bytes
+            .iter()
+            .find_map(|b| scanner.feed(std::slice::from_ref(b)));
+        assert_eq!(got, Some(Outcome::Result));
+    }
+
+    #[test]
+    fn sse_scanner_sees_errors_and_cr_line_endings() {
+        let mut scanner = SseScanner::default();
+        assert_eq!(
+            scanner.feed(b"data:{\"id\":1,\"error\":{\"code\":1,\"message\":\"x\"}}\r\r"),
+            Some(Outcome::Error)
+        );
+        let mut scanner = SseScanner::default();
+        assert_eq!(
+            scanner.feed(b"data: {\"id\":1,\"result\":{}}\n"),
+            None,
+            "event not finished"
+        );
+        assert_eq!(scanner.feed(b"\n"), Some(Outcome::Result));
+        let mut scanner = SseScanner::default();
+        assert_eq!(
+            scanner.feed(b"dataX: {\"id\":1,\"result\":{}}\n\n"),
+            None,
+            "not a data field"
+        );
+    }
+}
