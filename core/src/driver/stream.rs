@@ -241,8 +241,8 @@ impl<H: Host> Worker<H> {
     /// continues, pauses, answers, or waits for a call.
     fn drive(&self, stream: &mut Stream, mut step: Step) -> Driven {
         for _ in 0..MAX_CHAINED_OPS {
-            for (event, n) in std::mem::take(&mut step.counts) {
-                self.count(event, n);
+            if let Some(counts) = stream.exchange.take_counts() {
+                counts.iter().for_each(|(event, n)| self.count(event, n));
             }
             let op = match step.flow {
                 Flow::Store => match stream.exchange.take_store_op() {
@@ -272,7 +272,6 @@ impl<H: Host> Worker<H> {
             };
             step.edits.append(&mut next.edits);
             step.flow = next.flow;
-            step.counts = next.counts;
         }
         if matches!(step.flow, Flow::Store) {
             error!("store operations chained past {MAX_CHAINED_OPS}; letting traffic go on");

@@ -160,8 +160,6 @@ pub struct Step {
     pub edits: Vec<Edit>,
     /// Then this.
     pub flow: Flow,
-    /// What happened, to count (each with how many times).
-    pub counts: Vec<(Count, u32)>,
 }
 
 impl Step {
@@ -169,8 +167,36 @@ impl Step {
         Step {
             edits: Vec::new(),
             flow,
-            counts: Vec::new(),
         }
+    }
+}
+
+/// What one step counted, in order ([`Exchange::take_counts`]): kept by the machine, not
+/// carried in the step, up to two without an allocation (no step counts more today: an expiry
+/// and a rejection) and on the heap past that. A list in every step cost an allocation on each
+/// that counted anything, an initialize's among them, and a larger step to move on all others.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    first: [Option<(Count, u32)>; 2],
+    more: Vec<(Count, u32)>,
+}
+
+impl Counts {
+    fn push(&mut self, count: (Count, u32)) {
+        match self.first.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(count),
+            None => self.more.push(count),
+        }
+    }
+
+    /// Each count, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (Count, u32)> + '_ {
+        self.first.iter().flatten().chain(&self.more).copied()
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.first[0].is_none()
     }
 }
 
@@ -298,7 +324,7 @@ pub struct Exchange {
     /// The identity header's value, read with the request headers.
     identity: Option<Vec<u8>>,
     /// What the event being stepped counted.
-    counts: Vec<(Count, u32)>,
+    counts: Counts,
     /// Facts for the access log found while stepping, when `session_facts` is on.
     facts: Option<Vec<Edit>>,
     /// The store operation the last step's [`Flow::Store`] asks for (a lookup is built from
@@ -323,7 +349,7 @@ impl Exchange {
             initialize: None,
             mark_initialized: false,
             identity: None,
-            counts: Vec::new(),
+            counts: Counts::default(),
             facts: None,
             op: None,
         }
@@ -363,10 +389,13 @@ impl Exchange {
         if input.config.session_facts && self.facts.is_none() {
             self.facts = Some(Vec::new());
         }
-        // An operation a step kept but did not ask for (its flow was replaced) is not run.
+        // An operation a step kept but did not ask for (its flow was replaced) is not run;
+        // what an earlier step counted was taken, or is not counted twice.
         self.op = None;
+        if !self.counts.is_empty() {
+            self.counts = Counts::default();
+        }
         let mut step = self.on_event(input, event);
-        step.counts = std::mem::take(&mut self.counts);
         if let Some(facts) = &mut self.facts {
             step.edits.append(facts);
         }
@@ -556,6 +585,11 @@ impl Exchange {
             }),
             _ => None,
         }
+    }
+
+    /// What the last step counted, once.
+    pub fn take_counts(&mut self) -> Option<Counts> {
+        (!self.counts.is_empty()).then(|| std::mem::take(&mut self.counts))
     }
 
     /// Keeps `op` for the driver to take ([`Exchange::take_store_op`]).
@@ -903,11 +937,7 @@ impl Exchange {
         } else {
             Flow::Continue
         };
-        Step {
-            edits,
-            flow,
-            counts: Vec::new(),
-        }
+        Step { edits, flow }
     }
 
     fn on_initialize_response(
@@ -928,7 +958,6 @@ impl Exchange {
         let removed = || Step {
             edits: vec![Edit::Response(SESSION_HEADER, None)],
             flow: Flow::Continue,
-            counts: Vec::new(),
         };
         if !(200..300).contains(&status) {
             let mut step = removed();
@@ -992,11 +1021,7 @@ impl Exchange {
         } else {
             Flow::Continue
         };
-        Step {
-            edits,
-            flow,
-            counts: Vec::new(),
-        }
+        Step { edits, flow }
     }
 
     fn on_response_body(

@@ -22,34 +22,73 @@ pub const PING: &str = "ping";
 
 /// A JSON-RPC request id exactly as the client wrote it (a string or a number, as JSON text),
 /// or null: echoed byte for byte in error answers, so that an id no `f64` can hold (`1e400`,
-/// `123456789012345678901234567890`) comes back as sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(String);
+/// `123456789012345678901234567890`) comes back as sent. An id of up to [`INLINE_ID`] bytes,
+/// which is nearly every id (clients count from 0), is held without an allocation.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestId(IdText);
+
+/// Longest id held inline.
+const INLINE_ID: usize = 22;
+
+#[derive(Clone, PartialEq, Eq)]
+enum IdText {
+    /// The first `len` bytes, all of them UTF-8 (they come from a `str`).
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_ID],
+    },
+    Heap(String),
+}
 
 impl RequestId {
     /// The null id (of an error answered before the id could be read).
     pub fn null() -> RequestId {
-        RequestId("null".into())
+        RequestId::of_text("null")
     }
 
     /// The JSON text.
     pub fn as_json(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Bytes copied from a `str` whole: the check cannot fail.
+            IdText::Inline { len, bytes } => bytes
+                .get(..usize::from(*len))
+                .and_then(|text| std::str::from_utf8(text).ok())
+                .unwrap_or("null"),
+            IdText::Heap(text) => text,
+        }
+    }
+
+    /// The id whose JSON text is `text`.
+    fn of_text(text: &str) -> RequestId {
+        let mut bytes = [0u8; INLINE_ID];
+        match (bytes.get_mut(..text.len()), u8::try_from(text.len())) {
+            (Some(room), Ok(len)) => {
+                room.copy_from_slice(text.as_bytes());
+                RequestId(IdText::Inline { len, bytes })
+            }
+            _ => RequestId(IdText::Heap(text.to_owned())),
+        }
     }
 
     /// A string or number id from raw JSON text; `None` for anything else.
     fn from_raw(text: &str) -> Option<RequestId> {
         match text.as_bytes().first() {
-            Some(b'"' | b'-' | b'0'..=b'9') => Some(RequestId(text.to_owned())),
+            Some(b'"' | b'-' | b'0'..=b'9') => Some(RequestId::of_text(text)),
             _ => None,
         }
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({})", self.as_json())
     }
 }
 
 impl From<Value> for RequestId {
     /// The id as serde_json writes `value` (for ids the filter builds itself, and tests).
     fn from(value: Value) -> RequestId {
-        RequestId(value.to_string())
+        RequestId::of_text(&value.to_string())
     }
 }
 
@@ -512,7 +551,7 @@ mod tests {
                 r#"{"\u006dethod":"initialize","i\u0064":"\u0061"}"#,
                 Message::Request {
                     method: Method::Initialize,
-                    id: RequestId(r#""\u0061""#.into()),
+                    id: RequestId::of_text(r#""\u0061""#),
                 },
             ),
             (
@@ -644,6 +683,26 @@ mod tests {
         assert!(
             answered >= 6,
             "the quick reading answered for {answered} seeds"
+        );
+    }
+
+    /// Ids of every length up to past the inline room read back as written, and two ids are
+    /// equal exactly when their texts are.
+    #[test]
+    fn request_ids_hold_their_text_inline_or_not() {
+        let texts: Vec<String> = (0..=INLINE_ID + 2).map(|n| "7".repeat(n)).collect();
+        for text in &texts {
+            let id = RequestId::of_text(text);
+            assert_eq!(id.as_json(), text);
+            assert_eq!(id, RequestId::of_text(text));
+            assert_eq!(format!("{id:?}"), format!("RequestId({text})"));
+        }
+        assert_ne!(RequestId::of_text("1"), RequestId::of_text("11"));
+        assert_eq!(RequestId::null().as_json(), "null");
+        let long = format!("\"{}é\"", "x".repeat(INLINE_ID));
+        assert_eq!(
+            RequestId::from_raw(&long).map(|id| id.as_json().to_owned()),
+            Some(long)
         );
     }
 
