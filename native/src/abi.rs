@@ -857,8 +857,12 @@ impl Envoy<'_> {
     }
 
     /// Reads the chunks of one kind of body into `room` (sized by Envoy's count); false when
-    /// Envoy has none.
+    /// Envoy has none. A count of none is not asked for again (an initialize's bodies come in
+    /// one chunk each, none of it buffered before: half the chunk reads it made).
     fn chunks_into(&self, kind: u32, room: &mut [EnvoyBuffer]) -> bool {
+        if room.is_empty() {
+            return false;
+        }
         // SAFETY: `ptr` is the stream of the running hook; `room` has space for the count
         // Envoy reported for this kind in the same hook.
         unsafe {

@@ -179,6 +179,7 @@ impl<'a> Skim<'a> {
 
     /// Skips one value, a member's: a loop, not a recursion, with the open containers as bits
     /// of one word (1 an object, 0 an array), at most [`MAX_DEPTH`] of them.
+    #[inline(always)]
     fn value(&mut self) -> Option<()> {
         let mut open: u64 = 0;
         let mut depth = 0;
@@ -237,6 +238,7 @@ impl<'a> Skim<'a> {
     }
 
     /// A member's name and its colon, up to where its value begins.
+    #[inline(always)]
     fn member_name(&mut self) -> Option<()> {
         self.eat(b'"')?;
         self.string()?;
