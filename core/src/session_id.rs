@@ -46,13 +46,17 @@ impl SessionId {
 
     /// The header value for this ID.
     pub fn encode(&self) -> String {
-        let mut bytes = [0u8; ENCODED_LEN / 2];
-        let (slot, secret) = bytes.split_at_mut(4);
-        slot.copy_from_slice(&self.slot.to_be_bytes());
-        secret.copy_from_slice(&self.secret);
-        let mut out = String::with_capacity(ENCODED_LEN);
-        push_hex(&mut out, &bytes);
-        out
+        self.encoded().to_string()
+    }
+
+    /// The header value for this ID, on the stack.
+    pub fn encoded(&self) -> Encoded {
+        let mut digits = [0u8; ENCODED_LEN];
+        let bytes = self.slot.to_be_bytes().into_iter().chain(self.secret);
+        for (pair, b) in digits.chunks_exact_mut(2).zip(bytes) {
+            pair.copy_from_slice(&hex_pair(b));
+        }
+        Encoded(digits)
     }
 
     /// 128 bits of the ID's SHA-256: a name for the session that does not let anyone use it,
@@ -75,6 +79,19 @@ impl SessionId {
         push_hex(&mut out, self.secret.get(..2).unwrap_or_default());
         out.push('…');
         out
+    }
+}
+
+/// A session ID's header value ([`SessionId::encoded`]): its 40 hex digits, as text.
+#[derive(Clone, Copy)]
+pub struct Encoded([u8; ENCODED_LEN]);
+
+impl std::ops::Deref for Encoded {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Hex digits only: the check cannot fail.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 

@@ -3,7 +3,7 @@
 //! `Envoy` both go through it.
 
 use super::{Stamp, Worker};
-use crate::exchange::{Edit, Event, Exchange, Flow, ReadBody, Reply, Step};
+use crate::exchange::{Edit, Event, Exchange, Flow, ReadBody, Reply, Step, Value};
 use crate::host::{Attributes, Headers, Host};
 use crate::metrics::StoreStat;
 use crate::record::Record;
@@ -386,7 +386,12 @@ impl<H: Host> Worker<H> {
                     Edit::Response(name, value) => {
                         io.set_header(Side::Response, name, value.as_deref())
                     }
-                    Edit::ResponseAdd(name, value) => io.add_header(Side::Response, name, &value),
+                    Edit::ResponseAdd(name, Value::Text(text)) => {
+                        io.add_header(Side::Response, name, &text)
+                    }
+                    Edit::ResponseAdd(name, Value::Session(id)) => {
+                        io.add_header(Side::Response, name, &id.encoded())
+                    }
                     Edit::Affinity(value) => {
                         if let Some(name) = &self.config.affinity_header {
                             io.set_header(Side::Request, name, value.as_deref());

@@ -94,13 +94,24 @@ pub enum Edit {
     Response(&'static str, Option<String>),
     /// Add a response header the response does not carry (the machine read the headers and
     /// found none of that name): a host appends it without first looking for copies to
-    /// replace, which costs Envoy more than the append itself. A constant value is not copied.
-    ResponseAdd(&'static str, Cow<'static, str>),
+    /// replace, which costs Envoy more than the append itself.
+    ResponseAdd(&'static str, Value),
     /// Set the configured `affinity_header` on the request, or remove it (`None`).
     Affinity(Option<String>),
     /// A fact about this request for access logs and traces (`session_facts`): its name
     /// (`mcp_session_handle`, `mcp_session_identity`, `mcp_session_outcome`) and value.
     Fact(&'static str, String),
+}
+
+/// A value [`Edit::ResponseAdd`] writes: text (a constant is not copied), or a session ID, written
+/// out on the stack where the edit is carried out (an initialize's header, with no copy on the
+/// heap to make and free).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// This text.
+    Text(Cow<'static, str>),
+    /// This session's ID, as its header carries it ([`SessionId::encoded`]).
+    Session(SessionId),
 }
 
 /// The fact naming the session a request presented or was given (its handle).
@@ -979,12 +990,11 @@ impl Exchange {
             return Flow::Continue.into();
         };
         // A header the response lacks is added, not set: Envoy's set first looks for copies.
-        let ours = init.id.encode();
         // Room for the expose header's edit too: one allocation, not a second to grow.
         let mut edits = Vec::with_capacity(2);
         edits.push(match upstream_id {
-            Some(_) => Edit::Response(SESSION_HEADER, Some(ours)),
-            None => Edit::ResponseAdd(SESSION_HEADER, ours.into()),
+            Some(_) => Edit::Response(SESSION_HEADER, Some(init.id.encode())),
+            None => Edit::ResponseAdd(SESSION_HEADER, Value::Session(init.id)),
         });
         init.upstream_id = upstream_id;
         if input.config.affinity_header.is_some() {
@@ -1002,7 +1012,7 @@ impl Exchange {
             Some(_) => edits.push(Edit::Response(EXPOSE_HEADER, Some(SESSION_HEADER.into()))),
             None => edits.push(Edit::ResponseAdd(
                 EXPOSE_HEADER,
-                Cow::Borrowed(SESSION_HEADER),
+                Value::Text(Cow::Borrowed(SESSION_HEADER)),
             )),
         }
         const SSE: &[u8] = b"text/event-stream";

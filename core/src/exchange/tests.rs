@@ -432,7 +432,7 @@ fn an_initialize_by_table() {
         );
         let sets_id = step
             .edits
-            .contains(&Edit::ResponseAdd(SESSION_HEADER, id().encode().into()));
+            .contains(&Edit::ResponseAdd(SESSION_HEADER, Value::Session(id())));
         assert_eq!(sets_id, headers.value(":status") == Some("200"), "{name}");
         let step = if matches!(step.flow, Flow::Store) {
             step
@@ -468,8 +468,8 @@ fn an_initialize_by_table() {
             "neither header: both added",
             vec![],
             vec![
-                Edit::ResponseAdd(SESSION_HEADER, ours().into()),
-                Edit::ResponseAdd(EXPOSE_HEADER, SESSION_HEADER.into()),
+                Edit::ResponseAdd(SESSION_HEADER, Value::Session(id())),
+                Edit::ResponseAdd(EXPOSE_HEADER, Value::Text(SESSION_HEADER.into())),
             ],
         ),
         (
@@ -477,14 +477,14 @@ fn an_initialize_by_table() {
             vec![(SESSION_HEADER, "upstream-1")],
             vec![
                 Edit::Response(SESSION_HEADER, Some(ours())),
-                Edit::ResponseAdd(EXPOSE_HEADER, SESSION_HEADER.into()),
+                Edit::ResponseAdd(EXPOSE_HEADER, Value::Text(SESSION_HEADER.into())),
             ],
         ),
         (
             "an expose list gets ours appended",
             vec![(EXPOSE_HEADER, "x-a")],
             vec![
-                Edit::ResponseAdd(SESSION_HEADER, ours().into()),
+                Edit::ResponseAdd(SESSION_HEADER, Value::Session(id())),
                 expose("x-a, mcp-session-id"),
             ],
         ),
@@ -492,14 +492,14 @@ fn an_initialize_by_table() {
             "a blank expose list is replaced",
             vec![(EXPOSE_HEADER, " ")],
             vec![
-                Edit::ResponseAdd(SESSION_HEADER, ours().into()),
+                Edit::ResponseAdd(SESSION_HEADER, Value::Session(id())),
                 expose(SESSION_HEADER),
             ],
         ),
         (
             "an expose list that names it already stays",
             vec![(EXPOSE_HEADER, "X-A, Mcp-Session-Id")],
-            vec![Edit::ResponseAdd(SESSION_HEADER, ours().into())],
+            vec![Edit::ResponseAdd(SESSION_HEADER, Value::Session(id()))],
         ),
     ];
     for (name, extra, want) in edit_rows {
