@@ -29,6 +29,22 @@ impl<'a> Header<'a> {
     pub fn repeated(&self) -> bool {
         self.count > 1
     }
+
+    /// The first value as a decimal number (`:status`, `content-length`), read as `u64`'s
+    /// `FromStr` reads it after ASCII whitespace is trimmed, but from the bytes: no UTF-8 check
+    /// first.
+    pub fn number(&self) -> Option<u64> {
+        let digits = self.value?.trim_ascii();
+        let digits = digits.strip_prefix(b"+").unwrap_or(digits);
+        if digits.is_empty() {
+            return None;
+        }
+        digits.iter().try_fold(0u64, |n, &b| {
+            b.is_ascii_digit()
+                .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+                .flatten()
+        })
+    }
 }
 
 /// Finds `names` (lowercase; an empty name matches nothing) in a serialized header map.
@@ -193,6 +209,43 @@ pub fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A header's number is what `u64`'s `FromStr` reads from the trimmed text.
+    #[test]
+    fn a_number_is_read_as_from_str_reads_it() {
+        let values: &[&[u8]] = &[
+            b"200",
+            b"0",
+            b" 42\t",
+            b"+7",
+            b"+",
+            b"",
+            b"-1",
+            b"1 2",
+            b"4x",
+            b"007",
+            b"18446744073709551615",
+            b"18446744073709551616",
+            b"99999999999999999999",
+            b"\xff1",
+        ];
+        for &value in values {
+            let header = Header {
+                value: Some(value),
+                count: 1,
+            };
+            let want = std::str::from_utf8(value)
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok());
+            assert_eq!(
+                header.number(),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        assert_eq!(Header::default().number(), None);
+    }
 
     #[test]
     fn finds_first_values_and_counts_repeats() {

@@ -1152,7 +1152,10 @@ fn status_of(headers: &dyn Headers) -> u32 {
 }
 
 fn status_number(status: Header<'_>) -> u32 {
-    status.text().and_then(|s| s.parse().ok()).unwrap_or(0)
+    status
+        .number()
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
