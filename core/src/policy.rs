@@ -210,6 +210,10 @@ fn is_json(content_type: Option<&[u8]>) -> bool {
     let Some(value) = content_type else {
         return true;
     };
+    // What clients send, compared at once (two words); any other spelling goes the long way.
+    if value == b"application/json" {
+        return true;
+    }
     let media = value.split(|b| *b == b';').next().unwrap_or_default();
     media.trim_ascii().eq_ignore_ascii_case(b"application/json")
 }
