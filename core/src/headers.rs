@@ -30,21 +30,25 @@ impl<'a> Header<'a> {
         self.count > 1
     }
 
-    /// The first value as a decimal number (`:status`, `content-length`), read as `u64`'s
-    /// `FromStr` reads it after ASCII whitespace is trimmed, but from the bytes: no UTF-8 check
-    /// first.
+    /// The first value as a decimal number ([`decimal`]).
     pub fn number(&self) -> Option<u64> {
-        let digits = self.value?.trim_ascii();
-        let digits = digits.strip_prefix(b"+").unwrap_or(digits);
-        if digits.is_empty() {
-            return None;
-        }
-        digits.iter().try_fold(0u64, |n, &b| {
-            b.is_ascii_digit()
-                .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
-                .flatten()
-        })
+        self.value.and_then(decimal)
     }
+}
+
+/// A header value (`:status`, `content-length`) as a decimal number, read as `u64`'s `FromStr`
+/// reads it after ASCII whitespace is trimmed, but from the bytes: no UTF-8 check first.
+pub fn decimal(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    let digits = digits.strip_prefix(b"+").unwrap_or(digits);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+            .flatten()
+    })
 }
 
 /// Finds `names` (lowercase; an empty name matches nothing) in a serialized header map.

@@ -5,7 +5,7 @@
 //! [`on_uninitialized_body`] decides once the body is complete. Nothing here touches the host.
 
 use crate::config::Config;
-use crate::headers::Header;
+use crate::headers;
 use crate::message::{parse_body, Body, BodyError, Message, Method, RequestId};
 use crate::protocol::{self, Era};
 use crate::record::Record;
@@ -100,12 +100,8 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> HeadVerdict {
 /// Whether a `content-length` value declares more than `limit` bytes. A value that is not a
 /// number is Envoy's to refuse (it does, before any filter runs); here it declares nothing.
 fn declares_more_than(content_length: Option<&[u8]>, limit: usize) -> bool {
-    let declared = Header {
-        value: content_length,
-        count: 1,
-    };
-    declared
-        .number()
+    content_length
+        .and_then(headers::decimal)
         .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
 }
 

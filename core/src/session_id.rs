@@ -112,9 +112,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Appends `bytes` in lowercase hex: a session ID's twenty bytes at a time onto the stack, two
-/// digits per byte from one table, then pushed as one `str` (a push per digit checked the
-/// capacity forty times per session ID; a digit at a time cost twice the lookups).
+/// Appends `bytes` in lowercase hex: twenty bytes at a time onto the stack, two digits per byte
+/// from one table, then pushed as one `str` (a push per digit checks the capacity each time).
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
     out.reserve(bytes.len() * 2);
     for chunk in bytes.chunks(ENCODED_LEN / 2) {
