@@ -72,56 +72,77 @@ pub fn scan_into<'a>(map: &'a [u8], names: &[&str], found: &mut [Header<'a>]) ->
         let (name, rest) = data.split_at_checked(name_len)?;
         let (value, rest) = rest.get(1..)?.split_at_checked(value_len)?;
         data = rest.get(1..)?;
-        wanted.offer(names, found, name, value);
+        wanted.offer(names, found, name, || value);
     }
     Some(())
 }
 
 /// [`scan_into`] over pairs a host hands out as they are (a native module reads Envoy's
-/// header map in place, with nothing to serialize).
-pub fn scan_pairs<'a>(
-    pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+/// header map in place, with nothing to serialize): `split` gives a pair's name, and a way to
+/// its value, read only for a pair that is wanted.
+pub fn scan_pairs<'a, P, V: Fn() -> &'a [u8]>(
+    pairs: impl Iterator<Item = P>,
+    split: impl Fn(P) -> (&'a [u8], V),
     names: &[&str],
     found: &mut [Header<'a>],
 ) {
     let wanted = Wanted::new(names);
-    for (name, value) in pairs {
+    for pair in pairs {
+        let (name, value) = split(pair);
         wanted.offer(names, found, name, value);
     }
 }
 
-/// For each name length (63: any longer), the wanted names that long, as bits: most pairs
-/// are passed over on one lookup, the others compared only with names of their length.
-/// Names past the 8th (never, in the filter) are compared with every pair.
+/// The wanted names (the first 8; the filter never asks more) as bits, in a table of 64 keyed
+/// by a name's length and last letter ([`bucket`]): most pairs are passed over on one lookup,
+/// and one that is looked at is compared, as a rule, with the one name it may be. Keyed by the
+/// length alone, most of a request's headers met a name of their length (`:scheme` and
+/// `:method`, `content-length` and `mcp-session-id`). Names past the 8th are compared with
+/// every pair.
 struct Wanted([u8; 64]);
+
+/// A header name's place in [`Wanted`]: its length and its last byte, in lowercase where it is
+/// a letter (`| 0x20` leaves the digits and `-` as they are). No two of the names the filter
+/// asks for share one.
+#[inline]
+fn bucket(name: &[u8]) -> usize {
+    let last = name.last().map_or(0, |b| usize::from(b | 0x20));
+    name.len().wrapping_add(last.wrapping_mul(5)) & 63
+}
 
 impl Wanted {
     #[inline]
     fn new(names: &[&str]) -> Wanted {
-        let mut by_len = [0u8; 64];
+        let mut table = [0u8; 64];
         for (at, name) in names.iter().enumerate().take(8) {
-            if let (false, Some(bits)) = (name.is_empty(), by_len.get_mut(name.len().min(63))) {
+            if let (false, Some(bits)) = (name.is_empty(), table.get_mut(bucket(name.as_bytes()))) {
                 *bits |= 1 << at;
             }
         }
-        Wanted(by_len)
+        Wanted(table)
     }
 
     /// Counts the pair `name: value` in the slot of each of `names` it is.
     #[inline]
-    fn offer<'a>(&self, names: &[&str], found: &mut [Header<'a>], name: &[u8], value: &'a [u8]) {
-        let mut bits = self.0.get(name.len().min(63)).copied().unwrap_or(0);
+    fn offer<'a>(
+        &self,
+        names: &[&str],
+        found: &mut [Header<'a>],
+        name: &[u8],
+        value: impl Fn() -> &'a [u8],
+    ) {
+        let mut bits = self.0.get(bucket(name)).copied().unwrap_or(0);
         while bits != 0 {
             let at = bits.trailing_zeros() as usize;
             bits &= bits - 1;
             if let (Some(want), Some(slot)) = (names.get(at), found.get_mut(at)) {
-                note(slot, name, want.as_bytes(), value);
+                note(slot, name, want.as_bytes(), &value);
             }
         }
         if names.len() > 8 {
             for (want, slot) in names.iter().zip(found.iter_mut()).skip(8) {
                 if !want.is_empty() {
-                    note(slot, name, want.as_bytes(), value);
+                    note(slot, name, want.as_bytes(), &value);
                 }
             }
         }
@@ -130,10 +151,10 @@ impl Wanted {
 
 /// Counts `value` in `slot` when header `name` is `want`, regardless of ASCII case.
 #[inline]
-fn note<'a>(slot: &mut Header<'a>, name: &[u8], want: &[u8], value: &'a [u8]) {
+fn note<'a>(slot: &mut Header<'a>, name: &[u8], want: &[u8], value: impl Fn() -> &'a [u8]) {
     if matches(name, want) {
         if slot.value.is_none() {
-            slot.value = Some(value);
+            slot.value = Some(value());
         }
         slot.count = slot.count.saturating_add(1);
     }
@@ -294,6 +315,32 @@ mod tests {
         assert_eq!(empty, Header::default());
     }
 
+    /// The names the filter asks for, of a request and of a response, each have a place of
+    /// their own in the table ([`bucket`]'s promise).
+    #[test]
+    fn the_filters_names_have_places_of_their_own() {
+        let request = [
+            ":method",
+            ":path",
+            "mcp-session-id",
+            "mcp-protocol-version",
+            "content-type",
+            "content-length",
+        ];
+        let response = [
+            ":status",
+            "mcp-session-id",
+            "access-control-expose-headers",
+            "content-type",
+        ];
+        for names in [&request[..], &response[..]] {
+            let places: std::collections::BTreeSet<usize> =
+                names.iter().map(|n| bucket(n.as_bytes())).collect();
+            assert_eq!(places.len(), names.len(), "{names:?}");
+        }
+        assert_eq!(bucket(b"Content-Type"), bucket(b"content-type"));
+    }
+
     #[test]
     fn more_names_than_the_length_table_holds_are_found_too() {
         let names: Vec<String> = (0..40).map(|n| format!("h{n}")).collect();
@@ -353,7 +400,12 @@ mod tests {
         let map = serialize(&pairs);
         let serialized = scan(&map, names).unwrap();
         let mut in_place = [Header::default(); 5];
-        scan_pairs(pairs.iter().copied(), &names, &mut in_place);
+        scan_pairs(
+            pairs.iter(),
+            |&(n, v)| (n, move || v),
+            &names,
+            &mut in_place,
+        );
         assert_eq!(in_place, serialized);
         assert_eq!(in_place[1].count, 2);
     }

@@ -147,12 +147,12 @@ impl FakeShared {
 }
 
 impl SharedData for FakeShared {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    fn get(&self, key: &[u8]) -> (Option<Vec<u8>>, Option<u32>) {
         self.gets.set(self.gets.get().wrapping_add(1));
         self.table.get(key)
     }
 
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+    fn set(&self, key: &[u8], value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
         self.sets.set(self.sets.get().wrapping_add(1));
         self.table.set(key, value, cas)
     }
@@ -394,10 +394,10 @@ impl FakeHost {
 }
 
 impl SharedData for FakeHost {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    fn get(&self, key: &[u8]) -> (Option<Vec<u8>>, Option<u32>) {
         self.process.shared.get(key)
     }
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+    fn set(&self, key: &[u8], value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
         self.process.shared.set(key, value, cas)
     }
 }

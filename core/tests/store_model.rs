@@ -75,11 +75,11 @@ fn count(world: &Rc<World>, outcome: &'static str) {
 struct Worker<'a>(&'a Rc<World>);
 
 impl SharedData for Worker<'_> {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    fn get(&self, key: &[u8]) -> (Option<Vec<u8>>, Option<u32>) {
         maybe_preempt(self.0);
         self.0.shared.get(key)
     }
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+    fn set(&self, key: &[u8], value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
         maybe_preempt(self.0);
         let result = self.0.shared.set(key, value, cas);
         if result.is_ok() && value.is_empty() {
@@ -92,7 +92,7 @@ impl SharedData for Worker<'_> {
 /// The store just emptied `key`: if the operation in flight did (not one that preempted it)
 /// and it is the slot of the session that operation may free, the model forgets the session
 /// now, not when the operation returns.
-fn freed(world: &Rc<World>, key: &str) {
+fn freed(world: &Rc<World>, key: &[u8]) {
     let Some((id, depth)) = world.freeing.get() else {
         return;
     };

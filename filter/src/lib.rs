@@ -19,7 +19,6 @@ use mcp_session_core::host::{Attributes, Host, Serialized};
 use mcp_session_core::metrics::Metric;
 use mcp_session_core::store::etcd::Call;
 use mcp_session_core::store::{SharedData, WriteError};
-use mcp_session_core::FastMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{self, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
@@ -38,7 +37,8 @@ proxy_wasm::main! {{
 /// The core's [`Host`] in Envoy: the clock, WASI's `random_get` (BoringSSL's CSPRNG in
 /// Envoy), shared data, and the stats this VM defined.
 struct Envoy {
-    metrics: FastMap<Metric, u32>,
+    /// The id of each stat this VM defined, by [`Metric::index`].
+    metrics: [Option<u32>; Metric::COUNT],
     /// The epoch's stat, read on every request on a session.
     epoch: Option<u32>,
 }
@@ -50,20 +50,31 @@ impl Envoy {
             let kind = kind.unwrap_or(MetricType::Counter);
             let id = hostcalls::define_metric(kind, &metric.name());
             let id = id.inspect_err(|s| warn!("cannot define stat {}: {s:?}", metric.name()));
-            Some((metric, id.ok()?))
+            id.ok()
         };
-        let metrics: FastMap<Metric, u32> = Metric::all().into_iter().filter_map(define).collect();
-        let epoch = metrics.get(&Metric::Epoch).copied();
+        let mut metrics = [None; Metric::COUNT];
+        for metric in Metric::all() {
+            if let Some(id) = metrics.get_mut(metric.index()) {
+                *id = define(metric);
+            }
+        }
+        let epoch = metrics.get(Metric::Epoch.index()).copied().flatten();
         Envoy { metrics, epoch }
     }
 }
 
 impl SharedData for Envoy {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    // The SDK takes a key as `str`; the core's keys are ASCII, and one that were not would
+    // read as missing and fail to write.
+    fn get(&self, key: &[u8]) -> (Option<Vec<u8>>, Option<u32>) {
+        let Ok(key) = std::str::from_utf8(key) else {
+            return (None, None);
+        };
         hostcalls::get_shared_data(key).unwrap_or((None, None))
     }
 
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+    fn set(&self, key: &[u8], value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+        let key = std::str::from_utf8(key).map_err(|_| WriteError::Host)?;
         hostcalls::set_shared_data(key, Some(value), cas).map_err(|status| match status {
             Status::CasMismatch => WriteError::CasMismatch,
             _ => WriteError::Host,
@@ -81,13 +92,13 @@ impl Host for Envoy {
     }
 
     fn increment(&self, metric: Metric, delta: i64) {
-        if let Some(id) = self.metrics.get(&metric) {
+        if let Some(Some(id)) = self.metrics.get(metric.index()) {
             let _ = hostcalls::increment_metric(*id, delta);
         }
     }
 
     fn record(&self, metric: Metric, value: u64) {
-        if let Some(id) = self.metrics.get(&metric) {
+        if let Some(Some(id)) = self.metrics.get(metric.index()) {
             let _ = hostcalls::record_metric(*id, value);
         }
     }

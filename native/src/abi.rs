@@ -233,6 +233,12 @@ extern "C" {
         filter: FilterEnvoyPtr,
         body_type: u32,
     ) -> usize;
+    fn envoy_dynamic_module_callback_http_received_buffered_request_body(
+        filter: FilterEnvoyPtr,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_received_buffered_response_body(
+        filter: FilterEnvoyPtr,
+    ) -> bool;
     fn envoy_dynamic_module_callback_http_get_body_chunks(
         filter: FilterEnvoyPtr,
         body_type: u32,
@@ -737,7 +743,8 @@ impl Headers for HeaderView<'_> {
             let pairs: &[EnvoyHeader] =
                 unsafe { std::slice::from_raw_parts(room.as_ptr().cast(), room.len()) };
             headers::scan_pairs(
-                pairs.iter().map(|h| (h.key.bytes(), h.value.bytes())),
+                pairs.iter(),
+                |h| (h.key.bytes(), || h.value.bytes()),
                 names,
                 found,
             );
@@ -822,10 +829,25 @@ impl Envoy<'_> {
         let (buffered, received) = body_types(side);
         // SAFETY: `ptr` is the stream of the running hook.
         let (n_buffered, n_received) = unsafe {
-            (
-                envoy_dynamic_module_callback_http_get_body_chunks_size(self.ptr, buffered),
-                envoy_dynamic_module_callback_http_get_body_chunks_size(self.ptr, received),
-            )
+            let n_buffered =
+                envoy_dynamic_module_callback_http_get_body_chunks_size(self.ptr, buffered);
+            // Where Envoy says the chunk received is the body it buffered (it hands this
+            // filter its own buffer again), the received kind is not read at all.
+            let again = match side {
+                Side::Request => {
+                    envoy_dynamic_module_callback_http_received_buffered_request_body(self.ptr)
+                }
+                Side::Response => {
+                    envoy_dynamic_module_callback_http_received_buffered_response_body(self.ptr)
+                }
+            };
+            let n_received = match again && n_buffered > 0 {
+                true => 0,
+                false => {
+                    envoy_dynamic_module_callback_http_get_body_chunks_size(self.ptr, received)
+                }
+            };
+            (n_buffered, n_received)
         };
         let total = n_buffered.saturating_add(n_received);
         let mut inline = [EnvoyBuffer::EMPTY; 16];

@@ -34,7 +34,6 @@ use mcp_session_core::host::Host;
 use mcp_session_core::metrics::Metric;
 use mcp_session_core::store::etcd::Call;
 use mcp_session_core::store::{memory::Table, SharedData, WriteError};
-use mcp_session_core::FastMap;
 use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,15 +44,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 struct Native {
     table: Arc<Table>,
     envoy: EnvoyConfig,
-    stats: Arc<FastMap<Metric, usize>>,
+    /// Envoy's id of each stat this configuration defined, by [`Metric::index`].
+    stats: Arc<[Option<usize>; Metric::COUNT]>,
 }
 
 impl SharedData for Native {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    fn get(&self, key: &[u8]) -> (Option<Vec<u8>>, Option<u32>) {
         self.table.get(key)
     }
 
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+    fn set(&self, key: &[u8], value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
         self.table.set(key, value, cas)
     }
 }
@@ -73,13 +73,13 @@ impl Host for Native {
         if metric == Metric::Epoch {
             self.table.advance_epoch(delta.unsigned_abs());
         }
-        if let Some(id) = self.stats.get(&metric) {
+        if let Some(Some(id)) = self.stats.get(metric.index()) {
             self.envoy.add(metric.is_gauge(), *id, delta);
         }
     }
 
     fn record(&self, metric: Metric, value: u64) {
-        if let Some(id) = self.stats.get(&metric) {
+        if let Some(Some(id)) = self.stats.get(metric.index()) {
             self.envoy.set_gauge(*id, value);
         }
     }
@@ -204,9 +204,14 @@ fn refuse<T>(e: ConfigError) -> Option<T> {
     None
 }
 
-fn define_stats(envoy: EnvoyConfig) -> Arc<FastMap<Metric, usize>> {
-    let define = |m: Metric| Some((m, envoy.define(m.is_gauge(), &m.name())?));
-    Arc::new(Metric::all().into_iter().filter_map(define).collect())
+fn define_stats(envoy: EnvoyConfig) -> Arc<[Option<usize>; Metric::COUNT]> {
+    let mut ids = [None; Metric::COUNT];
+    for metric in Metric::all() {
+        if let Some(id) = ids.get_mut(metric.index()) {
+            *id = envoy.define(metric.is_gauge(), &metric.name());
+        }
+    }
+    Arc::new(ids)
 }
 
 /// What a stream hook returns to the boundary: the action, and what to do once the hook has

@@ -37,14 +37,10 @@ pub(super) fn message(bytes: &[u8]) -> Option<Message> {
         // Every member is read as serde_json's visitor reads it: the last `method` and `id`
         // win, `error` and `result` count wherever they are.
         loop {
-            skim.eat(b'"')?;
-            let key = skim.string()?;
+            let key = skim.member_name()?;
             if key.escaped {
                 return None;
             }
-            skim.space();
-            skim.eat(b':')?;
-            skim.space();
             match key.text {
                 b"method" => method = Some(skim.method()?),
                 b"id" => id = Some(skim.raw()?),
@@ -239,13 +235,13 @@ impl<'a> Skim<'a> {
 
     /// A member's name and its colon, up to where its value begins.
     #[inline(always)]
-    fn member_name(&mut self) -> Option<()> {
+    fn member_name(&mut self) -> Option<Text<'a>> {
         self.eat(b'"')?;
-        self.string()?;
+        let name = self.string()?;
         self.space();
         self.eat(b':')?;
         self.space();
-        Some(())
+        Some(name)
     }
 
     fn word(&mut self, rest: &[u8]) -> Option<()> {

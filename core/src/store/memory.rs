@@ -44,14 +44,14 @@ enum Key {
 const INLINE_KEY: usize = 22;
 
 impl Key {
-    fn of(key: &str) -> Key {
+    fn of(key: &[u8]) -> Key {
         let mut bytes = [0u8; INLINE_KEY];
         match (bytes.get_mut(..key.len()), u8::try_from(key.len())) {
             (Some(room), Ok(len)) => {
-                room.copy_from_slice(key.as_bytes());
+                room.copy_from_slice(key);
                 Key::Inline { len, bytes }
             }
-            _ => Key::Heap(key.as_bytes().into()),
+            _ => Key::Heap(key.into()),
         }
     }
 
@@ -128,15 +128,15 @@ impl Table {
 }
 
 impl SharedData for Table {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.entries().map.get(key.as_bytes()) {
+    fn get(&self, key: &[u8]) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.entries().map.get(key) {
             None => (None, None),
             Some((value, cas)) if value.is_empty() => (None, Some(*cas)),
             Some((value, cas)) => (Some(value.to_vec()), Some(*cas)),
         }
     }
 
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+    fn set(&self, key: &[u8], value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
         let mut guard = self.entries();
         let entries = &mut *guard;
         let mut next = || {
@@ -145,7 +145,7 @@ impl SharedData for Table {
         };
         // One lookup: an initialize writes twice, and hashing the key again cost more than
         // the check itself.
-        match entries.map.get_mut(key.as_bytes()) {
+        match entries.map.get_mut(key) {
             Some((_, have)) if matches!(cas, Some(want) if want != 0 && want != *have) => {
                 Err(WriteError::CasMismatch)
             }
@@ -178,48 +178,48 @@ mod tests {
         let table = Table::default();
         let keys: Vec<String> = (0..=INLINE_KEY + 3).map(|n| "k".repeat(n)).collect();
         for (n, key) in keys.iter().enumerate() {
-            assert_eq!(table.set(key, &[n as u8 + 1], None), Ok(()));
+            assert_eq!(table.set(key.as_bytes(), &[n as u8 + 1], None), Ok(()));
         }
         for (n, key) in keys.iter().enumerate() {
-            assert_eq!(table.get(key).0, Some(vec![n as u8 + 1]), "{n}");
-            assert_eq!(Key::of(key).as_bytes(), key.as_bytes());
+            assert_eq!(table.get(key.as_bytes()).0, Some(vec![n as u8 + 1]), "{n}");
+            assert_eq!(Key::of(key.as_bytes()).as_bytes(), key.as_bytes());
         }
         assert_eq!(table.len(), keys.len());
-        assert_eq!(table.get("mcps/00000001"), (None, None));
+        assert_eq!(table.get(b"mcps/00000001"), (None, None));
     }
 
     #[test]
     fn a_table_has_shared_datas_semantics() {
         let table = Table::default();
-        assert_eq!(table.get("k"), (None, None));
+        assert_eq!(table.get(b"k"), (None, None));
         assert_eq!(
-            table.set("k", b"v1", Some(7)),
+            table.set(b"k", b"v1", Some(7)),
             Ok(()),
             "missing key: cas ignored"
         );
-        let (value, cas) = table.get("k");
+        let (value, cas) = table.get(b"k");
         assert_eq!(value.as_deref(), Some(&b"v1"[..]));
         let cas = cas.unwrap_or_default();
         assert_eq!(
-            table.set("k", b"v2", Some(cas + 1)),
+            table.set(b"k", b"v2", Some(cas + 1)),
             Err(WriteError::CasMismatch)
         );
-        assert_eq!(table.set("k", b"v2", Some(cas)), Ok(()));
+        assert_eq!(table.set(b"k", b"v2", Some(cas)), Ok(()));
         assert_eq!(
-            table.set("k", b"v3", Some(cas)),
+            table.set(b"k", b"v3", Some(cas)),
             Err(WriteError::CasMismatch)
         );
-        assert_eq!(table.set("k", b"", None), Ok(()));
-        let (value, cas) = table.get("k");
+        assert_eq!(table.set(b"k", b"", None), Ok(()));
+        let (value, cas) = table.get(b"k");
         assert_eq!(value, None, "an empty value reads as none");
         assert!(cas.is_some(), "but the key is there");
         assert_eq!(table.len(), 1);
         // Values of the same length are written in place, others replace the value; either
         // way the next read sees exactly what was written, under a new cas.
         for value in [&b"abcd"[..], b"wxyz", b"longer value", b"ab"] {
-            let before = table.get("k").1;
-            assert_eq!(table.set("k", value, before), Ok(()));
-            let (read, after) = table.get("k");
+            let before = table.get(b"k").1;
+            assert_eq!(table.set(b"k", value, before), Ok(()));
+            let (read, after) = table.get(b"k");
             assert_eq!(read.as_deref(), Some(value));
             assert_ne!(after, before);
         }
@@ -229,31 +229,31 @@ mod tests {
     fn tables_are_shared_by_name_and_outlive_their_users() {
         let first = Table::named("memory-test-a");
         first.advance_epoch(2);
-        assert_eq!(first.set("k", b"v", None), Ok(()));
+        assert_eq!(first.set(b"k", b"v", None), Ok(()));
         drop(first);
         let again = Table::named("memory-test-a");
         assert_eq!(again.epoch(), 2);
-        assert_eq!(again.get("k").0.as_deref(), Some(&b"v"[..]));
+        assert_eq!(again.get(b"k").0.as_deref(), Some(&b"v"[..]));
         let other = Table::named("memory-test-b");
-        assert_eq!(other.get("k"), (None, None));
+        assert_eq!(other.get(b"k"), (None, None));
         assert_eq!(other.epoch(), 0);
     }
 
     #[test]
     fn threads_writing_with_cas_never_lose_an_update() {
         let table = Arc::new(Table::default());
-        assert_eq!(table.set("n", &0u32.to_le_bytes(), None), Ok(()));
+        assert_eq!(table.set(b"n", &0u32.to_le_bytes(), None), Ok(()));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let table = Arc::clone(&table);
                 std::thread::spawn(move || {
                     for _ in 0..500 {
                         loop {
-                            let (value, cas) = table.get("n");
+                            let (value, cas) = table.get(b"n");
                             let n = value.map_or(0, |v| {
                                 u32::from_le_bytes(v.try_into().unwrap_or_default())
                             });
-                            let written = table.set("n", &(n + 1).to_le_bytes(), cas);
+                            let written = table.set(b"n", &(n + 1).to_le_bytes(), cas);
                             if written.is_ok() {
                                 break;
                             }
@@ -265,7 +265,7 @@ mod tests {
         for thread in threads {
             assert!(thread.join().is_ok());
         }
-        let (value, _) = table.get("n");
+        let (value, _) = table.get(b"n");
         let n = value.map_or(0, |v| u32::from_le_bytes(v.try_into().unwrap_or_default()));
         assert_eq!(n, 2000);
     }

@@ -36,16 +36,16 @@ pub enum WriteError {
 ///   [`WriteError::CasMismatch`] unless the key is missing or its cas is `c`.
 pub trait SharedData {
     /// Reads a key.
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    fn get(&self, key: &[u8]) -> (Option<Vec<u8>>, Option<u32>);
     /// Writes a key.
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError>;
+    fn set(&self, key: &[u8], value: &[u8], cas: Option<u32>) -> Result<(), WriteError>;
 }
 
 impl<T: SharedData + ?Sized> SharedData for &T {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    fn get(&self, key: &[u8]) -> (Option<Vec<u8>>, Option<u32>) {
         (**self).get(key)
     }
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+    fn set(&self, key: &[u8], value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
         (**self).set(key, value, cas)
     }
 }

@@ -33,8 +33,8 @@ impl From<StoreResult> for Answer {
 
 /// Where this Envoy keeps a session created while etcd was away, for every worker, until the
 /// backlog has written it to etcd: shared data under its etcd key.
-pub fn shared_key(etcd_key: &[u8]) -> String {
-    format!("mcps/fallback/{}", String::from_utf8_lossy(etcd_key))
+pub fn shared_key(etcd_key: &[u8]) -> Vec<u8> {
+    [&b"mcps/fallback/"[..], etcd_key].concat()
 }
 
 /// Keeps a session made while etcd is away: every worker of this Envoy finds it in shared data

@@ -47,7 +47,11 @@ fn encode_counts(counts: &[([u8; DIGEST_LEN], u32)]) -> Vec<u8> {
 impl<S: SharedData> Store<S> {
     /// Live sessions (and reservations) the caller with identity `digest` holds.
     pub fn identity_sessions(&self, digest: &[u8; DIGEST_LEN]) -> u32 {
-        let bytes = self.shared.get(&bucket_key(digest)).0.unwrap_or_default();
+        let bytes = self
+            .shared
+            .get(bucket_key(digest).as_bytes())
+            .0
+            .unwrap_or_default();
         decode_counts(&bytes)
             .into_iter()
             .find(|(d, _)| d == digest)
@@ -75,7 +79,7 @@ impl<S: SharedData> Store<S> {
 
     /// Rewrites the count of `digest` with `next` (`None`: leave it, and answer false).
     fn change_count(&self, digest: &[u8; DIGEST_LEN], next: impl Fn(u32) -> Option<u32>) -> bool {
-        let key = bucket_key(digest);
+        let key = bucket_key(digest).into_bytes();
         for _ in 0..CAS_ATTEMPTS {
             let (bytes, cas) = self.shared.get(&key);
             let mut counts = decode_counts(bytes.as_deref().unwrap_or_default());

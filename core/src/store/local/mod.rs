@@ -58,10 +58,10 @@ pub(super) const SWEEP_MIN_CHUNK: u32 = 1024;
 /// A full pass over the table takes at most this many sweep steps.
 pub(super) const SWEEP_STEPS_PER_PASS: u32 = 30;
 
-pub(super) const HIGH_WATER_KEY: &str = "mcps/hw";
-pub(super) const SWEEP_KEY: &str = "mcps/sw";
-pub(super) const FREE_KEY: &str = "mcps/free";
-pub(super) const CONFIG_KEY: &str = "mcps/cfg";
+pub(super) const HIGH_WATER_KEY: &[u8] = b"mcps/hw";
+pub(super) const SWEEP_KEY: &[u8] = b"mcps/sw";
+pub(super) const FREE_KEY: &[u8] = b"mcps/free";
+pub(super) const CONFIG_KEY: &[u8] = b"mcps/cfg";
 
 /// The shared-data key of a slot.
 pub fn slot_key(slot: u32) -> SlotKey {
@@ -75,22 +75,23 @@ pub fn slot_key(slot: u32) -> SlotKey {
     SlotKey(key)
 }
 
-/// A slot's key, `mcps/` and the slot in eight lowercase hex digits, on the stack.
+/// A slot's key, `mcps/` and the slot in eight lowercase hex digits, on the stack. Keys are
+/// bytes ([`SharedData`]): a `str` of it would check the thirteen bytes for UTF-8 each time it
+/// is used, twice an initialize.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SlotKey([u8; 13]);
 
 impl std::ops::Deref for SlotKey {
-    type Target = str;
+    type Target = [u8];
 
-    fn deref(&self) -> &str {
-        // Always ASCII: the prefix and hex digits.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+    fn deref(&self) -> &[u8] {
+        &self.0
     }
 }
 
 impl std::fmt::Debug for SlotKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self)
+        f.write_str(&String::from_utf8_lossy(&self.0))
     }
 }
 

@@ -346,14 +346,14 @@ fn keys_track_peak_sessions_not_sessions_ever_created() {
 fn create_only_write_cannot_overwrite_an_existing_key() {
     let shared = FakeShared::default();
     assert!(
-        shared.set("k", b"a", CREATE_ONLY).is_ok(),
+        shared.set(b"k", b"a", CREATE_ONLY).is_ok(),
         "missing key: created"
     );
     assert_eq!(
-        shared.set("k", b"b", CREATE_ONLY),
+        shared.set(b"k", b"b", CREATE_ONLY),
         Err(WriteError::CasMismatch)
     );
-    assert_eq!(shared.get("k").0.as_deref(), Some(&b"a"[..]));
+    assert_eq!(shared.get(b"k").0.as_deref(), Some(&b"a"[..]));
 }
 
 #[test]
@@ -492,7 +492,7 @@ fn a_stale_hint_entry_from_a_race_is_never_double_claimed() {
         hook: std::cell::RefCell<Option<Box<dyn FnOnce() + 'a>>>,
     }
     impl SharedData for Racy<'_> {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        fn get(&self, key: &[u8]) -> (Option<Vec<u8>>, Option<u32>) {
             if key == FREE_KEY {
                 if let Some(hook) = self.hook.borrow_mut().take() {
                     hook();
@@ -500,7 +500,7 @@ fn a_stale_hint_entry_from_a_race_is_never_double_claimed() {
             }
             self.shared.get(key)
         }
-        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
+        fn set(&self, key: &[u8], value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
             self.shared.set(key, value, cas)
         }
     }
@@ -792,6 +792,6 @@ fn a_slot_key_is_the_slot_in_eight_lowercase_hex_digits() {
         (0xdead_beef, "mcps/deadbeef"),
         (u32::MAX, "mcps/ffffffff"),
     ] {
-        assert_eq!(&*slot_key(slot), key);
+        assert_eq!(&*slot_key(slot), key.as_bytes());
     }
 }
