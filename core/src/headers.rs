@@ -55,14 +55,13 @@ pub fn decimal(value: &[u8]) -> Option<u64> {
 /// Header names compare without regard to ASCII case. `None` when the map is malformed.
 pub fn scan<'a, const N: usize>(map: &'a [u8], names: [&str; N]) -> Option<[Header<'a>; N]> {
     let mut found = [Header::default(); N];
-    scan_into(map, &names, &mut found)?;
+    scan_into(map, &Names::new(&names), &mut found)?;
     Some(found)
 }
 
 /// [`scan`] into `found` (as long as `names`; entries past it are left alone). `None` when the
 /// map is malformed (then `found` may be partly filled).
-pub fn scan_into<'a>(map: &'a [u8], names: &[&str], found: &mut [Header<'a>]) -> Option<()> {
-    let wanted = Wanted::new(names);
+pub fn scan_into<'a>(map: &'a [u8], names: &Names<'_>, found: &mut [Header<'a>]) -> Option<()> {
     let count = read_u32(map, 0)?;
     let (sizes, mut data) = map.get(4..)?.split_at_checked(count.checked_mul(8)?)?;
     for size in sizes.chunks_exact(8) {
@@ -72,7 +71,7 @@ pub fn scan_into<'a>(map: &'a [u8], names: &[&str], found: &mut [Header<'a>]) ->
         let (name, rest) = data.split_at_checked(name_len)?;
         let (value, rest) = rest.get(1..)?.split_at_checked(value_len)?;
         data = rest.get(1..)?;
-        wanted.offer(names, found, name, || value);
+        names.offer(found, name, || value);
     }
     Some(())
 }
@@ -83,64 +82,130 @@ pub fn scan_into<'a>(map: &'a [u8], names: &[&str], found: &mut [Header<'a>]) ->
 pub fn scan_pairs<'a, P, V: Fn() -> &'a [u8]>(
     pairs: impl Iterator<Item = P>,
     split: impl Fn(P) -> (&'a [u8], V),
-    names: &[&str],
+    names: &Names<'_>,
     found: &mut [Header<'a>],
 ) {
-    let wanted = Wanted::new(names);
     for pair in pairs {
         let (name, value) = split(pair);
-        wanted.offer(names, found, name, value);
+        names.offer(found, name, value);
     }
 }
 
-/// The wanted names (the first 8; the filter never asks more) as bits, in a table of 64 keyed
-/// by a name's length and last letter ([`bucket`]): most pairs are passed over on one lookup,
-/// and one that is looked at is compared, as a rule, with the one name it may be. Keyed by the
+/// Header names to find (lowercase; an empty name matches nothing): a list that is constant,
+/// and may be followed by one name known only at run time (a configured header), with a table
+/// that picks the pairs worth comparing. A constant list's table is built at compile time
+/// (`const`); the name after it adds its bit.
+///
+/// The table holds the first 8 names (the filter never asks more) as bits, in 64 places keyed
+/// by a name's length and last byte ([`bucket`]): most pairs are passed over on one lookup, and
+/// one that is looked at is compared, as a rule, with the one name it may be. Keyed by the
 /// length alone, most of a request's headers met a name of their length (`:scheme` and
 /// `:method`, `content-length` and `mcp-session-id`). Names past the 8th are compared with
 /// every pair.
-struct Wanted([u8; 64]);
+#[derive(Debug, Clone, Copy)]
+pub struct Names<'n> {
+    list: &'n [&'n str],
+    then: Option<&'n str>,
+    table: [u8; 64],
+}
 
-/// A header name's place in [`Wanted`]: its length and its last byte, in lowercase where it is
-/// a letter (`| 0x20` leaves the digits and `-` as they are). No two of the names the filter
-/// asks for share one.
+/// A header name's place in a [`Names`] table: its length and its last byte, in lowercase where
+/// it is a letter (`| 0x20` leaves the digits and `-` as they are). No two of the names the
+/// filter asks for share one.
 #[inline]
-fn bucket(name: &[u8]) -> usize {
-    let last = name.last().map_or(0, |b| usize::from(b | 0x20));
+const fn bucket(name: &[u8]) -> usize {
+    let last = match name.last() {
+        Some(b) => (*b | 0x20) as usize,
+        None => 0,
+    };
     name.len().wrapping_add(last.wrapping_mul(5)) & 63
 }
 
-impl Wanted {
-    #[inline]
-    fn new(names: &[&str]) -> Wanted {
-        let mut table = [0u8; 64];
-        for (at, name) in names.iter().enumerate().take(8) {
-            if let (false, Some(bits)) = (name.is_empty(), table.get_mut(bucket(name.as_bytes()))) {
-                *bits |= 1 << at;
+/// `table` with the bit of the name at `at` (none past the 8th, nor for an empty name).
+const fn with_bit(mut table: [u8; 64], at: usize, name: &str) -> [u8; 64] {
+    if at < 8 && !name.is_empty() {
+        let place = bucket(name.as_bytes());
+        if place < table.len() {
+            #[allow(clippy::indexing_slicing)] // `place` is checked just above
+            {
+                table[place] |= 1 << at;
             }
         }
-        Wanted(table)
+    }
+    table
+}
+
+impl<'n> Names<'n> {
+    /// The names of `list`.
+    pub const fn new(list: &'n [&'n str]) -> Names<'n> {
+        let mut table = [0u8; 64];
+        let mut at = 0;
+        while at < list.len() {
+            #[allow(clippy::indexing_slicing)] // `at` is below the length
+            {
+                table = with_bit(table, at, list[at]);
+            }
+            at += 1;
+        }
+        Names {
+            list,
+            then: None,
+            table,
+        }
     }
 
-    /// Counts the pair `name: value` in the slot of each of `names` it is.
+    /// These names and then `name` (its place is the list's length). A list followed by a name
+    /// already keeps it and drops this one.
+    pub fn then<'m>(&self, name: &'m str) -> Names<'m>
+    where
+        'n: 'm,
+    {
+        match self.then {
+            Some(_) => *self,
+            None => Names {
+                list: self.list,
+                then: Some(name),
+                table: with_bit(self.table, self.list.len(), name),
+            },
+        }
+    }
+
+    /// How many names.
+    pub fn len(&self) -> usize {
+        self.list.len() + usize::from(self.then.is_some())
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The name at `at`.
+    pub fn get(&self, at: usize) -> Option<&'n str> {
+        self.list
+            .get(at)
+            .copied()
+            .or_else(|| self.then.filter(|_| at == self.list.len()))
+    }
+
+    /// Every name, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &'n str> + '_ {
+        self.list.iter().copied().chain(self.then)
+    }
+
+    /// Counts the pair `name: value` in the slot (of `found`) of each name it is.
     #[inline]
-    fn offer<'a>(
-        &self,
-        names: &[&str],
-        found: &mut [Header<'a>],
-        name: &[u8],
-        value: impl Fn() -> &'a [u8],
-    ) {
-        let mut bits = self.0.get(bucket(name)).copied().unwrap_or(0);
+    fn offer<'a>(&self, found: &mut [Header<'a>], name: &[u8], value: impl Fn() -> &'a [u8]) {
+        let mut bits = self.table.get(bucket(name)).copied().unwrap_or(0);
         while bits != 0 {
             let at = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            if let (Some(want), Some(slot)) = (names.get(at), found.get_mut(at)) {
+            if let (Some(want), Some(slot)) = (self.get(at), found.get_mut(at)) {
                 note(slot, name, want.as_bytes(), &value);
             }
         }
-        if names.len() > 8 {
-            for (want, slot) in names.iter().zip(found.iter_mut()).skip(8) {
+        if self.len() > 8 {
+            for (want, slot) in self.iter().zip(found.iter_mut()).skip(8) {
                 if !want.is_empty() {
                     note(slot, name, want.as_bytes(), &value);
                 }
@@ -341,6 +406,35 @@ mod tests {
         assert_eq!(bucket(b"Content-Type"), bucket(b"content-type"));
     }
 
+    /// A constant list followed by a name known at run time finds what the whole list does;
+    /// a second name after it is not taken.
+    #[test]
+    fn a_name_after_a_constant_list_is_found_as_in_the_list() {
+        const FIXED: Names<'static> = Names::new(&[":method", "mcp-session-id"]);
+        let pairs: [(&[u8], &[u8]); 4] = [
+            (b":method", b"POST"),
+            (b"X-User", b"alice"),
+            (b"mcp-session-id", b"s"),
+            (b"x-user", b"bob"),
+        ];
+        let map = serialize(&pairs);
+        let user = String::from("x-user");
+        let names = FIXED.then(&user);
+        assert_eq!(names.len(), 3);
+        assert_eq!(names.get(2), Some("x-user"));
+        assert_eq!(names.then("other").get(2), Some("x-user"));
+        let mut found = [Header::default(); 3];
+        scan_into(&map, &names, &mut found).unwrap();
+        assert_eq!(
+            Some(found),
+            scan(&map, [":method", "mcp-session-id", "x-user"])
+        );
+        assert_eq!((found[2].text(), found[2].count), (Some("alice"), 2));
+        let mut none = [Header::default(); 3];
+        scan_into(&map, &FIXED.then(""), &mut none).unwrap();
+        assert_eq!(none[2], Header::default(), "an empty name matches nothing");
+    }
+
     #[test]
     fn more_names_than_the_length_table_holds_are_found_too() {
         let names: Vec<String> = (0..40).map(|n| format!("h{n}")).collect();
@@ -353,7 +447,7 @@ mod tests {
         let map = serialize(&refs);
         let wanted: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut found = vec![Header::default(); wanted.len()];
-        scan_into(&map, &wanted, &mut found).unwrap();
+        scan_into(&map, &Names::new(&wanted), &mut found).unwrap();
         for (name, header) in names.iter().zip(&found) {
             assert_eq!(header.text(), Some(name.as_str()));
             assert_eq!(header.count, 1, "{name}");
@@ -403,7 +497,7 @@ mod tests {
         scan_pairs(
             pairs.iter(),
             |&(n, v)| (n, move || v),
-            &names,
+            &Names::new(&names),
             &mut in_place,
         );
         assert_eq!(in_place, serialized);

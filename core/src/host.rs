@@ -3,7 +3,7 @@
 //! lives in [`crate::testkit`]. Logging goes through the `log` facade, which every host
 //! adapter connects to its own logger.
 
-use crate::headers::{self, Header};
+use crate::headers::{self, Header, Names};
 use crate::metrics::Metric;
 use crate::store::SharedData;
 
@@ -28,12 +28,12 @@ pub trait Headers {
     /// For each of `names`, its first value and how many times it appears, into `found` (as
     /// long as `names`). One call for all the headers an event needs: a host whose headers
     /// cost a crossing to read (proxy-wasm) reads them once.
-    fn find<'s>(&'s self, names: &[&str], found: &mut [Header<'s>]);
+    fn find<'s>(&'s self, names: &Names<'_>, found: &mut [Header<'s>]);
 
     /// The first value of header `name` and how many times it appears.
     fn get(&self, name: &str) -> Header<'_> {
         let mut found = [Header::default()];
-        self.find(&[name], &mut found);
+        self.find(&Names::new(&[name]), &mut found);
         let [header] = found;
         header
     }
@@ -64,7 +64,7 @@ impl<F: Fn() -> Vec<u8>> Serialized<F> {
 }
 
 impl<F: Fn() -> Vec<u8>> Headers for Serialized<F> {
-    fn find<'s>(&'s self, names: &[&str], found: &mut [Header<'s>]) {
+    fn find<'s>(&'s self, names: &Names<'_>, found: &mut [Header<'s>]) {
         let map = self.map.get_or_init(&self.read);
         if headers::scan_into(map, names, found).is_none() {
             found.fill(Header::default());

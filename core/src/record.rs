@@ -16,22 +16,55 @@ pub const DIGEST_LEN: usize = 16;
 pub const MAX_UPSTREAM_ID: usize = 255;
 /// The longest encoding: the fixed part (35 bytes), an identity digest, and an upstream
 /// session ID and an upstream host of the longest each, with their lengths.
-const MAX_ENCODED: usize = 35 + DIGEST_LEN + 2 * (1 + MAX_UPSTREAM_ID);
+#[cfg(test)]
+const MAX_ENCODED: usize = FIXED_LEN + DIGEST_LEN + 2 * (1 + MAX_UPSTREAM_ID);
+/// The fixed part: format, state, flags, the secret, two times.
+const FIXED_LEN: usize = 3 + SECRET_LEN + 8 + 8;
 
-/// A record's encoding, held on the stack ([`Record::encoded`]): a write of the session table
-/// copies it where it keeps it, so the encoding needs no allocation of its own.
-pub struct Encoded {
-    bytes: [u8; MAX_ENCODED],
-    len: usize,
+/// A record's encoding ([`Record::encoded`]): on the stack when it is short, as nearly every
+/// record is (the fixed part, an identity digest and an upstream host of up to 43 bytes), on the
+/// heap otherwise. A write of the session table copies it where it keeps it, so the usual
+/// encoding needs no allocation of its own; and the room on the stack is small, as zeroing and
+/// returning room for the longest record (563 bytes) cost an initialize more than its writes.
+pub enum Encoded {
+    /// Up to [`INLINE_ENCODED`] bytes.
+    Inline {
+        /// The room.
+        bytes: [u8; INLINE_ENCODED],
+        /// How much of it is the record.
+        len: usize,
+    },
+    /// A longer record.
+    Heap(Vec<u8>),
 }
 
+/// Room on the stack for an encoding.
+pub const INLINE_ENCODED: usize = 96;
+
 impl Encoded {
-    /// Appends `bytes` (a record never encodes to more than [`MAX_ENCODED`]).
-    fn put(&mut self, bytes: &[u8]) {
-        let end = self.len.saturating_add(bytes.len());
-        if let Some(to) = self.bytes.get_mut(self.len..end) {
-            to.copy_from_slice(bytes);
-            self.len = end;
+    /// Room for an encoding of `len` bytes.
+    fn with_room(len: usize) -> Encoded {
+        if len <= INLINE_ENCODED {
+            Encoded::Inline {
+                bytes: [0; INLINE_ENCODED],
+                len: 0,
+            }
+        } else {
+            Encoded::Heap(Vec::with_capacity(len))
+        }
+    }
+
+    /// Appends `bytes` (within the room asked for, on the stack).
+    fn put(&mut self, more: &[u8]) {
+        match self {
+            Encoded::Inline { bytes, len } => {
+                let end = len.saturating_add(more.len());
+                if let Some(to) = bytes.get_mut(*len..end) {
+                    to.copy_from_slice(more);
+                    *len = end;
+                }
+            }
+            Encoded::Heap(bytes) => bytes.extend_from_slice(more),
         }
     }
 }
@@ -40,7 +73,10 @@ impl std::ops::Deref for Encoded {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        self.bytes.get(..self.len).unwrap_or_default()
+        match self {
+            Encoded::Inline { bytes, len } => bytes.get(..*len).unwrap_or_default(),
+            Encoded::Heap(bytes) => bytes,
+        }
     }
 }
 
@@ -128,10 +164,14 @@ impl Record {
     pub fn encoded(&self) -> Encoded {
         let upstream = self.upstream_id.as_deref().unwrap_or("").as_bytes();
         let upstream = upstream.get(..MAX_UPSTREAM_ID).unwrap_or(upstream);
-        let mut out = Encoded {
-            bytes: [0; MAX_ENCODED],
-            len: 0,
-        };
+        let host = self.upstream_host.as_deref().map(str::as_bytes);
+        let host = host.map(|host| host.get(..MAX_UPSTREAM_ID).unwrap_or(host));
+        let len = FIXED_LEN
+            + self.identity.map_or(0, |d| d.len())
+            + 1
+            + upstream.len()
+            + host.map_or(0, |h| 1 + h.len());
+        let mut out = Encoded::with_room(len);
         let state = match self.state {
             State::Pending => 1,
             State::Live => 2,
@@ -154,9 +194,7 @@ impl Record {
         out.put(&[u8::try_from(upstream.len()).unwrap_or(u8::MAX)]);
         out.put(upstream);
         // Optional tail: the upstream host (records without one end here).
-        if let Some(host) = &self.upstream_host {
-            let host = host.as_bytes();
-            let host = host.get(..MAX_UPSTREAM_ID).unwrap_or(host);
+        if let Some(host) = host {
             out.put(&[u8::try_from(host.len()).unwrap_or(u8::MAX)]);
             out.put(host);
         }
@@ -332,6 +370,27 @@ mod tests {
         let mut over = longest;
         over.upstream_host = Some("h".repeat(MAX_UPSTREAM_ID + 9));
         assert_eq!(over.encode().len(), MAX_ENCODED);
+    }
+
+    /// A record as long as the room on the stack, and one byte longer, encode alike (the first
+    /// on the stack, the second on the heap) and read back as written.
+    #[test]
+    fn records_either_side_of_the_room_on_the_stack_round_trip() {
+        let fixed = live().encode().len() + 1; // the host's length byte
+        for host_len in [
+            1,
+            INLINE_ENCODED - fixed - 1,
+            INLINE_ENCODED - fixed,
+            INLINE_ENCODED - fixed + 1,
+        ] {
+            let mut record = live();
+            record.upstream_host = Some("h".repeat(host_len));
+            let encoded = record.encoded();
+            assert_eq!(encoded.len(), fixed + host_len);
+            let on_stack = matches!(encoded, Encoded::Inline { .. });
+            assert_eq!(on_stack, encoded.len() <= INLINE_ENCODED, "{host_len}");
+            assert_eq!(Record::decode(&encoded), Some(record), "{host_len}");
+        }
     }
 
     #[test]

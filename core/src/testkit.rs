@@ -7,7 +7,7 @@
 use crate::config::EtcdConfig;
 use crate::driver::{Action, Side, Stream, StreamIo, Upstream, Worker};
 use crate::exchange::Reply;
-use crate::headers::Header;
+use crate::headers::{Header, Names};
 use crate::host::{Attributes, Headers, Host};
 use crate::metrics::Metric;
 use crate::record::{Record, State};
@@ -468,7 +468,7 @@ impl HeaderList {
 }
 
 impl Headers for HeaderList {
-    fn find<'s>(&'s self, names: &[&str], found: &mut [Header<'s>]) {
+    fn find<'s>(&'s self, names: &Names<'_>, found: &mut [Header<'s>]) {
         for (name, slot) in names.iter().zip(found.iter_mut()) {
             for (k, v) in &self.0 {
                 if !name.is_empty() && k.eq_ignore_ascii_case(name) {

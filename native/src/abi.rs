@@ -17,7 +17,7 @@ use crate::{Filter, Filters, Outcome};
 use mcp_session_core::driver::{Action, Hook, Side};
 use mcp_session_core::exchange::Reply;
 use mcp_session_core::grpc;
-use mcp_session_core::headers::{self, Header};
+use mcp_session_core::headers::{self, Header, Names};
 use mcp_session_core::host::{Attributes, Headers};
 use std::borrow::Cow;
 use std::cell::{Cell, UnsafeCell};
@@ -716,7 +716,7 @@ pub struct HeaderView<'e> {
 }
 
 impl Headers for HeaderView<'_> {
-    fn find<'s>(&'s self, names: &[&str], found: &mut [Header<'s>]) {
+    fn find<'s>(&'s self, names: &Names<'_>, found: &mut [Header<'s>]) {
         let (ptr, kind) = (self.envoy.ptr, header_type(self.side));
         // SAFETY: `ptr` is the stream of the running hook.
         let size = unsafe { envoy_dynamic_module_callback_http_get_headers_size(ptr, kind) };

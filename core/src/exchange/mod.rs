@@ -11,7 +11,7 @@
 //! The decisions themselves are pure functions in [`crate::policy`]; this file sequences them.
 
 use crate::config::{Config, IdentitySource, StoreConfig};
-use crate::headers::Header;
+use crate::headers::{Header, Names};
 use crate::host::{Attributes, Headers};
 use crate::message::{json_outcome, Outcome, RequestId, SseScanner};
 use crate::metrics::Event as Count;
@@ -31,6 +31,21 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
 /// The CORS header that lets a browser client read the session header.
 pub const EXPOSE_HEADER: &str = "access-control-expose-headers";
+
+/// The request headers a decision may need, in one lookup; the identity header, when one is
+/// configured, follows them.
+const REQUEST_NAMES: Names<'static> = Names::new(&[
+    ":method",
+    ":path",
+    SESSION_HEADER,
+    VERSION_HEADER,
+    "content-type",
+    "content-length",
+]);
+
+/// The response headers an initialize's answer is judged by.
+const RESPONSE_NAMES: Names<'static> =
+    Names::new(&[":status", SESSION_HEADER, EXPOSE_HEADER, "content-type"]);
 
 /// Reads a body a host holds: borrowed where the host keeps it in one piece for the event
 /// (Envoy's dynamic modules), a copy where it is read out (proxy-wasm) or in pieces.
@@ -488,15 +503,7 @@ impl Exchange {
     ) -> Step {
         let cfg = input.config;
         // Every header the decision may need, in one lookup (an empty name matches nothing).
-        let names = [
-            ":method",
-            ":path",
-            SESSION_HEADER,
-            VERSION_HEADER,
-            "content-type",
-            "content-length",
-            cfg.identity_header().unwrap_or(""),
-        ];
+        let names = REQUEST_NAMES.then(cfg.identity_header().unwrap_or(""));
         let mut found = [Header::default(); 7];
         headers.find(&names, &mut found);
         let [method, path, session_id, protocol_version, content_type, content_length, identity] =
@@ -959,10 +966,7 @@ impl Exchange {
         end_of_stream: bool,
     ) -> Step {
         let mut found = [Header::default(); 4];
-        headers.find(
-            &[":status", SESSION_HEADER, EXPOSE_HEADER, "content-type"],
-            &mut found,
-        );
+        headers.find(&RESPONSE_NAMES, &mut found);
         let [status, upstream_id, expose, content_type] = found;
         let status = status_number(status);
         let upstream_id = upstream_id.text().map(str::to_owned);
