@@ -41,30 +41,20 @@ pub enum Encoded {
 /// Room on the stack for an encoding.
 pub const INLINE_ENCODED: usize = 96;
 
-impl Encoded {
-    /// Room for an encoding of `len` bytes.
-    fn with_room(len: usize) -> Encoded {
-        if len <= INLINE_ENCODED {
-            Encoded::Inline {
-                bytes: [0; INLINE_ENCODED],
-                len: 0,
-            }
-        } else {
-            Encoded::Heap(Vec::with_capacity(len))
-        }
-    }
+/// Writes into room sized beforehand, from its start (a record's encoding).
+struct Writer<'b> {
+    room: &'b mut [u8],
+    at: usize,
+}
 
-    /// Appends `bytes` (within the room asked for, on the stack).
-    fn put(&mut self, more: &[u8]) {
-        match self {
-            Encoded::Inline { bytes, len } => {
-                let end = len.saturating_add(more.len());
-                if let Some(to) = bytes.get_mut(*len..end) {
-                    to.copy_from_slice(more);
-                    *len = end;
-                }
-            }
-            Encoded::Heap(bytes) => bytes.extend_from_slice(more),
+impl Writer<'_> {
+    /// Appends `bytes` (the room was sized for all of them: nothing is written past it).
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.at.saturating_add(bytes.len());
+        if let Some(to) = self.room.get_mut(self.at..end) {
+            to.copy_from_slice(bytes);
+            self.at = end;
         }
     }
 }
@@ -171,7 +161,24 @@ impl Record {
             + 1
             + upstream.len()
             + host.map_or(0, |h| 1 + h.len());
-        let mut out = Encoded::with_room(len);
+        // Written where it is kept, through one writer: the fixed part's places are known
+        // when the room is an array on the stack.
+        if len <= INLINE_ENCODED {
+            let mut bytes = [0; INLINE_ENCODED];
+            let len = self.write(&mut bytes, upstream, host);
+            Encoded::Inline { bytes, len }
+        } else {
+            let mut bytes = vec![0; len];
+            let len = self.write(&mut bytes, upstream, host);
+            bytes.truncate(len);
+            Encoded::Heap(bytes)
+        }
+    }
+
+    /// Writes the encoding into `room` (sized for it); how many bytes it took.
+    #[inline(always)]
+    fn write(&self, room: &mut [u8], upstream: &[u8], host: Option<&[u8]>) -> usize {
+        let mut out = Writer { room, at: 0 };
         let state = match self.state {
             State::Pending => 1,
             State::Live => 2,
@@ -198,7 +205,7 @@ impl Record {
             out.put(&[u8::try_from(host.len()).unwrap_or(u8::MAX)]);
             out.put(host);
         }
-        out
+        out.at
     }
 
     /// Reads a record; `None` for an empty (free) slot or bytes in no known format.

@@ -86,6 +86,13 @@ impl SessionId {
 #[derive(Clone, Copy)]
 pub struct Encoded([u8; ENCODED_LEN]);
 
+impl Encoded {
+    /// The digits as bytes, with no UTF-8 check (a header value a host takes as bytes).
+    pub fn as_bytes(&self) -> &[u8; ENCODED_LEN] {
+        &self.0
+    }
+}
+
 impl std::ops::Deref for Encoded {
     type Target = str;
 

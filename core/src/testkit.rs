@@ -636,13 +636,14 @@ impl StreamIo for StreamLog {
         }
     }
 
-    fn add_header(&mut self, side: Side, name: &str, value: &str) {
+    fn add_header(&mut self, side: Side, name: &str, value: &[u8]) {
         // Appended, as a host does: an add of a header the side already has shows as a copy.
         let list = match side {
             Side::Request => &mut self.request,
             Side::Response => &mut self.response,
         };
-        list.0.push((name.to_owned(), value.to_owned()));
+        list.0
+            .push((name.to_owned(), String::from_utf8_lossy(value).into_owned()));
     }
 
     fn respond(&mut self, reply: &Reply) {

@@ -117,8 +117,8 @@ impl StreamIo for Calls {
         let _ = hostcalls::set_map_value(map_of(side), name, value);
     }
 
-    fn add_header(&mut self, side: Side, name: &str, value: &str) {
-        let _ = hostcalls::add_map_value(map_of(side), name, value);
+    fn add_header(&mut self, side: Side, name: &str, value: &[u8]) {
+        let _ = hostcalls::add_map_value_bytes(map_of(side), name, value);
     }
 
     fn respond(&mut self, reply: &Reply) {

@@ -789,14 +789,14 @@ impl Envoy<'_> {
     }
 
     /// Adds a header (a copy more, where one is there already).
-    pub fn add_header(&self, side: Side, name: &str, value: &str) {
+    pub fn add_header(&self, side: Side, name: &str, value: &[u8]) {
         // SAFETY: both buffers live for the call.
         unsafe {
             envoy_dynamic_module_callback_http_add_header(
                 self.ptr,
                 header_type(side),
                 ModuleBuffer::of(name.as_bytes()),
-                ModuleBuffer::of(value.as_bytes()),
+                ModuleBuffer::of(value),
             );
         }
     }

@@ -356,7 +356,7 @@ impl StreamIo for Io<'_, '_> {
         self.envoy.set_header(side, name, value);
     }
 
-    fn add_header(&mut self, side: Side, name: &str, value: &str) {
+    fn add_header(&mut self, side: Side, name: &str, value: &[u8]) {
         self.envoy.add_header(side, name, value);
     }
 

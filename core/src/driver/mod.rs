@@ -21,7 +21,7 @@ pub use timer::{NoCalls, TimerIo};
 
 use crate::config::{Config, ConfigError, IdentitySource, StoreConfig};
 use crate::digest;
-use crate::exchange::Input;
+use crate::exchange::{Edit, Input};
 use crate::grpc;
 use crate::host::Host;
 use crate::metrics::{Event as Count, Metric, StoreStat};
@@ -86,6 +86,8 @@ pub struct Worker<H: Host> {
     /// The watch's bytes not yet cut into messages, from a host that hands over HTTP/2 data
     /// ([`Worker::stream_bytes`]).
     frames: RefCell<grpc::Deframer>,
+    /// The list of the last edits carried out, for the machine's next ([`Input::keeping_edits`]).
+    spare_edits: Cell<Vec<Edit>>,
 }
 
 /// What a host can do beyond the [`Host`] trait. A configuration that needs more is refused,
@@ -181,6 +183,7 @@ impl<H: Host> Worker<H> {
             chores: RefCell::new(HashMap::new()),
             watch: Cell::new(None),
             frames: RefCell::new(grpc::Deframer::default()),
+            spare_edits: Cell::default(),
             config,
         };
         if !worker.config.stateless && worker.backend.remote().is_none() {
@@ -255,7 +258,7 @@ impl<H: Host> Worker<H> {
     fn with_input<T>(&self, f: impl FnOnce(&Input<'_>) -> T) -> T {
         let clock = || self.host.now_ms();
         let random = |buf: &mut [u8]| self.host.fill_random(buf);
-        f(&Input::new(&self.config, &clock, &random))
+        f(&Input::new(&self.config, &clock, &random).keeping_edits(&self.spare_edits))
     }
 
     /// Notes the ends seen so far, before a lookup (read the epoch before the store).

@@ -15,6 +15,9 @@ use log::{error, warn};
 /// Most store operations one event may chain (a guard against a machine that loops).
 const MAX_CHAINED_OPS: usize = 8;
 
+/// Largest list of edits a worker keeps for the next step.
+const MAX_SPARE_EDITS: usize = 8;
+
 /// Which half of the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -37,8 +40,9 @@ pub enum Action {
 pub trait StreamIo {
     /// Sets (replacing every copy) or removes (`None`) a header of one side.
     fn set_header(&mut self, side: Side, name: &str, value: Option<&str>);
-    /// Adds a header to one side, which does not carry one of that name.
-    fn add_header(&mut self, side: Side, name: &str, value: &str);
+    /// Adds a header to one side, which does not carry one of that name. The value is visible
+    /// ASCII (a session ID, a constant): bytes, so that no host checks it for UTF-8 again.
+    fn add_header(&mut self, side: Side, name: &str, value: &[u8]);
     /// Answers the stream locally.
     fn respond(&mut self, reply: &Reply);
     /// Replaces the response body held so far.
@@ -380,17 +384,18 @@ impl<H: Host> Worker<H> {
         io: &mut impl StreamIo,
     ) -> Action {
         loop {
-            for edit in std::mem::take(&mut driven.step.edits) {
+            let mut edits = std::mem::take(&mut driven.step.edits);
+            for edit in edits.drain(..) {
                 match edit {
                     Edit::Request(name, value) => io.set_header(Side::Request, name, Some(&value)),
                     Edit::Response(name, value) => {
                         io.set_header(Side::Response, name, value.as_deref())
                     }
                     Edit::ResponseAdd(name, Value::Text(text)) => {
-                        io.add_header(Side::Response, name, &text)
+                        io.add_header(Side::Response, name, text.as_bytes())
                     }
                     Edit::ResponseAdd(name, Value::Session(id)) => {
-                        io.add_header(Side::Response, name, &id.encoded())
+                        io.add_header(Side::Response, name, id.encoded().as_bytes())
                     }
                     Edit::Affinity(value) => {
                         if let Some(name) = &self.config.affinity_header {
@@ -399,6 +404,10 @@ impl<H: Host> Worker<H> {
                     }
                     Edit::Fact(name, value) => io.set_fact(name, &value),
                 }
+            }
+            // The list is kept for the next step's edits (a small one: a large one is freed).
+            if (1..=MAX_SPARE_EDITS).contains(&edits.capacity()) {
+                self.spare_edits.set(edits);
             }
             if driven.call {
                 let Some(flight) = &stream.flight else {

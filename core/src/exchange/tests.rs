@@ -626,3 +626,26 @@ fn counts_keep_their_order_inline_and_past_it() {
         assert_eq!(counts.iter().collect::<Vec<_>>(), all[..n].to_vec(), "{n}");
     }
 }
+
+/// A step takes its list of edits from the spare one the driver kept, when it has the room,
+/// and makes a list otherwise.
+#[test]
+fn edit_lists_are_taken_from_the_spare_one() {
+    let config = Config::parse(b"{}").unwrap();
+    let random = |_: &mut [u8]| true;
+    let spare = std::cell::Cell::new(Vec::with_capacity(4));
+    spare.set({
+        let mut kept = spare.take();
+        kept.push(Edit::Fact("left", "over".into()));
+        kept
+    });
+    let input = at_t0(&config, &random).keeping_edits(&spare);
+    let list = input.edit_list(2);
+    assert!(list.is_empty(), "what the list held is gone");
+    assert_eq!(list.capacity(), 4, "the spare list itself");
+    assert_eq!(spare.take().capacity(), 0, "taken, not shared");
+    assert!(input.edit_list(2).capacity() >= 2, "none spare: a new one");
+    let small = std::cell::Cell::new(Vec::with_capacity(1));
+    let input = at_t0(&config, &random).keeping_edits(&small);
+    assert!(input.edit_list(2).capacity() >= 2, "too small: a new one");
+}

@@ -32,7 +32,8 @@ const INLINE_ID: usize = 22;
 
 #[derive(Clone, PartialEq, Eq)]
 enum IdText {
-    /// The first `len` bytes, all of them UTF-8 (they come from a `str`).
+    /// The first `len` bytes, all of them UTF-8 (they come from a `str`, or are the ASCII of a
+    /// number's JSON text).
     Inline {
         len: u8,
         bytes: [u8; INLINE_ID],
@@ -70,11 +71,22 @@ impl RequestId {
         }
     }
 
-    /// A string or number id from raw JSON text; `None` for anything else.
-    fn from_raw(text: &str) -> Option<RequestId> {
-        match text.as_bytes().first() {
-            Some(b'"' | b'-' | b'0'..=b'9') => Some(RequestId::of_text(text)),
-            _ => None,
+    /// A string or number id from raw JSON text (UTF-8: a `str`'s bytes, or a number's);
+    /// `None` for anything else.
+    fn from_raw(text: &[u8]) -> Option<RequestId> {
+        match text.first() {
+            Some(b'"' | b'-' | b'0'..=b'9') => {}
+            _ => return None,
+        }
+        let mut bytes = [0u8; INLINE_ID];
+        match (bytes.get_mut(..text.len()), u8::try_from(text.len())) {
+            (Some(room), Ok(len)) => {
+                room.copy_from_slice(text);
+                Some(RequestId(IdText::Inline { len, bytes }))
+            }
+            _ => Some(RequestId(IdText::Heap(
+                String::from_utf8(text.to_vec()).ok()?,
+            ))),
         }
     }
 }
@@ -279,7 +291,12 @@ impl<'de> Visitor<'de> for MessageVisitor {
                 }
             }
         }
-        Ok(message_of(method, id.map(RawValue::get), error, result))
+        Ok(message_of(
+            method,
+            id.map(|raw| raw.get().as_bytes()),
+            error,
+            result,
+        ))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Message, A::Error> {
@@ -310,11 +327,17 @@ impl<'de> Visitor<'de> for MessageVisitor {
 /// The message a JSON object's members make: its last `method` and `id` (the id as JSON text),
 /// and whether it has an `error` or a `result` member. The id is copied only for a request (a
 /// response's is not kept).
-fn message_of(method: Option<MethodValue>, id: Option<&str>, error: bool, result: bool) -> Message {
+/// The message a body's members make; `id` is the id's JSON text, which is UTF-8.
+fn message_of(
+    method: Option<MethodValue>,
+    id: Option<&[u8]>,
+    error: bool,
+    result: bool,
+) -> Message {
     match (method, id) {
         (Some(MethodValue::Name(method)), Some(raw)) => match RequestId::from_raw(raw) {
             Some(id) => Message::Request { method, id },
-            None if raw == "null" => Message::Notification { method },
+            None if raw == b"null" => Message::Notification { method },
             None => Message::Invalid,
         },
         (Some(MethodValue::Name(method)), None) => Message::Notification { method },
@@ -695,13 +718,15 @@ mod tests {
             let id = RequestId::of_text(text);
             assert_eq!(id.as_json(), text);
             assert_eq!(id, RequestId::of_text(text));
+            let read = RequestId::from_raw(text.as_bytes());
+            assert_eq!(read, (!text.is_empty()).then(|| id.clone()), "{text}");
             assert_eq!(format!("{id:?}"), format!("RequestId({text})"));
         }
         assert_ne!(RequestId::of_text("1"), RequestId::of_text("11"));
         assert_eq!(RequestId::null().as_json(), "null");
         let long = format!("\"{}é\"", "x".repeat(INLINE_ID));
         assert_eq!(
-            RequestId::from_raw(&long).map(|id| id.as_json().to_owned()),
+            RequestId::from_raw(long.as_bytes()).map(|id| id.as_json().to_owned()),
             Some(long)
         );
     }

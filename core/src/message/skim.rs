@@ -166,11 +166,17 @@ impl<'a> Skim<'a> {
         (!name.escaped && name.ascii).then(|| Method::of_bytes(name.text))
     }
 
-    /// A value's JSON text, as serde_json's `RawValue` holds it (which must be UTF-8).
-    fn raw(&mut self) -> Option<&'a str> {
+    /// A value's JSON text, as serde_json's `RawValue` holds it (which must be UTF-8: a
+    /// number's text is ASCII, as [`Skim::number`] read it; any other value is checked).
+    fn raw(&mut self) -> Option<&'a [u8]> {
         let start = self.at;
+        let first = self.peek()?;
         self.value()?;
-        std::str::from_utf8(self.bytes.get(start..self.at)?).ok()
+        let text = self.bytes.get(start..self.at)?;
+        match first {
+            b'-' | b'0'..=b'9' => Some(text),
+            _ => std::str::from_utf8(text).ok().map(str::as_bytes),
+        }
     }
 
     /// Skips one value, a member's: a loop, not a recursion, with the open containers as bits
