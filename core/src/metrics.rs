@@ -176,6 +176,31 @@ impl Metric {
     }
 }
 
+/// What a host defined for each stat (its id), by [`Metric::index`]: built once, when a
+/// configuration starts, and read on every count without hashing the stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defined<T>([Option<T>; Metric::COUNT]);
+
+impl<T: Copy> Defined<T> {
+    /// Each stat's id as `define` answers it (`None`: the host could not define it, and the
+    /// stat is not reported).
+    pub fn by(mut define: impl FnMut(Metric) -> Option<T>) -> Defined<T> {
+        let mut ids = [None; Metric::COUNT];
+        for metric in Metric::all() {
+            if let Some(id) = ids.get_mut(metric.index()) {
+                *id = define(metric);
+            }
+        }
+        Defined(ids)
+    }
+
+    /// The id defined for `metric`.
+    #[inline]
+    pub fn get(&self, metric: Metric) -> Option<T> {
+        self.0.get(metric.index()).copied().flatten()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +226,20 @@ mod tests {
         assert_eq!(all.len(), Metric::COUNT);
         for (at, metric) in all.into_iter().enumerate() {
             assert_eq!(metric.index(), at, "{metric:?}");
+        }
+    }
+
+    #[test]
+    fn each_stat_keeps_the_id_defined_for_it() {
+        let mut asked = Vec::new();
+        let defined = Defined::by(|metric| {
+            asked.push(metric);
+            (metric != Metric::Panics).then_some(metric.index() * 10)
+        });
+        assert_eq!(asked, Metric::all());
+        for metric in Metric::all() {
+            let want = (metric != Metric::Panics).then_some(metric.index() * 10);
+            assert_eq!(defined.get(metric), want, "{metric:?}");
         }
     }
 

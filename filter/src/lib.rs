@@ -16,7 +16,7 @@ use log::{error, warn};
 use mcp_session_core::driver::{Action, Side, Stream, StreamIo, TimerIo, Upstream, Worker};
 use mcp_session_core::exchange::Reply;
 use mcp_session_core::host::{Attributes, Host, Serialized};
-use mcp_session_core::metrics::Metric;
+use mcp_session_core::metrics::{Defined, Metric};
 use mcp_session_core::store::etcd::Call;
 use mcp_session_core::store::{SharedData, WriteError};
 use proxy_wasm::hostcalls;
@@ -37,28 +37,22 @@ proxy_wasm::main! {{
 /// The core's [`Host`] in Envoy: the clock, WASI's `random_get` (BoringSSL's CSPRNG in
 /// Envoy), shared data, and the stats this VM defined.
 struct Envoy {
-    /// The id of each stat this VM defined, by [`Metric::index`].
-    metrics: [Option<u32>; Metric::COUNT],
+    /// The id of each stat this VM defined.
+    metrics: Defined<u32>,
     /// The epoch's stat, read on every request on a session.
     epoch: Option<u32>,
 }
 
 impl Envoy {
     fn new() -> Envoy {
-        let define = |metric: Metric| {
+        let metrics = Defined::by(|metric| {
             let kind = metric.is_gauge().then_some(MetricType::Gauge);
             let kind = kind.unwrap_or(MetricType::Counter);
             let id = hostcalls::define_metric(kind, &metric.name());
             let id = id.inspect_err(|s| warn!("cannot define stat {}: {s:?}", metric.name()));
             id.ok()
-        };
-        let mut metrics = [None; Metric::COUNT];
-        for metric in Metric::all() {
-            if let Some(id) = metrics.get_mut(metric.index()) {
-                *id = define(metric);
-            }
-        }
-        let epoch = metrics.get(Metric::Epoch.index()).copied().flatten();
+        });
+        let epoch = metrics.get(Metric::Epoch);
         Envoy { metrics, epoch }
     }
 }
@@ -92,14 +86,14 @@ impl Host for Envoy {
     }
 
     fn increment(&self, metric: Metric, delta: i64) {
-        if let Some(Some(id)) = self.metrics.get(metric.index()) {
-            let _ = hostcalls::increment_metric(*id, delta);
+        if let Some(id) = self.metrics.get(metric) {
+            let _ = hostcalls::increment_metric(id, delta);
         }
     }
 
     fn record(&self, metric: Metric, value: u64) {
-        if let Some(Some(id)) = self.metrics.get(metric.index()) {
-            let _ = hostcalls::record_metric(*id, value);
+        if let Some(id) = self.metrics.get(metric) {
+            let _ = hostcalls::record_metric(id, value);
         }
     }
 

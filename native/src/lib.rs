@@ -31,7 +31,7 @@ use mcp_session_core::driver::{
 use mcp_session_core::exchange::Reply;
 use mcp_session_core::grpc;
 use mcp_session_core::host::Host;
-use mcp_session_core::metrics::Metric;
+use mcp_session_core::metrics::{Defined, Metric};
 use mcp_session_core::store::etcd::Call;
 use mcp_session_core::store::{memory::Table, SharedData, WriteError};
 use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
@@ -44,8 +44,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 struct Native {
     table: Arc<Table>,
     envoy: EnvoyConfig,
-    /// Envoy's id of each stat this configuration defined, by [`Metric::index`].
-    stats: Arc<[Option<usize>; Metric::COUNT]>,
+    /// Envoy's id of each stat this configuration defined.
+    stats: Arc<Defined<usize>>,
 }
 
 impl SharedData for Native {
@@ -76,14 +76,14 @@ impl Host for Native {
         if metric == Metric::Epoch {
             self.table.advance_epoch(delta.unsigned_abs());
         }
-        if let Some(Some(id)) = self.stats.get(metric.index()) {
-            self.envoy.add(metric.is_gauge(), *id, delta);
+        if let Some(id) = self.stats.get(metric) {
+            self.envoy.add(metric.is_gauge(), id, delta);
         }
     }
 
     fn record(&self, metric: Metric, value: u64) {
-        if let Some(Some(id)) = self.stats.get(metric.index()) {
-            self.envoy.set_gauge(*id, value);
+        if let Some(id) = self.stats.get(metric) {
+            self.envoy.set_gauge(id, value);
         }
     }
 
@@ -107,7 +107,7 @@ impl Filters {
     /// A configuration from its JSON; `None` (Envoy refuses it) when it is invalid.
     pub(crate) fn new(envoy: EnvoyConfig, bytes: &[u8]) -> Option<Arc<Filters>> {
         abi::refresh_log_level();
-        let stats = define_stats(envoy);
+        let stats = Arc::new(Defined::by(|m| envoy.define(m.is_gauge(), &m.name())));
         let table = Config::parse(bytes).map_or_else(refuse, |c| Some(c.table))?;
         let host = Native {
             table: Table::named(&table),
@@ -205,16 +205,6 @@ impl Drop for Filters {
 fn refuse<T>(e: ConfigError) -> Option<T> {
     error!("mcp-session-native: configuration refused: {e}");
     None
-}
-
-fn define_stats(envoy: EnvoyConfig) -> Arc<[Option<usize>; Metric::COUNT]> {
-    let mut ids = [None; Metric::COUNT];
-    for metric in Metric::all() {
-        if let Some(id) = ids.get_mut(metric.index()) {
-            *id = envoy.define(metric.is_gauge(), &metric.name());
-        }
-    }
-    Arc::new(ids)
 }
 
 /// What a stream hook returns to the boundary: the action, and what to do once the hook has

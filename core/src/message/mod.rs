@@ -61,14 +61,7 @@ impl RequestId {
 
     /// The id whose JSON text is `text`.
     fn of_text(text: &str) -> RequestId {
-        let mut bytes = [0u8; INLINE_ID];
-        match (bytes.get_mut(..text.len()), u8::try_from(text.len())) {
-            (Some(room), Ok(len)) => {
-                room.copy_from_slice(text.as_bytes());
-                RequestId(IdText::Inline { len, bytes })
-            }
-            _ => RequestId(IdText::Heap(text.to_owned())),
-        }
+        Self::inline(text.as_bytes()).unwrap_or_else(|| RequestId(IdText::Heap(text.to_owned())))
     }
 
     /// A string or number id from raw JSON text (UTF-8: a `str`'s bytes, or a number's);
@@ -78,16 +71,16 @@ impl RequestId {
             Some(b'"' | b'-' | b'0'..=b'9') => {}
             _ => return None,
         }
+        let heap = || String::from_utf8(text.to_vec()).ok().map(IdText::Heap);
+        Self::inline(text).or_else(|| heap().map(RequestId))
+    }
+
+    /// The id of JSON text `text` (UTF-8) kept inline, when it fits.
+    fn inline(text: &[u8]) -> Option<RequestId> {
         let mut bytes = [0u8; INLINE_ID];
-        match (bytes.get_mut(..text.len()), u8::try_from(text.len())) {
-            (Some(room), Ok(len)) => {
-                room.copy_from_slice(text);
-                Some(RequestId(IdText::Inline { len, bytes }))
-            }
-            _ => Some(RequestId(IdText::Heap(
-                String::from_utf8(text.to_vec()).ok()?,
-            ))),
-        }
+        let len = u8::try_from(text.len()).ok()?;
+        bytes.get_mut(..text.len())?.copy_from_slice(text);
+        Some(RequestId(IdText::Inline { len, bytes }))
     }
 }
 
