@@ -92,9 +92,9 @@ pub fn scan_pairs<'a, P, V: Fn() -> &'a [u8]>(
 }
 
 /// Header names to find (lowercase; an empty name matches nothing): a list that is constant,
-/// and may be followed by one name known only at run time (a configured header), with a table
-/// that picks the pairs worth comparing. A constant list's table is built at compile time
-/// (`const`); the name after it adds its bit.
+/// and may be followed by one name known only at run time (a configured header: see
+/// [`FixedNames`]), with a table that picks the pairs worth comparing. A constant list's table
+/// is built at compile time (`const`); the name after it adds its bit.
 ///
 /// The table holds the first 8 names (the filter never asks more) as bits, in 64 places keyed
 /// by a name's length and last byte ([`bucket`]): most pairs are passed over on one lookup, and
@@ -154,22 +154,6 @@ impl<'n> Names<'n> {
         }
     }
 
-    /// These names and then `name` (its place is the list's length). A list followed by a name
-    /// already keeps it and drops this one.
-    pub fn then<'m>(&self, name: &'m str) -> Names<'m>
-    where
-        'n: 'm,
-    {
-        match self.then {
-            Some(_) => *self,
-            None => Names {
-                list: self.list,
-                then: Some(name),
-                table: with_bit(self.table, self.list.len(), name),
-            },
-        }
-    }
-
     /// How many names.
     pub fn len(&self) -> usize {
         self.list.len() + usize::from(self.then.is_some())
@@ -210,6 +194,38 @@ impl<'n> Names<'n> {
                     note(slot, name, want.as_bytes(), &value);
                 }
             }
+        }
+    }
+}
+
+/// A constant list of [`Names`] that one name known only at run time may follow (a configured
+/// header): [`FixedNames::then`] gives the names to find, which cannot be followed again.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedNames<'n>(Names<'n>);
+
+impl<'n> FixedNames<'n> {
+    /// The names of `list`, with their table built at compile time.
+    pub const fn new(list: &'n [&'n str]) -> FixedNames<'n> {
+        FixedNames(Names::new(list))
+    }
+
+    /// These names and then `name` (its place is the list's length), which adds its bit to
+    /// the table. The result has no `then`: a second name cannot be added and lost.
+    ///
+    /// ```compile_fail
+    /// use mcp_session_core::headers::FixedNames;
+    /// const FIXED: FixedNames<'static> = FixedNames::new(&[":method"]);
+    /// let _ = FIXED.then("x-user").then("x-other");
+    /// ```
+    pub fn then<'m>(&self, name: &'m str) -> Names<'m>
+    where
+        'n: 'm,
+    {
+        let names = self.0;
+        Names {
+            list: names.list,
+            then: Some(name),
+            table: with_bit(names.table, names.list.len(), name),
         }
     }
 }
@@ -406,11 +422,11 @@ mod tests {
         assert_eq!(bucket(b"Content-Type"), bucket(b"content-type"));
     }
 
-    /// A constant list followed by a name known at run time finds what the whole list does;
-    /// a second name after it is not taken.
+    /// A constant list followed by a name known at run time finds what the whole list does
+    /// (a second name cannot follow: `FixedNames::then`'s doctest fails to compile).
     #[test]
     fn a_name_after_a_constant_list_is_found_as_in_the_list() {
-        const FIXED: Names<'static> = Names::new(&[":method", "mcp-session-id"]);
+        const FIXED: FixedNames<'static> = FixedNames::new(&[":method", "mcp-session-id"]);
         let pairs: [(&[u8], &[u8]); 4] = [
             (b":method", b"POST"),
             (b"X-User", b"alice"),
@@ -422,7 +438,6 @@ mod tests {
         let names = FIXED.then(&user);
         assert_eq!(names.len(), 3);
         assert_eq!(names.get(2), Some("x-user"));
-        assert_eq!(names.then("other").get(2), Some("x-user"));
         let mut found = [Header::default(); 3];
         scan_into(&map, &names, &mut found).unwrap();
         assert_eq!(

@@ -11,7 +11,7 @@
 //! The decisions themselves are pure functions in [`crate::policy`]; this file sequences them.
 
 use crate::config::{Config, IdentitySource, StoreConfig};
-use crate::headers::{Header, Names};
+use crate::headers::{FixedNames, Header, Names};
 use crate::host::{Attributes, Headers};
 use crate::message::{json_outcome, Outcome, RequestId, SseScanner};
 use crate::metrics::Event as Count;
@@ -34,7 +34,7 @@ pub const EXPOSE_HEADER: &str = "access-control-expose-headers";
 
 /// The request headers a decision may need, in one lookup; the identity header, when one is
 /// configured, follows them.
-const REQUEST_NAMES: Names<'static> = Names::new(&[
+const REQUEST_NAMES: FixedNames<'static> = FixedNames::new(&[
     ":method",
     ":path",
     SESSION_HEADER,
