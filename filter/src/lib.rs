@@ -39,8 +39,6 @@ proxy_wasm::main! {{
 struct Envoy {
     /// The id of each stat this VM defined.
     metrics: Defined<u32>,
-    /// The epoch's stat, read on every request on a session.
-    epoch: Option<u32>,
 }
 
 impl Envoy {
@@ -52,8 +50,7 @@ impl Envoy {
             let id = id.inspect_err(|s| warn!("cannot define stat {}: {s:?}", metric.name()));
             id.ok()
         });
-        let epoch = metrics.get(Metric::Epoch);
-        Envoy { metrics, epoch }
+        Envoy { metrics }
     }
 }
 
@@ -98,7 +95,7 @@ impl Host for Envoy {
     }
 
     fn epoch(&self) -> Option<u64> {
-        abi::get_metric(self.epoch?).filter(|value| *value > 0)
+        abi::get_metric(self.metrics.get(Metric::Epoch)?).filter(|value| *value > 0)
     }
 }
 
