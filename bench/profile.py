@@ -262,9 +262,9 @@ def part_of(obj: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=300, help="measured requests per listener (default 300)")
+    parser.add_argument("--requests", type=int, default=100, help="measured requests per listener and pass (default 100)")
     parser.add_argument("--warmup", type=int, default=50, help="requests before counting (default 50)")
-    parser.add_argument("--passes", type=int, default=3, help="measurements per listener, the lowest taken (default 3)")
+    parser.add_argument("--passes", type=int, default=7, help="measurements per listener, the lowest taken (default 7)")
     parser.add_argument("--no-write", action="store_true", help="print, but do not write bench/profile.json")
     parser.add_argument("--reuse", action="store_true", help="re-read the last run's dumps instead of running")
     parser.add_argument("--command", default="make bench", help="the command recorded in the provenance")
@@ -319,7 +319,11 @@ def main() -> int:
             plan = [item for item in plan if re.search(args.only, item[0])]
         # Several passes, interleaved, and the lowest pass per label: now and then a timer, a
         # V8 garbage collection or a store's sweep lands on the worker in the middle of one
-        # measurement, and such work only ever adds instructions.
+        # measurement, and such work only ever adds instructions. Many short passes rather than
+        # a few long ones: 100 requests take about a second under valgrind, and work that
+        # lands every few seconds misses some of them. With 300 requests per pass, every one
+        # of 3 passes of the Wasm initialize read about 14,000 instructions per request more
+        # than the quietest of 6 passes of 100 (223,407 against 208,589).
         # Scenario 3 comes last: every initialize adds a slot to its listener's store, and from
         # then on that store's sweep reads up to max(1024, slots/30) slots every second, maybe
         # on the worker. Per second of wall time that is little, but valgrind makes each request
