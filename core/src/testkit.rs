@@ -605,6 +605,9 @@ pub struct Envoy<'p, H: Host> {
     pub chunks: Chunks,
     /// How etcd answers; without it every call fails with gRPC status 14 (unavailable).
     pub etcd: Option<EtcdAnswer>,
+    /// Whether each body ends with trailers (HTTP/2) rather than with a chunk that ends the
+    /// stream: then no body call says `end_of_stream`, and the trailers call comes last.
+    pub trailers: bool,
 }
 
 /// The kit's side of one stream: the headers as edited, and what the filter did.
@@ -677,6 +680,7 @@ impl<'p, H: Host> Envoy<'p, H> {
             worker,
             chunks: Chunks::Whole,
             etcd: None,
+            trailers: false,
         }
     }
 
@@ -735,7 +739,7 @@ impl<'p, H: Host> Envoy<'p, H> {
         upstream: Option<&mut dyn FnMut(&Request) -> Response>,
     ) -> Response {
         let worker = self.worker;
-        let no_body = request.body.is_empty();
+        let no_body = request.body.is_empty() && !self.trailers;
         log.request = request.headers.clone();
         let action = worker.request_headers(
             stream,
@@ -754,7 +758,7 @@ impl<'p, H: Host> Envoy<'p, H> {
             let mut buffered: Vec<u8> = Vec::new();
             for (i, piece) in pieces.iter().enumerate() {
                 buffered.extend_from_slice(piece);
-                let end = i + 1 == pieces.len();
+                let end = i + 1 == pieces.len() && !self.trailers;
                 let whole = buffered.clone();
                 let read = move || Cow::Owned(whole.clone());
                 let action = worker.request_body(stream, &|| buffered.len(), end, &read, log);
@@ -767,6 +771,16 @@ impl<'p, H: Host> Envoy<'p, H> {
                     buffered.clear(); // passed on: the next callback sees only new data
                 }
             }
+            if self.trailers {
+                let whole = buffered.clone();
+                let read = move || Cow::Owned(whole.clone());
+                let action = worker.request_trailers(stream, &|| buffered.len(), &read, log);
+                let _ = self.settle(stream, log, action);
+                request.headers = log.request.clone();
+                if let Some(reply) = log.reply.take() {
+                    return local(reply);
+                }
+            }
         }
         let Some(upstream) = upstream else {
             return Response::default(); // the stream ends before the upstream answers
@@ -776,7 +790,7 @@ impl<'p, H: Host> Envoy<'p, H> {
         headers
             .0
             .insert(0, (":status".into(), response.status.to_string()));
-        let no_body = response.body.is_empty();
+        let no_body = response.body.is_empty() && !self.trailers;
         log.response = response.headers.clone();
         // The test's request attributes stand for the exchange's (e.g. `upstream.address`).
         let action =
@@ -795,7 +809,7 @@ impl<'p, H: Host> Envoy<'p, H> {
         let mut held: Vec<u8> = Vec::new();
         for (i, piece) in pieces.iter().enumerate() {
             held.extend_from_slice(piece);
-            let end = i + 1 == pieces.len();
+            let end = i + 1 == pieces.len() && !self.trailers;
             let chunk = held.clone();
             let read = move || Cow::Owned(chunk.clone());
             let action = worker.response_body(stream, &|| held.len(), end, &read, log);
@@ -807,6 +821,20 @@ impl<'p, H: Host> Envoy<'p, H> {
                 let sent = log.replaced.take().unwrap_or_else(|| held.clone());
                 response.body.extend_from_slice(&sent);
                 held.clear();
+            }
+        }
+        if self.trailers {
+            let chunk = held.clone();
+            let read = move || Cow::Owned(chunk.clone());
+            let action = worker.response_trailers(stream, &|| held.len(), &read, log);
+            let action = self.settle(stream, log, action);
+            if let Some(reply) = log.reply.take() {
+                return local(reply);
+            }
+            if action == Action::Continue {
+                if let Some(sent) = log.replaced.take() {
+                    held = sent;
+                }
             }
         }
         response.body.extend_from_slice(&held);

@@ -138,6 +138,8 @@ struct World {
     plugins: Vec<Worker<FakeHost>>,
     upstream: Upstream,
     chunks: Chunks,
+    /// Whether bodies end with trailers (HTTP/2) rather than with a chunk that ends the stream.
+    trailers: bool,
 }
 
 impl World {
@@ -153,6 +155,7 @@ impl World {
             plugins: vec![plugin],
             upstream,
             chunks: Chunks::Whole,
+            trailers: false,
         }
     }
 
@@ -168,6 +171,7 @@ impl World {
     fn send_on(&mut self, worker: usize, request: Request) -> Response {
         let mut envoy = Envoy::new(&self.plugins[worker]);
         envoy.chunks = self.chunks;
+        envoy.trailers = self.trailers;
         let upstream = &mut self.upstream;
         envoy.send(request, &mut |r| upstream.answer(r))
     }
@@ -225,6 +229,34 @@ fn error_of(response: &Response) -> (i64, Value) {
 
 fn stats(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+/// A body that ends with HTTP/2 trailers (no data frame ends the stream, so no body hook says
+/// `end_of_stream`) is judged when the trailers come. The trailers passed untouched before, and
+/// the body went to the upstream unread: a sessionless call was let through, and an initialize
+/// got no session while a stateful upstream's own ID reached the client.
+#[test]
+fn bodies_that_end_with_trailers_are_judged_when_the_trailers_come() {
+    for chunks in [Chunks::Whole, Chunks::Of(7)] {
+        let mut w = World::with("{}", Upstream::stateful());
+        (w.chunks, w.trailers) = (chunks, true);
+        let refused = w.post(TOOLS_LIST, &[]);
+        assert_eq!((refused.status, refused.local), (400, true), "{chunks:?}");
+        let empty = w.post("", &[]);
+        assert_eq!((empty.status, empty.local), (400, true), "{chunks:?}");
+        let sid = w.initialize(&[]);
+        assert!(!sid.starts_with("upstream-"), "{sid}");
+        assert_eq!((w.stat("created"), w.stat("live")), (1, 1));
+        let ok = w.post(INITIALIZED, &[("mcp-session-id", &sid), V]);
+        assert_eq!(ok.status, 202);
+        let call = w.call(&sid);
+        assert_eq!(call.status, 200);
+        assert_eq!(
+            call.header("mcp-session-id"),
+            Some(sid.as_str()),
+            "ours, not the upstream's"
+        );
+    }
 }
 
 #[test]

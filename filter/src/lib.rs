@@ -23,6 +23,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{self, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -331,6 +332,30 @@ impl HttpContext for Http {
         action(
             self.worker
                 .response_body(stream, &|| body_size, end_of_stream, &body, io),
+        )
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> types::Action {
+        // The whole body, as Envoy holds it for this filter; read only if the core asks.
+        let held = OnceCell::new();
+        let body = || held.get_or_init(|| buffer(BufferType::HttpRequestBody, usize::MAX));
+        let read = || Cow::Borrowed(&**body());
+        let (stream, io) = (&mut self.stream, &mut Calls);
+        action(
+            self.worker
+                .request_trailers(stream, &|| body().len(), &read, io),
+        )
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> types::Action {
+        // The whole body, as Envoy holds it for this filter; read only if the core asks.
+        let held = OnceCell::new();
+        let body = || held.get_or_init(|| buffer(BufferType::HttpResponseBody, usize::MAX));
+        let read = || Cow::Borrowed(&**body());
+        let (stream, io) = (&mut self.stream, &mut Calls);
+        action(
+            self.worker
+                .response_trailers(stream, &|| body().len(), &read, io),
         )
     }
 

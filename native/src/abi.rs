@@ -1258,23 +1258,30 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
 }
 
 /// # Safety
-/// Trailers pass untouched.
+/// A stream hook (worker thread): the request's trailers, which end its body. Trailers
+/// StopIteration is 1, as `STOP`.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
-    _envoy: FilterEnvoyPtr,
-    _filter: FilterModulePtr,
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
 ) -> u32 {
-    CONTINUE
+    if passes(filter, Hook::RequestBody) {
+        return CONTINUE;
+    }
+    stream_hook(envoy, filter, STOP, |f, e| f.request_trailers(e))
 }
 
 /// # Safety
-/// Trailers pass untouched.
+/// A stream hook (worker thread): the response's trailers, which end its body.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
-    _envoy: FilterEnvoyPtr,
-    _filter: FilterModulePtr,
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
 ) -> u32 {
-    CONTINUE
+    if passes(filter, Hook::ResponseBody) {
+        return CONTINUE;
+    }
+    stream_hook(envoy, filter, STOP, |f, e| f.response_trailers(e))
 }
 
 /// # Safety

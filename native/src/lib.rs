@@ -283,6 +283,14 @@ impl Filter {
         })
     }
 
+    pub(crate) fn request_trailers(&mut self, envoy: &Envoy<'_>) -> Outcome {
+        self.run(envoy, |worker, stream, io| {
+            let size = || io.envoy.body_size(Side::Request);
+            let body = || io.envoy.body(Side::Request);
+            worker.request_trailers(stream, &size, &body, io)
+        })
+    }
+
     pub(crate) fn response_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
         self.run(envoy, |worker, stream, io| {
             let headers = io.envoy.headers(Side::Response);
@@ -295,6 +303,14 @@ impl Filter {
             let size = || io.envoy.body_size(Side::Response);
             let body = || io.envoy.body(Side::Response);
             worker.response_body(stream, &size, end_of_stream, &body, io)
+        })
+    }
+
+    pub(crate) fn response_trailers(&mut self, envoy: &Envoy<'_>) -> Outcome {
+        self.run(envoy, |worker, stream, io| {
+            let size = || io.envoy.body_size(Side::Response);
+            let body = || io.envoy.body(Side::Response);
+            worker.response_trailers(stream, &size, &body, io)
         })
     }
 
