@@ -4,13 +4,15 @@
 //! key, so a typo never runs silently with defaults.
 
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::fmt;
 
 /// The configuration as written by the operator.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    /// Exact request paths (query ignored) the filter guards; absent: every path.
+    /// Request paths (query ignored, compared in normal form: see [`Config::guards`]) the
+    /// filter guards; absent: every path.
     #[serde(default)]
     pub paths: Option<Vec<String>>,
     /// A session unused this long is ended.
@@ -224,6 +226,8 @@ const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 pub struct Config {
     /// Guarded paths; `None` guards every path.
     pub paths: Option<Vec<String>>,
+    /// The normal form of each of `paths` ([`normal_path`]), what a request's is compared with.
+    normal_paths: Vec<Vec<u8>>,
     /// Idle timeout in milliseconds.
     pub idle_timeout_ms: u64,
     /// Absolute lifetime in milliseconds; 0 = none.
@@ -285,13 +289,71 @@ impl Config {
         }
     }
 
-    /// Whether requests to `path` (which may carry a query string) are guarded.
+    /// Whether requests to `path` (which may carry a query string) are guarded. Paths are
+    /// compared in their normal form ([`normal_path`]): a path an upstream may read as a
+    /// guarded one is guarded (`/%6dcp`, `//mcp`, `/x/../mcp` and `/mcp/` are `/mcp`), so
+    /// that spelling a path another way does not get a request past the filter. Fails closed
+    /// where Envoy's own `normalize_path` and `merge_slashes` are off.
     pub fn guards(&self, path: &[u8]) -> bool {
-        let Some(paths) = &self.paths else {
+        if self.paths.is_none() {
             return true;
-        };
-        let bare = path.split(|b| *b == b'?').next().unwrap_or_default();
-        paths.iter().any(|p| p.as_bytes() == bare)
+        }
+        let bare = path.split(|b| *b == b'?' || *b == b'#').next();
+        let normal = normal_path(bare.unwrap_or_default());
+        self.normal_paths.iter().any(|p| p[..] == normal[..])
+    }
+}
+
+/// `path` as a server may read it: each `%XX` escape decoded (once), and then `.` and `..`
+/// segments resolved and empty ones dropped (repeated slashes, a trailing slash), so that two
+/// spellings of one path compare equal. Borrowed when `path` is in normal form already (as a
+/// rule: no `%`, no empty, `.` or `..` segment).
+pub fn normal_path(path: &[u8]) -> Cow<'_, [u8]> {
+    let segments = || path.split(|b| *b == b'/').skip(1);
+    let plain = |s: &[u8]| !s.is_empty() && s != b"." && s != b".." && !s.contains(&b'%');
+    if path == b"/" || (path.first() == Some(&b'/') && segments().all(plain)) {
+        return Cow::Borrowed(path);
+    }
+    let mut decoded = Vec::with_capacity(path.len());
+    let mut rest = path;
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        if let (b'%', [high, low, after @ ..]) = (b, rest) {
+            if let (Some(high), Some(low)) = (hex_digit(*high), hex_digit(*low)) {
+                decoded.push(high << 4 | low);
+                rest = after;
+                continue;
+            }
+        }
+        decoded.push(b);
+    }
+    let mut kept: Vec<&[u8]> = Vec::new();
+    for segment in decoded.split(|b| *b == b'/') {
+        match segment {
+            b"" | b"." => {}
+            b".." => {
+                kept.pop();
+            }
+            segment => kept.push(segment),
+        }
+    }
+    let mut normal = Vec::with_capacity(decoded.len() + 1);
+    for segment in kept {
+        normal.push(b'/');
+        normal.extend_from_slice(segment);
+    }
+    if normal.is_empty() {
+        normal.push(b'/');
+    }
+    Cow::Owned(normal)
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
     }
 }
 
@@ -460,7 +522,10 @@ impl TryFrom<RawConfig> for Config {
         if table.is_empty() || table.len() > 64 || !table.bytes().all(printable) {
             return bad("table", "must be 1 to 64 of A-Z a-z 0-9 - _ .");
         }
+        let normal_paths = raw.paths.iter().flatten();
+        let normal_paths = normal_paths.map(|p| normal_path(p.as_bytes()).into_owned());
         Ok(Config {
+            normal_paths: normal_paths.collect(),
             paths: raw.paths,
             idle_timeout_ms: raw.idle_timeout_seconds * 1000,
             max_lifetime_ms: raw.max_lifetime_seconds * 1000,
@@ -656,8 +721,55 @@ mod tests {
         let some = parse(r#"{"paths":["/mcp"]}"#).unwrap();
         assert!(some.guards(b"/mcp"));
         assert!(some.guards(b"/mcp?session=1"));
-        assert!(!some.guards(b"/mcp/"));
         assert!(!some.guards(b"/mcpx"));
         assert!(!some.guards(b"/"));
+        assert!(!some.guards(b"/mcp%2"));
+        assert!(!some.guards(b"/mcp/x"));
+    }
+
+    /// The defect the review found: `paths` compared the raw path, and an upstream that
+    /// decodes escapes (Starlette does) served `/%6dcp` as `/mcp`, with no session asked.
+    #[test]
+    fn guards_every_spelling_a_server_may_read_as_a_guarded_path() {
+        let some = parse(r#"{"paths":["/mcp"]}"#).unwrap();
+        for path in [
+            "/%6dcp",
+            "/%6Dcp",
+            "/mc%70?x=1",
+            "//mcp",
+            "/mcp/",
+            "/./mcp",
+            "/x/../mcp",
+            "/%2e/mcp",
+            "/%2Fmcp",
+            "/../mcp",
+            "/mcp#frag",
+            "/mcp//",
+        ] {
+            assert!(some.guards(path.as_bytes()), "{path}");
+        }
+        let trailing = parse(r#"{"paths":["/api/mcp/"]}"#).unwrap();
+        assert!(trailing.guards(b"/api/mcp") && trailing.guards(b"/api//mcp/"));
+        assert!(!trailing.guards(b"/api"));
+    }
+
+    #[test]
+    fn a_normal_path_is_borrowed_and_others_are_rewritten() {
+        let cases: [(&str, &str); 9] = [
+            ("/", "/"),
+            ("/mcp", "/mcp"),
+            ("", "/"),
+            ("/a/b/../c", "/a/c"),
+            ("/a/./b//", "/a/b"),
+            ("/%41%zz%4", "/A%zz%4"),
+            ("/..%2f..", "/"),
+            ("/%25", "/%"),
+            ("%2fmcp", "/mcp"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(normal_path(path.as_bytes()), want.as_bytes(), "{path}");
+        }
+        assert!(matches!(normal_path(b"/mcp/v1"), Cow::Borrowed(_)));
+        assert!(matches!(normal_path(b"/mcp/"), Cow::Owned(_)));
     }
 }

@@ -39,6 +39,7 @@ from harness import (
     new_tag,
     open_session,
     post,
+    render_bootstrap,
     request,
     rpc,
 )
@@ -83,14 +84,15 @@ def raw_request(
     envoy: Envoy,
     *,
     method: str = "POST",
+    path: str = "/mcp",
     headers: Sequence[Header] = (),
     body: bytes | None = None,
     chunks: Sequence[bytes] | None = None,
 ) -> httpx.Response:
     """One request written byte for byte on a fresh connection (`connection: close`), its
     response read to the end. `chunks` sends the body with `Transfer-Encoding: chunked`, one
-    write per chunk; `body` sends it with a `content-length`."""
-    head = [f"{method} /mcp HTTP/1.1".encode(), f"host: 127.0.0.1:{envoy.port}".encode(), b"connection: close"]
+    write per chunk; `body` sends it with a `content-length`. `path` goes out as written."""
+    head = [f"{method} {path} HTTP/1.1".encode(), f"host: 127.0.0.1:{envoy.port}".encode(), b"connection: close"]
     head += [_bytes(name) + b": " + _bytes(value) for name, value in headers]
     if chunks is not None:
         head.append(b"transfer-encoding: chunked")
@@ -612,3 +614,33 @@ def test_random_session_ids_never_hit_a_live_session(envoy, upstream) -> None:
     for session in sessions:
         assert_still_serves(envoy, session, connections=1)
         assert request("DELETE", envoy.url(), session=session).status_code == 204
+
+
+# Spellings an upstream that decodes escapes and resolves dot segments (Starlette does) reads
+# as `/mcp`: with the raw path compared, each reached the upstream with no session asked.
+GUARDED_SPELLINGS = ["/%6dcp", "/%6Dcp", "/mc%70?x=1", "//mcp", "/./mcp", "/x/../mcp", "/mcp/", "/%2Fmcp"]
+
+
+@pytest.mark.parametrize("envoy_normalizes", [True, False], ids=["shipped-hcm", "hcm-without-normalize_path"])
+def test_another_spelling_of_a_guarded_path_is_guarded(envoys, upstreams, envoy_normalizes: bool) -> None:
+    """The shipped configurations have Envoy normalize the path (`normalize_path`,
+    `merge_slashes`), and the filter compares normal forms itself too, so that a listener
+    without them fails closed."""
+    bootstrap = render_bootstrap(upstream_port=upstreams.get("json").port, filter_config=MAIN_CONFIG)
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["normalize_path"] is True and hcm["merge_slashes"] is True
+    if not envoy_normalizes:
+        del hcm["normalize_path"], hcm["merge_slashes"]
+    envoy = envoys.start(bootstrap, "paths")
+    try:
+        body = json.dumps(rpc("tools/list", 7)).encode()
+        headers = [("content-type", "application/json"), ("accept", ACCEPT_BOTH)]
+        with expect_stats(envoy, {"rejected.missing": len(GUARDED_SPELLINGS)}):
+            for path in GUARDED_SPELLINGS:
+                response = raw_request(envoy, path=path, headers=headers, body=body)
+                assert response.status_code == 400, f"{path}: {describe(response)}"
+                assert first_message(response)["error"]["message"] == MISSING, path
+        unguarded = raw_request(envoy, path="/mcpx", headers=headers, body=body)
+        assert unguarded.status_code == 404, describe(unguarded)  # the upstream's: no such route
+    finally:
+        envoy.stop()
