@@ -857,12 +857,13 @@ fn a_configuration_update_applies_and_only_the_newest_sweeps() {
     let sid = w.open(&[]);
     // The update: a new plugin on the same process (same vm_id) with a longer idle timeout.
     let new = w.worker(r#"{"idle_timeout_seconds": 100}"#);
-    w.process.advance(20_000);
-    assert_eq!(
-        w.plugins[0].sweep().expired,
-        0,
-        "the old configuration does not sweep"
-    );
+    // 20 s of ticks: every second, each configuration's timer fires.
+    for _ in 0..20 {
+        w.process.advance(1_000);
+        let old = w.plugins[0].sweep();
+        assert_eq!(old.scanned, 0, "the old configuration does not sweep");
+        assert_eq!(w.plugins[new].sweep().expired, 0);
+    }
     let ok = w.send_on(new, Request::post(TOOLS_LIST, &[("mcp-session-id", &sid)]));
     assert_eq!(
         ok.status, 200,

@@ -187,7 +187,8 @@ impl<H: Host> Worker<H> {
             config,
         };
         if !worker.config.stateless && worker.backend.remote().is_none() {
-            worker.store().adopt_configuration(worker.token);
+            let now_ms = worker.host.now_ms();
+            worker.store().adopt_configuration(worker.token, now_ms);
         }
         let config = &worker.config;
         info!(
@@ -337,7 +338,7 @@ impl<H: Host> Worker<H> {
             return Sweep::default();
         }
         let store = self.store();
-        if !store.sweeps_for(self.token) {
+        if !store.sweeps_for(self.token, self.host.now_ms()) {
             // A newer configuration of this store sweeps it, and makes the sessions: the slots
             // this one holds are of no more use here.
             local.return_slots(&store);

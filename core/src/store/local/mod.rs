@@ -53,6 +53,9 @@ pub(super) const CAP_PROBES: u32 = 16;
 pub(super) const ACTIVATION_MARGIN_MS: u64 = 1000;
 /// Time between two sweep steps, across all workers.
 pub const SWEEP_PERIOD_MS: u64 = 1000;
+/// How long the newest configuration of a store may go without a tick before another one
+/// takes over its sweep ([`Store::sweeps_for`]).
+pub const CONFIG_STALE_MS: u64 = 5 * SWEEP_PERIOD_MS;
 /// Smallest sweep step, in slots.
 pub(super) const SWEEP_MIN_CHUNK: u32 = 1024;
 /// A full pass over the table takes at most this many sweep steps.

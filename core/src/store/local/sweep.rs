@@ -17,20 +17,42 @@ pub struct Sweep {
 impl<S: SharedData> Store<S> {
     /// Records that the configuration with fingerprint `token` is the newest one on this
     /// store: from now on only its root contexts sweep (see [`Store::sweeps_for`]).
-    pub fn adopt_configuration(&self, token: u64) -> bool {
-        self.shared
-            .set(CONFIG_KEY, &token.to_le_bytes(), None)
-            .is_ok()
+    pub fn adopt_configuration(&self, token: u64, now_ms: u64) -> bool {
+        let value = encode_config(token, now_ms);
+        self.shared.set(CONFIG_KEY, &value, None).is_ok()
     }
 
-    /// Whether the configuration with fingerprint `token` is the newest (or none was recorded).
-    /// After a configuration update with the same `vm_id`, the old configuration's root
-    /// contexts keep ticking until its filter chains drain; they must not sweep with the old
-    /// timeouts, which would end sessions the new ones keep.
-    pub fn sweeps_for(&self, token: u64) -> bool {
-        match self.shared.get(CONFIG_KEY).0 {
-            Some(bytes) => bytes.as_slice() == token.to_le_bytes().as_slice(),
-            None => true,
+    /// Whether the configuration with fingerprint `token` sweeps: it is the newest, or the
+    /// newest has not ticked for [`CONFIG_STALE_MS`] (then this one takes over), or none was
+    /// recorded (then this one takes it). The newest says it is alive on each tick, once a
+    /// period.
+    ///
+    /// After a configuration update with the same store, the old configuration's contexts
+    /// keep ticking until its filter chains drain; they must not sweep with the old timeouts,
+    /// which would end sessions the new ones keep. But a configuration that Envoy made and
+    /// then dropped (an update it rejected after building the filter, a listener removed)
+    /// ticks no more: without the takeover, nothing would sweep the store again, and
+    /// abandoned sessions would hold their slots until `max_sessions` refused every
+    /// initialize.
+    pub fn sweeps_for(&self, token: u64, now_ms: u64) -> bool {
+        let (bytes, cas) = self.shared.get(CONFIG_KEY);
+        let (newest, beat) = read_config(bytes.as_deref());
+        let age = now_ms.saturating_sub(beat);
+        let claim = || {
+            let value = encode_config(token, now_ms);
+            self.shared
+                .set(CONFIG_KEY, &value, cas.or(CREATE_ONLY))
+                .is_ok()
+        };
+        match newest {
+            Some(newest) if newest == token => {
+                if age >= SWEEP_PERIOD_MS {
+                    let _ = claim(); // lost to another worker of this configuration: it beat
+                }
+                true
+            }
+            Some(_) if age < CONFIG_STALE_MS => false,
+            _ => claim(),
         }
     }
 
@@ -92,6 +114,25 @@ impl<S: SharedData> Store<S> {
         self.hint_free(&free);
         report
     }
+}
+
+/// The newest configuration's fingerprint and when it last ticked; `(None, 0)` for nothing
+/// recorded or a value this version cannot read, and the time 0 for one without it (written by
+/// a version before the tick was recorded): both are taken over at once.
+pub(super) fn read_config(bytes: Option<&[u8]>) -> (Option<u64>, u64) {
+    let word = |at: usize| {
+        let b: [u8; 8] = bytes?.get(at..at + 8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    (word(0), word(8).unwrap_or(0))
+}
+
+pub(super) fn encode_config(token: u64, now_ms: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let (token_bytes, beat) = out.split_at_mut(8);
+    token_bytes.copy_from_slice(&token.to_le_bytes());
+    beat.copy_from_slice(&now_ms.to_le_bytes());
+    out
 }
 
 pub(super) fn read_sweep(bytes: Option<&[u8]>) -> (u32, u64) {

@@ -130,14 +130,41 @@ fn the_probe_budget_follows_what_probes_find() {
 fn only_the_newest_configuration_sweeps() {
     let shared = FakeShared::default();
     let store = Store::new(&shared, limits());
-    assert!(store.sweeps_for(1), "nothing recorded yet");
-    assert!(store.adopt_configuration(1));
-    assert!(store.sweeps_for(1));
-    assert!(store.adopt_configuration(2));
-    assert!(!store.sweeps_for(1), "the old configuration stops");
-    assert!(store.sweeps_for(2));
-    assert!(store.adopt_configuration(1), "a rollback takes it back");
-    assert!(store.sweeps_for(1) && !store.sweeps_for(2));
+    assert!(store.sweeps_for(1, T0), "nothing recorded yet: 1 takes it");
+    assert!(!store.sweeps_for(2, T0), "and 2 does not, while 1 ticks");
+    assert!(store.adopt_configuration(2, T0));
+    assert!(!store.sweeps_for(1, T0), "the old configuration stops");
+    assert!(store.sweeps_for(2, T0));
+    assert!(store.adopt_configuration(1, T0), "a rollback takes it back");
+    assert!(store.sweeps_for(1, T0) && !store.sweeps_for(2, T0));
+    // The newest keeps its place as long as it ticks.
+    let mut now = T0;
+    for _ in 0..20 {
+        now += SWEEP_PERIOD_MS;
+        assert!(store.sweeps_for(1, now) && !store.sweeps_for(2, now));
+    }
+}
+
+/// The defect the review found: Envoy builds an update's configuration before it decides
+/// to reject it, and the rejected one, recorded as the newest, never ticked again; the one
+/// still serving took itself for an old one and did not sweep, so nothing ever did.
+#[test]
+fn a_configuration_that_stopped_ticking_hands_the_sweep_over() {
+    let shared = FakeShared::default();
+    let store = Store::new(&shared, limits());
+    assert!(store.adopt_configuration(1, T0));
+    assert!(store.adopt_configuration(2, T0 + 10)); // built, then dropped: no tick
+    let mut now = T0 + 10;
+    while now < T0 + 10 + CONFIG_STALE_MS {
+        assert!(!store.sweeps_for(1, now), "{now}");
+        now += SWEEP_PERIOD_MS / 2;
+    }
+    assert!(store.sweeps_for(1, now), "1 takes over");
+    assert!(!store.sweeps_for(3, now), "and holds it against others");
+    assert!(store.sweeps_for(1, now + CONFIG_STALE_MS));
+    // A value written before the tick was recorded (the token alone) is taken over at once.
+    shared.set(CONFIG_KEY, &7u64.to_le_bytes(), None).unwrap();
+    assert!(store.sweeps_for(1, now) && !store.sweeps_for(7, now));
 }
 
 #[test]
