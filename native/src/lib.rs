@@ -186,6 +186,9 @@ impl Filters {
             worker: envoy.worker_index() as usize,
             stream: Stream::default(),
             failed: false,
+            done: false,
+            #[cfg(feature = "fault-injection")]
+            panic_when_done: false,
         }
     }
 
@@ -232,12 +235,21 @@ pub struct Filter {
     stream: Stream,
     /// A panic was caught on this stream: it was answered 500, and everything after passes.
     failed: bool,
+    /// The stream is over (its last hook runs): nothing can be sent on it any more.
+    done: bool,
+    /// Test builds only: the stream's last hook panics (`x-mcp-session-filter-panic: done`).
+    #[cfg(feature = "fault-injection")]
+    panic_when_done: bool,
 }
 
 impl Filter {
     /// Whether `hook` has nothing to do on this stream: the core says so, or a panic was caught
     /// on it. The boundary then answers Continue without taking the filter or the worker.
     pub(crate) fn passes(&self, hook: Hook) -> bool {
+        #[cfg(feature = "fault-injection")]
+        if self.panic_when_done && hook == Hook::Done {
+            return false;
+        }
         self.failed || self.stream.passes(hook)
     }
 
@@ -258,19 +270,24 @@ impl Filter {
     }
 
     pub(crate) fn request_headers(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
+        // Test builds only (`--features fault-injection`): a header that panics inside the
+        // module, with this worker locked (or, `done`, in the stream's last hook), to prove
+        // the boundary holds.
+        #[cfg(feature = "fault-injection")]
+        let inject = {
+            let headers = envoy.headers(Side::Request);
+            let header =
+                mcp_session_core::host::Headers::get(&headers, "x-mcp-session-filter-panic");
+            self.panic_when_done = header.value == Some(&b"done"[..]);
+            header.count > 0 && !self.panic_when_done
+        };
         self.run(envoy, |worker, stream, io| {
-            let headers = io.envoy.headers(Side::Request);
-            // Test builds only (`--features fault-injection`): a header that panics inside
-            // the module, with this worker locked, to prove the boundary holds.
             #[cfg(feature = "fault-injection")]
-            if mcp_session_core::host::Headers::get(&headers, "x-mcp-session-filter-panic").count
-                > 0
-            {
-                #[allow(clippy::panic)]
-                {
-                    panic!("injected by x-mcp-session-filter-panic");
-                }
+            #[allow(clippy::panic)]
+            if inject {
+                panic!("injected by x-mcp-session-filter-panic");
             }
+            let headers = io.envoy.headers(Side::Request);
             worker.request_headers(stream, &headers, io.envoy, end_of_stream, io)
         })
     }
@@ -328,6 +345,12 @@ impl Filter {
     }
 
     pub(crate) fn complete(&mut self, envoy: &Envoy<'_>) -> Outcome {
+        self.done = true;
+        #[cfg(feature = "fault-injection")]
+        #[allow(clippy::panic)]
+        if self.panic_when_done {
+            panic!("injected by x-mcp-session-filter-panic: done");
+        }
         self.run(envoy, |worker, stream, io| {
             worker.stream_done(stream, io);
             Action::Continue
@@ -338,8 +361,9 @@ impl Filter {
     /// with a JSON-RPC 500 (Envoy resets the stream instead when its response has begun).
     pub(crate) fn failed(&mut self) -> Outcome {
         self.filters.count_panic();
-        if self.failed {
-            return Outcome::PASS;
+        if self.failed || self.done {
+            self.failed = true;
+            return Outcome::PASS; // answered already, or over: nothing more can be sent
         }
         self.failed = true;
         Outcome {

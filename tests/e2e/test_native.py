@@ -145,6 +145,32 @@ def test_a_panic_fails_its_request_closed_and_envoy_serves_on(workdir, upstream,
         assert any(PANIC_LOG_RE.search(line) for line in problems), "the panic left no line in the log"
 
 
+@pytest.mark.timeout(BUILD_TIMEOUT + 120)
+def test_a_panic_in_the_last_hook_sends_nothing_on_the_finished_stream(workdir, upstream, fault_injection_module) -> None:
+    """The stream-complete hook runs after the response went out: a panic caught there is
+    counted, and no 500 is sent on a stream that is over (Envoy does not expect a local reply
+    then)."""
+    bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config={"paths": ["/mcp"]})
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    (module,) = [f for f in filters if f["name"] == "mcp_session"]
+    module["typed_config"]["dynamic_module_config"]["module"]["local"]["filename"] = str(fault_injection_module)
+    with Envoy(bootstrap, workdir, name="envoy-native-panic-done", concurrency=1) as envoy:
+        url = envoy.url()
+        session = open_session(url)
+        before = envoy.stats()
+        for i in range(3):
+            answered = post(url, rpc("tools/list", i), headers={"mcp-session-id": session, PANIC_HEADER: "done"})
+            assert answered.status_code == 200, answered.text
+        again = post(url, rpc("tools/list", 9), headers={"mcp-session-id": session})
+        assert again.status_code == 200, again.text
+        after = envoy.stats()
+        assert after.get("panics", 0) - before.get("panics", 0) == 3, (before, after)
+        problems = envoy.log_problems() + [line for line in envoy.log_text().splitlines() if "envoy bug" in line.lower()]
+        unexpected = [line for line in problems if not PANIC_LOG_RE.search(line)]
+        assert not unexpected, "\n".join(unexpected)
+
+
 def test_the_module_defines_the_configuration_hooks_its_timer_and_etcd_need() -> None:
     defined = dynamic_symbols(NATIVE, defined=True)
     missing = [h for h in CONFIG_HOOKS if f"envoy_dynamic_module_{h}" not in defined]
