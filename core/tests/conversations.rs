@@ -737,6 +737,32 @@ fn a_stateful_upstreams_404_ends_the_session() {
     assert_eq!((after.status, after.local), (404, true));
 }
 
+/// Found in review: on the upstream's 404 the session ends at once, and that path went out
+/// before the edit that keeps the upstream's own ID from the client.
+#[test]
+fn a_stateful_upstreams_404_does_not_show_its_own_id() {
+    let mut w = World::with("{}", Upstream::stateful());
+    let sid = w.open(&[]);
+    let envoy = Envoy::new(&w.plugins[0]);
+    let response = envoy.send(
+        Request::post(TOOLS_LIST, &[("mcp-session-id", &sid), V]),
+        &mut |_| {
+            let json = [
+                ("content-type", "application/json"),
+                ("mcp-session-id", "upstream-1"),
+            ];
+            Response::upstream(
+                404,
+                &json,
+                r#"{"jsonrpc":"2.0","error":{"code":-32001,"message":"gone"},"id":null}"#,
+            )
+        },
+    );
+    assert_eq!((response.status, response.local), (404, false));
+    assert_eq!(response.header("mcp-session-id"), None);
+    assert_eq!((w.stat("terminated"), w.stat("live")), (1, 0));
+}
+
 /// The defect of issue 9: a mapped session that expires between the request's lookup and the
 /// upstream's 404 was freed without being counted (`expired` unchanged, `live` one too high).
 #[test]
@@ -1193,6 +1219,34 @@ fn affinity_sends_every_request_of_a_session_to_the_host_that_answered_its_initi
     assert_eq!(
         seen.headers.value("x-mcp-upstream-host"),
         Some("10.9.9.9:1")
+    );
+}
+
+/// Found in review: a reservation past its idle timeout less a second is activated through
+/// the store's compare-and-swap, which kept the upstream's ID but lost the host that answered;
+/// with `idle_timeout_seconds: 1` that was every session, and none was steered.
+#[test]
+fn affinity_holds_for_a_session_activated_through_the_slow_path() {
+    let mut w = World::with(
+        r#"{"affinity_header": "x-mcp-upstream-host", "idle_timeout_seconds": 1}"#,
+        Upstream::stateful(),
+    );
+    let upstream = &["upstream", "address"][..];
+    let response = w.send(with_attributes(
+        Request::post(INITIALIZE, &[]),
+        &[(upstream, "10.0.0.2:8000")],
+    ));
+    assert_eq!(response.status, 200);
+    let sid = response.header("mcp-session-id").unwrap().to_owned();
+    let request = with_attributes(
+        Request::post(INITIALIZED, &[("mcp-session-id", sid.as_str()), V]),
+        &[(upstream, "10.0.0.3:8000")],
+    );
+    assert_eq!(w.send(request).status, 202);
+    let seen = w.upstream.seen.last().unwrap();
+    assert_eq!(
+        seen.headers.value("x-mcp-upstream-host"),
+        Some("10.0.0.2:8000")
     );
 }
 

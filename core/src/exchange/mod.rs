@@ -958,15 +958,16 @@ impl Exchange {
         let mut edits = Vec::new();
         if self.mapped {
             if status == 404 {
-                // The upstream lost its session: ours is useless now.
+                // The upstream lost its session: ours is useless now. Its 404 goes to the
+                // client (who starts over), without the upstream's own ID, should it name one.
                 self.waiting = Waiting::UpstreamGone;
-                return self
-                    .store(StoreOp::End {
-                        id,
-                        identity: self.identity.clone(),
-                        now_ms: input.now_ms(),
-                    })
-                    .into();
+                let flow = self.store(StoreOp::End {
+                    id,
+                    identity: self.identity.clone(),
+                    now_ms: input.now_ms(),
+                });
+                let edits = vec![Edit::Response(SESSION_HEADER, None)];
+                return Step { edits, flow };
             }
             // Never show the client the upstream's own ID.
             edits.push(Edit::Response(SESSION_HEADER, Some(id.encode())));

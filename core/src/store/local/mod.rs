@@ -118,6 +118,17 @@ impl<S: SharedData> Store<S> {
     /// Turns a reservation into a live session once the upstream answered `initialize` with a
     /// result, remembering the upstream's own session ID. False if the reservation is gone.
     pub fn activate(&self, id: &SessionId, now_ms: u64, upstream_id: Option<&str>) -> bool {
+        self.activate_with(id, now_ms, upstream_id, None)
+    }
+
+    /// [`Store::activate`], keeping the upstream host that answered (`affinity_header`) too.
+    fn activate_with(
+        &self,
+        id: &SessionId,
+        now_ms: u64,
+        upstream_id: Option<&str>,
+        upstream_host: Option<&str>,
+    ) -> bool {
         self.update(id, |record| {
             if record.state != State::Pending {
                 return None;
@@ -125,6 +136,9 @@ impl<S: SharedData> Store<S> {
             record.state = State::Live;
             record.last_seen_ms = now_ms;
             record.upstream_id = upstream_id.map(str::to_owned);
+            if upstream_host.is_some() {
+                record.upstream_host = upstream_host.map(str::to_owned);
+            }
             Some(())
         })
         .is_some()
@@ -147,7 +161,8 @@ impl<S: SharedData> Store<S> {
         let young = now_ms.saturating_add(ACTIVATION_MARGIN_MS)
             < pending.created_ms.saturating_add(self.limits.idle_ms);
         if !young || pending.state != State::Pending || !pending.secret_matches(&id.secret) {
-            return self.activate(id, now_ms, upstream_id);
+            let host = pending.upstream_host.as_deref();
+            return self.activate_with(id, now_ms, upstream_id, host);
         }
         let live = pending.activated(now_ms, upstream_id);
         self.shared
