@@ -29,6 +29,8 @@ pub struct RequestHead<'a> {
     pub content_length: Option<&'a [u8]>,
     /// `mcp-session-id` appears more than once.
     pub session_id_repeated: bool,
+    /// `mcp-protocol-version` appears more than once.
+    pub protocol_version_repeated: bool,
     /// The configured identity header appears more than once.
     pub identity_repeated: bool,
 }
@@ -59,6 +61,12 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> HeadVerdict {
     let method = HttpMethod::of(head.method);
     if method == HttpMethod::Other {
         return HeadVerdict::Ignore;
+    }
+    // Refused before the era is read from the first one: an upstream that reads another (the
+    // last, or all joined) could take a request this filter let pass as sessionless for one
+    // of the handshake era, on which no session was asked.
+    if head.protocol_version_repeated {
+        return HeadVerdict::Reject(Rejection::repeated_header("MCP-Protocol-Version"));
     }
     match protocol::classify(head.protocol_version) {
         Era::Sessionless => return HeadVerdict::Sessionless,
@@ -264,6 +272,7 @@ mod tests {
             content_type: Some(b"application/json"),
             content_length: None,
             session_id_repeated: false,
+            protocol_version_repeated: false,
             identity_repeated: false,
         }
     }
@@ -340,6 +349,31 @@ mod tests {
             HeadVerdict::Sessionless,
             "the sessionless era passes untouched"
         );
+    }
+
+    /// Found in review: the era was read from the first `MCP-Protocol-Version` of several, so
+    /// `2026-07-28` then `2025-06-18` passed untouched as sessionless, to an upstream that
+    /// may read the handshake era's version and serve the call without any session.
+    #[test]
+    fn a_repeated_protocol_version_is_refused_in_either_era() {
+        let plain = cfg("{}");
+        for (session, version) in [
+            (None, "2026-07-28"),
+            (Some(ID), "2025-06-18"),
+            (None, "2025-11-25"),
+        ] {
+            let mut h = head("POST", session, Some(version));
+            h.protocol_version_repeated = true;
+            let got = on_request_headers(&plain, &h);
+            assert_eq!(reason(&got), Some((400, Reason::Header)), "{version}");
+            let HeadVerdict::Reject(r) = got else {
+                unreachable!()
+            };
+            assert_eq!(
+                r.message,
+                "Bad Request: MCP-Protocol-Version header must be a single value"
+            );
+        }
     }
 
     fn reason(v: &HeadVerdict) -> Option<(u32, Reason)> {

@@ -23,6 +23,7 @@ struct Head {
     content_type: Option<String>,
     content_length: Option<String>,
     session_id_repeated: bool,
+    protocol_version_repeated: bool,
     identity_repeated: bool,
 }
 
@@ -37,6 +38,7 @@ fuzz_target!(|h: Head| {
         content_type: h.content_type.as_deref().map(str::as_bytes),
         content_length: h.content_length.as_deref().map(str::as_bytes),
         session_id_repeated: h.session_id_repeated,
+        protocol_version_repeated: h.protocol_version_repeated,
         identity_repeated: h.identity_repeated,
     };
     if let HeadVerdict::Session { id } = on_request_headers(&cfg, &head) {

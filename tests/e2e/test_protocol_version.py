@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import pytest
 
 from harness import assert_rejection, describe, expect_stats, initialize, open_session, post, rpc
@@ -32,3 +35,21 @@ def test_unknown_version_on_initialize_gets_400(envoy) -> None:
         response = initialize(envoy.url(), protocol_version="2024-11-05")
     assert_rejection(response, 400, -32000, UNSUPPORTED)
     assert "mcp-session-id" not in response.headers
+
+
+@pytest.mark.parametrize("with_session", [False, True])
+def test_a_repeated_version_is_refused_in_either_era(envoy, with_session: bool) -> None:
+    """The era was read from the first of several `MCP-Protocol-Version` headers: `2026-07-28`
+    then `2025-11-25` passed untouched as sessionless, to an upstream that may read the other
+    one and serve a handshake-era call with no session."""
+    headers = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-protocol-version", "2025-11-25"),
+    ]
+    if with_session:
+        headers.append(("mcp-session-id", open_session(envoy.url())))
+    with expect_stats(envoy, {"rejected.header": 1}):
+        response = httpx.post(envoy.url(), content=json.dumps(rpc("tools/list", 1)), headers=headers, timeout=15)
+    assert_rejection(response, 400, -32000, "Bad Request: MCP-Protocol-Version header must be a single value")

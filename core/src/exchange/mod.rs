@@ -542,6 +542,7 @@ impl Exchange {
             content_type: content_type.value,
             content_length: content_length.value,
             session_id_repeated: session_id.repeated(),
+            protocol_version_repeated: protocol_version.repeated(),
             identity_repeated: identity.repeated(),
         };
         let mut step = self.on_head(
