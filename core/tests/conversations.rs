@@ -1428,7 +1428,7 @@ fn a_caller_at_its_limit_gets_429_and_an_ended_session_frees_its_place() {
     assert_eq!(ended.status, 204);
     let third = w.open(&[alice]);
     assert_eq!(w.post(INITIALIZE, &[alice]).status, 429);
-    // Expiry gives the places back (found expired by the sweep or the next reservation).
+    // Expiry gives the places back once the sweep finds the sessions expired (or a request on one does).
     w.process.advance(11_000);
     let _ = w.plugins[0].sweep();
     let _ = w.open(&[alice]);

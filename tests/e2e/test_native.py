@@ -111,13 +111,19 @@ def fault_injection_module() -> Path:
     return FAULT_MODULE
 
 
-@pytest.mark.timeout(BUILD_TIMEOUT + 120)
-def test_a_panic_fails_its_request_closed_and_envoy_serves_on(workdir, upstream, fault_injection_module) -> None:
+def fault_bootstrap(upstream, module_path: Path) -> dict:
+    """The reference bootstrap with the fault-injection module in place of the released one."""
     bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config={"paths": ["/mcp"]})
     (listener,) = bootstrap["static_resources"]["listeners"]
     filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
     (module,) = [f for f in filters if f["name"] == "mcp_session"]
-    module["typed_config"]["dynamic_module_config"]["module"]["local"]["filename"] = str(fault_injection_module)
+    module["typed_config"]["dynamic_module_config"]["module"]["local"]["filename"] = str(module_path)
+    return bootstrap
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 120)
+def test_a_panic_fails_its_request_closed_and_envoy_serves_on(workdir, upstream, fault_injection_module) -> None:
+    bootstrap = fault_bootstrap(upstream, fault_injection_module)
     # One worker: the request that panics and the ones after it meet the same Worker (whose
     # lock the panic held).
     with Envoy(bootstrap, workdir, name="envoy-native-panic", concurrency=1) as envoy:
@@ -150,11 +156,7 @@ def test_a_panic_in_the_last_hook_sends_nothing_on_the_finished_stream(workdir, 
     """The stream-complete hook runs after the response went out: a panic caught there is
     counted, and no 500 is sent on a stream that is over (Envoy does not expect a local reply
     then)."""
-    bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config={"paths": ["/mcp"]})
-    (listener,) = bootstrap["static_resources"]["listeners"]
-    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
-    (module,) = [f for f in filters if f["name"] == "mcp_session"]
-    module["typed_config"]["dynamic_module_config"]["module"]["local"]["filename"] = str(fault_injection_module)
+    bootstrap = fault_bootstrap(upstream, fault_injection_module)
     with Envoy(bootstrap, workdir, name="envoy-native-panic-done", concurrency=1) as envoy:
         url = envoy.url()
         session = open_session(url)
