@@ -495,3 +495,97 @@ fn the_watch_as_http_bytes_hears_the_same_ends_and_a_status_ends_it() {
     a.worker.on_timer(&mut Streams);
     assert_eq!(restarts(), 3, "reopened after the broken framing");
 }
+
+/// Found in review: a configuration that went away with its watch up left its +1 in the
+/// `watch_up` gauge, so the gauge no longer fell below the worker count when watches died.
+#[test]
+fn a_configuration_that_goes_takes_its_watch_out_of_watch_up() {
+    use prost::Message;
+    const CONFIG: &str =
+        r#"{"store": {"etcd": {"cluster": "etcd", "prefix": "p/", "timeout_ms": 1000}}}"#;
+    let etcd = Rc::new(FakeEtcd::new());
+    let a = Node::new(CONFIG, &etcd);
+    let _ = a.open();
+    a.worker.on_timer(&mut Streams);
+    a.worker
+        .stream_message(1, &watch_created(5).encode_to_vec(), &mut Streams);
+    assert_eq!(a.process.stat("mcp_session.store.watch_up"), 1);
+    a.worker.shutdown();
+    assert_eq!(a.process.stat("mcp_session.store.watch_up"), 0);
+    a.worker.shutdown();
+    assert_eq!(a.process.stat("mcp_session.store.watch_up"), 0, "once");
+}
+
+/// Where a reopened watch resumes: its `start_revision`.
+fn resumes_at(r: &mcp_session_core::store::etcd::Remote, now: u64) -> i64 {
+    use mcp_session_core::store::etcd::proto::{watch_request::RequestUnion, WatchRequest};
+    use mcp_session_core::store::etcd::WatchAction;
+    use prost::Message;
+    let WatchAction::Open(create) = r.watch_tick(now) else {
+        panic!("the watch does not reopen");
+    };
+    match WatchRequest::decode(create.as_slice())
+        .unwrap()
+        .request_union
+    {
+        Some(RequestUnion::Create(create)) => create.start_revision,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn watching_remote() -> mcp_session_core::store::etcd::Remote {
+    use mcp_session_core::store::Limits;
+    use mcp_session_core::testkit::{etcd_remote, start_serving};
+    let r = etcd_remote("p/", 600_000, false);
+    let limits = Limits {
+        idle_ms: 600_000,
+        lifetime_ms: 0,
+        max_sessions: 100,
+        bind_identity: false,
+        per_identity: None,
+    };
+    start_serving(&r, &limits);
+    r
+}
+
+/// Found in review: a watch reopened after the last revision it saw, on an etcd whose
+/// revision went back (restored from a snapshot, a new cluster), is confirmed below that
+/// revision; it was trusted as it was, and heard no delete until etcd caught up again.
+#[test]
+fn a_watch_confirmed_below_where_it_resumed_starts_over_from_etcds_revision() {
+    use prost::Message;
+    let r = watching_remote();
+    assert_eq!(resumes_at(&r, T0), 0, "the first watch starts from now");
+    let _ = r.watch_message(&watch_created(1_000_000).encode_to_vec(), T0);
+    r.watch_closed();
+    assert_eq!(resumes_at(&r, T0 + 500), 1_000_001);
+    let news = r.watch_message(&watch_created(50).encode_to_vec(), T0 + 510);
+    assert!(news.flush, "nothing cached can be trusted");
+    r.watch_closed();
+    assert_eq!(resumes_at(&r, T0 + 1000), 51);
+}
+
+/// Found in review: the resume point moved with progress notifications, which etcd 3.4
+/// before 3.4.24 may send ahead of events still queued (etcd #15220): a watch broken then
+/// resumed past deletes it never heard. It moves with events only.
+#[test]
+fn a_progress_notification_does_not_move_where_the_watch_resumes() {
+    use mcp_session_core::store::etcd::proto;
+    use prost::Message;
+    let r = watching_remote();
+    let _ = resumes_at(&r, T0);
+    let _ = r.watch_message(&watch_created(10).encode_to_vec(), T0);
+    let id = mcp_session_core::session_id::SessionId::parse(&"ab".repeat(20)).unwrap();
+    let _ = r.watch_message(&watch_deleted("p/", &id, 12).encode_to_vec(), T0 + 10);
+    let progress = proto::WatchResponse {
+        header: Some(proto::ResponseHeader { revision: 40 }),
+        ..Default::default()
+    };
+    let _ = r.watch_message(&progress.encode_to_vec(), T0 + 20);
+    assert!(
+        r.watch_fresh(T0 + 30),
+        "a progress notification still says the watch is alive"
+    );
+    r.watch_closed();
+    assert_eq!(resumes_at(&r, T0 + 500), 13);
+}

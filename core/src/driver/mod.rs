@@ -225,6 +225,10 @@ impl<H: Host> Worker<H> {
         if let Backend::Local(local) = &self.backend {
             local.return_slots(&self.store());
         }
+        // The `watch_up` gauge counts this VM's watch while it is up: it goes with it.
+        if self.watch_counted.replace(false) {
+            self.host.increment(Metric::WatchUp, -1);
+        }
     }
 
     /// Counts `n` of `event`; the live gauge follows the lifecycle counters, and every end

@@ -111,14 +111,15 @@ impl Remote {
             if !busy(&|c| matches!(c, Chore::Flush(_))) {
                 let taken = backlog.len().min(BACKLOG_BATCH);
                 // A put is two writes with its index key: at most 2 × 64, etcd's 128.
-                let batch: Vec<proto::RequestOp> = backlog
+                let sent: Vec<Backlog> = backlog.iter().take(taken).cloned().collect();
+                let batch: Vec<proto::RequestOp> = sent
                     .iter()
-                    .take(taken)
                     .flat_map(|op| match op {
                         Backlog::Put(key, record) => self.puts(key, record, lease),
                         Backlog::Delete(key) => vec![delete(key.clone(), false)],
                     })
                     .collect();
+                *self.flushing.borrow_mut() = sent;
                 calls.push((
                     Chore::Flush(taken),
                     Call {
@@ -164,18 +165,22 @@ impl Remote {
                 }
                 Err(_) => None,
             },
-            Chore::Flush(n) => match proto::TxnResponse::decode(bytes) {
+            // The writes sent leave the backlog, those still in it as sent: one replaced while
+            // the flush was in flight (a later write for its key) stays for the next flush.
+            // Taken by position, a replaced one shifted the backlog, and the flush removed a
+            // write it never sent (a DELETE lost: the session lived on in etcd).
+            Chore::Flush(_) => match proto::TxnResponse::decode(bytes) {
                 Ok(r) if r.succeeded => {
+                    let sent = self.flushing.take();
                     let mut backlog = self.backlog.borrow_mut();
-                    let n = n.min(backlog.len());
-                    Some(
-                        backlog
-                            .drain(..n)
-                            .map(|op| match op {
-                                Backlog::Put(key, _) | Backlog::Delete(key) => key,
-                            })
-                            .collect(),
-                    )
+                    let mut written = Vec::with_capacity(sent.len());
+                    for op in sent {
+                        if let Some(at) = backlog.iter().position(|queued| *queued == op) {
+                            let (Backlog::Put(key, _) | Backlog::Delete(key)) = backlog.remove(at);
+                            written.push(key);
+                        }
+                    }
+                    Some(written)
                 }
                 _ => None,
             },

@@ -162,6 +162,9 @@ pub struct Remote {
     /// Sessions in etcd at the last count, when, and those this VM created since.
     count: Cell<(u64, u64, u64)>,
     backlog: RefCell<Vec<Backlog>>,
+    /// The writes of the backlog flush in flight, as sent: on success exactly these leave the
+    /// backlog (a write made meanwhile for one of their keys replaces it there, and stays).
+    flushing: RefCell<Vec<Backlog>>,
     /// A VM serving requests keeps the watch and leases; one that never did (the main
     /// thread's) makes no calls.
     active: Cell<bool>,
@@ -185,6 +188,7 @@ impl Remote {
             revision: Cell::new(0),
             count: Cell::new((0, 0, 0)),
             backlog: RefCell::new(Vec::new()),
+            flushing: RefCell::new(Vec::new()),
             active: Cell::new(false),
             chores: RefCell::new(Vec::new()),
             unmarked: RefCell::new(HashMap::new()),

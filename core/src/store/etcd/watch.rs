@@ -136,12 +136,18 @@ impl Remote {
             }
         }
         if let Some(header) = response.header {
-            // Progress notifications carry the revision everything before has been sent at.
-            if response.events.is_empty() && !response.created {
-                self.revision.set(self.revision.get().max(header.revision));
-            }
+            // The revision to resume after moves with events only, not with progress
+            // notifications: etcd 3.4 before 3.4.24 may send one ahead of events still queued
+            // for the stream (etcd #15220), and a watch reopened after its revision would
+            // never see those deletes.
             if response.created && self.revision.get() == 0 {
                 self.revision.set(header.revision);
+            } else if response.created && header.revision < self.revision.get() {
+                // Confirmed below where it resumed: etcd's history went back (restored from
+                // a snapshot, or a new cluster). Events up to the old revision will never come
+                // at this start: resume from etcd's revision, and trust nothing cached.
+                self.revision.set(header.revision);
+                news.flush = true;
             }
         }
         self.watch.set(WatchState::Open { heard_ms: now_ms });
