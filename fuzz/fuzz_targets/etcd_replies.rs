@@ -18,8 +18,9 @@
 //! 3. **The watch.** Any message (built from arbitrary fields, or raw bytes) changes what the
 //!    cache may serve as a small model says: DELETE events list their keys, in order, and
 //!    nothing else does; the cache is flushed when a watch is created from revision 0, is
-//!    cancelled, or says something undecodable; the stream is closed in the last two cases;
-//!    a reopened watch resumes after the last revision seen (from now after a compaction).
+//!    cancelled, or says something undecodable, or confirmed below where it resumed; the
+//!    stream is closed when cancelled or undecodable; a reopened watch resumes after the last
+//!    revision seen in an event (from now after a compaction).
 #[path = "common/says_nothing.rs"]
 mod common;
 
@@ -784,7 +785,7 @@ fn watch(messages: &[WatchInput], idle_ms: u64) {
                 }
             }
             Ok(r) => {
-                let flush = r.created && revision == 0;
+                let mut flush = r.created && revision == 0;
                 let mut deleted = Vec::new();
                 for event in &r.events {
                     if let Some(kv) = &event.kv {
@@ -794,12 +795,14 @@ fn watch(messages: &[WatchInput], idle_ms: u64) {
                         }
                     }
                 }
+                // The resume point moves with events only (not progress notifications); a
+                // watch confirmed below it starts over from etcd's revision, cache flushed.
                 if let Some(header) = r.header {
-                    if r.events.is_empty() && !r.created {
-                        revision = revision.max(header.revision); // a progress notification
-                    }
                     if r.created && revision == 0 {
                         revision = header.revision;
+                    } else if r.created && header.revision < revision {
+                        revision = header.revision;
+                        flush = true;
                     }
                 }
                 WatchNews {
