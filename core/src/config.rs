@@ -408,11 +408,13 @@ impl TryFrom<RawConfig> for Config {
             }
             if let Some(p) = paths
                 .iter()
-                .find(|p| !p.starts_with('/') || p.contains('?'))
+                .find(|p| !p.starts_with('/') || p.contains(['?', '#']))
             {
+                // A request's path is compared without its query or fragment: a configured
+                // one with either could never be guarded.
                 return bad(
                     "paths",
-                    &format!("entry {p:?} must start with / and have no query"),
+                    &format!("entry {p:?} must start with / and have no query or fragment"),
                 );
             }
         }
@@ -669,6 +671,7 @@ mod tests {
             ),
             (r#"{"paths":["mcp"]}"#, "`paths`"),
             (r#"{"paths":["/mcp?x=1"]}"#, "`paths`"),
+            (r#"{"paths":["/#p"]}"#, "`paths`"), // make fuzz found it: never guarded
             (r#"{"paths":"/mcp"}"#, "`paths`"),
             (r#"{"identity_header":""}"#, "`identity_header`"),
             (r#"{"identity_header":"x user"}"#, "`identity_header`"),
