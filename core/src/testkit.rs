@@ -774,7 +774,7 @@ impl<'p, H: Host> Envoy<'p, H> {
             if self.trailers {
                 let whole = buffered.clone();
                 let read = move || Cow::Owned(whole.clone());
-                let action = worker.request_trailers(stream, &|| buffered.len(), &read, log);
+                let action = worker.trailers(stream, Side::Request, &|| buffered.len(), &read, log);
                 let _ = self.settle(stream, log, action);
                 request.headers = log.request.clone();
                 if let Some(reply) = log.reply.take() {
@@ -826,7 +826,7 @@ impl<'p, H: Host> Envoy<'p, H> {
         if self.trailers {
             let chunk = held.clone();
             let read = move || Cow::Owned(chunk.clone());
-            let action = worker.response_trailers(stream, &|| held.len(), &read, log);
+            let action = worker.trailers(stream, Side::Response, &|| held.len(), &read, log);
             let action = self.settle(stream, log, action);
             if let Some(reply) = log.reply.take() {
                 return local(reply);

@@ -276,6 +276,27 @@ struct Http {
     stream: Stream,
 }
 
+impl Http {
+    /// Body data of one side (its size, and whether it ends the stream), or its trailers
+    /// (`None`), after which the whole body Envoy holds for this filter is read if the core
+    /// asks.
+    fn body(&mut self, side: Side, data: Option<(usize, bool)>) -> types::Action {
+        let kind = match side {
+            Side::Request => BufferType::HttpRequestBody,
+            Side::Response => BufferType::HttpResponseBody,
+        };
+        let held = OnceCell::new();
+        let bytes = || held.get_or_init(|| buffer(kind, data.map_or(usize::MAX, |d| d.0)));
+        let read = || Cow::Borrowed(&**bytes());
+        let size = || data.map_or_else(|| bytes().len(), |d| d.0);
+        let (stream, io) = (&mut self.stream, &mut Calls);
+        action(match data {
+            Some((_, end)) => self.worker.body(stream, side, &size, end, &read, io),
+            None => self.worker.trailers(stream, side, &size, &read, io),
+        })
+    }
+}
+
 impl Context for Http {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         let message = buffer(BufferType::GrpcReceiveBuffer, response_size);
@@ -305,12 +326,7 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> types::Action {
-        let body = || buffer(BufferType::HttpRequestBody, body_size);
-        let (stream, io) = (&mut self.stream, &mut Calls);
-        action(
-            self.worker
-                .request_body(stream, &|| body_size, end_of_stream, &body, io),
-        )
+        self.body(Side::Request, Some((body_size, end_of_stream)))
     }
 
     fn on_http_response_headers(
@@ -327,36 +343,15 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> types::Action {
-        let body = || buffer(BufferType::HttpResponseBody, body_size);
-        let (stream, io) = (&mut self.stream, &mut Calls);
-        action(
-            self.worker
-                .response_body(stream, &|| body_size, end_of_stream, &body, io),
-        )
+        self.body(Side::Response, Some((body_size, end_of_stream)))
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> types::Action {
-        // The whole body, as Envoy holds it for this filter; read only if the core asks.
-        let held = OnceCell::new();
-        let body = || held.get_or_init(|| buffer(BufferType::HttpRequestBody, usize::MAX));
-        let read = || Cow::Borrowed(&**body());
-        let (stream, io) = (&mut self.stream, &mut Calls);
-        action(
-            self.worker
-                .request_trailers(stream, &|| body().len(), &read, io),
-        )
+        self.body(Side::Request, None)
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> types::Action {
-        // The whole body, as Envoy holds it for this filter; read only if the core asks.
-        let held = OnceCell::new();
-        let body = || held.get_or_init(|| buffer(BufferType::HttpResponseBody, usize::MAX));
-        let read = || Cow::Borrowed(&**body());
-        let (stream, io) = (&mut self.stream, &mut Calls);
-        action(
-            self.worker
-                .response_trailers(stream, &|| body().len(), &read, io),
-        )
+        self.body(Side::Response, None)
     }
 
     fn on_log(&mut self) {

@@ -1210,7 +1210,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     if passes(filter, Hook::RequestBody) {
         return CONTINUE;
     }
-    stream_hook(envoy, filter, STOP, |f, e| f.request_body(e, end_of_stream))
+    stream_hook(envoy, filter, STOP, |f, e| {
+        f.body(e, Side::Request, Some(end_of_stream))
+    })
 }
 
 /// # Safety
@@ -1241,7 +1243,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
         return CONTINUE;
     }
     stream_hook(envoy, filter, STOP, |f, e| {
-        f.response_body(e, end_of_stream)
+        f.body(e, Side::Response, Some(end_of_stream))
     })
 }
 
@@ -1268,7 +1270,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     if passes(filter, Hook::RequestBody) {
         return CONTINUE;
     }
-    stream_hook(envoy, filter, STOP, |f, e| f.request_trailers(e))
+    stream_hook(envoy, filter, STOP, |f, e| f.body(e, Side::Request, None))
 }
 
 /// # Safety
@@ -1281,7 +1283,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     if passes(filter, Hook::ResponseBody) {
         return CONTINUE;
     }
-    stream_hook(envoy, filter, STOP, |f, e| f.response_trailers(e))
+    stream_hook(envoy, filter, STOP, |f, e| f.body(e, Side::Response, None))
 }
 
 /// # Safety

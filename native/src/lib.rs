@@ -292,19 +292,15 @@ impl Filter {
         })
     }
 
-    pub(crate) fn request_body(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
+    /// Body data of one side (`end_of_stream` as Envoy says), or its trailers (`None`).
+    pub(crate) fn body(&mut self, envoy: &Envoy<'_>, side: Side, end: Option<bool>) -> Outcome {
         self.run(envoy, |worker, stream, io| {
-            let size = || io.envoy.body_size(Side::Request);
-            let body = || io.envoy.body(Side::Request);
-            worker.request_body(stream, &size, end_of_stream, &body, io)
-        })
-    }
-
-    pub(crate) fn request_trailers(&mut self, envoy: &Envoy<'_>) -> Outcome {
-        self.run(envoy, |worker, stream, io| {
-            let size = || io.envoy.body_size(Side::Request);
-            let body = || io.envoy.body(Side::Request);
-            worker.request_trailers(stream, &size, &body, io)
+            let size = || io.envoy.body_size(side);
+            let body = || io.envoy.body(side);
+            match end {
+                Some(end) => worker.body(stream, side, &size, end, &body, io),
+                None => worker.trailers(stream, side, &size, &body, io),
+            }
         })
     }
 
@@ -312,22 +308,6 @@ impl Filter {
         self.run(envoy, |worker, stream, io| {
             let headers = io.envoy.headers(Side::Response);
             worker.response_headers(stream, &headers, io.envoy, end_of_stream, io)
-        })
-    }
-
-    pub(crate) fn response_body(&mut self, envoy: &Envoy<'_>, end_of_stream: bool) -> Outcome {
-        self.run(envoy, |worker, stream, io| {
-            let size = || io.envoy.body_size(Side::Response);
-            let body = || io.envoy.body(Side::Response);
-            worker.response_body(stream, &size, end_of_stream, &body, io)
-        })
-    }
-
-    pub(crate) fn response_trailers(&mut self, envoy: &Envoy<'_>) -> Outcome {
-        self.run(envoy, |worker, stream, io| {
-            let size = || io.envoy.body_size(Side::Response);
-            let body = || io.envoy.body(Side::Response);
-            worker.response_trailers(stream, &size, &body, io)
         })
     }
 

@@ -76,11 +76,11 @@ pub struct Stream {
 /// A hook a host may skip when its stream has nothing to do in it ([`Stream::passes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
-    /// [`Worker::request_body`] and [`Worker::request_trailers`].
+    /// [`Worker::request_body`], and [`Worker::trailers`] of the request.
     RequestBody,
     /// [`Worker::response_headers`].
     ResponseHeaders,
-    /// [`Worker::response_body`] and [`Worker::response_trailers`].
+    /// [`Worker::response_body`], and [`Worker::trailers`] of the response.
     ResponseBody,
     /// [`Worker::stream_done`].
     Done,
@@ -155,20 +155,36 @@ impl<H: Host> Worker<H> {
         self.feed(stream, Side::Request, event, io)
     }
 
-    /// The request trailers: the request body is over. An HTTP/2 or HTTP/3 request may end
-    /// with a trailers frame instead of a data frame that ends the stream, and then no call of
-    /// [`Worker::request_body`] says `end_of_stream`: the body held so far (`size`, `body`)
-    /// is the whole body, and it is judged as if its last chunk had said so. Otherwise a body
-    /// followed by trailers would pass unread (an `initialize` unmanaged, a sessionless call
-    /// let through).
-    pub fn request_trailers<'b>(
+    /// Body data of either side: [`Worker::request_body`] or [`Worker::response_body`].
+    pub fn body<'b>(
         &self,
         stream: &mut Stream,
+        side: Side,
+        size: &'b dyn Fn() -> usize,
+        end_of_stream: bool,
+        body: &'b ReadBody<'b>,
+        io: &mut impl StreamIo,
+    ) -> Action {
+        match side {
+            Side::Request => self.request_body(stream, size, end_of_stream, body, io),
+            Side::Response => self.response_body(stream, size, end_of_stream, body, io),
+        }
+    }
+
+    /// The trailers of either side: that side's body is over. An HTTP/2 or HTTP/3 message may
+    /// end with a trailers frame instead of a data frame that ends the stream, and then no
+    /// body call says `end_of_stream`: the body held so far (`size`, `body`) is the whole
+    /// body, and it is judged as if its last chunk had said so. Otherwise a body followed by
+    /// trailers would pass unread (an `initialize` unmanaged, a sessionless call let through).
+    pub fn trailers<'b>(
+        &self,
+        stream: &mut Stream,
+        side: Side,
         size: &'b dyn Fn() -> usize,
         body: &'b ReadBody<'b>,
         io: &mut impl StreamIo,
     ) -> Action {
-        self.request_body(stream, size, true, body, io)
+        self.body(stream, side, size, true, body, io)
     }
 
     /// The response headers.
@@ -213,17 +229,6 @@ impl<H: Host> Worker<H> {
             body,
         };
         self.feed(stream, Side::Response, event, io)
-    }
-
-    /// The response trailers: the response body is over, as for [`Worker::request_trailers`].
-    pub fn response_trailers<'b>(
-        &self,
-        stream: &mut Stream,
-        size: &'b dyn Fn() -> usize,
-        body: &'b ReadBody<'b>,
-        io: &mut impl StreamIo,
-    ) -> Action {
-        self.response_body(stream, size, true, body, io)
     }
 
     /// The stream is over (completed, reset or refused): a reservation still held is freed.
