@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,17 @@ import h2.config
 import h2.connection
 import h2.events
 
-from harness import PROTOCOL_VERSION, SESSION_ID_RE, Envoy, expect_stats, initialize_body, open_session, rpc
+from conftest import MAIN_CONFIG, Envoys
+from harness import (
+    PROTOCOL_VERSION,
+    SESSION_ID_RE,
+    Envoy,
+    expect_stats,
+    initialize_body,
+    open_session,
+    render_bootstrap,
+    rpc,
+)
 
 MISSING = "Bad Request: Mcp-Session-Id header is required"
 
@@ -112,3 +123,91 @@ def test_a_call_on_a_session_whose_body_ends_with_trailers_goes_through(envoy: E
     unknown = {"mcp-session-id": "0" * 40, "mcp-protocol-version": PROTOCOL_VERSION}
     with expect_stats(envoy, {"rejected.unknown": 1}):
         assert h2_post(envoy, rpc("tools/list", 4), headers=unknown).status == 404
+
+
+class TrailersUpstream:
+    """An h2c MCP upstream (prior knowledge) whose every answer ends with a trailers frame:
+    the JSON body goes in DATA frames, none of which ends the stream. The demo servers cannot
+    send trailers; a gRPC-style upstream, or any HTTP/2 server that reports a checksum, does."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[dict[str, str]] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        bodies: dict[int, bytes] = {}
+        heads: dict[int, dict[str, str]] = {}
+        with client:
+            client.sendall(conn.data_to_send())
+            while received := client.recv(65536):
+                for event in conn.receive_data(received):
+                    if isinstance(event, h2.events.RequestReceived):
+                        heads[event.stream_id] = dict(event.headers)
+                        bodies[event.stream_id] = b""
+                    elif isinstance(event, h2.events.DataReceived):
+                        bodies[event.stream_id] += event.data
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        self._answer(conn, event.stream_id, heads.pop(event.stream_id), bodies.pop(event.stream_id))
+                client.sendall(conn.data_to_send())
+
+    def _answer(self, conn: h2.connection.H2Connection, stream: int, head: dict[str, str], body: bytes) -> None:
+        self.requests.append(head)
+        message = json.loads(body) if body else {}
+        result = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "serverInfo": {"name": "trailers", "version": "1"}}
+        answer = json.dumps({"jsonrpc": "2.0", "id": message.get("id"), "result": result}).encode()
+        conn.send_headers(stream, [(":status", "200"), ("content-type", "application/json")])
+        half = len(answer) // 2
+        conn.send_data(stream, answer[:half])
+        conn.send_data(stream, answer[half:])
+        conn.send_headers(stream, [("x-checksum", str(len(answer)))], end_stream=True)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_an_initialize_whose_answer_ends_with_trailers_gets_a_session(envoys: Envoys) -> None:
+    """The filter judges an initialize by its answer's body, and an answer that ends with
+    trailers never says so in a body hook: the trailers hook ends it. The session header is
+    added then (the response headers are held until the body is judged), and the session
+    works."""
+    upstream = TrailersUpstream()
+    bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config=MAIN_CONFIG)
+    (cluster,) = bootstrap["static_resources"]["clusters"]
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+    envoy = envoys.start(bootstrap, "trailers-upstream")
+    try:
+        with expect_stats(envoy, {"created": 1, "live": 1}):
+            response = h2_post(envoy, initialize_body(), trailers=(("x-checksum", "0"),))
+        assert response.status == 200, response
+        sid = response.headers.get("mcp-session-id", "")
+        assert SESSION_ID_RE.fullmatch(sid), response.headers
+        assert response.json()["result"]["serverInfo"]["name"] == "trailers"
+        assert response.trailers.get("x-checksum"), response.trailers
+        headers = {"mcp-session-id": sid, "mcp-protocol-version": PROTOCOL_VERSION}
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        with expect_stats(envoy, {}):
+            assert h2_post(envoy, initialized, headers=headers).status == 200
+            assert h2_post(envoy, rpc("tools/list", 2), headers=headers).status == 200
+        assert [r.get(":path") for r in upstream.requests] == ["/mcp"] * 3
+    finally:
+        envoy.stop()
+        upstream.close()
