@@ -52,7 +52,7 @@ if ! command -v protoc >/dev/null 2>&1; then
         log "installing protobuf-compiler (Debian)"
         debian_install protobuf-compiler
     else
-        log "WARNING: protoc missing and not installed (needs root and apt-get): cargo cannot build tools/mcp-sessions (make build, make unit, make lint)"
+        log "WARNING: protoc missing and not installed (needs root and apt-get): cargo cannot build tools/mcp-sessions (make tools, make unit, make lint)"
         [[ "${CI:-}" == true ]] && exit 1
     fi
 fi

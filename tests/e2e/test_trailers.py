@@ -181,9 +181,9 @@ class TrailersUpstream:
 
 def test_an_initialize_whose_answer_ends_with_trailers_gets_a_session(envoys: Envoys) -> None:
     """The filter judges an initialize by its answer's body, and an answer that ends with
-    trailers never says so in a body hook: the trailers hook ends it. The session header is
-    added then (the response headers are held until the body is judged), and the session
-    works."""
+    trailers never says so in a body hook: the trailers hook ends it, and the session the
+    header named goes live (without the hook it stayed a reservation: `created` 0, and the
+    session answered 404)."""
     upstream = TrailersUpstream()
     bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config=MAIN_CONFIG)
     (cluster,) = bootstrap["static_resources"]["clusters"]

@@ -46,7 +46,8 @@ mod status {
 }
 
 const AFTER_HELP: &str = "\
-Exit status: 0 done; 1 no session matched (nothing deleted); 2 bad flags or values; \
+Exit status: 0 done; 1 no session matched (nothing deleted); 2 bad flags or values, or a handle that matches more \
+than one session; \
 3 etcd could not be reached or refused (nothing deleted); 4 a revocation stopped part-way \
 (what was and was not deleted is printed), or whether a delete was carried out is unknown.
 
