@@ -43,13 +43,21 @@ pub fn classify(header: Option<&[u8]>) -> Era {
     }
 }
 
-/// True when `value` has the shape of a revision: `YYYY-MM-DD`, digits and dashes.
+/// True when `value` is a revision: a `YYYY-MM-DD` date, its month 01 to 12 and its day 01
+/// to 31 (an impossible date is an invalid version, refused, not a future revision).
 fn is_revision_date(bytes: &[u8]) -> bool {
-    bytes.len() == 10
+    let shaped = bytes.len() == 10
         && bytes.iter().enumerate().all(|(i, b)| match i {
             4 | 7 => *b == b'-',
             _ => b.is_ascii_digit(),
-        })
+        });
+    let two = |at: usize| match bytes.get(at..at + 2) {
+        Some(&[tens, ones]) => {
+            u16::from(tens.wrapping_sub(b'0')) * 10 + u16::from(ones.wrapping_sub(b'0'))
+        }
+        _ => 0,
+    };
+    shaped && (1..=12).contains(&two(5)) && (1..=31).contains(&two(8))
 }
 
 #[cfg(test)]
@@ -70,7 +78,14 @@ mod tests {
             (Some("2026-01-01"), Era::Unsupported),
             (Some("2026-7-28"), Era::Unsupported),
             (Some("2026-07-28x"), Era::Unsupported),
-            (Some("9999-99-99"), Era::Sessionless),
+            (Some("9999-12-31"), Era::Sessionless),
+            // Review: impossible dates passed untouched as future revisions.
+            (Some("9999-99-99"), Era::Unsupported),
+            (Some("2099-13-45"), Era::Unsupported),
+            (Some("2026-13-01"), Era::Unsupported),
+            (Some("2026-00-10"), Era::Unsupported),
+            (Some("2026-10-00"), Era::Unsupported),
+            (Some("2026-10-32"), Era::Unsupported),
             (Some(""), Era::Unsupported),
             (Some("latest"), Era::Unsupported),
             (Some("2026/07/28"), Era::Unsupported),
