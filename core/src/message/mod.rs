@@ -272,8 +272,8 @@ impl<'de> Visitor<'de> for MessageVisitor {
                 Key::Method => method = Some(map.next_value()?),
                 Key::Id => id = Some(map.next_value()?),
                 Key::Error => {
-                    error = true;
-                    map.next_value::<IgnoredAny>()?;
+                    // `"error": null` is no error (a serializer that writes every field).
+                    error |= map.next_value::<Option<IgnoredAny>>()?.is_some();
                 }
                 Key::Result => {
                     result = true;
@@ -470,6 +470,8 @@ pub struct SseScanner {
     line: Vec<u8>,
     data: Vec<u8>,
     after_cr: bool,
+    /// A line has ended: a byte-order mark can only come before the first.
+    lined: bool,
 }
 
 impl SseScanner {
@@ -493,7 +495,11 @@ impl SseScanner {
     }
 
     fn end_line(&mut self) -> Option<Outcome> {
-        let line = std::mem::take(&mut self.line);
+        let mut line = std::mem::take(&mut self.line);
+        // One byte-order mark at the start of the stream is not part of it (the SSE grammar).
+        if !std::mem::replace(&mut self.lined, true) && line.starts_with(b"\xEF\xBB\xBF") {
+            line.drain(..3);
+        }
         if line.is_empty() {
             // A blank line dispatches the event.
             let data = std::mem::take(&mut self.data);
@@ -756,6 +762,33 @@ mod tests {
         );
         assert_eq!(json_outcome(b"not json"), None);
         assert_eq!(json_outcome(br#"{"method":"x"}"#), None);
+        // Review: `"error": null` beside a result failed the initialize (its ID already out).
+        for body in [
+            br#"{"jsonrpc":"2.0","id":1,"result":{},"error":null}"#.as_slice(),
+            br#"{"jsonrpc":"2.0","id":1,"error" : null ,"result":{}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"error":"\u0041","result":{}}"#,
+        ] {
+            let want = if body.windows(4).any(|w| w == b"null") {
+                Outcome::Result
+            } else {
+                Outcome::Error
+            };
+            assert_eq!(
+                json_outcome(body),
+                Some(want),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(
+                parse_body(body).ok(),
+                parse_body_with_serde(body).ok(),
+                "both readers agree"
+            );
+        }
+        assert_eq!(
+            json_outcome(br#"{"jsonrpc":"2.0","id":1,"error":null}"#),
+            None
+        );
     }
 
     #[test]
@@ -776,6 +809,26 @@ mod tests {
             .iter()
             .find_map(|b| scanner.feed(std::slice::from_ref(b)));
         assert_eq!(got, Some(Outcome::Result));
+    }
+
+    /// Review: a stream that began with a byte-order mark lost its first line, and with it
+    /// an initialize's result (its ID already out). One mark, at the start only, split or not.
+    #[test]
+    fn sse_scanner_skips_a_byte_order_mark_at_the_start() {
+        let stream = b"\xEF\xBB\xBFdata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n";
+        for split in 0..stream.len() {
+            let mut scanner = SseScanner::default();
+            let (a, b) = stream.split_at(split);
+            let got = scanner.feed(a).or_else(|| scanner.feed(b));
+            assert_eq!(got, Some(Outcome::Result), "split at {split}");
+        }
+        let mut scanner = SseScanner::default();
+        let later = b": hi\n\xEF\xBB\xBFdata: {\"id\":1,\"result\":{}}\n\n";
+        assert_eq!(
+            scanner.feed(later),
+            None,
+            "a mark after the first line is not skipped"
+        );
     }
 
     #[test]

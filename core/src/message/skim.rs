@@ -45,7 +45,12 @@ pub(super) fn message(bytes: &[u8]) -> Option<Message> {
                 b"method" => method = Some(skim.method()?),
                 b"id" => id = Some(skim.raw()?),
                 other => {
-                    error |= other == b"error";
+                    // `"error": null` is no error (a serializer that writes every field).
+                    let null = skim
+                        .bytes
+                        .get(skim.at..)
+                        .is_some_and(|v| v.starts_with(b"null"));
+                    error |= other == b"error" && !null;
                     result |= other == b"result";
                     skim.value()?;
                 }
