@@ -10,14 +10,20 @@ use crate::session_id::{constant_time_eq, SECRET_LEN};
 const FORMAT_VERSION: u8 = 1;
 const FLAG_INITIALIZED: u8 = 1;
 const FLAG_IDENTITY: u8 = 2;
+/// The upstream session ID's length takes two bytes (it is longer than 255 bytes). Records
+/// written before this flag existed never set it, and read as they always did.
+const FLAG_LONG_UPSTREAM: u8 = 4;
 /// Bytes of identity digest kept (128 bits of SHA-256).
 pub const DIGEST_LEN: usize = 16;
-/// Longest upstream session ID the record can hold.
-pub const MAX_UPSTREAM_ID: usize = 255;
+/// Longest upstream session ID the record can hold. The specification sets no length (only
+/// visible ASCII); an upstream that signs its IDs (a JWT) easily passes 255 bytes.
+pub const MAX_UPSTREAM_ID: usize = 1024;
+/// Longest upstream host (`IP:port`) the record can hold.
+pub const MAX_UPSTREAM_HOST: usize = 255;
 /// The longest encoding: the fixed part (35 bytes), an identity digest, and an upstream
 /// session ID and an upstream host of the longest each, with their lengths.
 #[cfg(test)]
-const MAX_ENCODED: usize = FIXED_LEN + DIGEST_LEN + 2 * (1 + MAX_UPSTREAM_ID);
+const MAX_ENCODED: usize = FIXED_LEN + DIGEST_LEN + 2 + MAX_UPSTREAM_ID + 1 + MAX_UPSTREAM_HOST;
 /// The fixed part: format, state, flags, the secret, two times.
 const FIXED_LEN: usize = 3 + SECRET_LEN + 8 + 8;
 
@@ -155,10 +161,10 @@ impl Record {
         let upstream = self.upstream_id.as_deref().unwrap_or("").as_bytes();
         let upstream = upstream.get(..MAX_UPSTREAM_ID).unwrap_or(upstream);
         let host = self.upstream_host.as_deref().map(str::as_bytes);
-        let host = host.map(|host| host.get(..MAX_UPSTREAM_ID).unwrap_or(host));
+        let host = host.map(|host| host.get(..MAX_UPSTREAM_HOST).unwrap_or(host));
         let len = FIXED_LEN
             + self.identity.map_or(0, |d| d.len())
-            + 1
+            + if upstream.len() > 255 { 2 } else { 1 }
             + upstream.len()
             + host.map_or(0, |h| 1 + h.len());
         // Written where it is kept, through one writer: the fixed part's places are known
@@ -190,6 +196,11 @@ impl Record {
         if self.identity.is_some() {
             flags |= FLAG_IDENTITY;
         }
+        // Bounded to MAX_UPSTREAM_ID by the caller, so the length fits two bytes.
+        let short = u8::try_from(upstream.len()).ok();
+        if short.is_none() {
+            flags |= FLAG_LONG_UPSTREAM;
+        }
         out.put(&[FORMAT_VERSION, state, flags]);
         out.put(&self.secret);
         out.put(&self.created_ms.to_le_bytes());
@@ -197,8 +208,14 @@ impl Record {
         if let Some(digest) = &self.identity {
             out.put(digest);
         }
-        // Bounded to MAX_UPSTREAM_ID above, so the length fits a byte.
-        out.put(&[u8::try_from(upstream.len()).unwrap_or(u8::MAX)]);
+        match short {
+            Some(len) => out.put(&[len]),
+            None => out.put(
+                &u16::try_from(upstream.len())
+                    .unwrap_or(u16::MAX)
+                    .to_le_bytes(),
+            ),
+        }
         out.put(upstream);
         // Optional tail: the upstream host (records without one end here).
         if let Some(host) = host {
@@ -228,7 +245,11 @@ impl Record {
         } else {
             None
         };
-        let len = usize::from(r.byte()?);
+        let len = if flags & FLAG_LONG_UPSTREAM != 0 {
+            usize::from(u16::from_le_bytes(r.array::<2>()?))
+        } else {
+            usize::from(r.byte()?)
+        };
         let upstream = r.take(len)?;
         let upstream_host = if r.0.is_empty() {
             None
@@ -365,7 +386,7 @@ mod tests {
         both.upstream_id = Some("x".repeat(MAX_UPSTREAM_ID));
         // The longest there is: every field at its largest, on the stack buffer's last byte.
         let mut longest = both.clone();
-        longest.upstream_host = Some("h".repeat(MAX_UPSTREAM_ID));
+        longest.upstream_host = Some("h".repeat(MAX_UPSTREAM_HOST));
         for record in [live(), bound, mapped, both, longest.clone()] {
             let bytes = record.encode();
             assert_eq!(Record::decode(&bytes), Some(record.clone()), "{record:?}");
@@ -375,8 +396,41 @@ mod tests {
         assert_eq!(longest.encode().len(), MAX_ENCODED);
         // Longer than a record can hold is cut to it, as before, and still fits.
         let mut over = longest;
-        over.upstream_host = Some("h".repeat(MAX_UPSTREAM_ID + 9));
+        over.upstream_host = Some("h".repeat(MAX_UPSTREAM_HOST + 9));
         assert_eq!(over.encode().len(), MAX_ENCODED);
+    }
+
+    /// An upstream session ID of up to 255 bytes has a one-byte length, as in every record
+    /// written before longer ones were kept (so those read as they always did); a longer one
+    /// has a two-byte length and a flag, up to [`MAX_UPSTREAM_ID`].
+    #[test]
+    fn upstream_ids_past_255_bytes_round_trip_with_a_two_byte_length() {
+        for (len, flagged) in [
+            (1, false),
+            (255, false),
+            (256, true),
+            (700, true),
+            (MAX_UPSTREAM_ID, true),
+        ] {
+            let mut record = live();
+            record.upstream_id = Some("u".repeat(len));
+            record.upstream_host = Some("10.0.0.7:8080".into());
+            let bytes = record.encode();
+            assert_eq!(bytes[2] & FLAG_LONG_UPSTREAM != 0, flagged, "{len}");
+            let length_bytes = if flagged { 2 } else { 1 };
+            assert_eq!(bytes.len(), 36 - 1 + length_bytes + len + 1 + 13, "{len}");
+            assert_eq!(Record::decode(&bytes), Some(record), "{len}");
+        }
+        // As written before the flag: the length in one byte, then the host.
+        let mut old = vec![FORMAT_VERSION, 2, FLAG_INITIALIZED];
+        old.extend([9; SECRET_LEN]);
+        old.extend(T0.to_le_bytes());
+        old.extend((T0 + 5_000).to_le_bytes());
+        old.push(255);
+        old.extend([b'u'; 255]);
+        let mut expected = live();
+        expected.upstream_id = Some("u".repeat(255));
+        assert_eq!(Record::decode(&old), Some(expected));
     }
 
     /// A record as long as the room on the stack, and one byte longer, encode alike (the first

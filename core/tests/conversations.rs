@@ -677,7 +677,9 @@ fn initialize_answered_as_json_or_sse_with_a_result_or_an_error() {
         let case = format!("{answer:?} in {chunks:?}");
         assert!(!response.local, "{case}");
         let sid = response.header("mcp-session-id").map(str::to_owned);
-        if let InitAnswer::Status(_) = answer {
+        // A failed status, or a 2xx that ends at its headers (review: it carried our ID, which
+        // then answered 404), shows no session: no InitializeResult came with it.
+        if matches!(answer, InitAnswer::Status(_) | InitAnswer::NoBody) {
             assert_eq!(sid, None, "{case}: no ID on a failed initialize");
             assert_eq!(w.stats(), stats(&[]), "{case}");
             continue;
@@ -786,6 +788,54 @@ fn a_stateful_upstreams_404_on_a_session_that_just_expired_counts_the_expiry() {
         (w.stat("expired"), w.stat("terminated"), w.stat("live")),
         (1, 0, 0)
     );
+}
+
+/// Found in review: an upstream ID past 255 bytes (a signed one, a JWT) was refused like an
+/// invalid one, so the client got a 200 with no session and a 400 on every request after it.
+/// Up to 1024 bytes is kept now; every request carries it to the upstream.
+#[test]
+fn a_long_upstream_id_is_kept_and_one_past_the_limit_fails_the_initialize() {
+    for (len, kept) in [(255, true), (700, true), (1024, true), (1025, false)] {
+        let w = World::with("{}", Upstream::stateful());
+        let process = Rc::clone(&w.process);
+        let envoy = Envoy::new(&w.plugins[0]);
+        let theirs = "j".repeat(len);
+        let json = [
+            ("content-type", "application/json"),
+            ("mcp-session-id", theirs.as_str()),
+        ];
+        let response = envoy.send(Request::post(INITIALIZE, &[]), &mut |_| {
+            Response::upstream(200, &json, r#"{"jsonrpc":"2.0","id":1,"result":{}}"#)
+        });
+        assert_eq!(
+            process.stat("mcp_session.created"),
+            i64::from(kept),
+            "{len}"
+        );
+        let Some(sid) = response.header("mcp-session-id").map(str::to_owned) else {
+            assert!(!kept, "{len}: no session");
+            continue;
+        };
+        assert_ne!(sid, theirs, "{len}: ours, never theirs");
+        let mut seen = None;
+        let call = envoy.send(
+            Request::post(INITIALIZED, &[("mcp-session-id", &sid), V]),
+            &mut |r| {
+                seen = r.headers.value("mcp-session-id").map(str::to_owned);
+                Response::upstream(202, &[("mcp-session-id", theirs.as_str())], "")
+            },
+        );
+        assert_eq!(
+            (call.status, call.header("mcp-session-id")),
+            (202, Some(sid.as_str())),
+            "{len}"
+        );
+        assert_eq!(
+            seen.as_deref(),
+            Some(theirs.as_str()),
+            "{len}: theirs goes upstream"
+        );
+    }
 }
 
 #[test]

@@ -18,7 +18,9 @@ use crate::metrics::Event as Count;
 use crate::policy::{
     self, HeadVerdict, HttpMethod, RequestHead, SessionVerdict, SessionlessBody, UninitializedBody,
 };
-use crate::record::{identity_handle, identity_of_parts, Record, MAX_UPSTREAM_ID};
+use crate::record::{
+    identity_handle, identity_of_parts, Record, MAX_UPSTREAM_HOST, MAX_UPSTREAM_ID,
+};
 use crate::rejection::Rejection;
 use crate::session_id::{SessionId, SECRET_LEN};
 use crate::store::{Ended, Lookup, StoreOp, StoreResult};
@@ -1001,7 +1003,8 @@ impl Exchange {
             edits: vec![Edit::Response(SESSION_HEADER, None)],
             flow: Flow::Continue,
         };
-        if !(200..300).contains(&status) {
+        // A 2xx that ends at its headers carries no `InitializeResult`: no session goes out.
+        if !(200..300).contains(&status) || end_of_stream {
             let mut step = removed();
             step.flow = self.decide_initialize(input, Outcome::Error).flow;
             return step;
@@ -1032,19 +1035,19 @@ impl Exchange {
             init.reserved.upstream_host = attributes
                 .get(&["upstream", "address"])
                 .and_then(|v| String::from_utf8(v).ok())
-                .filter(|v| !v.is_empty() && v.len() <= MAX_UPSTREAM_ID);
+                .filter(|v| !v.is_empty() && v.len() <= MAX_UPSTREAM_HOST);
         }
-        match expose.text() {
-            Some(list) if list.to_ascii_lowercase().contains(SESSION_HEADER) => {}
-            Some(list) if !list.trim().is_empty() => edits.push(Edit::Response(
-                EXPOSE_HEADER,
-                Some(format!("{list}, {SESSION_HEADER}")),
-            )),
-            Some(_) => edits.push(Edit::Response(EXPOSE_HEADER, Some(SESSION_HEADER.into()))),
-            None => edits.push(Edit::ResponseAdd(
+        // Exposed unless the upstream's (first) list names it: in a line of its own, which
+        // leaves every line the upstream sent as it was (a list may span several lines).
+        let named = |list: &str| {
+            list.split(',')
+                .any(|name| name.trim().eq_ignore_ascii_case(SESSION_HEADER))
+        };
+        if !expose.text().is_some_and(named) {
+            edits.push(Edit::ResponseAdd(
                 EXPOSE_HEADER,
                 Value::Text(Cow::Borrowed(SESSION_HEADER)),
-            )),
+            ));
         }
         const SSE: &[u8] = b"text/event-stream";
         let content_type = content_type.value.unwrap_or_default();
@@ -1056,13 +1059,10 @@ impl Exchange {
         } else {
             Answer::Json(Vec::new())
         };
-        let flow = if end_of_stream {
-            // A 2xx with no body carries no result.
-            self.decide_initialize(input, Outcome::Error).flow
-        } else {
-            Flow::Continue
-        };
-        Step { edits, flow }
+        Step {
+            edits,
+            flow: Flow::Continue,
+        }
     }
 
     fn on_response_body(

@@ -459,9 +459,9 @@ fn an_initialize_by_table() {
     }
     // The header edits of a 2xx answer: a header the answer lacks is added (a host's add does
     // not look for copies), one it carries is set (replaced), and the expose list keeps what
-    // the upstream exposed.
+    // the upstream exposed, ours added in a line of its own.
     let ours = || id().encode();
-    let expose = |v: &str| Edit::Response(EXPOSE_HEADER, Some(v.to_owned()));
+    let expose_ours = || Edit::ResponseAdd(EXPOSE_HEADER, Value::Text(SESSION_HEADER.into()));
     type Row<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<Edit>);
     let edit_rows: Vec<Row> = vec![
         (
@@ -481,25 +481,46 @@ fn an_initialize_by_table() {
             ],
         ),
         (
-            "an expose list gets ours appended",
+            "an expose list gets ours in a line of its own",
             vec![(EXPOSE_HEADER, "x-a")],
             vec![
                 Edit::ResponseAdd(SESSION_HEADER, Value::Session(id())),
-                expose("x-a, mcp-session-id"),
+                expose_ours(),
             ],
         ),
         (
-            "a blank expose list is replaced",
+            "a blank expose list too",
             vec![(EXPOSE_HEADER, " ")],
             vec![
                 Edit::ResponseAdd(SESSION_HEADER, Value::Session(id())),
-                expose(SESSION_HEADER),
+                expose_ours(),
             ],
         ),
         (
             "an expose list that names it already stays",
             vec![(EXPOSE_HEADER, "X-A, Mcp-Session-Id")],
             vec![Edit::ResponseAdd(SESSION_HEADER, Value::Session(id()))],
+        ),
+        // Review: a name that only contains ours counted as ours (and the browser could not
+        // read the session ID), and a list on two lines lost its second line to the set.
+        (
+            "a longer name that contains ours is another name",
+            vec![(EXPOSE_HEADER, "x-mcp-session-id-hint")],
+            vec![
+                Edit::ResponseAdd(SESSION_HEADER, Value::Session(id())),
+                expose_ours(),
+            ],
+        ),
+        (
+            "a list on two lines keeps both",
+            vec![
+                (EXPOSE_HEADER, "x-a"),
+                (EXPOSE_HEADER, "mcp-protocol-version"),
+            ],
+            vec![
+                Edit::ResponseAdd(SESSION_HEADER, Value::Session(id())),
+                expose_ours(),
+            ],
         ),
     ];
     for (name, extra, want) in edit_rows {
