@@ -1,10 +1,11 @@
 #![no_main]
 //! `record::Record::encode` then `decode` is the identity for every record the filter stores
-//! (an upstream session ID of 1 to 255 bytes, or none; an upstream host, the optional
-//! affinity tail, of 1 to 255 bytes, or none).
+//! (an upstream session ID of 1 to MAX_UPSTREAM_ID bytes, or none, its length in one byte up
+//! to 255 and in two past it; an upstream host, the optional affinity tail, of 1 to
+//! MAX_UPSTREAM_HOST bytes, or none).
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mcp_session_core::record::{Record, State, MAX_UPSTREAM_ID};
+use mcp_session_core::record::{Record, State, MAX_UPSTREAM_HOST, MAX_UPSTREAM_ID};
 
 #[derive(Arbitrary, Debug)]
 struct Fields {
@@ -18,10 +19,9 @@ struct Fields {
     upstream_host: Option<String>,
 }
 
-/// What a record can hold: 1 to MAX_UPSTREAM_ID bytes (its length is one byte, and an empty
-/// one is written as none).
-fn storable(s: Option<String>) -> Option<String> {
-    s.filter(|s| !s.is_empty() && s.len() <= MAX_UPSTREAM_ID)
+/// What a record can hold: 1 to `max` bytes (an empty one is written as none).
+fn storable(s: Option<String>, max: usize) -> Option<String> {
+    s.filter(|s| !s.is_empty() && s.len() <= max)
 }
 
 fuzz_target!(|f: Fields| {
@@ -33,12 +33,15 @@ fuzz_target!(|f: Fields| {
         created_ms: f.created_ms,
         last_seen_ms: f.last_seen_ms,
         identity: f.identity,
-        upstream_id: storable(f.upstream_id),
-        upstream_host: storable(f.upstream_host),
+        upstream_id: storable(f.upstream_id, MAX_UPSTREAM_ID),
+        upstream_host: storable(f.upstream_host, MAX_UPSTREAM_HOST),
     };
     let bytes = record.encode();
     let extra = record.identity.map_or(0, |d| d.len())
-        + record.upstream_id.as_ref().map_or(0, String::len)
+        + record
+            .upstream_id
+            .as_ref()
+            .map_or(0, |u| u.len() + usize::from(u.len() > 255))
         + record.upstream_host.as_ref().map_or(0, |h| 1 + h.len());
     assert_eq!(bytes.len(), 36 + extra);
     assert_eq!(Record::decode(&bytes), Some(record));

@@ -9,7 +9,7 @@
 //! live records held.
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mcp_session_core::record::{Record, State};
+use mcp_session_core::record::{Record, State, MAX_UPSTREAM_ID};
 use mcp_session_core::session_id::SessionId;
 use mcp_session_core::store::local::{slot_key, Store};
 use mcp_session_core::store::{Ended, Limits, Lookup, SharedData};
@@ -98,9 +98,11 @@ fuzz_target!(|input: Input| {
                 let Some(k) = model.pick(u64::from(which)) else {
                     continue;
                 };
-                // The glue stores only visible-ASCII upstream IDs of 1 to 255 bytes.
+                // The glue stores only visible-ASCII upstream IDs of 1 to MAX_UPSTREAM_ID bytes.
                 let upstream = upstream.filter(|u| {
-                    !u.is_empty() && u.len() <= 255 && u.bytes().all(|b| (0x21..=0x7e).contains(&b))
+                    !u.is_empty()
+                        && u.len() <= MAX_UPSTREAM_ID
+                        && u.bytes().all(|b| (0x21..=0x7e).contains(&b))
                 });
                 if store.activate(&k.id, now, upstream.as_deref()) {
                     assert_eq!(
