@@ -761,7 +761,8 @@ impl<'p, H: Host> Envoy<'p, H> {
                 let end = i + 1 == pieces.len() && !self.trailers;
                 let whole = buffered.clone();
                 let read = move || Cow::Owned(whole.clone());
-                let action = worker.request_body(stream, &|| buffered.len(), end, &read, log);
+                let action =
+                    worker.body(stream, Side::Request, &|| buffered.len(), end, &read, log);
                 let action = self.settle(stream, log, action);
                 request.headers = log.request.clone();
                 if let Some(reply) = log.reply.take() {
@@ -812,7 +813,7 @@ impl<'p, H: Host> Envoy<'p, H> {
             let end = i + 1 == pieces.len() && !self.trailers;
             let chunk = held.clone();
             let read = move || Cow::Owned(chunk.clone());
-            let action = worker.response_body(stream, &|| held.len(), end, &read, log);
+            let action = worker.body(stream, Side::Response, &|| held.len(), end, &read, log);
             let action = self.settle(stream, log, action);
             if let Some(reply) = log.reply.take() {
                 return local(reply);

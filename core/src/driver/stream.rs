@@ -76,11 +76,11 @@ pub struct Stream {
 /// A hook a host may skip when its stream has nothing to do in it ([`Stream::passes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
-    /// [`Worker::request_body`], and [`Worker::trailers`] of the request.
+    /// [`Worker::body`] and [`Worker::trailers`] of the request.
     RequestBody,
     /// [`Worker::response_headers`].
     ResponseHeaders,
-    /// [`Worker::response_body`], and [`Worker::trailers`] of the response.
+    /// [`Worker::body`] and [`Worker::trailers`] of the response.
     ResponseBody,
     /// [`Worker::stream_done`].
     Done,
@@ -131,31 +131,9 @@ impl<H: Host> Worker<H> {
         self.feed(stream, Side::Request, event, io)
     }
 
-    /// Request body data: `size()` bytes buffered so far, read by `body` if needed (both asked
+    /// Body data of one side: `size()` bytes (the request's: buffered so far; the response's:
+    /// in this chunk, or all held so far when paused), read by `body` if needed (both asked
     /// only when the machine reads this body: a host may pay to learn either).
-    pub fn request_body<'b>(
-        &self,
-        stream: &mut Stream,
-        size: &'b dyn Fn() -> usize,
-        end_of_stream: bool,
-        body: &'b ReadBody<'b>,
-        io: &mut impl StreamIo,
-    ) -> Action {
-        if stream.passes(Hook::RequestBody) {
-            return Action::Continue;
-        }
-        if stream.held.is_some() {
-            return Action::Pause; // held until etcd answers
-        }
-        let event = Event::RequestBody {
-            size,
-            end_of_stream,
-            body,
-        };
-        self.feed(stream, Side::Request, event, io)
-    }
-
-    /// Body data of either side: [`Worker::request_body`] or [`Worker::response_body`].
     pub fn body<'b>(
         &self,
         stream: &mut Stream,
@@ -165,10 +143,29 @@ impl<H: Host> Worker<H> {
         body: &'b ReadBody<'b>,
         io: &mut impl StreamIo,
     ) -> Action {
-        match side {
-            Side::Request => self.request_body(stream, size, end_of_stream, body, io),
-            Side::Response => self.response_body(stream, size, end_of_stream, body, io),
+        let hook = match side {
+            Side::Request => Hook::RequestBody,
+            Side::Response => Hook::ResponseBody,
+        };
+        if stream.passes(hook) {
+            return Action::Continue;
         }
+        if stream.held.is_some() {
+            return Action::Pause; // held until etcd answers
+        }
+        let event = match side {
+            Side::Request => Event::RequestBody {
+                size,
+                end_of_stream,
+                body,
+            },
+            Side::Response => Event::ResponseBody {
+                size,
+                end_of_stream,
+                body,
+            },
+        };
+        self.feed(stream, side, event, io)
     }
 
     /// The trailers of either side: that side's body is over. An HTTP/2 or HTTP/3 message may
@@ -203,30 +200,6 @@ impl<H: Host> Worker<H> {
             headers,
             attributes,
             end_of_stream,
-        };
-        self.feed(stream, Side::Response, event, io)
-    }
-
-    /// Response body data: `size()` bytes in this chunk (all held so far when paused), asked
-    /// only when the machine reads this body.
-    pub fn response_body<'b>(
-        &self,
-        stream: &mut Stream,
-        size: &'b dyn Fn() -> usize,
-        end_of_stream: bool,
-        body: &'b ReadBody<'b>,
-        io: &mut impl StreamIo,
-    ) -> Action {
-        if stream.passes(Hook::ResponseBody) {
-            return Action::Continue;
-        }
-        if stream.held.is_some() {
-            return Action::Pause; // held until etcd answers
-        }
-        let event = Event::ResponseBody {
-            size,
-            end_of_stream,
-            body,
         };
         self.feed(stream, Side::Response, event, io)
     }
