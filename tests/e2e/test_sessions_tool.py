@@ -481,7 +481,7 @@ def test_bad_input_and_an_unreachable_etcd(cluster_envoys, sessions_tool, tool: 
 
     refused(mcp("revoke", "--handle", "0123456789abcdef", check=False), 1, "no session with handle 0123456789abcdef", "nothing revoked")
     refused(mcp("revoke", "--header", "mallory", check=False), 1, f"no session of identity {identity_digest(b'mallory')}")
-    refused(mcp("revoke", "--handle", "xyz", check=False), 2, '--handle: "xyz" is not a session handle')
+    refused(mcp("revoke", "--handle", "xyz", check=False), 2, "--handle: the value given (3 characters, not repeated")
     refused(mcp("revoke", check=False), 2, "say which sessions")
     refused(mcp("revoke", "--identity", check=False), 2, "give the identity digest")
     refused(mcp("revoke", "--header", "", check=False), 2, "--header: an empty value is no identity")

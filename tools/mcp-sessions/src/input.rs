@@ -153,7 +153,8 @@ pub fn handle(value: &str) -> Result<String, BadInput> {
         return Ok(lower);
     }
     bad(format!(
-        "--handle: {value:?} is not a session handle (16 hex characters, as the access logs and `mcp-sessions list` show)"
+        "--handle: the value given ({} characters, not repeated here: it may be a session ID) is not a session handle (16 hex characters, as the access logs and `mcp-sessions list` show, or the 32 of the whole digest)",
+        value.chars().count()
     ))
 }
 
@@ -180,8 +181,9 @@ impl Identity {
                 let lower = hex.trim().to_ascii_lowercase();
                 if lower.len() != 2 * DIGEST_LEN || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return bad(format!(
-                        "--identity: {hex:?} is not an identity digest (32 hex characters, as `mcp-sessions list` shows); \
-                         give the caller's value with --header, --claim or --peer instead"
+                        "--identity: the value given ({} characters, not repeated here: it may be a credential) is not an identity digest (32 hex characters, as `mcp-sessions list` shows); \
+                         give the caller's value with --header, --claim or --peer instead",
+                        hex.chars().count()
                     ));
                 }
                 return Ok(lower);
@@ -445,7 +447,10 @@ mod tests {
                 Identity::Claims(vec!["a".into(), String::new()]),
                 "--claim: an empty claim",
             ),
-            (Identity::Digest("abc".into()), "--identity: \"abc\" is not"),
+            (
+                Identity::Digest("abc".into()),
+                "--identity: the value given (3 characters",
+            ),
             (
                 Identity::Digest("g".repeat(32)),
                 "is not an identity digest",
@@ -454,5 +459,15 @@ mod tests {
             let error = identity.digest_hex().unwrap_err().0;
             assert!(error.contains(says), "{identity:?}: {error}");
         }
+        // Review: a mistyped argument was echoed, and it may be a credential or a session ID.
+        let secret = "Bearer eyJhbGciOiJIUzI1NiJ9.secret";
+        let error = Identity::Digest(secret.into()).digest_hex().unwrap_err().0;
+        assert!(!error.contains("secret"), "{error}");
+        let id = "0000002a6b1f9c0e4d3a2b1c0f9e8d7c6b5a4f3e";
+        let error = handle(id).unwrap_err().0;
+        assert!(
+            !error.contains(id) && error.contains("40 characters"),
+            "{error}"
+        );
     }
 }

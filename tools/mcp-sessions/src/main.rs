@@ -225,11 +225,18 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(&cli)) {
         Ok(text) => {
-            print!("{text}");
+            out(&text);
             ExitCode::from(status::OK)
         }
         Err(failure) => fail(&failure),
     }
+}
+
+/// Writes to standard output; a closed one (`| head`) loses the rest, and the exit status
+/// still says what was done (a panic would say 101 after a revoke that worked).
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn fail(failure: &Failure) -> ExitCode {
@@ -238,11 +245,12 @@ fn fail(failure: &Failure) -> ExitCode {
         Failure::Etcd(e) => (status::ETCD, format!("mcp-sessions: error: {e}\n")),
         Failure::NoMatch(text) => (status::NO_MATCH, text.clone()),
         Failure::Partial(report, why) => {
-            print!("{report}");
+            out(report);
             (status::PARTIAL, format!("mcp-sessions: error: {why}\n"))
         }
     };
-    eprint!("{text}");
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
     ExitCode::from(code)
 }
 

@@ -404,6 +404,12 @@ async fn attempt<T>(
     match tokio::time::timeout(timeout, future).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(etcd_client::Error::GRpcStatus(status))) => match status.code() {
+            // etcd's own Unavailable ("etcdserver: request timed out", "leader changed") may
+            // come after the change was applied: a write so answered is not sent again
+            // elsewhere, as one that got no answer. Any other is the connection's.
+            tonic::Code::Unavailable if status.message().starts_with("etcdserver:") => {
+                Err(Attempt::Timeout(status_text(&status)))
+            }
             tonic::Code::Unavailable => Err(Attempt::Unreachable(status_text(&status))),
             tonic::Code::DeadlineExceeded => Err(Attempt::Timeout(format!(
                 "no answer within {} ({})",
@@ -517,6 +523,29 @@ mod tests {
             ..session
         };
         assert_eq!(index_key(prefix.as_bytes(), &unbound), None);
+    }
+
+    /// Review: a delete etcd answered "request timed out" (gRPC Unavailable, maybe applied)
+    /// was sent again to the next member, and a revoke that had worked reported "nothing
+    /// revoked". etcd's own Unavailable is an answer that may have been carried out; the
+    /// connection's is not.
+    #[tokio::test]
+    async fn etcds_own_unavailable_may_have_been_applied_and_a_connections_was_not() {
+        let answer = |message: &'static str| async move {
+            Err::<(), _>(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+                message,
+            )))
+        };
+        let timeout = Duration::from_secs(1);
+        for message in [
+            "etcdserver: request timed out",
+            "etcdserver: leader changed",
+        ] {
+            let got = attempt("m1", timeout, answer(message)).await;
+            assert!(matches!(got, Err(Attempt::Timeout(_))), "{message}");
+        }
+        let got = attempt("m1", timeout, answer("error trying to connect")).await;
+        assert!(matches!(got, Err(Attempt::Unreachable(_))));
     }
 
     #[test]
