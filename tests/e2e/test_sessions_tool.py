@@ -433,13 +433,13 @@ def test_with_a_limit_per_caller_the_index_is_no_session_and_a_revocation_frees_
     open_session(a.url(), headers=user("alice"))
 
 
-def put_records(etcd: EtcdCluster, prefix: str, count: int, who: bytes) -> list[str]:
+def put_records(etcd: EtcdCluster, prefix: str, count: int, who: bytes, format_version: int = 1) -> list[str]:
     """`count` session records of caller `who` written straight to etcd (through its JSON
     gateway: values hold NUL bytes), as the filter writes them: live, initialized, bound.
     Returns their handles."""
     now = int(time.time() * 1000)
     ident = hashlib.sha256(b"mcp-identity\0\x01" + who).digest()[:16]
-    value = bytes([1, 2, 3]) + bytes(16) + struct.pack("<QQ", now, now) + ident + bytes([0])
+    value = bytes([format_version, 2, 3]) + bytes(16) + struct.pack("<QQ", now, now) + ident + bytes([0])
     handles = []
     with httpx.Client(base_url=etcd.members[0].client_url, timeout=10) as client:
         for _ in range(count):
@@ -466,6 +466,22 @@ def test_a_caller_with_more_sessions_than_one_transaction_takes(cluster_envoys, 
     assert sorted(out["revoked"]) == sorted(handles)
     assert mcp("count").stdout == "1\n"
     assert added(add_as(pair.b, kept, "other"))
+
+
+def test_a_record_the_tool_cannot_read_is_named_not_passed_over(cluster_envoys, sessions_tool, etcd: EtcdCluster) -> None:
+    """Review: a key of a session's shape whose value the tool cannot decode (a newer filter's
+    record format, mid-upgrade) was left out of a revocation in silence: "no session", exit 1,
+    and the key left. The revocation still leaves it, and now says so."""
+    pair = cluster_envoys(IDENTITY)
+    mcp = sessions_tool(pair)
+    (handle_,) = put_records(etcd, pair.prefix, 1, b"newer", format_version=2)
+    by_handle = mcp("revoke", "--handle", handle_, check=False)
+    assert by_handle.returncode == 1, str(by_handle)
+    assert "1 key(s) with that handle hold a value this tool cannot read" in by_handle.stderr, str(by_handle)
+    by_caller = mcp("revoke", "--header", "newer", check=False)
+    assert by_caller.returncode == 1, str(by_caller)
+    assert "1 key(s) under the prefix hold no session record" in by_caller.stderr, str(by_caller)
+    assert "1 key(s)" in mcp("list").stderr  # still there
 
 
 def test_bad_input_and_an_unreachable_etcd(cluster_envoys, sessions_tool, tool: Path, etcd: EtcdCluster) -> None:

@@ -111,7 +111,8 @@ fn endpoint(entry: &str) -> Result<String, BadInput> {
     }
 }
 
-/// A duration as etcdctl writes them (`5s`, `500ms`, `1m`, `1.5s`), or a number of seconds.
+/// A duration of one unit (`5s`, `500ms`, `2m`, `1h`, `1.5s`), or a number of seconds: 1 ms
+/// to 1 h.
 pub fn duration(value: &str) -> Result<Duration, BadInput> {
     let value = value.trim();
     let (number, unit_ms) = if let Some(n) = value.strip_suffix("ms") {
@@ -120,11 +121,14 @@ pub fn duration(value: &str) -> Result<Duration, BadInput> {
         (n, 1000.0)
     } else if let Some(n) = value.strip_suffix('m') {
         (n, 60_000.0)
+    } else if let Some(n) = value.strip_suffix('h') {
+        (n, 3_600_000.0)
     } else {
         (value, 1000.0)
     };
     match number.trim().parse::<f64>() {
-        Ok(n) if n.is_finite() && n > 0.0 && n * unit_ms <= 3_600_000.0 => {
+        // Review: 1h was refused by a message that offered it, and 0.0001ms taken as 0 s.
+        Ok(n) if n.is_finite() && n * unit_ms >= 1.0 && n * unit_ms <= 3_600_000.0 => {
             Ok(Duration::from_secs_f64(n * unit_ms / 1000.0))
         }
         _ => bad(format!(
@@ -238,6 +242,24 @@ mod tests {
     use prost::Message;
     use std::cell::RefCell;
     use std::rc::Rc;
+
+    #[test]
+    fn durations_from_one_millisecond_to_one_hour() {
+        for (text, ms) in [
+            ("500ms", 500),
+            ("5s", 5_000),
+            ("1.5s", 1_500),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            ("7", 7_000),
+            ("1ms", 1),
+        ] {
+            assert_eq!(duration(text).map(|d| d.as_millis()), Ok(ms), "{text}");
+        }
+        for text in ["0.0001ms", "0s", "-1s", "61m", "2h", "1m30s", "soon", ""] {
+            assert!(duration(text).is_err(), "{text}");
+        }
+    }
 
     #[test]
     fn the_default_prefix_is_the_filters() {

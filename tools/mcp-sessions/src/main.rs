@@ -348,9 +348,14 @@ async fn revoke_handle(etcd: &Etcd, handle: &str, json: bool) -> Result<String, 
                 view::span(now_ms().saturating_sub(session.created_ms)),
             )
         }),
-        HandleRevoke::NotFound => Err(Failure::NoMatch(format!(
-            "mcp-sessions: error: no session with handle {handle} under {:?}: nothing revoked\n",
-            String::from_utf8_lossy(etcd.prefix())
+        HandleRevoke::NotFound { unreadable } => Err(Failure::NoMatch(format!(
+            "mcp-sessions: error: no session with handle {handle} under {:?}: nothing revoked{}\n",
+            String::from_utf8_lossy(etcd.prefix()),
+            if unreadable > 0 {
+                format!(" ({unreadable} key(s) with that handle hold a value this tool cannot read as a session record, perhaps a newer filter's: left in place)")
+            } else {
+                String::new()
+            }
         ))),
         HandleRevoke::EndedMeanwhile(session) => Err(Failure::NoMatch(format!(
             "mcp-sessions: error: session {} ended before it could be revoked: nothing revoked\n",
@@ -381,6 +386,8 @@ async fn revoke_handle(etcd: &Etcd, handle: &str, json: bool) -> Result<String, 
 
 async fn revoke_identity(etcd: &Etcd, digest: &str, json: bool) -> Result<String, Failure> {
     let snapshot = etcd.snapshot(etcd.prefix()).await?;
+    // A key this tool cannot read may be one of this caller's: say so, as `list` does.
+    warn_skipped(&snapshot);
     let sessions: Vec<_> = snapshot
         .sessions
         .into_iter()

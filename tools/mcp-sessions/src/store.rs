@@ -71,8 +71,9 @@ pub struct Snapshot {
 pub enum HandleRevoke {
     /// Deleted.
     Revoked(Session),
-    /// No session has that handle.
-    NotFound,
+    /// No session has that handle; `unreadable` keys with it hold a value this tool cannot
+    /// read as a record (a newer filter's format?), left in place.
+    NotFound { unreadable: usize },
     /// It was there, and gone before the delete (it ended, or someone else ended it).
     EndedMeanwhile(Session),
     /// More than one session begins with that handle: nothing was deleted.
@@ -254,9 +255,13 @@ impl Etcd {
     pub async fn revoke_handle(&self, handle: &str) -> Result<HandleRevoke, EtcdError> {
         let mut start = self.prefix.clone();
         start.extend_from_slice(handle.as_bytes());
-        let found = self.snapshot(&start).await?.sessions;
+        let snapshot = self.snapshot(&start).await?;
+        let found = snapshot.sessions;
         let session = match found.as_slice() {
-            [] => return Ok(HandleRevoke::NotFound),
+            [] => {
+                let unreadable = snapshot.skipped.len();
+                return Ok(HandleRevoke::NotFound { unreadable });
+            }
             [one] => one.clone(),
             _ => return Ok(HandleRevoke::Ambiguous(found)),
         };
