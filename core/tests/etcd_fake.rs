@@ -114,7 +114,20 @@ impl Node {
     fn call(&self, sid: &str) -> Response {
         self.send(Request::post(TOOLS_LIST, &[("mcp-session-id", sid), V]))
     }
+
+    /// A node whose watch is open (stream 1): a first session makes its worker a serving
+    /// one, and the tick after it opens the watch.
+    fn watching(config: &str, etcd: &Rc<FakeEtcd>) -> Node {
+        let node = Node::new(config, etcd);
+        let _ = node.open();
+        node.worker.on_timer(&mut Streams);
+        node
+    }
 }
+
+/// An etcd store with a prefix, as the watch tests configure it.
+const WATCHED: &str =
+    r#"{"store": {"etcd": {"cluster": "etcd", "prefix": "p/", "timeout_ms": 1000}}}"#;
 
 const REJECT: &str = r#"{"store": {"etcd": {"cluster": "etcd", "timeout_ms": 1000}}}"#;
 
@@ -327,10 +340,8 @@ fn a_session_made_while_etcd_was_away_is_forgotten_when_another_envoy_deletes_it
     use prost::Message;
     const LOCAL: &str = r#"{"store": {"etcd": {"cluster": "etcd", "prefix": "p/", "timeout_ms": 1000, "unavailable": "local"}}}"#;
     let etcd = Rc::new(FakeEtcd::new());
-    let a = Node::new(LOCAL, &etcd);
-    // The watch is up before the outage (a first session made the VM a serving one).
-    let _ = a.open();
-    a.worker.on_timer(&mut Streams);
+    // The watch is up before the outage.
+    let a = Node::watching(LOCAL, &etcd);
     let created = watch_created(5);
     a.worker
         .stream_message(1, &created.encode_to_vec(), &mut Streams);
@@ -443,13 +454,8 @@ fn the_watch_as_http_bytes_hears_the_same_ends_and_a_status_ends_it() {
     use mcp_session_core::grpc;
     use mcp_session_core::store::etcd::proto;
     use prost::Message;
-    const CONFIG: &str =
-        r#"{"store": {"etcd": {"cluster": "etcd", "prefix": "p/", "timeout_ms": 1000}}}"#;
     let etcd = Rc::new(FakeEtcd::new());
-    let a = Node::new(CONFIG, &etcd);
-    // A first session makes the worker a serving one, which keeps a watch.
-    let _ = a.open();
-    a.worker.on_timer(&mut Streams);
+    let a = Node::watching(WATCHED, &etcd);
     let restarts = || a.process.stat("mcp_session.store.watch_restarts");
     assert_eq!(restarts(), 1, "the watch opened");
     let created = watch_created(5);
@@ -501,12 +507,8 @@ fn the_watch_as_http_bytes_hears_the_same_ends_and_a_status_ends_it() {
 #[test]
 fn a_configuration_that_goes_takes_its_watch_out_of_watch_up() {
     use prost::Message;
-    const CONFIG: &str =
-        r#"{"store": {"etcd": {"cluster": "etcd", "prefix": "p/", "timeout_ms": 1000}}}"#;
     let etcd = Rc::new(FakeEtcd::new());
-    let a = Node::new(CONFIG, &etcd);
-    let _ = a.open();
-    a.worker.on_timer(&mut Streams);
+    let a = Node::watching(WATCHED, &etcd);
     a.worker
         .stream_message(1, &watch_created(5).encode_to_vec(), &mut Streams);
     assert_eq!(a.process.stat("mcp_session.store.watch_up"), 1);
