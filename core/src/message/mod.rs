@@ -472,6 +472,9 @@ pub struct SseScanner {
     after_cr: bool,
     /// A line has ended: a byte-order mark can only come before the first.
     lined: bool,
+    /// The event has a type other than `message`: the SDK clients pass it over (they read
+    /// JSON-RPC only from unnamed and `message` events), and so does the scanner.
+    other_event: bool,
 }
 
 impl SseScanner {
@@ -503,17 +506,31 @@ impl SseScanner {
         if line.is_empty() {
             // A blank line dispatches the event.
             let data = std::mem::take(&mut self.data);
+            if std::mem::take(&mut self.other_event) {
+                return None;
+            }
             return json_outcome(&data);
         }
-        if let Some(value) = line.strip_prefix(b"data") {
-            if value.is_empty() || value.first() == Some(&b':') {
-                let value = value.get(1..).unwrap_or_default();
-                let value = value.strip_prefix(b" ").unwrap_or(value);
+        // `field: value` (one space after the colon is not part of the value), or a field
+        // alone; a line that starts with a colon is a comment (a field with no name).
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(colon) => {
+                let (field, rest) = line.split_at(colon);
+                let value = rest.get(1..).unwrap_or_default();
+                (field, value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line.as_slice(), &[][..]),
+        };
+        match field {
+            b"data" => {
                 if !self.data.is_empty() {
                     self.data.push(b'\n');
                 }
                 self.data.extend_from_slice(value);
             }
+            // An empty type is the default type, `message`, as an absent one is.
+            b"event" => self.other_event = !value.is_empty() && value != b"message",
+            _ => {}
         }
         None
     }
@@ -829,6 +846,40 @@ mod tests {
             None,
             "a mark after the first line is not skipped"
         );
+    }
+
+    /// Review: a result in an event of another type (`event: other`) was taken as the
+    /// initialize's result, though both SDK clients pass such an event over (they read
+    /// JSON-RPC from unnamed and `message` events only): the client never saw a result, and
+    /// the session was minted.
+    #[test]
+    fn sse_scanner_reads_only_unnamed_and_message_events() {
+        let result = "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n";
+        let error = "data: {\"id\":1,\"error\":{\"code\":1,\"message\":\"x\"}}\n\n";
+        let cases: [(String, Option<Outcome>); 7] = [
+            (format!("event: other\n{result}"), None),
+            (
+                format!("event: other\n{result}{error}"),
+                Some(Outcome::Error),
+            ),
+            (
+                format!("event: other\n{result}event: message\n{error}"),
+                Some(Outcome::Error),
+            ),
+            (format!("event: Message\n{result}"), None),
+            (format!("event:\n{result}"), Some(Outcome::Result)),
+            (format!("event\n{result}"), Some(Outcome::Result)),
+            (format!("event:message\n{result}"), Some(Outcome::Result)),
+        ];
+        for (stream, want) in cases {
+            let bytes = stream.as_bytes();
+            for split in 0..bytes.len() {
+                let mut scanner = SseScanner::default();
+                let (a, b) = bytes.split_at(split);
+                let got = scanner.feed(a).or_else(|| scanner.feed(b));
+                assert_eq!(got, want, "{stream:?} split at {split}");
+            }
+        }
     }
 
     #[test]
