@@ -407,6 +407,7 @@ mod tests {
             "mcp-protocol-version",
             "content-type",
             "content-length",
+            "origin",
         ];
         let response = [
             ":status",

@@ -262,7 +262,8 @@ fn bodies_that_end_with_trailers_are_judged_when_the_trailers_come() {
 #[test]
 fn a_whole_session_initialize_initialized_calls_delete() {
     let mut w = World::new("{}");
-    let response = w.post(INITIALIZE, &[]);
+    // From a browser (with `origin`): the session header is exposed to its script.
+    let response = w.post(INITIALIZE, &[("origin", "https://app.example")]);
     assert_eq!(response.status, 200);
     assert!(!response.local);
     let sid = response.header("mcp-session-id").unwrap().to_owned();
@@ -271,6 +272,10 @@ fn a_whole_session_initialize_initialized_calls_delete() {
         response.header("access-control-expose-headers"),
         Some("mcp-session-id")
     );
+    // Without `origin` no browser reads an expose list, and none is added.
+    let plain = World::new("{}").post(INITIALIZE, &[]);
+    assert!(plain.header("mcp-session-id").is_some());
+    assert_eq!(plain.header("access-control-expose-headers"), None);
 
     // Before notifications/initialized only ping passes.
     let early = w.call(&sid);

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
 import pytest
 
+from conftest import MAIN_CONFIG
 from harness import (
     INITIALIZED,
     PROTOCOL_VERSION,
@@ -29,7 +34,9 @@ def test_initialize_mints_a_session(envoy_for, upstreams, kind: str) -> None:
     envoy = envoy_for(kind)
     tag = new_tag()
     with expect_stats(envoy, {"created": 1, "live": 1}):
-        response = initialize(envoy.url(), headers={TAG_HEADER: tag})
+        # From a browser's page (an origin the SDK server allows): `origin` asks for the CORS
+        # expose list.
+        response = initialize(envoy.url(), headers={TAG_HEADER: tag, "origin": "http://127.0.0.1:3000"})
     info = describe(response)
     assert response.status_code == 200, info
     expected_type = "text/event-stream" if kind == "sse" else "application/json"
@@ -52,6 +59,16 @@ def test_initialize_mints_a_session(envoy_for, upstreams, kind: str) -> None:
     listed = post(envoy.url(), rpc("tools/list", 2), session=session, protocol_version=PROTOCOL_VERSION)
     assert listed.status_code == 200, describe(listed)
     assert {t["name"] for t in first_message(listed)["result"]["tools"]} >= {"echo", "add", "sleep"}
+
+
+def test_initialize_without_origin_gets_no_expose_list(envoy) -> None:
+    """No browser reads the expose list of an answer to a request without `origin` (Fetch's
+    CORS check applies only to requests that carry it), so none is added there."""
+    response = initialize(envoy.url())
+    info = describe(response)
+    assert response.status_code == 200, info
+    assert SESSION_ID_RE.match(response.headers.get("mcp-session-id", "")), info
+    assert "access-control-expose-headers" not in response.headers, info
 
 
 @pytest.mark.parametrize("kind", ["json", "sse"])
@@ -116,3 +133,68 @@ def test_initialize_behind_a_filter_that_buffered_the_body_mints_a_session(workd
         assert ack.status_code == 202, describe(ack)
         listed = post(envoy.url(), rpc("tools/list", 2), session=session, protocol_version=PROTOCOL_VERSION)
         assert listed.status_code == 200, describe(listed)
+
+
+class CannedSseUpstream:
+    """A stdlib HTTP server that answers every POST with 200 and the SSE stream its path
+    names (`/mcp` gets the stream of the `x-canned` request header): what no SDK server sends,
+    for the filter's reading of it."""
+
+    STREAMS = {
+        # A result in an event of another type, which both SDK clients pass over, then the
+        # error they read.
+        "other-then-error": (
+            b'event: other\ndata: {"jsonrpc":"2.0","id":1,"result":{}}\n\n'
+            b'event: message\ndata: {"jsonrpc":"2.0","id":1,"error":{"code":-32600,"message":"no"}}\n\n'
+        ),
+        "message": b'event: message\ndata: {"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"canned","version":"1"}}}\n\n',
+    }
+
+    def __init__(self) -> None:
+        streams = self.STREAMS
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                body = streams.get(self.headers.get("x-canned", ""), b"")
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_result_in_an_sse_event_of_another_type_is_not_the_answer(envoys) -> None:
+    """Review: a result inside `event: other` was taken as the initialize's result, though the
+    SDK clients read JSON-RPC only from unnamed and `message` events: the client saw the
+    error that followed, and the filter had minted a session for it."""
+    upstream = CannedSseUpstream()
+    envoy = envoys.start(render_bootstrap(upstream_port=upstream.port, filter_config=MAIN_CONFIG), "canned-sse")
+    try:
+        with expect_stats(envoy, {"rejected.unknown": 1}):
+            refused = initialize(envoy.url(), headers={"x-canned": "other-then-error"})
+            assert refused.status_code == 200, describe(refused)
+            # The ID went out with the headers; the error freed its slot.
+            session = refused.headers["mcp-session-id"]
+            gone = post(envoy.url(), INITIALIZED, session=session, protocol_version=PROTOCOL_VERSION)
+            assert gone.status_code == 404, describe(gone)
+        with expect_stats(envoy, {"created": 1, "live": 1}):
+            minted = initialize(envoy.url(), headers={"x-canned": "message"})
+            assert SESSION_ID_RE.match(minted.headers.get("mcp-session-id", "")), describe(minted)
+    finally:
+        envoy.stop()
+        upstream.close()

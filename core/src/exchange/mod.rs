@@ -33,6 +33,9 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
 /// The CORS header that lets a browser client read the session header.
 pub const EXPOSE_HEADER: &str = "access-control-expose-headers";
+/// The header a browser sends with a request a CORS check may apply to; without it no browser
+/// reads the answer's expose list, so none is added (as Envoy's `cors` filter answers).
+pub const ORIGIN_HEADER: &str = "origin";
 
 /// The request headers a decision may need, in one lookup; the identity header, when one is
 /// configured, follows them.
@@ -43,6 +46,7 @@ const REQUEST_NAMES: FixedNames<'static> = FixedNames::new(&[
     VERSION_HEADER,
     "content-type",
     "content-length",
+    ORIGIN_HEADER,
 ]);
 
 /// The response headers an initialize's answer is judged by.
@@ -376,6 +380,8 @@ pub struct Exchange {
     mark_initialized: bool,
     /// The identity header's value, read with the request headers.
     identity: Option<Vec<u8>>,
+    /// The request carried `origin`: an initialize's answer exposes the session header.
+    cross_origin: bool,
     /// What the event being stepped counted.
     counts: Counts,
     /// Facts for the access log found while stepping, when `session_facts` is on.
@@ -402,6 +408,7 @@ impl Exchange {
             initialize: None,
             mark_initialized: false,
             identity: None,
+            cross_origin: false,
             counts: Counts::default(),
             facts: None,
             op: None,
@@ -531,10 +538,11 @@ impl Exchange {
         let cfg = input.config;
         // Every header the decision may need, in one lookup (an empty name matches nothing).
         let names = REQUEST_NAMES.then(cfg.identity_header().unwrap_or(""));
-        let mut found = [Header::default(); 7];
+        let mut found = [Header::default(); 8];
         headers.find(&names, &mut found);
-        let [method, path, session_id, protocol_version, content_type, content_length, identity] =
+        let [method, path, session_id, protocol_version, content_type, content_length, origin, identity] =
             found;
+        self.cross_origin = origin.value.is_some();
         let method = method.value.unwrap_or_default();
         let head = RequestHead {
             method,
@@ -1037,13 +1045,14 @@ impl Exchange {
                 .and_then(|v| String::from_utf8(v).ok())
                 .filter(|v| !v.is_empty() && v.len() <= MAX_UPSTREAM_HOST);
         }
-        // Exposed unless the upstream's (first) list names it: in a line of its own, which
-        // leaves every line the upstream sent as it was (a list may span several lines).
+        // Exposed to a browser (a request with `origin`) unless the upstream's (first) list
+        // names it: in a line of its own, which leaves every line the upstream sent as it was
+        // (a list may span several lines).
         let named = |list: &str| {
             list.split(',')
                 .any(|name| name.trim().eq_ignore_ascii_case(SESSION_HEADER))
         };
-        if !expose.text().is_some_and(named) {
+        if self.cross_origin && !expose.text().is_some_and(named) {
             edits.push(Edit::ResponseAdd(
                 EXPOSE_HEADER,
                 Value::Text(Cow::Borrowed(SESSION_HEADER)),

@@ -458,12 +458,13 @@ fn an_initialize_by_table() {
         );
     }
     // The header edits of a 2xx answer: a header the answer lacks is added (a host's add does
-    // not look for copies), one it carries is set (replaced), and the expose list keeps what
-    // the upstream exposed, ours added in a line of its own.
+    // not look for copies), one it carries is set (replaced), and for a request from a browser
+    // (one with `origin`) the expose list keeps what the upstream exposed, ours added in a
+    // line of its own.
     let ours = || id().encode();
     let expose_ours = || Edit::ResponseAdd(EXPOSE_HEADER, Value::Text(SESSION_HEADER.into()));
     type Row<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<Edit>);
-    let edit_rows: Vec<Row> = vec![
+    let mut edit_rows: Vec<Row> = vec![
         (
             "neither header: both added",
             vec![],
@@ -523,10 +524,30 @@ fn an_initialize_by_table() {
             ],
         ),
     ];
-    for (name, extra, want) in edit_rows {
+    let cross_origin = edit_rows.len();
+    // Without `origin` no browser reads the expose list: none is added (review: every answer
+    // carried one, an add that costs Envoy a header-map edit).
+    edit_rows.extend([
+        (
+            "no origin: the session header alone",
+            vec![],
+            vec![Edit::ResponseAdd(SESSION_HEADER, Value::Session(id()))],
+        ),
+        (
+            "no origin: the upstream's list stays as it was",
+            vec![(EXPOSE_HEADER, "x-a")],
+            vec![Edit::ResponseAdd(SESSION_HEADER, Value::Session(id()))],
+        ),
+    ]);
+    for (row, (name, extra, want)) in edit_rows.into_iter().enumerate() {
         let mut pairs = vec![(":status", "200"), ("content-type", "application/json")];
         pairs.extend(extra);
-        let (mut exchange, _) = request("{}", &post(&[]), INITIALIZE);
+        let origin: &[(&str, &str)] = if row < cross_origin {
+            &[("origin", "https://app.example")]
+        } else {
+            &[]
+        };
+        let (mut exchange, _) = request("{}", &post(origin), INITIALIZE);
         exchange.step(
             &input,
             Event::Stored(StoreResult::Reserved(Some(reservation.clone()))),
