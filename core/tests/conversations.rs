@@ -35,6 +35,9 @@ enum InitAnswer {
 struct Upstream {
     init: InitAnswer,
     stateful: bool,
+    /// What a stateful upstream answers a DELETE of a session it knows: 200 (ended), or a
+    /// refusal that ends nothing (405: it lets no client end a session).
+    delete_status: u32,
     sessions: HashSet<String>,
     minted: u32,
     seen: Vec<Request>,
@@ -45,6 +48,7 @@ impl Upstream {
         Upstream {
             init: InitAnswer::Json,
             stateful: false,
+            delete_status: 200,
             sessions: HashSet::new(),
             minted: 0,
             seen: Vec::new(),
@@ -106,8 +110,10 @@ impl Upstream {
             }
             let mut response = if method == "DELETE" {
                 let id = request.headers.value("mcp-session-id").unwrap_or_default();
-                self.sessions.remove(id);
-                Response::upstream(200, &[], "")
+                if self.delete_status == 200 {
+                    self.sessions.remove(id);
+                }
+                Response::upstream(self.delete_status, &[], "")
             } else {
                 Response::upstream(200, &json, r#"{"jsonrpc":"2.0","id":2,"result":{}}"#)
             };
@@ -730,6 +736,31 @@ fn a_stateful_upstreams_session_is_mapped_and_hidden() {
     assert!(w.upstream.sessions.is_empty());
     assert_eq!(w.call(&sid).status, 404);
     assert_eq!((w.stat("terminated"), w.stat("live")), (1, 0));
+}
+
+/// Review: ours ended before the upstream answered the DELETE, so an upstream that refuses it
+/// (405: the spec lets a server keep client sessions from being ended; or a failure) left the
+/// client, told its session goes on, with one that answered 404.
+#[test]
+fn a_delete_the_stateful_upstream_refuses_ends_neither_session() {
+    for refusal in [405, 503] {
+        let mut w = World::with("{}", Upstream::stateful());
+        w.upstream.delete_status = refusal;
+        let sid = w.open(&[]);
+        let delete = w.send(Request::bare("DELETE", &[("mcp-session-id", &sid)]));
+        assert_eq!((delete.status, delete.local), (refusal, false));
+        assert_eq!(w.upstream.sessions.len(), 1, "{refusal}");
+        let call = w.call(&sid);
+        assert_eq!(call.status, 200, "{refusal}: ours goes on too");
+        assert_eq!(call.header("mcp-session-id"), Some(sid.as_str()));
+        assert_eq!((w.stat("terminated"), w.stat("live")), (0, 1), "{refusal}");
+        // Accepted the next time: both end.
+        w.upstream.delete_status = 200;
+        let delete = w.send(Request::bare("DELETE", &[("mcp-session-id", &sid)]));
+        assert_eq!((delete.status, delete.local), (200, false));
+        assert_eq!(w.call(&sid).status, 404);
+        assert_eq!((w.stat("terminated"), w.stat("live")), (1, 0), "{refusal}");
+    }
 }
 
 #[test]

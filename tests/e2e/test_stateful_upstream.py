@@ -6,11 +6,17 @@ ID; the upstream's 404 for a mapped session ends the filter's session too.
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
 
+from conftest import MAIN_CONFIG
 from harness import (
     INITIALIZED,
     PROTOCOL_VERSION,
@@ -25,6 +31,7 @@ from harness import (
     post,
     request,
     rpc,
+    render_bootstrap,
     tool_call,
 )
 
@@ -134,3 +141,92 @@ def test_upstream_404_ends_the_filter_session(envoy_for, upstreams) -> None:
     assert_rejection(again, 404, -32001, "Session not found")
     assert len(server.requests(tag)) == 1, "the ended session must not reach the upstream"
     envoy.stop()
+
+
+class RefusingUpstream:
+    """A stateful MCP server (standard library) that mints its own session IDs and answers a
+    DELETE of one with `delete_status`: 405 is how the spec lets a server keep clients from
+    ending sessions."""
+
+    def __init__(self) -> None:
+        self.delete_status = 405
+        self.sessions: set[str] = set()
+        upstream = self
+        minted = itertools.count(1)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                message = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                if message.get("method") == "initialize":
+                    sid = f"up-{next(minted)}"
+                    upstream.sessions.add(sid)
+                    result = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "serverInfo": {"name": "refusing", "version": "1"}}
+                    self._send(200, {"jsonrpc": "2.0", "id": message["id"], "result": result}, sid)
+                elif self.headers.get("mcp-session-id") not in upstream.sessions:
+                    self._send(404, {"jsonrpc": "2.0", "error": {"code": -32001, "message": "Session not found"}, "id": None})
+                elif "id" not in message:
+                    self._send(202, None)
+                else:
+                    self._send(200, {"jsonrpc": "2.0", "id": message["id"], "result": {"tools": []}})
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                sid = self.headers.get("mcp-session-id")
+                if sid not in upstream.sessions:
+                    self._send(404, None)
+                    return
+                if upstream.delete_status == 200:
+                    upstream.sessions.discard(sid)
+                self._send(upstream.delete_status, None)
+
+            def _send(self, status: int, body: Any, sid: str | None = None) -> None:
+                data = b"" if body is None else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                if sid:
+                    self.send_header("mcp-session-id", sid)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_delete_the_upstream_refuses_ends_neither_session(envoys) -> None:
+    """The upstream's answer to a DELETE decides: refused (405), both sessions go on, and the
+    client, told so, keeps using its ID; accepted, both end. Regression: the filter ended its
+    own session before the upstream answered, and the client's next request got 404."""
+    upstream = RefusingUpstream()
+    envoy = envoys.start(render_bootstrap(upstream_port=upstream.port, filter_config=MAIN_CONFIG), "refusing")
+    try:
+        with expect_stats(envoy, {"created": 1, "live": 1}):
+            response = initialize(envoy.url())
+            ours = response.headers["mcp-session-id"]
+            assert post(envoy.url(), INITIALIZED, session=ours, protocol_version=PROTOCOL_VERSION).status_code == 202
+        with expect_stats(envoy, {}):
+            refused = request("DELETE", envoy.url(), session=ours)
+            assert refused.status_code == 405, describe(refused)
+            assert refused.headers.get("mcp-session-id") in (None, ours), describe(refused)
+            listed = post(envoy.url(), rpc("tools/list", 2), session=ours, protocol_version=PROTOCOL_VERSION)
+            assert listed.status_code == 200, describe(listed)
+        upstream.delete_status = 200
+        with expect_stats(envoy, {"terminated": 1, "live": -1}):
+            ended = request("DELETE", envoy.url(), session=ours)
+            assert ended.status_code == 200, describe(ended)
+        after = post(envoy.url(), rpc("tools/list", 3), session=ours, protocol_version=PROTOCOL_VERSION)
+        assert_rejection(after, 404, -32001, "Session not found")
+        assert upstream.sessions == set()
+    finally:
+        envoy.stop()
+        upstream.close()

@@ -344,6 +344,8 @@ enum Waiting {
     Initialized,
     /// The upstream answered 404 on a mapped session.
     UpstreamGone,
+    /// The upstream accepted a DELETE of its session: ours ends too.
+    Ending,
 }
 
 /// An `initialize` in flight: its reserved session and how its answer is being read.
@@ -375,6 +377,8 @@ pub struct Exchange {
     session: Option<SessionId>,
     /// The session maps to an upstream session ID.
     mapped: bool,
+    /// A DELETE on a mapped session, forwarded: ours ends if the upstream ends its own.
+    end_on_answer: bool,
     initialize: Option<Initialize>,
     /// Mark the session initialized when the upstream accepts this request.
     mark_initialized: bool,
@@ -405,6 +409,7 @@ impl Exchange {
             waiting: Waiting::Nothing,
             session: None,
             mapped: false,
+            end_on_answer: false,
             initialize: None,
             mark_initialized: false,
             identity: None,
@@ -692,6 +697,14 @@ impl Exchange {
                     Flow::Continue.into()
                 }
             }
+            SessionVerdict::End if self.mapped => {
+                // The upstream decides: a 2xx ends its session and then ours; a 405 (it lets
+                // no client end a session) or a failure ends neither, and the client, told so,
+                // goes on using it.
+                self.end_on_answer = true;
+                self.fact(FACT_OUTCOME, "passed");
+                Flow::Continue.into()
+            }
             SessionVerdict::End => {
                 self.waiting = Waiting::Delete;
                 self.store(StoreOp::End {
@@ -814,19 +827,13 @@ impl Exchange {
                     if let Some(id) = &self.session {
                         info!("session {} ended by the client", id.short());
                     }
-                    if self.mapped {
-                        // The upstream ends its own session; its answer goes to the client,
-                        // with the upstream's ID replaced like on every mapped response.
-                        Flow::Continue.into()
-                    } else {
-                        self.phase = Phase::Replied;
-                        Flow::Respond(Box::new(Reply {
-                            status: 204,
-                            headers: Vec::new(),
-                            body: Vec::new(),
-                        }))
-                        .into()
-                    }
+                    self.phase = Phase::Replied;
+                    Flow::Respond(Box::new(Reply {
+                        status: 204,
+                        headers: Vec::new(),
+                        body: Vec::new(),
+                    }))
+                    .into()
                 }
                 Ended::Expired => {
                     self.count(Count::Expired, 1);
@@ -892,6 +899,27 @@ impl Exchange {
                     }
                     Ended::NotFound => {}
                 }
+                Flow::Continue.into()
+            }
+            (Waiting::Ending, StoreResult::Ended(ended)) => {
+                let id = self.session.map(|id| id.short()).unwrap_or_default();
+                match ended {
+                    Ended::Ended(_) | Ended::EndedEarlier => {
+                        self.count(Count::Terminated, 1);
+                        self.fact(FACT_OUTCOME, "ended");
+                        info!("session {id} ended by the client");
+                    }
+                    Ended::Expired => {
+                        self.count(Count::Expired, 1);
+                        info!("session {id} expired");
+                    }
+                    Ended::NotFound => {}
+                }
+                Flow::Continue.into()
+            }
+            (Waiting::UpstreamGone | Waiting::Ending, StoreResult::Unavailable) => {
+                // The upstream's answer goes on; ours ends at the upstream's next 404, or idle.
+                warn!("the upstream ended its session, but the session store cannot end ours");
                 Flow::Continue.into()
             }
             (Waiting::Initialized, StoreResult::Done(_)) => Flow::Continue.into(),
@@ -982,6 +1010,22 @@ impl Exchange {
             }
             // Never show the client the upstream's own ID.
             edits.push(Edit::Response(SESSION_HEADER, Some(id.encode())));
+            if self.end_on_answer {
+                if !(200..300).contains(&status) {
+                    debug!("session {}: the upstream kept it ({status})", id.short());
+                    return Step {
+                        edits,
+                        flow: Flow::Continue,
+                    };
+                }
+                self.waiting = Waiting::Ending;
+                let flow = self.store(StoreOp::End {
+                    id,
+                    identity: self.identity.clone(),
+                    now_ms: input.now_ms(),
+                });
+                return Step { edits, flow };
+            }
         }
         let flow = if self.mark_initialized && (200..300).contains(&status) {
             self.waiting = Waiting::Initialized;

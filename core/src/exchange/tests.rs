@@ -305,10 +305,10 @@ fn store_answers_by_table() {
             Does::End,
         ),
         (
-            "a DELETE on a mapped session also ends it",
+            "a DELETE on a mapped session goes to the upstream first",
             &delete,
-            StoreResult::Lookup(Lookup::Live(mapped, 1)),
-            Does::End,
+            StoreResult::Lookup(Lookup::Live(mapped.clone(), 1)),
+            Does::Continue,
         ),
         (
             "a DELETE of an unknown session is a 404",
@@ -345,6 +345,44 @@ fn store_answers_by_table() {
     );
     assert_eq!(counted(&mut exchange), vec![(Count::Terminated, 1)]);
     assert!(matches!(&step.flow, Flow::Respond(reply) if reply.status == 204));
+    // A DELETE on a mapped session: the upstream's answer decides whether ours ends (review:
+    // ours ended before the upstream answered, so a 405, "this server lets no client end a
+    // session", left the client holding a session we had ended).
+    let rows: [(&str, Does, Vec<(Count, u32)>); 5] = [
+        ("200", Does::End, vec![(Count::Terminated, 1)]),
+        ("204", Does::End, vec![(Count::Terminated, 1)]),
+        ("404", Does::End, vec![(Count::Terminated, 1)]),
+        ("405", Does::Continue, vec![]),
+        ("503", Does::Continue, vec![]),
+    ];
+    for (status, expected, counts) in rows {
+        let (mut exchange, _) = request("{}", &delete, "");
+        let _ = exchange.step(
+            &input,
+            Event::Stored(StoreResult::Lookup(Lookup::Live(mapped.clone(), 1))),
+        );
+        let step = exchange.step(
+            &input,
+            Event::ResponseHeaders {
+                headers: &HeaderList::of(&[(":status", status), ("mcp-session-id", "up-1")]),
+                attributes: &AttributeMap::default(),
+                end_of_stream: true,
+            },
+        );
+        assert_eq!(does(&mut exchange, &step), expected, "{status}");
+        if expected == Does::End {
+            let step = exchange.step(
+                &input,
+                Event::Stored(StoreResult::Ended(Ended::Ended(mapped.clone()))),
+            );
+            assert_eq!(
+                step.flow,
+                Flow::Continue,
+                "{status}: the upstream's answer goes on"
+            );
+        }
+        assert_eq!(counted(&mut exchange), counts, "{status}");
+    }
 }
 
 /// A request on a session asks for a lookup ([`Flow::Store`], the machine holding the operation);
