@@ -3,6 +3,7 @@
 //! uses. Envoy refuses a configuration that fails either stage, with a log line that names the
 //! key, so a typo never runs silently with defaults.
 
+use crate::headers::{SESSION_HEADER, VERSION_HEADER};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::fmt;
@@ -277,6 +278,23 @@ impl Config {
         if text.trim().is_empty() {
             return Config::try_from(empty_raw());
         }
+        // An object, and no `null` anywhere in it: serde would read an array by position and
+        // take `null` for an absent key (`"store": null` silently the local store).
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(map)) => {
+                if let Some(key) = null_member(&map) {
+                    return Err(ConfigError(format!(
+                        "`{key}` is null: leave a key out to take its default"
+                    )));
+                }
+            }
+            Ok(_) => {
+                return Err(ConfigError(
+                    "the configuration must be a JSON object".into(),
+                ))
+            }
+            Err(e) => return Err(ConfigError(format!("invalid configuration: {e}"))),
+        }
         let raw: RawConfig = serde_json::from_str(text).map_err(|e| blame(text, &e))?;
         Config::try_from(raw)
     }
@@ -300,35 +318,40 @@ impl Config {
         }
         let bare = path.split(|b| *b == b'?' || *b == b'#').next();
         let normal = normal_path(bare.unwrap_or_default());
-        self.normal_paths.iter().any(|p| p[..] == normal[..])
+        // Without regard to ASCII case: servers that route so (Express, ASP.NET Core) read
+        // `/MCP` as `/mcp`, and guarding it where a server does not costs nothing.
+        self.normal_paths
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(&normal))
     }
 }
 
-/// `path` as a server may read it: each `%XX` escape decoded (once), and then `.` and `..`
-/// segments resolved and empty ones dropped (repeated slashes, a trailing slash), so that two
-/// spellings of one path compare equal. Borrowed when `path` is in normal form already (as a
-/// rule: no `%`, no empty, `.` or `..` segment).
+/// `path` as a server may read it: `%XX` escapes decoded until none is left (a server or a
+/// proxy before it may decode twice: `/%256dcp`), each segment's `;` parameters dropped (as
+/// servlet containers and Spring do: `/mcp;x=1`), and then `.` and `..` segments resolved and
+/// empty ones dropped (repeated slashes, a trailing slash), so that two spellings of one path
+/// compare equal. Borrowed when `path` is in normal form already (as a rule: no `%`, no `;`,
+/// no empty, `.` or `..` segment).
 pub fn normal_path(path: &[u8]) -> Cow<'_, [u8]> {
     let segments = || path.split(|b| *b == b'/').skip(1);
-    let plain = |s: &[u8]| !s.is_empty() && s != b"." && s != b".." && !s.contains(&b'%');
+    let plain = |s: &[u8]| {
+        !s.is_empty() && s != b"." && s != b".." && !s.iter().any(|b| matches!(b, b'%' | b';'))
+    };
     if path == b"/" || (path.first() == Some(&b'/') && segments().all(plain)) {
         return Cow::Borrowed(path);
     }
-    let mut decoded = Vec::with_capacity(path.len());
-    let mut rest = path;
-    while let Some((&b, tail)) = rest.split_first() {
-        rest = tail;
-        if let (b'%', [high, low, after @ ..]) = (b, rest) {
-            if let (Some(high), Some(low)) = (hex_digit(*high), hex_digit(*low)) {
-                decoded.push(high << 4 | low);
-                rest = after;
-                continue;
-            }
+    let mut decoded = decode_escapes(path);
+    // Each pass that decodes something is shorter than the one before: this ends.
+    while decoded.contains(&b'%') {
+        let again = decode_escapes(&decoded);
+        if again.len() == decoded.len() {
+            break;
         }
-        decoded.push(b);
+        decoded = again;
     }
     let mut kept: Vec<&[u8]> = Vec::new();
     for segment in decoded.split(|b| *b == b'/') {
+        let segment = segment.split(|b| *b == b';').next().unwrap_or_default();
         match segment {
             b"" | b"." => {}
             b".." => {
@@ -346,6 +369,24 @@ pub fn normal_path(path: &[u8]) -> Cow<'_, [u8]> {
         normal.push(b'/');
     }
     Cow::Owned(normal)
+}
+
+/// `bytes` with each `%XX` escape decoded, once.
+fn decode_escapes(bytes: &[u8]) -> Vec<u8> {
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        if let (b'%', [high, low, after @ ..]) = (b, rest) {
+            if let (Some(high), Some(low)) = (hex_digit(*high), hex_digit(*low)) {
+                decoded.push(high << 4 | low);
+                rest = after;
+                continue;
+            }
+        }
+        decoded.push(b);
+    }
+    decoded
 }
 
 fn hex_digit(b: u8) -> Option<u8> {
@@ -371,6 +412,16 @@ fn blame(text: &str, error: &serde_json::Error) -> ConfigError {
         }
     }
     ConfigError(format!("invalid configuration: {error}"))
+}
+
+/// The first member of `map`, or of an object nested in it, whose value is `null`, by its
+/// dotted name (`store.etcd.prefix`).
+fn null_member(map: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    map.iter().find_map(|(key, value)| match value {
+        serde_json::Value::Null => Some(key.clone()),
+        serde_json::Value::Object(inner) => null_member(inner).map(|path| format!("{key}.{path}")),
+        _ => None,
+    })
 }
 
 fn empty_raw() -> RawConfig {
@@ -445,6 +496,12 @@ impl TryFrom<RawConfig> for Config {
             if !is_header_name(&name) {
                 return bad("identity_header", "must be a non-empty HTTP header name");
             }
+            if [SESSION_HEADER, VERSION_HEADER]
+                .iter()
+                .any(|ours| name.eq_ignore_ascii_case(ours))
+            {
+                return bad("identity_header", "must not be a header MCP itself uses");
+            }
             Some(IdentitySource::Header(name.to_ascii_lowercase()))
         } else if let Some(jwt) = raw.identity_jwt {
             if jwt.metadata_key.is_empty() {
@@ -497,9 +554,30 @@ impl TryFrom<RawConfig> for Config {
                 })
             }
         };
+        // The client's copy of the affinity header is removed from every request: a header the
+        // request needs for anything else would go with it.
+        const NEEDED: [&str; 6] = [
+            SESSION_HEADER,
+            VERSION_HEADER,
+            "host",
+            "content-length",
+            "content-type",
+            "transfer-encoding",
+        ];
         let affinity_header = match raw.affinity_header {
             Some(name) if !is_header_name(&name) || name.starts_with(':') => {
                 return bad("affinity_header", "must be a non-empty HTTP header name");
+            }
+            Some(name)
+                if NEEDED.iter().any(|n| name.eq_ignore_ascii_case(n))
+                    || identity.as_ref().is_some_and(
+                        |i| matches!(i, IdentitySource::Header(h) if name.eq_ignore_ascii_case(h)),
+                    ) =>
+            {
+                return bad(
+                    "affinity_header",
+                    "must be a header of its own (not the identity header, nor one a request needs)",
+                );
             }
             Some(name) => Some(name.to_ascii_lowercase()),
             None => None,
@@ -701,7 +779,36 @@ mod tests {
             (r#"{"table":""}"#, "`table`"),
             (r#"{"table":"a/b"}"#, "`table`"),
             (r#"{"table":5}"#, "`table`"),
-            ("[1,2]", "invalid configuration"),
+            ("[1,2]", "must be a JSON object"),
+            // Review: an array was read by position, and `null` taken for an absent key.
+            ("[]", "must be a JSON object"),
+            (r#"[["/mcp"], 5]"#, "must be a JSON object"),
+            ("5", "must be a JSON object"),
+            (r#"{"store": null}"#, "`store` is null"),
+            (r#"{"paths": null}"#, "`paths` is null"),
+            (
+                r#"{"store": {"etcd": {"cluster": "e", "prefix": null}}}"#,
+                "`store.etcd.prefix` is null",
+            ),
+            // Review: headers the filter or the request needs were accepted, and then removed
+            // from every request (the affinity header) or read as the caller (the identity).
+            (
+                r#"{"affinity_header":"mcp-session-id"}"#,
+                "`affinity_header`",
+            ),
+            (r#"{"affinity_header":"Host"}"#, "`affinity_header`"),
+            (
+                r#"{"affinity_header":"x-user","identity_header":"X-User"}"#,
+                "`affinity_header`",
+            ),
+            (
+                r#"{"identity_header":"Mcp-Session-Id"}"#,
+                "`identity_header`",
+            ),
+            (
+                r#"{"identity_header":"mcp-protocol-version"}"#,
+                "`identity_header`",
+            ),
             ("{", "invalid configuration"),
         ];
         for (text, needle) in cases {
@@ -748,6 +855,15 @@ mod tests {
             "/../mcp",
             "/mcp#frag",
             "/mcp//",
+            // Review: servers that route without regard to case, drop `;` parameters, or
+            // decode twice read these as `/mcp`; each went past the filter untouched.
+            "/MCP",
+            "/Mcp/",
+            "/mcp;x=1",
+            "/mcp%3bx",
+            "/%256dcp",
+            "/%25%36%64cp",
+            "/x;a/..;b/mcp",
         ] {
             assert!(some.guards(path.as_bytes()), "{path}");
         }
@@ -758,7 +874,7 @@ mod tests {
 
     #[test]
     fn a_normal_path_is_borrowed_and_others_are_rewritten() {
-        let cases: [(&str, &str); 9] = [
+        let cases: [(&str, &str); 11] = [
             ("/", "/"),
             ("/mcp", "/mcp"),
             ("", "/"),
@@ -767,6 +883,8 @@ mod tests {
             ("/%41%zz%4", "/A%zz%4"),
             ("/..%2f..", "/"),
             ("/%25", "/%"),
+            ("/%2525", "/%"),
+            ("/a;b/c;", "/a/c"),
             ("%2fmcp", "/mcp"),
         ];
         for (path, want) in cases {

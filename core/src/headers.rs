@@ -8,6 +8,11 @@
 //! the filter reads the map once and [`scan`] picks out what it wants. Every occurrence is
 //! counted: a header the filter relies on must not appear twice.
 
+/// The session header, in both directions.
+pub const SESSION_HEADER: &str = "mcp-session-id";
+/// The protocol version header.
+pub const VERSION_HEADER: &str = "mcp-protocol-version";
+
 /// What a request carried for one header name.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Header<'a> {

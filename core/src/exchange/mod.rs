@@ -27,10 +27,7 @@ use crate::store::{Ended, Lookup, StoreOp, StoreResult};
 use log::{debug, info, warn};
 use std::borrow::Cow;
 
-/// The session header, in both directions.
-pub const SESSION_HEADER: &str = "mcp-session-id";
-/// The protocol version header.
-pub const VERSION_HEADER: &str = "mcp-protocol-version";
+pub use crate::headers::{SESSION_HEADER, VERSION_HEADER};
 /// The CORS header that lets a browser client read the session header.
 pub const EXPOSE_HEADER: &str = "access-control-expose-headers";
 /// The header a browser sends with a request a CORS check may apply to; without it no browser
