@@ -669,7 +669,14 @@ impl StreamIo for StreamLog {
     }
 
     fn set_fact(&mut self, name: &str, value: &str) {
-        self.facts.insert(name.to_owned(), value.to_owned());
+        // Envoy's dynamic modules store a fact read-only: a second write of one name on a
+        // stream may be refused, so the machine writes each once (review: `passed`, then a
+        // rejection of the body).
+        let first = self.facts.insert(name.to_owned(), value.to_owned());
+        assert!(
+            first.is_none(),
+            "fact {name} written twice: {first:?}, then {value}"
+        );
     }
 }
 

@@ -744,11 +744,12 @@ fn a_stateful_upstreams_session_is_mapped_and_hidden() {
 #[test]
 fn a_delete_the_stateful_upstream_refuses_ends_neither_session() {
     for refusal in [405, 503] {
-        let mut w = World::with("{}", Upstream::stateful());
+        let mut w = World::with(r#"{"session_facts": true}"#, Upstream::stateful());
         w.upstream.delete_status = refusal;
         let sid = w.open(&[]);
-        let delete = w.send(Request::bare("DELETE", &[("mcp-session-id", &sid)]));
+        let (delete, facts) = w.send_logged(Request::bare("DELETE", &[("mcp-session-id", &sid)]));
         assert_eq!((delete.status, delete.local), (refusal, false));
+        assert_eq!(facts["mcp_session_outcome"], "passed");
         assert_eq!(w.upstream.sessions.len(), 1, "{refusal}");
         let call = w.call(&sid);
         assert_eq!(call.status, 200, "{refusal}: ours goes on too");
@@ -756,8 +757,9 @@ fn a_delete_the_stateful_upstream_refuses_ends_neither_session() {
         assert_eq!((w.stat("terminated"), w.stat("live")), (0, 1), "{refusal}");
         // Accepted the next time: both end.
         w.upstream.delete_status = 200;
-        let delete = w.send(Request::bare("DELETE", &[("mcp-session-id", &sid)]));
+        let (delete, facts) = w.send_logged(Request::bare("DELETE", &[("mcp-session-id", &sid)]));
         assert_eq!((delete.status, delete.local), (200, false));
+        assert_eq!(facts["mcp_session_outcome"], "ended");
         assert_eq!(w.call(&sid).status, 404);
         assert_eq!((w.stat("terminated"), w.stat("live")), (1, 0), "{refusal}");
     }
@@ -1451,6 +1453,19 @@ fn session_facts_name_the_session_the_caller_and_the_outcome() {
     );
     assert!(!handle.is_empty() && !sid.contains(&handle));
     let with = [("mcp-session-id", sid.as_str()), V, alice];
+    // Review: a request refused for its body (before `notifications/initialized`) was first
+    // recorded as passed, and a host that keeps a fact's first value (Envoy's dynamic modules
+    // store them read-only) logged it so. Each fact is written once now (the testkit asserts it).
+    let (response, early) = w.send_logged(Request::post(TOOLS_LIST, &with));
+    assert_eq!(response.status, 400);
+    assert_eq!(
+        early,
+        facts(&[
+            ("handle", &handle),
+            ("identity", &who),
+            ("outcome", "rejected.lifecycle")
+        ])
+    );
     let (_, passed) = w.send_logged(Request::post(INITIALIZED, &with));
     assert_eq!(
         passed,

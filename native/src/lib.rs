@@ -379,7 +379,7 @@ impl StreamIo for Io<'_, '_> {
     }
 
     fn call(&mut self, upstream: &Upstream, call: &Call, timeout_ms: u64) -> Result<u32, u32> {
-        let request = call.http(&upstream.cluster, &[]);
+        let request = call.http(&upstream.cluster, &[], Some(timeout_ms));
         let token = self.envoy.callout(&upstream.cluster, &request, timeout_ms);
         token.ok_or(grpc::UNAVAILABLE)
     }
@@ -398,7 +398,7 @@ struct Calls<'a, 'h>(&'a MainThread<'h>);
 
 impl TimerIo for Calls<'_, '_> {
     fn call(&mut self, upstream: &Upstream, call: &Call, timeout_ms: u64) -> Result<u32, u32> {
-        let request = call.http(&upstream.cluster, &[]);
+        let request = call.http(&upstream.cluster, &[], Some(timeout_ms));
         let token = self.0.callout(&upstream.cluster, &request, timeout_ms);
         token.ok_or(grpc::UNAVAILABLE)
     }
@@ -409,7 +409,7 @@ impl TimerIo for Calls<'_, '_> {
         call: &Call,
         metadata: &[(&str, &[u8])],
     ) -> Option<u32> {
-        let request = call.http(&upstream.cluster, metadata);
+        let request = call.http(&upstream.cluster, metadata, None);
         self.0.start_stream(&upstream.cluster, &request)
     }
 

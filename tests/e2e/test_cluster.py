@@ -850,7 +850,13 @@ def test_with_unavailable_local_an_envoy_keeps_serving_from_its_memory(
     warm(a, known, 4)
     # A worker's cache is emptied when its watch first opens (ends before it are unknown): fill
     # the caches again once both workers' watches are up, or a loaded machine can leave none.
-    wait_for("A: both watches up", lambda: a.stats().get("store.watch_up", 0) >= 2, 10)
+    # A worker opens its watch at its first request: keep using the session on fresh
+    # connections until both have (the kernel may give the first several to one worker).
+    def both_watches_up() -> bool:
+        warm(a, known, 1)
+        return a.stats().get("store.watch_up", 0) >= 2
+
+    wait_for("A: both watches up", both_watches_up, 20)
     warm(a, known, 6)
 
     etcd.stop_all()

@@ -680,12 +680,14 @@ impl Exchange {
         if input.config.affinity_header.is_some() {
             edits.push(Edit::Affinity(record.upstream_host.clone()));
         }
+        // Each fact is written once per stream (a host may refuse a second write): `passed`
+        // when the request goes on, which for one whose body is read is once the body is.
         let verdict = policy::on_session(input.config, method, record);
-        if verdict != SessionVerdict::End {
-            self.fact(FACT_OUTCOME, "passed"); // a rejection of its body says otherwise
-        }
         let mut step = match verdict {
-            SessionVerdict::Forward => Flow::Continue.into(),
+            SessionVerdict::Forward => {
+                self.fact(FACT_OUTCOME, "passed");
+                Flow::Continue.into()
+            }
             SessionVerdict::ReadUninitializedBody => {
                 self.phase = Phase::UninitializedBody;
                 if end_of_stream {
@@ -699,7 +701,6 @@ impl Exchange {
                 // no client end a session) or a failure ends neither, and the client, told so,
                 // goes on using it.
                 self.end_on_answer = true;
-                self.fact(FACT_OUTCOME, "passed");
                 Flow::Continue.into()
             }
             SessionVerdict::End => {
@@ -753,6 +754,7 @@ impl Exchange {
                 UninitializedBody::Forward { initialized } => {
                     self.mark_initialized = initialized;
                     self.phase = Phase::Pass;
+                    self.fact(FACT_OUTCOME, "passed");
                     Flow::Continue.into()
                 }
                 UninitializedBody::Reject(rejection) => self.reply(&rejection),
@@ -908,15 +910,19 @@ impl Exchange {
                     }
                     Ended::Expired => {
                         self.count(Count::Expired, 1);
+                        self.fact(FACT_OUTCOME, "passed");
                         info!("session {id} expired");
                     }
-                    Ended::NotFound => {}
+                    Ended::NotFound => self.fact(FACT_OUTCOME, "passed"),
                 }
                 Flow::Continue.into()
             }
-            (Waiting::UpstreamGone | Waiting::Ending, StoreResult::Unavailable) => {
+            (waiting @ (Waiting::UpstreamGone | Waiting::Ending), StoreResult::Unavailable) => {
                 // The upstream's answer goes on; ours ends at the upstream's next 404, or idle.
                 warn!("the upstream ended its session, but the session store cannot end ours");
+                if waiting == Waiting::Ending {
+                    self.fact(FACT_OUTCOME, "passed");
+                }
                 Flow::Continue.into()
             }
             (Waiting::Initialized, StoreResult::Done(_)) => Flow::Continue.into(),
@@ -1009,6 +1015,7 @@ impl Exchange {
             edits.push(Edit::Response(SESSION_HEADER, Some(id.encode())));
             if self.end_on_answer {
                 if !(200..300).contains(&status) {
+                    self.fact(FACT_OUTCOME, "passed");
                     debug!("session {}: the upstream kept it ({status})", id.short());
                     return Step {
                         edits,

@@ -348,7 +348,8 @@ fn store_answers_by_table() {
     // A DELETE on a mapped session: the upstream's answer decides whether ours ends (review:
     // ours ended before the upstream answered, so a 405, "this server lets no client end a
     // session", left the client holding a session we had ended).
-    let rows: [(&str, Does, Vec<(Count, u32)>); 5] = [
+    type Answer<'a> = (&'a str, Does, Vec<(Count, u32)>);
+    let rows: [Answer; 5] = [
         ("200", Does::End, vec![(Count::Terminated, 1)]),
         ("204", Does::End, vec![(Count::Terminated, 1)]),
         ("404", Does::End, vec![(Count::Terminated, 1)]),

@@ -91,15 +91,25 @@ pub struct Call {
 
 impl Call {
     /// The call as an HTTP/2 request to `authority` (Envoy's cluster name), for a host that
-    /// makes HTTP calls but not gRPC ones ([`crate::grpc`]).
-    pub fn http(&self, authority: &str, metadata: &[(&str, &[u8])]) -> crate::grpc::Request {
-        crate::grpc::Request::new(
+    /// makes HTTP calls but not gRPC ones ([`crate::grpc`]); a unary call carries its
+    /// `timeout_ms` to etcd as a deadline, as Envoy's gRPC client sends it (a stream: `None`).
+    pub fn http(
+        &self,
+        authority: &str,
+        metadata: &[(&str, &[u8])],
+        timeout_ms: Option<u64>,
+    ) -> crate::grpc::Request {
+        let mut request = crate::grpc::Request::new(
             authority,
             self.service,
             self.method,
             &self.message,
             metadata,
-        )
+        );
+        if let Some(timeout_ms) = timeout_ms {
+            request.set_deadline_ms(timeout_ms);
+        }
+        request
     }
 }
 
