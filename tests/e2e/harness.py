@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import http.client
+import http.server
 import json
 import os
 import re
@@ -27,6 +28,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -578,6 +580,28 @@ class McpServer:
 # --------------------------------------------------------------------------- MCP over HTTP
 
 TAG_HEADER = "x-test-tag"
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A request handler that writes no log line per request."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
+        pass
+
+
+class HandlerServer:
+    """A standard-library HTTP server on 127.0.0.1 (a free port), serving `handler` on a thread
+    of its own: an upstream that answers what no SDK server sends."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def new_tag() -> str:

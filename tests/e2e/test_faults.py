@@ -15,7 +15,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ from harness import (
     SESSION_ID_RE,
     TAG_HEADER,
     Envoy,
+    HandlerServer,
+    QuietHandler,
     Timed,
     expect_stats,
     initialize_body,
@@ -557,7 +558,7 @@ def test_a_vm_failure_under_fail_reload_is_recovered_with_the_sessions(
     print(f"recovered {recovery:.2f}s after the trap; {len(refused)} requests refused during the backoff")
 
 
-class GatedUpstream:
+class GatedUpstream(HandlerServer):
     """A minimal stateless MCP server (standard library) that holds every `initialize` until
     `release` is set: an initialize in flight for as long as a test needs."""
 
@@ -566,7 +567,7 @@ class GatedUpstream:
         self.initialize_arrived = threading.Event()
         gated = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 message = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
                 if "id" not in message:
@@ -593,19 +594,11 @@ class GatedUpstream:
                 except OSError:
                     pass  # Envoy gave up on this request
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__(Handler)
 
     def close(self) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 @pytest.fixture

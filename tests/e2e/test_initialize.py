@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-
 import pytest
 
 from conftest import MAIN_CONFIG
@@ -16,6 +12,8 @@ from harness import (
     TAG_HEADER,
     WASM_FILTER_NAME,
     Envoy,
+    HandlerServer,
+    QuietHandler,
     assert_rejection,
     describe,
     expect_stats,
@@ -135,54 +133,38 @@ def test_initialize_behind_a_filter_that_buffered_the_body_mints_a_session(workd
         assert listed.status_code == 200, describe(listed)
 
 
-class CannedSseUpstream:
-    """A stdlib HTTP server that answers every POST with 200 and the SSE stream its path
-    names (`/mcp` gets the stream of the `x-canned` request header): what no SDK server sends,
-    for the filter's reading of it."""
+STREAMS = {
+    # A result in an event of another type, which both SDK clients pass over, then the error
+    # they read.
+    "other-then-error": (
+        b'event: other\ndata: {"jsonrpc":"2.0","id":1,"result":{}}\n\n'
+        b'event: message\ndata: {"jsonrpc":"2.0","id":1,"error":{"code":-32600,"message":"no"}}\n\n'
+    ),
+    "message": b'event: message\ndata: {"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"canned","version":"1"}}}\n\n',
+}
 
-    STREAMS = {
-        # A result in an event of another type, which both SDK clients pass over, then the
-        # error they read.
-        "other-then-error": (
-            b'event: other\ndata: {"jsonrpc":"2.0","id":1,"result":{}}\n\n'
-            b'event: message\ndata: {"jsonrpc":"2.0","id":1,"error":{"code":-32600,"message":"no"}}\n\n'
-        ),
-        "message": b'event: message\ndata: {"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"canned","version":"1"}}}\n\n',
-    }
 
-    def __init__(self) -> None:
-        streams = self.STREAMS
+class CannedSse(QuietHandler):
+    """Answers every POST with 200 and the SSE stream of STREAMS its `x-canned` header names:
+    what no SDK server sends, for the filter's reading of it."""
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                body = streams.get(self.headers.get("x-canned", ""), b"")
-                self.send_response(200)
-                self.send_header("content-type", "text/event-stream")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = STREAMS.get(self.headers.get("x-canned", ""), b"")
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 def test_a_result_in_an_sse_event_of_another_type_is_not_the_answer(envoys) -> None:
     """Review: a result inside `event: other` was taken as the initialize's result, though the
     SDK clients read JSON-RPC only from unnamed and `message` events: the client saw the
     error that followed, and the filter had minted a session for it."""
-    upstream = CannedSseUpstream()
+    upstream = HandlerServer(CannedSse)
     envoy = envoys.start(render_bootstrap(upstream_port=upstream.port, filter_config=MAIN_CONFIG), "canned-sse")
     try:
         with expect_stats(envoy, {"rejected.unknown": 1}):

@@ -9,8 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -22,6 +20,8 @@ from harness import (
     PROTOCOL_VERSION,
     SESSION_ID_RE,
     TAG_HEADER,
+    HandlerServer,
+    QuietHandler,
     assert_rejection,
     describe,
     expect_stats,
@@ -143,7 +143,7 @@ def test_upstream_404_ends_the_filter_session(envoy_for, upstreams) -> None:
     envoy.stop()
 
 
-class RefusingUpstream:
+class RefusingUpstream(HandlerServer):
     """A stateful MCP server (standard library) that mints its own session IDs and answers a
     DELETE of one with `delete_status`: 405 is how the spec lets a server keep clients from
     ending sessions."""
@@ -154,7 +154,7 @@ class RefusingUpstream:
         upstream = self
         minted = itertools.count(1)
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
@@ -190,17 +190,7 @@ class RefusingUpstream:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def test_a_delete_the_upstream_refuses_ends_neither_session(envoys) -> None:
