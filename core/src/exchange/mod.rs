@@ -885,43 +885,36 @@ impl Exchange {
                 }
                 Flow::Continue.into()
             }
-            (Waiting::UpstreamGone, StoreResult::Ended(ended)) => {
+            // Ours ends after the upstream's own: it answered 404 to a request on the session,
+            // or accepted a DELETE of it (whose outcome is written here, once).
+            (waiting @ (Waiting::UpstreamGone | Waiting::Ending), result) => {
                 let id = self.session.map(|id| id.short()).unwrap_or_default();
-                match ended {
-                    Ended::Ended(_) | Ended::EndedEarlier => {
+                let by_client = waiting == Waiting::Ending;
+                let outcome = match result {
+                    StoreResult::Ended(Ended::Ended(_) | Ended::EndedEarlier) => {
                         self.count(Count::Terminated, 1);
-                        info!("session {id} ended: the upstream answered 404");
+                        if by_client {
+                            info!("session {id} ended by the client");
+                        } else {
+                            info!("session {id} ended: the upstream answered 404");
+                        }
+                        "ended"
                     }
-                    Ended::Expired => {
+                    StoreResult::Ended(Ended::Expired) => {
                         self.count(Count::Expired, 1);
                         info!("session {id} expired");
+                        "passed"
                     }
-                    Ended::NotFound => {}
-                }
-                Flow::Continue.into()
-            }
-            (Waiting::Ending, StoreResult::Ended(ended)) => {
-                let id = self.session.map(|id| id.short()).unwrap_or_default();
-                match ended {
-                    Ended::Ended(_) | Ended::EndedEarlier => {
-                        self.count(Count::Terminated, 1);
-                        self.fact(FACT_OUTCOME, "ended");
-                        info!("session {id} ended by the client");
+                    StoreResult::Ended(Ended::NotFound) => "passed",
+                    other => {
+                        // The upstream's answer goes on; ours ends at the upstream's next 404,
+                        // or idle.
+                        warn!("the upstream ended its session, but ours did not end: {other:?}");
+                        "passed"
                     }
-                    Ended::Expired => {
-                        self.count(Count::Expired, 1);
-                        self.fact(FACT_OUTCOME, "passed");
-                        info!("session {id} expired");
-                    }
-                    Ended::NotFound => self.fact(FACT_OUTCOME, "passed"),
-                }
-                Flow::Continue.into()
-            }
-            (waiting @ (Waiting::UpstreamGone | Waiting::Ending), StoreResult::Unavailable) => {
-                // The upstream's answer goes on; ours ends at the upstream's next 404, or idle.
-                warn!("the upstream ended its session, but the session store cannot end ours");
-                if waiting == Waiting::Ending {
-                    self.fact(FACT_OUTCOME, "passed");
+                };
+                if by_client {
+                    self.fact(FACT_OUTCOME, outcome);
                 }
                 Flow::Continue.into()
             }
