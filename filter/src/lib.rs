@@ -362,7 +362,8 @@ impl HttpContext for Http {
 fn action(action: Action) -> types::Action {
     match action {
         Action::Continue => types::Action::Continue,
-        Action::Pause => types::Action::Pause,
+        // HoldHeaders is asked only of a host that can (Capabilities::PROXY_WASM cannot).
+        Action::Pause | Action::HoldHeaders => types::Action::Pause,
     }
 }
 

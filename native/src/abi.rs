@@ -108,8 +108,8 @@ const RECEIVED_REQUEST_BODY: u32 = 0;
 const BUFFERED_REQUEST_BODY: u32 = 1;
 const RECEIVED_RESPONSE_BODY: u32 = 2;
 const BUFFERED_RESPONSE_BODY: u32 = 3;
-// Every on_http_filter_*_status: Continue = 0; headers StopIteration = 1, body
-// StopIterationAndBuffer = 1.
+// Every on_http_filter_*_status: Continue = 0; headers StopIteration = 1 (the headers held,
+// the body still shown to this filter: Action::HoldHeaders), body StopIterationAndBuffer = 1.
 const CONTINUE: u32 = 0;
 const STOP: u32 = 1;
 // Headers held for a call: StopAllIterationAndWatermark, as a proxy-wasm host makes of a
@@ -1095,6 +1095,7 @@ unsafe fn stream_hook(
     match outcome.action {
         Action::Continue => CONTINUE,
         Action::Pause => stop,
+        Action::HoldHeaders => STOP,
     }
 }
 

@@ -115,9 +115,11 @@ impl Filters {
             stats,
         };
         // No nested metadata through this ABI: no identity_jwt (README, "Native module").
+        // Headers held with StopIteration still show this filter the body.
         let capabilities = Capabilities {
             calls: true,
             nested_metadata: false,
+            hold_headers: true,
         };
         let start = || match Worker::on_host(host.clone(), bytes, capabilities) {
             Ok(worker) => Some(ReentrantMutex::new(worker)),

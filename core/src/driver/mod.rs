@@ -88,6 +88,8 @@ pub struct Worker<H: Host> {
     frames: RefCell<grpc::Deframer>,
     /// The list of the last edits carried out, for the machine's next ([`Input::keeping_edits`]).
     spare_edits: Cell<Vec<Edit>>,
+    /// The host holds headers while it shows the body ([`Capabilities::hold_headers`]).
+    hold_headers: bool,
 }
 
 /// What a host can do beyond the [`Host`] trait. A configuration that needs more is refused,
@@ -99,13 +101,20 @@ pub struct Capabilities {
     /// Attributes below a metadata key (`identity_jwt` reads the claims `jwt_authn` wrote as a
     /// struct).
     pub nested_metadata: bool,
+    /// The host can hold a request's headers and still show the filter its body
+    /// ([`Action::HoldHeaders`]: Envoy's `StopIteration`). Then a POST whose body must be read
+    /// before it is judged reaches the upstream whole or not at all. A proxy-wasm host can only
+    /// with the plugin option `allow_on_headers_stop_iteration`, which meshes cannot set: there
+    /// the headers go on first, and a refused POST reaches the upstream as headers and a reset.
+    pub hold_headers: bool,
 }
 
 impl Capabilities {
-    /// A proxy-wasm host: everything.
-    pub const ALL: Capabilities = Capabilities {
+    /// A proxy-wasm host: calls and nested metadata; its headers go on before a body is read.
+    pub const PROXY_WASM: Capabilities = Capabilities {
         calls: true,
         nested_metadata: true,
+        hold_headers: false,
     };
 
     /// Why `config` cannot run on this host, if it cannot.
@@ -129,7 +138,7 @@ impl<H: Host> Worker<H> {
     /// Starts a worker's configuration from its bytes on a host that can do everything
     /// ([`Worker::on_host`]).
     pub fn new(host: H, configuration: &[u8]) -> Result<Worker<H>, ConfigError> {
-        Worker::on_host(host, configuration, Capabilities::ALL)
+        Worker::on_host(host, configuration, Capabilities::PROXY_WASM)
     }
 
     /// Starts a worker's configuration from its bytes, refusing what the host cannot do. Moves
@@ -184,6 +193,7 @@ impl<H: Host> Worker<H> {
             watch: Cell::new(None),
             frames: RefCell::new(grpc::Deframer::default()),
             spare_edits: Cell::default(),
+            hold_headers: capabilities.hold_headers,
             config,
         };
         if !worker.config.stateless && worker.backend.remote().is_none() {
@@ -263,7 +273,8 @@ impl<H: Host> Worker<H> {
     fn with_input<T>(&self, f: impl FnOnce(&Input<'_>) -> T) -> T {
         let clock = || self.host.now_ms();
         let random = |buf: &mut [u8]| self.host.fill_random(buf);
-        f(&Input::new(&self.config, &clock, &random).keeping_edits(&self.spare_edits))
+        let input = Input::new(&self.config, &clock, &random).keeping_edits(&self.spare_edits);
+        f(&input.holding_headers(self.hold_headers))
     }
 
     /// Notes the ends seen so far, before a lookup (read the epoch before the store).
@@ -373,6 +384,7 @@ mod tests {
         let native = Capabilities {
             calls: false,
             nested_metadata: false,
+            hold_headers: true,
         };
         let process = Process::new(T0);
         let on =
@@ -386,8 +398,8 @@ mod tests {
             native
         )
         .is_ok());
-        assert!(on(ETCD, Capabilities::ALL).is_ok());
-        assert!(on(JWT, Capabilities::ALL).is_ok());
+        assert!(on(ETCD, Capabilities::PROXY_WASM).is_ok());
+        assert!(on(JWT, Capabilities::PROXY_WASM).is_ok());
     }
 
     /// What a host may skip: a stream that reads nothing passes every hook; an initialize
@@ -395,7 +407,7 @@ mod tests {
     #[test]
     fn a_stream_passes_the_hooks_it_has_nothing_to_do_in() {
         let process = Process::new(T0);
-        let worker = Worker::on_host(FakeHost::new(&process, 7), b"{}", Capabilities::ALL)
+        let worker = Worker::on_host(FakeHost::new(&process, 7), b"{}", Capabilities::PROXY_WASM)
             .map_err(|e| e.0)
             .unwrap();
         let all = [
@@ -432,5 +444,63 @@ mod tests {
             &mut log,
         );
         assert!(all.iter().all(|&hook| sessionless.passes(hook)));
+    }
+
+    /// A POST judged by its body holds its headers where the host can still show the body
+    /// then (a dynamic module: the upstream sees a refused POST not at all), and lets them go
+    /// on where it cannot (proxy-wasm: the upstream sees them, then a reset). Requests judged
+    /// on their headers alone go the same way on both.
+    #[test]
+    fn a_post_judged_by_its_body_holds_its_headers_where_the_host_can() {
+        let process = Process::new(T0);
+        let holding = Capabilities {
+            hold_headers: true,
+            ..Capabilities::PROXY_WASM
+        };
+        let wasm = Capabilities::PROXY_WASM;
+        let sessionless_era = [("mcp-protocol-version", "2026-07-28")];
+        type Case<'a> = (
+            &'a str,
+            Capabilities,
+            &'a [(&'a str, &'a str)],
+            bool,
+            Action,
+        );
+        let cases: [Case<'_>; 6] = [
+            ("a body follows", holding, &[], false, Action::HoldHeaders),
+            ("a body follows", wasm, &[], false, Action::Continue),
+            // No body: judged at once (refused: no JSON-RPC message).
+            ("no body", holding, &[], true, Action::Pause),
+            ("no body", wasm, &[], true, Action::Pause),
+            (
+                "the sessionless era",
+                holding,
+                &sessionless_era,
+                false,
+                Action::Continue,
+            ),
+            (
+                "the sessionless era",
+                wasm,
+                &sessionless_era,
+                false,
+                Action::Continue,
+            ),
+        ];
+        for (what, caps, extra, end_of_stream, want) in cases {
+            let worker = Worker::on_host(FakeHost::new(&process, 7), b"{}", caps)
+                .map_err(|e| e.0)
+                .unwrap();
+            let call = crate::testkit::Request::post("{}", extra);
+            let mut log = crate::testkit::StreamLog::default();
+            let action = worker.request_headers(
+                &mut Stream::default(),
+                &call.headers,
+                &call.attributes,
+                end_of_stream,
+                &mut log,
+            );
+            assert_eq!(action, want, "{what}, {caps:?}");
+        }
     }
 }

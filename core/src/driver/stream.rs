@@ -34,6 +34,9 @@ pub enum Action {
     Continue,
     /// Hold them (a body is buffered; a call or a local reply is under way).
     Pause,
+    /// Hold the request's headers, and go on showing the body (Envoy's `StopIteration` for
+    /// headers); only a host whose `Capabilities::hold_headers` says it can is asked.
+    HoldHeaders,
 }
 
 /// What the driver asks of the host for one stream.
@@ -434,6 +437,7 @@ impl<H: Host> Worker<H> {
             return match driven.step.flow {
                 Flow::Continue => Action::Continue,
                 Flow::Pause => Action::Pause,
+                Flow::HoldHeaders => Action::HoldHeaders,
                 Flow::Respond(reply) => {
                     io.respond(&reply);
                     Action::Pause

@@ -171,6 +171,10 @@ pub enum Flow {
     Continue,
     /// Hold them (buffering a body).
     Pause,
+    /// Hold the request's headers, and go on showing the body (each chunk then answered
+    /// [`Flow::Pause`] until the body is whole): asked only of a host that can
+    /// ([`Input::holding_headers`]).
+    HoldHeaders,
     /// Answer locally; the stream goes no further.
     Respond(Box<Reply>),
     /// Run the store operation [`Exchange::take_store_op`] gives and feed its answer back as
@@ -243,6 +247,8 @@ pub struct Input<'a> {
     /// A list the host carried out the edits of before, kept for the next step that makes
     /// edits ([`Input::keeping_edits`]).
     spare: Option<&'a std::cell::Cell<Vec<Edit>>>,
+    /// The host can hold the request's headers while it shows the body.
+    hold_headers: bool,
 }
 
 impl<'a> Input<'a> {
@@ -258,6 +264,16 @@ impl<'a> Input<'a> {
             random,
             now: std::cell::Cell::new(None),
             spare: None,
+            hold_headers: false,
+        }
+    }
+
+    /// This input, on a host that can (`true`) or cannot hold a request's headers while it
+    /// shows the body ([`Flow::HoldHeaders`]; the driver's `Capabilities::hold_headers`).
+    pub fn holding_headers(self, hold_headers: bool) -> Input<'a> {
+        Input {
+            hold_headers,
+            ..self
         }
     }
 
@@ -594,11 +610,15 @@ impl Exchange {
             HeadVerdict::ReadSessionlessBody => {
                 self.identity = read_identity(cfg.identity.as_ref(), identity, attributes);
                 self.identity_fact();
-                // Headers go on now (holding them would stop body callbacks on hosts without
-                // allow_on_headers_stop_iteration); the body is held until it is complete.
+                // The body is held until it is complete. The headers are held with it where
+                // the host can still show the body then, so that a POST refused for its body
+                // never reaches the upstream; elsewhere they go on now (a proxy-wasm host
+                // without allow_on_headers_stop_iteration would stop the body callbacks too).
                 self.phase = Phase::SessionlessBody;
                 if end_of_stream {
                     self.on_complete_body(input, &[])
+                } else if input.hold_headers {
+                    Flow::HoldHeaders.into()
                 } else {
                     Flow::Continue.into()
                 }

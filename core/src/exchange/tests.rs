@@ -41,6 +41,7 @@ fn at_t0<'a>(config: &'a Config, random: &'a dyn Fn(&mut [u8]) -> bool) -> Input
 enum Does {
     Continue,
     Pause,
+    HoldHeaders,
     Respond(u32, Vec<(Count, u32)>),
     Lookup,
     Reserve,
@@ -54,6 +55,7 @@ fn does(exchange: &mut Exchange, step: &Step) -> Does {
     match &step.flow {
         Flow::Continue => Does::Continue,
         Flow::Pause => Does::Pause,
+        Flow::HoldHeaders => Does::HoldHeaders,
         Flow::Respond(reply) => Does::Respond(reply.status, counted(exchange)),
         Flow::Replace(_) => Does::Replace,
         Flow::Store => match exchange.take_store_op() {
