@@ -135,8 +135,8 @@ impl Capabilities {
 }
 
 impl<H: Host> Worker<H> {
-    /// Starts a worker's configuration from its bytes on a host that can do everything
-    /// ([`Worker::on_host`]).
+    /// Starts a worker's configuration from its bytes on a proxy-wasm host
+    /// ([`Capabilities::PROXY_WASM`], [`Worker::on_host`]).
     pub fn new(host: H, configuration: &[u8]) -> Result<Worker<H>, ConfigError> {
         Worker::on_host(host, configuration, Capabilities::PROXY_WASM)
     }
