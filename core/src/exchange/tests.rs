@@ -335,12 +335,15 @@ fn store_answers_by_table() {
     let (mut exchange, _) = request("{}", &sessionless, CALL);
     let step = exchange.step(&input, Event::Live(&live));
     assert_eq!(does(&mut exchange, &step), Does::Continue);
+    // A DELETE whose lookup found `record`.
+    let deleting = |record: &Record| {
+        let (mut exchange, _) = request("{}", &delete, "");
+        let lookup = Lookup::Live(record.clone(), 1);
+        let _ = exchange.step(&input, Event::Stored(StoreResult::Lookup(lookup)));
+        exchange
+    };
     // A DELETE: the end, answered.
-    let (mut exchange, _) = request("{}", &delete, "");
-    let _ = exchange.step(
-        &input,
-        Event::Stored(StoreResult::Lookup(Lookup::Live(live.clone(), 1))),
-    );
+    let mut exchange = deleting(&live);
     let step = exchange.step(
         &input,
         Event::Stored(StoreResult::Ended(Ended::Ended(live))),
@@ -359,11 +362,7 @@ fn store_answers_by_table() {
         ("503", Does::Continue, vec![]),
     ];
     for (status, expected, counts) in rows {
-        let (mut exchange, _) = request("{}", &delete, "");
-        let _ = exchange.step(
-            &input,
-            Event::Stored(StoreResult::Lookup(Lookup::Live(mapped.clone(), 1))),
-        );
+        let mut exchange = deleting(&mapped);
         let step = exchange.step(
             &input,
             Event::ResponseHeaders {
