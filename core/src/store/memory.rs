@@ -20,59 +20,87 @@ pub struct Table {
     epoch: AtomicU64,
 }
 
+/// The keys of a table. A slot's key (`mcps/` and eight lowercase hex digits, as the local
+/// store writes it: one per session of the peak) is not stored at all: its slot is the index
+/// of its entry in `pages`, which are allocated [`PAGE`] entries at a time as the slots are
+/// first written. Slots are granted from 0 upwards, so the pages are dense, and the table
+/// grows a page at a time with the peak: a hash map would double its buckets now and then (a
+/// step of megabytes at some hundred thousand sessions, kept after they end) and hold every
+/// key beside its value. Every other key (the store's few meta keys, the identity buckets, the
+/// etcd fallback's per-session keys) is in `map`.
 #[derive(Debug, Default)]
 struct Entries {
-    map: FastMap<Key, (Box<[u8]>, u32)>,
+    pages: Vec<Option<Box<[Entry]>>>,
+    map: FastMap<Box<[u8]>, Entry>,
     next_cas: u32,
 }
 
-/// A key of the table: one of up to [`INLINE_KEY`] bytes (a slot's, `mcps/` and eight hex
-/// digits, and every other the local store writes but a fallback's) held in the map's entry
-/// itself, a longer one on the heap. A new session then costs the table one allocation (its
-/// record), not two, and eight bytes less.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Key {
-    /// The first `len` bytes (the rest zero, so that equal keys are equal arrays).
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE_KEY],
-    },
-    Heap(Box<[u8]>),
+/// A key's value and its cas; a cas of 0 (never handed out) marks a key that was never
+/// created. An empty value is a key that exists and holds nothing.
+#[derive(Debug, Default)]
+struct Entry {
+    value: Box<[u8]>,
+    cas: u32,
 }
 
-/// Longest key held inline.
-const INLINE_KEY: usize = 22;
+/// Entries per page (24 KiB).
+const PAGE: usize = 1024;
 
-impl Key {
-    fn of(key: &[u8]) -> Key {
-        let mut bytes = [0u8; INLINE_KEY];
-        match (bytes.get_mut(..key.len()), u8::try_from(key.len())) {
-            (Some(room), Ok(len)) => {
-                room.copy_from_slice(key);
-                Key::Inline { len, bytes }
-            }
-            _ => Key::Heap(key.into()),
+/// Slots at or past this are kept in the map: the pages' index never exceeds 64K entries.
+const PAGED_SLOTS: u32 = 1 << 26;
+
+/// The slot of a slot's key as the local store writes it (lowercase hex only, so that one
+/// key has one entry), below [`PAGED_SLOTS`].
+fn paged_slot(key: &[u8]) -> Option<usize> {
+    let digits = key.strip_prefix(b"mcps/")?;
+    if digits.len() != 8 {
+        return None;
+    }
+    let slot = digits.iter().try_fold(0u32, |slot, &b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        Some(slot << 4 | u32::from(digit))
+    })?;
+    (slot < PAGED_SLOTS).then_some(slot as usize)
+}
+
+impl Entries {
+    fn find(&self, key: &[u8]) -> Option<&Entry> {
+        let entry = match paged_slot(key) {
+            Some(slot) => self.pages.get(slot / PAGE)?.as_ref()?.get(slot % PAGE)?,
+            None => self.map.get(key)?,
+        };
+        (entry.cas != 0).then_some(entry)
+    }
+
+    /// The entry of `key`, made (as never created) if it was not there.
+    fn entry(&mut self, key: &[u8]) -> &mut Entry {
+        let Some(slot) = paged_slot(key) else {
+            return self.map.entry(key.into()).or_default();
+        };
+        if self.pages.len() <= slot / PAGE {
+            self.pages.resize_with(slot / PAGE + 1, || None);
+        }
+        let page = self
+            .pages
+            .get_mut(slot / PAGE)
+            .map(|page| page.get_or_insert_with(|| (0..PAGE).map(|_| Entry::default()).collect()));
+        match page.and_then(|page| page.get_mut(slot % PAGE)) {
+            Some(entry) => entry,
+            // Not reached: the pages were extended to the slot's, and a page is PAGE long.
+            None => self.map.entry(key.into()).or_default(),
         }
     }
 
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Key::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
-            Key::Heap(bytes) => bytes,
-        }
-    }
-}
-
-/// Hashed as its bytes are, so that the map is searched with a `&[u8]`.
-impl std::hash::Hash for Key {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for Key {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
+    /// Every key's entry.
+    fn all(&self) -> impl Iterator<Item = &Entry> {
+        let paged = self.pages.iter().flatten().flat_map(|page| page.iter());
+        paged
+            .chain(self.map.values())
+            .filter(|entry| entry.cas != 0)
     }
 }
 
@@ -109,16 +137,12 @@ impl Table {
 
     /// How many keys the table holds (for tests and memory accounting).
     pub fn len(&self) -> usize {
-        self.entries().map.len()
+        self.entries().all().count()
     }
 
     /// Total bytes held in values.
     pub fn value_bytes(&self) -> usize {
-        self.entries()
-            .map
-            .values()
-            .map(|(value, _)| value.len())
-            .sum()
+        self.entries().all().map(|entry| entry.value.len()).sum()
     }
 
     /// Whether the table holds no key.
@@ -129,42 +153,33 @@ impl Table {
 
 impl SharedData for Table {
     fn get(&self, key: &[u8]) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.entries().map.get(key) {
+        match self.entries().find(key) {
             None => (None, None),
-            Some((value, cas)) if value.is_empty() => (None, Some(*cas)),
-            Some((value, cas)) => (Some(value.to_vec()), Some(*cas)),
+            Some(entry) if entry.value.is_empty() => (None, Some(entry.cas)),
+            Some(entry) => (Some(entry.value.to_vec()), Some(entry.cas)),
         }
     }
 
     fn set(&self, key: &[u8], value: &[u8], cas: Option<u32>) -> Result<(), WriteError> {
         let mut guard = self.entries();
         let entries = &mut *guard;
-        let mut next = || {
-            entries.next_cas = entries.next_cas.wrapping_add(1).max(1);
-            entries.next_cas
-        };
-        // One lookup: an initialize writes twice, and hashing the key again cost more than
+        let next = entries.next_cas.wrapping_add(1).max(1);
+        // One lookup: an initialize writes twice, and finding the key again cost more than
         // the check itself.
-        match entries.map.get_mut(key) {
-            Some((_, have)) if matches!(cas, Some(want) if want != 0 && want != *have) => {
-                Err(WriteError::CasMismatch)
-            }
-            // A record's update keeps its length: written in place, no allocation.
-            Some((stored, have)) if stored.len() == value.len() => {
-                stored.copy_from_slice(value);
-                *have = next();
-                Ok(())
-            }
-            Some(entry) => {
-                *entry = (value.into(), next());
-                Ok(())
-            }
-            None => {
-                let cas = next();
-                entries.map.insert(Key::of(key), (value.into(), cas));
-                Ok(())
-            }
+        let entry = entries.entry(key);
+        // A missing key takes any cas.
+        if matches!(cas, Some(want) if want != 0 && entry.cas != 0 && want != entry.cas) {
+            return Err(WriteError::CasMismatch);
         }
+        if entry.value.len() == value.len() {
+            // A record's update keeps its length: written in place, no allocation.
+            entry.value.copy_from_slice(value);
+        } else {
+            entry.value = value.into();
+        }
+        entry.cas = next;
+        entries.next_cas = next;
+        Ok(())
     }
 }
 
@@ -172,54 +187,114 @@ impl SharedData for Table {
 mod tests {
     use super::*;
 
-    /// Keys short and long, inline or not, are found again as written, and only so.
+    /// Keys of every length, slots' keys among them, are found again as written, and only
+    /// so: a slot's key in another spelling (upper case, another length) is another key.
     #[test]
     fn keys_of_every_length_are_found_again() {
         let table = Table::default();
-        let keys: Vec<String> = (0..=INLINE_KEY + 3).map(|n| "k".repeat(n)).collect();
+        let mut keys: Vec<String> = (0..=25).map(|n| "k".repeat(n)).collect();
+        keys.extend(
+            [
+                "mcps/00000000",
+                "mcps/000003ff",
+                "mcps/00000400",
+                "mcps/03ffffff",
+                "mcps/04000000",
+            ]
+            .map(String::from),
+        );
+        keys.extend(
+            [
+                "mcps/0000000A",
+                "mcps/0000000",
+                "mcps/000000000",
+                "mcps/ffffffff",
+            ]
+            .map(String::from),
+        );
         for (n, key) in keys.iter().enumerate() {
             assert_eq!(table.set(key.as_bytes(), &[n as u8 + 1], None), Ok(()));
         }
         for (n, key) in keys.iter().enumerate() {
-            assert_eq!(table.get(key.as_bytes()).0, Some(vec![n as u8 + 1]), "{n}");
-            assert_eq!(Key::of(key.as_bytes()).as_bytes(), key.as_bytes());
+            assert_eq!(
+                table.get(key.as_bytes()).0,
+                Some(vec![n as u8 + 1]),
+                "{key}"
+            );
         }
         assert_eq!(table.len(), keys.len());
-        assert_eq!(table.get(b"mcps/00000001"), (None, None));
+        assert_eq!(table.value_bytes(), keys.len());
+        for absent in [
+            "mcps/00000001",
+            "mcps/0000000a",
+            "mcps/000003fe",
+            "mcps/00000401",
+            "mcps/fffffffe",
+        ] {
+            assert_eq!(table.get(absent.as_bytes()), (None, None), "{absent}");
+        }
+        assert_eq!(paged_slot(b"mcps/0000000A"), None);
+        assert_eq!(paged_slot(b"mcps/03ffffff"), Some((1 << 26) - 1));
+        assert_eq!(paged_slot(b"mcps/04000000"), None);
+    }
+
+    /// Slots' keys cost their page, allocated whole as the first of its slots is written,
+    /// and nothing per key beside it: a table of 10,000 slots holds 10 pages.
+    #[test]
+    fn slots_keys_fill_pages() {
+        let table = Table::default();
+        for slot in 0..10_000u32 {
+            let key = crate::store::local::slot_key(slot);
+            assert_eq!(table.set(&key, b"", Some(u32::MAX)), Ok(()));
+        }
+        let entries = table.entries();
+        assert_eq!(entries.pages.iter().flatten().count(), 10);
+        assert!(entries.map.is_empty());
+        drop(entries);
+        assert_eq!(table.len(), 10_000);
     }
 
     #[test]
     fn a_table_has_shared_datas_semantics() {
+        // A key of the map and a slot's key of the pages.
+        for key in [&b"k"[..], b"mcps/00000007"] {
+            semantics_of(key);
+        }
+    }
+
+    fn semantics_of(k: &[u8]) {
         let table = Table::default();
-        assert_eq!(table.get(b"k"), (None, None));
+        assert_eq!(table.get(k), (None, None));
         assert_eq!(
-            table.set(b"k", b"v1", Some(7)),
+            table.set(k, b"v1", Some(7)),
             Ok(()),
             "missing key: cas ignored"
         );
-        let (value, cas) = table.get(b"k");
+        let (value, cas) = table.get(k);
         assert_eq!(value.as_deref(), Some(&b"v1"[..]));
         let cas = cas.unwrap_or_default();
         assert_eq!(
-            table.set(b"k", b"v2", Some(cas + 1)),
+            table.set(k, b"v2", Some(cas + 1)),
             Err(WriteError::CasMismatch)
         );
-        assert_eq!(table.set(b"k", b"v2", Some(cas)), Ok(()));
-        assert_eq!(
-            table.set(b"k", b"v3", Some(cas)),
-            Err(WriteError::CasMismatch)
-        );
-        assert_eq!(table.set(b"k", b"", None), Ok(()));
-        let (value, cas) = table.get(b"k");
+        assert_eq!(table.set(k, b"v2", Some(cas)), Ok(()));
+        assert_eq!(table.set(k, b"v3", Some(cas)), Err(WriteError::CasMismatch));
+        assert_eq!(table.set(k, b"", None), Ok(()));
+        let (value, cas) = table.get(k);
         assert_eq!(value, None, "an empty value reads as none");
         assert!(cas.is_some(), "but the key is there");
+        assert_eq!(
+            table.set(k, b"x", Some(u32::MAX)),
+            Err(WriteError::CasMismatch),
+            "a create-only write finds it"
+        );
         assert_eq!(table.len(), 1);
         // Values of the same length are written in place, others replace the value; either
         // way the next read sees exactly what was written, under a new cas.
         for value in [&b"abcd"[..], b"wxyz", b"longer value", b"ab"] {
-            let before = table.get(b"k").1;
-            assert_eq!(table.set(b"k", value, before), Ok(()));
-            let (read, after) = table.get(b"k");
+            let before = table.get(k).1;
+            assert_eq!(table.set(k, value, before), Ok(()));
+            let (read, after) = table.get(k);
             assert_eq!(read.as_deref(), Some(value));
             assert_ne!(after, before);
         }
