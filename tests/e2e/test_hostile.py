@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ import pytest
 from conftest import MAIN_CONFIG
 from harness import (
     ACCEPT_BOTH,
+    ARTIFACT,
     PROTOCOL_VERSION,
     REQUEST_TIMEOUT,
     SESSION_ID_RE,
@@ -88,13 +90,15 @@ def raw_request(
     headers: Sequence[Header] = (),
     body: bytes | None = None,
     chunks: Sequence[bytes] | None = None,
+    before_body: Callable[[], None] | None = None,
 ) -> httpx.Response:
     """One request written byte for byte on a fresh connection (`connection: close`), its
     response read to the end. `chunks` sends the body with `Transfer-Encoding: chunked`, one
     write per chunk; `body` sends it with a `content-length`, in the headers' write: Envoy
     reads both at once, so the filter has judged the body before an upstream that answers on
     the headers alone can answer (the Wasm build lets those headers go on first; README, known
-    limits). `path` goes out as written."""
+    limits), unless `before_body` is given: then it runs between the two writes. `path` goes
+    out as written."""
     head = [f"{method} {path} HTTP/1.1".encode(), f"host: 127.0.0.1:{envoy.port}".encode(), b"connection: close"]
     head += [_bytes(name) + b": " + _bytes(value) for name, value in headers]
     if chunks is not None:
@@ -103,7 +107,13 @@ def raw_request(
         head.append(f"content-length: {len(body)}".encode())
     with socket.create_connection(("127.0.0.1", envoy.port), timeout=REQUEST_TIMEOUT) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(b"\r\n".join(head) + b"\r\n\r\n" + (body if chunks is None and body else b""))
+        content = body if chunks is None and body else b""
+        if before_body is not None:
+            sock.sendall(b"\r\n".join(head) + b"\r\n\r\n")
+            before_body()
+            sock.sendall(content)
+        else:
+            sock.sendall(b"\r\n".join(head) + b"\r\n\r\n" + content)
         try:
             if chunks is not None:
                 for chunk in chunks:
@@ -650,3 +660,47 @@ def test_another_spelling_of_a_guarded_path_is_guarded(envoys, upstreams, envoy_
         assert unguarded.status_code == 404, describe(unguarded)  # the upstream's: no such route
     finally:
         envoy.stop()
+
+
+# A POST the filter judges by its body, to a spelling of the guarded path that the demo upstream
+# (Starlette, reading `/%2Fmcp` as `//mcp`) answers 404 on the headers alone.
+ANSWERED_ON_ITS_HEADERS = {
+    "refused": (rpc("tools/list", 7), 400, {"rejected.missing": 1}),
+    "forwarded": (initialize_body(1), 404, {}),
+}
+
+
+@pytest.mark.parametrize("case", ANSWERED_ON_ITS_HEADERS)
+def test_a_body_that_comes_after_the_upstream_answered_its_headers(envoy, upstream, case: str) -> None:
+    """The body comes once the upstream has answered the headers, or half a second after
+    them when the upstream sees nothing of the request first. The native module holds the headers
+    until it has judged the body: a refused POST gets the filter's 400, a forwarded one the
+    upstream's answer to the whole request (no session: it is not a 2xx). The Wasm filter lets
+    the headers go on (README, known limits): the upstream answers them at once, the client
+    gets that answer either way, and Envoy, the upstream's answer complete, never passes the
+    body to the filter, which then judges and counts nothing."""
+    body, status, stats = ANSWERED_ON_ITS_HEADERS[case]
+    if ARTIFACT != "native":
+        status, stats = 404, {}
+    tag = new_tag()
+    headers = [("content-type", "application/json"), ("accept", ACCEPT_BOTH), (TAG_HEADER, tag)]
+
+    def once_answered() -> None:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline and not upstream.requests(tag):
+            time.sleep(0.01)
+        time.sleep(0.05)  # and Envoy has the answer
+
+    with expect_stats(envoy, stats):
+        response = raw_request(
+            envoy, path="/%2Fmcp", headers=headers, body=json.dumps(body).encode(), before_body=once_answered
+        )
+    assert response.status_code == status, describe(response)
+    assert "mcp-session-id" not in response.headers
+    if status == 400:
+        assert first_message(response)["error"]["message"] == MISSING
+    seen = upstream.requests(tag)
+    if ARTIFACT != "native":
+        assert [s["body"] for s in seen] == [""], json.dumps(seen)  # the headers alone
+    elif case == "refused":
+        assert seen == []
