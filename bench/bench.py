@@ -412,10 +412,19 @@ def wrk(
 
 
 def h2load(
-    url: str, body_file: Path, headers: dict[str, str], count: int, connections: int = 50, cores: str = str(LOAD_CORE)
+    url: str,
+    body_file: Path,
+    headers: dict[str, str],
+    count: int,
+    connections: int = 50,
+    cores: str = str(LOAD_CORE),
+    rate: int = 0,
 ) -> int:
-    """Sends exactly `count` POSTs (h2load, HTTP/1.1, on `cores`); returns how many got 2xx."""
+    """Sends exactly `count` POSTs (h2load, HTTP/1.1, on `cores`; at most `rate` a second in
+    all, when it is not 0); returns how many got 2xx."""
     command = ["taskset", "-c", cores, "h2load", "--h1", "-t", "1", "-c", str(connections)]
+    if rate:
+        command += ["--rps", str(max(1, rate // connections))]
     command += ["-n", str(count), "-d", str(body_file), "-H", "content-type: application/json"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
@@ -623,6 +632,7 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace, 
         out: dict[str, Any] = {
             "build": build,
             "configs": {"live": live_config, "churn": MEMORY_CHURN_CONFIG},
+            "churn_rate_asked": args.churn_rate,
             "workers": 2,
             "baseline_heap": base,
             "live": [],
@@ -670,7 +680,11 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace, 
         )
 
         # 2. The churn: sessions minted on a store whose idle timeout is short, chunk by chunk;
-        # the live gauge is polled meanwhile for the churn's peak (the live set is gone).
+        # the live gauge is polled meanwhile for the churn's peak (the live set is gone). At a
+        # fixed rate: the churn's live set (the sessions of its last few seconds) follows the
+        # rate, and the heap follows the live set, so at whatever rate h2load reached the heap
+        # moved with it (a first chunk slower than the rest, still starting, made a heap that
+        # tracked the live set exactly look 10% up between the first and the last checkpoint).
         chunk = max(1, args.churn // args.churn_checkpoints)
         done = 0
         started = time.monotonic()
@@ -691,7 +705,7 @@ def run_memory(workdir: Path, files: dict[str, Path], args: argparse.Namespace, 
             while done < args.churn:
                 n = min(chunk, args.churn - done)
                 t0 = time.monotonic()
-                ok = h2load(churn_url, files["initialize"], {}, n)
+                ok = h2load(churn_url, files["initialize"], {}, n, rate=args.churn_rate)
                 rate = n / (time.monotonic() - t0)
                 done += n
                 churn_live = stats().get("live", 0)
@@ -920,6 +934,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", help="Envoy's log level in the matrix (default: Envoy's, info)")
     parser.add_argument("--churn", type=int, default=1_000_000, help="sessions churned (default 1,000,000)")
     parser.add_argument("--churn-checkpoints", type=int, default=5, help="heap readings during the churn")
+    parser.add_argument("--churn-rate", type=int, default=12_000,
+                        help="initializes a second during the churn, at most (default 12,000; 0: as fast as it goes)")
     parser.add_argument("--live-sets", type=int, nargs="+", default=[10_000, 100_000], help="live sessions measured")
     parser.add_argument("--live-idle", type=int, default=20,
                         help="idle timeout of the live set's store, s: outlasts the fill, then all expire (default 20)")  # fmt: skip

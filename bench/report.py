@@ -389,10 +389,16 @@ def render_memory(r: dict[str, Any]) -> str:
             f"{name}: the churn's peak is the highest `live` gauge of {mem['churn_samples']:,} readings taken while "
             f"it ran ({mem['churn_samples'] / mem['churn_seconds']:.1f} a second, and one at every checkpoint), so the "
             "true peak may be higher and the figure per peak session lower. The churn sent "
-            f"{mem['churn'][-1]['sent']:,} initializes ({mem['churn_rate']:,.0f}/s over {mem['churn_seconds']:.0f} s); "
-            f"the heap moved {mem['churn_growth']:.3f}× from its first checkpoint to its last.",
+            f"{mem['churn'][-1]['sent']:,} initializes ({mem['churn_rate']:,.0f}/s over {mem['churn_seconds']:.0f} s"
+            f"{asked(mem)}); the heap moved {mem['churn_growth']:.3f}× from its first checkpoint to its last.",
         ]
     return "\n".join(lines)
+
+
+def asked(mem: dict[str, Any]) -> str:
+    """The churn's rate as asked of h2load, when it was held to one (its live set follows it)."""
+    rate = mem.get("churn_rate_asked", 0)
+    return f", at most {rate:,}/s asked: a steady live set" if rate else ""
 
 
 def render_targets(r: dict[str, Any]) -> str:
