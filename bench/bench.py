@@ -412,12 +412,7 @@ def wrk(
 
 
 def h2load(
-    url: str,
-    body_file: Path,
-    headers: dict[str, str],
-    count: int,
-    connections: int = 50,
-    cores: str = str(LOAD_CORE),
+    url: str, body_file: Path, headers: dict[str, str], count: int, connections: int = 50, cores: str = str(LOAD_CORE),
     rate: int = 0,
 ) -> int:
     """Sends exactly `count` POSTs (h2load, HTTP/1.1, on `cores`; at most `rate` a second in

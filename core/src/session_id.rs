@@ -34,14 +34,10 @@ impl SessionId {
             return None;
         }
         let (slot_hex, secret_hex) = bytes.split_at(8);
-        let mut slot_bytes = [0u8; 4];
-        decode_hex(slot_hex, &mut slot_bytes)?;
+        let slot = decode_slot(slot_hex)?;
         let mut secret = [0u8; SECRET_LEN];
         decode_hex(secret_hex, &mut secret)?;
-        Some(SessionId {
-            slot: u32::from_be_bytes(slot_bytes),
-            secret,
-        })
+        Some(SessionId { slot, secret })
     }
 
     /// The header value for this ID.
@@ -158,6 +154,13 @@ fn hex_pair(b: u8) -> [u8; 2] {
 /// the compiler drops the bounds check).
 pub fn hex_digit(n: u8) -> u8 {
     DIGITS.get(usize::from(n & 0x0f)).copied().unwrap_or(b'0')
+}
+
+/// A slot as an ID (and a slot's shared-data key) spells it: exactly eight lowercase hex digits.
+pub fn decode_slot(digits: &[u8]) -> Option<u32> {
+    let mut bytes = [0u8; 4];
+    decode_hex(digits, &mut bytes)?;
+    Some(u32::from_be_bytes(bytes))
 }
 
 /// Decodes lowercase hex into `out` (exactly twice as many digits as bytes, in groups of

@@ -8,6 +8,7 @@
 //! local store's slots (`max_sessions`), as shared data's is.
 
 use super::{SharedData, WriteError};
+use crate::session_id::decode_slot;
 use crate::FastMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,18 +53,7 @@ const PAGED_SLOTS: u32 = 1 << 26;
 /// The slot of a slot's key as the local store writes it (lowercase hex only, so that one
 /// key has one entry), below [`PAGED_SLOTS`].
 fn paged_slot(key: &[u8]) -> Option<usize> {
-    let digits = key.strip_prefix(b"mcps/")?;
-    if digits.len() != 8 {
-        return None;
-    }
-    let slot = digits.iter().try_fold(0u32, |slot, &b| {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => return None,
-        };
-        Some(slot << 4 | u32::from(digit))
-    })?;
+    let slot = decode_slot(key.strip_prefix(b"mcps/")?)?;
     (slot < PAGED_SLOTS).then_some(slot as usize)
 }
 
