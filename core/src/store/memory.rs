@@ -7,8 +7,8 @@
 //! use it, so a configuration update keeps every session. A table's memory is bounded by the
 //! local store's slots (`max_sessions`), as shared data's is.
 
+use super::local::slot_of_key;
 use super::{SharedData, WriteError};
-use crate::session_id::decode_slot;
 use crate::FastMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,7 +53,7 @@ const PAGED_SLOTS: u32 = 1 << 26;
 /// The slot of a slot's key as the local store writes it (lowercase hex only, so that one
 /// key has one entry), below [`PAGED_SLOTS`].
 fn paged_slot(key: &[u8]) -> Option<usize> {
-    let slot = decode_slot(key.strip_prefix(b"mcps/")?)?;
+    let slot = slot_of_key(key)?;
     (slot < PAGED_SLOTS).then_some(slot as usize)
 }
 

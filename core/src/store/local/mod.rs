@@ -78,6 +78,15 @@ pub fn slot_key(slot: u32) -> SlotKey {
     SlotKey(key)
 }
 
+/// The slot whose key [`slot_key`] spells as `key`, if it is one: `slot_key`'s inverse, so
+/// that a table may keep slots' keys as places (`store::memory`). Another spelling of the same
+/// number (upper case, other widths) is not a slot's key.
+pub fn slot_of_key(key: &[u8]) -> Option<u32> {
+    crate::session_id::decode_slot(key.strip_prefix(SLOT_PREFIX)?)
+}
+
+const SLOT_PREFIX: &[u8] = b"mcps/";
+
 /// A slot's key, `mcps/` and the slot in eight lowercase hex digits, on the stack. Keys are
 /// bytes ([`SharedData`]): a `str` of it would check the thirteen bytes for UTF-8 each time it
 /// is used, twice an initialize.

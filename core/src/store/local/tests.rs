@@ -822,3 +822,22 @@ fn a_slot_key_is_the_slot_in_eight_lowercase_hex_digits() {
         assert_eq!(&*slot_key(slot), key.as_bytes());
     }
 }
+
+#[test]
+fn slot_of_key_reads_back_exactly_what_slot_key_spells() {
+    for slot in [0, 1, 0x3ff, 0x400, 0x1a2b, 0xdead_beef, u32::MAX] {
+        assert_eq!(slot_of_key(&slot_key(slot)), Some(slot));
+    }
+    for key in [
+        "mcps/0000000",
+        "mcps/000000000",
+        "mcps/DEADBEEF",
+        "mcps/hw",
+        "mcps/free",
+        "mcpx/00000000",
+        "mcps/0000000g",
+        "",
+    ] {
+        assert_eq!(slot_of_key(key.as_bytes()), None, "{key}");
+    }
+}
