@@ -295,7 +295,8 @@ impl Config {
             }
             Err(e) => return Err(ConfigError(format!("invalid configuration: {e}"))),
         }
-        let raw: RawConfig = serde_json::from_str(text).map_err(|e| blame(text, &e))?;
+        let mut json = serde_json::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut json).map_err(blame)?;
         Config::try_from(raw)
     }
 
@@ -398,20 +399,17 @@ fn hex_digit(b: u8) -> Option<u8> {
     }
 }
 
-/// Turns a serde error into one that names the offending key: serde's own message for a
-/// wrong type gives only a line and column. Each key is re-read on its own (all others take
-/// their defaults), and the first that fails is the one named.
-fn blame(text: &str, error: &serde_json::Error) -> ConfigError {
-    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(text) {
-        for (key, value) in map {
-            let mut alone = serde_json::Map::new();
-            alone.insert(key.clone(), value);
-            if let Err(e) = serde_json::from_value::<RawConfig>(serde_json::Value::Object(alone)) {
-                return ConfigError(format!("`{key}`: {e}"));
-            }
-        }
+/// A serde error as one that names the offending key by its dotted path
+/// (`store.etcd.cluster`, `paths[1]`): serde's own message for a wrong type gives only a line
+/// and column, which in an Envoy configuration (JSON inside YAML) point nowhere useful.
+fn blame(error: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    if path.is_empty() || path == "." {
+        ConfigError(format!("invalid configuration: {inner}"))
+    } else {
+        ConfigError(format!("`{path}`: {inner}"))
     }
-    ConfigError(format!("invalid configuration: {error}"))
 }
 
 /// The first member of `map`, or of an object nested in it, whose value is `null`, by its
@@ -763,7 +761,7 @@ mod tests {
             ),
             (
                 r#"{"identity_jwt":{"metadata_key":"p","claim":["sub"]}}"#,
-                "`identity_jwt`",
+                "`identity_jwt.claim`: unknown field",
             ),
             (r#"{"identity_peer":"spiffe"}"#, "`identity_peer`"),
             (
@@ -816,6 +814,25 @@ mod tests {
             assert!(err.0.contains(needle), "{text}: {err}");
         }
         assert!(Config::parse(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn an_error_names_the_key_by_its_whole_path() {
+        for (text, needle) in [
+            (
+                r#"{"store":{"etcd":{"cluster":5}}}"#,
+                "`store.etcd.cluster`: invalid type",
+            ),
+            (
+                r#"{"store":{"etcd":{"clustr":"e"}}}"#,
+                "`store.etcd.clustr`: unknown field",
+            ),
+            (r#"{"paths":["/mcp",7]}"#, "`paths[1]`: invalid type"),
+            (r#"{"max_sessions":"many"}"#, "`max_sessions`: invalid type"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.0.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

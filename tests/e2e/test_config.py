@@ -28,6 +28,8 @@ BAD = [
     pytest.param({"max_sessions": -1}, "max_sessions", id="negative max_sessions"),
     pytest.param({"paths": "/mcp"}, "paths", id="paths not a list"),
     pytest.param({"allow_delete": "no"}, "allow_delete", id="string for a bool"),
+    pytest.param({"store": {"etcd": {"cluster": 7}}}, "`store.etcd.cluster`", id="nested: named by its path"),
+    pytest.param({"paths": ["/mcp", 7]}, "`paths[1]`", id="list item: named by its index"),
     pytest.param('{"paths": ["/mcp"]', None, id="not JSON"),
 ]
 
