@@ -342,6 +342,8 @@ CASES: list[Case] = [
     not_json("non-utf8-bytes", b"\xff\xfe\x00\x01\x80"),
     not_json("non-utf8-in-method", b'{"jsonrpc":"2.0","id":1,"method":"initialize\xff"}'),
     not_json("lone-surrogate-in-method", b'{"jsonrpc":"2.0","id":1,"method":"initialize\\ud800"}'),
+    not_json("control-byte-in-member-name", b'{"jsonrpc":"2.0","id":1,"x\x01y":0,"method":"initialize"}'),
+    not_json("non-utf8-member-name", b'{"jsonrpc":"2.0","id":1,"x\xff":0,"method":"initialize"}'),
     # Valid JSON whose id no float holds: the id is echoed as sent (test_ids_are_echoed_as_sent
     # checks the bytes; Python reads 1e400 back as inf).
     no_session("id-1e400", b'{"jsonrpc":"2.0","id":1e400,"method":"tools/list"}', float("inf")),

@@ -396,9 +396,10 @@ impl<'de> Visitor<'de> for MethodVisitor {
 }
 
 /// A member name of a message, read without a copy (serde's `String` and `Cow<str>` both
-/// allocate one per key) and as bytes: serde_json then unescapes it without checking it as
-/// UTF-8, as it skips every string the filter does not read (a name the filter knows is ASCII;
-/// any other is skipped with its value).
+/// allocate one per key) and as a string: serde_json checks it as JSON text (no raw control
+/// character, UTF-8). Read as bytes it was not checked at all, and a name with a raw control
+/// byte, which is not JSON, made a message. Only bodies the quick reading leaves (batches,
+/// escaped names) come here.
 enum Key {
     Method,
     Id,
@@ -409,7 +410,7 @@ enum Key {
 
 impl<'de> Deserialize<'de> for Key {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_bytes(KeyVisitor)
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 
@@ -422,18 +423,14 @@ impl Visitor<'_> for KeyVisitor {
         f.write_str("a member name")
     }
 
-    fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<Key, E> {
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
         Ok(match key {
-            b"method" => Key::Method,
-            b"id" => Key::Id,
-            b"error" => Key::Error,
-            b"result" => Key::Result,
+            "method" => Key::Method,
+            "id" => Key::Id,
+            "error" => Key::Error,
+            "result" => Key::Result,
             _ => Key::Other,
         })
-    }
-
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
-        self.visit_bytes(key.as_bytes())
     }
 }
 
@@ -603,13 +600,14 @@ mod tests {
         }
     }
 
-    /// What the filter reads is checked as text (a method that is not UTF-8 is refused, below);
-    /// a member it skips is not, at the top level as anywhere in the body.
+    /// What the filter reads is checked as text: a method, and the message's own member names
+    /// (refused below when not UTF-8 or holding a raw control byte). A string it skips, a
+    /// member name inside a value included, is not checked as UTF-8, as serde_json skips it.
     #[test]
     fn a_member_name_the_filter_skips_is_not_checked_as_text() {
         let bodies: [&[u8]; 2] = [
-            b"{\"id\":1,\"method\":\"ping\",\"x\xff\":1}",
             b"{\"id\":1,\"method\":\"ping\",\"params\":{\"x\xff\":1}}",
+            b"{\"id\":1,\"method\":\"ping\",\"params\":[\"x\xff\"]}",
         ];
         for bytes in bodies {
             assert_eq!(parse_body(bytes), Ok(Body::One(request("ping", json!(1)))));
@@ -637,6 +635,20 @@ mod tests {
             (b"{\"method\":\"initialize\",\"id\":1", BodyError::NotJson),
             (b"\xff\xfe", BodyError::NotJson),
             (b"{\"method\":\"\xff\",\"id\":1}", BodyError::NotJson),
+            // A member name is JSON text too: no raw control byte, no bytes that are not UTF-8
+            // (either was taken as a name, and the message as a ping).
+            (
+                b"{\"x\x01y\":1,\"method\":\"ping\",\"id\":1}",
+                BodyError::NotJson,
+            ),
+            (
+                b"[{\"x\x1f\":1,\"method\":\"ping\",\"id\":1}]",
+                BodyError::NotJson,
+            ),
+            (
+                b"{\"\xff\":1,\"method\":\"ping\",\"id\":1}",
+                BodyError::NotJson,
+            ),
             (b"nul", BodyError::NotJson),
             (b"42", BodyError::NotJsonRpc),
             (b"\"initialize\"", BodyError::NotJsonRpc),
@@ -690,6 +702,8 @@ mod tests {
             br#"{"method":["initialize"],"id":{"a":[1,{"b":2}]}}"#,
             br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
             br#"{}"#,
+            "{\"m\u{e9}thode\":1,\"method\":\"ping\",\"id\":1}".as_bytes(),
+            br#"{"x\u0001":1,"method":"ping","id":1}"#,
         ];
         let swaps = b"\"\\{}[]:,0-+.eEu ntf1\x1f\x7f\x80\xff";
         let mut answered = 0;

@@ -10,7 +10,7 @@
 //! reads the same way, and otherwise says nothing (`None`), and serde_json reads the body as it
 //! always did. It says nothing on any syntax error, a body that is not one object (a batch, a
 //! scalar), a member name with an escape (serde_json unescapes it, so `"\u006dethod"` is
-//! `method`), a method that is not a plain ASCII string, an id that is not UTF-8, or nesting past
+//! `method`) or a byte past ASCII (serde_json checks it as UTF-8), a method that is not a plain ASCII string, an id that is not UTF-8, or nesting past
 //! [`MAX_DEPTH`]. What it accepts is the JSON grammar (RFC 8259) where serde_json's skipping
 //! accepts it: escapes are checked as escapes, control characters refused, bytes past ASCII in
 //! strings it skips left unchecked (as serde_json leaves them). `parse_body` compares the two
@@ -38,8 +38,8 @@ pub(super) fn message(bytes: &[u8]) -> Option<Message> {
         // win, `error` and `result` count wherever they are.
         loop {
             let key = skim.member_name()?;
-            if key.escaped {
-                return None;
+            if key.escaped || !key.ascii {
+                return None; // serde_json unescapes it, and checks it as UTF-8
             }
             match key.text {
                 b"method" => method = Some(skim.method()?),
