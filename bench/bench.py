@@ -62,6 +62,9 @@ WASM_FILTER = REPO / "target" / "wasm32-wasip1" / "release" / "mcp_session_filte
 WASM_EMPTY = BENCH / "empty-filter" / "target" / "wasm32-wasip1" / "release" / "empty_filter.wasm"
 NATIVE_FILTER = harness.NATIVE  # target/release/libmcp_session_native.so (make build)
 NATIVE_EMPTY = BENCH / "empty-native" / "target" / "release" / "libempty_native.so"
+# The session floor: the empty module built with its `session-floor` feature (the least any
+# session module does per request; measured by bench/profile.py only).
+NATIVE_SESSION_FLOOR = BENCH / "empty-native" / "target" / "session-floor" / "release" / "libempty_native.so"
 TEMPLATE = BENCH / "envoy.bench.yaml"
 WRK_SCRIPT = BENCH / "wrk.lua"
 RESULTS_JSON = BENCH / "results.json"
@@ -288,6 +291,7 @@ def render_bootstrap(config_filter: dict[str, Any], config_initialize: dict[str,
         wasm_empty=str(WASM_EMPTY),
         wasm_filter=str(WASM_FILTER),
         native_empty=str(NATIVE_EMPTY),
+        native_session_floor=str(NATIVE_SESSION_FLOOR),
         native_filter=str(NATIVE_FILTER),
         config_filter=json.dumps(config_filter),
         config_initialize=json.dumps(config_initialize),
@@ -965,7 +969,7 @@ def main() -> int:
     for tool in ("wrk", "h2load", "taskset"):
         if shutil.which(tool) is None:
             raise HarnessError(f"{tool} is not installed (bench/run.sh installs it)")
-    for path in (ENVOY, WASM_FILTER, WASM_EMPTY, NATIVE_FILTER, NATIVE_EMPTY):
+    for path in (ENVOY, WASM_FILTER, WASM_EMPTY, NATIVE_FILTER, NATIVE_EMPTY, NATIVE_SESSION_FLOOR):
         if not path.exists():
             raise HarnessError(f"{path.relative_to(REPO)} is missing (run `make bench`)")
     if (os.cpu_count() or 1) < 2:

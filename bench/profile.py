@@ -249,6 +249,10 @@ def read_dump(path: Path) -> Dump:
 
 NATIVE_MODULES = (bench.NATIVE_FILTER.name, bench.NATIVE_EMPTY.name)
 
+# The session floor's listener (bench/envoy.bench.yaml), run on the hot-path scenarios only.
+SESSION_FLOOR = "session_floor"
+SESSION_FLOOR_SCENARIOS = ("1", "2")
+
 
 def part_of(obj: str) -> str:
     if obj.endswith("/envoy"):
@@ -285,15 +289,17 @@ def main() -> int:
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
         if shutil.which(tool) is None:
             raise bench.HarnessError(f"{tool} is not installed (bash bench/run.sh profile installs valgrind)")
-    if not PROBE_WASM.exists():
-        raise bench.HarnessError(f"{PROBE_WASM} is missing (bash bench/run.sh profile builds it)")
+    for needed in (PROBE_WASM, bench.NATIVE_SESSION_FLOOR):
+        if not needed.exists():
+            raise bench.HarnessError(f"{needed} is missing (bash bench/run.sh profile builds it)")
 
     workdir.mkdir(parents=True, exist_ok=True)
     origin = provenance.collect(
         command=args.command,
         settings=settings,
         defaults=defaults,
-        artifacts=[bench.WASM_FILTER, EMPTY_WASM, PROBE_WASM, bench.NATIVE_FILTER, bench.NATIVE_EMPTY],
+        artifacts=[bench.WASM_FILTER, EMPTY_WASM, PROBE_WASM, bench.NATIVE_FILTER, bench.NATIVE_EMPTY,
+                   bench.NATIVE_SESSION_FLOOR],
         envoy_version=bench.envoy_binary_version(),
     )
     cg = Callgrind(workdir)
@@ -312,6 +318,12 @@ def main() -> int:
                 headers = base | sessions.headers(scenario, listener)
                 plan.append((f"s{scenario.key}.{listener}", scenario.target(listener), bench.BODIES[scenario.body],
                              headers, scenario.status(listener)))  # fmt: skip
+        # The session floor on the hot path, with the session module's own headers (it adds any
+        # ID it has not seen to its table, so every request after the first finds its session).
+        for scenario in bench.SCENARIOS:
+            if scenario.key in SESSION_FLOOR_SCENARIOS:
+                headers = base | sessions.headers(scenario, bench.NATIVE)
+                plan.append((f"s{scenario.key}.{SESSION_FLOOR}", SESSION_FLOOR, bench.BODIES[scenario.body], headers, 200))
         probe_headers = base | {"mcp-session-id": "0" * 40, "mcp-protocol-version": bench.PROTOCOL_VERSION}
         for name in PROBES:
             plan.append((f"probe.{name}", name, bench.BODIES["tools_call"], probe_headers, 200))

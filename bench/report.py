@@ -643,6 +643,7 @@ def render_profile_reading(prof: dict[str, Any]) -> str:
                 )
             )
             native += native_callbacks(prof, key, none, nfloor, module, target)
+            native += session_floor(per, key, none, module, target)
     return "\n".join(
         [
             f"- A hostcall that returns data (a header that is there, a shared-data value) costs "
@@ -662,6 +663,22 @@ def render_profile_reading(prof: dict[str, Any]) -> str:
         ]
         + native
     )
+
+
+def session_floor(per: dict[str, Any], key: str, none: float, module: float, target: float) -> list[str]:
+    """Where the session floor (bench/empty-native with its `session-floor` feature: the least any
+    session module does per request) puts the target, when the profile measured it."""
+    label = f"s{key}.session_floor"
+    if label not in per:
+        return []
+    floor = profile_total(per, label)
+    left = none / target - floor
+    return [
+        f"  - The session floor (the empty module that also reads the header map, finds four headers in it, "
+        f"looks the ID up in a table under a lock and reads the clock; no stream state, no decoding, no checks): "
+        f"{floor:,.0f}, {none / floor:.3f}× no filter. Under {target:.2f}× no filter that leaves {left:,.0f} "
+        f"instructions for all it leaves out; this module spends {module - floor:,.0f} more than the floor."
+    ]
 
 
 def native_callbacks(prof: dict[str, Any], key: str, none: float, nfloor: float, module: float, target: float) -> list[str]:

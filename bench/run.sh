@@ -117,10 +117,13 @@ if ((cluster)) && ! command -v etcd >/dev/null 2>&1; then
 fi
 
 # The floors: a proxy-wasm filter that overrides no callback, and a dynamic module whose every
-# hook returns Continue; the probe making N hostcalls of a kind (each its own crate and lock file).
+# hook returns Continue, and the same module as the session floor (its `session-floor` feature);
+# the probe making N hostcalls of a kind (each its own crate and lock file).
 if ((matrix || profile)); then
     cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/empty-filter/Cargo.toml
     cargo build --locked --release --manifest-path bench/empty-native/Cargo.toml
+    cargo build --locked --release --manifest-path bench/empty-native/Cargo.toml --features session-floor \
+        --target-dir bench/empty-native/target/session-floor
 fi
 if ((profile)); then
     cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/hostcall-probe/Cargo.toml

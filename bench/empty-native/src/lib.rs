@@ -9,6 +9,9 @@
 
 use std::ffi::{c_char, c_void};
 
+#[cfg(feature = "session-floor")]
+mod session_floor;
+
 /// `{ptr, length}` of bytes Envoy owns (passed by value; never read here).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -73,6 +76,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     _filter: ModulePtr,
     _end_of_stream: bool,
 ) -> u32 {
+    #[cfg(feature = "session-floor")]
+    session_floor::request_headers(_envoy);
     CONTINUE
 }
 
