@@ -45,8 +45,8 @@ fn table() -> &'static Mutex<Table> {
     TABLE.get_or_init(|| Mutex::new(Table::default()))
 }
 
-/// The cheapest hash of a random ID: its first eight bytes (the key's length prefix, which
-/// `Hash` for an array does not write, aside).
+/// The cheapest hash of a random ID: every write XORed in, which for a `[u8; 40]` is its length
+/// (a constant) and its bytes, of which the first eight count.
 #[derive(Default)]
 struct FirstWord(u64);
 

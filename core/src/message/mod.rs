@@ -399,7 +399,7 @@ impl<'de> Visitor<'de> for MethodVisitor {
 /// allocate one per key) and as a string: serde_json checks it as JSON text (no raw control
 /// character, UTF-8). Read as bytes it was not checked at all, and a name with a raw control
 /// byte, which is not JSON, made a message. Only bodies the quick reading leaves (batches,
-/// escaped names) come here.
+/// names with an escape or a byte past ASCII) come here.
 enum Key {
     Method,
     Id,
