@@ -187,8 +187,6 @@ impl Filters {
             filters: Arc::clone(self),
             worker: envoy.worker_index() as usize,
             stream: Stream::default(),
-            failed: false,
-            done: false,
             #[cfg(feature = "fault-injection")]
             panic_when_done: false,
         }
@@ -235,24 +233,20 @@ pub struct Filter {
     filters: Arc<Filters>,
     worker: usize,
     stream: Stream,
-    /// A panic was caught on this stream: it was answered 500, and everything after passes.
-    failed: bool,
-    /// The stream is over (its last hook runs): nothing can be sent on it any more.
-    done: bool,
     /// Test builds only: the stream's last hook panics (`x-mcp-session-filter-panic: done`).
     #[cfg(feature = "fault-injection")]
     panic_when_done: bool,
 }
 
 impl Filter {
-    /// Whether `hook` has nothing to do on this stream: the core says so, or a panic was caught
-    /// on it. The boundary then answers Continue without taking the filter or the worker.
+    /// Whether `hook` has nothing to do on this stream (the core says so; after a panic, none
+    /// has). The boundary then answers Continue without taking the filter or the worker.
     pub(crate) fn passes(&self, hook: Hook) -> bool {
         #[cfg(feature = "fault-injection")]
         if self.panic_when_done && hook == Hook::Done {
             return false;
         }
-        self.failed || self.stream.passes(hook)
+        self.stream.passes(hook)
     }
 
     fn run(
@@ -260,9 +254,6 @@ impl Filter {
         envoy: &Envoy<'_>,
         step: impl FnOnce(&Worker<Native>, &mut Stream, &mut Io<'_, '_>) -> Action,
     ) -> Outcome {
-        if self.failed {
-            return Outcome::PASS;
-        }
         let mut io = Io {
             envoy,
             after: Outcome::PASS,
@@ -327,30 +318,29 @@ impl Filter {
     }
 
     pub(crate) fn complete(&mut self, envoy: &Envoy<'_>) -> Outcome {
-        self.done = true;
         #[cfg(feature = "fault-injection")]
-        #[allow(clippy::panic)]
-        if self.panic_when_done {
-            panic!("injected by x-mcp-session-filter-panic: done");
-        }
+        let inject = self.panic_when_done;
         self.run(envoy, |worker, stream, io| {
             worker.stream_done(stream, io);
+            #[cfg(feature = "fault-injection")]
+            #[allow(clippy::panic)]
+            if inject {
+                panic!("injected by x-mcp-session-filter-panic: done");
+            }
             Action::Continue
         })
     }
 
-    /// A panic was caught in one of this stream's hooks: count it, and fail the request closed
-    /// with a JSON-RPC 500 (Envoy resets the stream instead when its response has begun).
+    /// A panic was caught in one of this stream's hooks: count it, and do what the core says
+    /// (fail the request closed with a JSON-RPC 500 while one can still be sent; Envoy resets
+    /// the stream instead when its response has begun).
     pub(crate) fn failed(&mut self) -> Outcome {
         self.filters.count_panic();
-        if self.failed || self.done {
-            self.failed = true;
-            return Outcome::PASS; // answered already, or over: nothing more can be sent
-        }
-        self.failed = true;
+        let reply = self.stream.fail();
+        let action = reply.as_ref().map_or(Action::Continue, |_| Action::Pause);
         Outcome {
-            action: Action::Pause,
-            reply: Some(Reply::internal_error()),
+            action,
+            reply,
             resume: None,
         }
     }

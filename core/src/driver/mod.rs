@@ -446,6 +446,86 @@ mod tests {
         assert!(all.iter().all(|&hook| sessionless.passes(hook)));
     }
 
+    /// A stream whose hook failed (a native module caught a panic) is answered a JSON-RPC 500
+    /// once, while an answer can still be sent, and from then on the driver does nothing on
+    /// it: every hook passes, and one the host calls anyway lets the stream go on untouched.
+    #[test]
+    fn a_failed_stream_is_answered_once_and_passes_every_hook_after() {
+        let process = Process::new(T0);
+        let worker = Worker::on_host(FakeHost::new(&process, 7), b"{}", Capabilities::PROXY_WASM)
+            .map_err(|e| e.0)
+            .unwrap();
+        let init = crate::testkit::Request::post(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+            &[],
+        );
+        let mut stream = Stream::default();
+        let mut log = crate::testkit::StreamLog::default();
+        worker.request_headers(
+            &mut stream,
+            &init.headers,
+            &init.attributes,
+            false,
+            &mut log,
+        );
+        assert!(
+            !stream.passes(Hook::RequestBody),
+            "an initialize reads its body"
+        );
+
+        let stats = process.session_stats();
+        let reply = stream.fail().expect("a 500 while the stream is open");
+        assert_eq!(reply, crate::exchange::Reply::internal_error());
+        assert_eq!(reply.status, 500);
+        assert_eq!(stream.fail(), None, "answered once");
+        let all = [
+            Hook::RequestBody,
+            Hook::ResponseHeaders,
+            Hook::ResponseBody,
+            Hook::Done,
+        ];
+        assert!(all.iter().all(|&hook| stream.passes(hook)));
+        let body = init.body.clone();
+        let size = || body.len();
+        let read = || std::borrow::Cow::Borrowed(&body[..]);
+        let mut after = crate::testkit::StreamLog::default();
+        let action = worker.body(&mut stream, Side::Request, &size, true, &read, &mut after);
+        assert_eq!(action, Action::Continue);
+        let again = worker.request_headers(
+            &mut stream,
+            &init.headers,
+            &init.attributes,
+            true,
+            &mut after,
+        );
+        assert_eq!(again, Action::Continue);
+        assert_eq!(
+            (after.reply, after.calls.len()),
+            (None, 0),
+            "nothing done on it"
+        );
+        assert_eq!(
+            after.request,
+            crate::testkit::HeaderList::default(),
+            "no edit"
+        );
+        assert_eq!(process.session_stats(), stats, "nothing counted");
+    }
+
+    /// A hook that fails once the stream's last hook has begun sends nothing: the response
+    /// is over.
+    #[test]
+    fn a_stream_that_fails_in_its_last_hook_is_not_answered() {
+        let process = Process::new(T0);
+        let worker = Worker::on_host(FakeHost::new(&process, 7), b"{}", Capabilities::PROXY_WASM)
+            .map_err(|e| e.0)
+            .unwrap();
+        let mut stream = Stream::default();
+        worker.stream_done(&mut stream, &mut crate::testkit::StreamLog::default());
+        assert_eq!(stream.fail(), None);
+        assert!(stream.passes(Hook::Done));
+    }
+
     /// A POST judged by its body holds its headers where the host can still show the body
     /// then (a dynamic module: the upstream sees a refused POST not at all), and lets them go
     /// on where it cannot (proxy-wasm: the upstream sees them, then a reset). Requests judged

@@ -74,6 +74,10 @@ pub struct Stream {
     lookup: Option<(Stamp, SessionId)>,
     /// The side held for a call, and the call's token.
     held: Option<(Side, u32)>,
+    /// One of its hooks failed ([`Stream::fail`]): every hook after passes.
+    failed: bool,
+    /// Its last hook ([`Worker::stream_done`]) has begun: nothing can be sent on it any more.
+    over: bool,
 }
 
 /// A hook a host may skip when its stream has nothing to do in it ([`Stream::passes`]).
@@ -94,6 +98,9 @@ impl Stream {
     /// anything: a host may then answer Continue at once, without the worker (on the hot path,
     /// every hook after the request headers).
     pub fn passes(&self, hook: Hook) -> bool {
+        if self.failed {
+            return true;
+        }
         let free = self.held.is_none();
         match hook {
             Hook::RequestBody => free && !self.exchange.reads_request_body(),
@@ -101,6 +108,16 @@ impl Stream {
             Hook::ResponseBody => free && !self.exchange.reads_response_body(),
             Hook::Done => !(free && self.exchange.holds_reservation()),
         }
+    }
+
+    /// One of this stream's hooks failed (a native module caught a panic in it; its state is
+    /// what the last completed step left): from now on every hook passes, and the driver does
+    /// nothing more on it. The answer to send, when one still can be: a JSON-RPC 500 the first
+    /// time, unless the stream's last hook had begun (its response is over).
+    pub fn fail(&mut self) -> Option<Reply> {
+        let answer = !(self.failed || self.over);
+        self.failed = true;
+        answer.then(Reply::internal_error)
     }
 }
 
@@ -210,6 +227,7 @@ impl<H: Host> Worker<H> {
     /// The stream is over (completed, reset or refused): a reservation still held is freed.
     /// One that waits for etcd is left to its call's answer.
     pub fn stream_done(&self, stream: &mut Stream, io: &mut impl StreamIo) {
+        stream.over = true;
         if !stream.passes(Hook::Done) {
             let _ = self.feed(stream, Side::Response, Event::Done, io);
         }
@@ -227,7 +245,7 @@ impl<H: Host> Worker<H> {
         let Some((side, held)) = stream.held else {
             return;
         };
-        if held != token {
+        if held != token || stream.failed {
             return;
         }
         stream.held = None;
@@ -244,6 +262,9 @@ impl<H: Host> Worker<H> {
         event: Event<'_>,
         io: &mut impl StreamIo,
     ) -> Action {
+        if stream.failed {
+            return Action::Continue;
+        }
         let step = self.with_input(|input| stream.exchange.step(input, event));
         let driven = self.drive(stream, step);
         self.carry_out(stream, side, driven, io)
