@@ -71,8 +71,10 @@ pub fn slot_key(slot: u32) -> SlotKey {
     // Not `format!` nor a `String`: an initialize builds this key twice, and the formatting
     // machinery and the allocation cost more than the rest of the store's write (make
     // bench's native profile).
-    let mut key = *b"mcps/00000000";
-    for (place, shift) in key.iter_mut().skip(5).zip((0..8).rev()) {
+    let mut key = [0u8; 13];
+    let (prefix, digits) = key.split_at_mut(SLOT_PREFIX.len());
+    prefix.copy_from_slice(&SLOT_PREFIX);
+    for (place, shift) in digits.iter_mut().zip((0..8).rev()) {
         *place = crate::session_id::hex_digit((slot >> (4 * shift)) as u8);
     }
     SlotKey(key)
@@ -82,10 +84,11 @@ pub fn slot_key(slot: u32) -> SlotKey {
 /// that a table may keep slots' keys as places (`store::memory`). Another spelling of the same
 /// number (upper case, other widths) is not a slot's key.
 pub fn slot_of_key(key: &[u8]) -> Option<u32> {
-    crate::session_id::decode_slot(key.strip_prefix(SLOT_PREFIX)?)
+    crate::session_id::decode_slot(key.strip_prefix(&SLOT_PREFIX[..])?)
 }
 
-const SLOT_PREFIX: &[u8] = b"mcps/";
+/// What every slot's key begins with (then the slot in eight hex digits).
+const SLOT_PREFIX: [u8; 5] = *b"mcps/";
 
 /// A slot's key, `mcps/` and the slot in eight lowercase hex digits, on the stack. Keys are
 /// bytes ([`SharedData`]): a `str` of it would check the thirteen bytes for UTF-8 each time it
