@@ -12,8 +12,11 @@ VERSION := $(shell sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"$
 IMAGE_NAME := localhost/mcp-session-filter
 IMAGE_TAG := $(VERSION)
 IMAGE_ARCHIVE := target/mcp-session-filter.oci.tar
+# The native module's image (`make image-native`), with the same tag.
+NATIVE_IMAGE_NAME := localhost/mcp-session-native
+NATIVE_IMAGE_ARCHIVE := target/mcp-session-native.oci.tar
 
-.PHONY: FORCE build tools setup run run-native run-cluster test unit e2e lint fuzz-quick fuzz bench bench-profile bench-wasm-code soak fmt clean image image-archive
+.PHONY: FORCE build tools setup run run-native run-cluster test unit e2e lint fuzz-quick fuzz bench bench-profile bench-wasm-code soak fmt clean image image-archive image-native image-native-archive
 
 build: $(WASM) $(NATIVE)
 
@@ -115,6 +118,16 @@ image: build
 # That image saved as an OCI archive, $(IMAGE_ARCHIVE), to push with skopeo.
 image-archive: image
 	bash scripts/image.sh save $(IMAGE_NAME):$(IMAGE_TAG) $(IMAGE_ARCHIVE)
+
+# The native module as an OCI image for a Kubernetes image volume (a single layer holding
+# libmcp_session_native.so), $(NATIVE_IMAGE_NAME):$(IMAGE_TAG) (README "OCI image").
+image-native: build
+	bash scripts/containers.sh setup
+	bash scripts/image.sh build-native $(NATIVE_IMAGE_NAME):$(IMAGE_TAG)
+
+# That image saved as an OCI archive, $(NATIVE_IMAGE_ARCHIVE).
+image-native-archive: image-native
+	bash scripts/image.sh save $(NATIVE_IMAGE_NAME):$(IMAGE_TAG) $(NATIVE_IMAGE_ARCHIVE)
 
 fmt:
 	cargo fmt --all

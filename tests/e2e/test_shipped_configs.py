@@ -20,7 +20,7 @@ import json
 import re
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -324,6 +324,25 @@ def test_the_manifests_embed_plugin_configurations() -> None:
     where = [w for w, _ in embedded_plugin_configs()]
     assert any(w.startswith("deploy/istio/") for w in where), where
     assert any(w.startswith("deploy/envoy-gateway/") for w in where), where
+
+
+def test_envoy_gateway_loads_the_native_module_from_the_image_volume_it_mounts() -> None:
+    """The EnvoyProxy of deploy/envoy-gateway/dynamic-module.yaml loads the module from a folder
+    its Envoy container mounts from an image volume, under the name the native image gives it
+    (containers/native/Containerfile; test_image.py loads it from such a mount)."""
+    copied = re.findall(r"^COPY (\S+) \./$", (REPO / "containers" / "native" / "Containerfile").read_text(), re.M)
+    assert copied == ["libmcp_session_native.so"], copied
+    proxies = [doc for _, doc in manifests("EnvoyProxy") if doc["spec"].get("dynamicModules")]
+    assert proxies, "no EnvoyProxy declares a dynamic module"
+    for proxy in proxies:
+        deployment = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]
+        images = {v["name"] for v in deployment["pod"]["volumes"] if "image" in v}
+        mounted = {m["mountPath"]: m for m in deployment["container"]["volumeMounts"] if m["name"] in images}
+        for module in proxy["spec"]["dynamicModules"]:
+            path = PurePosixPath(module["source"]["local"]["path"])
+            assert path.name == copied[0], module
+            assert str(path.parent) in mounted, (module, mounted)
+            assert mounted[str(path.parent)].get("readOnly") is True, mounted
 
 
 @pytest.mark.parametrize(("where", "config"), embedded_plugin_configs(), ids=[w for w, _ in embedded_plugin_configs()])
