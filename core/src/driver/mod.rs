@@ -374,10 +374,49 @@ impl<H: Host> Worker<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{FakeHost, Process, T0};
+    use crate::testkit::{FakeHost, Process, Request, StreamLog, T0};
+    use std::rc::Rc;
 
     const ETCD: &str = r#"{"store":{"etcd":{"cluster":"etcd"}}}"#;
     const JWT: &str = r#"{"identity_jwt":{"metadata_key":"jwt","claims":["sub"]}}"#;
+
+    /// Every hook a host may skip.
+    const ALL_HOOKS: [Hook; 4] = [
+        Hook::RequestBody,
+        Hook::ResponseHeaders,
+        Hook::ResponseBody,
+        Hook::Done,
+    ];
+
+    /// A worker of the default configuration on a host that can do `caps`.
+    fn worker(process: &Rc<Process>, caps: Capabilities) -> Worker<FakeHost> {
+        Worker::on_host(FakeHost::new(process, 7), b"{}", caps)
+            .map_err(|e| e.0)
+            .unwrap()
+    }
+
+    /// A stream whose `initialize` has sent its headers, and the request: it waits for its
+    /// body, which the driver reads.
+    fn initialize_awaiting_body(worker: &Worker<FakeHost>) -> (Stream, Request) {
+        let init = Request::post(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+            &[],
+        );
+        let mut stream = Stream::default();
+        let mut log = StreamLog::default();
+        worker.request_headers(
+            &mut stream,
+            &init.headers,
+            &init.attributes,
+            false,
+            &mut log,
+        );
+        assert!(
+            !stream.passes(Hook::RequestBody),
+            "an initialize reads its body"
+        );
+        (stream, init)
+    }
 
     #[test]
     fn a_host_without_calls_or_nested_metadata_refuses_what_needs_them_by_key() {
@@ -407,35 +446,15 @@ mod tests {
     #[test]
     fn a_stream_passes_the_hooks_it_has_nothing_to_do_in() {
         let process = Process::new(T0);
-        let worker = Worker::on_host(FakeHost::new(&process, 7), b"{}", Capabilities::PROXY_WASM)
-            .map_err(|e| e.0)
-            .unwrap();
-        let all = [
-            Hook::RequestBody,
-            Hook::ResponseHeaders,
-            Hook::ResponseBody,
-            Hook::Done,
-        ];
+        let worker = worker(&process, Capabilities::PROXY_WASM);
         let fresh = Stream::default();
-        assert!(all.iter().all(|&hook| fresh.passes(hook)));
+        assert!(ALL_HOOKS.iter().all(|&hook| fresh.passes(hook)));
 
-        let init = crate::testkit::Request::post(
-            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
-            &[],
-        );
-        let mut stream = Stream::default();
-        let mut log = crate::testkit::StreamLog::default();
-        worker.request_headers(
-            &mut stream,
-            &init.headers,
-            &init.attributes,
-            false,
-            &mut log,
-        );
-        assert!(!stream.passes(Hook::RequestBody), "its body is read");
+        initialize_awaiting_body(&worker);
         // The sessionless era passes untouched.
+        let mut log = StreamLog::default();
         let mut sessionless = Stream::default();
-        let era = crate::testkit::Request::post("{}", &[("mcp-protocol-version", "2026-07-28")]);
+        let era = Request::post("{}", &[("mcp-protocol-version", "2026-07-28")]);
         worker.request_headers(
             &mut sessionless,
             &era.headers,
@@ -443,7 +462,7 @@ mod tests {
             false,
             &mut log,
         );
-        assert!(all.iter().all(|&hook| sessionless.passes(hook)));
+        assert!(ALL_HOOKS.iter().all(|&hook| sessionless.passes(hook)));
     }
 
     /// A stream whose hook failed (a native module caught a panic) is answered a JSON-RPC 500
@@ -452,43 +471,19 @@ mod tests {
     #[test]
     fn a_failed_stream_is_answered_once_and_passes_every_hook_after() {
         let process = Process::new(T0);
-        let worker = Worker::on_host(FakeHost::new(&process, 7), b"{}", Capabilities::PROXY_WASM)
-            .map_err(|e| e.0)
-            .unwrap();
-        let init = crate::testkit::Request::post(
-            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
-            &[],
-        );
-        let mut stream = Stream::default();
-        let mut log = crate::testkit::StreamLog::default();
-        worker.request_headers(
-            &mut stream,
-            &init.headers,
-            &init.attributes,
-            false,
-            &mut log,
-        );
-        assert!(
-            !stream.passes(Hook::RequestBody),
-            "an initialize reads its body"
-        );
+        let worker = worker(&process, Capabilities::PROXY_WASM);
+        let (mut stream, init) = initialize_awaiting_body(&worker);
 
         let stats = process.session_stats();
         let reply = stream.fail().expect("a 500 while the stream is open");
         assert_eq!(reply, crate::exchange::Reply::internal_error());
         assert_eq!(reply.status, 500);
         assert_eq!(stream.fail(), None, "answered once");
-        let all = [
-            Hook::RequestBody,
-            Hook::ResponseHeaders,
-            Hook::ResponseBody,
-            Hook::Done,
-        ];
-        assert!(all.iter().all(|&hook| stream.passes(hook)));
+        assert!(ALL_HOOKS.iter().all(|&hook| stream.passes(hook)));
         let body = init.body.clone();
         let size = || body.len();
         let read = || std::borrow::Cow::Borrowed(&body[..]);
-        let mut after = crate::testkit::StreamLog::default();
+        let mut after = StreamLog::default();
         let action = worker.body(&mut stream, Side::Request, &size, true, &read, &mut after);
         assert_eq!(action, Action::Continue);
         let again = worker.request_headers(
@@ -517,11 +512,9 @@ mod tests {
     #[test]
     fn a_stream_that_fails_in_its_last_hook_is_not_answered() {
         let process = Process::new(T0);
-        let worker = Worker::on_host(FakeHost::new(&process, 7), b"{}", Capabilities::PROXY_WASM)
-            .map_err(|e| e.0)
-            .unwrap();
+        let worker = worker(&process, Capabilities::PROXY_WASM);
         let mut stream = Stream::default();
-        worker.stream_done(&mut stream, &mut crate::testkit::StreamLog::default());
+        worker.stream_done(&mut stream, &mut StreamLog::default());
         assert_eq!(stream.fail(), None);
         assert!(stream.passes(Hook::Done));
     }
@@ -568,11 +561,9 @@ mod tests {
             ),
         ];
         for (what, caps, extra, end_of_stream, want) in cases {
-            let worker = Worker::on_host(FakeHost::new(&process, 7), b"{}", caps)
-                .map_err(|e| e.0)
-                .unwrap();
-            let call = crate::testkit::Request::post("{}", extra);
-            let mut log = crate::testkit::StreamLog::default();
+            let worker = worker(&process, caps);
+            let call = Request::post("{}", extra);
+            let mut log = StreamLog::default();
             let action = worker.request_headers(
                 &mut Stream::default(),
                 &call.headers,
