@@ -24,9 +24,9 @@ mod abi;
 
 use abi::{Envoy, EnvoyConfig, MainThread, Ticker};
 use log::{error, info};
-use mcp_session_core::config::{Config, ConfigError};
+use mcp_session_core::config::ConfigError;
 use mcp_session_core::driver::{
-    Action, Capabilities, Hook, Side, Stream, StreamIo, TimerIo, Upstream, Worker,
+    Action, Capabilities, Configured, Hook, Side, Stream, StreamIo, TimerIo, Upstream, Worker,
 };
 use mcp_session_core::exchange::Reply;
 use mcp_session_core::grpc;
@@ -108,12 +108,6 @@ impl Filters {
     pub(crate) fn new(envoy: EnvoyConfig, bytes: &[u8]) -> Option<Arc<Filters>> {
         abi::refresh_log_level();
         let stats = Arc::new(Defined::by(|m| envoy.define(m.is_gauge(), &m.name())));
-        let table = Config::parse(bytes).map_or_else(refuse, |c| Some(c.table))?;
-        let host = Native {
-            table: Table::named(&table),
-            envoy,
-            stats,
-        };
         // No nested metadata through this ABI: no identity_jwt (README, "Native module").
         // Headers held with StopIteration still show this filter the body.
         let capabilities = Capabilities {
@@ -121,7 +115,14 @@ impl Filters {
             nested_metadata: false,
             hold_headers: true,
         };
-        let start = || match Worker::on_host(host.clone(), bytes, capabilities) {
+        // Read once, for every worker of this configuration.
+        let configured = Configured::parse(bytes, capabilities).map_or_else(refuse, Some)?;
+        let host = Native {
+            table: Table::named(&configured.config().table),
+            envoy,
+            stats,
+        };
+        let start = || match configured.worker(host.clone()) {
             Ok(worker) => Some(ReentrantMutex::new(worker)),
             Err(e) => refuse(e),
         };

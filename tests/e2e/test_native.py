@@ -211,3 +211,14 @@ def test_what_the_module_lacks_is_refused_naming_the_key(workdir, upstream, conf
         envoy.start()
     refusal = [line for line in envoy.log_text().splitlines() if "configuration refused" in line]
     assert any(f"`{key}` is not supported by this build yet" in line for line in refusal), refusal
+
+
+def test_a_configuration_is_read_and_logged_once_for_all_its_workers(workdir, upstream) -> None:
+    """The module runs one configuration on a worker per Envoy thread and one on the main
+    thread; it reads, checks and logs the configuration once for them all (it once did so for
+    each: three "configured" lines per configuration with `--concurrency 2`)."""
+    bootstrap = render_bootstrap(upstream_port=upstream.port, filter_config={"paths": ["/mcp"]})
+    with Envoy(bootstrap, workdir, name="envoy-native-configured-once", concurrency=2) as envoy:
+        assert open_session(envoy.url())
+        configured = [line for line in envoy.log_text().splitlines() if "mcp-session-filter: configured (" in line]
+    assert len(configured) == 1, configured

@@ -134,23 +134,58 @@ impl Capabilities {
     }
 }
 
-impl<H: Host> Worker<H> {
-    /// Starts a worker's configuration from its bytes on a proxy-wasm host
-    /// ([`Capabilities::PROXY_WASM`], [`Worker::on_host`]).
-    pub fn new(host: H, configuration: &[u8]) -> Result<Worker<H>, ConfigError> {
-        Worker::on_host(host, configuration, Capabilities::PROXY_WASM)
-    }
+/// A configuration read once and checked against what its host can do: what each [`Worker`]
+/// of it starts from. A host that runs one configuration on several workers (a native module:
+/// one per Envoy thread, and the main thread's) reads, checks and logs it once.
+#[derive(Debug, Clone)]
+pub struct Configured {
+    config: Config,
+    /// Fingerprint of the configuration's bytes ([`Worker`]'s `token`).
+    token: u64,
+    hold_headers: bool,
+}
 
-    /// Starts a worker's configuration from its bytes, refusing what the host cannot do. Moves
-    /// the epoch (so a counter that still reads 0 is one the host does not keep) and, with the
-    /// local store, records this configuration as the newest on it.
-    pub fn on_host(
-        host: H,
+impl Configured {
+    /// Reads a configuration from its bytes, refusing what the host cannot do.
+    pub fn parse(
         configuration: &[u8],
         capabilities: Capabilities,
-    ) -> Result<Worker<H>, ConfigError> {
+    ) -> Result<Configured, ConfigError> {
         let config = Config::parse(configuration)?;
         capabilities.check(&config)?;
+        info!(
+            "mcp-session-filter: configured (idle {} s, lifetime {} s, max {} sessions, stateless: {})",
+            config.idle_timeout_ms / 1000,
+            config.max_lifetime_ms / 1000,
+            config.max_sessions,
+            config.stateless
+        );
+        Ok(Configured {
+            config,
+            token: u64::from_le_bytes(digest::digest_prefix(&[configuration])),
+            hold_headers: capabilities.hold_headers,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A worker of this configuration on `host` ([`Configured::into_worker`]).
+    pub fn worker<H: Host>(&self, host: H) -> Result<Worker<H>, ConfigError> {
+        self.clone().into_worker(host)
+    }
+
+    /// Starts a worker of this configuration on `host`. Moves the epoch (so a counter that
+    /// still reads 0 is one the host does not keep) and, with the local store, records this
+    /// configuration as the newest on it.
+    pub fn into_worker<H: Host>(self, host: H) -> Result<Worker<H>, ConfigError> {
+        let Configured {
+            config,
+            token,
+            hold_headers,
+        } = self;
         let mut seed = [0u8; 8];
         if !host.fill_random(&mut seed) {
             return Err(ConfigError("the host has no random source".into()));
@@ -184,7 +219,7 @@ impl<H: Host> Worker<H> {
             limits,
             backend,
             cache: RefCell::new(SessionCache::new(CACHE_CAPACITY)),
-            token: u64::from_le_bytes(digest::digest_prefix(&[configuration])),
+            token,
             upstream,
             watch_counted: Cell::new(false),
             ends_seen: Cell::new(0),
@@ -193,22 +228,32 @@ impl<H: Host> Worker<H> {
             watch: Cell::new(None),
             frames: RefCell::new(grpc::Deframer::default()),
             spare_edits: Cell::default(),
-            hold_headers: capabilities.hold_headers,
+            hold_headers,
             config,
         };
         if !worker.config.stateless && worker.backend.remote().is_none() {
             let now_ms = worker.host.now_ms();
             worker.store().adopt_configuration(worker.token, now_ms);
         }
-        let config = &worker.config;
-        info!(
-            "mcp-session-filter: configured (idle {} s, lifetime {} s, max {} sessions, stateless: {})",
-            config.idle_timeout_ms / 1000,
-            config.max_lifetime_ms / 1000,
-            config.max_sessions,
-            config.stateless
-        );
         Ok(worker)
+    }
+}
+
+impl<H: Host> Worker<H> {
+    /// Starts a worker's configuration from its bytes on a proxy-wasm host
+    /// ([`Capabilities::PROXY_WASM`], [`Worker::on_host`]).
+    pub fn new(host: H, configuration: &[u8]) -> Result<Worker<H>, ConfigError> {
+        Worker::on_host(host, configuration, Capabilities::PROXY_WASM)
+    }
+
+    /// Starts a worker's configuration from its bytes, refusing what the host cannot do: one
+    /// worker of its own [`Configured`].
+    pub fn on_host(
+        host: H,
+        configuration: &[u8],
+        capabilities: Capabilities,
+    ) -> Result<Worker<H>, ConfigError> {
+        Configured::parse(configuration, capabilities)?.into_worker(host)
     }
 
     /// The configuration.
@@ -439,6 +484,35 @@ mod tests {
         .is_ok());
         assert!(on(ETCD, Capabilities::PROXY_WASM).is_ok());
         assert!(on(JWT, Capabilities::PROXY_WASM).is_ok());
+    }
+
+    /// A configuration read once starts every worker a host runs it on: each is the worker
+    /// its bytes would start alone (the same configuration, and the same fingerprint, by
+    /// which the store knows them for one configuration).
+    #[test]
+    fn workers_of_one_reading_are_workers_of_its_configuration() {
+        let process = Process::new(T0);
+        let bytes = br#"{"max_sessions":5,"idle_timeout_seconds":60}"#;
+        let alone = Worker::on_host(FakeHost::new(&process, 9), bytes, Capabilities::PROXY_WASM)
+            .map_err(|e| e.0)
+            .unwrap();
+        let configured = Configured::parse(bytes, Capabilities::PROXY_WASM)
+            .map_err(|e| e.0)
+            .unwrap();
+        assert_eq!(configured.config(), alone.config());
+        for seed in [7, 8] {
+            let worker = configured
+                .worker(FakeHost::new(&process, seed))
+                .map_err(|e| e.0)
+                .unwrap();
+            assert_eq!(worker.config(), alone.config());
+            assert_eq!(worker.token, alone.token);
+            assert_eq!(worker.limits, alone.limits);
+        }
+        let other = Configured::parse(b"{}", Capabilities::PROXY_WASM)
+            .map_err(|e| e.0)
+            .unwrap();
+        assert_ne!(other.token, configured.token);
     }
 
     /// What a host may skip: a stream that reads nothing passes every hook; an initialize
