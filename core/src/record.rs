@@ -6,6 +6,7 @@
 
 use crate::digest;
 use crate::session_id::{constant_time_eq, SECRET_LEN};
+use std::ops::Range;
 
 const FORMAT_VERSION: u8 = 1;
 const FLAG_INITIALIZED: u8 = 1;
@@ -13,6 +14,9 @@ const FLAG_IDENTITY: u8 = 2;
 /// The upstream session ID's length takes two bytes (it is longer than 255 bytes). Records
 /// written before this flag existed never set it, and read as they always did.
 const FLAG_LONG_UPSTREAM: u8 = 4;
+/// The upstream session ID's bytes are sealed ([`Record::encode_sealed`]): only a reader that
+/// can open them ([`Record::decode_opened`]) reads the ID.
+const FLAG_SEALED_UPSTREAM: u8 = 8;
 /// Bytes of identity digest kept (128 bits of SHA-256).
 pub const DIGEST_LEN: usize = 16;
 /// Longest upstream session ID the record can hold. The specification sets no length (only
@@ -158,6 +162,25 @@ impl Record {
 
     /// Serialises the record onto the stack: what a store write copies where it keeps it.
     pub fn encoded(&self) -> Encoded {
+        self.encoded_as(false).0
+    }
+
+    /// The encoding with the upstream session ID's bytes passed through `seal`, which turns
+    /// them in place into bytes of the same length that only its inverse reads back, and
+    /// marked as sealed ([`Record::decode_opened`]). A record without an upstream session ID
+    /// encodes as [`Record::encode`] does.
+    pub fn encode_sealed(&self, seal: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let sealed = self.upstream_id.as_deref().is_some_and(|id| !id.is_empty());
+        let (encoded, upstream) = self.encoded_as(sealed);
+        let mut bytes = encoded.to_vec();
+        if let Some(upstream) = bytes.get_mut(upstream).filter(|_| sealed) {
+            seal(upstream);
+        }
+        bytes
+    }
+
+    /// The encoding, marked as sealed or not, and where in it the upstream session ID lies.
+    fn encoded_as(&self, sealed: bool) -> (Encoded, Range<usize>) {
         let upstream = self.upstream_id.as_deref().unwrap_or("").as_bytes();
         let upstream = upstream.get(..MAX_UPSTREAM_ID).unwrap_or(upstream);
         let host = self.upstream_host.as_deref().map(str::as_bytes);
@@ -171,19 +194,26 @@ impl Record {
         // when the room is an array on the stack.
         if len <= INLINE_ENCODED {
             let mut bytes = [0; INLINE_ENCODED];
-            let len = self.write(&mut bytes, upstream, host);
-            Encoded::Inline { bytes, len }
+            let (len, at) = self.write(&mut bytes, upstream, host, sealed);
+            (Encoded::Inline { bytes, len }, at)
         } else {
             let mut bytes = vec![0; len];
-            let len = self.write(&mut bytes, upstream, host);
+            let (len, at) = self.write(&mut bytes, upstream, host, sealed);
             bytes.truncate(len);
-            Encoded::Heap(bytes)
+            (Encoded::Heap(bytes), at)
         }
     }
 
-    /// Writes the encoding into `room` (sized for it); how many bytes it took.
+    /// Writes the encoding into `room` (sized for it): how many bytes it took, and where the
+    /// upstream session ID went.
     #[inline(always)]
-    fn write(&self, room: &mut [u8], upstream: &[u8], host: Option<&[u8]>) -> usize {
+    fn write(
+        &self,
+        room: &mut [u8],
+        upstream: &[u8],
+        host: Option<&[u8]>,
+        sealed: bool,
+    ) -> (usize, Range<usize>) {
         let mut out = Writer { room, at: 0 };
         let state = match self.state {
             State::Pending => 1,
@@ -201,6 +231,9 @@ impl Record {
         if short.is_none() {
             flags |= FLAG_LONG_UPSTREAM;
         }
+        if sealed {
+            flags |= FLAG_SEALED_UPSTREAM;
+        }
         out.put(&[FORMAT_VERSION, state, flags]);
         out.put(&self.secret);
         out.put(&self.created_ms.to_le_bytes());
@@ -216,17 +249,39 @@ impl Record {
                     .to_le_bytes(),
             ),
         }
+        let start = out.at;
         out.put(upstream);
+        let upstream = start..out.at;
         // Optional tail: the upstream host (records without one end here).
         if let Some(host) = host {
             out.put(&[u8::try_from(host.len()).unwrap_or(u8::MAX)]);
             out.put(host);
         }
-        out.at
+        (out.at, upstream)
     }
 
-    /// Reads a record; `None` for an empty (free) slot or bytes in no known format.
+    /// Reads a record; `None` for an empty (free) slot or bytes in no known format. A sealed
+    /// upstream session ID ([`Record::encode_sealed`]) reads as none: [`Record::decode_opened`]
+    /// reads it, and [`Record::upstream_sealed`] says there is one.
     pub fn decode(bytes: &[u8]) -> Option<Record> {
+        Record::decode_with(bytes, None::<fn(&mut [u8])>)
+    }
+
+    /// Reads a record whose upstream session ID may be sealed: `open` undoes the `seal` of
+    /// [`Record::encode_sealed`] in place.
+    pub fn decode_opened(bytes: &[u8], open: impl FnOnce(&mut [u8])) -> Option<Record> {
+        Record::decode_with(bytes, Some(open))
+    }
+
+    /// Whether the encoding `bytes` holds a sealed upstream session ID.
+    pub fn upstream_sealed(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&FORMAT_VERSION)
+            && bytes
+                .get(2)
+                .is_some_and(|flags| flags & FLAG_SEALED_UPSTREAM != 0)
+    }
+
+    fn decode_with(bytes: &[u8], open: Option<impl FnOnce(&mut [u8])>) -> Option<Record> {
         let mut r = Reader(bytes);
         if r.byte()? != FORMAT_VERSION {
             return None;
@@ -261,9 +316,15 @@ impl Record {
             }
             Some(String::from_utf8(host.to_vec()).ok()?)
         };
-        let upstream_id = match upstream {
-            [] => None,
-            bytes => Some(String::from_utf8(bytes.to_vec()).ok()?),
+        let upstream_id = match (upstream, flags & FLAG_SEALED_UPSTREAM != 0, open) {
+            ([], ..) | (_, true, None) => None,
+            (bytes, sealed, open) => {
+                let mut bytes = bytes.to_vec();
+                if let (true, Some(open)) = (sealed, open) {
+                    open(&mut bytes);
+                }
+                Some(String::from_utf8(bytes).ok()?)
+            }
         };
         Some(Record {
             state,
@@ -431,6 +492,52 @@ mod tests {
         let mut expected = live();
         expected.upstream_id = Some("u".repeat(255));
         assert_eq!(Record::decode(&old), Some(expected));
+    }
+
+    /// A sealed upstream session ID: the encoding holds what `seal` made of its bytes (the
+    /// rest as the plain encoding has it, but for the flag), the opener reads it back, and a
+    /// reader without one reads the record without it, and can tell that it has one.
+    #[test]
+    fn a_sealed_upstream_id_reads_back_only_through_its_opener() {
+        let flip = |bytes: &mut [u8]| bytes.iter_mut().for_each(|b| *b ^= 0x5a);
+        for len in [1, 36, 255, 256, MAX_UPSTREAM_ID] {
+            let mut record = live();
+            record.identity = Some(identity_digest(Some(b"alice")));
+            record.upstream_id = Some("u".repeat(len));
+            record.upstream_host = Some("10.0.0.7:8080".into());
+            let (plain, sealed) = (record.encode(), record.encode_sealed(flip));
+            assert_eq!(sealed.len(), plain.len(), "{len}");
+            let differ: Vec<usize> = (0..plain.len())
+                .filter(|&i| plain[i] != sealed[i])
+                .collect();
+            let upstream = plain.len() - 14 - len;
+            assert_eq!(differ[0], 2, "the flags: {len}");
+            assert_eq!(
+                differ[1..],
+                (upstream..upstream + len).collect::<Vec<_>>(),
+                "{len}"
+            );
+            assert!(Record::upstream_sealed(&sealed) && !Record::upstream_sealed(&plain));
+            assert_eq!(Record::decode_opened(&sealed, flip).as_ref(), Some(&record));
+            let unread = Record::decode(&sealed).unwrap();
+            assert_eq!(unread.upstream_id, None);
+            let upstream_id = record.upstream_id.clone();
+            assert_eq!(
+                Record {
+                    upstream_id,
+                    ..unread
+                },
+                record
+            );
+        }
+        // Nothing to seal: the plain encoding, and no opener is asked to read a plain one.
+        let asked = std::cell::Cell::new(false);
+        let ask = |_: &mut [u8]| asked.set(true);
+        assert_eq!(live().encode_sealed(ask), live().encode());
+        let mut mapped = live();
+        mapped.upstream_id = Some("f3a9c2-upstream".into());
+        assert_eq!(Record::decode_opened(&mapped.encode(), ask), Some(mapped));
+        assert!(!asked.get());
     }
 
     /// A record as long as the room on the stack, and one byte longer, encode alike (the first

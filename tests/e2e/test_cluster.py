@@ -49,6 +49,7 @@ from harness import (
     INITIALIZED,
     PROTOCOL_VERSION,
     REQUEST_TIMEOUT,
+    TAG_HEADER,
     Envoy,
     HarnessError,
     Timed,
@@ -1004,6 +1005,26 @@ def test_no_key_or_value_in_etcd_holds_a_session_id(pair: Pair, etcd: EtcdCluste
             for form in forms:
                 assert form not in key, f"a key holds session {session[:8]}…: {key!r}"
                 assert form not in value, f"the value of {key!r} holds session {session[:8]}…"
+
+
+def test_etcd_holds_a_stateful_upstreams_session_id_sealed(cluster_envoys: Callable[..., Pair], upstreams, etcd: EtcdCluster) -> None:
+    """The upstream's own session ID is a credential for the upstream itself. Its session's
+    value holds it sealed under a key that only the filter's session ID gives (etcd has no part
+    of that ID), so readers of etcd, its snapshots and backups do not learn it; B, which
+    learns it only from etcd and the client's ID, still sends it."""
+    pair = cluster_envoys(upstream="stateful-json")
+    tag = new_tag()
+    session = open_session(pair.a.url(), headers={TAG_HEADER: tag})
+    t = timed_request(pair.b.port, "POST", tool_call("add", {"a": 4, "b": 5}), session=session, headers={TAG_HEADER: tag})
+    assert added(t, 4, 5), show(t)
+    seen = [r["headers"].get("mcp-session-id") for r in upstreams.get("stateful-json").requests(tag)]
+    theirs = seen[-1]
+    assert theirs and seen[1:] == [theirs, theirs], seen  # the handshake's ack through A, the call through B
+
+    values = [value for key, value in etcd.kvs(pair.prefix) if not key.removeprefix(pair.prefix.encode()).startswith(b"idn/")]
+    assert len(values) == 1, values
+    for form in (theirs.encode(), theirs.upper().encode(), theirs[: len(theirs) // 2].encode()):
+        assert form not in values[0], f"etcd holds the upstream's session ID in clear: {values[0]!r}"
 
 
 # --------------------------------------------------------------------------- a client through a balancer

@@ -60,7 +60,8 @@ impl Session {
             handle,
             identity: record.identity.map(|d| hex(&d)),
             initialized: record.initialized,
-            mapped: record.upstream_id.is_some(),
+            // Sealed under the session's ID, which this tool does not have: known, not read.
+            mapped: record.upstream_id.is_some() || Record::upstream_sealed(value),
             upstream_host: record.upstream_host,
             pending: record.state == State::Pending,
             created_ms: record.created_ms,
@@ -224,6 +225,16 @@ mod tests {
             Session::decode(PREFIX.as_bytes(), &k, &v).unwrap().identity,
             None
         );
+    }
+
+    /// A stateful upstream's session ID is sealed in the value under the session's own ID,
+    /// which the tool does not have: the session still shows as mapped.
+    #[test]
+    fn a_session_mapped_to_a_sealed_upstream_id_shows_as_mapped() {
+        let (id, k, _) = stored(3, None);
+        let record = live_record(id.secret, T0).activated(T0 + 1, Some("their-session"));
+        let s = Session::decode(PREFIX.as_bytes(), &k, &value(&record)).unwrap();
+        assert!(s.mapped && !s.pending);
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //! with `prost`; Envoy's `GrpcService` naming the cluster.
 
 use super::*;
+use crate::digest;
 use crate::record::DIGEST_LEN;
+use crate::session_id::SECRET_LEN;
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::ChaCha20;
 
 /// The key of session `id`: the prefix and its digest ([`SessionId::digest`]) in hex, which
 /// begins with its handle ([`SessionId::handle`]).
@@ -85,19 +89,35 @@ pub fn grpc_service(cluster: &str) -> String {
     String::from_utf8(message).unwrap_or_else(|_| cluster.to_owned())
 }
 
-/// The value stored for a record: its encoding with the secret zeroed.
+/// The value stored for a record: its encoding with the secret zeroed, and the upstream's own
+/// session ID, when it has one, sealed under the session's key ([`seal`]).
 pub fn value(record: &Record) -> Vec<u8> {
     let mut stored = record.clone();
-    stored.secret = [0; crate::session_id::SECRET_LEN];
-    stored.encode()
+    stored.secret = [0; SECRET_LEN];
+    stored.encode_sealed(|upstream| seal(&record.secret, upstream))
 }
 
 /// The record in a value read back for `id` (the key matched, so the secret is the ID's).
 pub fn record_of(value: &[u8], id: &SessionId) -> Option<Record> {
-    let mut record = Record::decode(value)?;
+    let mut record = Record::decode_opened(value, |upstream| seal(&id.secret, upstream))?;
     record.secret = id.secret;
     (record.state == State::Live).then_some(record)
 }
+
+/// Seals (or opens: the same) a session's upstream session ID in place: ChaCha20 under a key
+/// derived from the session's secret. etcd holds no part of that secret (the key is a digest
+/// of the ID, the value has its secret zeroed), so only a request that presents the session ID
+/// can read the upstream's, which is a credential for the upstream itself. A key seals one
+/// text only, so one nonce serves: a session's upstream ID is set once, when the session goes
+/// live ([`Record::activated`]), and every later write seals the same bytes again.
+fn seal(secret: &[u8; SECRET_LEN], bytes: &mut [u8]) {
+    let key = digest::digest(&[SEAL_DOMAIN, secret]);
+    ChaCha20::new(&key.into(), &[0; 12].into()).apply_keystream(bytes);
+}
+
+/// What the key that seals an upstream session ID is derived under (no other digest of a
+/// secret begins with it).
+const SEAL_DOMAIN: &[u8] = b"mcp-session-filter upstream id seal\0";
 
 pub(super) fn encode(message: &impl Message) -> Vec<u8> {
     message.encode_to_vec()
@@ -230,7 +250,7 @@ pub(super) fn failure_read(response: &proto::TxnResponse) -> Option<&proto::KeyV
 /// The session ID of a new session with `secret`. The slot only keys the caches; it is drawn
 /// from a digest of the secret, not from the secret itself, so the slot (shown in full by the
 /// shortened IDs of the logs) tells nothing of the secret.
-pub fn session_id(secret: [u8; crate::session_id::SECRET_LEN]) -> SessionId {
+pub fn session_id(secret: [u8; SECRET_LEN]) -> SessionId {
     let [a, b, c, d, ..] = crate::digest::digest_prefix::<16>(&[b"mcp-session-slot\0", &secret]);
     SessionId {
         slot: u32::from_le_bytes([a, b, c, d]),

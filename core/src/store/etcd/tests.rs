@@ -1,4 +1,5 @@
 use super::*;
+use crate::session_id::SECRET_LEN;
 use crate::testkit::{etcd_remote, live_record, FakeEtcd, T0};
 
 const IDLE: u64 = 600_000;
@@ -186,6 +187,35 @@ fn keys_and_values_hold_no_session_id() {
     assert_eq!(back, live_record(id.secret, T0));
     assert_eq!(range_end("mcp-sessions/"), b"mcp-sessions0".to_vec());
     assert_eq!(range_end("a\u{7f}"), b"a\x80".to_vec());
+}
+
+/// A stateful upstream's own session ID is stored sealed: not in the value, read back only
+/// for the session's own ID, the same bytes on every write of the session (one text per key),
+/// and different for another session holding the same upstream ID.
+#[test]
+fn a_stateful_upstreams_session_id_is_stored_sealed_under_the_sessions_own_id() {
+    let id = id();
+    let theirs = "6a01d87a-79e5-4e50-b5df-54b21daf5e24";
+    let record = live_record(id.secret, T0).activated(T0 + 1, Some(theirs));
+    let stored = value(&record);
+    assert!(!stored
+        .windows(8)
+        .any(|w| theirs.as_bytes().windows(8).any(|t| t == w)));
+    assert!(Record::upstream_sealed(&stored));
+    assert_eq!(record_of(&stored, &id), Some(record.clone()));
+    let touched = Record {
+        last_seen_ms: T0 + 9_000,
+        ..record.clone()
+    };
+    let again = value(&touched);
+    let upstream = stored.len() - theirs.len()..stored.len();
+    assert_eq!(again[upstream.clone()], stored[upstream.clone()]);
+
+    let other = session_id([7; SECRET_LEN]);
+    let read_by_other = record_of(&stored, &other).and_then(|r| r.upstream_id);
+    assert_ne!(read_by_other.as_deref(), Some(theirs));
+    let theirs_too = value(&live_record(other.secret, T0).activated(T0 + 1, Some(theirs)));
+    assert_ne!(theirs_too[upstream.clone()], stored[upstream]);
 }
 
 #[test]
