@@ -251,7 +251,7 @@ pub(super) fn failure_read(response: &proto::TxnResponse) -> Option<&proto::KeyV
 /// from a digest of the secret, not from the secret itself, so the slot (shown in full by the
 /// shortened IDs of the logs) tells nothing of the secret.
 pub fn session_id(secret: [u8; SECRET_LEN]) -> SessionId {
-    let [a, b, c, d, ..] = crate::digest::digest_prefix::<16>(&[b"mcp-session-slot\0", &secret]);
+    let [a, b, c, d, ..] = digest::digest_prefix::<16>(&[b"mcp-session-slot\0", &secret]);
     SessionId {
         slot: u32::from_le_bytes([a, b, c, d]),
         secret,
